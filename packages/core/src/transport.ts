@@ -1,0 +1,96 @@
+/**
+ * The contract a runtime adapter fulfils: sockets that move bytes, nothing about frames or flows.
+ * Adapters (transport-bun, transport-node) are deliberately thin; everything they would otherwise
+ * share (queues, timers, resolution, the protocol) lives in the core that drives them.
+ *
+ * Addresses given to a transport are IP literals (the core resolves host names first).
+ * No method throws for network conditions: failures after creation arrive through `onError`/`onClose`.
+ */
+
+export interface UdpSocketOptions {
+  /** Local IP literal to bind ("0.0.0.0", "::", "127.0.0.1"). */
+  host: string;
+  /** Local port; 0 picks an ephemeral one. */
+  port: number;
+  /** Connect the socket to one peer: sends go there and only its datagrams are delivered. */
+  connect?: { host: string; port: number };
+  /**
+   * A datagram arrived. `data` may be a view into a buffer the runtime reuses after this call
+   * returns: copy what must outlive it.
+   */
+  onDatagram(data: Uint8Array, address: string, port: number): void;
+  /**
+   * A send failed or an ICMP error arrived (e.g. ECONNREFUSED on a connected socket whose target
+   * port is closed). The socket stays open and usable.
+   */
+  onError(error: Error): void;
+}
+
+export interface UdpSocket {
+  /** Local address and port actually bound. */
+  readonly address: string;
+  readonly port: number;
+  /**
+   * Sends one datagram, to `address`:`port`, or to the connected peer when both are omitted.
+   * Returns false when it was dropped (kernel buffer full, socket closed); never throws.
+   * The transport does not keep a reference to `data` after returning unless it owns a copy.
+   */
+  send(data: Uint8Array, port?: number, address?: string): boolean;
+  close(): void;
+}
+
+export interface TcpHandlers {
+  /** Bytes arrived. `data` is valid only during the call (copy what must outlive it). */
+  onData(data: Uint8Array): void;
+  /** The write buffer drained after write() returned false. */
+  onDrain(): void;
+  /** The connection is gone, cleanly (`error` undefined) or not. Called exactly once. */
+  onClose(error?: Error): void;
+}
+
+export interface TcpConnection {
+  readonly remoteAddress: string;
+  readonly remotePort: number;
+  /**
+   * Takes all of `data` (queuing what the kernel did not accept) and returns false when the caller
+   * should stop writing until onDrain. The caller must not modify `data` afterwards.
+   */
+  write(data: Uint8Array): boolean;
+  /** Closes after everything queued has been sent. */
+  end(): void;
+  /** Closes now; queued bytes are dropped. */
+  destroy(): void;
+}
+
+export interface TcpServer {
+  readonly address: string;
+  readonly port: number;
+  /** Stops accepting; existing connections are not touched. */
+  close(): void;
+}
+
+export interface ListenOptions {
+  host: string;
+  port: number;
+  /** A connection was accepted; return its handlers. TCP_NODELAY is already set. */
+  onConnection(connection: TcpConnection): TcpHandlers;
+}
+
+export interface ConnectOptions {
+  host: string;
+  port: number;
+  /** Give up connecting after this long (the promise rejects). */
+  timeoutMs?: number;
+  /** Handlers for the connection, installed before any data can arrive. */
+  handlers: TcpHandlers;
+}
+
+export interface Transport {
+  readonly name: "bun" | "node";
+  /** Binds a UDP socket. Rejects (e.g. EADDRINUSE) when it cannot. */
+  bindUdp(options: UdpSocketOptions): Promise<UdpSocket>;
+  /** Listens for TCP connections. Rejects (e.g. EADDRINUSE) when it cannot. */
+  listenTcp(options: ListenOptions): Promise<TcpServer>;
+  /** Connects with TCP_NODELAY set. Rejects (e.g. ECONNREFUSED, timeout) when it cannot. */
+  connectTcp(options: ConnectOptions): Promise<TcpConnection>;
+}

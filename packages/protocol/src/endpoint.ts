@@ -1,0 +1,392 @@
+/**
+ * What the receiver and sender machines share: the connection table, the frame loop, the handshake
+ * checks both sides make, keepalive, backpressure bookkeeping, the output queue and the counters.
+ *
+ * Sans-I/O contract: the host feeds inputs (bytes, datagrams, the current time in ms) and then drains
+ * `poll()` for outputs, takes coalesced bytes with `takeTransmit()`, and calls `tick(now)` no later
+ * than `nextTimeout()`. Nothing here reads a clock, opens a socket or sets a timer.
+ */
+import { utf8 } from "./bytes.js";
+import {
+  AuthMode,
+  CLOSE_CODE_NAMES,
+  CloseCode,
+  FLOW_CLOSE_REASON_NAMES,
+  FRAME_TYPE_NAMES,
+  type Frame,
+  FrameType,
+  ProtocolError,
+  Role,
+  type WireAddress,
+} from "./frames.js";
+import { type CryptoProvider, type HelloFrame, Link, type LinkState, type Side } from "./link.js";
+
+export type LogLevel = "debug" | "info" | "warn" | "error";
+
+/** A receiver-side flow: one client address. The host sends its replies to `address`:`port`. */
+export interface ClientFlow {
+  readonly id: number;
+  readonly mappingId: number;
+  readonly address: string;
+  readonly port: number;
+  readonly family: 4 | 6;
+  readonly key: string;
+  lastActive: number;
+}
+
+export type Output =
+  /** Connection `conn` has bytes waiting: call takeTransmit(conn) (once per event-loop turn is enough). */
+  | { kind: "transmit"; conn: number }
+  /** Flush what takeTransmit(conn) still returns, then close the TCP connection. */
+  | { kind: "close-connection"; conn: number }
+  /** Receiver: ask the operator whether to accept this sender, then call approve(). */
+  | { kind: "ask-operator"; conn: number; peer: string }
+  /** The peer on `conn` passed the handshake. */
+  | { kind: "accepted"; conn: number; peer: string; resumed: boolean }
+  /** Receiver: send `payload` to the client of `flow`. */
+  | { kind: "send-to-client"; flow: ClientFlow; payload: Uint8Array }
+  /** Sender: open a UDP socket toward the target of mapping `mappingId` for this flow. */
+  | { kind: "open-flow-socket"; flowId: number; mappingId: number; client: WireAddress }
+  /** Sender: close the flow's UDP socket. */
+  | { kind: "close-flow-socket"; flowId: number }
+  /** Sender: send `payload` to the target through the flow's socket. */
+  | { kind: "send-to-target"; flowId: number; payload: Uint8Array }
+  | { kind: "log"; level: LogLevel; message: string };
+
+export type DropReason =
+  | "no-sender"
+  | "backpressure"
+  | "unknown-flow"
+  | "not-connected"
+  | "socket-error"
+  | "too-large";
+
+export interface Stats {
+  /** Datagrams and bytes taken in from UDP (clients on the receiver, the target on the sender). */
+  udpIn: number;
+  udpInBytes: number;
+  /** Datagrams and bytes handed out to UDP. */
+  udpOut: number;
+  udpOutBytes: number;
+  flowsOpened: number;
+  flowsClosed: number;
+  /** Connections that completed the handshake. */
+  accepted: number;
+  handshakeFailures: number;
+  drops: Record<DropReason, number>;
+  rttMs: number | undefined;
+}
+
+export interface CommonConfig {
+  /** Shared secret; without one the acceptor asks the operator. */
+  secret?: Uint8Array | string;
+  idleTimeoutMs?: number;
+  maxFlows?: number;
+  keepaliveMs?: number;
+  handshakeTimeoutMs?: number;
+  /** Bound on bytes held for a connection whose transport is not draining; DATA past it is dropped. */
+  maxBufferBytes?: number;
+  /** How long flows are kept after the connection drops, waiting for the same sender to resume. */
+  resumeGraceMs?: number;
+  /** Free text identifying the software in HELLO. */
+  agent?: string;
+}
+
+export const DEFAULTS = {
+  idleTimeoutMs: 60_000,
+  maxFlows: 4096,
+  keepaliveMs: 15_000,
+  handshakeTimeoutMs: 10_000,
+  maxBufferBytes: 4 * 1024 * 1024,
+  resumeGraceMs: 30_000,
+  agent: "mcudpt-ts",
+} as const;
+
+/** Missed keepalive intervals after which a silent connection is declared dead. */
+const DEAD_AFTER_INTERVALS = 3;
+
+export abstract class Endpoint {
+  protected readonly links = new Map<number, Link>();
+  private readonly outputs: Output[] = [];
+  private outputHead = 0;
+  protected readonly secret: Uint8Array | undefined;
+  protected readonly idleTimeoutMs: number;
+  protected readonly maxFlows: number;
+  protected readonly keepaliveMs: number;
+  protected readonly handshakeTimeoutMs: number;
+  protected readonly maxBufferBytes: number;
+  protected readonly resumeGraceMs: number;
+  protected readonly agent: string;
+  readonly stats: Stats = {
+    udpIn: 0,
+    udpInBytes: 0,
+    udpOut: 0,
+    udpOutBytes: 0,
+    flowsOpened: 0,
+    flowsClosed: 0,
+    accepted: 0,
+    handshakeFailures: 0,
+    drops: { "no-sender": 0, backpressure: 0, "unknown-flow": 0, "not-connected": 0, "socket-error": 0, "too-large": 0 },
+    rttMs: undefined,
+  };
+
+  constructor(
+    protected readonly role: Role,
+    config: CommonConfig,
+    protected readonly crypto: CryptoProvider,
+  ) {
+    this.secret = typeof config.secret === "string" ? utf8(config.secret) : config.secret;
+    if (this.secret && this.secret.length === 0) this.secret = undefined;
+    this.idleTimeoutMs = positive("idleTimeoutMs", config.idleTimeoutMs ?? DEFAULTS.idleTimeoutMs);
+    this.maxFlows = positive("maxFlows", config.maxFlows ?? DEFAULTS.maxFlows);
+    this.keepaliveMs = positive("keepaliveMs", config.keepaliveMs ?? DEFAULTS.keepaliveMs);
+    this.handshakeTimeoutMs = positive("handshakeTimeoutMs", config.handshakeTimeoutMs ?? DEFAULTS.handshakeTimeoutMs);
+    this.maxBufferBytes = positive("maxBufferBytes", config.maxBufferBytes ?? DEFAULTS.maxBufferBytes);
+    this.resumeGraceMs = Math.max(0, config.resumeGraceMs ?? DEFAULTS.resumeGraceMs);
+    this.agent = config.agent ?? DEFAULTS.agent;
+  }
+
+  get authMode(): AuthMode {
+    return this.secret ? AuthMode.Secret : AuthMode.Approval;
+  }
+
+  /** Next output, or undefined when the queue is empty. */
+  poll(): Output | undefined {
+    if (this.outputHead === this.outputs.length) {
+      if (this.outputHead > 0) {
+        this.outputs.length = 0;
+        this.outputHead = 0;
+      }
+      return undefined;
+    }
+    return this.outputs[this.outputHead++];
+  }
+
+  protected emit(output: Output): void {
+    this.outputs.push(output);
+  }
+
+  protected log(level: LogLevel, message: string): void {
+    this.outputs.push({ kind: "log", level, message });
+  }
+
+  /** Bytes to write to connection `conn` (all frames since the last take, as one buffer). */
+  takeTransmit(conn: number): Uint8Array | undefined {
+    const link = this.links.get(conn);
+    if (!link) return undefined;
+    link.transmitPending = false;
+    return link.writer.take();
+  }
+
+  /** The transport's write buffer for `conn` is full (true) or drained (false). */
+  setBlocked(conn: number, blocked: boolean): void {
+    const link = this.links.get(conn);
+    if (!link) return;
+    link.blocked = blocked;
+    if (!blocked) this.notifyTransmit(link);
+  }
+
+  /** Bytes arrived on connection `conn`. */
+  receive(conn: number, bytes: Uint8Array, now: number): void {
+    const link = this.links.get(conn);
+    if (!link || link.state === "closed") return;
+    link.lastReceived = now;
+    link.decoder.push(bytes);
+    try {
+      let frame: Frame | undefined;
+      while ((frame = link.decoder.read()) !== undefined) {
+        this.onFrame(link, frame, now);
+        if ((link.state as LinkState) === "closed") break; // anything after a CLOSE is ignored
+      }
+    } catch (error) {
+      if (error instanceof ProtocolError) {
+        this.failLink(link, CloseCode.ProtocolError, error.message);
+      } else {
+        // A bug of ours: never let it escape into the host's event loop.
+        this.log("error", `internal error on connection from ${link.peer}: ${String((error as Error)?.stack ?? error)}`);
+        this.closeLink(link, CloseCode.InternalError, "internal error");
+      }
+    }
+    this.notifyTransmit(link);
+  }
+
+  /** The TCP connection `conn` is gone (closed by either side or failed). */
+  disconnected(conn: number, now: number): void {
+    const link = this.links.get(conn);
+    if (!link) return;
+    this.links.delete(conn);
+    const wasOpen = link.state === "open";
+    if (link.state !== "closed") {
+      link.state = "closed";
+      this.log(wasOpen ? "warn" : "info", `connection ${wasOpen ? "to" : "from"} ${link.peer} lost`);
+    }
+    this.onLinkGone(link, wasOpen, now);
+  }
+
+  /** Runs the timers that are due. */
+  tick(now: number): void {
+    for (const link of this.links.values()) {
+      if (link.state === "closed") continue;
+      if (link.handshakeDeadline !== undefined && now >= link.handshakeDeadline) {
+        this.stats.handshakeFailures++;
+        this.failLink(link, CloseCode.HandshakeTimeout, `no complete handshake within ${this.handshakeTimeoutMs / 1000} s${describeHandshakeProgress(link)}`);
+        continue;
+      }
+      if (link.state !== "open") continue;
+      if (now - link.lastReceived >= this.keepaliveMs * DEAD_AFTER_INTERVALS) {
+        this.failLink(link, CloseCode.KeepaliveTimeout, `nothing received for ${Math.round((now - link.lastReceived) / 1000)} s`);
+        continue;
+      }
+      if (now >= link.nextPingAt) {
+        link.writer.ping(timestampBytes(now));
+        link.nextPingAt = now + this.keepaliveMs;
+        this.notifyTransmit(link);
+      }
+    }
+    this.onTick(now);
+  }
+
+  /** Earliest time at which tick() has work, or undefined when nothing is scheduled. */
+  nextTimeout(): number | undefined {
+    let next = this.roleTimeout();
+    for (const link of this.links.values()) {
+      if (link.state === "closed") continue;
+      if (link.handshakeDeadline !== undefined) next = earliest(next, link.handshakeDeadline);
+      if (link.state === "open") {
+        next = earliest(next, link.nextPingAt);
+        next = earliest(next, link.lastReceived + this.keepaliveMs * DEAD_AFTER_INTERVALS);
+      }
+    }
+    return next;
+  }
+
+  /** Connections currently known, for status displays. */
+  connectionCount(): number {
+    return this.links.size;
+  }
+
+  protected abstract onOpenFrame(link: Link, frame: Frame, now: number): void;
+  protected abstract onHandshakeFrame(link: Link, frame: Frame, now: number): void;
+  protected abstract onLinkGone(link: Link, wasOpen: boolean, now: number): void;
+  protected abstract onTick(now: number): void;
+  protected abstract roleTimeout(): number | undefined;
+
+  private onFrame(link: Link, frame: Frame, now: number): void {
+    if (frame.type === FrameType.Close) {
+      const why = CLOSE_CODE_NAMES[frame.code] ?? `code ${frame.code}`;
+      const level = frame.code === CloseCode.Normal ? "info" : "warn";
+      this.log(level, `${link.peer} closed the connection: ${why}${frame.message ? ` (${frame.message})` : ""}`);
+      if (link.state !== "open") this.stats.handshakeFailures++;
+      link.state = "closed";
+      this.emit({ kind: "close-connection", conn: link.id });
+      return;
+    }
+    if (frame.type === "extension") return; // unknown extensions are skipped by design
+    if (link.state !== "open") return this.onHandshakeFrame(link, frame, now);
+    switch (frame.type) {
+      case FrameType.Ping:
+        link.writer.pong(frame.payload);
+        return;
+      case FrameType.Pong: {
+        const rtt = now - readTimestamp(frame.payload);
+        if (rtt >= 0 && rtt < 3_600_000) link.rttMs = this.stats.rttMs = rtt;
+        return;
+      }
+      case FrameType.Hello:
+      case FrameType.Auth:
+      case FrameType.Accept:
+        throw new ProtocolError("unexpected-frame", `unexpected ${FRAME_TYPE_NAMES[frame.type]} after the handshake`);
+      default:
+        return this.onOpenFrame(link, frame, now);
+    }
+  }
+
+  /** Checks the peer's HELLO against ours; throws ProtocolError with an operator-readable reason. */
+  protected checkPeerHello(link: Link, frame: Frame): HelloFrame {
+    if (frame.type !== FrameType.Hello) throw unexpected(frame, "HELLO");
+    if (frame.role === link.localHello.role) {
+      const both = frame.role === Role.Receiver ? "receivers" : "senders";
+      throw new ProtocolError("role-conflict", `both sides are ${both}: one side must be a receiver and the other a sender`);
+    }
+    if (frame.auth !== link.localHello.auth) {
+      throw new ProtocolError(
+        "auth-mismatch",
+        `peer uses ${Link.authName(frame.auth)} but this side uses ${Link.authName(link.localHello.auth)}: give both sides the same --secret, or neither`,
+      );
+    }
+    link.peerHello = { ...frame, nonce: frame.nonce.slice() };
+    return link.peerHello;
+  }
+
+  protected newLink(conn: number, peer: string, side: Side, capabilities: number, now: number): Link {
+    const link = new Link(conn, peer, side, this.role, this.authMode, capabilities, this.agent, this.crypto, now, this.handshakeTimeoutMs);
+    this.links.set(conn, link);
+    this.notifyTransmit(link);
+    return link;
+  }
+
+  /** Sends CLOSE and asks the host to close the connection. */
+  protected closeLink(link: Link, code: CloseCode, message: string): void {
+    if (link.state === "closed") return;
+    link.state = "closed";
+    link.writer.close(code, message);
+    this.notifyTransmit(link);
+    this.emit({ kind: "close-connection", conn: link.id });
+  }
+
+  /** closeLink for a failure, with a log line naming the peer and the reason. */
+  protected failLink(link: Link, code: CloseCode, message: string): void {
+    if (link.state === "closed") return;
+    this.log("warn", `closing connection with ${link.peer}: ${message}`);
+    this.closeLink(link, code, message);
+  }
+
+  protected notifyTransmit(link: Link): void {
+    if (link.transmitPending || link.blocked || link.writer.length === 0) return;
+    link.transmitPending = true;
+    this.emit({ kind: "transmit", conn: link.id });
+  }
+
+  /**
+   * Whether a DATA frame of `size` bytes may be queued on `link`: false when the transport is
+   * backed up and the bounded buffer is full, so that UDP is dropped (and counted) rather than hoarded.
+   */
+  protected hasRoom(link: Link, size: number): boolean {
+    if (link.writer.length + size <= this.maxBufferBytes) return true;
+    this.stats.drops.backpressure++;
+    return false;
+  }
+
+  protected flowCloseName(reason: number): string {
+    return FLOW_CLOSE_REASON_NAMES[reason] ?? `reason ${reason}`;
+  }
+}
+
+function positive(name: string, value: number): number {
+  if (!Number.isFinite(value) || value <= 0) throw new RangeError(`${name} must be a positive number, got ${value}`);
+  return value;
+}
+
+function earliest(a: number | undefined, b: number): number {
+  return a === undefined || b < a ? b : a;
+}
+
+export function unexpected(frame: Frame, expected: string): ProtocolError {
+  const name = frame.type === "extension" ? `extension 0x${frame.extensionType.toString(16)}` : FRAME_TYPE_NAMES[frame.type];
+  return new ProtocolError("unexpected-frame", `unexpected ${name} during the handshake (expected ${expected})`);
+}
+
+function describeHandshakeProgress(link: Link): string {
+  if (link.peerHello) return "";
+  return link.decoder.midFrame ? " (peer sent part of a preface or frame)" : " (peer sent nothing)";
+}
+
+function timestampBytes(now: number): Uint8Array {
+  const bytes = new Uint8Array(8);
+  new DataView(bytes.buffer).setFloat64(0, now);
+  return bytes;
+}
+
+function readTimestamp(bytes: Uint8Array): number {
+  return new DataView(bytes.buffer, bytes.byteOffset, 8).getFloat64(0);
+}

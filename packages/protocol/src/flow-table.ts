@@ -1,0 +1,63 @@
+/**
+ * Flows by id, kept in least-recently-active order: a Map iterates in insertion order, so moving a flow
+ * to the end on activity makes the first entry both the eviction candidate and the next to go idle.
+ * Both are O(1), which keeps idle expiry and --max-flows cheap with tens of thousands of flows.
+ */
+export interface FlowBase {
+  readonly id: number;
+  lastActive: number;
+}
+
+export class FlowTable<F extends FlowBase> {
+  private readonly byId = new Map<number, F>();
+  /** The most recently touched flow: touching it again (a burst) skips the Map reshuffle. */
+  private newest: F | undefined;
+
+  get size(): number {
+    return this.byId.size;
+  }
+
+  get(id: number): F | undefined {
+    return this.byId.get(id);
+  }
+
+  has(id: number): boolean {
+    return this.byId.has(id);
+  }
+
+  add(flow: F): void {
+    this.byId.set(flow.id, flow);
+    this.newest = flow;
+  }
+
+  touch(flow: F, now: number): void {
+    flow.lastActive = now;
+    if (this.newest === flow) return;
+    this.byId.delete(flow.id);
+    this.byId.set(flow.id, flow);
+    this.newest = flow;
+  }
+
+  delete(id: number): F | undefined {
+    const flow = this.byId.get(id);
+    if (!flow) return undefined;
+    this.byId.delete(id);
+    if (this.newest === flow) this.newest = undefined;
+    return flow;
+  }
+
+  /** Least recently active flow. */
+  oldest(): F | undefined {
+    for (const flow of this.byId.values()) return flow;
+    return undefined;
+  }
+
+  values(): IterableIterator<F> {
+    return this.byId.values();
+  }
+
+  clear(): void {
+    this.byId.clear();
+    this.newest = undefined;
+  }
+}

@@ -1,0 +1,176 @@
+/**
+ * Frame types, their fields and their size limits. The byte layout is specified in PROTOCOL.md;
+ * the encoder lives in writer.ts and the decoder in decoder.ts.
+ */
+
+/** Each side's first eight bytes: "MCUDPT", a zero byte, the wire version. */
+export const WIRE_VERSION = 1;
+export const PREFACE = Uint8Array.of(0x4d, 0x43, 0x55, 0x44, 0x50, 0x54, 0x00, WIRE_VERSION);
+
+/** type (u8) + body length (u32, big-endian). */
+export const HEADER_SIZE = 5;
+
+/** Largest UDP payload a frame carries: any datagram IPv4 or IPv6 can hold fits. */
+export const MAX_DATAGRAM = 65_535;
+
+export const FrameType = {
+  Hello: 0x01,
+  Auth: 0x02,
+  Accept: 0x03,
+  Close: 0x04,
+  Ping: 0x05,
+  Pong: 0x06,
+  FlowOpen: 0x10,
+  FlowClose: 0x11,
+  Data: 0x12,
+} as const;
+export type FrameType = (typeof FrameType)[keyof typeof FrameType];
+
+/** Types 0x80..0xFF are extensions: a peer that does not know one skips it (room to grow). */
+export const FIRST_EXTENSION_TYPE = 0x80;
+
+/** Which side listens for UDP clients. Independent of who dials TCP. */
+export const Role = { Receiver: 1, Sender: 2 } as const;
+export type Role = (typeof Role)[keyof typeof Role];
+
+/** How the TCP-accepting side verifies the dialing side. */
+export const AuthMode = { Approval: 1, Secret: 2 } as const;
+export type AuthMode = (typeof AuthMode)[keyof typeof AuthMode];
+
+/** Capability bits in HELLO. A feature is used only when both sides set its bit. */
+export const Capability = {
+  /** Flows survive a reconnect that presents the previous session's token. */
+  Resume: 1 << 0,
+} as const;
+
+/** Why a connection ends (CLOSE frame). */
+export const CloseCode = {
+  Normal: 0,
+  ProtocolError: 1,
+  AuthFailed: 2,
+  AuthMismatch: 3,
+  Refused: 4,
+  Busy: 5,
+  HandshakeTimeout: 6,
+  KeepaliveTimeout: 7,
+  RoleConflict: 8,
+  Replaced: 9,
+  InternalError: 10,
+} as const;
+export type CloseCode = (typeof CloseCode)[keyof typeof CloseCode];
+
+/** Why a flow ends (FLOW_CLOSE frame). */
+export const FlowCloseReason = {
+  Closed: 0,
+  Idle: 1,
+  Evicted: 2,
+  SocketError: 3,
+  TargetUnreachable: 4,
+  UnknownFlow: 5,
+  ResolveFailed: 6,
+  UnknownMapping: 7,
+} as const;
+export type FlowCloseReason = (typeof FlowCloseReason)[keyof typeof FlowCloseReason];
+
+export const NONCE_SIZE = 32;
+export const MAC_SIZE = 32;
+export const TOKEN_SIZE = 16;
+export const MAX_AGENT_LENGTH = 64;
+export const MAX_CLOSE_MESSAGE = 1024;
+
+/** Client address in FLOW_OPEN: IPv4 (4 bytes) or IPv6 (16 bytes), plus port. */
+export interface WireAddress {
+  family: 4 | 6;
+  /** Dotted quad or RFC 5952 text. */
+  address: string;
+  port: number;
+}
+
+export type Frame =
+  | { type: typeof FrameType.Hello; role: Role; auth: AuthMode; capabilities: number; nonce: Uint8Array; agent: string }
+  | { type: typeof FrameType.Auth; mac: Uint8Array; token: Uint8Array }
+  | { type: typeof FrameType.Accept; mac: Uint8Array; token: Uint8Array; resumed: boolean }
+  | { type: typeof FrameType.Close; code: number; message: string }
+  | { type: typeof FrameType.Ping; payload: Uint8Array }
+  | { type: typeof FrameType.Pong; payload: Uint8Array }
+  | { type: typeof FrameType.FlowOpen; flowId: number; mappingId: number; client: WireAddress }
+  | { type: typeof FrameType.FlowClose; flowId: number; reason: number }
+  | { type: typeof FrameType.Data; flowId: number; payload: Uint8Array }
+  /** An extension frame (type 0x80..0xFF) this version does not interpret. */
+  | { type: "extension"; extensionType: number; body: Uint8Array };
+
+/**
+ * Largest body accepted per type, checked on the header alone so that an oversized length is refused
+ * before a byte of its body is buffered. `undefined` means an unknown, non-extension type.
+ */
+export function maxBodyLength(type: number): number | undefined {
+  switch (type) {
+    case FrameType.Hello:
+      return 1 + 1 + 4 + NONCE_SIZE + 1 + MAX_AGENT_LENGTH;
+    case FrameType.Auth:
+      return 1 + MAC_SIZE + 1 + TOKEN_SIZE;
+    case FrameType.Accept:
+      return 1 + MAC_SIZE + 1 + TOKEN_SIZE + 1;
+    case FrameType.Close:
+      return 2 + MAX_CLOSE_MESSAGE;
+    case FrameType.Ping:
+    case FrameType.Pong:
+      return 8;
+    case FrameType.FlowOpen:
+      return 4 + 2 + 1 + 2 + 16;
+    case FrameType.FlowClose:
+      return 5;
+    case FrameType.Data:
+      return 4 + MAX_DATAGRAM;
+    default:
+      return type >= FIRST_EXTENSION_TYPE ? MAX_DATAGRAM : undefined;
+  }
+}
+
+export const FRAME_TYPE_NAMES: Record<number, string> = {
+  [FrameType.Hello]: "HELLO",
+  [FrameType.Auth]: "AUTH",
+  [FrameType.Accept]: "ACCEPT",
+  [FrameType.Close]: "CLOSE",
+  [FrameType.Ping]: "PING",
+  [FrameType.Pong]: "PONG",
+  [FrameType.FlowOpen]: "FLOW_OPEN",
+  [FrameType.FlowClose]: "FLOW_CLOSE",
+  [FrameType.Data]: "DATA",
+};
+
+export const CLOSE_CODE_NAMES: Record<number, string> = {
+  0: "normal",
+  1: "protocol error",
+  2: "authentication failed",
+  3: "authentication mode mismatch",
+  4: "refused by operator",
+  5: "busy",
+  6: "handshake timeout",
+  7: "keepalive timeout",
+  8: "role conflict",
+  9: "replaced by a newer connection",
+  10: "internal error",
+};
+
+export const FLOW_CLOSE_REASON_NAMES: Record<number, string> = {
+  0: "closed",
+  1: "idle",
+  2: "evicted",
+  3: "socket error",
+  4: "target unreachable",
+  5: "unknown flow",
+  6: "target name did not resolve",
+  7: "unknown mapping",
+};
+
+/** A malformed or unexpected input. `code` is stable (test vectors name it); `message` is for humans. */
+export class ProtocolError extends Error {
+  constructor(
+    readonly code: string,
+    message: string,
+  ) {
+    super(message);
+    this.name = "ProtocolError";
+  }
+}

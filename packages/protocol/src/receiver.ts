@@ -1,0 +1,322 @@
+/**
+ * The receiver: owns the public UDP port. Every client address becomes a flow with an id chosen here;
+ * the sender only ever answers with flow ids, so the only addresses this side writes to are clients
+ * that opened flows (no reflection). It accepts TCP connections, verifies each before acting on
+ * anything it sends, and keeps one sender at a time.
+ */
+import { ipFamily } from "./address.js";
+import { type ClientFlow, type CommonConfig, Endpoint, unexpected } from "./endpoint.js";
+import {
+  Capability,
+  CloseCode,
+  type Frame,
+  FlowCloseReason,
+  FrameType,
+  HEADER_SIZE,
+  MAX_DATAGRAM,
+  ProtocolError,
+  Role,
+  TOKEN_SIZE,
+} from "./frames.js";
+import { FlowTable } from "./flow-table.js";
+import type { CryptoProvider, Link } from "./link.js";
+
+export interface ReceiverConfig extends CommonConfig {
+  /** Unauthenticated connections allowed at once; more are refused straight away. */
+  maxPendingConnections?: number;
+  /** Mapping id put in FLOW_OPEN (one mapping per receiver for now). */
+  mappingId?: number;
+}
+
+/** The accepted sender and the flows that belong to it; survives a short outage for resumption. */
+interface Session {
+  token: Uint8Array;
+  link: Link | undefined;
+  peer: string;
+  /** When the link was lost; flows are kept until lostAt + resumeGraceMs. */
+  lostAt: number | undefined;
+}
+
+const CAPABILITIES = Capability.Resume;
+const DATA_OVERHEAD = HEADER_SIZE + 4;
+
+export class ReceiverMachine extends Endpoint {
+  private readonly flows = new FlowTable<ClientFlow>();
+  private readonly flowsByKey = new Map<string, ClientFlow>();
+  private session: Session | undefined;
+  private nextFlowId = 1;
+  private readonly maxPending: number;
+  private readonly mappingId: number;
+
+  constructor(config: ReceiverConfig, crypto: CryptoProvider) {
+    super(Role.Receiver, config, crypto);
+    this.maxPending = config.maxPendingConnections ?? 16;
+    this.mappingId = config.mappingId ?? 0;
+  }
+
+  /** True while an accepted sender is connected. */
+  get senderConnected(): boolean {
+    return this.session?.link !== undefined;
+  }
+
+  get flowCount(): number {
+    return this.flows.size;
+  }
+
+  /** A TCP connection was accepted from `peer` (an address for log lines). */
+  connect(conn: number, peer: string, now: number): void {
+    let pending = 0;
+    for (const link of this.links.values()) if (link.state !== "open" && link.state !== "closed") pending++;
+    const link = this.newLink(conn, peer, "acceptor", CAPABILITIES, now);
+    if (pending >= this.maxPending) {
+      this.stats.handshakeFailures++;
+      this.failLink(link, CloseCode.Busy, `too many unauthenticated connections (${pending})`);
+    }
+  }
+
+  /** The operator's answer for connection `conn`. */
+  approve(conn: number, accepted: boolean, now: number): void {
+    const link = this.links.get(conn);
+    if (!link || link.state !== "approval") return;
+    if (!accepted) {
+      this.stats.handshakeFailures++;
+      this.log("info", `sender ${link.peer} refused by the operator`);
+      this.closeLink(link, CloseCode.Refused, "refused by the receiver's operator");
+      return;
+    }
+    this.admit(link, now);
+    this.notifyTransmit(link);
+  }
+
+  /** A datagram from a UDP client. */
+  clientDatagram(address: string, port: number, payload: Uint8Array, now: number): void {
+    const stats = this.stats;
+    stats.udpIn++;
+    stats.udpInBytes += payload.length;
+    const link = this.session?.link;
+    if (link === undefined) {
+      stats.drops["no-sender"]++;
+      return;
+    }
+    if (payload.length > MAX_DATAGRAM) {
+      stats.drops["too-large"]++;
+      return;
+    }
+    const key = address + "|" + port;
+    let flow = this.flowsByKey.get(key);
+    if (flow === undefined) {
+      flow = this.openFlow(link, key, address, port, now);
+      if (flow === undefined) return;
+    } else {
+      this.flows.touch(flow, now);
+    }
+    if (!this.hasRoom(link, DATA_OVERHEAD + payload.length)) return;
+    link.writer.data(flow.id, payload);
+    this.notifyTransmit(link);
+  }
+
+  /** Says goodbye to every connection. Flows are dropped. */
+  shutdown(reason = "receiver shutting down"): void {
+    for (const link of this.links.values()) this.closeLink(link, CloseCode.Normal, reason);
+    this.dropAllFlows();
+    this.session = undefined;
+  }
+
+  /** Flows currently open, for status output. */
+  flowList(): IterableIterator<ClientFlow> {
+    return this.flows.values();
+  }
+
+  private openFlow(link: Link, key: string, address: string, port: number, now: number): ClientFlow | undefined {
+    const family = ipFamily(address);
+    if (family === undefined) {
+      this.log("warn", `ignoring datagram from unparseable address ${address}`);
+      return undefined;
+    }
+    if (this.flows.size >= this.maxFlows) {
+      const oldest = this.flows.oldest();
+      if (oldest) {
+        this.log("info", `flow limit (${this.maxFlows}) reached: evicting the least recently active flow (${oldest.address}:${oldest.port})`);
+        this.closeFlow(oldest, FlowCloseReason.Evicted, true);
+      }
+    }
+    const flow: ClientFlow = { id: this.allocateFlowId(), mappingId: this.mappingId, address, port, family, key, lastActive: now };
+    this.flows.add(flow);
+    this.flowsByKey.set(key, flow);
+    this.stats.flowsOpened++;
+    link.writer.flowOpen(flow.id, flow.mappingId, flow);
+    return flow;
+  }
+
+  private allocateFlowId(): number {
+    // 32-bit ids, never 0, never one still in use: wrap-around after 4 billion flows stays correct.
+    for (;;) {
+      const id = this.nextFlowId;
+      this.nextFlowId = id === 0xffffffff ? 1 : id + 1;
+      if (!this.flows.has(id)) return id;
+    }
+  }
+
+  private closeFlow(flow: ClientFlow, reason: number, tellPeer: boolean): void {
+    this.flows.delete(flow.id);
+    this.flowsByKey.delete(flow.key);
+    this.stats.flowsClosed++;
+    const link = this.session?.link;
+    if (tellPeer && link && link.state === "open") {
+      link.writer.flowClose(flow.id, reason);
+      this.notifyTransmit(link);
+    }
+  }
+
+  private dropAllFlows(): void {
+    this.stats.flowsClosed += this.flows.size;
+    this.flows.clear();
+    this.flowsByKey.clear();
+  }
+
+  protected onHandshakeFrame(link: Link, frame: Frame, now: number): void {
+    if (link.state === "hello") {
+      this.checkPeerHello(link, frame);
+      link.state = "auth";
+      return;
+    }
+    if (link.state !== "auth") throw unexpected(frame, "nothing until the operator answers");
+    if (frame.type !== FrameType.Auth) throw unexpected(frame, "AUTH");
+    link.offeredToken = frame.token.slice();
+    if (this.secret) {
+      if (!link.verifyProof(this.crypto, this.secret, "dialer", frame.mac, frame.token)) {
+        this.stats.handshakeFailures++;
+        this.failLink(link, CloseCode.AuthFailed, "wrong shared secret");
+        return;
+      }
+      this.admit(link, now);
+      return;
+    }
+    if (frame.mac.length !== 0) throw new Error("unreachable: auth modes were checked at HELLO");
+    if (this.canResume(link)) {
+      // The token was issued to a sender the operator already accepted.
+      this.admit(link, now);
+      return;
+    }
+    if (this.refuseIfBusy(link, now)) return;
+    link.state = "approval";
+    link.handshakeDeadline = undefined; // a human is deciding; no deadline
+    this.emit({ kind: "ask-operator", conn: link.id, peer: link.peer });
+  }
+
+  private canResume(link: Link): boolean {
+    const session = this.session;
+    if (!session || link.offeredToken.length !== TOKEN_SIZE) return false;
+    if ((link.sharedCapabilities & Capability.Resume) === 0) return false;
+    return session.token.every((b, i) => b === link.offeredToken[i]);
+  }
+
+  /**
+   * One sender at a time. A connected sender that has been silent for longer than its keepalive
+   * interval is presumed half-open (its host vanished), so a newly authenticated sender may replace it
+   * instead of being locked out until the keepalive timeout.
+   */
+  private refuseIfBusy(link: Link, now: number): boolean {
+    const current = this.session?.link;
+    if (!current || current === link) return false;
+    if (now - current.lastReceived > this.keepaliveMs * 1.5) return false;
+    this.stats.handshakeFailures++;
+    this.failLink(link, CloseCode.Busy, `another sender (${current.peer}) is connected; only one sender at a time`);
+    return true;
+  }
+
+  /** Authenticated: resume the session, replace a stale connection of the same sender, or start afresh. */
+  private admit(link: Link, now: number): void {
+    const resumed = this.canResume(link);
+    if (!resumed && this.refuseIfBusy(link, now)) return;
+    const session = this.session;
+    if (session?.link && session.link !== link) {
+      this.log("info", `sender ${link.peer} takes over from the earlier connection ${session.link.peer}`);
+      this.closeLink(session.link, CloseCode.Replaced, "replaced by a newer connection of the sender");
+      session.link = undefined;
+    }
+    if (resumed && session) {
+      session.link = link;
+      session.lostAt = undefined;
+      session.peer = link.peer;
+    } else {
+      if (this.flows.size > 0) this.log("info", `dropping ${this.flows.size} flows of the previous sender`);
+      this.dropAllFlows();
+      this.session = { token: this.crypto.randomBytes(TOKEN_SIZE), link, peer: link.peer, lostAt: undefined };
+    }
+    const token = (this.session as Session).token;
+    const mac = this.secret ? link.proof(this.crypto, this.secret, "acceptor", token, resumed) : new Uint8Array(0);
+    link.writer.accept(mac, token, resumed);
+    link.markOpen(now, this.keepaliveMs);
+    this.stats.accepted++;
+    this.log("info", `sender ${link.peer} accepted${resumed ? ` (resumed ${this.flows.size} flows)` : ""}`);
+    this.emit({ kind: "accepted", conn: link.id, peer: link.peer, resumed });
+    this.notifyTransmit(link);
+  }
+
+  protected onOpenFrame(link: Link, frame: Frame, now: number): void {
+    switch (frame.type) {
+      case FrameType.Data: {
+        const flow = this.flows.get(frame.flowId);
+        if (flow === undefined) {
+          // Closed here while the reply was in flight, or never ours: tell the sender, emit nothing.
+          this.stats.drops["unknown-flow"]++;
+          link.writer.flowClose(frame.flowId, FlowCloseReason.UnknownFlow);
+          return;
+        }
+        this.flows.touch(flow, now);
+        this.stats.udpOut++;
+        this.stats.udpOutBytes += frame.payload.length;
+        this.emit({ kind: "send-to-client", flow, payload: frame.payload });
+        return;
+      }
+      case FrameType.FlowClose: {
+        const flow = this.flows.get(frame.flowId);
+        if (flow) {
+          this.log("debug", `flow ${flow.id} (${flow.address}:${flow.port}) closed by the sender: ${this.flowCloseName(frame.reason)}`);
+          this.closeFlow(flow, frame.reason, false);
+        }
+        return;
+      }
+      case FrameType.FlowOpen:
+        throw new ProtocolError("unexpected-frame", "the sender may not open flows (FLOW_OPEN is receiver-only)");
+      default:
+        return; // PING/PONG/CLOSE are handled by the endpoint
+    }
+  }
+
+  protected onLinkGone(link: Link, wasOpen: boolean, now: number): void {
+    const session = this.session;
+    if (!session || session.link !== link) return;
+    session.link = undefined;
+    session.lostAt = now;
+    if (!wasOpen) return;
+    if (this.flows.size > 0) {
+      this.log("info", `keeping ${this.flows.size} flows for ${this.resumeGraceMs / 1000} s in case the sender resumes`);
+    }
+  }
+
+  protected onTick(now: number): void {
+    const session = this.session;
+    if (session && session.link === undefined && session.lostAt !== undefined && now >= session.lostAt + this.resumeGraceMs) {
+      if (this.flows.size > 0) this.log("info", `sender did not resume: dropping ${this.flows.size} flows`);
+      this.dropAllFlows();
+      this.session = undefined;
+    }
+    for (let flow = this.flows.oldest(); flow !== undefined && now - flow.lastActive >= this.idleTimeoutMs; flow = this.flows.oldest()) {
+      this.closeFlow(flow, FlowCloseReason.Idle, true);
+    }
+  }
+
+  protected roleTimeout(): number | undefined {
+    let next: number | undefined;
+    const oldest = this.flows.oldest();
+    if (oldest) next = oldest.lastActive + this.idleTimeoutMs;
+    const session = this.session;
+    if (session && session.link === undefined && session.lostAt !== undefined) {
+      const expiry = session.lostAt + this.resumeGraceMs;
+      if (next === undefined || expiry < next) next = expiry;
+    }
+    return next;
+  }
+}

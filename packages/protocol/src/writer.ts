@@ -1,0 +1,201 @@
+/**
+ * Encodes frames into one growing output region per connection. Everything written between two
+ * `take()` calls comes out as a single Uint8Array, so the frames of one event-loop turn become one TCP
+ * write. Taken bytes are never written again (later frames go after them, or into a fresh buffer), so
+ * a transport may hold on to what it was given until the socket has sent it.
+ */
+import { addressBytes } from "./address.js";
+import { utf8Truncated } from "./bytes.js";
+import {
+  type Frame,
+  FrameType,
+  HEADER_SIZE,
+  MAC_SIZE,
+  MAX_AGENT_LENGTH,
+  MAX_CLOSE_MESSAGE,
+  MAX_DATAGRAM,
+  NONCE_SIZE,
+  PREFACE,
+  ProtocolError,
+  TOKEN_SIZE,
+  type WireAddress,
+} from "./frames.js";
+
+const DEFAULT_CHUNK = 64 * 1024;
+
+export class FrameWriter {
+  private buf: Uint8Array;
+  private view: DataView;
+  private start = 0;
+  private end = 0;
+
+  constructor(private readonly chunkSize = DEFAULT_CHUNK) {
+    this.buf = new Uint8Array(chunkSize);
+    this.view = new DataView(this.buf.buffer);
+  }
+
+  /** Bytes written and not yet taken. */
+  get length(): number {
+    return this.end - this.start;
+  }
+
+  /** Everything written since the last take, or undefined when nothing was. */
+  take(): Uint8Array | undefined {
+    if (this.end === this.start) return undefined;
+    const out = this.buf.subarray(this.start, this.end);
+    this.start = this.end;
+    return out;
+  }
+
+  /** Forgets what was written and not taken (a dead connection's backlog). */
+  discard(): void {
+    this.start = this.end;
+  }
+
+  /** Room for `n` more bytes; moves the untaken bytes into a fresh buffer when the current one is full. */
+  private reserve(n: number): void {
+    if (this.end + n <= this.buf.length) return;
+    const pending = this.end - this.start;
+    const next = new Uint8Array(Math.max(this.chunkSize, (pending + n) * 2));
+    next.set(this.buf.subarray(this.start, this.end));
+    this.buf = next;
+    this.view = new DataView(next.buffer);
+    this.start = 0;
+    this.end = pending;
+  }
+
+  private header(type: number, bodyLength: number): number {
+    this.reserve(HEADER_SIZE + bodyLength);
+    const at = this.end;
+    this.buf[at] = type;
+    this.view.setUint32(at + 1, bodyLength);
+    this.end = at + HEADER_SIZE + bodyLength;
+    return at + HEADER_SIZE;
+  }
+
+  preface(): void {
+    this.reserve(PREFACE.length);
+    this.buf.set(PREFACE, this.end);
+    this.end += PREFACE.length;
+  }
+
+  /** The hot path: one datagram, one copy of its bytes. */
+  data(flowId: number, payload: Uint8Array): void {
+    if (payload.length > MAX_DATAGRAM) {
+      throw new ProtocolError("datagram-too-large", `datagram of ${payload.length} bytes exceeds ${MAX_DATAGRAM}`);
+    }
+    const at = this.header(FrameType.Data, 4 + payload.length);
+    this.view.setUint32(at, flowId);
+    this.buf.set(payload, at + 4);
+  }
+
+  hello(role: number, auth: number, capabilities: number, nonce: Uint8Array, agent: string): void {
+    if (nonce.length !== NONCE_SIZE) throw new ProtocolError("bad-nonce", `nonce must be ${NONCE_SIZE} bytes`);
+    const agentBytes = utf8Truncated(agent, MAX_AGENT_LENGTH);
+    const at = this.header(FrameType.Hello, 1 + 1 + 4 + NONCE_SIZE + 1 + agentBytes.length);
+    this.buf[at] = role;
+    this.buf[at + 1] = auth;
+    this.view.setUint32(at + 2, capabilities >>> 0);
+    this.buf.set(nonce, at + 6);
+    this.buf[at + 6 + NONCE_SIZE] = agentBytes.length;
+    this.buf.set(agentBytes, at + 7 + NONCE_SIZE);
+  }
+
+  auth(mac: Uint8Array, token: Uint8Array): void {
+    checkLength("mac", mac, [0, MAC_SIZE]);
+    checkLength("token", token, [0, TOKEN_SIZE]);
+    const at = this.header(FrameType.Auth, 2 + mac.length + token.length);
+    this.macAndToken(at, mac, token);
+  }
+
+  accept(mac: Uint8Array, token: Uint8Array, resumed: boolean): void {
+    checkLength("mac", mac, [0, MAC_SIZE]);
+    checkLength("token", token, [0, TOKEN_SIZE]);
+    const at = this.header(FrameType.Accept, 3 + mac.length + token.length);
+    const after = this.macAndToken(at, mac, token);
+    this.buf[after] = resumed ? 1 : 0;
+  }
+
+  private macAndToken(at: number, mac: Uint8Array, token: Uint8Array): number {
+    this.buf[at] = mac.length;
+    this.buf.set(mac, at + 1);
+    this.buf[at + 1 + mac.length] = token.length;
+    this.buf.set(token, at + 2 + mac.length);
+    return at + 2 + mac.length + token.length;
+  }
+
+  close(code: number, message: string): void {
+    const text = utf8Truncated(message, MAX_CLOSE_MESSAGE);
+    const at = this.header(FrameType.Close, 2 + text.length);
+    this.view.setUint16(at, code);
+    this.buf.set(text, at + 2);
+  }
+
+  ping(payload: Uint8Array): void {
+    checkLength("ping payload", payload, [8]);
+    this.buf.set(payload, this.header(FrameType.Ping, 8));
+  }
+
+  pong(payload: Uint8Array): void {
+    checkLength("pong payload", payload, [8]);
+    this.buf.set(payload, this.header(FrameType.Pong, 8));
+  }
+
+  flowOpen(flowId: number, mappingId: number, client: WireAddress): void {
+    const addr = addressBytes(client);
+    const at = this.header(FrameType.FlowOpen, 4 + 2 + 1 + 2 + addr.length);
+    this.view.setUint32(at, flowId);
+    this.view.setUint16(at + 4, mappingId);
+    this.buf[at + 6] = client.family;
+    this.view.setUint16(at + 7, client.port);
+    this.buf.set(addr, at + 9);
+  }
+
+  flowClose(flowId: number, reason: number): void {
+    const at = this.header(FrameType.FlowClose, 5);
+    this.view.setUint32(at, flowId);
+    this.buf[at + 4] = reason;
+  }
+
+  extension(type: number, body: Uint8Array): void {
+    this.buf.set(body, this.header(type, body.length));
+  }
+
+  /** Any frame from its fields (test vectors, tools); the machines call the typed methods directly. */
+  frame(frame: Frame): void {
+    if (frame.type === "extension") return this.extension(frame.extensionType, frame.body);
+    switch (frame.type) {
+      case FrameType.Hello:
+        return this.hello(frame.role, frame.auth, frame.capabilities, frame.nonce, frame.agent);
+      case FrameType.Auth:
+        return this.auth(frame.mac, frame.token);
+      case FrameType.Accept:
+        return this.accept(frame.mac, frame.token, frame.resumed);
+      case FrameType.Close:
+        return this.close(frame.code, frame.message);
+      case FrameType.Ping:
+        return this.ping(frame.payload);
+      case FrameType.Pong:
+        return this.pong(frame.payload);
+      case FrameType.FlowOpen:
+        return this.flowOpen(frame.flowId, frame.mappingId, frame.client);
+      case FrameType.FlowClose:
+        return this.flowClose(frame.flowId, frame.reason);
+      case FrameType.Data:
+        return this.data(frame.flowId, frame.payload);
+    }
+  }
+}
+
+/** One frame as a standalone byte string. */
+export function encodeFrame(frame: Frame): Uint8Array {
+  const writer = new FrameWriter(256);
+  writer.frame(frame);
+  return writer.take() ?? new Uint8Array(0);
+}
+
+function checkLength(what: string, bytes: Uint8Array, allowed: number[]): void {
+  if (!allowed.includes(bytes.length)) {
+    throw new ProtocolError("bad-field", `${what} must be ${allowed.join(" or ")} bytes, got ${bytes.length}`);
+  }
+}

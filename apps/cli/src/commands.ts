@@ -1,0 +1,107 @@
+/** The receiver and sender commands: parse flags, start the role, run until a signal. */
+import { type Logger, startReceiver, startSender, stderrLogger } from "@mcudpt/core";
+import { type ArgsDef, defineCommand } from "citty";
+import { stdinApprover } from "./approval.js";
+import { address, commonArgs, type CommonOptions, commonOptions } from "./options.js";
+import { pickTransport, runtimeDescription } from "./runtime.js";
+
+export const receiverArgs = {
+  udp: {
+    type: "string",
+    description: "Public UDP address clients send to (default :1937, all interfaces)",
+    valueHint: "[HOST]:PORT",
+  },
+  tcp: {
+    type: "string",
+    description: "TCP address the sender connects to (default :1937, all interfaces)",
+    valueHint: "[HOST]:PORT",
+  },
+  ...commonArgs,
+} satisfies ArgsDef;
+
+export const senderArgs = {
+  udp: {
+    type: "string",
+    description: "Target UDP service the flows are forwarded to (default :1937, this machine)",
+    valueHint: "HOST:PORT",
+  },
+  tcp: {
+    type: "string",
+    description: "Receiver's TCP address (default :1937, this machine)",
+    valueHint: "HOST:PORT",
+  },
+  ...commonArgs,
+} satisfies ArgsDef;
+
+function machineConfig(options: CommonOptions) {
+  return {
+    secret: options.secret,
+    idleTimeoutMs: options.idleTimeoutMs,
+    maxFlows: options.maxFlows,
+    keepaliveMs: options.keepaliveMs,
+    handshakeTimeoutMs: options.handshakeTimeoutMs,
+    maxBufferBytes: options.maxBufferBytes,
+  };
+}
+
+/**
+ * Runs until SIGINT/SIGTERM, then closes gracefully (goodbye to the peer) and exits 0. A second
+ * signal exits at once. Errors thrown by callbacks are logged, never fatal: the tunnel stays up.
+ */
+async function runUntilSignal(logger: Logger, close: () => Promise<void>): Promise<never> {
+  process.on("uncaughtException", (error) => logger.log("error", `unexpected error (please report): ${error?.stack ?? error}`));
+  process.on("unhandledRejection", (error) =>
+    logger.log("error", `unexpected rejection (please report): ${(error as Error)?.stack ?? error}`),
+  );
+  return new Promise<never>(() => {
+    let stopping = false;
+    const stop = (signal: string) => {
+      if (stopping) process.exit(1);
+      stopping = true;
+      logger.log("info", `${signal}: shutting down`);
+      close().then(
+        () => process.exit(0),
+        () => process.exit(0),
+      );
+    };
+    process.on("SIGINT", () => stop("SIGINT"));
+    process.on("SIGTERM", () => stop("SIGTERM"));
+  });
+}
+
+export const receiverCommand = defineCommand({
+  meta: { name: "receiver", description: "Public side: listen for UDP clients and for the sender's TCP connection" },
+  args: receiverArgs,
+  async run({ args }) {
+    const options = commonOptions(args);
+    const udp = address(args, "udp");
+    const tcp = address(args, "tcp");
+    const logger = stderrLogger({ name: "mcudpt receiver", level: options.logLevel });
+    const transport = pickTransport(options.transport);
+    logger.log("debug", `runtime: ${runtimeDescription()}`);
+    const handle = await startReceiver({
+      transport,
+      udp,
+      tcp,
+      config: machineConfig(options),
+      logger,
+      approve: options.secret ? undefined : stdinApprover(logger),
+    });
+    await runUntilSignal(logger, () => handle.close());
+  },
+});
+
+export const senderCommand = defineCommand({
+  meta: { name: "sender", description: "Private side: connect to the receiver and forward its flows to a UDP target" },
+  args: senderArgs,
+  async run({ args }) {
+    const options = commonOptions(args);
+    const target = address(args, "udp");
+    const receiver = address(args, "tcp");
+    const logger = stderrLogger({ name: "mcudpt sender", level: options.logLevel });
+    const transport = pickTransport(options.transport);
+    logger.log("debug", `runtime: ${runtimeDescription()}`);
+    const handle = await startSender({ transport, target, receiver, config: machineConfig(options), logger });
+    await runUntilSignal(logger, () => handle.close());
+  },
+});

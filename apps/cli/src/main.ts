@@ -1,0 +1,121 @@
+#!/usr/bin/env node
+/**
+ * mcudpt command line. Bad input ends with one line on stderr and exit code 2; the long-running
+ * commands never end on network errors (they log them).
+ */
+import { messageOf, UserError } from "@mcudpt/core";
+import { type ArgsDef, type CommandDef, defineCommand, renderUsage, runCommand } from "citty";
+import pkg from "../package.json" with { type: "json" };
+import { receiverCommand, senderCommand } from "./commands.js";
+import { demoCommand } from "./demo.js";
+import { normalizeArgv } from "./legacy.js";
+
+const VERSION: string = pkg.version;
+
+const subCommands: Record<string, CommandDef<ArgsDef>> = {
+  receiver: receiverCommand as unknown as CommandDef<ArgsDef>,
+  sender: senderCommand as unknown as CommandDef<ArgsDef>,
+  demo: demoCommand as unknown as CommandDef<ArgsDef>,
+};
+
+const mainCommand = defineCommand({
+  meta: { name: "mcudpt", version: VERSION, description: "Multi-client UDP tunnel over one TCP connection" },
+  subCommands,
+});
+
+const HELP = `mcudpt ${VERSION}: a multi-client UDP tunnel over one TCP connection (ssh -R for UDP)
+
+Usage:
+  mcudpt receiver --udp [HOST]:PORT --tcp [HOST]:PORT [options]   public side
+  mcudpt sender   --udp HOST:PORT   --tcp HOST:PORT   [options]   private side
+  mcudpt demo [--clients N] [--duration SECONDS]                  see it work on loopback
+
+Example, forwarding DNS:
+  public host:   mcudpt receiver --udp :53 --tcp :5353 --secret "$SECRET"
+  private host:  mcudpt sender --udp internal-dns.lan:53 --tcp tunnel-server:5353 --secret "$SECRET"
+
+The original mcudpt's flags work unchanged: mcudpt -mode receiver -udp :53 -tcp :5353
+(-mode defaults to receiver, -udp and -tcp to :1937).
+
+Without --secret (or MCUDPT_SECRET) the receiver asks "Accept? [yes/no]" on stdin for each sender.
+
+Run "mcudpt receiver --help" or "mcudpt sender --help" for every option.`;
+
+/** Every long flag name any command accepts, for Go-style single-dash spellings. */
+function longFlagNames(): Set<string> {
+  const names = new Set(["help", "version"]);
+  for (const command of Object.values(subCommands)) {
+    for (const name of Object.keys((command.args ?? {}) as ArgsDef)) names.add(name);
+  }
+  return names;
+}
+
+/** citty ignores flags it does not know; a typo must not silently run with defaults. */
+function checkArgs(args: string[], defs: ArgsDef): void {
+  const known = new Map<string, string | undefined>();
+  for (const [name, def] of Object.entries(defs)) {
+    known.set(name, def.type);
+    const aliases = "alias" in def && def.alias ? (Array.isArray(def.alias) ? def.alias : [def.alias]) : [];
+    for (const alias of aliases) known.set(alias, def.type);
+  }
+  for (let i = 0; i < args.length; i++) {
+    const arg = args[i];
+    if (arg === "--") break;
+    const match = /^--?([^=]+)(=.*)?$/.exec(arg);
+    if (!match || arg === "-") throw new UserError(`unexpected argument "${arg}"`);
+    const [, name, inline] = match;
+    if (!known.has(name)) throw new UserError(`unknown flag "${arg.split("=")[0]}" (see --help)`);
+    const type = known.get(name);
+    if ((type === "string" || type === "enum") && inline === undefined) {
+      const value = args[i + 1];
+      if (value === undefined) throw new UserError(`${arg} needs a value`);
+      i++;
+    }
+  }
+}
+
+export async function main(argv: string[]): Promise<number> {
+  try {
+    const args = normalizeArgv(argv, longFlagNames());
+    const wantsHelp = args.some((a) => a === "--help" || a === "-h");
+    if (args.length === 1 && (args[0] === "--version" || args[0] === "-V")) {
+      process.stdout.write(`${VERSION}\n`);
+      return 0;
+    }
+    let [name, ...rest] = args;
+    if (name === undefined || name.startsWith("-")) {
+      if (wantsHelp) {
+        process.stdout.write(`${HELP}\n`);
+        return 0;
+      }
+      // The original's behaviour: no mode means receiver, with :1937 defaults.
+      rest = args;
+      name = "receiver";
+      if (args.length === 0) process.stderr.write("mcudpt: no command given: running as receiver on :1937 (see mcudpt --help)\n");
+    }
+    const command = subCommands[name];
+    if (!command) throw new UserError(`unknown command "${name}": expected receiver, sender or demo (see --help)`);
+    if (wantsHelp) {
+      process.stdout.write(`${await renderUsage(command, mainCommand as unknown as CommandDef<ArgsDef>)}\n`);
+      return 0;
+    }
+    checkArgs(
+      rest.filter((a) => a !== "--help" && a !== "-h"),
+      (command.args ?? {}) as ArgsDef,
+    );
+    await runCommand(command, { rawArgs: rest });
+    return 0;
+  } catch (error) {
+    const known = error instanceof UserError || (error as Error)?.name === "CLIError";
+    process.stderr.write(`mcudpt: ${known ? "" : "unexpected error: "}${messageOf(error).replace(/\x1b\[[0-9;]*m/g, "").replace(/\s*\n\s*/g, " ")}\n`);
+    if (!known && process.env.MCUDPT_DEBUG) process.stderr.write(`${(error as Error)?.stack}\n`);
+    return 2;
+  }
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    if (code !== 0) process.exit(code);
+  },
+  () => process.exit(1),
+);

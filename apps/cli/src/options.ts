@@ -1,0 +1,122 @@
+/**
+ * Flag definitions shared by the commands, and their conversion into validated run options.
+ * Every bad value becomes a UserError naming the flag and the value: one line, no stack.
+ */
+import { type HostPort, parseHostPort, UserError } from "@mcudpt/core";
+import { DEFAULTS, type LogLevel } from "@mcudpt/protocol";
+import type { ArgsDef } from "citty";
+import type { TransportChoice } from "./runtime.js";
+
+/** The original mcudpt's default for both -udp and -tcp. */
+export const ORIGINAL_DEFAULT_ADDRESS = ":1937";
+
+export const commonArgs = {
+  secret: {
+    type: "string",
+    description: "Shared secret proven by HMAC challenge-response (default: $MCUDPT_SECRET; without one the receiver asks the operator)",
+    valueHint: "S",
+  },
+  "idle-timeout": {
+    type: "string",
+    description: `Close a flow after this many seconds without traffic either way (default ${DEFAULTS.idleTimeoutMs / 1000})`,
+    valueHint: "SECONDS",
+  },
+  "max-flows": {
+    type: "string",
+    description: `Most concurrent flows; past it the least recently active is evicted (default ${DEFAULTS.maxFlows})`,
+    valueHint: "N",
+  },
+  keepalive: {
+    type: "string",
+    description: `Ping interval; a peer silent for 3 intervals is dead (default ${DEFAULTS.keepaliveMs / 1000})`,
+    valueHint: "SECONDS",
+  },
+  "handshake-timeout": {
+    type: "string",
+    description: `Deadline for a connection to complete the handshake (default ${DEFAULTS.handshakeTimeoutMs / 1000})`,
+    valueHint: "SECONDS",
+  },
+  "max-buffer": {
+    type: "string",
+    description: "Bytes held for a slow TCP connection before datagrams are dropped, e.g. 4m, 512k (default 4m)",
+    valueHint: "BYTES",
+  },
+  transport: {
+    type: "enum",
+    options: ["auto", "bun", "node"],
+    default: "auto",
+    description: "Socket implementation: auto picks Bun's when running on Bun, Node's otherwise",
+  },
+  verbose: { type: "boolean", alias: "v", description: "Log flow events too (debug level)" },
+  quiet: { type: "boolean", alias: "q", description: "Log only warnings and errors" },
+} satisfies ArgsDef;
+
+export interface CommonOptions {
+  secret: string | undefined;
+  idleTimeoutMs: number;
+  maxFlows: number;
+  keepaliveMs: number;
+  handshakeTimeoutMs: number;
+  maxBufferBytes: number;
+  transport: TransportChoice;
+  logLevel: LogLevel;
+}
+
+type RawArgs = Record<string, unknown>;
+
+function stringArg(args: RawArgs, name: string): string | undefined {
+  const value = args[name];
+  if (value === undefined) return undefined;
+  if (Array.isArray(value)) throw new UserError(`--${name} given more than once`);
+  if (typeof value !== "string" || value === "") throw new UserError(`--${name} needs a value`);
+  return value;
+}
+
+export function seconds(args: RawArgs, name: string, fallbackMs: number): number {
+  const text = stringArg(args, name);
+  if (text === undefined) return fallbackMs;
+  const value = Number(text);
+  if (!/^\d+(\.\d+)?$/.test(text.trim()) || !(value > 0) || value > 86_400 * 365) {
+    throw new UserError(`--${name}: "${text}" is not a positive number of seconds`);
+  }
+  return value * 1000;
+}
+
+export function count(args: RawArgs, name: string, fallback: number, max = 10_000_000): number {
+  const text = stringArg(args, name);
+  if (text === undefined) return fallback;
+  if (!/^\d+$/.test(text.trim()) || Number(text) < 1 || Number(text) > max) {
+    throw new UserError(`--${name}: "${text}" is not a whole number from 1 to ${max}`);
+  }
+  return Number(text);
+}
+
+export function byteSize(args: RawArgs, name: string, fallback: number): number {
+  const text = stringArg(args, name);
+  if (text === undefined) return fallback;
+  const match = /^(\d+)\s*([kmg]?)i?b?$/i.exec(text.trim());
+  if (!match) throw new UserError(`--${name}: "${text}" is not a size (e.g. 65536, 512k, 4m)`);
+  const unit = { "": 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3 }[match[2].toLowerCase() as "" | "k" | "m" | "g"];
+  const value = Number(match[1]) * unit;
+  if (value < 65_536 + 9) throw new UserError(`--${name}: ${text} is too small; it must hold at least one full datagram (64k)`);
+  return value;
+}
+
+export function address(args: RawArgs, name: "udp" | "tcp"): HostPort {
+  return parseHostPort(stringArg(args, name) ?? ORIGINAL_DEFAULT_ADDRESS, `--${name}`);
+}
+
+export function commonOptions(args: RawArgs): CommonOptions {
+  const secret = stringArg(args, "secret") ?? (process.env.MCUDPT_SECRET || undefined);
+  if (args.verbose && args.quiet) throw new UserError("--verbose and --quiet contradict each other");
+  return {
+    secret,
+    idleTimeoutMs: seconds(args, "idle-timeout", DEFAULTS.idleTimeoutMs),
+    maxFlows: count(args, "max-flows", DEFAULTS.maxFlows),
+    keepaliveMs: seconds(args, "keepalive", DEFAULTS.keepaliveMs),
+    handshakeTimeoutMs: seconds(args, "handshake-timeout", DEFAULTS.handshakeTimeoutMs),
+    maxBufferBytes: byteSize(args, "max-buffer", DEFAULTS.maxBufferBytes),
+    transport: (args.transport as TransportChoice | undefined) ?? "auto",
+    logLevel: args.verbose ? "debug" : args.quiet ? "warn" : "info",
+  };
+}

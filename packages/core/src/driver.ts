@@ -1,0 +1,159 @@
+/**
+ * Drives one protocol machine with real time and real connections: feeds it inputs, drains its
+ * outputs, coalesces each connection's frames into one write per event-loop turn, honours
+ * backpressure, and keeps a single timer armed for the machine's next deadline.
+ * Role-specific outputs (datagrams, flow sockets, operator prompts) go to the role's handler.
+ */
+import type { Output, ReceiverMachine, SenderMachine } from "@mcudpt/protocol";
+import { messageOf } from "./errors.js";
+import type { Logger } from "./logger.js";
+import type { TcpConnection, TcpHandlers } from "./transport.js";
+
+type Machine = ReceiverMachine | SenderMachine;
+
+/** Monotonic milliseconds: wall-clock jumps must not expire flows or keepalives. */
+export const now = (): number => performance.now();
+
+export class MachineDriver {
+  private readonly connections = new Map<number, TcpConnection>();
+  private readonly dirty = new Set<number>();
+  private readonly closing = new Set<number>();
+  private nextConnId = 1;
+  private flushScheduled = false;
+  private timer: ReturnType<typeof setTimeout> | undefined;
+  private timerAt = Number.POSITIVE_INFINITY;
+  private stopped = false;
+
+  constructor(
+    readonly machine: Machine,
+    private readonly logger: Logger,
+    private readonly onRoleOutput: (output: Output) => void,
+  ) {}
+
+  /**
+   * Registers a TCP connection with the machine and returns the handlers to install on it.
+   * `register` tells the machine about it (connect()) once the id is known.
+   */
+  attach(connection: TcpConnection, register: (conn: number) => void): TcpHandlers {
+    const conn = this.nextConnId++;
+    this.connections.set(conn, connection);
+    this.guard(() => register(conn));
+    return this.handlersFor(conn);
+  }
+
+  /** Handlers for a connection id reserved with reserveId() before the connection exists (dialing). */
+  handlersFor(conn: number): TcpHandlers {
+    return {
+      onData: (data) => this.guard(() => this.machine.receive(conn, data, now())),
+      onDrain: () => this.guard(() => this.machine.setBlocked(conn, false)),
+      onClose: () => {
+        this.connections.delete(conn);
+        this.dirty.delete(conn);
+        this.closing.delete(conn);
+        this.guard(() => this.machine.disconnected(conn, now()));
+      },
+    };
+  }
+
+  reserveId(): number {
+    return this.nextConnId++;
+  }
+
+  bind(conn: number, connection: TcpConnection): void {
+    this.connections.set(conn, connection);
+  }
+
+  /** Runs an input against the machine, then drains what it produced. Never throws. */
+  guard(input: () => void): void {
+    try {
+      input();
+      this.drain();
+    } catch (error) {
+      this.logger.log("error", `internal error: ${(error as Error)?.stack ?? messageOf(error)}`);
+    }
+  }
+
+  private drain(): void {
+    const machine = this.machine;
+    for (let output = machine.poll(); output !== undefined; output = machine.poll()) {
+      switch (output.kind) {
+        case "transmit":
+          this.dirty.add(output.conn);
+          this.scheduleFlush();
+          break;
+        case "close-connection":
+          this.closing.add(output.conn);
+          this.dirty.add(output.conn);
+          this.scheduleFlush();
+          break;
+        case "log":
+          this.logger.log(output.level, output.message);
+          break;
+        default:
+          this.onRoleOutput(output);
+      }
+    }
+    this.armTimer();
+  }
+
+  private scheduleFlush(): void {
+    if (this.flushScheduled) return;
+    this.flushScheduled = true;
+    // setImmediate runs after the I/O callbacks of this turn: every datagram that arrived in the turn
+    // is in the buffer by then, and goes out in one write.
+    setImmediate(() => this.flush());
+  }
+
+  /** Writes each dirty connection's coalesced bytes; ends connections the machine closed. */
+  flush(): void {
+    this.flushScheduled = false;
+    for (const conn of this.dirty) {
+      const connection = this.connections.get(conn);
+      const bytes = this.machine.takeTransmit(conn);
+      if (!connection) continue;
+      if (bytes !== undefined && !connection.write(bytes)) this.machine.setBlocked(conn, true);
+      if (this.closing.has(conn)) {
+        this.closing.delete(conn);
+        connection.end();
+      }
+    }
+    this.dirty.clear();
+    // setBlocked(false) above may have produced outputs.
+    this.drain();
+  }
+
+  private armTimer(): void {
+    if (this.stopped) return;
+    const at = this.machine.nextTimeout();
+    if (at === undefined || at >= this.timerAt) return;
+    if (this.timer) clearTimeout(this.timer);
+    this.timerAt = at;
+    this.timer = setTimeout(
+      () => {
+        this.timer = undefined;
+        this.timerAt = Number.POSITIVE_INFINITY;
+        this.guard(() => this.machine.tick(now()));
+      },
+      Math.min(Math.max(0, at - now()), 2_147_483_647),
+    );
+  }
+
+  /** Flushes goodbyes, ends every connection and stops the timer. */
+  stop(): void {
+    this.flush();
+    this.stopped = true;
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = undefined;
+    for (const connection of this.connections.values()) connection.end();
+  }
+
+  /** Destroys connections that did not close after stop(). */
+  destroyAll(): void {
+    for (const connection of this.connections.values()) connection.destroy();
+    this.connections.clear();
+  }
+
+  get openConnections(): number {
+    return this.connections.size;
+  }
+}

@@ -1,0 +1,152 @@
+/**
+ * The receiver at run time: a public UDP port whose clients become flows, a TCP port where the sender
+ * connects. Wires a ReceiverMachine to a transport.
+ */
+import { type ClientFlow, type Output, ReceiverMachine, type ReceiverConfig } from "@mcudpt/protocol";
+import { formatHostPort, type HostPort } from "./address.js";
+import { nodeCrypto } from "./crypto.js";
+import { MachineDriver, now } from "./driver.js";
+import { messageOf, UserError } from "./errors.js";
+import { type Logger, RateLimitedLog } from "./logger.js";
+import { Resolver } from "./resolve.js";
+import type { TcpServer, Transport, UdpSocket } from "./transport.js";
+
+export interface ReceiverOptions {
+  transport: Transport;
+  /** Where UDP clients send; host "" means all interfaces. */
+  udp: HostPort;
+  /** Where the sender connects; host "" means all interfaces. */
+  tcp: HostPort;
+  config: ReceiverConfig;
+  logger: Logger;
+  /** Operator approval for senders when no secret is set; refuses when absent. */
+  approve?: (peer: string) => Promise<boolean>;
+}
+
+export interface ReceiverHandle {
+  readonly machine: ReceiverMachine;
+  readonly udpPort: number;
+  readonly tcpPort: number;
+  /** Says goodbye to the sender, closes both ports. */
+  close(): Promise<void>;
+}
+
+/** "" (as in ":53") binds all interfaces, like the original. */
+export async function bindAddress(resolver: Resolver, host: string, what: string): Promise<string> {
+  if (host === "" || host === "*") return "0.0.0.0";
+  try {
+    return (await resolver.resolve(host)).address;
+  } catch (error) {
+    throw new UserError(`${what}: cannot resolve "${host}": ${messageOf(error)}`);
+  }
+}
+
+export async function startReceiver(options: ReceiverOptions): Promise<ReceiverHandle> {
+  const { transport, logger } = options;
+  const machine = new ReceiverMachine(options.config, nodeCrypto);
+  const resolver = new Resolver();
+  const rateLimited = new RateLimitedLog(logger);
+  const approvals: Array<{ conn: number; peer: string }> = [];
+  let asking = false;
+  let udp: UdpSocket | undefined;
+
+  const askNext = (): void => {
+    if (asking) return;
+    const next = approvals.shift();
+    if (!next) return;
+    asking = true;
+    const decide = options.approve ? options.approve(next.peer) : Promise.resolve(false);
+    decide
+      .catch((error) => {
+        logger.log("warn", `operator approval failed: ${messageOf(error)}`);
+        return false;
+      })
+      .then((accepted) => {
+        asking = false;
+        driver.guard(() => machine.approve(next.conn, accepted, now()));
+        askNext();
+      });
+  };
+
+  const onOutput = (output: Output): void => {
+    switch (output.kind) {
+      case "send-to-client": {
+        const flow: ClientFlow = output.flow;
+        if (!udp?.send(output.payload, flow.port, flow.address)) {
+          machine.stats.drops["socket-error"]++;
+          rateLimited.log("udp-send", "warn", `could not send to client ${formatHostPort(flow.address, flow.port)} (socket buffer full?)`);
+        }
+        return;
+      }
+      case "ask-operator":
+        if (!options.approve) {
+          logger.log("warn", `sender ${output.peer} refused: no shared secret is configured and no operator can answer`);
+        }
+        approvals.push({ conn: output.conn, peer: output.peer });
+        askNext();
+        return;
+      default:
+        return;
+    }
+  };
+  const driver = new MachineDriver(machine, logger, onOutput);
+
+  const udpHost = await bindAddress(resolver, options.udp.host, "--udp");
+  const tcpHost = await bindAddress(resolver, options.tcp.host, "--tcp");
+  try {
+    udp = await transport.bindUdp({
+      host: udpHost,
+      port: options.udp.port,
+      onDatagram: (data, address, port) => driver.guard(() => machine.clientDatagram(address, port, data, now())),
+      onError: (error) => rateLimited.log("udp-error", "warn", `UDP socket error: ${messageOf(error)}`),
+    });
+  } catch (error) {
+    throw new UserError(`cannot listen on UDP ${formatHostPort(udpHost, options.udp.port)}: ${messageOf(error)}`);
+  }
+  let server: TcpServer;
+  try {
+    server = await transport.listenTcp({
+      host: tcpHost,
+      port: options.tcp.port,
+      onConnection: (connection) =>
+        driver.attach(connection, (conn) => {
+          const peer = formatHostPort(connection.remoteAddress, connection.remotePort);
+          logger.log("info", `connection from ${peer}`);
+          machine.connect(conn, peer, now());
+        }),
+    });
+  } catch (error) {
+    udp.close();
+    throw new UserError(`cannot listen on TCP ${formatHostPort(tcpHost, options.tcp.port)}: ${messageOf(error)}`);
+  }
+  const udpSocket = udp;
+  logger.log(
+    "info",
+    `receiver listening: UDP ${formatHostPort(udpHost, udpSocket.port)}, TCP ${formatHostPort(tcpHost, server.port)} ` +
+      `(transport: ${transport.name}, auth: ${options.config.secret ? "shared secret" : "operator approval"})`,
+  );
+
+  let closed: Promise<void> | undefined;
+  return {
+    machine,
+    udpPort: udpSocket.port,
+    tcpPort: server.port,
+    close() {
+      closed ??= (async () => {
+        server.close();
+        driver.guard(() => machine.shutdown());
+        driver.stop();
+        udpSocket.close();
+        await waitFor(() => driver.openConnections === 0, 1000);
+        driver.destroyAll();
+      })();
+      return closed;
+    },
+  };
+}
+
+/** Polls `done` until it holds or `ms` pass (bounded). */
+export async function waitFor(done: () => boolean, ms: number): Promise<void> {
+  const until = Date.now() + ms;
+  while (!done() && Date.now() < until) await new Promise((r) => setTimeout(r, 10));
+}

@@ -1,0 +1,211 @@
+/**
+ * The sender at run time: dials the receiver (and keeps dialing, with capped exponential backoff and
+ * jitter), and gives every flow its own UDP socket connected to the target, so the target's replies
+ * map back to the flow and the target sees one stable source port per client.
+ */
+import { FlowCloseReason, type Output, SenderMachine, type SenderConfig } from "@mcudpt/protocol";
+import { formatHostPort, type HostPort } from "./address.js";
+import { nodeCrypto } from "./crypto.js";
+import { MachineDriver, now } from "./driver.js";
+import { messageOf } from "./errors.js";
+import { type Logger, RateLimitedLog } from "./logger.js";
+import { waitFor } from "./receiver.js";
+import { Resolver } from "./resolve.js";
+import type { TcpConnection, Transport, UdpSocket } from "./transport.js";
+
+export interface SenderOptions {
+  transport: Transport;
+  /** The UDP service the flows are forwarded to; host "" means this machine. */
+  target: HostPort;
+  /** The receiver's TCP address; host "" means this machine. */
+  receiver: HostPort;
+  config: SenderConfig;
+  logger: Logger;
+  /** First retry delay and its cap (ms); each failure doubles the delay, with jitter. */
+  reconnect?: { initialMs?: number; maxMs?: number };
+  connectTimeoutMs?: number;
+}
+
+export interface SenderHandle {
+  readonly machine: SenderMachine;
+  /** Open flow sockets (for tests and status). */
+  readonly flowSockets: number;
+  close(): Promise<void>;
+}
+
+/** Datagrams held per flow while its socket is being opened; more are dropped (UDP semantics). */
+const MAX_PENDING_PER_FLOW = 64;
+
+interface FlowSocket {
+  socket: UdpSocket | undefined;
+  pending: Uint8Array[];
+  closed: boolean;
+}
+
+export async function startSender(options: SenderOptions): Promise<SenderHandle> {
+  const { transport, logger } = options;
+  const machine = new SenderMachine(options.config, nodeCrypto);
+  const resolver = new Resolver();
+  const rateLimited = new RateLimitedLog(logger);
+  const flowSockets = new Map<number, FlowSocket>();
+  const targetHost = options.target.host === "" ? "127.0.0.1" : options.target.host;
+  const receiverHost = options.receiver.host === "" ? "127.0.0.1" : options.receiver.host;
+  const targetText = formatHostPort(targetHost, options.target.port);
+  const receiverText = formatHostPort(receiverHost, options.receiver.port);
+  const initialDelay = options.reconnect?.initialMs ?? 250;
+  const maxDelay = options.reconnect?.maxMs ?? 30_000;
+  let failures = 0;
+  let stopping = false;
+  let retryTimer: ReturnType<typeof setTimeout> | undefined;
+  let current: TcpConnection | undefined;
+
+  const openFlowSocket = (flowId: number): void => {
+    const entry: FlowSocket = { socket: undefined, pending: [], closed: false };
+    flowSockets.set(flowId, entry);
+    let resolved = false;
+    resolver
+      .resolve(targetHost)
+      .then(({ address, family }) => {
+        resolved = true;
+        return transport.bindUdp({
+          host: family === 6 ? "::" : "0.0.0.0",
+          port: 0,
+          connect: { host: address, port: options.target.port },
+          onDatagram: (data) => driver.guard(() => machine.targetDatagram(flowId, data, now())),
+          onError: (error) => {
+            // ICMP port unreachable and friends: the target may come back; keep the flow.
+            driver.guard(() => machine.flowSocketError(flowId, false));
+            rateLimited.log("target-error", "warn", `target ${targetText}: ${messageOf(error)}`);
+          },
+        });
+      })
+      .then((socket) => {
+        if (entry.closed) return socket.close();
+        entry.socket = socket;
+        for (const payload of entry.pending) if (!socket.send(payload)) machine.stats.drops["socket-error"]++;
+        entry.pending = [];
+      })
+      .catch((error) => {
+        if (entry.closed) return;
+        flowSockets.delete(flowId);
+        const reason = resolved ? FlowCloseReason.SocketError : FlowCloseReason.ResolveFailed;
+        const what = resolved ? `cannot open a UDP socket toward ${targetText}` : `cannot resolve target "${targetHost}"`;
+        rateLimited.log(`flow-open-${reason}`, "warn", `${what}: ${messageOf(error)}`);
+        driver.guard(() => machine.flowSocketError(flowId, true, reason));
+      });
+  };
+
+  const onOutput = (output: Output): void => {
+    switch (output.kind) {
+      case "send-to-target": {
+        const entry = flowSockets.get(output.flowId);
+        if (entry?.socket) {
+          if (!entry.socket.send(output.payload)) machine.stats.drops["socket-error"]++;
+        } else if (entry && entry.pending.length < MAX_PENDING_PER_FLOW) {
+          entry.pending.push(output.payload.slice()); // the payload is a view into the TCP chunk
+        } else {
+          machine.stats.drops["socket-error"]++;
+        }
+        return;
+      }
+      case "open-flow-socket":
+        openFlowSocket(output.flowId);
+        return;
+      case "close-flow-socket": {
+        const entry = flowSockets.get(output.flowId);
+        if (!entry) return;
+        entry.closed = true;
+        entry.socket?.close();
+        flowSockets.delete(output.flowId);
+        return;
+      }
+      case "accepted":
+        failures = 0;
+        return;
+      default:
+        return;
+    }
+  };
+  const driver = new MachineDriver(machine, logger, onOutput);
+
+  const scheduleRetry = (why: string): void => {
+    if (stopping || retryTimer) return;
+    const base = Math.min(maxDelay, initialDelay * 2 ** Math.min(failures, 20));
+    const delay = Math.round(base * (0.5 + Math.random() * 0.5));
+    failures++;
+    logger.log(failures > 1 ? "warn" : "info", `${why}; reconnecting in ${(delay / 1000).toFixed(1)} s`);
+    retryTimer = setTimeout(() => {
+      retryTimer = undefined;
+      void dial();
+    }, delay);
+  };
+
+  const dial = async (): Promise<void> => {
+    if (stopping) return;
+    let address: string;
+    try {
+      address = (await resolver.resolve(receiverHost)).address;
+    } catch (error) {
+      return scheduleRetry(`cannot resolve receiver "${receiverHost}": ${messageOf(error)}`);
+    }
+    const conn = driver.reserveId();
+    const handlers = driver.handlersFor(conn);
+    // Bytes that arrive before the machine knows the connection are replayed once it does.
+    let early: Uint8Array[] | undefined = [];
+    let connection: TcpConnection;
+    try {
+      connection = await transport.connectTcp({
+        host: address,
+        port: options.receiver.port,
+        timeoutMs: options.connectTimeoutMs ?? 10_000,
+        handlers: {
+          onData: (data) => (early ? early.push(data.slice()) : handlers.onData(data)),
+          onDrain: handlers.onDrain,
+          onClose: (error) => {
+            handlers.onClose(error);
+            if (current === connection) current = undefined;
+            scheduleRetry(`connection to receiver ${receiverText} closed${error ? `: ${messageOf(error)}` : ""}`);
+          },
+        },
+      });
+    } catch (error) {
+      return scheduleRetry(`cannot connect to receiver ${receiverText}: ${messageOf(error)}`);
+    }
+    if (stopping) return connection.destroy();
+    current = connection;
+    driver.bind(conn, connection);
+    logger.log("info", `connected to receiver ${receiverText}`);
+    driver.guard(() => machine.connect(conn, receiverText, now()));
+    const replay = early;
+    early = undefined;
+    for (const data of replay) handlers.onData(data);
+  };
+
+  logger.log("info", `sender forwarding to ${targetText} through receiver ${receiverText} (transport: ${transport.name})`);
+  void dial();
+
+  let closed: Promise<void> | undefined;
+  return {
+    machine,
+    get flowSockets() {
+      return flowSockets.size;
+    },
+    close() {
+      closed ??= (async () => {
+        stopping = true;
+        if (retryTimer) clearTimeout(retryTimer);
+        driver.guard(() => machine.shutdown());
+        driver.stop();
+        for (const entry of flowSockets.values()) {
+          entry.closed = true;
+          entry.socket?.close();
+        }
+        flowSockets.clear();
+        await waitFor(() => driver.openConnections === 0, 1000);
+        driver.destroyAll();
+        current = undefined;
+      })();
+      return closed;
+    },
+  };
+}

@@ -1,0 +1,329 @@
+/**
+ * The tunnel conformance suite: every transport runs the same scenarios over real sockets on
+ * 127.0.0.1. Written with node:test and node:assert only, so this file runs under `bun test` (both
+ * transports) and, bundled, under real `node --test` (the Node transport on Node itself).
+ */
+import assert from "node:assert/strict";
+import { after, before, describe, it } from "node:test";
+import { type ReceiverHandle, type SenderHandle, startReceiver, startSender, type Transport } from "@mcudpt/core";
+import type { ReceiverConfig, SenderConfig } from "@mcudpt/protocol";
+import { startProxy } from "../helpers/proxy.js";
+import { availableTransports } from "../helpers/transports.js";
+import {
+  eventually,
+  freeUdpPort,
+  LOOPBACK,
+  type MemoryLogger,
+  memoryLogger,
+  sleep,
+  startClient,
+  startEcho,
+  text,
+} from "../helpers/tunnel.js";
+
+const SECRET = "conformance-secret";
+
+interface Tunnel {
+  receiver: ReceiverHandle;
+  sender: SenderHandle;
+  receiverLog: MemoryLogger;
+  senderLog: MemoryLogger;
+  close(): Promise<void>;
+}
+
+/** Receiver and sender on loopback, optionally with a proxy between them; waits until connected. */
+async function startTunnel(
+  transport: Transport,
+  targetPort: number,
+  options: {
+    receiverConfig?: ReceiverConfig;
+    senderConfig?: SenderConfig;
+    viaPort?: (receiverTcpPort: number) => Promise<number>;
+    approve?: (peer: string) => Promise<boolean>;
+    waitConnected?: boolean;
+  } = {},
+): Promise<Tunnel> {
+  const receiverLog = memoryLogger();
+  const senderLog = memoryLogger();
+  const receiver = await startReceiver({
+    transport,
+    udp: { host: LOOPBACK, port: 0 },
+    tcp: { host: LOOPBACK, port: 0 },
+    config: options.receiverConfig ?? { secret: SECRET },
+    logger: receiverLog,
+    approve: options.approve,
+  });
+  const tcpPort = options.viaPort ? await options.viaPort(receiver.tcpPort) : receiver.tcpPort;
+  const sender = await startSender({
+    transport,
+    target: { host: LOOPBACK, port: targetPort },
+    receiver: { host: LOOPBACK, port: tcpPort },
+    config: options.senderConfig ?? { secret: SECRET },
+    logger: senderLog,
+    reconnect: { initialMs: 50, maxMs: 500 },
+  });
+  if (options.waitConnected !== false) {
+    await eventually(() => receiver.machine.senderConnected && sender.machine.connected, "sender accepted");
+  }
+  return {
+    receiver,
+    sender,
+    receiverLog,
+    senderLog,
+    close: async () => {
+      await sender.close();
+      await receiver.close();
+    },
+  };
+}
+
+for (const transport of availableTransports()) {
+  describe(`tunnel over the ${transport.name} transport`, () => {
+    let echo: Awaited<ReturnType<typeof startEcho>>;
+    before(async () => {
+      echo = await startEcho(transport);
+    });
+    after(() => echo.close());
+
+    it("gives fifty concurrent clients each exactly their own replies", async () => {
+      const tunnel = await startTunnel(transport, echo.port);
+      try {
+        const clients = await Promise.all(Array.from({ length: 50 }, () => startClient(transport, tunnel.receiver.udpPort)));
+        // First datagram per client opens its flow (retried until answered), then a burst of 20 more.
+        await Promise.all(clients.map((client, i) => client.request(`client ${i} hello`)));
+        for (let round = 0; round < 20; round++) {
+          clients.forEach((client, i) => client.send(`client ${i} message ${round}`));
+          await sleep(2);
+        }
+        await eventually(() => clients.every((c) => c.replies.length >= 18), "most burst replies", 10_000);
+        clients.forEach((client, i) => {
+          for (const reply of client.replies) assert.match(text(reply), new RegExp(`^client ${i} `), `client ${i} got ${text(reply)}`);
+        });
+        assert.equal(tunnel.receiver.machine.flowCount, 50);
+        assert.equal(tunnel.sender.machine.flowCount, 50);
+        assert.equal(tunnel.sender.flowSockets, 50, "one UDP socket per flow on the sender");
+        for (const client of clients) client.close();
+      } finally {
+        await tunnel.close();
+      }
+    });
+
+    it("carries datagrams of 0, 1, 1400 and 65507 bytes intact", async () => {
+      const tunnel = await startTunnel(transport, echo.port);
+      try {
+        const client = await startClient(transport, tunnel.receiver.udpPort);
+        for (const size of [1, 0, 1400, 65_507]) {
+          const payload = new Uint8Array(size).map((_, i) => (i * 31 + size) & 0xff);
+          const reply = await client.request(payload);
+          assert.equal(reply.length, size);
+          assert.deepEqual(reply, payload);
+        }
+        client.close();
+      } finally {
+        await tunnel.close();
+      }
+    });
+
+    for (const mode of ["trickle", "coalesce"] as const) {
+      it(`survives a TCP stream ${mode === "trickle" ? "split into tiny pieces" : "coalesced into large chunks"}`, async () => {
+        let proxy: Awaited<ReturnType<typeof startProxy>> | undefined;
+        const tunnel = await startTunnel(transport, echo.port, {
+          viaPort: async (port) => {
+            proxy = await startProxy(port, mode);
+            return proxy.port;
+          },
+        });
+        try {
+          const clients = await Promise.all(Array.from({ length: 5 }, () => startClient(transport, tunnel.receiver.udpPort)));
+          for (const [i, client] of clients.entries()) assert.equal(text(await client.request(`c${i} first`)), `c${i} first`);
+          for (let round = 0; round < 10; round++) clients.forEach((c, i) => c.send(`c${i} round ${round}`));
+          await eventually(() => clients.every((c) => c.replies.length >= 11), "all replies through the proxy", 10_000);
+          clients.forEach((c, i) => {
+            for (const reply of c.replies) assert.match(text(reply), new RegExp(`^c${i} `));
+          });
+          const big = new Uint8Array(20_000).map((_, i) => i & 0xff);
+          assert.deepEqual(await clients[0].request(big, 10_000), big);
+          for (const client of clients) client.close();
+        } finally {
+          await tunnel.close();
+          await proxy?.close();
+        }
+      });
+    }
+
+    it("refuses a sender with the wrong secret and forwards nothing", async () => {
+      const tunnel = await startTunnel(transport, echo.port, { senderConfig: { secret: "not-the-secret" }, waitConnected: false });
+      try {
+        await eventually(() => tunnel.receiverLog.saw(/wrong shared secret/), "receiver logs the wrong secret");
+        await eventually(() => tunnel.senderLog.saw(/authentication failed/), "sender told why");
+        assert.equal(tunnel.receiver.machine.senderConnected, false);
+        const client = await startClient(transport, tunnel.receiver.udpPort);
+        client.send("should go nowhere");
+        await sleep(200);
+        assert.equal(client.replies.length, 0);
+        assert.equal(tunnel.receiver.machine.stats.drops["no-sender"] >= 1, true);
+        client.close();
+      } finally {
+        await tunnel.close();
+      }
+    });
+
+    it("refuses a second sender while the first is connected, and keeps serving the first", async () => {
+      const tunnel = await startTunnel(transport, echo.port);
+      const secondLog = memoryLogger();
+      const second = await startSender({
+        transport,
+        target: { host: LOOPBACK, port: echo.port },
+        receiver: { host: LOOPBACK, port: tunnel.receiver.tcpPort },
+        config: { secret: SECRET },
+        logger: secondLog,
+        reconnect: { initialMs: 50, maxMs: 200 },
+      });
+      try {
+        await eventually(() => secondLog.saw(/busy/), "second sender told the receiver is busy");
+        assert.equal(second.machine.connected, false);
+        assert.ok(tunnel.receiverLog.saw(/another sender .* is connected/));
+        const client = await startClient(transport, tunnel.receiver.udpPort);
+        assert.equal(text(await client.request("still served")), "still served");
+        client.close();
+      } finally {
+        await second.close();
+        await tunnel.close();
+      }
+    });
+
+    it("asks the operator without a secret: yes forwards, no refuses", async () => {
+      const asked: string[] = [];
+      const yes = await startTunnel(transport, echo.port, {
+        receiverConfig: {},
+        senderConfig: {},
+        approve: async (peer) => {
+          asked.push(peer);
+          return true;
+        },
+      });
+      try {
+        assert.equal(asked.length, 1);
+        assert.match(asked[0], /^127\.0\.0\.1:\d+$/);
+        const client = await startClient(transport, yes.receiver.udpPort);
+        assert.equal(text(await client.request("approved")), "approved");
+        client.close();
+      } finally {
+        await yes.close();
+      }
+      const no = await startTunnel(transport, echo.port, {
+        receiverConfig: {},
+        senderConfig: {},
+        approve: async () => false,
+        waitConnected: false,
+      });
+      try {
+        await eventually(() => no.senderLog.saw(/refused by operator/), "sender told it was refused");
+        assert.equal(no.receiver.machine.senderConnected, false);
+      } finally {
+        await no.close();
+      }
+    });
+
+    it("keeps running when the target port is closed (ICMP unreachable), and recovers when it opens", async () => {
+      const port = await freeUdpPort(transport);
+      const tunnel = await startTunnel(transport, port);
+      try {
+        const client = await startClient(transport, tunnel.receiver.udpPort);
+        for (let i = 0; i < 5; i++) {
+          client.send(`into the void ${i}`);
+          await sleep(20);
+        }
+        await eventually(() => tunnel.sender.machine.stats.drops["socket-error"] > 0, "ICMP error counted on the sender");
+        assert.equal(tunnel.sender.machine.connected, true, "the tunnel survived");
+        const late = await startEcho(transport, port);
+        try {
+          assert.equal(text(await client.request("target is back")), "target is back");
+        } finally {
+          late.close();
+        }
+        client.close();
+      } finally {
+        await tunnel.close();
+      }
+    });
+
+    it("starts the sender before the receiver and connects once the receiver is up", async () => {
+      const senderLog = memoryLogger();
+      const probe = await transport.listenTcp({ host: LOOPBACK, port: 0, onConnection: () => ({ onData() {}, onDrain() {}, onClose() {} }) });
+      const tcpPort = probe.port;
+      probe.close();
+      const sender = await startSender({
+        transport,
+        target: { host: LOOPBACK, port: echo.port },
+        receiver: { host: LOOPBACK, port: tcpPort },
+        config: { secret: SECRET },
+        logger: senderLog,
+        reconnect: { initialMs: 50, maxMs: 200 },
+      });
+      let receiver: ReceiverHandle | undefined;
+      try {
+        await eventually(() => senderLog.saw(/cannot connect to receiver/), "sender retries");
+        receiver = await startReceiver({
+          transport,
+          udp: { host: LOOPBACK, port: 0 },
+          tcp: { host: LOOPBACK, port: tcpPort },
+          config: { secret: SECRET },
+          logger: memoryLogger(),
+        });
+        await eventually(() => sender.machine.connected, "sender connected after the receiver came up");
+        const client = await startClient(transport, receiver.udpPort);
+        assert.equal(text(await client.request("late receiver")), "late receiver");
+        client.close();
+      } finally {
+        await sender.close();
+        await receiver?.close();
+      }
+    });
+
+    it("reconnects after the TCP connection is cut, resuming flows on the same target source port", async () => {
+      let proxy: Awaited<ReturnType<typeof startProxy>> | undefined;
+      const target = await transport.bindUdp({
+        host: LOOPBACK,
+        port: 0,
+        onDatagram: (data, address, port) => target.send(new TextEncoder().encode(`${text(data)} from ${port}`), port, address),
+        onError: () => {},
+      });
+      const tunnel = await startTunnel(transport, target.port, {
+        viaPort: async (port) => {
+          proxy = await startProxy(port);
+          return proxy.port;
+        },
+      });
+      try {
+        const client = await startClient(transport, tunnel.receiver.udpPort);
+        const before = text(await client.request("before"));
+        proxy?.cut();
+        await eventually(() => !tunnel.sender.machine.connected, "sender noticed the cut");
+        await eventually(() => tunnel.sender.machine.connected && tunnel.receiver.machine.senderConnected, "reconnected", 10_000);
+        assert.ok(tunnel.senderLog.saw(/resumed 1 flows/), "flows resumed");
+        const afterCut = text(await client.request("after"));
+        assert.equal(afterCut.split(" from ")[1], before.split(" from ")[1], "target saw the same source port");
+        client.close();
+      } finally {
+        await tunnel.close();
+        await proxy?.close();
+        target.close();
+      }
+    });
+
+    it("closes idle flows on both sides and releases the sender's sockets", async () => {
+      const config = { secret: SECRET, idleTimeoutMs: 300 };
+      const tunnel = await startTunnel(transport, echo.port, { receiverConfig: config, senderConfig: config });
+      try {
+        const clients = await Promise.all(Array.from({ length: 10 }, () => startClient(transport, tunnel.receiver.udpPort)));
+        await Promise.all(clients.map((c, i) => c.request(`idle ${i}`)));
+        assert.equal(tunnel.sender.flowSockets, 10);
+        await eventually(() => tunnel.sender.flowSockets === 0 && tunnel.receiver.machine.flowCount === 0, "idle flows closed", 5000);
+        for (const client of clients) client.close();
+      } finally {
+        await tunnel.close();
+      }
+    });
+  });
+}

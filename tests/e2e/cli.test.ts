@@ -1,0 +1,239 @@
+/**
+ * End to end: the built CLI (apps/cli/dist/mcudpt.js) run as a user would, under node and under bun,
+ * including mixed pairs and the original mcudpt's flags, and `dig` through the tunnel to a real DNS
+ * server (dnsmasq) when the machine has them. Needs `bun run build` first (the test script does it).
+ */
+import assert from "node:assert/strict";
+import { type ChildProcess, execFileSync, spawn, spawnSync } from "node:child_process";
+import { existsSync } from "node:fs";
+import { createSocket } from "node:dgram";
+import { createServer } from "node:net";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { after, describe, it } from "node:test";
+
+const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
+const CLI = join(ROOT, "apps", "cli", "dist", "mcudpt.js");
+const RUNTIMES = ["node", "bun"] as const;
+type Runtime = (typeof RUNTIMES)[number];
+
+const children = new Set<ChildProcess>();
+after(() => {
+  for (const child of children) child.kill("SIGKILL");
+});
+
+function has(command: string): boolean {
+  return spawnSync("sh", ["-c", `command -v ${command}`]).status === 0;
+}
+
+/** Runs the CLI to completion (bounded) and returns its exit code and output. */
+function runCli(runtime: Runtime, args: string[], timeoutMs = 15_000) {
+  const result = spawnSync(runtime, [CLI, ...args], { encoding: "utf8", timeout: timeoutMs, stdio: ["ignore", "pipe", "pipe"] });
+  return { status: result.status, stdout: result.stdout, stderr: result.stderr };
+}
+
+interface Running {
+  child: ChildProcess;
+  stderr: () => string;
+  stdout: () => string;
+  exited: Promise<number | null>;
+}
+
+function startCli(runtime: Runtime, args: string[], stdin?: string): Running {
+  const child = spawn(runtime, [CLI, ...args], { stdio: ["pipe", "pipe", "pipe"], env: { ...process.env, MCUDPT_SECRET: "" } });
+  children.add(child);
+  let stderr = "";
+  let stdout = "";
+  child.stderr?.on("data", (d) => {
+    stderr += d;
+  });
+  child.stdout?.on("data", (d) => {
+    stdout += d;
+  });
+  if (stdin !== undefined) child.stdin?.write(stdin);
+  const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)));
+  return { child, stderr: () => stderr, stdout: () => stdout, exited };
+}
+
+async function eventually(condition: () => boolean, what: string, timeoutMs = 10_000): Promise<void> {
+  const until = Date.now() + timeoutMs;
+  while (!condition()) {
+    if (Date.now() > until) throw new Error(`timed out waiting for: ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+async function freePort(kind: "udp" | "tcp"): Promise<number> {
+  if (kind === "tcp") {
+    const server = createServer();
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+    const port = (server.address() as { port: number }).port;
+    await new Promise((r) => server.close(r));
+    return port;
+  }
+  const socket = createSocket("udp4");
+  await new Promise<void>((r) => socket.bind(0, "127.0.0.1", r));
+  const port = socket.address().port;
+  socket.close();
+  return port;
+}
+
+/** A UDP echo target on loopback. */
+async function startEcho() {
+  const socket = createSocket("udp4");
+  socket.on("message", (msg, rinfo) => socket.send(msg, rinfo.port, rinfo.address));
+  await new Promise<void>((r) => socket.bind(0, "127.0.0.1", r));
+  return socket;
+}
+
+/** Sends `message` to 127.0.0.1:port until the reply comes (bounded). */
+async function udpRequest(port: number, message: string, timeoutMs = 10_000): Promise<string> {
+  const socket = createSocket("udp4");
+  await new Promise<void>((r) => socket.bind(0, "127.0.0.1", r));
+  try {
+    return await new Promise<string>((resolve, reject) => {
+      const timer = setInterval(() => socket.send(message, port, "127.0.0.1"), 200);
+      const deadline = setTimeout(() => {
+        clearInterval(timer);
+        reject(new Error(`no UDP reply on port ${port}`));
+      }, timeoutMs);
+      socket.on("message", (msg) => {
+        clearInterval(timer);
+        clearTimeout(deadline);
+        resolve(msg.toString());
+      });
+      socket.send(message, port, "127.0.0.1");
+    });
+  } finally {
+    socket.close();
+  }
+}
+
+async function stop(running: Running): Promise<number | null> {
+  running.child.kill("SIGTERM");
+  const timeout = new Promise<"timeout">((r) => setTimeout(() => r("timeout"), 5000));
+  const code = await Promise.race([running.exited, timeout]);
+  if (code === "timeout") {
+    running.child.kill("SIGKILL");
+    throw new Error("did not exit within 5 s of SIGTERM");
+  }
+  children.delete(running.child);
+  return code;
+}
+
+const available = RUNTIMES.filter(has);
+
+describe("the built CLI", () => {
+  it("is built", () => assert.ok(existsSync(CLI), `${CLI} missing: run bun run build`));
+
+  for (const runtime of available) {
+    it(`${runtime}: --version and --help`, () => {
+      const version = runCli(runtime, ["--version"]);
+      assert.equal(version.status, 0);
+      assert.match(version.stdout.trim(), /^\d+\.\d+\.\d+/);
+      const help = runCli(runtime, ["--help"]);
+      assert.equal(help.status, 0);
+      assert.match(help.stdout, /mcudpt receiver/);
+      assert.match(help.stdout, /-mode receiver/);
+      const receiverHelp = runCli(runtime, ["receiver", "--help"]);
+      assert.equal(receiverHelp.status, 0);
+      assert.match(receiverHelp.stdout, /--idle-timeout/);
+    });
+
+    it(`${runtime}: bad command lines end with one clear line and a non-zero exit`, async () => {
+      const busy = createSocket("udp4");
+      await new Promise<void>((r) => busy.bind(0, "127.0.0.1", r));
+      const busyPort = busy.address().port;
+      try {
+        const cases: Array<[string[], RegExp]> = [
+          [["receiver", "--udp", "host:notaport"], /notaport/],
+          [["receiver", "--udp", ":70000"], /70000/],
+          [["receiver", "--bogus"], /unknown flag "--bogus"/],
+          [["-mode", "bogus"], /unknown mode "bogus"/],
+          [["bogus"], /unknown command "bogus"/],
+          [["receiver", "--idle-timeout", "soon"], /--idle-timeout: "soon"/],
+          [["receiver", "--udp", `127.0.0.1:${busyPort}`, "--tcp", "127.0.0.1:0", "--secret", "s"], new RegExp(`UDP 127\\.0\\.0\\.1:${busyPort}`)],
+          [["sender", "--transport", "carrier-pigeon"], /carrier-pigeon/],
+        ];
+        for (const [args, pattern] of cases) {
+          const result = runCli(runtime, args);
+          assert.notEqual(result.status, 0, `${args.join(" ")} should fail`);
+          const lines = result.stderr.trim().split("\n");
+          assert.equal(lines.length, 1, `one line for ${args.join(" ")}, got:\n${result.stderr}`);
+          assert.match(lines[0], pattern);
+          assert.doesNotMatch(result.stderr, /\n\s+at /, "no stack trace");
+        }
+      } finally {
+        busy.close();
+      }
+    });
+
+    it(`${runtime}: demo runs clients through the tunnel and reports OK`, () => {
+      const result = runCli(runtime, ["demo", "--clients", "20", "--duration", "1"], 30_000);
+      assert.equal(result.status, 0, result.stdout + result.stderr);
+      assert.match(result.stdout, /OK: every client got back exactly its own datagrams/);
+      assert.match(result.stdout, new RegExp(`transport: ${runtime}`));
+    });
+  }
+
+  for (const receiverRuntime of available) {
+    for (const senderRuntime of available) {
+      it(`original flags: ${receiverRuntime} receiver (operator says yes) <-> ${senderRuntime} sender`, async () => {
+        const echo = await startEcho();
+        const udpPort = await freePort("udp");
+        const tcpPort = await freePort("tcp");
+        const receiver = startCli(receiverRuntime, ["-mode", "receiver", "-udp", `127.0.0.1:${udpPort}`, "-tcp", `127.0.0.1:${tcpPort}`], "yes\n");
+        try {
+          await eventually(() => /receiver listening/.test(receiver.stderr()), "receiver listening");
+          const sender = startCli(senderRuntime, ["-mode", "sender", "-udp", `127.0.0.1:${echo.address().port}`, "-tcp", `127.0.0.1:${tcpPort}`]);
+          try {
+            await eventually(() => /accepted by receiver/.test(sender.stderr()), `sender accepted\n${sender.stderr()}\n${receiver.stderr()}`);
+            assert.match(receiver.stdout(), /Sender connection from 127\.0\.0\.1:\d+\. Accept\? \[yes\/no\]/);
+            assert.equal(await udpRequest(udpPort, "hello through the tunnel"), "hello through the tunnel");
+          } finally {
+            assert.equal(await stop(sender), 0, "sender exits 0 on SIGTERM");
+          }
+        } finally {
+          assert.equal(await stop(receiver), 0, "receiver exits 0 on SIGTERM");
+          echo.close();
+        }
+      });
+    }
+  }
+
+  const canDig = has("dnsmasq") && has("dig");
+  it("dig through the tunnel gets dnsmasq's answers, for every runtime pairing", { skip: canDig ? false : "dnsmasq or dig not installed" }, async () => {
+    const dnsPort = await freePort("udp");
+    const dnsmasq = spawn(
+      "dnsmasq",
+      ["-k", "--conf-file=/dev/null", `--port=${dnsPort}`, "--listen-address=127.0.0.1", "--bind-interfaces", "--no-resolv", "--no-hosts", "--address=/mcudpt.test/192.0.2.53", "--pid-file=", "--user=root"],
+      { stdio: "ignore" },
+    );
+    children.add(dnsmasq);
+    try {
+      await eventually(() => {
+        const out = spawnSync("dig", ["@127.0.0.1", "-p", String(dnsPort), "mcudpt.test", "+short", "+time=1", "+tries=1"], { encoding: "utf8" });
+        return out.stdout.trim() === "192.0.2.53";
+      }, "dnsmasq answering directly");
+      for (const receiverRuntime of available) {
+        for (const senderRuntime of available) {
+          const udpPort = await freePort("udp");
+          const tcpPort = await freePort("tcp");
+          const receiver = startCli(receiverRuntime, ["receiver", "--udp", `127.0.0.1:${udpPort}`, "--tcp", `127.0.0.1:${tcpPort}`, "--secret", "dns"]);
+          const sender = startCli(senderRuntime, ["sender", "--udp", `127.0.0.1:${dnsPort}`, "--tcp", `127.0.0.1:${tcpPort}`, "--secret", "dns"]);
+          try {
+            await eventually(() => /accepted by receiver/.test(sender.stderr()), "sender accepted");
+            const answer = execFileSync("dig", ["@127.0.0.1", "-p", String(udpPort), "mcudpt.test", "+short", "+time=2", "+tries=3"], { encoding: "utf8" });
+            assert.equal(answer.trim(), "192.0.2.53", `${receiverRuntime} receiver, ${senderRuntime} sender`);
+          } finally {
+            await stop(sender);
+            await stop(receiver);
+          }
+        }
+      }
+    } finally {
+      dnsmasq.kill("SIGKILL");
+      children.delete(dnsmasq);
+    }
+  });
+});

@@ -1,0 +1,85 @@
+/**
+ * A fault-injecting TCP proxy for the tests, between sender and receiver, on 127.0.0.1:
+ * - "trickle": re-sends every chunk one byte per write, yielding between bytes, so the far side
+ *   reads frames in tiny pieces;
+ * - "coalesce": holds bytes for a few milliseconds and forwards them as one large chunk;
+ * - cut(): resets every proxied connection (a crashed middlebox);
+ * - stall: stops forwarding without closing (a silent blackhole), until resumed.
+ * Built on node:net so it is the same under every transport being tested.
+ */
+import { createServer, type Server, type Socket, connect } from "node:net";
+
+export type ProxyMode = "passthrough" | "trickle" | "coalesce";
+
+export interface FaultProxy {
+  port: number;
+  mode: ProxyMode;
+  stalled: boolean;
+  /** Connections accepted so far. */
+  accepted: number;
+  cut(): void;
+  close(): Promise<void>;
+}
+
+export async function startProxy(targetPort: number, mode: ProxyMode = "passthrough"): Promise<FaultProxy> {
+  const sockets = new Set<Socket>();
+  const proxy: FaultProxy = {
+    port: 0,
+    mode,
+    stalled: false,
+    accepted: 0,
+    cut() {
+      for (const socket of sockets) socket.resetAndDestroy();
+      sockets.clear();
+    },
+    close() {
+      proxy.cut();
+      return new Promise((resolve) => server.close(() => resolve()));
+    },
+  };
+
+  const pipe = (from: Socket, to: Socket) => {
+    let held: Buffer[] = [];
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    let trickling: Promise<void> = Promise.resolve();
+    from.on("data", (chunk: Buffer) => {
+      if (proxy.stalled) return; // dropped: the peer sees silence
+      if (proxy.mode === "coalesce") {
+        held.push(chunk);
+        timer ??= setTimeout(() => {
+          timer = undefined;
+          const all = Buffer.concat(held);
+          held = [];
+          if (!to.destroyed) to.write(all);
+        }, 5);
+      } else if (proxy.mode === "trickle") {
+        trickling = trickling.then(async () => {
+          for (let i = 0; i < chunk.length && !to.destroyed; i++) {
+            to.write(chunk.subarray(i, i + 1));
+            if (i % 8 === 7) await new Promise((r) => setImmediate(r));
+          }
+        });
+      } else {
+        to.write(chunk);
+      }
+    });
+    from.on("close", () => to.destroy());
+    from.on("error", () => to.destroy());
+  };
+
+  const server: Server = createServer((client) => {
+    proxy.accepted++;
+    client.setNoDelay(true);
+    const upstream = connect({ host: "127.0.0.1", port: targetPort });
+    upstream.setNoDelay(true);
+    sockets.add(client);
+    sockets.add(upstream);
+    client.on("close", () => sockets.delete(client));
+    upstream.on("close", () => sockets.delete(upstream));
+    pipe(client, upstream);
+    pipe(upstream, client);
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  proxy.port = (server.address() as { port: number }).port;
+  return proxy;
+}

@@ -69,7 +69,7 @@ export async function startClient(transport: Transport, serverPort: number): Pro
   const socket = await transport.bindUdp({
     host: LOOPBACK,
     port: 0,
-    onDatagram: (data) => replies.push(data.slice()),
+    onDatagram: (data) => replies.push(Uint8Array.from(data)),
     onError: () => {},
   });
   const toBytes = (data: Uint8Array | string) => (typeof data === "string" ? new TextEncoder().encode(data) : data);

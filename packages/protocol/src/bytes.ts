@@ -1,7 +1,9 @@
 /** Small byte helpers shared by the codec and the machines. */
 
 const encoder = new TextEncoder();
-const strictDecoder = new TextDecoder("utf-8", { fatal: true });
+// ignoreBOM: a leading U+FEFF is part of the text. Stripping it would change the bytes of a HELLO agent
+// when re-encoded for the HMAC transcript (and a frame would not round-trip).
+const strictDecoder = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 
 export function utf8(text: string): Uint8Array {
   return encoder.encode(text);

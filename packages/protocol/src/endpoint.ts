@@ -200,7 +200,9 @@ export abstract class Endpoint {
       }
     } catch (error) {
       if (error instanceof ProtocolError) {
-        this.failLink(link, CloseCode.ProtocolError, error.message);
+        const state = link.state as LinkState;
+        if (state !== "open" && state !== "closed") this.stats.handshakeFailures++;
+        this.failLink(link, closeCodeFor(error), error.message);
       } else {
         // A bug of ours: never let it escape into the host's event loop.
         this.log("error", `internal error on connection from ${link.peer}: ${String((error as Error)?.stack ?? error)}`);
@@ -285,7 +287,7 @@ export abstract class Endpoint {
     if (link.state !== "open") return this.onHandshakeFrame(link, frame, now);
     switch (frame.type) {
       case FrameType.Ping:
-        link.writer.pong(frame.payload);
+        if (this.canAnswer(link)) link.writer.pong(frame.payload);
         return;
       case FrameType.Pong: {
         const rtt = now - readTimestamp(frame.payload);
@@ -357,9 +359,24 @@ export abstract class Endpoint {
     return false;
   }
 
+  /**
+   * Whether to answer a peer's frame (PONG, FLOW_CLOSE for an unknown flow). A peer that keeps sending
+   * but never reads must not make us hoard answers: past the buffer bound they are skipped.
+   */
+  protected canAnswer(link: Link): boolean {
+    return link.writer.length < this.maxBufferBytes;
+  }
+
   protected flowCloseName(reason: number): string {
     return FLOW_CLOSE_REASON_NAMES[reason] ?? `reason ${reason}`;
   }
+}
+
+/** The CLOSE code for a ProtocolError: the handshake's two configuration errors have codes of their own. */
+function closeCodeFor(error: ProtocolError): CloseCode {
+  if (error.code === "role-conflict") return CloseCode.RoleConflict;
+  if (error.code === "auth-mismatch") return CloseCode.AuthMismatch;
+  return CloseCode.ProtocolError;
 }
 
 function positive(name: string, value: number): number {

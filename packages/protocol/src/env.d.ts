@@ -5,6 +5,6 @@ declare class TextEncoder {
   encodeInto(input: string, dest: Uint8Array): { read: number; written: number };
 }
 declare class TextDecoder {
-  constructor(label?: string, options?: { fatal?: boolean });
+  constructor(label?: string, options?: { fatal?: boolean; ignoreBOM?: boolean });
   decode(input: Uint8Array): string;
 }

@@ -5,6 +5,7 @@
  * anything it sends, and keeps one sender at a time.
  */
 import { ipFamily } from "./address.js";
+import { bytesEqual } from "./bytes.js";
 import { type ClientFlow, type CommonConfig, Endpoint, unexpected } from "./endpoint.js";
 import {
   Capability,
@@ -39,6 +40,8 @@ interface Session {
 
 const CAPABILITIES = Capability.Resume;
 const DATA_OVERHEAD = HEADER_SIZE + 4;
+/** Largest FLOW_OPEN (IPv6) plus a FLOW_CLOSE for an evicted flow. */
+const NEW_FLOW_OVERHEAD = HEADER_SIZE + 25 + HEADER_SIZE + 5;
 
 export class ReceiverMachine extends Endpoint {
   private readonly flows = new FlowTable<ClientFlow>();
@@ -94,7 +97,9 @@ export class ReceiverMachine extends Endpoint {
     stats.udpIn++;
     stats.udpInBytes += payload.length;
     const link = this.session?.link;
-    if (link === undefined) {
+    // A link already closed (CLOSE sent or received, keepalive timeout) but not yet reported
+    // disconnected takes nothing more: frames after a CLOSE are never read.
+    if (link === undefined || link.state !== "open") {
       stats.drops["no-sender"]++;
       return;
     }
@@ -105,12 +110,15 @@ export class ReceiverMachine extends Endpoint {
     const key = address + "|" + port;
     let flow = this.flowsByKey.get(key);
     if (flow === undefined) {
+      // FLOW_OPEN (and an eviction's FLOW_CLOSE) count against the buffer bound too, so a flood of new
+      // source addresses cannot grow the buffer of a blocked connection.
+      if (!this.hasRoom(link, NEW_FLOW_OVERHEAD + DATA_OVERHEAD + payload.length)) return;
       flow = this.openFlow(link, key, address, port, now);
       if (flow === undefined) return;
     } else {
       this.flows.touch(flow, now);
+      if (!this.hasRoom(link, DATA_OVERHEAD + payload.length)) return;
     }
-    if (!this.hasRoom(link, DATA_OVERHEAD + payload.length)) return;
     link.writer.data(flow.id, payload);
     this.notifyTransmit(link);
   }
@@ -192,7 +200,11 @@ export class ReceiverMachine extends Endpoint {
       this.admit(link, now);
       return;
     }
-    if (frame.mac.length !== 0) throw new Error("unreachable: auth modes were checked at HELLO");
+    // Both HELLOs said "approval", so a MAC here is a peer contradicting itself (a plain Error here would
+    // be reported as our own internal error).
+    if (frame.mac.length !== 0) {
+      throw new ProtocolError("bad-field", "AUTH carries a MAC, but this handshake uses operator approval");
+    }
     if (this.canResume(link)) {
       // The token was issued to a sender the operator already accepted.
       this.admit(link, now);
@@ -208,7 +220,7 @@ export class ReceiverMachine extends Endpoint {
     const session = this.session;
     if (!session || link.offeredToken.length !== TOKEN_SIZE) return false;
     if ((link.sharedCapabilities & Capability.Resume) === 0) return false;
-    return session.token.every((b, i) => b === link.offeredToken[i]);
+    return bytesEqual(session.token, link.offeredToken);
   }
 
   /**
@@ -261,7 +273,7 @@ export class ReceiverMachine extends Endpoint {
         if (flow === undefined) {
           // Closed here while the reply was in flight, or never ours: tell the sender, emit nothing.
           this.stats.drops["unknown-flow"]++;
-          link.writer.flowClose(frame.flowId, FlowCloseReason.UnknownFlow);
+          if (this.canAnswer(link)) link.writer.flowClose(frame.flowId, FlowCloseReason.UnknownFlow);
           return;
         }
         this.flows.touch(flow, now);

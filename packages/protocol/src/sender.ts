@@ -131,7 +131,7 @@ export class SenderMachine extends Endpoint {
         const flow = this.flows.get(frame.flowId);
         if (flow === undefined) {
           this.stats.drops["unknown-flow"]++;
-          link.writer.flowClose(frame.flowId, FlowCloseReason.UnknownFlow);
+          if (this.canAnswer(link)) link.writer.flowClose(frame.flowId, FlowCloseReason.UnknownFlow);
           return;
         }
         this.flows.touch(flow, now);
@@ -193,11 +193,16 @@ export class SenderMachine extends Endpoint {
     this.flows.clear();
   }
 
-  protected onLinkGone(link: Link, wasOpen: boolean, now: number): void {
+  protected onLinkGone(link: Link, _wasOpen: boolean, now: number): void {
     if (this.link !== link) return;
     this.link = undefined;
-    if (wasOpen) this.lostAt = now;
-    if (this.flows.size > 0 && this.resumeGraceMs > 0 && wasOpen) {
+    // The grace period starts when the session's connection goes, including one that was already
+    // "closed" (CLOSE received, keepalive timeout) before the host reported it: `wasOpen` is false then,
+    // and the flow sockets would otherwise be kept until they idle out. A failed reconnection attempt
+    // (lostAt already set) does not restart it.
+    if (this.lostAt !== undefined || (this.flows.size === 0 && this.sessionToken.length === 0)) return;
+    this.lostAt = now;
+    if (this.flows.size > 0 && this.resumeGraceMs > 0) {
       this.log("info", `keeping ${this.flows.size} flow sockets for ${this.resumeGraceMs / 1000} s to resume after reconnecting`);
     }
   }

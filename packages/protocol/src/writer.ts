@@ -7,6 +7,7 @@
 import { addressBytes } from "./address.js";
 import { utf8Truncated } from "./bytes.js";
 import {
+  FIRST_EXTENSION_TYPE,
   type Frame,
   FrameType,
   HEADER_SIZE,
@@ -133,12 +134,16 @@ export class FrameWriter {
 
   ping(payload: Uint8Array): void {
     checkLength("ping payload", payload, [8]);
-    this.buf.set(payload, this.header(FrameType.Ping, 8));
+    // header() first: it may move to a fresh buffer, and `this.buf` must be read after that.
+    const at = this.header(FrameType.Ping, 8);
+    this.buf.set(payload, at);
   }
 
   pong(payload: Uint8Array): void {
     checkLength("pong payload", payload, [8]);
-    this.buf.set(payload, this.header(FrameType.Pong, 8));
+    // header() first: it may move to a fresh buffer, and `this.buf` must be read after that.
+    const at = this.header(FrameType.Pong, 8);
+    this.buf.set(payload, at);
   }
 
   flowOpen(flowId: number, mappingId: number, client: WireAddress): void {
@@ -158,7 +163,13 @@ export class FrameWriter {
   }
 
   extension(type: number, body: Uint8Array): void {
-    this.buf.set(body, this.header(type, body.length));
+    if (!(type >= FIRST_EXTENSION_TYPE && type <= 0xff) || body.length > MAX_DATAGRAM) {
+      const what = `extension type 0x${type.toString(16)} with ${body.length} bytes`;
+      throw new ProtocolError("bad-field", `${what}: type must be 0x80..0xff, body at most ${MAX_DATAGRAM}`);
+    }
+    // header() first: it may move to a fresh buffer, and `this.buf` must be read after that.
+    const at = this.header(type, body.length);
+    this.buf.set(body, at);
   }
 
   /** Any frame from its fields (test vectors, tools); the machines call the typed methods directly. */

@@ -1,0 +1,558 @@
+/**
+ * Writes packages/protocol/test-vectors.json.   Run: bun packages/protocol/scripts/generate-vectors.ts
+ *
+ * The hex is laid out by hand here (field by field, as PROTOCOL.md describes it), not produced by the
+ * codec; the codec's encoder is only used as a cross-check, and the script refuses to write a file the
+ * codec disagrees with. The committed JSON is the reference: test/vectors.test.ts checks the codec
+ * against it both ways, so a codec change that alters a byte fails the tests.
+ */
+import { createHmac } from "node:crypto";
+import { writeFileSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { encodeFrame, FrameDecoder, ProtocolError } from "../src/index.ts";
+import {
+  bytesOf,
+  bytesToHex,
+  type FrameVector,
+  frameFromFields,
+  type HandshakeVector,
+  type HexSpec,
+  type MalformedVector,
+  type VectorFile,
+} from "../test/vector-format.ts";
+
+const h8 = (n: number) => n.toString(16).padStart(2, "0");
+const h16 = (n: number) => n.toString(16).padStart(4, "0");
+const h32 = (n: number) => (n >>> 0).toString(16).padStart(8, "0");
+const utf8Hex = (s: string) => bytesToHex(new TextEncoder().encode(s));
+const seq = (from: number, n: number) => Array.from({ length: n }, (_, i) => h8((from + i) & 0xff)).join("");
+const frameHex = (type: number, body: string) => h8(type) + h32(body.length / 2) + body;
+
+const PREFACE = "4d435544505400" + "01"; // "MCUDPT" 00 01
+
+// ---- hand layouts, one per frame type ---------------------------------------------------------
+const hello = (role: number, auth: number, caps: number, nonce: string, agent: string) =>
+  frameHex(0x01, h8(role) + h8(auth) + h32(caps) + nonce + h8(utf8Hex(agent).length / 2) + utf8Hex(agent));
+const macToken = (mac: string, token: string) => h8(mac.length / 2) + mac + h8(token.length / 2) + token;
+const auth = (mac: string, token: string) => frameHex(0x02, macToken(mac, token));
+const accept = (mac: string, token: string, resumed: boolean) =>
+  frameHex(0x03, macToken(mac, token) + h8(resumed ? 1 : 0));
+const close = (code: number, message: string) => frameHex(0x04, h16(code) + utf8Hex(message));
+const ping = (payload: string) => frameHex(0x05, payload);
+const pong = (payload: string) => frameHex(0x06, payload);
+/** `addr` is the address bytes in hex, written independently of the address text in the fields. */
+const flowOpen = (flowId: number, mappingId: number, family: number, port: number, addr: string) =>
+  frameHex(0x10, h32(flowId) + h16(mappingId) + h8(family) + h16(port) + addr);
+const flowClose = (flowId: number, reason: number) => frameHex(0x11, h32(flowId) + h8(reason));
+const data = (flowId: number, payload: string) => frameHex(0x12, h32(flowId) + payload);
+const extension = (type: number, body: string) => frameHex(type, body);
+
+const frames: FrameVector[] = [];
+const add = (name: string, fields: Record<string, unknown>, hex: HexSpec, description?: string) =>
+  frames.push({ name, ...(description ? { description } : {}), fields, hex });
+
+const NONCE_A = seq(0xa0, 32);
+const NONCE_D = seq(0xd0, 32);
+const MAC = seq(0x00, 32);
+const TOKEN = seq(0x70, 16);
+const PAYLOAD8 = "0000017f2a1b3c4d";
+
+add(
+  "hello-receiver-secret",
+  { type: "HELLO", role: 1, auth: 2, capabilities: 1, nonce: NONCE_A, agent: "mcudpt-ts" },
+  hello(1, 2, 1, NONCE_A, "mcudpt-ts"),
+  "receiver, shared-secret mode, resume capability",
+);
+add(
+  "hello-sender-approval-empty-agent",
+  { type: "HELLO", role: 2, auth: 1, capabilities: 0, nonce: NONCE_D, agent: "" },
+  hello(2, 1, 0, NONCE_D, ""),
+  "sender, operator-approval mode, no capabilities, empty agent",
+);
+add(
+  "hello-unknown-capabilities",
+  { type: "HELLO", role: 2, auth: 2, capabilities: 0xffffffff, nonce: NONCE_D, agent: "x" },
+  hello(2, 2, 0xffffffff, NONCE_D, "x"),
+  "capability bits this version does not know are carried (and ignored)",
+);
+const agent64 = "a".repeat(60) + "🔑"; // 60 + 4 = 64 bytes
+add(
+  "hello-max-agent",
+  { type: "HELLO", role: 1, auth: 1, capabilities: 1, nonce: NONCE_A, agent: agent64 },
+  hello(1, 1, 1, NONCE_A, agent64),
+  "agent of exactly 64 UTF-8 bytes (the maximum), ending in a 4-byte character",
+);
+add(
+  "hello-agent-with-bom",
+  { type: "HELLO", role: 2, auth: 2, capabilities: 1, nonce: NONCE_D, agent: "\ufeffmcudpt-go/2.0 (linux)" },
+  hello(2, 2, 1, NONCE_D, "\ufeffmcudpt-go/2.0 (linux)"),
+  "a leading U+FEFF is part of the agent text, never stripped",
+);
+
+add("auth-approval-empty", { type: "AUTH", mac: "", token: "" }, auth("", ""), "approval mode, no session to resume");
+add(
+  "auth-approval-resume",
+  { type: "AUTH", mac: "", token: TOKEN },
+  auth("", TOKEN),
+  "approval mode, offering a session token",
+);
+add("auth-secret", { type: "AUTH", mac: MAC, token: "" }, auth(MAC, ""), "secret mode, fresh session");
+add(
+  "auth-secret-resume",
+  { type: "AUTH", mac: MAC, token: TOKEN },
+  auth(MAC, TOKEN),
+  "secret mode, offering a session token",
+);
+
+add("accept-secret-new", { type: "ACCEPT", mac: MAC, token: TOKEN, resumed: false }, accept(MAC, TOKEN, false));
+add("accept-approval-resumed", { type: "ACCEPT", mac: "", token: TOKEN, resumed: true }, accept("", TOKEN, true));
+add(
+  "accept-empty",
+  { type: "ACCEPT", mac: "", token: "", resumed: false },
+  accept("", "", false),
+  "legal encoding (no token: the peer will not be able to resume)",
+);
+
+add("close-normal-empty", { type: "CLOSE", code: 0, message: "" }, close(0, ""));
+const utf8Message = "mot de passe erroné — 🔑 ключ";
+add(
+  "close-utf8-message",
+  { type: "CLOSE", code: 2, message: utf8Message },
+  close(2, utf8Message),
+  "authentication failed, UTF-8 message",
+);
+add(
+  "close-unknown-code",
+  { type: "CLOSE", code: 0xffff, message: "future" },
+  close(0xffff, "future"),
+  "codes this version does not know are still decoded",
+);
+const longMessage = "é".repeat(512); // 1024 bytes
+add(
+  "close-max-message",
+  { type: "CLOSE", code: 1, message: longMessage },
+  close(1, longMessage),
+  "message of exactly 1024 bytes",
+);
+
+add("ping", { type: "PING", payload: PAYLOAD8 }, ping(PAYLOAD8));
+add("pong", { type: "PONG", payload: PAYLOAD8 }, pong(PAYLOAD8));
+add(
+  "ping-float64-timestamp",
+  { type: "PING", payload: "4271d0f1a4c00000" },
+  ping("4271d0f1a4c00000"),
+  "the TypeScript implementation puts its clock (ms, float64 BE) here; the content is opaque to the peer",
+);
+
+add(
+  "flow-open-ipv4",
+  { type: "FLOW_OPEN", flowId: 1, mappingId: 0, client: { family: 4, address: "192.0.2.1", port: 53 } },
+  flowOpen(1, 0, 4, 53, "c0000201"),
+);
+add(
+  "flow-open-ipv4-max",
+  {
+    type: "FLOW_OPEN",
+    flowId: 0xffffffff,
+    mappingId: 0xffff,
+    client: { family: 4, address: "255.255.255.255", port: 65535 },
+  },
+  flowOpen(0xffffffff, 0xffff, 4, 65535, "ffffffff"),
+);
+add(
+  "flow-open-ipv6",
+  { type: "FLOW_OPEN", flowId: 2, mappingId: 7, client: { family: 6, address: "2001:db8::1", port: 40000 } },
+  flowOpen(2, 7, 6, 40000, "20010db8000000000000000000000001"),
+);
+add(
+  "flow-open-ipv6-full",
+  { type: "FLOW_OPEN", flowId: 3, mappingId: 1, client: { family: 6, address: "fe80:1:2:3:4:5:6:7", port: 1 } },
+  flowOpen(3, 1, 6, 1, "fe800001000200030004000500060007"),
+);
+add(
+  "flow-open-ipv6-mapped-ipv4",
+  { type: "FLOW_OPEN", flowId: 4, mappingId: 0, client: { family: 6, address: "::ffff:198.51.100.7", port: 123 } },
+  flowOpen(4, 0, 6, 123, "00000000000000000000ffffc6336407"),
+  "IPv4-mapped IPv6 (dual-stack socket) stays family 6",
+);
+add(
+  "flow-open-ipv6-zero-port",
+  { type: "FLOW_OPEN", flowId: 5, mappingId: 0, client: { family: 6, address: "::", port: 0 } },
+  flowOpen(5, 0, 6, 0, "00000000000000000000000000000000"),
+);
+
+const reasons = [
+  "closed",
+  "idle",
+  "evicted",
+  "socket-error",
+  "target-unreachable",
+  "unknown-flow",
+  "resolve-failed",
+  "unknown-mapping",
+];
+for (const [i, r] of reasons.entries()) {
+  add(`flow-close-${r}`, { type: "FLOW_CLOSE", flowId: 1 + i, reason: i }, flowClose(1 + i, i));
+}
+add(
+  "flow-close-unknown-reason",
+  { type: "FLOW_CLOSE", flowId: 0x01020304, reason: 200 },
+  flowClose(0x01020304, 200),
+  "reasons this version does not know are still decoded",
+);
+
+add("data-empty", { type: "DATA", flowId: 1, payload: "" }, data(1, ""), "an empty datagram is a datagram");
+add("data-small", { type: "DATA", flowId: 7, payload: "68656c6c6f0a" }, data(7, "68656c6c6f0a"));
+add("data-max-flow-id", { type: "DATA", flowId: 0xffffffff, payload: "00ff" }, data(0xffffffff, "00ff"));
+add(
+  "data-65535",
+  { type: "DATA", flowId: 1, payload: { repeat: 0xab, length: 65535 } },
+  [h8(0x12) + h32(4 + 65535) + h32(1), { repeat: 0xab, length: 65535 }],
+  "largest datagram: body length 65539",
+);
+
+add(
+  "extension-empty",
+  { type: "EXTENSION", extensionType: 0x80, body: "" },
+  extension(0x80, ""),
+  "skipped by a peer that does not know it",
+);
+add("extension-ff", { type: "EXTENSION", extensionType: 0xff, body: "0102030405" }, extension(0xff, "0102030405"));
+add(
+  "extension-max",
+  { type: "EXTENSION", extensionType: 0xc3, body: { repeat: 0x00, length: 65535 } },
+  [h8(0xc3) + h32(65535), { repeat: 0x00, length: 65535 }],
+  "largest extension body",
+);
+
+// ---- malformed input --------------------------------------------------------------------------
+const malformed: MalformedVector[] = [];
+const bad = (name: string, description: string, preface: boolean, hex: HexSpec, error: string) =>
+  malformed.push({ name, description, preface, hex, error });
+const ascii = (s: string) => utf8Hex(s);
+
+bad(
+  "preface-http",
+  "an HTTP request instead of the preface",
+  true,
+  ascii("GET / HTTP/1.1\r\nHost: example\r\n\r\n"),
+  "bad-preface",
+);
+bad(
+  "preface-go-json",
+  "the original Go mcudpt's JSON frames",
+  true,
+  ascii('{"type":"hello","version":1}\n'),
+  "bad-preface",
+);
+bad("preface-ssh", "an SSH banner", true, ascii("SSH-2.0-OpenSSH_9.6\r\n"), "bad-preface");
+bad(
+  "preface-tls",
+  "a TLS ClientHello (TLS on one side only)",
+  true,
+  "160301020001" + "0001fc0303" + seq(0, 16),
+  "bad-preface",
+);
+bad("preface-typo", "differs in the 6th byte", true, ascii("MCUDPX") + "0001", "bad-preface");
+bad("preface-no-zero", "7th byte must be 0x00", true, ascii("MCUDPT1") + "01", "bad-preface");
+bad("preface-first-byte", "fails on the first byte, nothing more needed", true, "00", "bad-preface");
+bad("preface-version-2", "a future wire version", true, PREFACE.slice(0, 14) + "02", "unsupported-version");
+bad("preface-version-0", "wire version 0", true, PREFACE.slice(0, 14) + "00", "unsupported-version");
+
+bad(
+  "type-0x00",
+  "type 0 is not assigned (header only: rejected before any body)",
+  false,
+  "0000000000",
+  "unknown-frame-type",
+);
+bad("type-0x07", "unassigned core type", false, "0700000000", "unknown-frame-type");
+bad("type-0x13", "unassigned core type", false, "1300000004", "unknown-frame-type");
+bad("type-0x7f", "last core type, unassigned", false, "7f00000000", "unknown-frame-type");
+
+bad(
+  "too-large-data",
+  "DATA body of 65540 (max 65539): header only, nothing buffered",
+  false,
+  "1200010004",
+  "frame-too-large",
+);
+bad("too-large-length-max", "length 0xffffffff", false, "12ffffffff", "frame-too-large");
+bad("too-large-hello", "HELLO body of 104 (max 103)", false, "0100000068", "frame-too-large");
+bad("too-large-auth", "AUTH body of 51 (max 50)", false, "0200000033", "frame-too-large");
+bad("too-large-accept", "ACCEPT body of 52 (max 51)", false, "0300000034", "frame-too-large");
+bad("too-large-close", "CLOSE body of 1027 (max 1026)", false, "0400000403", "frame-too-large");
+bad("too-large-ping", "PING body of 9 (max 8)", false, "0500000009", "frame-too-large");
+bad("too-large-pong", "PONG body of 9", false, "0600000009", "frame-too-large");
+bad("too-large-flow-open", "FLOW_OPEN body of 26 (max 25)", false, "100000001a", "frame-too-large");
+bad("too-large-flow-close", "FLOW_CLOSE body of 6 (max 5)", false, "1100000006", "frame-too-large");
+bad("too-large-extension", "extension body of 65536 (max 65535)", false, "8000010000", "frame-too-large");
+
+bad("short-data", "DATA body of 3 bytes: no room for the flow id", false, frameHex(0x12, "000001"), "bad-length");
+bad("short-data-empty", "DATA with an empty body", false, frameHex(0x12, ""), "bad-length");
+bad("short-ping", "PING body of 7", false, frameHex(0x05, seq(1, 7)), "bad-length");
+bad("empty-pong", "PONG body of 0", false, frameHex(0x06, ""), "bad-length");
+bad(
+  "short-hello",
+  "HELLO body of 38 (fixed part is 39)",
+  false,
+  frameHex(0x01, "0202" + "00000000" + NONCE_D),
+  "bad-length",
+);
+bad(
+  "hello-agent-length-over",
+  "agent length says 5, 4 bytes follow",
+  false,
+  frameHex(0x01, "0202" + "00000001" + NONCE_D + "05" + ascii("abcd")),
+  "bad-length",
+);
+bad(
+  "hello-agent-length-under",
+  "agent length says 3, 4 bytes follow",
+  false,
+  frameHex(0x01, "0202" + "00000001" + NONCE_D + "03" + ascii("abcd")),
+  "bad-length",
+);
+bad("empty-auth", "AUTH with an empty body", false, frameHex(0x02, ""), "bad-length");
+bad("auth-no-token-length", "AUTH body ends after the MAC", false, frameHex(0x02, "20" + MAC), "bad-length");
+bad(
+  "auth-truncated-token",
+  "token length 16, 15 bytes follow",
+  false,
+  frameHex(0x02, "00" + "10" + seq(0x70, 15)),
+  "bad-length",
+);
+bad("auth-trailing-byte", "one byte after the token", false, frameHex(0x02, "0000" + "00"), "bad-length");
+bad("accept-no-flag", "ACCEPT without the resumed byte", false, frameHex(0x03, "00" + "10" + TOKEN), "bad-length");
+bad(
+  "accept-trailing-byte",
+  "ACCEPT with a byte after the resumed flag",
+  false,
+  frameHex(0x03, "0000" + "00" + "00"),
+  "bad-length",
+);
+bad("short-close", "CLOSE body of 1 byte", false, frameHex(0x04, "00"), "bad-length");
+bad("short-flow-open", "FLOW_OPEN body of 6 bytes (no family)", false, frameHex(0x10, "000000010000"), "bad-length");
+bad(
+  "flow-open-ipv4-with-16-bytes",
+  "family 4 but an IPv6-sized address",
+  false,
+  frameHex(0x10, "00000001" + "0000" + "04" + "0035" + seq(0, 16)),
+  "bad-length",
+);
+bad(
+  "flow-open-ipv6-with-4-bytes",
+  "family 6 but an IPv4-sized address",
+  false,
+  frameHex(0x10, "00000001" + "0000" + "06" + "0035" + "c0000201"),
+  "bad-length",
+);
+bad("short-flow-close", "FLOW_CLOSE body of 4", false, frameHex(0x11, "00000001"), "bad-length");
+
+bad("hello-role-0", "role 0", false, frameHex(0x01, "0002" + "00000000" + NONCE_D + "00"), "bad-field");
+bad("hello-role-3", "role 3", false, frameHex(0x01, "0302" + "00000000" + NONCE_D + "00"), "bad-field");
+bad("hello-auth-3", "auth mode 3", false, frameHex(0x01, "0203" + "00000000" + NONCE_D + "00"), "bad-field");
+bad("auth-mac-16", "MAC length 16 (must be 0 or 32)", false, frameHex(0x02, "10" + seq(0, 16) + "00"), "bad-field");
+bad("auth-token-8", "token length 8 (must be 0 or 16)", false, frameHex(0x02, "00" + "08" + seq(0, 8)), "bad-field");
+bad("accept-mac-1", "MAC length 1", false, frameHex(0x03, "01" + "00" + "00" + "00"), "bad-field");
+bad("accept-resumed-2", "resumed flag 2", false, frameHex(0x03, "00" + "00" + "02"), "bad-field");
+bad(
+  "flow-open-family-5",
+  "address family 5",
+  false,
+  frameHex(0x10, "00000001" + "0000" + "05" + "0035" + "c0000201"),
+  "bad-field",
+);
+bad(
+  "flow-open-family-0",
+  "address family 0",
+  false,
+  frameHex(0x10, "00000001" + "0000" + "00" + "0035" + "c0000201"),
+  "bad-field",
+);
+
+bad(
+  "hello-agent-invalid-utf8",
+  "agent byte 0xff",
+  false,
+  frameHex(0x01, "0202" + "00000000" + NONCE_D + "02" + "41ff"),
+  "bad-utf8",
+);
+bad(
+  "hello-agent-truncated-utf8",
+  "agent ends inside a 2-byte sequence",
+  false,
+  frameHex(0x01, "0202" + "00000000" + NONCE_D + "01" + "c3"),
+  "bad-utf8",
+);
+bad("close-overlong-utf8", "overlong encoding of NUL (c0 80)", false, frameHex(0x04, "0001" + "c080"), "bad-utf8");
+bad("close-surrogate-utf8", "UTF-8-encoded surrogate (ed a0 80)", false, frameHex(0x04, "0001" + "eda080"), "bad-utf8");
+
+bad("data-flow-0", "DATA for flow 0", false, frameHex(0x12, "00000000" + "41"), "bad-flow-id");
+bad("flow-open-flow-0", "FLOW_OPEN of flow 0", false, flowOpen(0, 0, 4, 53, "c0000201"), "bad-flow-id");
+bad("flow-close-flow-0", "FLOW_CLOSE of flow 0", false, flowClose(0, 0), "bad-flow-id");
+
+// ---- handshakes -------------------------------------------------------------------------------
+const SECRET_TEXT = "correct horse battery staple";
+const SECRET = utf8Hex(SECRET_TEXT);
+const DIALER_LABEL = utf8Hex("mcudpt/1 dialer proof");
+const ACCEPTOR_LABEL = utf8Hex("mcudpt/1 acceptor proof");
+const hmac = (keyHex: string, dataHex: string) =>
+  createHmac("sha256", Buffer.from(keyHex, "hex")).update(Buffer.from(dataHex, "hex")).digest("hex");
+
+function handshake(
+  name: string,
+  description: string,
+  mode: "secret" | "approval",
+  acceptorNonce: string,
+  dialerNonce: string,
+  offeredToken: string,
+  sessionToken: string,
+  resumed: boolean,
+): HandshakeVector {
+  const authMode = mode === "secret" ? 2 : 1;
+  const aHello = hello(1, authMode, 1, acceptorNonce, "vector-receiver");
+  const dHello = hello(2, authMode, 1, dialerNonce, "vector-sender");
+  const dialerTranscript = DIALER_LABEL + aHello + dHello + offeredToken;
+  const acceptorTranscript = ACCEPTOR_LABEL + aHello + dHello + sessionToken + h8(resumed ? 1 : 0);
+  const dialerMac = mode === "secret" ? hmac(SECRET, dialerTranscript) : "";
+  const acceptorMac = mode === "secret" ? hmac(SECRET, acceptorTranscript) : "";
+  const authHex = auth(dialerMac, offeredToken);
+  const acceptHex = accept(acceptorMac, sessionToken, resumed);
+  return {
+    name,
+    description,
+    mode,
+    ...(mode === "secret" ? { secret: SECRET, secretText: SECRET_TEXT } : {}),
+    acceptorNonce,
+    dialerNonce,
+    acceptorHello: {
+      name: "acceptor-hello",
+      fields: {
+        type: "HELLO",
+        role: 1,
+        auth: authMode,
+        capabilities: 1,
+        nonce: acceptorNonce,
+        agent: "vector-receiver",
+      },
+      hex: aHello,
+    },
+    dialerHello: {
+      name: "dialer-hello",
+      fields: { type: "HELLO", role: 2, auth: authMode, capabilities: 1, nonce: dialerNonce, agent: "vector-sender" },
+      hex: dHello,
+    },
+    offeredToken,
+    sessionToken,
+    resumed,
+    dialerTranscript: mode === "secret" ? dialerTranscript : "",
+    dialerMac,
+    acceptorTranscript: mode === "secret" ? acceptorTranscript : "",
+    acceptorMac,
+    authFrame: { name: "auth", fields: { type: "AUTH", mac: dialerMac, token: offeredToken }, hex: authHex },
+    acceptFrame: {
+      name: "accept",
+      fields: { type: "ACCEPT", mac: acceptorMac, token: sessionToken, resumed },
+      hex: acceptHex,
+    },
+    dialerToAcceptor: PREFACE + dHello + authHex,
+    acceptorToDialer: PREFACE + aHello + acceptHex,
+  };
+}
+
+const handshakes: HandshakeVector[] = [
+  handshake(
+    "secret-new-session",
+    "shared secret, no session to resume: the receiver issues a fresh token",
+    "secret",
+    seq(0xa0, 32),
+    seq(0xd0, 32),
+    "",
+    seq(0x70, 16),
+    false,
+  ),
+  handshake(
+    "secret-resume",
+    "shared secret, the sender reconnects offering the token from secret-new-session; flows are kept",
+    "secret",
+    seq(0x20, 32),
+    seq(0x40, 32),
+    seq(0x70, 16),
+    seq(0x70, 16),
+    true,
+  ),
+  handshake(
+    "approval-new-session",
+    "operator approval: no MACs; ACCEPT is sent once the operator says yes",
+    "approval",
+    seq(0x80, 32),
+    seq(0xc0, 32),
+    "",
+    seq(0x60, 16),
+    false,
+  ),
+];
+
+// ---- cross-check with the codec, then write ---------------------------------------------------
+const file: VectorFile = {
+  format: 1,
+  wireVersion: 1,
+  preface: PREFACE,
+  frameTypes: {
+    HELLO: 1,
+    AUTH: 2,
+    ACCEPT: 3,
+    CLOSE: 4,
+    PING: 5,
+    PONG: 6,
+    FLOW_OPEN: 16,
+    FLOW_CLOSE: 17,
+    DATA: 18,
+    EXTENSION: 128,
+  },
+  frames,
+  malformed,
+  handshakes,
+};
+
+const problems: string[] = [];
+const allFrames = [
+  ...frames,
+  ...handshakes.flatMap((h) => [h.acceptorHello, h.dialerHello, h.authFrame, h.acceptFrame]),
+];
+for (const v of allFrames) {
+  const encoded = bytesToHex(encodeFrame(frameFromFields(v.fields)));
+  if (encoded !== bytesToHex(bytesOf(v.hex))) problems.push(`${v.name}: codec encodes ${encoded.slice(0, 80)}…`);
+}
+for (const v of malformed) {
+  const decoder = new FrameDecoder({ preface: v.preface });
+  decoder.push(bytesOf(v.hex));
+  let code = "(no error)";
+  try {
+    while (decoder.read() !== undefined);
+  } catch (e) {
+    code = e instanceof ProtocolError ? e.code : String(e);
+  }
+  if (code !== v.error) problems.push(`${v.name}: decoder says ${code}, vector says ${v.error}`);
+}
+if (problems.length > 0) {
+  console.error(`codec and hand layout disagree:\n${problems.join("\n")}`);
+  process.exit(1);
+}
+
+const out = join(dirname(fileURLToPath(import.meta.url)), "..", "test-vectors.json");
+const json = JSON.stringify(
+  {
+    $comment:
+      "mcudpt wire protocol test vectors. Format: PROTOCOL.md, section 'Test vectors'. Generated by scripts/generate-vectors.ts.",
+    ...file,
+  },
+  null,
+  2,
+);
+writeFileSync(out, json + "\n");
+console.log(
+  `wrote ${out}: ${frames.length} frames, ${malformed.length} malformed inputs, ${handshakes.length} handshakes`,
+);

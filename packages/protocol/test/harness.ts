@@ -1,0 +1,259 @@
+/**
+ * In-memory test bench for the machines: a deterministic CryptoProvider, a virtual network that pipes
+ * takeTransmit() bytes of one machine into receive() of the other with a plain-number clock, and a raw
+ * peer for playing a hostile or broken counterpart frame by frame. No sockets, no timers.
+ */
+import { createHmac } from "node:crypto";
+import {
+  type CryptoProvider,
+  encodeFrame,
+  type Frame,
+  FrameDecoder,
+  type Output,
+  PREFACE,
+  type ReceiverMachine,
+  type SenderMachine,
+} from "../src/index.ts";
+
+export type Machine = ReceiverMachine | SenderMachine;
+
+/** Random bytes from a seeded generator (mulberry32); HMAC from node:crypto. */
+export function testCrypto(seed: number): CryptoProvider {
+  let a = seed >>> 0;
+  const next = () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return (t ^ (t >>> 14)) >>> 0;
+  };
+  return {
+    randomBytes(length) {
+      const out = new Uint8Array(length);
+      for (let i = 0; i < length; i++) out[i] = next() & 0xff;
+      return out;
+    },
+    hmacSha256: (key, data) => new Uint8Array(createHmac("sha256", key).update(data).digest()),
+  };
+}
+
+export interface End {
+  machine: Machine;
+  conn: number;
+}
+
+export class Wire {
+  up = true;
+  /** Bytes sent by these machines vanish (a host that went away without a FIN: a black hole). */
+  readonly drop = new Set<Machine>();
+  /** While paused, bytes wait in `queued` until flush(). */
+  paused = false;
+  readonly queued: Array<{ to: End; bytes: Uint8Array }> = [];
+  private readonly taps = new Map<Machine, { decoder: FrameDecoder; frames: Frame[] }>();
+
+  constructor(
+    readonly a: End,
+    readonly b: End,
+  ) {
+    for (const end of [a, b]) this.taps.set(end.machine, { decoder: new FrameDecoder({ preface: true }), frames: [] });
+  }
+
+  other(m: Machine): End {
+    return this.a.machine === m ? this.b : this.a;
+  }
+
+  /** Every frame `m` wrote on this wire (decoded by an independent decoder). */
+  sentBy(m: Machine): Frame[] {
+    return (this.taps.get(m) as { frames: Frame[] }).frames;
+  }
+
+  tap(m: Machine, bytes: Uint8Array): void {
+    const t = this.taps.get(m);
+    if (!t) return;
+    t.decoder.push(bytes.slice());
+    for (let f = t.decoder.read(); f !== undefined; f = t.decoder.read()) t.frames.push(f);
+  }
+}
+
+export class Net {
+  now = 0;
+  readonly wires: Wire[] = [];
+  readonly machines: Machine[] = [];
+  private readonly log = new Map<Machine, Output[]>();
+
+  add<M extends Machine>(m: M): M {
+    this.machines.push(m);
+    this.log.set(m, []);
+    return m;
+  }
+
+  /** All outputs `m` produced so far (transmit and close-connection were already acted on). */
+  outputs(m: Machine): Output[] {
+    return this.log.get(m) as Output[];
+  }
+
+  of<K extends Output["kind"]>(m: Machine, kind: K): Extract<Output, { kind: K }>[] {
+    return this.outputs(m).filter((o): o is Extract<Output, { kind: K }> => o.kind === kind);
+  }
+
+  logs(m: Machine): string[] {
+    return this.of(m, "log").map((o) => `${o.level}: ${o.message}`);
+  }
+
+  clear(): void {
+    for (const l of this.log.values()) l.length = 0;
+  }
+
+  /** Opens a TCP connection: `a` accepted it (conn aConn), `b` dialed it (conn bConn). */
+  connect(a: Machine, aConn: number, b: Machine, bConn: number): Wire {
+    const wire = new Wire({ machine: a, conn: aConn }, { machine: b, conn: bConn });
+    this.wires.push(wire);
+    a.connect(aConn, `peer-of-${aConn}`, this.now);
+    b.connect(bConn, `peer-of-${bConn}`, this.now);
+    this.pump();
+    return wire;
+  }
+
+  wireOf(m: Machine, conn: number): Wire | undefined {
+    return this.wires.find(
+      (w) => w.up && ((w.a.machine === m && w.a.conn === conn) || (w.b.machine === m && w.b.conn === conn)),
+    );
+  }
+
+  /**
+   * Drains every machine's outputs and delivers bytes until nothing moves. A connection a machine
+   * closes is torn down at the end of the round, after both sides' pending bytes were written (so a
+   * CLOSE both sides send at once is seen on the wire from both).
+   */
+  pump(): void {
+    for (let rounds = 0; ; rounds++) {
+      if (rounds > 10_000) throw new Error("pump does not settle");
+      let moved = false;
+      const closing = new Set<Wire>();
+      for (const m of this.machines) {
+        for (let o = m.poll(); o !== undefined; o = m.poll()) {
+          moved = true;
+          (this.log.get(m) as Output[]).push(o);
+          if (o.kind === "transmit") this.send(m, o.conn);
+          if (o.kind === "close-connection") {
+            this.send(m, o.conn);
+            const w = this.wireOf(m, o.conn);
+            if (w) closing.add(w);
+          }
+        }
+      }
+      for (const w of closing) {
+        this.send(w.a.machine, w.a.conn);
+        this.send(w.b.machine, w.b.conn);
+        this.cut(w, false);
+      }
+      if (!moved) return;
+    }
+  }
+
+  private send(m: Machine, conn: number): void {
+    const bytes = m.takeTransmit(conn);
+    const w = this.wireOf(m, conn);
+    if (!bytes || !w) return;
+    w.tap(m, bytes);
+    if (w.drop.has(m)) return;
+    const to = w.other(m);
+    if (w.paused) w.queued.push({ to, bytes: bytes.slice() });
+    else to.machine.receive(to.conn, bytes.slice(), this.now);
+  }
+
+  /** Delivers what a paused wire holds (at the current time) and resumes it. */
+  flush(w: Wire): void {
+    w.paused = false;
+    for (const { to, bytes } of w.queued.splice(0)) if (w.up) to.machine.receive(to.conn, bytes, this.now);
+    this.pump();
+  }
+
+  /** The TCP connection ends (both hosts notice). */
+  cut(w: Wire, pump = true): void {
+    if (!w.up) return;
+    w.up = false;
+    w.a.machine.disconnected(w.a.conn, this.now);
+    w.b.machine.disconnected(w.b.conn, this.now);
+    if (pump) this.pump();
+  }
+
+  /** Runs every timer due up to now + ms, in order, then sets the clock to now + ms. */
+  advance(ms: number): void {
+    const target = this.now + ms;
+    for (let steps = 0; ; steps++) {
+      if (steps > 100_000) throw new Error("advance does not settle");
+      let next: number | undefined;
+      for (const m of this.machines) {
+        const t = m.nextTimeout();
+        if (t !== undefined && (next === undefined || t < next)) next = t;
+      }
+      if (next === undefined || next > target) break;
+      this.now = Math.max(this.now, next);
+      this.tickAll();
+    }
+    this.now = target;
+    this.tickAll();
+  }
+
+  private tickAll(): void {
+    for (const m of this.machines) {
+      m.tick(this.now);
+      const t = m.nextTimeout();
+      if (t !== undefined && t <= this.now) throw new Error(`nextTimeout ${t} is not after tick(${this.now})`);
+    }
+    this.pump();
+  }
+}
+
+/** A counterpart played by hand: sends chosen bytes, reads and decodes what the machine answers. */
+export class RawPeer {
+  private readonly decoder = new FrameDecoder({ preface: true });
+  readonly received: Frame[] = [];
+  readonly outputs: Output[] = [];
+
+  constructor(
+    readonly machine: Machine,
+    readonly conn: number,
+    public now = 0,
+  ) {}
+
+  connect(): this {
+    this.machine.connect(this.conn, "raw-peer", this.now);
+    this.read();
+    return this;
+  }
+
+  send(...items: Array<Frame | Uint8Array>): Frame[] {
+    for (const item of items) {
+      this.machine.receive(this.conn, item instanceof Uint8Array ? item : encodeFrame(item), this.now);
+    }
+    return this.read();
+  }
+
+  preface(): Uint8Array {
+    return PREFACE;
+  }
+
+  /** Drains the machine's outputs and decodes what it transmitted on this connection. */
+  read(): Frame[] {
+    for (let o = this.machine.poll(); o !== undefined; o = this.machine.poll()) this.outputs.push(o);
+    const fresh: Frame[] = [];
+    const bytes = this.machine.takeTransmit(this.conn);
+    if (bytes) {
+      this.decoder.push(bytes.slice());
+      for (let f = this.decoder.read(); f !== undefined; f = this.decoder.read()) fresh.push(f);
+      this.received.push(...fresh);
+    }
+    return fresh;
+  }
+
+  closed(): boolean {
+    return this.outputs.some((o) => o.kind === "close-connection" && o.conn === this.conn);
+  }
+
+  closeCode(): number | undefined {
+    const close = this.received.find((f) => f.type === 0x04);
+    return close && close.type === 0x04 ? close.code : undefined;
+  }
+}

@@ -1,0 +1,270 @@
+/**
+ * Transport over Bun's native sockets (Bun.udpSocket, Bun.listen, Bun.connect).
+ * Bytes in, bytes out: no frames, no timers beyond the connect timeout.
+ *
+ * Bun 1.4.5 behaviours this adapter relies on (verified empirically):
+ * - UDP and TCP `data` handlers get a fresh ArrayBuffer per call (no reuse across calls), which is
+ *   more than the contract promises; callers must still copy what outlives the call.
+ * - UDP `error` handlers are called as `error.call(socket, err)` (one argument), not `(socket, err)`
+ *   as bun-types declares; without any handler, an ICMP error on a connected socket (ECONNREFUSED,
+ *   reported from the error queue) is thrown as an uncaught error and ends the process.
+ * - UDP `send` throws synchronously (EMSGSIZE, EAFNOSUPPORT, invalid address, closed socket); an
+ *   EMSGSIZE is also reported again later through the `error` handler.
+ * - TCP `socket.write` is unbuffered: it returns how many bytes the kernel took and drops the rest.
+ * - TCP `socket.end()` shuts down and closes the socket at once, firing `close` synchronously inside
+ *   the call; bytes already accepted by the kernel are still delivered.
+ */
+import type {
+  ConnectOptions,
+  ListenOptions,
+  TcpConnection,
+  TcpHandlers,
+  TcpServer,
+  Transport,
+  UdpSocket,
+  UdpSocketOptions,
+} from "@mcudpt/core";
+
+type BunTcpSocket = import("bun").Socket<BunTcpConnection | undefined>;
+
+function asError(value: unknown): Error {
+  return value instanceof Error ? value : new Error(String(value));
+}
+
+async function bindUdp(options: UdpSocketOptions): Promise<UdpSocket> {
+  const handler = {
+    data(_socket: unknown, data: Uint8Array, port: number, address: string) {
+      options.onDatagram(data, address, port);
+    },
+    // Mandatory: without it an ICMP error kills the process. Bun passes the error as the only
+    // argument (see header), so take whichever argument is an Error.
+    error(...args: unknown[]) {
+      options.onError(asError(args.find((a) => a instanceof Error) ?? args[args.length - 1]));
+    },
+  };
+  const common = { hostname: options.host, port: options.port, binaryType: "uint8array" as const };
+  // Rejects with EADDRINUSE etc.: exactly what the contract asks for.
+  const socket = options.connect
+    ? await Bun.udpSocket({
+        ...common,
+        connect: { hostname: options.connect.host, port: options.connect.port },
+        socket: handler,
+      })
+    : await Bun.udpSocket({ ...common, socket: handler });
+  const connected = options.connect !== undefined;
+  let closed = false;
+
+  return {
+    address: socket.address.address,
+    port: socket.port,
+    send(data, port, address) {
+      if (closed) return false;
+      try {
+        // Bun sends exactly the view's bytes (byteOffset/byteLength honoured) and synchronously,
+        // so no reference to `data` outlives the call. A connected socket always sends to its peer.
+        return connected
+          ? (socket as import("bun").udp.ConnectedSocket<"uint8array">).send(data)
+          : (socket as import("bun").udp.Socket<"uint8array">).send(data, port as number, address as string);
+      } catch (error) {
+        // The contract says send never throws; report asynchronously so the caller is not re-entered.
+        queueMicrotask(() => options.onError(asError(error)));
+        return false;
+      }
+    },
+    close() {
+      if (closed) return;
+      closed = true;
+      socket.close();
+    },
+  };
+}
+
+/** Wraps one Bun TCP socket, adding the write queue that Bun's unbuffered write() lacks. */
+class BunTcpConnection implements TcpConnection {
+  handlers: TcpHandlers | undefined;
+  readonly remoteAddress: string;
+  readonly remotePort: number;
+  /** Unsent remainders, oldest first from `head` (views into the caller's buffers, never copies). */
+  private queue: Uint8Array[] = [];
+  private head = 0;
+  /** write() returned false: owe the caller an onDrain. */
+  private needDrain = false;
+  private ending = false;
+  private closed = false;
+
+  constructor(private readonly socket: BunTcpSocket) {
+    this.remoteAddress = socket.remoteAddress;
+    this.remotePort = socket.remotePort;
+  }
+
+  write(data: Uint8Array): boolean {
+    if (this.closed || this.ending) return false;
+    if (this.head === this.queue.length) {
+      const written = this.socket.write(data);
+      if (written >= data.length) return true;
+      // -1 means the socket is closing: queue anyway, the close event clears everything.
+      this.queue.push(written > 0 ? data.subarray(written) : data);
+    } else {
+      this.queue.push(data);
+    }
+    this.needDrain = true;
+    return false;
+  }
+
+  end(): void {
+    if (this.closed || this.ending) return;
+    this.ending = true;
+    // Bun's end() closes the socket immediately, so only call it once our queue is empty;
+    // otherwise flush() calls it from the drain handler.
+    if (this.head === this.queue.length) this.socket.end();
+  }
+
+  destroy(): void {
+    if (this.closed) return;
+    this.dropQueue();
+    this.ending = true;
+    // end() rather than terminate(): like Node's destroy(), close the fd without an RST.
+    this.socket.end();
+  }
+
+  /** Called from Bun's drain handler: push queued bytes until the kernel pushes back. */
+  flush(): void {
+    while (this.head < this.queue.length) {
+      const chunk = this.queue[this.head];
+      const written = this.socket.write(chunk);
+      if (written < chunk.length) {
+        if (written > 0) this.queue[this.head] = chunk.subarray(written);
+        return;
+      }
+      this.queue[this.head++] = EMPTY; // release the reference early
+    }
+    this.dropQueue();
+    if (this.ending) {
+      this.socket.end();
+    } else if (this.needDrain) {
+      this.needDrain = false;
+      this.handlers?.onDrain();
+    }
+  }
+
+  /** Called from Bun's close handler (sometimes synchronously inside socket.end()). */
+  onSocketClose(error?: Error): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.dropQueue();
+    const handlers = this.handlers;
+    // Deferred so that onClose never runs inside the caller's own end()/destroy()/write().
+    queueMicrotask(() => handlers?.onClose(error));
+  }
+
+  /** A handler threw (Bun routes that to `error`): close the connection with that error. */
+  fail(error: Error): void {
+    if (this.closed) return;
+    this.dropQueue();
+    this.onSocketClose(error);
+    this.socket.end();
+  }
+
+  private dropQueue(): void {
+    this.queue = [];
+    this.head = 0;
+  }
+}
+
+const EMPTY = new Uint8Array(0);
+
+/** Socket handlers shared by accepted and outgoing connections; the wrapper lives in socket.data. */
+const tcpHandlers = {
+  binaryType: "uint8array" as const,
+  data(socket: BunTcpSocket, data: Uint8Array) {
+    socket.data?.handlers?.onData(data);
+  },
+  drain(socket: BunTcpSocket) {
+    socket.data?.flush();
+  },
+  close(socket: BunTcpSocket, error?: Error) {
+    socket.data?.onSocketClose(error);
+  },
+  error(socket: BunTcpSocket, error: Error) {
+    socket.data?.fail(asError(error));
+  },
+};
+
+async function listenTcp(options: ListenOptions): Promise<TcpServer> {
+  let listener: import("bun").TCPSocketListener<BunTcpConnection | undefined>;
+  try {
+    // Bun.listen throws synchronously (EADDRINUSE...); turn that into a rejection.
+    listener = Bun.listen<BunTcpConnection | undefined>({
+      hostname: options.host,
+      port: options.port,
+      data: undefined,
+      socket: {
+        ...tcpHandlers,
+        open(socket) {
+          socket.setNoDelay(true);
+          const connection = new BunTcpConnection(socket);
+          socket.data = connection;
+          // Handlers are in place before the first data event can be dispatched.
+          connection.handlers = options.onConnection(connection);
+        },
+      },
+    });
+  } catch (error) {
+    throw asError(error);
+  }
+  return {
+    address: listener.hostname,
+    port: listener.port,
+    close() {
+      listener.stop(false); // false: keep established connections
+    },
+  };
+}
+
+function connectTcp(options: ConnectOptions): Promise<TcpConnection> {
+  return new Promise((resolve, reject) => {
+    let timedOut = false;
+    const timer =
+      options.timeoutMs === undefined
+        ? undefined
+        : setTimeout(() => {
+            // Bun.connect cannot be cancelled: a late success is closed in open() below,
+            // a late failure is ignored.
+            timedOut = true;
+            reject(
+              Object.assign(new Error(`connect ETIMEDOUT ${options.host}:${options.port}`), { code: "ETIMEDOUT" }),
+            );
+          }, options.timeoutMs);
+    Bun.connect<BunTcpConnection | undefined>({
+      hostname: options.host,
+      port: options.port,
+      data: undefined,
+      socket: {
+        ...tcpHandlers,
+        open(socket) {
+          if (timedOut) {
+            socket.end();
+            return;
+          }
+          socket.setNoDelay(true);
+          const connection = new BunTcpConnection(socket);
+          connection.handlers = options.handlers;
+          socket.data = connection;
+        },
+        // Declaring connectError keeps Bun from also reporting the rejection as unhandled.
+        connectError() {},
+      },
+    }).then(
+      (socket) => {
+        clearTimeout(timer);
+        if (!timedOut && socket.data) resolve(socket.data);
+      },
+      (error) => {
+        clearTimeout(timer);
+        reject(asError(error));
+      },
+    );
+  });
+}
+
+export const bunTransport: Transport = { name: "bun", bindUdp, listenTcp, connectTcp };

@@ -1,0 +1,200 @@
+/**
+ * Transport over Node's node:dgram and node:net (also runs on Bun's Node compatibility layer).
+ * Bytes in, bytes out: no frames, no timers beyond the connect timeout.
+ *
+ * Node behaviours this adapter relies on (verified on Node 20):
+ * - 'message' and 'data' deliver a fresh Buffer per event (no reuse across calls).
+ * - dgram send() is asynchronous (an address lookup runs even for IP literals) and keeps a
+ *   reference to the buffer until then, so send() copies; errors go to the send callback.
+ * - An ICMP error on a connected dgram socket arrives as an 'error' event (ECONNREFUSED, recvmsg);
+ *   the socket stays usable. Without an 'error' listener that event would crash the process.
+ * - A udp6 socket cannot send to an IPv4 literal (EINVAL): it needs the "::ffff:a.b.c.d" form.
+ * - net write() queues everything and returns false past the high-water mark; 'drain' follows.
+ */
+import dgram from "node:dgram";
+import net from "node:net";
+import type {
+  ConnectOptions,
+  ListenOptions,
+  TcpConnection,
+  TcpHandlers,
+  TcpServer,
+  Transport,
+  UdpSocket,
+  UdpSocketOptions,
+} from "@mcudpt/core";
+
+/**
+ * dgram never drops on a full kernel buffer: libuv queues without bound. Past this many pending
+ * sends, send() drops and returns false, as a full kernel buffer would.
+ */
+const MAX_PENDING_DATAGRAMS = 1024;
+
+/**
+ * Runs `start` and settles on its callback or the emitter's first 'error', whichever comes first;
+ * the temporary 'error' listener is what keeps a bind/listen failure from being unhandled.
+ */
+function settle(emitter: NodeJS.EventEmitter, start: (done: (error?: Error | null) => void) => void): Promise<void> {
+  return new Promise((resolve, reject) => {
+    emitter.once("error", reject);
+    start((error) => {
+      emitter.off("error", reject);
+      if (error) reject(error);
+      else resolve();
+    });
+  });
+}
+
+async function bindUdp(options: UdpSocketOptions): Promise<UdpSocket> {
+  const v6 = net.isIPv6(options.host);
+  // ipv6Only false: a socket bound to "::" also serves IPv4 (as ::ffff:a.b.c.d peers).
+  const socket = dgram.createSocket({ type: v6 ? "udp6" : "udp4", ipv6Only: false });
+  // A udp6 socket only talks to IPv6 addresses: map IPv4 literals onto it.
+  const peer = (address: string) => (v6 && net.isIPv4(address) ? `::ffff:${address}` : address);
+  try {
+    // A bind error (EADDRINUSE) is an 'error' event: the temporary listener turns it into a rejection.
+    await settle(socket, (done) => socket.bind({ address: options.host, port: options.port }, done));
+    if (options.connect) {
+      // Resolving only once connected means no send can happen before connect completes (a send
+      // without port before then throws ERR_SOCKET_BAD_PORT), so nothing needs queuing. Connect
+      // errors come as the callback's argument, not as an 'error' event.
+      const { host, port } = options.connect;
+      await settle(socket, (done) => socket.connect(port, peer(host), done));
+    }
+  } catch (error) {
+    socket.close();
+    throw error;
+  }
+  // From here on every error (ICMP, asynchronous send failures) is reported, never thrown.
+  socket.on("error", (error) => options.onError(error));
+  socket.on("message", (data, remote) => options.onDatagram(data, remote.address, remote.port));
+  const connected = options.connect !== undefined;
+  let closed = false;
+  socket.once("close", () => (closed = true));
+  const onSent = (error: Error | null) => {
+    if (error) options.onError(error);
+  };
+  const local = socket.address();
+
+  return {
+    address: local.address,
+    port: local.port,
+    send(data, port, address) {
+      if (closed || socket.getSendQueueCount() >= MAX_PENDING_DATAGRAMS) return false;
+      // Copy: Node holds on to the buffer until the asynchronous send runs.
+      const copy = Buffer.from(data);
+      try {
+        // A connected socket always sends to its peer (Node would throw if given an address).
+        if (connected || port === undefined) socket.send(copy, onSent);
+        else socket.send(copy, port, peer(address ?? ""), onSent);
+        return true;
+      } catch (error) {
+        // Synchronous argument errors (bad port, socket not running): report, never throw.
+        process.nextTick(() => options.onError(error as Error));
+        return false;
+      }
+    },
+    close() {
+      if (closed) return;
+      closed = true;
+      socket.close();
+    },
+  };
+}
+
+/** Wraps one net.Socket; Node already queues writes, so this only maps events to the contract. */
+class NodeTcpConnection implements TcpConnection {
+  readonly remoteAddress: string;
+  readonly remotePort: number;
+
+  constructor(
+    private readonly socket: net.Socket,
+    handlers: TcpHandlers,
+  ) {
+    this.remoteAddress = socket.remoteAddress ?? "";
+    this.remotePort = socket.remotePort ?? 0;
+    let failure: Error | undefined;
+    socket.on("data", (data: Buffer) => handlers.onData(data));
+    socket.on("drain", () => handlers.onDrain());
+    // 'error' is always followed by 'close': remember it and report both as one onClose.
+    socket.on("error", (error) => (failure ??= error));
+    socket.once("close", () => handlers.onClose(failure));
+  }
+
+  write(data: Uint8Array): boolean {
+    // Writing after end() would raise ERR_STREAM_WRITE_AFTER_END; the bytes are moot anyway.
+    if (!this.socket.writable) return false;
+    return this.socket.write(data);
+  }
+
+  end(): void {
+    if (!this.socket.writable) return;
+    // 'finish' fires once everything queued reached the kernel and the FIN went out. Destroying then
+    // matches Bun, whose end() closes fully instead of leaving the socket half-open until the peer
+    // closes its side; the kernel still delivers the bytes it holds.
+    this.socket.once("finish", () => this.socket.destroy());
+    this.socket.end();
+  }
+
+  destroy(): void {
+    this.socket.destroy();
+  }
+}
+
+async function listenTcp(options: ListenOptions): Promise<TcpServer> {
+  const server = net.createServer((socket) => {
+    socket.setNoDelay(true);
+    // The connection object must exist before its handlers; wire them right after, synchronously,
+    // so no 'data' can be emitted in between.
+    let handlers: TcpHandlers | undefined;
+    const connection = new NodeTcpConnection(socket, {
+      onData: (data) => handlers?.onData(data),
+      onDrain: () => handlers?.onDrain(),
+      onClose: (error) => handlers?.onClose(error),
+    });
+    handlers = options.onConnection(connection);
+  });
+  await settle(server, (done) => server.listen({ host: options.host, port: options.port }, done));
+  // Accept failures (EMFILE...) are emitted on the server; the contract has no channel for them and
+  // the listener keeps accepting, so they are ignored rather than left to crash the process.
+  server.on("error", () => {});
+  const bound = server.address() as net.AddressInfo;
+  return {
+    address: bound.address,
+    port: bound.port,
+    close() {
+      server.close(); // stops accepting; established sockets are untouched
+    },
+  };
+}
+
+function connectTcp(options: ConnectOptions): Promise<TcpConnection> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect({ host: options.host, port: options.port });
+    const fail = (error: Error) => {
+      clearTimeout(timer);
+      socket.destroy();
+      reject(error);
+    };
+    const timer =
+      options.timeoutMs === undefined
+        ? undefined
+        : setTimeout(
+            () =>
+              fail(
+                Object.assign(new Error(`connect ETIMEDOUT ${options.host}:${options.port}`), { code: "ETIMEDOUT" }),
+              ),
+            options.timeoutMs,
+          );
+    socket.once("error", fail);
+    socket.once("connect", () => {
+      clearTimeout(timer);
+      socket.off("error", fail);
+      socket.setNoDelay(true);
+      // Handlers go in before this tick ends; 'data' cannot fire earlier (no listener, paused).
+      resolve(new NodeTcpConnection(socket, options.handlers));
+    });
+  });
+}
+
+export const nodeTransport: Transport = { name: "node", bindUdp, listenTcp, connectTcp };

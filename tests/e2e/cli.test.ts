@@ -152,7 +152,7 @@ describe("the built CLI", () => {
           [["-mode", "bogus"], /unknown mode "bogus"/],
           [["bogus"], /unknown command "bogus"/],
           [["receiver", "--idle-timeout", "soon"], /--idle-timeout: "soon"/],
-          [["receiver", "--udp", `127.0.0.1:${busyPort}`, "--tcp", "127.0.0.1:0", "--secret", "s"], new RegExp(`UDP 127\\.0\\.0\\.1:${busyPort}`)],
+          [["receiver", "--udp", `127.0.0.1:${busyPort}`, "--tcp", `127.0.0.1:${await freePort("tcp")}`, "--secret", "s"], new RegExp(`UDP 127\\.0\\.0\\.1:${busyPort}`)],
           [["sender", "--transport", "carrier-pigeon"], /carrier-pigeon/],
         ];
         for (const [args, pattern] of cases) {

@@ -33,7 +33,8 @@ export interface UdpSocket {
   /**
    * Sends one datagram, to `address`:`port`, or to the connected peer when both are omitted.
    * Returns false when it was dropped (kernel buffer full, socket closed); never throws.
-   * The transport does not keep a reference to `data` after returning unless it owns a copy.
+   * The caller must not modify `data` afterwards: a transport may send it later (Node's dgram does),
+   * and copying every datagram to allow reuse would cost the hot path an allocation.
    */
   send(data: Uint8Array, port?: number, address?: string): boolean;
   close(): void;

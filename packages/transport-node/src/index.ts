@@ -5,7 +5,8 @@
  * Node behaviours this adapter relies on (verified on Node 20):
  * - 'message' and 'data' deliver a fresh Buffer per event (no reuse across calls).
  * - dgram send() is asynchronous (an address lookup runs even for IP literals) and keeps a
- *   reference to the buffer until then, so send() copies; errors go to the send callback.
+ *   reference to the buffer until then: the contract forbids callers to modify it, so no copy is
+ *   made (the bytes are a view into a TCP chunk nobody reuses); errors go to the send callback.
  * - An ICMP error on a connected dgram socket arrives as an 'error' event (ECONNREFUSED, recvmsg);
  *   the socket stays usable. Without an 'error' listener that event would crash the process.
  * - A udp6 socket cannot send to an IPv4 literal (EINVAL): it needs the "::ffff:a.b.c.d" form.
@@ -81,12 +82,10 @@ async function bindUdp(options: UdpSocketOptions): Promise<UdpSocket> {
     port: local.port,
     send(data, port, address) {
       if (closed || socket.getSendQueueCount() >= MAX_PENDING_DATAGRAMS) return false;
-      // Copy: Node holds on to the buffer until the asynchronous send runs.
-      const copy = Buffer.from(data);
       try {
         // A connected socket always sends to its peer (Node would throw if given an address).
-        if (connected || port === undefined) socket.send(copy, onSent);
-        else socket.send(copy, port, peer(address ?? ""), onSent);
+        if (connected || port === undefined) socket.send(data, onSent);
+        else socket.send(data, port, peer(address ?? ""), onSent);
         return true;
       } catch (error) {
         // Synchronous argument errors (bad port, socket not running): report, never throw.

@@ -350,11 +350,17 @@ export abstract class Endpoint {
   }
 
   /**
-   * Whether a DATA frame of `size` bytes may be queued on `link`: false when the transport is
-   * backed up and the bounded buffer is full, so that UDP is dropped (and counted) rather than hoarded.
+   * Whether a DATA frame of `size` bytes may be queued on `link`. Past the buffer bound, while the
+   * transport is backed up, the oldest queued datagrams are dropped to make room (a quarter of the
+   * bound at a time, so the compaction is amortised); UDP is dropped and counted, never hoarded.
    */
   protected hasRoom(link: Link, size: number): boolean {
-    if (link.writer.length + size <= this.maxBufferBytes) return true;
+    const writer = link.writer;
+    if (writer.length + size <= this.maxBufferBytes) return true;
+    if (link.blocked) {
+      this.stats.drops.backpressure += writer.dropOldestData(Math.max(size, this.maxBufferBytes / 4));
+      if (writer.length + size <= this.maxBufferBytes) return true;
+    }
     this.stats.drops.backpressure++;
     return false;
   }

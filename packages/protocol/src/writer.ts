@@ -29,6 +29,8 @@ export class FrameWriter {
   private view: DataView;
   private start = 0;
   private end = 0;
+  /** The untaken bytes begin with the preface (not a frame): compaction must not parse them. */
+  private prefaceUntaken = false;
 
   constructor(private readonly chunkSize = DEFAULT_CHUNK) {
     this.buf = new Uint8Array(chunkSize);
@@ -45,12 +47,41 @@ export class FrameWriter {
     if (this.end === this.start) return undefined;
     const out = this.buf.subarray(this.start, this.end);
     this.start = this.end;
+    this.prefaceUntaken = false;
     return out;
   }
 
   /** Forgets what was written and not taken (a dead connection's backlog). */
   discard(): void {
     this.start = this.end;
+  }
+
+  /**
+   * Frees at least `bytes` of untaken output by dropping the oldest DATA frames; every other frame is
+   * kept, in order (flow state must stay consistent). Used when the connection is backed up: an old
+   * datagram (a stale DNS answer, a late voice packet) is worth less than a new one.
+   * Returns how many DATA frames were dropped. O(untaken bytes): callers free a good share at once.
+   */
+  dropOldestData(bytes: number): number {
+    if (this.prefaceUntaken) return 0;
+    const buf = this.buf;
+    let read = this.start;
+    let write = this.start;
+    let freed = 0;
+    let dropped = 0;
+    while (read < this.end) {
+      const size = HEADER_SIZE + this.view.getUint32(read + 1);
+      if (buf[read] === FrameType.Data && freed < bytes) {
+        freed += size;
+        dropped++;
+      } else {
+        if (write !== read) buf.copyWithin(write, read, read + size);
+        write += size;
+      }
+      read += size;
+    }
+    this.end = write;
+    return dropped;
   }
 
   /** Room for `n` more bytes; moves the untaken bytes into a fresh buffer when the current one is full. */
@@ -75,6 +106,7 @@ export class FrameWriter {
   }
 
   preface(): void {
+    if (this.end === this.start) this.prefaceUntaken = true;
     this.reserve(PREFACE.length);
     this.buf.set(PREFACE, this.end);
     this.end += PREFACE.length;

@@ -70,6 +70,8 @@ export interface Stats {
   udpOutBytes: number;
   flowsOpened: number;
   flowsClosed: number;
+  /** Flows closed to make room under --max-flows (included in flowsClosed). */
+  flowsEvicted: number;
   /** Connections that completed the handshake. */
   accepted: number;
   handshakeFailures: number;
@@ -109,6 +111,8 @@ export abstract class Endpoint {
   protected readonly links = new Map<number, Link>();
   private readonly outputs: Output[] = [];
   private outputHead = 0;
+  private evictionsUnlogged = 0;
+  private lastEvictionLog = Number.NEGATIVE_INFINITY;
   protected readonly secret: Uint8Array | undefined;
   protected readonly idleTimeoutMs: number;
   protected readonly maxFlows: number;
@@ -124,6 +128,7 @@ export abstract class Endpoint {
     udpOutBytes: 0,
     flowsOpened: 0,
     flowsClosed: 0,
+    flowsEvicted: 0,
     accepted: 0,
     handshakeFailures: 0,
     drops: { "no-sender": 0, backpressure: 0, "unknown-flow": 0, "not-connected": 0, "socket-error": 0, "too-large": 0 },
@@ -371,6 +376,19 @@ export abstract class Endpoint {
    */
   protected canAnswer(link: Link): boolean {
     return link.writer.length < this.maxBufferBytes;
+  }
+
+  /**
+   * Counts an eviction under maxFlows and logs at most one line per 10 s: a flood of new source
+   * addresses evicts once per datagram, and must not become a flood of log lines.
+   */
+  protected noteEviction(now: number): void {
+    this.stats.flowsEvicted++;
+    this.evictionsUnlogged++;
+    if (now - this.lastEvictionLog < 10_000) return;
+    this.lastEvictionLog = now;
+    this.log("warn", `flow limit (${this.maxFlows}) reached: evicted ${this.evictionsUnlogged} least recently active flow(s)`);
+    this.evictionsUnlogged = 0;
   }
 
   protected flowCloseName(reason: number): string {

@@ -144,7 +144,7 @@ export class ReceiverMachine extends Endpoint {
     if (this.flows.size >= this.maxFlows) {
       const oldest = this.flows.oldest();
       if (oldest) {
-        this.log("info", `flow limit (${this.maxFlows}) reached: evicting the least recently active flow (${oldest.address}:${oldest.port})`);
+        this.noteEviction(now);
         this.closeFlow(oldest, FlowCloseReason.Evicted, true);
       }
     }

@@ -151,7 +151,7 @@ export class SenderMachine extends Endpoint {
         if (this.flows.size >= this.maxFlows) {
           const oldest = this.flows.oldest();
           if (oldest) {
-            this.log("info", `flow limit (${this.maxFlows}) reached: evicting the least recently active flow ${oldest.id}`);
+            this.noteEviction(now);
             this.closeFlow(oldest, FlowCloseReason.Evicted, true);
           }
         }

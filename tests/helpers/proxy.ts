@@ -3,30 +3,38 @@
  * - "trickle": re-sends every chunk one byte per write, yielding between bytes, so the far side
  *   reads frames in tiny pieces;
  * - "coalesce": holds bytes for a few milliseconds and forwards them as one large chunk;
+ * - "delay": forwards each chunk `delayMs` (default 30) after it arrived, in order (a long path);
  * - cut(): resets every proxied connection (a crashed middlebox);
  * - stall: stops forwarding without closing (a silent blackhole), until resumed.
  * Built on node:net so it is the same under every transport being tested.
  */
 import { createServer, type Server, type Socket, connect } from "node:net";
 
-export type ProxyMode = "passthrough" | "trickle" | "coalesce";
+export type ProxyMode = "passthrough" | "trickle" | "coalesce" | "delay";
 
 export interface FaultProxy {
   port: number;
   mode: ProxyMode;
   stalled: boolean;
+  /** Added latency per direction in "delay" mode (ms). */
+  delayMs: number;
   /** Connections accepted so far. */
   accepted: number;
   cut(): void;
   close(): Promise<void>;
 }
 
-export async function startProxy(targetPort: number, mode: ProxyMode = "passthrough"): Promise<FaultProxy> {
+export async function startProxy(
+  targetPort: number,
+  mode: ProxyMode = "passthrough",
+  options: { delayMs?: number } = {},
+): Promise<FaultProxy> {
   const sockets = new Set<Socket>();
   const proxy: FaultProxy = {
     port: 0,
     mode,
     stalled: false,
+    delayMs: options.delayMs ?? 30,
     accepted: 0,
     cut() {
       for (const socket of sockets) socket.resetAndDestroy();
@@ -42,9 +50,32 @@ export async function startProxy(targetPort: number, mode: ProxyMode = "passthro
     let held: Buffer[] = [];
     let timer: ReturnType<typeof setTimeout> | undefined;
     let trickling: Promise<void> = Promise.resolve();
+    // "delay": chunks wait in arrival order; one timer at a time releases those that are due, so a
+    // chunk never overtakes an earlier one whatever the timer implementation does with equal deadlines.
+    // A close is delayed like the bytes before it (null marks it), so it cannot overtake them.
+    const delayed: Array<{ due: number; chunk: Buffer | null }> = [];
+    let releaseArmed = false;
+    const releaseDue = () => {
+      releaseArmed = false;
+      while (delayed.length > 0 && delayed[0].due <= Date.now()) {
+        const { chunk } = delayed.shift() as { chunk: Buffer | null };
+        if (chunk === null) to.destroy();
+        else if (!to.destroyed) to.write(chunk);
+      }
+      if (delayed.length > 0) {
+        releaseArmed = true;
+        setTimeout(releaseDue, Math.max(1, delayed[0].due - Date.now()));
+      }
+    };
     from.on("data", (chunk: Buffer) => {
       if (proxy.stalled) return; // dropped: the peer sees silence
-      if (proxy.mode === "coalesce") {
+      if (proxy.mode === "delay") {
+        delayed.push({ due: Date.now() + proxy.delayMs, chunk });
+        if (!releaseArmed) {
+          releaseArmed = true;
+          setTimeout(releaseDue, proxy.delayMs);
+        }
+      } else if (proxy.mode === "coalesce") {
         held.push(chunk);
         timer ??= setTimeout(() => {
           timer = undefined;
@@ -63,8 +94,12 @@ export async function startProxy(targetPort: number, mode: ProxyMode = "passthro
         to.write(chunk);
       }
     });
-    from.on("close", () => to.destroy());
-    from.on("error", () => to.destroy());
+    const closeTo = () => {
+      if (delayed.length === 0) return to.destroy();
+      delayed.push({ due: Date.now() + proxy.delayMs, chunk: null });
+    };
+    from.on("close", closeTo);
+    from.on("error", closeTo);
   };
 
   const server: Server = createServer((client) => {

@@ -1,42 +1,72 @@
 /**
  * The original's operator approval: "Sender connection from ADDR. Accept? [yes/no]" on stdout, one line
- * from stdin. Works with a pipe (`yes yes | mcudpt receiver`); stdin is read only once a sender asks,
- * and a closed stdin refuses rather than hangs.
+ * from stdin. Works with a pipe (`echo yes | mcudpt receiver`). Stdin is read only while a question is
+ * open and paused otherwise, so an endless pipe (`yes yes | …`) costs no memory; a closed stdin refuses
+ * without asking; a sender that leaves before the answer withdraws its question.
  */
 import { createInterface, type Interface } from "node:readline";
 import type { Logger } from "@mcudpt/core";
 
-export function stdinApprover(logger: Logger): (peer: string) => Promise<boolean> {
+/** Lines read ahead of a question (a chunk from a pipe holds many); the rest are discarded. */
+const MAX_BUFFERED_LINES = 16;
+
+export function stdinApprover(logger: Logger): (peer: string, cancelled: AbortSignal) => Promise<boolean> {
   let reader: Interface | undefined;
   let ended = false;
   const lines: string[] = [];
-  const waiting: Array<(line: string | undefined) => void> = [];
+  let waiter: ((line: string | undefined) => void) | undefined;
 
-  const start = (): void => {
-    if (reader) return;
-    reader = createInterface({ input: process.stdin, terminal: false });
-    reader.on("line", (line) => {
-      const waiter = waiting.shift();
-      if (waiter) waiter(line);
-      else lines.push(line);
+  const start = (): Interface => {
+    if (reader) return reader;
+    const created = createInterface({ input: process.stdin, terminal: false });
+    created.on("line", (line) => {
+      if (waiter) {
+        const answer = waiter;
+        waiter = undefined;
+        answer(line);
+      } else if (lines.length < MAX_BUFFERED_LINES) {
+        lines.push(line);
+      }
+      if (!waiter) created.pause();
     });
-    reader.on("close", () => {
+    created.on("close", () => {
       ended = true;
-      for (const waiter of waiting.splice(0)) waiter(undefined);
+      const answer = waiter;
+      waiter = undefined;
+      answer?.(undefined);
     });
+    reader = created;
+    return created;
   };
 
-  return async (peer) => {
-    start();
+  return async (peer, cancelled) => {
+    const input = start();
+    if (ended && lines.length === 0) {
+      logger.log("warn", `sender ${peer} refused: stdin is closed, nobody can approve it (use --secret for unattended receivers)`);
+      return false;
+    }
     process.stdout.write(`Sender connection from ${peer}. Accept? [yes/no] `);
-    const line = lines.shift() ?? (ended ? undefined : await new Promise<string | undefined>((r) => waiting.push(r)));
+    let line = lines.shift();
+    if (line === undefined) {
+      line = await new Promise<string | undefined>((resolve) => {
+        waiter = resolve;
+        cancelled.addEventListener("abort", () => {
+          if (waiter === resolve) waiter = undefined;
+          resolve(undefined);
+        });
+        input.resume();
+      });
+    }
+    if (cancelled.aborted) {
+      process.stdout.write(`\n(sender ${peer} went away before an answer)\n`);
+      return false;
+    }
     if (line === undefined) {
       process.stdout.write("\n");
       logger.log("warn", `stdin is closed: refusing sender ${peer} (use --secret for unattended receivers)`);
       return false;
     }
-    const accepted = /^\s*y(es)?\s*$/i.test(line);
     if (!process.stdin.isTTY) process.stdout.write(`${line.trim()}\n`);
-    return accepted;
+    return /^\s*y(es)?\s*$/i.test(line);
   };
 }

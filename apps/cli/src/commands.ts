@@ -33,6 +33,17 @@ export const senderArgs = {
   ...commonArgs,
 } satisfies ArgsDef;
 
+/** Settings that work but surprise: say so once at start-up. */
+function warnAboutSettings(logger: Logger, options: CommonOptions): void {
+  if (options.idleTimeoutMs < options.keepaliveMs * 3) {
+    logger.log(
+      "warn",
+      `--idle-timeout ${options.idleTimeoutMs / 1000} s is shorter than 3 × --keepalive (${(options.keepaliveMs * 3) / 1000} s): ` +
+        "flows may idle out before a dead connection is noticed, and then cannot resume",
+    );
+  }
+}
+
 function machineConfig(options: CommonOptions) {
   return {
     secret: options.secret,
@@ -77,6 +88,7 @@ export const receiverCommand = defineCommand({
     const udp = address(args, "udp");
     const tcp = address(args, "tcp");
     const logger = stderrLogger({ name: "mcudpt receiver", level: options.logLevel });
+    warnAboutSettings(logger, options);
     const transport = pickTransport(options.transport);
     logger.log("debug", `runtime: ${runtimeDescription()}`);
     const handle = await startReceiver({
@@ -99,6 +111,7 @@ export const senderCommand = defineCommand({
     const target = address(args, "udp");
     const receiver = address(args, "tcp");
     const logger = stderrLogger({ name: "mcudpt sender", level: options.logLevel });
+    warnAboutSettings(logger, options);
     const transport = pickTransport(options.transport);
     logger.log("debug", `runtime: ${runtimeDescription()}`);
     const handle = await startSender({ transport, target, receiver, config: machineConfig(options), logger });

@@ -3,6 +3,7 @@
  * mcudpt command line. Bad input ends with one line on stderr and exit code 2; the long-running
  * commands never end on network errors (they log them).
  */
+import "./no-color.js";
 import { messageOf, UserError } from "@mcudpt/core";
 import { type ArgsDef, type CommandDef, defineCommand, renderUsage, runCommand } from "citty";
 import pkg from "../package.json" with { type: "json" };
@@ -50,35 +51,46 @@ function longFlagNames(): Set<string> {
   return names;
 }
 
-/** citty ignores flags it does not know; a typo must not silently run with defaults. */
+/**
+ * citty ignores flags it does not know and keeps the last of repeated ones; a typo or a duplicate
+ * must not silently run with other settings than the user wrote.
+ */
 function checkArgs(args: string[], defs: ArgsDef): void {
-  const known = new Map<string, string | undefined>();
+  const known = new Map<string, { name: string; type: string | undefined }>();
   for (const [name, def] of Object.entries(defs)) {
-    known.set(name, def.type);
+    known.set(name, { name, type: def.type });
     const aliases = "alias" in def && def.alias ? (Array.isArray(def.alias) ? def.alias : [def.alias]) : [];
-    for (const alias of aliases) known.set(alias, def.type);
+    for (const alias of aliases) known.set(alias, { name, type: def.type });
   }
+  const seen = new Set<string>();
   for (let i = 0; i < args.length; i++) {
     const arg = args[i];
-    if (arg === "--") break;
     const match = /^--?([^=]+)(=.*)?$/.exec(arg);
-    if (!match || arg === "-") throw new UserError(`unexpected argument "${arg}"`);
+    if (!match || arg === "-" || arg === "--") throw new UserError(`unexpected argument "${arg}"`);
     const [, name, inline] = match;
-    if (!known.has(name)) throw new UserError(`unknown flag "${arg.split("=")[0]}" (see --help)`);
-    const type = known.get(name);
-    if ((type === "string" || type === "enum") && inline === undefined) {
+    const flag = known.get(name);
+    if (!flag) throw new UserError(`unknown flag "${arg.split("=")[0]}" (see --help)`);
+    if (seen.has(flag.name)) throw new UserError(`--${flag.name} given more than once`);
+    seen.add(flag.name);
+    if ((flag.type === "string" || flag.type === "enum") && inline === undefined) {
       const value = args[i + 1];
-      if (value === undefined) throw new UserError(`${arg} needs a value`);
+      const valueIsFlag = value !== undefined && /^--?[A-Za-z]/.test(value) && known.has(value.replace(/^--?/, "").split("=")[0]);
+      if (value === undefined || valueIsFlag) throw new UserError(`${arg} needs a value`);
       i++;
     }
   }
 }
 
 export async function main(argv: string[]): Promise<number> {
+  // A closed pipe on stdout/stderr (`| head`, a restarted log collector) must not take the tunnel
+  // down nor spin on reporting its own write errors: lines that cannot be written are dropped.
+  process.stdout.on("error", () => {});
+  process.stderr.on("error", () => {});
   try {
     const args = normalizeArgv(argv, longFlagNames());
+    if (args[0] === "help") args.splice(0, 1, "--help");
     const wantsHelp = args.some((a) => a === "--help" || a === "-h");
-    if (args.length === 1 && (args[0] === "--version" || args[0] === "-V")) {
+    if (args.some((a) => a === "--version" || a === "-V")) {
       process.stdout.write(`${VERSION}\n`);
       return 0;
     }

@@ -2,7 +2,8 @@
  * Flag definitions shared by the commands, and their conversion into validated run options.
  * Every bad value becomes a UserError naming the flag and the value: one line, no stack.
  */
-import { type HostPort, parseHostPort, UserError } from "@mcudpt/core";
+import { readFileSync } from "node:fs";
+import { type HostPort, messageOf, parseHostPort, UserError } from "@mcudpt/core";
 import { DEFAULTS, type LogLevel } from "@mcudpt/protocol";
 import type { ArgsDef } from "citty";
 import type { TransportChoice } from "./runtime.js";
@@ -15,6 +16,11 @@ export const commonArgs = {
     type: "string",
     description: "Shared secret proven by HMAC challenge-response (default: $MCUDPT_SECRET; without one the receiver asks the operator)",
     valueHint: "S",
+  },
+  "secret-file": {
+    type: "string",
+    description: "Read the shared secret from a file (first line), keeping it out of `ps`",
+    valueHint: "FILE",
   },
   "idle-timeout": {
     type: "string",
@@ -72,13 +78,14 @@ function stringArg(args: RawArgs, name: string): string | undefined {
   return value;
 }
 
-export function seconds(args: RawArgs, name: string, fallbackMs: number): number {
+export function seconds(args: RawArgs, name: string, fallbackMs: number, minSeconds = 0.001): number {
   const text = stringArg(args, name);
   if (text === undefined) return fallbackMs;
   const value = Number(text);
   if (!/^\d+(\.\d+)?$/.test(text.trim()) || !(value > 0) || value > 86_400 * 365) {
     throw new UserError(`--${name}: "${text}" is not a positive number of seconds`);
   }
+  if (value < minSeconds) throw new UserError(`--${name}: ${text} s is too short (at least ${minSeconds} s)`);
   return value * 1000;
 }
 
@@ -99,6 +106,7 @@ export function byteSize(args: RawArgs, name: string, fallback: number): number 
   const unit = { "": 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3 }[match[2].toLowerCase() as "" | "k" | "m" | "g"];
   const value = Number(match[1]) * unit;
   if (value < 65_536 + 9) throw new UserError(`--${name}: ${text} is too small; it must hold at least one full datagram (64k)`);
+  if (value > 1024 ** 3) throw new UserError(`--${name}: ${text} is more than 1g`);
   return value;
 }
 
@@ -106,14 +114,30 @@ export function address(args: RawArgs, name: "udp" | "tcp"): HostPort {
   return parseHostPort(stringArg(args, name) ?? ORIGINAL_DEFAULT_ADDRESS, `--${name}`);
 }
 
+function readSecret(args: RawArgs): string | undefined {
+  const inline = stringArg(args, "secret");
+  const file = stringArg(args, "secret-file");
+  if (inline !== undefined && file !== undefined) throw new UserError("give --secret or --secret-file, not both");
+  if (file === undefined) return inline ?? (process.env.MCUDPT_SECRET || undefined);
+  let text: string;
+  try {
+    text = readFileSync(file, "utf8");
+  } catch (error) {
+    throw new UserError(`--secret-file: cannot read ${file}: ${messageOf(error)}`);
+  }
+  const secret = text.split(/\r?\n/)[0];
+  if (!secret) throw new UserError(`--secret-file: ${file} is empty`);
+  return secret;
+}
+
 export function commonOptions(args: RawArgs): CommonOptions {
-  const secret = stringArg(args, "secret") ?? (process.env.MCUDPT_SECRET || undefined);
+  const secret = readSecret(args);
   if (args.verbose && args.quiet) throw new UserError("--verbose and --quiet contradict each other");
   return {
     secret,
     idleTimeoutMs: seconds(args, "idle-timeout", DEFAULTS.idleTimeoutMs),
     maxFlows: count(args, "max-flows", DEFAULTS.maxFlows),
-    keepaliveMs: seconds(args, "keepalive", DEFAULTS.keepaliveMs),
+    keepaliveMs: seconds(args, "keepalive", DEFAULTS.keepaliveMs, 1),
     handshakeTimeoutMs: seconds(args, "handshake-timeout", DEFAULTS.handshakeTimeoutMs),
     maxBufferBytes: byteSize(args, "max-buffer", DEFAULTS.maxBufferBytes),
     transport: (args.transport as TransportChoice | undefined) ?? "auto",

@@ -11,6 +11,9 @@ import type { TcpConnection, TcpHandlers } from "./transport.js";
 
 type Machine = ReceiverMachine | SenderMachine;
 
+/** How long a closed connection may take to deliver its goodbye before it is destroyed. */
+const END_LINGER_MS = 2_000;
+
 /** Monotonic milliseconds: wall-clock jumps must not expire flows or keepalives. */
 export const now = (): number => performance.now();
 
@@ -115,6 +118,12 @@ export class MachineDriver {
       if (this.closing.has(conn)) {
         this.closing.delete(conn);
         connection.end();
+        // end() waits for the peer to take our last bytes; a peer that stopped reading (a vanished
+        // host) would hold the socket and its buffer until TCP gives up, minutes later.
+        const linger = setTimeout(() => {
+          if (this.connections.get(conn) === connection) connection.destroy();
+        }, END_LINGER_MS);
+        linger.unref?.();
       }
     }
     this.dirty.clear();

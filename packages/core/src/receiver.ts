@@ -19,8 +19,11 @@ export interface ReceiverOptions {
   tcp: HostPort;
   config: ReceiverConfig;
   logger: Logger;
-  /** Operator approval for senders when no secret is set; refuses when absent. */
-  approve?: (peer: string) => Promise<boolean>;
+  /**
+   * Operator approval for senders when no secret is set; refuses when absent. `cancelled` aborts when
+   * the sender goes away before the answer.
+   */
+  approve?: (peer: string, cancelled: AbortSignal) => Promise<boolean>;
 }
 
 export interface ReceiverHandle {
@@ -31,9 +34,9 @@ export interface ReceiverHandle {
   close(): Promise<void>;
 }
 
-/** "" (as in ":53") binds all interfaces, like the original. */
+/** "" (as in ":53") binds all interfaces, IPv6 and IPv4, like the original. */
 export async function bindAddress(resolver: Resolver, host: string, what: string): Promise<string> {
-  if (host === "" || host === "*") return "0.0.0.0";
+  if (host === "" || host === "*") return "::";
   try {
     return (await resolver.resolve(host)).address;
   } catch (error) {
@@ -50,20 +53,28 @@ export async function startReceiver(options: ReceiverOptions): Promise<ReceiverH
   let asking = false;
   let udp: UdpSocket | undefined;
 
+  /** One question at a time (there is one operator); a sender that left meanwhile is skipped. */
   const askNext = (): void => {
     if (asking) return;
-    const next = approvals.shift();
+    let next = approvals.shift();
+    while (next && !machine.awaitingApproval(next.conn)) next = approvals.shift();
     if (!next) return;
+    const { conn, peer } = next;
     asking = true;
-    const decide = options.approve ? options.approve(next.peer) : Promise.resolve(false);
+    const cancel = new AbortController();
+    const watch = setInterval(() => {
+      if (!machine.awaitingApproval(conn)) cancel.abort();
+    }, 200);
+    const decide = options.approve ? options.approve(peer, cancel.signal) : Promise.resolve(false);
     decide
       .catch((error) => {
-        logger.log("warn", `operator approval failed: ${messageOf(error)}`);
+        if (!cancel.signal.aborted) logger.log("warn", `operator approval failed: ${messageOf(error)}`);
         return false;
       })
       .then((accepted) => {
+        clearInterval(watch);
         asking = false;
-        driver.guard(() => machine.approve(next.conn, accepted, now()));
+        driver.guard(() => machine.approve(conn, accepted, now()));
         askNext();
       });
   };
@@ -74,13 +85,20 @@ export async function startReceiver(options: ReceiverOptions): Promise<ReceiverH
         const flow: ClientFlow = output.flow;
         if (!udp?.send(output.payload, flow.port, flow.address)) {
           machine.stats.drops["socket-error"]++;
-          rateLimited.log("udp-send", "warn", `could not send to client ${formatHostPort(flow.address, flow.port)} (socket buffer full?)`);
+          rateLimited.log(
+            "udp-send",
+            "warn",
+            `could not send to client ${formatHostPort(flow.address, flow.port)} (socket buffer full?)`,
+          );
         }
         return;
       }
       case "ask-operator":
         if (!options.approve) {
-          logger.log("warn", `sender ${output.peer} refused: no shared secret is configured and no operator can answer`);
+          logger.log(
+            "warn",
+            `sender ${output.peer} refused: no shared secret is configured and no operator can answer`,
+          );
         }
         approvals.push({ conn: output.conn, peer: output.peer });
         askNext();
@@ -93,27 +111,35 @@ export async function startReceiver(options: ReceiverOptions): Promise<ReceiverH
 
   const udpHost = await bindAddress(resolver, options.udp.host, "--udp");
   const tcpHost = await bindAddress(resolver, options.tcp.host, "--tcp");
+  let udpBound = udpHost;
   try {
-    udp = await transport.bindUdp({
-      host: udpHost,
-      port: options.udp.port,
-      onDatagram: (data, address, port) => driver.guard(() => machine.clientDatagram(address, port, data, now())),
-      onError: (error) => rateLimited.log("udp-error", "warn", `UDP socket error: ${messageOf(error)}`),
+    udp = await withIPv4Fallback(udpHost, (host) => {
+      udpBound = host;
+      return transport.bindUdp({
+        host,
+        port: options.udp.port,
+        onDatagram: (data, address, port) => driver.guard(() => machine.clientDatagram(address, port, data, now())),
+        onError: (error) => rateLimited.log("udp-error", "warn", `UDP socket error: ${messageOf(error)}`),
+      });
     });
   } catch (error) {
     throw new UserError(`cannot listen on UDP ${formatHostPort(udpHost, options.udp.port)}: ${messageOf(error)}`);
   }
   let server: TcpServer;
+  let tcpBound = tcpHost;
   try {
-    server = await transport.listenTcp({
-      host: tcpHost,
-      port: options.tcp.port,
-      onConnection: (connection) =>
-        driver.attach(connection, (conn) => {
-          const peer = formatHostPort(connection.remoteAddress, connection.remotePort);
-          logger.log("info", `connection from ${peer}`);
-          machine.connect(conn, peer, now());
-        }),
+    server = await withIPv4Fallback(tcpHost, (host) => {
+      tcpBound = host;
+      return transport.listenTcp({
+        host,
+        port: options.tcp.port,
+        onConnection: (connection) =>
+          driver.attach(connection, (conn) => {
+            const peer = formatHostPort(connection.remoteAddress, connection.remotePort);
+            logger.log("debug", `connection from ${peer}`);
+            machine.connect(conn, peer, now());
+          }),
+      });
     });
   } catch (error) {
     udp.close();
@@ -122,9 +148,20 @@ export async function startReceiver(options: ReceiverOptions): Promise<ReceiverH
   const udpSocket = udp;
   logger.log(
     "info",
-    `receiver listening: UDP ${formatHostPort(udpHost, udpSocket.port)}, TCP ${formatHostPort(tcpHost, server.port)} ` +
+    `receiver listening: UDP ${formatHostPort(udpBound, udpSocket.port)}, TCP ${formatHostPort(tcpBound, server.port)} ` +
       `(transport: ${transport.name}, auth: ${options.config.secret ? "shared secret" : "operator approval"})`,
   );
+
+  // Datagrams dropped for want of a sender are counted per datagram but reported at most every 30 s.
+  let reportedNoSender = 0;
+  const report = setInterval(() => {
+    const dropped = machine.stats.drops["no-sender"];
+    if (dropped > reportedNoSender) {
+      logger.log("warn", `dropped ${dropped - reportedNoSender} datagrams from clients: no sender connected`);
+      reportedNoSender = dropped;
+    }
+  }, 30_000);
+  report.unref?.();
 
   let closed: Promise<void> | undefined;
   return {
@@ -133,6 +170,7 @@ export async function startReceiver(options: ReceiverOptions): Promise<ReceiverH
     tcpPort: server.port,
     close() {
       closed ??= (async () => {
+        clearInterval(report);
         server.close();
         driver.guard(() => machine.shutdown());
         driver.stop();
@@ -143,6 +181,21 @@ export async function startReceiver(options: ReceiverOptions): Promise<ReceiverH
       return closed;
     },
   };
+}
+
+/**
+ * Binds the IPv6 wildcard (dual-stack: IPv4 clients arrive as ::ffff:a.b.c.d), or the IPv4 wildcard
+ * on a host without IPv6.
+ */
+async function withIPv4Fallback<T>(host: string, bind: (host: string) => Promise<T>): Promise<T> {
+  if (host !== "::") return bind(host);
+  try {
+    return await bind("::");
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException)?.code;
+    if (code !== "EAFNOSUPPORT" && code !== "EADDRNOTAVAIL" && code !== "EPROTONOSUPPORT") throw error;
+    return bind("0.0.0.0");
+  }
 }
 
 /** Polls `done` until it holds or `ms` pass (bounded). */

@@ -36,10 +36,46 @@ export interface SenderHandle {
 /** Datagrams held per flow while its socket is being opened; more are dropped (UDP semantics). */
 const MAX_PENDING_PER_FLOW = 64;
 
+/**
+ * A closed flow's socket stays bound this long, discarding what arrives, before its port is released:
+ * otherwise the kernel can hand the port straight to the next flow's socket, and the target's late
+ * reply to the old client would reach the new one. Bounded in number so it cannot exhaust descriptors.
+ */
+const LINGER_MS = 5_000;
+const MAX_LINGERING = 256;
+
 interface FlowSocket {
   socket: UdpSocket | undefined;
   pending: Uint8Array[];
   closed: boolean;
+}
+
+/** Closed flow sockets waiting out LINGER_MS, oldest first. */
+class Lingering {
+  private readonly queue: Array<{ socket: UdpSocket; until: number }> = [];
+  private timer: ReturnType<typeof setTimeout> | undefined;
+
+  add(socket: UdpSocket): void {
+    this.queue.push({ socket, until: Date.now() + LINGER_MS });
+    while (this.queue.length > MAX_LINGERING) this.queue.shift()?.socket.close();
+    this.schedule();
+  }
+
+  private schedule(): void {
+    if (this.timer || this.queue.length === 0) return;
+    this.timer = setTimeout(() => {
+      this.timer = undefined;
+      const now = Date.now();
+      while (this.queue.length > 0 && this.queue[0].until <= now) this.queue.shift()?.socket.close();
+      this.schedule();
+    }, Math.max(0, this.queue[0].until - Date.now()));
+  }
+
+  closeAll(): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = undefined;
+    for (const { socket } of this.queue.splice(0)) socket.close();
+  }
 }
 
 export async function startSender(options: SenderOptions): Promise<SenderHandle> {
@@ -48,6 +84,7 @@ export async function startSender(options: SenderOptions): Promise<SenderHandle>
   const resolver = new Resolver();
   const rateLimited = new RateLimitedLog(logger);
   const flowSockets = new Map<number, FlowSocket>();
+  const lingering = new Lingering();
   const targetHost = options.target.host === "" ? "127.0.0.1" : options.target.host;
   const receiverHost = options.receiver.host === "" ? "127.0.0.1" : options.receiver.host;
   const targetText = formatHostPort(targetHost, options.target.port);
@@ -59,40 +96,66 @@ export async function startSender(options: SenderOptions): Promise<SenderHandle>
   let retryTimer: ReturnType<typeof setTimeout> | undefined;
   let current: TcpConnection | undefined;
 
-  const openFlowSocket = (flowId: number): void => {
+  const bindFlowSocket = (flowId: number, entry: FlowSocket, address: string, family: 4 | 6): Promise<UdpSocket> =>
+    transport.bindUdp({
+      host: family === 6 ? "::" : "0.0.0.0",
+      port: 0,
+      connect: { host: address, port: options.target.port },
+      // After close the socket lingers (see LINGER_MS): what still arrives belongs to no flow.
+      onDatagram: (data) => {
+        if (!entry.closed) driver.guard(() => machine.targetDatagram(flowId, data, now()));
+      },
+      onError: (error) => {
+        if (entry.closed) return;
+        // ICMP port unreachable and friends: the target may come back; keep the flow.
+        driver.guard(() => machine.flowSocketError(flowId, false));
+        rateLimited.log("target-error", "warn", `target ${targetText}: ${messageOf(error)}`);
+      },
+    });
+
+  const openFlowSocket = async (flowId: number): Promise<void> => {
     const entry: FlowSocket = { socket: undefined, pending: [], closed: false };
     flowSockets.set(flowId, entry);
-    let resolved = false;
-    resolver
-      .resolve(targetHost)
-      .then(({ address, family }) => {
-        resolved = true;
-        return transport.bindUdp({
-          host: family === 6 ? "::" : "0.0.0.0",
-          port: 0,
-          connect: { host: address, port: options.target.port },
-          onDatagram: (data) => driver.guard(() => machine.targetDatagram(flowId, data, now())),
-          onError: (error) => {
-            // ICMP port unreachable and friends: the target may come back; keep the flow.
-            driver.guard(() => machine.flowSocketError(flowId, false));
-            rateLimited.log("target-error", "warn", `target ${targetText}: ${messageOf(error)}`);
-          },
+    let resolved: { address: string; family: 4 | 6 };
+    try {
+      resolved = await resolver.resolve(targetHost);
+    } catch (error) {
+      return failFlow(flowId, entry, FlowCloseReason.ResolveFailed, `cannot resolve target "${targetHost}"`, error);
+    }
+    let socket: UdpSocket;
+    try {
+      socket = await bindFlowSocket(flowId, entry, resolved.address, resolved.family);
+    } catch (error) {
+      const code = (error as NodeJS.ErrnoException)?.code;
+      // Out of descriptors: give up the least recently active flow's socket for this newer one.
+      let evicted = false;
+      if ((code === "EMFILE" || code === "ENFILE") && !entry.closed) {
+        driver.guard(() => {
+          evicted = machine.evictLeastRecent(now(), flowId);
         });
-      })
-      .then((socket) => {
-        if (entry.closed) return socket.close();
-        entry.socket = socket;
-        for (const payload of entry.pending) if (!socket.send(payload)) machine.stats.drops["socket-error"]++;
-        entry.pending = [];
-      })
-      .catch((error) => {
-        if (entry.closed) return;
-        flowSockets.delete(flowId);
-        const reason = resolved ? FlowCloseReason.SocketError : FlowCloseReason.ResolveFailed;
-        const what = resolved ? `cannot open a UDP socket toward ${targetText}` : `cannot resolve target "${targetHost}"`;
-        rateLimited.log(`flow-open-${reason}`, "warn", `${what}: ${messageOf(error)}`);
-        driver.guard(() => machine.flowSocketError(flowId, true, reason));
-      });
+      }
+      if (!evicted) {
+        return failFlow(flowId, entry, FlowCloseReason.SocketError, `cannot open a UDP socket toward ${targetText}`, error);
+      }
+      rateLimited.log("emfile", "warn", `out of file descriptors (${code}): evicting flows to make room; lower --max-flows or raise ulimit -n`);
+      lingering.closeAll(); // lingering sockets are the cheapest descriptors to give back
+      try {
+        socket = await bindFlowSocket(flowId, entry, resolved.address, resolved.family);
+      } catch (retryError) {
+        return failFlow(flowId, entry, FlowCloseReason.SocketError, `cannot open a UDP socket toward ${targetText}`, retryError);
+      }
+    }
+    if (entry.closed) return lingering.add(socket);
+    entry.socket = socket;
+    for (const payload of entry.pending) if (!socket.send(payload)) machine.stats.drops["socket-error"]++;
+    entry.pending = [];
+  };
+
+  const failFlow = (flowId: number, entry: FlowSocket, reason: number, what: string, error: unknown): void => {
+    if (entry.closed) return;
+    flowSockets.delete(flowId);
+    rateLimited.log(`flow-open-${reason}`, "warn", `${what}: ${messageOf(error)}`);
+    driver.guard(() => machine.flowSocketError(flowId, true, reason));
   };
 
   const onOutput = (output: Output): void => {
@@ -109,13 +172,13 @@ export async function startSender(options: SenderOptions): Promise<SenderHandle>
         return;
       }
       case "open-flow-socket":
-        openFlowSocket(output.flowId);
+        void openFlowSocket(output.flowId);
         return;
       case "close-flow-socket": {
         const entry = flowSockets.get(output.flowId);
         if (!entry) return;
         entry.closed = true;
-        entry.socket?.close();
+        if (entry.socket) lingering.add(entry.socket);
         flowSockets.delete(output.flowId);
         return;
       }
@@ -201,6 +264,7 @@ export async function startSender(options: SenderOptions): Promise<SenderHandle>
           entry.socket?.close();
         }
         flowSockets.clear();
+        lingering.closeAll();
         await waitFor(() => driver.openConnections === 0, 1000);
         driver.destroyAll();
         current = undefined;

@@ -77,6 +77,11 @@ export class ReceiverMachine extends Endpoint {
     }
   }
 
+  /** Whether connection `conn` still waits for the operator (it may have gone away meanwhile). */
+  awaitingApproval(conn: number): boolean {
+    return this.links.get(conn)?.state === "approval";
+  }
+
   /** The operator's answer for connection `conn`. */
   approve(conn: number, accepted: boolean, now: number): void {
     const link = this.links.get(conn);

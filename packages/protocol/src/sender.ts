@@ -85,6 +85,25 @@ export class SenderMachine extends Endpoint {
     this.closeFlow(flow, reason, true);
   }
 
+  /**
+   * Closes the least recently active flow other than `except` (the host ran out of sockets: EMFILE),
+   * as --max-flows would. Returns whether one was closed.
+   */
+  evictLeastRecent(now: number, except?: number): boolean {
+    for (const flow of this.flows.values()) {
+      if (flow.id === except) continue;
+      this.noteEviction(now);
+      this.closeFlow(flow, FlowCloseReason.Evicted, true);
+      return true;
+    }
+    return false;
+  }
+
+  /** Whether flow `flowId` is open (the host may still be opening its socket). */
+  hasFlow(flowId: number): boolean {
+    return this.flows.has(flowId);
+  }
+
   /** Says goodbye to the receiver and releases every flow socket. */
   shutdown(reason = "sender shutting down"): void {
     if (this.link) this.closeLink(this.link, CloseCode.Normal, reason);

@@ -3,7 +3,7 @@
  * jitter), and gives every flow its own UDP socket connected to the target, so the target's replies
  * map back to the flow and the target sees one stable source port per client.
  */
-import { FlowCloseReason, type Output, SenderMachine, type SenderConfig } from "@mcudpt/protocol";
+import { DEFAULTS, FlowCloseReason, type Output, SenderMachine, type SenderConfig } from "@mcudpt/protocol";
 import { formatHostPort, type HostPort } from "./address.js";
 import { nodeCrypto } from "./crypto.js";
 import { MachineDriver, now } from "./driver.js";
@@ -42,7 +42,8 @@ const MAX_PENDING_PER_FLOW = 64;
  * reply to the old client would reach the new one. Bounded in number so it cannot exhaust descriptors.
  */
 const LINGER_MS = 5_000;
-const MAX_LINGERING = 256;
+/** At least this many may linger (and at least --max-flows); on EMFILE they are released first. */
+const MIN_LINGERING = 1024;
 
 interface FlowSocket {
   socket: UdpSocket | undefined;
@@ -55,9 +56,11 @@ class Lingering {
   private readonly queue: Array<{ socket: UdpSocket; until: number }> = [];
   private timer: ReturnType<typeof setTimeout> | undefined;
 
+  constructor(private readonly max: number) {}
+
   add(socket: UdpSocket): void {
     this.queue.push({ socket, until: Date.now() + LINGER_MS });
-    while (this.queue.length > MAX_LINGERING) this.queue.shift()?.socket.close();
+    while (this.queue.length > this.max) this.queue.shift()?.socket.close();
     this.schedule();
   }
 
@@ -84,7 +87,7 @@ export async function startSender(options: SenderOptions): Promise<SenderHandle>
   const resolver = new Resolver();
   const rateLimited = new RateLimitedLog(logger);
   const flowSockets = new Map<number, FlowSocket>();
-  const lingering = new Lingering();
+  const lingering = new Lingering(Math.max(MIN_LINGERING, options.config.maxFlows ?? DEFAULTS.maxFlows));
   const targetHost = options.target.host === "" ? "127.0.0.1" : options.target.host;
   const receiverHost = options.receiver.host === "" ? "127.0.0.1" : options.receiver.host;
   const targetText = formatHostPort(targetHost, options.target.port);

@@ -295,7 +295,7 @@ for (const transport of availableTransports()) {
       ...TIMEOUT,
       todo:
         typeof Bun !== "undefined"
-          ? "bug: on Bun one EMSGSIZE is counted 2-3 times in the sender's stats.drops (send() false + onError per report)"
+          ? "bug: on Bun one EMSGSIZE is reported twice (send failure, then again from the socket's error queue) and counted twice"
           : undefined,
     }, async () => {
       const v6Receiver = await startReceiver({

@@ -459,10 +459,6 @@ for (const transport of availableTransports()) {
     // deliver is lost, and must be counted like any other send failure (README "Reliability", §8.4).
     it("drops and counts datagrams from the sender too large for the client's IPv4, and keeps the flow", {
       ...TIMEOUT,
-      todo:
-        transport.name === "node"
-          ? "bug: core receiver does not count asynchronous UDP send failures (node:dgram EMSGSIZE) in stats.drops"
-          : undefined,
     }, async () => {
       const receiverLog = memoryLogger();
       const receiver = await startReceiver({

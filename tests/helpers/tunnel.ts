@@ -47,11 +47,8 @@ export async function startEcho(transport: Transport, port = 0): Promise<UdpSock
     },
     onError: () => {},
   });
-  return Object.assign(socket, {
-    get received() {
-      return received;
-    },
-  }) as UdpSocket & { received: number };
+  // defineProperty, not Object.assign: assign would copy the getter's value once.
+  return Object.defineProperty(socket, "received", { get: () => received }) as UdpSocket & { received: number };
 }
 
 /** A UDP client that records every datagram it receives (copied). */
@@ -59,7 +56,10 @@ export interface TestClient {
   socket: UdpSocket;
   replies: Uint8Array[];
   send(data: Uint8Array | string): void;
-  /** Sends `data` until a reply arrives (UDP may lose the first while a flow opens), bounded. */
+  /**
+   * Sends `data` until a reply starting with the same bytes arrives (UDP may lose the first while a
+   * flow opens; echoes of earlier requests are skipped), bounded.
+   */
   request(data: Uint8Array | string, timeoutMs?: number): Promise<Uint8Array>;
   close(): void;
 }
@@ -84,14 +84,23 @@ export async function startClient(transport: Transport, serverPort: number): Pro
       while (Date.now() < until) {
         socket.send(bytes, serverPort, LOOPBACK);
         const resendAt = Date.now() + 250;
-        while (replies.length === before && Date.now() < Math.min(resendAt, until)) await sleep(5);
-        if (replies.length > before) return replies[before];
+        // A late echo of an earlier re-sent request is not this request's reply: match the prefix.
+        const answer = () => replies.slice(before).find((reply) => startsWith(reply, bytes));
+        while (answer() === undefined && Date.now() < Math.min(resendAt, until)) await sleep(5);
+        const reply = answer();
+        if (reply !== undefined) return reply;
       }
       throw new Error(`no reply within ${timeoutMs} ms`);
     },
     close: () => socket.close(),
   };
   return client;
+}
+
+function startsWith(bytes: Uint8Array, prefix: Uint8Array): boolean {
+  if (bytes.length < prefix.length) return false;
+  for (let i = 0; i < prefix.length; i++) if (bytes[i] !== prefix[i]) return false;
+  return true;
 }
 
 export function text(bytes: Uint8Array): string {

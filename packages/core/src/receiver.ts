@@ -88,7 +88,7 @@ export async function startReceiver(options: ReceiverOptions): Promise<ReceiverH
           rateLimited.log(
             "udp-send",
             "warn",
-            `could not send to client ${formatHostPort(flow.address, flow.port)} (socket buffer full?)`,
+            `could not send to client ${formatHostPort(flow.address, flow.port)} (datagram too large for it, or socket buffer full)`,
           );
         }
         return;
@@ -119,7 +119,11 @@ export async function startReceiver(options: ReceiverOptions): Promise<ReceiverH
         host,
         port: options.udp.port,
         onDatagram: (data, address, port) => driver.guard(() => machine.clientDatagram(address, port, data, now())),
-        onError: (error) => rateLimited.log("udp-error", "warn", `UDP socket error: ${messageOf(error)}`),
+        onError: (error) => {
+          // A send that failed after send() returned true (node:dgram reports EMSGSIZE later).
+          machine.stats.drops["socket-error"]++;
+          rateLimited.log("udp-error", "warn", `UDP socket error: ${messageOf(error)}`);
+        },
       });
     });
   } catch (error) {

@@ -20,8 +20,9 @@ export interface UdpSocketOptions {
    */
   onDatagram(data: Uint8Array, address: string, port: number): void;
   /**
-   * A send failed or an ICMP error arrived (e.g. ECONNREFUSED on a connected socket whose target
-   * port is closed). The socket stays open and usable.
+   * A send failed after send() had returned true (an asynchronous failure), or an ICMP error arrived
+   * (e.g. ECONNREFUSED on a connected socket whose target port is closed). A send() that returns
+   * false is not reported again here. The socket stays open and usable.
    */
   onError(error: Error): void;
 }

@@ -12,6 +12,7 @@ import {
   CLOSE_CODE_NAMES,
   CloseCode,
   FLOW_CLOSE_REASON_NAMES,
+  FlowCloseReason,
   FRAME_TYPE_NAMES,
   type Frame,
   FrameType,
@@ -19,6 +20,7 @@ import {
   Role,
   type WireAddress,
 } from "./frames.js";
+import type { FlowBase, FlowTable } from "./flow-table.js";
 import { type CryptoProvider, type HelloFrame, Link, type LinkState, type Side } from "./link.js";
 
 export type LogLevel = "debug" | "info" | "warn" | "error";
@@ -389,6 +391,24 @@ export abstract class Endpoint {
     this.lastEvictionLog = now;
     this.log("warn", `flow limit (${this.maxFlows}) reached: evicted ${this.evictionsUnlogged} least recently active flow(s)`);
     this.evictionsUnlogged = 0;
+  }
+
+  /**
+   * The open flow a DATA frame names, counted as outgoing UDP; or undefined for a flow this side does
+   * not have (closed here while the frame was in flight, or never opened), which is counted and
+   * answered with FLOW_CLOSE(unknown flow) so the peer frees it too. Nothing is emitted for it.
+   */
+  protected dataFlow<F extends FlowBase>(flows: FlowTable<F>, link: Link, flowId: number, size: number, now: number): F | undefined {
+    const flow = flows.get(flowId);
+    if (flow === undefined) {
+      this.stats.drops["unknown-flow"]++;
+      if (this.canAnswer(link)) link.writer.flowClose(flowId, FlowCloseReason.UnknownFlow);
+      return undefined;
+    }
+    flows.touch(flow, now);
+    this.stats.udpOut++;
+    this.stats.udpOutBytes += size;
+    return flow;
   }
 
   protected flowCloseName(reason: number): string {

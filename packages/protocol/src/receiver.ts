@@ -274,17 +274,9 @@ export class ReceiverMachine extends Endpoint {
   protected onOpenFrame(link: Link, frame: Frame, now: number): void {
     switch (frame.type) {
       case FrameType.Data: {
-        const flow = this.flows.get(frame.flowId);
-        if (flow === undefined) {
-          // Closed here while the reply was in flight, or never ours: tell the sender, emit nothing.
-          this.stats.drops["unknown-flow"]++;
-          if (this.canAnswer(link)) link.writer.flowClose(frame.flowId, FlowCloseReason.UnknownFlow);
-          return;
-        }
-        this.flows.touch(flow, now);
-        this.stats.udpOut++;
-        this.stats.udpOutBytes += frame.payload.length;
-        this.emit({ kind: "send-to-client", flow, payload: frame.payload });
+        // Only ever to a client that opened the flow: a forged id reaches no one (no reflection).
+        const flow = this.dataFlow(this.flows, link, frame.flowId, frame.payload.length, now);
+        if (flow) this.emit({ kind: "send-to-client", flow, payload: frame.payload });
         return;
       }
       case FrameType.FlowClose: {

@@ -147,16 +147,8 @@ export class SenderMachine extends Endpoint {
   protected onOpenFrame(link: Link, frame: Frame, now: number): void {
     switch (frame.type) {
       case FrameType.Data: {
-        const flow = this.flows.get(frame.flowId);
-        if (flow === undefined) {
-          this.stats.drops["unknown-flow"]++;
-          if (this.canAnswer(link)) link.writer.flowClose(frame.flowId, FlowCloseReason.UnknownFlow);
-          return;
-        }
-        this.flows.touch(flow, now);
-        this.stats.udpOut++;
-        this.stats.udpOutBytes += frame.payload.length;
-        this.emit({ kind: "send-to-target", flowId: flow.id, payload: frame.payload });
+        const flow = this.dataFlow(this.flows, link, frame.flowId, frame.payload.length, now);
+        if (flow) this.emit({ kind: "send-to-target", flowId: flow.id, payload: frame.payload });
         return;
       }
       case FrameType.FlowOpen: {

@@ -88,8 +88,9 @@ async function bindUdp(options: UdpSocketOptions): Promise<UdpSocket> {
         else socket.send(data, port, peer(address ?? ""), onSent);
         return true;
       } catch (error) {
-        // Synchronous argument errors (bad port, socket not running): report, never throw.
-        process.nextTick(() => options.onError(error as Error));
+        // Synchronous argument errors (bad port, socket not running): never throw. The false return
+        // is the report (onError is for failures learned later), so a lost datagram counts once.
+        void error;
         return false;
       }
     },

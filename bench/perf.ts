@@ -2,8 +2,8 @@
 /**
  * mcudpt performance benchmark with real clients, on 127.0.0.1 only.
  *
- *   bun bench/perf.ts             full run (~8 min on an idle machine): every workload, direct and tunnelled
- *   bun bench/perf.ts --quick     shorter workloads, one trial each (~4 min)
+ *   bun bench/perf.ts             full run (~7–8 min on an idle machine): every workload, direct and tunnelled
+ *   bun bench/perf.ts --quick     shorter workloads, one trial each (~3 min)
  *   bun bench/perf.ts --profile   CPU profiles (--cpu-prof) of receiver and sender, Bun and Node, for
  *                                 max-rate 64 B and dnsperf -c 10: top self-time functions per side
  *   --build                       rebuild the CLI first (otherwise only when apps/cli/dist is missing)
@@ -222,9 +222,10 @@ function machine() {
     os: (readFileSync("/etc/os-release", "utf8").match(/PRETTY_NAME="([^"]+)"/) ?? [])[1] ?? "",
     bun: version("bun", ["--version"]),
     node: version("node", ["--version"]),
-    dnsperf:
-      version("dnsperf", ["-h"]).replace(/.*Version /s, "") ||
-      (spawnSync("dnsperf", ["-h"], { encoding: "utf8" }).stderr.match(/Version ([\d.]+)/) ?? [])[1],
+    dnsperf: (() => {
+      const r = spawnSync("dnsperf", ["-h"], { encoding: "utf8", timeout: 10_000 });
+      return (`${r.stdout ?? ""}${r.stderr ?? ""}`.match(/Version ([\d.]+)/) ?? [])[1] ?? "";
+    })(),
     sockperf: (version("sockperf", ["--version"]).match(/version ([\w.-]+)/) ?? [])[1] ?? "",
     dnsmasq: (version("dnsmasq", ["--version"]).match(/version ([\d.]+)/) ?? [])[1] ?? "",
     hyperfine: has("hyperfine") ? version("hyperfine", ["--version"]) : "",

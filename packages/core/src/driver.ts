@@ -96,7 +96,9 @@ export class MachineDriver {
           this.onRoleOutput(output);
       }
     }
-    this.armTimer();
+    // nextTimeout() walks the connections and the oldest flow: once per turn is enough, so when a
+    // flush is pending it re-arms the timer (its own drain() runs with no flush scheduled).
+    if (!this.flushScheduled) this.armTimer();
   }
 
   private scheduleFlush(): void {

@@ -101,6 +101,7 @@ node_suite() {
 START=$SECONDS
 step build turbo run build --continue=dependencies-successful
 step typecheck turbo run typecheck --continue=dependencies-successful
+step typecheck-tests tsc -p tests/tsconfig.json
 step lint turbo run lint --continue=dependencies-successful
 bun_suite bun-packages ./packages/*/test
 bun_suite bun-tests ./tests

@@ -15,9 +15,10 @@ import {
   CloseCode,
   concatBytes,
   encodeFrame,
-  type Frame,
   FlowCloseReason,
+  type Frame,
   FrameType,
+  maxBodyLength,
   PREFACE,
   Role,
   utf8,
@@ -44,6 +45,8 @@ import {
   text,
 } from "../helpers/tunnel.js";
 
+/** HELLO's largest body: a declared length past it is refused on the header alone. */
+const HELLO_MAX = maxBodyLength(FrameType.Hello) as number;
 const SECRET = "hostile-secret";
 /** Short, so the silent connection is closed within the test; long enough for an echo meanwhile. */
 const HANDSHAKE_TIMEOUT_MS = 1000;
@@ -87,6 +90,7 @@ function helloFields(): Extract<Frame, { type: typeof FrameType.Hello }> {
     auth: AuthMode.Secret,
     capabilities: 1,
     nonce: new Uint8Array(randomBytes(32)),
+    publicKey: new Uint8Array(0),
     agent: "hostile-test",
   };
 }
@@ -132,9 +136,9 @@ const strangers: Stranger[] = [
     code: CloseCode.ProtocolError,
   },
   {
-    name: "a valid preface, then a HELLO header over its 103-byte maximum",
-    bytes: () => concatBytes(PREFACE, header(FrameType.Hello, 104)),
-    logged: /HELLO frame of 104 bytes (exceeds|too large)/,
+    name: "a valid preface, then a HELLO header over its maximum",
+    bytes: () => concatBytes(PREFACE, header(FrameType.Hello, HELLO_MAX + 1)),
+    logged: new RegExp(`HELLO frame of ${HELLO_MAX + 1} bytes (exceeds|too large)`),
     code: CloseCode.ProtocolError,
   },
   {
@@ -163,9 +167,13 @@ const strangers: Stranger[] = [
     code: CloseCode.RoleConflict,
   },
   {
-    name: "a valid preface and a HELLO asking for operator approval",
-    bytes: () => concatBytes(PREFACE, encodeFrame({ ...helloFields(), auth: AuthMode.Approval })),
-    logged: /operator approval .*same --secret/,
+    name: "a valid preface and a HELLO in key mode (the receiver uses a secret)",
+    bytes: () =>
+      concatBytes(
+        PREFACE,
+        encodeFrame({ ...helloFields(), auth: AuthMode.Key, publicKey: new Uint8Array(32).fill(7) }),
+      ),
+    logged: /peer uses keys .*same --secret/,
     code: CloseCode.AuthMismatch,
   },
   {

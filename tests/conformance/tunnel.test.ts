@@ -5,8 +5,16 @@
  */
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
-import { type ReceiverHandle, type SenderHandle, startReceiver, startSender, type Transport } from "@mcudpt/core";
+import {
+  type ReceiverHandle,
+  type ReceiverOptions,
+  type SenderHandle,
+  startReceiver,
+  startSender,
+  type Transport,
+} from "@mcudpt/core";
 import type { ReceiverConfig, SenderConfig } from "@mcudpt/protocol";
+import { memoryTrust, testIdentity } from "../helpers/keys.js";
 import { startProxy } from "../helpers/proxy.js";
 import { availableTransports } from "../helpers/transports.js";
 import {
@@ -39,7 +47,8 @@ async function startTunnel(
     receiverConfig?: ReceiverConfig;
     senderConfig?: SenderConfig;
     viaPort?: (receiverTcpPort: number) => Promise<number>;
-    approve?: (peer: string) => Promise<boolean>;
+    trust?: ReceiverOptions["trust"];
+    askOperator?: ReceiverOptions["askOperator"];
     waitConnected?: boolean;
   } = {},
 ): Promise<Tunnel> {
@@ -51,7 +60,8 @@ async function startTunnel(
     tcp: { host: LOOPBACK, port: 0 },
     config: options.receiverConfig ?? { secret: SECRET },
     logger: receiverLog,
-    approve: options.approve,
+    trust: options.trust,
+    askOperator: options.askOperator,
   });
   const tcpPort = options.viaPort ? await options.viaPort(receiver.tcpPort) : receiver.tcpPort;
   const sender = await startSender({
@@ -88,7 +98,9 @@ for (const transport of availableTransports()) {
     it("gives fifty concurrent clients each exactly their own replies", async () => {
       const tunnel = await startTunnel(transport, echo.port);
       try {
-        const clients = await Promise.all(Array.from({ length: 50 }, () => startClient(transport, tunnel.receiver.udpPort)));
+        const clients = await Promise.all(
+          Array.from({ length: 50 }, () => startClient(transport, tunnel.receiver.udpPort)),
+        );
         // First datagram per client opens its flow; then ten request/reply rounds each, all clients at
         // once (a lost datagram is re-sent: loopback UDP may drop under a burst, the tunnel must not mix).
         await Promise.all(clients.map((client, i) => client.request(`client ${i} hello`)));
@@ -101,11 +113,13 @@ for (const transport of availableTransports()) {
           }),
         );
         // And an unpaced burst: whatever arrives must be the client's own.
-        for (let burst = 0; burst < 5; burst++) clients.forEach((client, i) => client.send(`client ${i} burst ${burst}`));
+        for (let burst = 0; burst < 5; burst++)
+          clients.forEach((client, i) => client.send(`client ${i} burst ${burst}`));
         await sleep(300);
         clients.forEach((client, i) => {
           assert.ok(client.replies.length >= 11);
-          for (const reply of client.replies) assert.match(text(reply), new RegExp(`^client ${i} `), `client ${i} got ${text(reply)}`);
+          for (const reply of client.replies)
+            assert.match(text(reply), new RegExp(`^client ${i} `), `client ${i} got ${text(reply)}`);
         });
         assert.equal(tunnel.receiver.machine.flowCount, 50);
         assert.equal(tunnel.sender.machine.flowCount, 50);
@@ -142,8 +156,11 @@ for (const transport of availableTransports()) {
           },
         });
         try {
-          const clients = await Promise.all(Array.from({ length: 5 }, () => startClient(transport, tunnel.receiver.udpPort)));
-          for (const [i, client] of clients.entries()) assert.equal(text(await client.request(`c${i} first`)), `c${i} first`);
+          const clients = await Promise.all(
+            Array.from({ length: 5 }, () => startClient(transport, tunnel.receiver.udpPort)),
+          );
+          for (const [i, client] of clients.entries())
+            assert.equal(text(await client.request(`c${i} first`)), `c${i} first`);
           for (let round = 0; round < 10; round++) clients.forEach((c, i) => c.send(`c${i} round ${round}`));
           await eventually(() => clients.every((c) => c.replies.length >= 11), "all replies through the proxy", 10_000);
           clients.forEach((c, i) => {
@@ -160,7 +177,10 @@ for (const transport of availableTransports()) {
     }
 
     it("refuses a sender with the wrong secret and forwards nothing", async () => {
-      const tunnel = await startTunnel(transport, echo.port, { senderConfig: { secret: "not-the-secret" }, waitConnected: false });
+      const tunnel = await startTunnel(transport, echo.port, {
+        senderConfig: { secret: "not-the-secret" },
+        waitConnected: false,
+      });
       try {
         await eventually(() => tunnel.receiverLog.saw(/wrong shared secret/), "receiver logs the wrong secret");
         await eventually(() => tunnel.senderLog.saw(/authentication failed/), "sender told why");
@@ -200,19 +220,24 @@ for (const transport of availableTransports()) {
       }
     });
 
-    it("asks the operator without a secret: yes forwards, no refuses", async () => {
+    it("asks the operator about an unknown sender key: yes forwards (and is remembered), no refuses", async () => {
       const asked: string[] = [];
+      const senderKey = testIdentity("sender");
+      const trust = memoryTrust();
       const yes = await startTunnel(transport, echo.port, {
-        receiverConfig: {},
-        senderConfig: {},
-        approve: async (peer) => {
-          asked.push(peer);
+        receiverConfig: { identity: testIdentity("receiver") },
+        senderConfig: { identity: senderKey },
+        trust,
+        askOperator: async ({ peer, fingerprint }) => {
+          asked.push(`${peer} ${fingerprint}`);
           return true;
         },
       });
       try {
         assert.equal(asked.length, 1);
-        assert.match(asked[0], /^127\.0\.0\.1:\d+$/);
+        assert.match(asked[0], /^127\.0\.0\.1:\d+ SHA256:/);
+        assert.ok(asked[0].endsWith(senderKey.fingerprint), "the operator sees the sender's key fingerprint");
+        assert.equal(trust.remembered.length, 1, "the yes is remembered");
         const client = await startClient(transport, yes.receiver.udpPort);
         assert.equal(text(await client.request("approved")), "approved");
         client.close();
@@ -220,9 +245,10 @@ for (const transport of availableTransports()) {
         await yes.close();
       }
       const no = await startTunnel(transport, echo.port, {
-        receiverConfig: {},
-        senderConfig: {},
-        approve: async () => false,
+        receiverConfig: { identity: testIdentity("receiver") },
+        senderConfig: { identity: testIdentity("sender") },
+        trust: memoryTrust(),
+        askOperator: async () => false,
         waitConnected: false,
       });
       try {
@@ -242,7 +268,10 @@ for (const transport of availableTransports()) {
           client.send(`into the void ${i}`);
           await sleep(20);
         }
-        await eventually(() => tunnel.sender.machine.stats.drops["socket-error"] > 0, "ICMP error counted on the sender");
+        await eventually(
+          () => tunnel.sender.machine.stats.drops["socket-error"] > 0,
+          "ICMP error counted on the sender",
+        );
         assert.equal(tunnel.sender.machine.connected, true, "the tunnel survived");
         const late = await startEcho(transport, port);
         try {
@@ -258,7 +287,11 @@ for (const transport of availableTransports()) {
 
     it("starts the sender before the receiver and connects once the receiver is up", async () => {
       const senderLog = memoryLogger();
-      const probe = await transport.listenTcp({ host: LOOPBACK, port: 0, onConnection: () => ({ onData() {}, onDrain() {}, onClose() {} }) });
+      const probe = await transport.listenTcp({
+        host: LOOPBACK,
+        port: 0,
+        onConnection: () => ({ onData() {}, onDrain() {}, onClose() {} }),
+      });
       const tcpPort = probe.port;
       probe.close();
       const sender = await startSender({
@@ -294,7 +327,8 @@ for (const transport of availableTransports()) {
       const target = await transport.bindUdp({
         host: LOOPBACK,
         port: 0,
-        onDatagram: (data, address, port) => target.send(new TextEncoder().encode(`${text(data)} from ${port}`), port, address),
+        onDatagram: (data, address, port) =>
+          target.send(new TextEncoder().encode(`${text(data)} from ${port}`), port, address),
         onError: () => {},
       });
       const tunnel = await startTunnel(transport, target.port, {
@@ -308,7 +342,11 @@ for (const transport of availableTransports()) {
         const before = text(await client.request("before"));
         proxy?.cut();
         await eventually(() => !tunnel.sender.machine.connected, "sender noticed the cut");
-        await eventually(() => tunnel.sender.machine.connected && tunnel.receiver.machine.senderConnected, "reconnected", 10_000);
+        await eventually(
+          () => tunnel.sender.machine.connected && tunnel.receiver.machine.senderConnected,
+          "reconnected",
+          10_000,
+        );
         assert.ok(tunnel.senderLog.saw(/resumed 1 flows/), "flows resumed");
         const afterCut = text(await client.request("after"));
         assert.equal(afterCut.split(" from ")[1], before.split(" from ")[1], "target saw the same source port");
@@ -324,10 +362,16 @@ for (const transport of availableTransports()) {
       const config = { secret: SECRET, idleTimeoutMs: 300 };
       const tunnel = await startTunnel(transport, echo.port, { receiverConfig: config, senderConfig: config });
       try {
-        const clients = await Promise.all(Array.from({ length: 10 }, () => startClient(transport, tunnel.receiver.udpPort)));
+        const clients = await Promise.all(
+          Array.from({ length: 10 }, () => startClient(transport, tunnel.receiver.udpPort)),
+        );
         await Promise.all(clients.map((c, i) => c.request(`idle ${i}`)));
         assert.equal(tunnel.sender.flowSockets, 10);
-        await eventually(() => tunnel.sender.flowSockets === 0 && tunnel.receiver.machine.flowCount === 0, "idle flows closed", 5000);
+        await eventually(
+          () => tunnel.sender.flowSockets === 0 && tunnel.receiver.machine.flowCount === 0,
+          "idle flows closed",
+          5000,
+        );
         for (const client of clients) client.close();
       } finally {
         await tunnel.close();

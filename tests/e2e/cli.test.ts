@@ -5,12 +5,13 @@
  */
 import assert from "node:assert/strict";
 import { type ChildProcess, execFileSync, spawn, spawnSync } from "node:child_process";
-import { existsSync } from "node:fs";
 import { createSocket } from "node:dgram";
+import { existsSync, mkdtempSync } from "node:fs";
 import { createServer } from "node:net";
+import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
-import { fileURLToPath } from "node:url";
 import { after, describe, it } from "node:test";
+import { fileURLToPath } from "node:url";
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
 const CLI = join(ROOT, "apps", "cli", "dist", "mcudpt.js");
@@ -28,7 +29,11 @@ function has(command: string): boolean {
 
 /** Runs the CLI to completion (bounded) and returns its exit code and output. */
 function runCli(runtime: Runtime, args: string[], timeoutMs = 15_000) {
-  const result = spawnSync(runtime, [CLI, ...args], { encoding: "utf8", timeout: timeoutMs, stdio: ["ignore", "pipe", "pipe"] });
+  const result = spawnSync(runtime, [CLI, ...args], {
+    encoding: "utf8",
+    timeout: timeoutMs,
+    stdio: ["ignore", "pipe", "pipe"],
+  });
   return { status: result.status, stdout: result.stdout, stderr: result.stderr };
 }
 
@@ -40,7 +45,10 @@ interface Running {
 }
 
 function startCli(runtime: Runtime, args: string[], stdin?: string): Running {
-  const child = spawn(runtime, [CLI, ...args], { stdio: ["pipe", "pipe", "pipe"], env: { ...process.env, MCUDPT_SECRET: "" } });
+  const child = spawn(runtime, [CLI, ...args], {
+    stdio: ["pipe", "pipe", "pipe"],
+    env: { ...process.env, MCUDPT_SECRET: "", MCUDPT_CONFIG_DIR: mkdtempSync(join(tmpdir(), "mcudpt-e2e-")) },
+  });
   children.add(child);
   let stderr = "";
   let stdout = "";
@@ -152,7 +160,18 @@ describe("the built CLI", () => {
           [["-mode", "bogus"], /unknown mode "bogus"/],
           [["bogus"], /unknown command "bogus"/],
           [["receiver", "--idle-timeout", "soon"], /--idle-timeout: "soon"/],
-          [["receiver", "--udp", `127.0.0.1:${busyPort}`, "--tcp", `127.0.0.1:${await freePort("tcp")}`, "--secret", "s"], new RegExp(`UDP 127\\.0\\.0\\.1:${busyPort}`)],
+          [
+            [
+              "receiver",
+              "--udp",
+              `127.0.0.1:${busyPort}`,
+              "--tcp",
+              `127.0.0.1:${await freePort("tcp")}`,
+              "--secret",
+              "s",
+            ],
+            new RegExp(`UDP 127\\.0\\.0\\.1:${busyPort}`),
+          ],
           [["sender", "--transport", "carrier-pigeon"], /carrier-pigeon/],
         ];
         for (const [args, pattern] of cases) {
@@ -182,13 +201,30 @@ describe("the built CLI", () => {
         const echo = await startEcho();
         const udpPort = await freePort("udp");
         const tcpPort = await freePort("tcp");
-        const receiver = startCli(receiverRuntime, ["-mode", "receiver", "-udp", `127.0.0.1:${udpPort}`, "-tcp", `127.0.0.1:${tcpPort}`], "yes\n");
+        const receiver = startCli(
+          receiverRuntime,
+          ["-mode", "receiver", "-udp", `127.0.0.1:${udpPort}`, "-tcp", `127.0.0.1:${tcpPort}`],
+          "yes\n",
+        );
         try {
           await eventually(() => /receiver listening/.test(receiver.stderr()), "receiver listening");
-          const sender = startCli(senderRuntime, ["-mode", "sender", "-udp", `127.0.0.1:${echo.address().port}`, "-tcp", `127.0.0.1:${tcpPort}`]);
+          const sender = startCli(senderRuntime, [
+            "-mode",
+            "sender",
+            "-udp",
+            `127.0.0.1:${echo.address().port}`,
+            "-tcp",
+            `127.0.0.1:${tcpPort}`,
+          ]);
           try {
-            await eventually(() => /accepted by receiver/.test(sender.stderr()), `sender accepted\n${sender.stderr()}\n${receiver.stderr()}`);
-            assert.match(receiver.stdout(), /Sender connection from 127\.0\.0\.1:\d+\. Accept\? \[yes\/no\]/);
+            await eventually(
+              () => /accepted by receiver/.test(sender.stderr()),
+              `sender accepted\n${sender.stderr()}\n${receiver.stderr()}`,
+            );
+            assert.match(
+              receiver.stdout(),
+              /Sender connection from 127\.0\.0\.1:\d+, key SHA256:[A-Za-z0-9+/]{43}\. Accept\? \[yes\/no\]/,
+            );
             assert.equal(await udpRequest(udpPort, "hello through the tunnel"), "hello through the tunnel");
           } finally {
             assert.equal(await stop(sender), 0, "sender exits 0 on SIGTERM");
@@ -202,28 +238,65 @@ describe("the built CLI", () => {
   }
 
   const canDig = has("dnsmasq") && has("dig");
-  it("dig through the tunnel gets dnsmasq's answers, for every runtime pairing", { skip: canDig ? false : "dnsmasq or dig not installed" }, async () => {
+  it("dig through the tunnel gets dnsmasq's answers, for every runtime pairing", {
+    skip: canDig ? false : "dnsmasq or dig not installed",
+  }, async () => {
     const dnsPort = await freePort("udp");
     const dnsmasq = spawn(
       "dnsmasq",
-      ["-k", "--conf-file=/dev/null", `--port=${dnsPort}`, "--listen-address=127.0.0.1", "--bind-interfaces", "--no-resolv", "--no-hosts", "--address=/mcudpt.test/192.0.2.53", "--pid-file=", "--user=root"],
+      [
+        "-k",
+        "--conf-file=/dev/null",
+        `--port=${dnsPort}`,
+        "--listen-address=127.0.0.1",
+        "--bind-interfaces",
+        "--no-resolv",
+        "--no-hosts",
+        "--address=/mcudpt.test/192.0.2.53",
+        "--pid-file=",
+        "--user=root",
+      ],
       { stdio: "ignore" },
     );
     children.add(dnsmasq);
     try {
       await eventually(() => {
-        const out = spawnSync("dig", ["@127.0.0.1", "-p", String(dnsPort), "mcudpt.test", "+short", "+time=1", "+tries=1"], { encoding: "utf8" });
+        const out = spawnSync(
+          "dig",
+          ["@127.0.0.1", "-p", String(dnsPort), "mcudpt.test", "+short", "+time=1", "+tries=1"],
+          { encoding: "utf8" },
+        );
         return out.stdout.trim() === "192.0.2.53";
       }, "dnsmasq answering directly");
       for (const receiverRuntime of available) {
         for (const senderRuntime of available) {
           const udpPort = await freePort("udp");
           const tcpPort = await freePort("tcp");
-          const receiver = startCli(receiverRuntime, ["receiver", "--udp", `127.0.0.1:${udpPort}`, "--tcp", `127.0.0.1:${tcpPort}`, "--secret", "dns"]);
-          const sender = startCli(senderRuntime, ["sender", "--udp", `127.0.0.1:${dnsPort}`, "--tcp", `127.0.0.1:${tcpPort}`, "--secret", "dns"]);
+          const receiver = startCli(receiverRuntime, [
+            "receiver",
+            "--udp",
+            `127.0.0.1:${udpPort}`,
+            "--tcp",
+            `127.0.0.1:${tcpPort}`,
+            "--secret",
+            "dns",
+          ]);
+          const sender = startCli(senderRuntime, [
+            "sender",
+            "--udp",
+            `127.0.0.1:${dnsPort}`,
+            "--tcp",
+            `127.0.0.1:${tcpPort}`,
+            "--secret",
+            "dns",
+          ]);
           try {
             await eventually(() => /accepted by receiver/.test(sender.stderr()), "sender accepted");
-            const answer = execFileSync("dig", ["@127.0.0.1", "-p", String(udpPort), "mcudpt.test", "+short", "+time=2", "+tries=3"], { encoding: "utf8" });
+            const answer = execFileSync(
+              "dig",
+              ["@127.0.0.1", "-p", String(udpPort), "mcudpt.test", "+short", "+time=2", "+tries=3"],
+              { encoding: "utf8" },
+            );
             assert.equal(answer.trim(), "192.0.2.53", `${receiverRuntime} receiver, ${senderRuntime} sender`);
           } finally {
             await stop(sender);

@@ -5,8 +5,9 @@
  */
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { createSocket, type Socket as UdpSocket } from "node:dgram";
-import { readdirSync, readFileSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync } from "node:fs";
 import { createServer } from "node:net";
+import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -46,7 +47,8 @@ export function killAll(): void {
 export function startCli(runtime: Runtime, args: string[]): CliProcess {
   const child = spawn(runtime, [CLI, ...args], {
     stdio: ["ignore", "ignore", "pipe"],
-    env: { ...process.env, MCUDPT_SECRET: "" },
+    // A fresh config dir per process: keys and trust files never touch the real ~/.config.
+    env: { ...process.env, MCUDPT_SECRET: "", MCUDPT_CONFIG_DIR: mkdtempSync(join(tmpdir(), "mcudpt-e2e-")) },
   });
   children.add(child);
   let stderr = "";

@@ -8,7 +8,7 @@
  * - stall: stops forwarding without closing (a silent blackhole), until resumed.
  * Built on node:net so it is the same under every transport being tested.
  */
-import { createServer, type Server, type Socket, connect } from "node:net";
+import { connect, createServer, type Server, type Socket } from "node:net";
 
 export type ProxyMode = "passthrough" | "trickle" | "coalesce" | "delay";
 

@@ -1,8 +1,18 @@
 /** The receiver and sender commands: parse flags, start the role, run until a signal. */
 import { type Logger, startReceiver, startSender, stderrLogger } from "@mcudpt/core";
+import { RECEIVER_DEFAULTS } from "@mcudpt/protocol";
 import { type ArgsDef, defineCommand } from "citty";
 import { stdinApprover } from "./approval.js";
-import { address, commonArgs, type CommonOptions, commonOptions } from "./options.js";
+import {
+  identityFor,
+  keyArgs,
+  receiverPinsFor,
+  receiverTrustArgs,
+  rejectKeyFlagsWithSecret,
+  senderTrustArgs,
+  senderTrustFor,
+} from "./identity.js";
+import { address, type CommonOptions, commonArgs, commonOptions, limit } from "./options.js";
 import { pickTransport, runtimeDescription } from "./runtime.js";
 
 export const receiverArgs = {
@@ -17,6 +27,18 @@ export const receiverArgs = {
     valueHint: "[HOST]:PORT",
   },
   ...commonArgs,
+  ...keyArgs,
+  ...receiverTrustArgs,
+  "new-flow-rate": {
+    type: "string",
+    description: `New flows one client address may open per second, bursts of twice that; 0 = no limit (default ${RECEIVER_DEFAULTS.newFlowsPerSecond})`,
+    valueHint: "N",
+  },
+  "amplification-limit": {
+    type: "string",
+    description: `Until a client sends a second datagram, replies to it total at most N × its bytes (anti-spoofing); 0 = off (default ${RECEIVER_DEFAULTS.amplificationLimit})`,
+    valueHint: "N",
+  },
 } satisfies ArgsDef;
 
 export const senderArgs = {
@@ -31,6 +53,8 @@ export const senderArgs = {
     valueHint: "HOST:PORT",
   },
   ...commonArgs,
+  ...keyArgs,
+  ...senderTrustArgs,
 } satisfies ArgsDef;
 
 /** Settings that work but surprise: say so once at start-up. */
@@ -60,7 +84,9 @@ function machineConfig(options: CommonOptions) {
  * signal exits at once. Errors thrown by callbacks are logged, never fatal: the tunnel stays up.
  */
 async function runUntilSignal(logger: Logger, close: () => Promise<void>): Promise<never> {
-  process.on("uncaughtException", (error) => logger.log("error", `unexpected error (please report): ${error?.stack ?? error}`));
+  process.on("uncaughtException", (error) =>
+    logger.log("error", `unexpected error (please report): ${error?.stack ?? error}`),
+  );
   process.on("unhandledRejection", (error) =>
     logger.log("error", `unexpected rejection (please report): ${(error as Error)?.stack ?? error}`),
   );
@@ -87,7 +113,13 @@ export const receiverCommand = defineCommand({
     const options = commonOptions(args);
     const udp = address(args, "udp");
     const tcp = address(args, "tcp");
+    const newFlowsPerSecond = limit(args, "new-flow-rate", RECEIVER_DEFAULTS.newFlowsPerSecond);
+    const amplificationLimit = limit(args, "amplification-limit", RECEIVER_DEFAULTS.amplificationLimit, 10_000);
     const logger = stderrLogger({ name: "mcudpt receiver", level: options.logLevel });
+    const keyMode = !options.secret;
+    if (!keyMode) rejectKeyFlagsWithSecret(args);
+    const trust = keyMode ? senderTrustFor(args) : undefined;
+    const identity = keyMode ? identityFor(args, logger) : undefined;
     warnAboutSettings(logger, options);
     const transport = pickTransport(options.transport);
     logger.log("debug", `runtime: ${runtimeDescription()}`);
@@ -95,9 +127,11 @@ export const receiverCommand = defineCommand({
       transport,
       udp,
       tcp,
-      config: machineConfig(options),
+      config: { ...machineConfig(options), identity, newFlowsPerSecond, amplificationLimit },
       logger,
-      approve: options.secret ? undefined : stdinApprover(logger),
+      trust,
+      // With an allowlist nobody is asked: unknown keys are refused.
+      askOperator: keyMode && args["authorized-keys"] === undefined ? stdinApprover(logger) : undefined,
     });
     await runUntilSignal(logger, () => handle.close());
   },
@@ -111,10 +145,24 @@ export const senderCommand = defineCommand({
     const target = address(args, "udp");
     const receiver = address(args, "tcp");
     const logger = stderrLogger({ name: "mcudpt sender", level: options.logLevel });
+    const keyMode = !options.secret;
+    if (!keyMode) rejectKeyFlagsWithSecret(args);
+    const pins = keyMode ? receiverPinsFor(args) : undefined;
+    const identity = keyMode ? identityFor(args, logger) : undefined;
+    if (identity) logger.log("info", `sender key ${identity.fingerprint} (public key in ${identity.path}.pub)`);
     warnAboutSettings(logger, options);
     const transport = pickTransport(options.transport);
     logger.log("debug", `runtime: ${runtimeDescription()}`);
-    const handle = await startSender({ transport, target, receiver, config: machineConfig(options), logger });
+    const handle = await startSender({
+      transport,
+      target,
+      receiver,
+      config: { ...machineConfig(options), identity },
+      logger,
+      pins,
+      // A changed receiver key is not retried: exit non-zero so the operator (or systemd) sees it.
+      onFatal: () => void handle.close().finally(() => process.exit(1)),
+    });
     await runUntilSignal(logger, () => handle.close());
   },
 });

@@ -22,11 +22,19 @@ interface ClientResult {
 }
 
 export const demoCommand = defineCommand({
-  meta: { name: "demo", description: "Run a UDP echo target, receiver, sender and many clients on loopback, and report" },
+  meta: {
+    name: "demo",
+    description: "Run a UDP echo target, receiver, sender and many clients on loopback, and report",
+  },
   args: {
     clients: { type: "string", description: "Concurrent clients (default 40)", valueHint: "N" },
     duration: { type: "string", description: "Seconds of traffic (default 3)", valueHint: "SECONDS" },
-    transport: { type: "enum", options: ["auto", "bun", "node"], default: "auto", description: "Socket implementation" },
+    transport: {
+      type: "enum",
+      options: ["auto", "bun", "node"],
+      default: "auto",
+      description: "Socket implementation",
+    },
     verbose: { type: "boolean", alias: "v", description: "Show the tunnel's own log lines" },
   },
   async run({ args }) {
@@ -38,7 +46,12 @@ export const demoCommand = defineCommand({
   },
 });
 
-export async function runDemo(transport: Transport, clientCount: number, durationMs: number, verbose: boolean): Promise<boolean> {
+export async function runDemo(
+  transport: Transport,
+  clientCount: number,
+  durationMs: number,
+  verbose: boolean,
+): Promise<boolean> {
   const print = (line: string) => process.stdout.write(`${line}\n`);
   const level = verbose ? "debug" : "warn";
   print(`mcudpt demo on ${runtimeDescription()}, transport: ${transport.name}`);
@@ -87,14 +100,17 @@ export async function runDemo(transport: Transport, clientCount: number, duratio
   const received = sum(results.map((r) => r.received));
   const foreign = sum(results.map((r) => r.foreign));
   const rtts = results.flatMap((r) => r.rtts).sort((a, b) => a - b);
-  const pct = (p: number) => (rtts.length ? rtts[Math.min(rtts.length - 1, Math.floor((p / 100) * rtts.length))] : Number.NaN);
+  const pct = (p: number) =>
+    rtts.length ? rtts[Math.min(rtts.length - 1, Math.floor((p / 100) * rtts.length))] : Number.NaN;
   const fmt = (ms: number) => `${(ms * 1000).toFixed(0)} µs`;
   const everyClientServed = results.every((r) => r.received > 0);
   print("");
   print(`  datagrams     sent ${sent}, echoed back ${received}, lost ${sent - received}, someone else's ${foreign}`);
   print(`  flows         receiver ${peakFlows}, sender ${senderFlows} (one per client, each with its own UDP socket)`);
   print(`  round trip    p50 ${fmt(pct(50))}, p99 ${fmt(pct(99))}, max ${fmt(rtts[rtts.length - 1] ?? Number.NaN)}`);
-  print(`  rtt (tcp)     ${receiver.machine.stats.rttMs === undefined ? "n/a" : fmt(receiver.machine.stats.rttMs)} keepalive`);
+  print(
+    `  rtt (tcp)     ${receiver.machine.stats.rttMs === undefined ? "n/a" : fmt(receiver.machine.stats.rttMs)} keepalive`,
+  );
 
   await Promise.all([sender.close(), receiver.close()]);
   echo.close();

@@ -9,6 +9,7 @@ import { type ArgsDef, type CommandDef, defineCommand, renderUsage, runCommand }
 import pkg from "../package.json" with { type: "json" };
 import { receiverCommand, senderCommand } from "./commands.js";
 import { demoCommand } from "./demo.js";
+import { keygenCommand } from "./identity.js";
 import { normalizeArgv } from "./legacy.js";
 
 const VERSION: string = pkg.version;
@@ -17,6 +18,7 @@ const subCommands: Record<string, CommandDef<ArgsDef>> = {
   receiver: receiverCommand as unknown as CommandDef<ArgsDef>,
   sender: senderCommand as unknown as CommandDef<ArgsDef>,
   demo: demoCommand as unknown as CommandDef<ArgsDef>,
+  keygen: keygenCommand as unknown as CommandDef<ArgsDef>,
 };
 
 const mainCommand = defineCommand({
@@ -30,15 +32,19 @@ Usage:
   mcudpt receiver --udp [HOST]:PORT --tcp [HOST]:PORT [options]   public side
   mcudpt sender   --udp HOST:PORT   --tcp HOST:PORT   [options]   private side
   mcudpt demo [--clients N] [--duration SECONDS]                  see it work on loopback
+  mcudpt keygen [--out FILE]                                      make an Ed25519 key pair
 
 Example, forwarding DNS:
-  public host:   mcudpt receiver --udp :53 --tcp :5353 --secret "$SECRET"
-  private host:  mcudpt sender --udp internal-dns.lan:53 --tcp tunnel-server:5353 --secret "$SECRET"
+  public host:   mcudpt receiver --udp :53 --tcp :5353
+  private host:  mcudpt sender --udp internal-dns.lan:53 --tcp tunnel-server:5353
+
+Each side has an Ed25519 key (~/.config/mcudpt/id_ed25519, made on first run). The receiver asks
+"Accept? [yes/no]" on stdin about a sender key it does not know and remembers a yes; unattended
+receivers list sender keys in --authorized-keys. The sender remembers the receiver's key and refuses
+a changed one. Or give both sides the same --secret (or MCUDPT_SECRET) instead of keys.
 
 The original mcudpt's flags work unchanged: mcudpt -mode receiver -udp :53 -tcp :5353
 (-mode defaults to receiver, -udp and -tcp to :1937).
-
-Without --secret (or MCUDPT_SECRET) the receiver asks "Accept? [yes/no]" on stdin for each sender.
 
 Run "mcudpt receiver --help" or "mcudpt sender --help" for every option.`;
 
@@ -74,7 +80,8 @@ function checkArgs(args: string[], defs: ArgsDef): void {
     seen.add(flag.name);
     if ((flag.type === "string" || flag.type === "enum") && inline === undefined) {
       const value = args[i + 1];
-      const valueIsFlag = value !== undefined && /^--?[A-Za-z]/.test(value) && known.has(value.replace(/^--?/, "").split("=")[0]);
+      const valueIsFlag =
+        value !== undefined && /^--?[A-Za-z]/.test(value) && known.has(value.replace(/^--?/, "").split("=")[0]);
       if (value === undefined || valueIsFlag) throw new UserError(`${arg} needs a value`);
       i++;
     }
@@ -103,10 +110,12 @@ export async function main(argv: string[]): Promise<number> {
       // The original's behaviour: no mode means receiver, with :1937 defaults.
       rest = args;
       name = "receiver";
-      if (args.length === 0) process.stderr.write("mcudpt: no command given: running as receiver on :1937 (see mcudpt --help)\n");
+      if (args.length === 0)
+        process.stderr.write("mcudpt: no command given: running as receiver on :1937 (see mcudpt --help)\n");
     }
     const command = subCommands[name];
-    if (!command) throw new UserError(`unknown command "${name}": expected receiver, sender or demo (see --help)`);
+    if (!command)
+      throw new UserError(`unknown command "${name}": expected receiver, sender, demo or keygen (see --help)`);
     if (wantsHelp) {
       process.stdout.write(`${await renderUsage(command, mainCommand as unknown as CommandDef<ArgsDef>)}\n`);
       return 0;
@@ -119,7 +128,11 @@ export async function main(argv: string[]): Promise<number> {
     return 0;
   } catch (error) {
     const known = error instanceof UserError || (error as Error)?.name === "CLIError";
-    process.stderr.write(`mcudpt: ${known ? "" : "unexpected error: "}${messageOf(error).replace(/\x1b\[[0-9;]*m/g, "").replace(/\s*\n\s*/g, " ")}\n`);
+    process.stderr.write(
+      `mcudpt: ${known ? "" : "unexpected error: "}${messageOf(error)
+        .replace(/\x1b\[[0-9;]*m/g, "")
+        .replace(/\s*\n\s*/g, " ")}\n`,
+    );
     if (!known && process.env.MCUDPT_DEBUG) process.stderr.write(`${(error as Error)?.stack}\n`);
     return 2;
   }

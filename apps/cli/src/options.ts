@@ -14,7 +14,8 @@ export const ORIGINAL_DEFAULT_ADDRESS = ":1937";
 export const commonArgs = {
   secret: {
     type: "string",
-    description: "Shared secret proven by HMAC challenge-response (default: $MCUDPT_SECRET; without one the receiver asks the operator)",
+    description:
+      "Shared secret proven by HMAC challenge-response (default: $MCUDPT_SECRET; without one the receiver asks the operator)",
     valueHint: "S",
   },
   "secret-file": {
@@ -68,9 +69,9 @@ export interface CommonOptions {
   logLevel: LogLevel;
 }
 
-type RawArgs = Record<string, unknown>;
+export type RawArgs = Record<string, unknown>;
 
-function stringArg(args: RawArgs, name: string): string | undefined {
+export function stringArg(args: RawArgs, name: string): string | undefined {
   const value = args[name];
   if (value === undefined) return undefined;
   if (Array.isArray(value)) throw new UserError(`--${name} given more than once`);
@@ -98,6 +99,16 @@ export function count(args: RawArgs, name: string, fallback: number, max = 10_00
   return Number(text);
 }
 
+/** A whole number from 0 (meaning "off") to `max`. */
+export function limit(args: RawArgs, name: string, fallback: number, max = 1_000_000): number {
+  const text = stringArg(args, name);
+  if (text === undefined) return fallback;
+  if (!/^\d+$/.test(text.trim()) || Number(text) > max) {
+    throw new UserError(`--${name}: "${text}" is not a whole number from 0 (off) to ${max}`);
+  }
+  return Number(text);
+}
+
 export function byteSize(args: RawArgs, name: string, fallback: number): number {
   const text = stringArg(args, name);
   if (text === undefined) return fallback;
@@ -105,7 +116,8 @@ export function byteSize(args: RawArgs, name: string, fallback: number): number 
   if (!match) throw new UserError(`--${name}: "${text}" is not a size (e.g. 65536, 512k, 4m)`);
   const unit = { "": 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3 }[match[2].toLowerCase() as "" | "k" | "m" | "g"];
   const value = Number(match[1]) * unit;
-  if (value < 65_536 + 9) throw new UserError(`--${name}: ${text} is too small; it must hold at least one full datagram (64k)`);
+  if (value < 65_536 + 9)
+    throw new UserError(`--${name}: ${text} is too small; it must hold at least one full datagram (64k)`);
   if (value > 1024 ** 3) throw new UserError(`--${name}: ${text} is more than 1g`);
   return value;
 }

@@ -9,7 +9,9 @@ export const runningOnBun = typeof (globalThis as { Bun?: unknown }).Bun !== "un
 
 export function pickTransport(choice: TransportChoice): Transport {
   if (choice === "bun" && !runningOnBun) {
-    throw new UserError("--transport bun needs the Bun runtime: run mcudpt with bun (bun mcudpt.js …) or use --transport node");
+    throw new UserError(
+      "--transport bun needs the Bun runtime: run mcudpt with bun (bun mcudpt.js …) or use --transport node",
+    );
   }
   return choice === "bun" || (choice === "auto" && runningOnBun) ? bunTransport : nodeTransport;
 }

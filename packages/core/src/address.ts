@@ -23,13 +23,16 @@ export function parseHostPort(text: string, flag: string, options: { allowPortZe
     if (colon < 0) throw new UserError(`${flag}: "${text}" has no port; write HOST:PORT or :PORT`);
     host = value.slice(0, colon);
     portText = value.slice(colon + 1);
-    if (host.includes(":")) throw new UserError(`${flag}: write IPv6 addresses in brackets, e.g. [${host}]:${portText}`);
+    if (host.includes(":"))
+      throw new UserError(`${flag}: write IPv6 addresses in brackets, e.g. [${host}]:${portText}`);
   }
   if (!/^\d{1,5}$/.test(portText)) throw new UserError(`${flag}: port "${portText}" in "${text}" is not a number`);
   const port = Number(portText);
   const min = options.allowPortZero ? 0 : 1;
-  if (port < min || port > 65535) throw new UserError(`${flag}: port ${port} in "${text}" is out of range (${min}-65535)`);
-  if (host !== "" && !/^[A-Za-z0-9._:%-]+$/.test(host)) throw new UserError(`${flag}: "${host}" in "${text}" is not a valid host name`);
+  if (port < min || port > 65535)
+    throw new UserError(`${flag}: port ${port} in "${text}" is out of range (${min}-65535)`);
+  if (host !== "" && !/^[A-Za-z0-9._:%-]+$/.test(host))
+    throw new UserError(`${flag}: "${host}" in "${text}" is not a valid host name`);
   return { host, port };
 }
 

@@ -2,14 +2,16 @@
  * The receiver at run time: a public UDP port whose clients become flows, a TCP port where the sender
  * connects. Wires a ReceiverMachine to a transport.
  */
-import { type ClientFlow, type Output, ReceiverMachine, type ReceiverConfig } from "@mcudpt/protocol";
+import { type ClientFlow, type Output, type ReceiverConfig, ReceiverMachine } from "@mcudpt/protocol";
 import { formatHostPort, type HostPort } from "./address.js";
 import { nodeCrypto } from "./crypto.js";
 import { MachineDriver, now } from "./driver.js";
 import { messageOf, UserError } from "./errors.js";
+import { fingerprint } from "./keys.js";
 import { type Logger, RateLimitedLog } from "./logger.js";
 import { Resolver } from "./resolve.js";
 import type { TcpServer, Transport, UdpSocket } from "./transport.js";
+import type { SenderTrust } from "./trust.js";
 
 export interface ReceiverOptions {
   transport: Transport;
@@ -19,11 +21,20 @@ export interface ReceiverOptions {
   tcp: HostPort;
   config: ReceiverConfig;
   logger: Logger;
+  /** Key mode: which sender keys are admitted (authorized keys, known senders). */
+  trust?: SenderTrust;
   /**
-   * Operator approval for senders when no secret is set; refuses when absent. `cancelled` aborts when
-   * the sender goes away before the answer.
+   * Key mode: asks the operator about a key `trust` does not know; unknown keys are refused when
+   * absent. `cancelled` aborts when the sender goes away before the answer. A yes is remembered.
    */
-  approve?: (peer: string, cancelled: AbortSignal) => Promise<boolean>;
+  askOperator?: (request: OperatorQuestion, cancelled: AbortSignal) => Promise<boolean>;
+}
+
+export interface OperatorQuestion {
+  /** The sender's address:port. */
+  peer: string;
+  /** Its key's fingerprint, "SHA256:…". */
+  fingerprint: string;
 }
 
 export interface ReceiverHandle {
@@ -49,7 +60,7 @@ export async function startReceiver(options: ReceiverOptions): Promise<ReceiverH
   const machine = new ReceiverMachine(options.config, nodeCrypto);
   const resolver = new Resolver();
   const rateLimited = new RateLimitedLog(logger);
-  const approvals: Array<{ conn: number; peer: string }> = [];
+  const approvals: Array<{ conn: number; peer: string; publicKey: Uint8Array }> = [];
   let asking = false;
   let udp: UdpSocket | undefined;
 
@@ -59,14 +70,15 @@ export async function startReceiver(options: ReceiverOptions): Promise<ReceiverH
     let next = approvals.shift();
     while (next && !machine.awaitingApproval(next.conn)) next = approvals.shift();
     if (!next) return;
-    const { conn, peer } = next;
+    const { conn, peer, publicKey } = next;
+    const print = fingerprint(publicKey);
     asking = true;
     const cancel = new AbortController();
     const watch = setInterval(() => {
       if (!machine.awaitingApproval(conn)) cancel.abort();
     }, 200);
-    const decide = options.approve ? options.approve(peer, cancel.signal) : Promise.resolve(false);
-    decide
+    const ask = options.askOperator as NonNullable<ReceiverOptions["askOperator"]>;
+    ask({ peer, fingerprint: print }, cancel.signal)
       .catch((error) => {
         if (!cancel.signal.aborted) logger.log("warn", `operator approval failed: ${messageOf(error)}`);
         return false;
@@ -74,6 +86,14 @@ export async function startReceiver(options: ReceiverOptions): Promise<ReceiverH
       .then((accepted) => {
         clearInterval(watch);
         asking = false;
+        if (accepted && machine.awaitingApproval(conn)) {
+          try {
+            options.trust?.remember(publicKey, `approved ${new Date().toISOString().slice(0, 10)} from ${peer}`);
+            logger.log("info", `sender key ${print} remembered: it will be accepted without asking`);
+          } catch (error) {
+            logger.log("warn", `could not remember sender key ${print}: ${messageOf(error)}`);
+          }
+        }
         driver.guard(() => machine.approve(conn, accepted, now()));
         askNext();
       });
@@ -93,18 +113,34 @@ export async function startReceiver(options: ReceiverOptions): Promise<ReceiverH
         }
         return;
       }
-      case "ask-operator":
-        if (!options.approve) {
-          logger.log(
-            "warn",
-            `sender ${output.peer} refused: no shared secret is configured and no operator can answer`,
-          );
-        }
-        approvals.push({ conn: output.conn, peer: output.peer });
-        askNext();
+      case "authorize-sender":
+        authorize(output.conn, output.peer, output.publicKey);
         return;
       default:
         return;
+    }
+  };
+  /** Known and authorized keys are decided at once; only unknown keys wait for the (one) operator. */
+  const authorize = (conn: number, peer: string, publicKey: Uint8Array): void => {
+    const print = fingerprint(publicKey);
+    let verdict: ReturnType<NonNullable<ReceiverOptions["trust"]>["check"]>;
+    try {
+      verdict = options.trust?.check(publicKey) ?? { verdict: "unknown" };
+    } catch (error) {
+      logger.log("error", `cannot check sender key ${print}: ${messageOf(error)}`);
+      verdict = { verdict: "refused", reason: "the receiver could not read its list of trusted keys" };
+    }
+    if (verdict.verdict === "trusted") {
+      logger.log("info", `sender ${peer} key ${print}: ${verdict.why}`);
+      queueMicrotask(() => driver.guard(() => machine.approve(conn, true, now())));
+    } else if (verdict.verdict === "refused") {
+      queueMicrotask(() => driver.guard(() => machine.approve(conn, false, now(), verdict.reason)));
+    } else if (!options.askOperator) {
+      const reason = `unknown key ${print}: add it to the receiver's --authorized-keys file, or accept it once at an interactive receiver`;
+      queueMicrotask(() => driver.guard(() => machine.approve(conn, false, now(), reason)));
+    } else {
+      approvals.push({ conn, peer, publicKey });
+      askNext();
     }
   };
   const driver = new MachineDriver(machine, logger, onOutput);
@@ -141,7 +177,7 @@ export async function startReceiver(options: ReceiverOptions): Promise<ReceiverH
           driver.attach(connection, (conn) => {
             const peer = formatHostPort(connection.remoteAddress, connection.remotePort);
             logger.log("debug", `connection from ${peer}`);
-            machine.connect(conn, peer, now());
+            machine.connect(conn, peer, now(), connection.remoteAddress);
           }),
       });
     });
@@ -153,7 +189,7 @@ export async function startReceiver(options: ReceiverOptions): Promise<ReceiverH
   logger.log(
     "info",
     `receiver listening: UDP ${formatHostPort(udpBound, udpSocket.port)}, TCP ${formatHostPort(tcpBound, server.port)} ` +
-      `(transport: ${transport.name}, auth: ${options.config.secret ? "shared secret" : "operator approval"})`,
+      `(transport: ${transport.name}, auth: ${authDescription(options)})`,
   );
 
   // Datagrams dropped for want of a sender are counted per datagram but reported at most every 30 s.
@@ -185,6 +221,12 @@ export async function startReceiver(options: ReceiverOptions): Promise<ReceiverH
       return closed;
     },
   };
+}
+
+function authDescription(options: ReceiverOptions): string {
+  if (options.config.secret) return "shared secret";
+  const key = options.config.identity ? `key ${fingerprint(options.config.identity.publicKey)}` : "key";
+  return `${key}; senders: ${options.askOperator ? "known keys or the operator's approval" : "known keys only"}`;
 }
 
 /**

@@ -22,7 +22,9 @@ export class Resolver {
     const now = Date.now();
     const cached = this.cache.get(host);
     if (cached && now - cached.at < CACHE_MS) return cached.result;
-    const result = lookup(host).then((r) => ({ address: r.address, family: r.family === 6 ? 6 : 4 }) as ResolvedAddress);
+    const result = lookup(host).then(
+      (r) => ({ address: r.address, family: r.family === 6 ? 6 : 4 }) as ResolvedAddress,
+    );
     this.cache.set(host, { at: now, result });
     // A failure is not cached: the next flow retries.
     result.catch(() => this.cache.delete(host));

@@ -3,15 +3,17 @@
  * jitter), and gives every flow its own UDP socket connected to the target, so the target's replies
  * map back to the flow and the target sees one stable source port per client.
  */
-import { DEFAULTS, FlowCloseReason, type Output, SenderMachine, type SenderConfig } from "@mcudpt/protocol";
+import { DEFAULTS, FlowCloseReason, type Output, type SenderConfig, SenderMachine } from "@mcudpt/protocol";
 import { formatHostPort, type HostPort } from "./address.js";
 import { nodeCrypto } from "./crypto.js";
 import { MachineDriver, now } from "./driver.js";
-import { messageOf } from "./errors.js";
+import { messageOf, UserError } from "./errors.js";
+import { fingerprint } from "./keys.js";
 import { type Logger, RateLimitedLog } from "./logger.js";
 import { waitFor } from "./receiver.js";
 import { Resolver } from "./resolve.js";
 import type { TcpConnection, Transport, UdpSocket } from "./transport.js";
+import type { ReceiverPins } from "./trust.js";
 
 export interface SenderOptions {
   transport: Transport;
@@ -24,6 +26,13 @@ export interface SenderOptions {
   /** First retry delay and its cap (ms); each failure doubles the delay, with jitter. */
   reconnect?: { initialMs?: number; maxMs?: number };
   connectTimeoutMs?: number;
+  /** Key mode: the receiver keys this sender trusts (pinned, or remembered on first use). */
+  pins?: ReceiverPins;
+  /**
+   * A failure retrying cannot fix (the receiver's key changed): the sender has stopped dialing and
+   * the host should exit with this one-line message.
+   */
+  onFatal?: (error: UserError) => void;
 }
 
 export interface SenderHandle {
@@ -66,12 +75,15 @@ class Lingering {
 
   private schedule(): void {
     if (this.timer || this.queue.length === 0) return;
-    this.timer = setTimeout(() => {
-      this.timer = undefined;
-      const now = Date.now();
-      while (this.queue.length > 0 && this.queue[0].until <= now) this.queue.shift()?.socket.close();
-      this.schedule();
-    }, Math.max(0, this.queue[0].until - Date.now()));
+    this.timer = setTimeout(
+      () => {
+        this.timer = undefined;
+        const now = Date.now();
+        while (this.queue.length > 0 && this.queue[0].until <= now) this.queue.shift()?.socket.close();
+        this.schedule();
+      },
+      Math.max(0, this.queue[0].until - Date.now()),
+    );
   }
 
   closeAll(): void {
@@ -83,7 +95,25 @@ class Lingering {
 
 export async function startSender(options: SenderOptions): Promise<SenderHandle> {
   const { transport, logger } = options;
-  const machine = new SenderMachine(options.config, nodeCrypto);
+  let fatal: UserError | undefined;
+  const checkReceiverKey = (publicKey: Uint8Array, peer: string): string | undefined => {
+    if (!options.pins) return undefined;
+    let verdict: ReturnType<ReceiverPins["check"]>;
+    try {
+      verdict = options.pins.check(peer, publicKey);
+    } catch (error) {
+      fatal = error instanceof UserError ? error : new UserError(messageOf(error));
+      return fatal.message;
+    }
+    if (verdict.verdict === "changed") {
+      fatal = new UserError(verdict.reason);
+      return verdict.reason;
+    }
+    if (verdict.verdict === "added")
+      logger.log("info", `receiver ${peer} key ${fingerprint(publicKey)} is new: remembered in ${verdict.path}`);
+    return undefined;
+  };
+  const machine = new SenderMachine({ checkReceiverKey, ...options.config }, nodeCrypto);
   const resolver = new Resolver();
   const rateLimited = new RateLimitedLog(logger);
   const flowSockets = new Map<number, FlowSocket>();
@@ -138,14 +168,30 @@ export async function startSender(options: SenderOptions): Promise<SenderHandle>
         });
       }
       if (!evicted) {
-        return failFlow(flowId, entry, FlowCloseReason.SocketError, `cannot open a UDP socket toward ${targetText}`, error);
+        return failFlow(
+          flowId,
+          entry,
+          FlowCloseReason.SocketError,
+          `cannot open a UDP socket toward ${targetText}`,
+          error,
+        );
       }
-      rateLimited.log("emfile", "warn", `out of file descriptors (${code}): evicting flows to make room; lower --max-flows or raise ulimit -n`);
+      rateLimited.log(
+        "emfile",
+        "warn",
+        `out of file descriptors (${code}): evicting flows to make room; lower --max-flows or raise ulimit -n`,
+      );
       lingering.closeAll(); // lingering sockets are the cheapest descriptors to give back
       try {
         socket = await bindFlowSocket(flowId, entry, resolved.address, resolved.family);
       } catch (retryError) {
-        return failFlow(flowId, entry, FlowCloseReason.SocketError, `cannot open a UDP socket toward ${targetText}`, retryError);
+        return failFlow(
+          flowId,
+          entry,
+          FlowCloseReason.SocketError,
+          `cannot open a UDP socket toward ${targetText}`,
+          retryError,
+        );
       }
     }
     if (entry.closed) return lingering.add(socket);
@@ -196,6 +242,12 @@ export async function startSender(options: SenderOptions): Promise<SenderHandle>
 
   const scheduleRetry = (why: string): void => {
     if (stopping || retryTimer) return;
+    if (fatal) {
+      stopping = true;
+      logger.log("error", fatal.message);
+      options.onFatal?.(fatal);
+      return;
+    }
     const base = Math.min(maxDelay, initialDelay * 2 ** Math.min(failures, 20));
     const delay = Math.round(base * (0.5 + Math.random() * 0.5));
     failures++;
@@ -247,7 +299,10 @@ export async function startSender(options: SenderOptions): Promise<SenderHandle>
     for (const data of replay) handlers.onData(data);
   };
 
-  logger.log("info", `sender forwarding to ${targetText} through receiver ${receiverText} (transport: ${transport.name})`);
+  logger.log(
+    "info",
+    `sender forwarding to ${targetText} through receiver ${receiverText} (transport: ${transport.name})`,
+  );
   void dial();
 
   let closed: Promise<void> | undefined;

@@ -6,7 +6,7 @@
  * codec disagrees with. The committed JSON is the reference: test/vectors.test.ts checks the codec
  * against it both ways, so a codec change that alters a byte fails the tests.
  */
-import { createHmac } from "node:crypto";
+import { createHmac, createPrivateKey, createPublicKey, sign } from "node:crypto";
 import { writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -32,12 +32,13 @@ const frameHex = (type: number, body: string) => h8(type) + h32(body.length / 2)
 const PREFACE = "4d435544505400" + "01"; // "MCUDPT" 00 01
 
 // ---- hand layouts, one per frame type ---------------------------------------------------------
-const hello = (role: number, auth: number, caps: number, nonce: string, agent: string) =>
-  frameHex(0x01, h8(role) + h8(auth) + h32(caps) + nonce + h8(utf8Hex(agent).length / 2) + utf8Hex(agent));
-const macToken = (mac: string, token: string) => h8(mac.length / 2) + mac + h8(token.length / 2) + token;
-const auth = (mac: string, token: string) => frameHex(0x02, macToken(mac, token));
-const accept = (mac: string, token: string, resumed: boolean) =>
-  frameHex(0x03, macToken(mac, token) + h8(resumed ? 1 : 0));
+const lengthPrefixed = (hex: string) => h8(hex.length / 2) + hex;
+const hello = (role: number, auth: number, caps: number, nonce: string, publicKey: string, agent: string) =>
+  frameHex(0x01, h8(role) + h8(auth) + h32(caps) + nonce + lengthPrefixed(publicKey) + lengthPrefixed(utf8Hex(agent)));
+const proofToken = (proof: string, token: string) => lengthPrefixed(proof) + lengthPrefixed(token);
+const auth = (proof: string, token: string) => frameHex(0x02, proofToken(proof, token));
+const accept = (proof: string, token: string, resumed: boolean) =>
+  frameHex(0x03, proofToken(proof, token) + h8(resumed ? 1 : 0));
 const close = (code: number, message: string) => frameHex(0x04, h16(code) + utf8Hex(message));
 const ping = (payload: string) => frameHex(0x05, payload);
 const pong = (payload: string) => frameHex(0x06, payload);
@@ -52,66 +53,102 @@ const frames: FrameVector[] = [];
 const add = (name: string, fields: Record<string, unknown>, hex: HexSpec, description?: string) =>
   frames.push({ name, ...(description ? { description } : {}), fields, hex });
 
+// Ed25519 from a raw 32-byte seed: node:crypto takes it as PKCS#8 (this DER prefix, then the seed).
+const PKCS8_PREFIX = "302e020100300506032b657004220420";
+const privateKeyOf = (seedHex: string) =>
+  createPrivateKey({ key: Buffer.from(PKCS8_PREFIX + seedHex, "hex"), format: "der", type: "pkcs8" });
+/** The raw public key: the last 32 bytes of the SPKI encoding. */
+const publicKeyOf = (seedHex: string) =>
+  bytesToHex(createPublicKey(privateKeyOf(seedHex)).export({ format: "der", type: "spki" }).subarray(12));
+const ed25519 = (seedHex: string, dataHex: string) =>
+  bytesToHex(sign(null, Buffer.from(dataHex, "hex"), privateKeyOf(seedHex)));
+
 const NONCE_A = seq(0xa0, 32);
 const NONCE_D = seq(0xd0, 32);
 const MAC = seq(0x00, 32);
+const SIGNATURE = seq(0x80, 64);
+const KEY = publicKeyOf(seq(0x01, 32));
 const TOKEN = seq(0x70, 16);
 const PAYLOAD8 = "0000017f2a1b3c4d";
 
 add(
   "hello-receiver-secret",
-  { type: "HELLO", role: 1, auth: 2, capabilities: 1, nonce: NONCE_A, agent: "mcudpt-ts" },
-  hello(1, 2, 1, NONCE_A, "mcudpt-ts"),
-  "receiver, shared-secret mode, resume capability",
+  { type: "HELLO", role: 1, auth: 2, capabilities: 1, nonce: NONCE_A, publicKey: "", agent: "mcudpt-ts" },
+  hello(1, 2, 1, NONCE_A, "", "mcudpt-ts"),
+  "receiver, shared-secret mode (no public key), resume capability",
 );
 add(
-  "hello-sender-approval-empty-agent",
-  { type: "HELLO", role: 2, auth: 1, capabilities: 0, nonce: NONCE_D, agent: "" },
-  hello(2, 1, 0, NONCE_D, ""),
-  "sender, operator-approval mode, no capabilities, empty agent",
+  "hello-sender-key-empty-agent",
+  { type: "HELLO", role: 2, auth: 1, capabilities: 0, nonce: NONCE_D, publicKey: KEY, agent: "" },
+  hello(2, 1, 0, NONCE_D, KEY, ""),
+  "sender, key mode with its Ed25519 public key (of the seed 01 02 … 20), no capabilities, empty agent",
 );
 add(
   "hello-unknown-capabilities",
-  { type: "HELLO", role: 2, auth: 2, capabilities: 0xffffffff, nonce: NONCE_D, agent: "x" },
-  hello(2, 2, 0xffffffff, NONCE_D, "x"),
+  { type: "HELLO", role: 2, auth: 2, capabilities: 0xffffffff, nonce: NONCE_D, publicKey: "", agent: "x" },
+  hello(2, 2, 0xffffffff, NONCE_D, "", "x"),
   "capability bits this version does not know are carried (and ignored)",
 );
 const agent64 = "a".repeat(60) + "🔑"; // 60 + 4 = 64 bytes
 add(
   "hello-max-agent",
-  { type: "HELLO", role: 1, auth: 1, capabilities: 1, nonce: NONCE_A, agent: agent64 },
-  hello(1, 1, 1, NONCE_A, agent64),
-  "agent of exactly 64 UTF-8 bytes (the maximum), ending in a 4-byte character",
+  { type: "HELLO", role: 1, auth: 1, capabilities: 1, nonce: NONCE_A, publicKey: KEY, agent: agent64 },
+  hello(1, 1, 1, NONCE_A, KEY, agent64),
+  "key mode with an agent of exactly 64 UTF-8 bytes, ending in a 4-byte character: the largest HELLO (body 136)",
 );
 add(
   "hello-agent-with-bom",
-  { type: "HELLO", role: 2, auth: 2, capabilities: 1, nonce: NONCE_D, agent: "\ufeffmcudpt-go/2.0 (linux)" },
-  hello(2, 2, 1, NONCE_D, "\ufeffmcudpt-go/2.0 (linux)"),
+  {
+    type: "HELLO",
+    role: 2,
+    auth: 2,
+    capabilities: 1,
+    nonce: NONCE_D,
+    publicKey: "",
+    agent: "\ufeffmcudpt-go/2.0 (linux)",
+  },
+  hello(2, 2, 1, NONCE_D, "", "\ufeffmcudpt-go/2.0 (linux)"),
   "a leading U+FEFF is part of the agent text, never stripped",
 );
 
-add("auth-approval-empty", { type: "AUTH", mac: "", token: "" }, auth("", ""), "approval mode, no session to resume");
 add(
-  "auth-approval-resume",
-  { type: "AUTH", mac: "", token: TOKEN },
-  auth("", TOKEN),
-  "approval mode, offering a session token",
+  "auth-empty",
+  { type: "AUTH", proof: "", token: "" },
+  auth("", ""),
+  "legal encoding (no proof: the acceptor refuses it with CLOSE 2)",
 );
-add("auth-secret", { type: "AUTH", mac: MAC, token: "" }, auth(MAC, ""), "secret mode, fresh session");
+add("auth-secret", { type: "AUTH", proof: MAC, token: "" }, auth(MAC, ""), "secret mode (HMAC), fresh session");
 add(
   "auth-secret-resume",
-  { type: "AUTH", mac: MAC, token: TOKEN },
+  { type: "AUTH", proof: MAC, token: TOKEN },
   auth(MAC, TOKEN),
   "secret mode, offering a session token",
 );
+add(
+  "auth-key",
+  { type: "AUTH", proof: SIGNATURE, token: "" },
+  auth(SIGNATURE, ""),
+  "key mode (Ed25519 signature), fresh session",
+);
+add(
+  "auth-key-resume",
+  { type: "AUTH", proof: SIGNATURE, token: TOKEN },
+  auth(SIGNATURE, TOKEN),
+  "key mode, offering a session token: the largest AUTH (body 82)",
+);
 
-add("accept-secret-new", { type: "ACCEPT", mac: MAC, token: TOKEN, resumed: false }, accept(MAC, TOKEN, false));
-add("accept-approval-resumed", { type: "ACCEPT", mac: "", token: TOKEN, resumed: true }, accept("", TOKEN, true));
+add("accept-secret-new", { type: "ACCEPT", proof: MAC, token: TOKEN, resumed: false }, accept(MAC, TOKEN, false));
+add(
+  "accept-key-resumed",
+  { type: "ACCEPT", proof: SIGNATURE, token: TOKEN, resumed: true },
+  accept(SIGNATURE, TOKEN, true),
+  "key mode, session resumed: the largest ACCEPT (body 83)",
+);
 add(
   "accept-empty",
-  { type: "ACCEPT", mac: "", token: "", resumed: false },
+  { type: "ACCEPT", proof: "", token: "", resumed: false },
   accept("", "", false),
-  "legal encoding (no token: the peer will not be able to resume)",
+  "legal encoding (no proof, no token: the dialer refuses it with CLOSE 2)",
 );
 
 add("close-normal-empty", { type: "CLOSE", code: 0, message: "" }, close(0, ""));
@@ -121,6 +158,12 @@ add(
   { type: "CLOSE", code: 2, message: utf8Message },
   close(2, utf8Message),
   "authentication failed, UTF-8 message",
+);
+add(
+  "close-key-rejected",
+  { type: "CLOSE", code: 11, message: "sender key SHA256:abc is not in authorized_keys" },
+  close(11, "sender key SHA256:abc is not in authorized_keys"),
+  "key not accepted (code 11), with the reason for the peer's operator",
 );
 add(
   "close-unknown-code",
@@ -228,8 +271,14 @@ add(
 
 // ---- malformed input --------------------------------------------------------------------------
 const malformed: MalformedVector[] = [];
-const bad = (name: string, description: string, preface: boolean, hex: HexSpec, error: string) =>
-  malformed.push({ name, description, preface, hex, error });
+const bad = (
+  name: string,
+  description: string,
+  preface: boolean,
+  hex: HexSpec,
+  error: string,
+  beforeHandshake = false,
+) => malformed.push({ name, description, preface, ...(beforeHandshake ? { beforeHandshake } : {}), hex, error });
 const ascii = (s: string) => utf8Hex(s);
 
 bad(
@@ -279,15 +328,39 @@ bad(
   "frame-too-large",
 );
 bad("too-large-length-max", "length 0xffffffff", false, "12ffffffff", "frame-too-large");
-bad("too-large-hello", "HELLO body of 104 (max 103)", false, "0100000068", "frame-too-large");
-bad("too-large-auth", "AUTH body of 51 (max 50)", false, "0200000033", "frame-too-large");
-bad("too-large-accept", "ACCEPT body of 52 (max 51)", false, "0300000034", "frame-too-large");
+bad("too-large-hello", "HELLO body of 137 (max 136)", false, "0100000089", "frame-too-large");
+bad("too-large-auth", "AUTH body of 83 (max 82)", false, "0200000053", "frame-too-large");
+bad("too-large-accept", "ACCEPT body of 84 (max 83)", false, "0300000054", "frame-too-large");
 bad("too-large-close", "CLOSE body of 1027 (max 1026)", false, "0400000403", "frame-too-large");
 bad("too-large-ping", "PING body of 9 (max 8)", false, "0500000009", "frame-too-large");
 bad("too-large-pong", "PONG body of 9", false, "0600000009", "frame-too-large");
 bad("too-large-flow-open", "FLOW_OPEN body of 26 (max 25)", false, "100000001a", "frame-too-large");
 bad("too-large-flow-close", "FLOW_CLOSE body of 6 (max 5)", false, "1100000006", "frame-too-large");
 bad("too-large-extension", "extension body of 65536 (max 65535)", false, "8000010000", "frame-too-large");
+bad(
+  "pre-auth-data-65000",
+  "before the handshake completes: a DATA header declaring 65000 bytes (legal later) is refused on the header alone",
+  false,
+  "120000fde8",
+  "frame-too-large",
+  true,
+);
+bad(
+  "pre-auth-data-2049",
+  "before the handshake completes: one byte over the 2048-byte limit",
+  false,
+  "1200000801",
+  "frame-too-large",
+  true,
+);
+bad(
+  "pre-auth-extension-4096",
+  "before the handshake completes: an extension of 4096 bytes",
+  false,
+  "8000001000",
+  "frame-too-large",
+  true,
+);
 
 bad("short-data", "DATA body of 3 bytes: no room for the flow id", false, frameHex(0x12, "000001"), "bad-length");
 bad("short-data-empty", "DATA with an empty body", false, frameHex(0x12, ""), "bad-length");
@@ -295,27 +368,41 @@ bad("short-ping", "PING body of 7", false, frameHex(0x05, seq(1, 7)), "bad-lengt
 bad("empty-pong", "PONG body of 0", false, frameHex(0x06, ""), "bad-length");
 bad(
   "short-hello",
-  "HELLO body of 38 (fixed part is 39)",
+  "HELLO body of 39 (fixed part is 40: no agent length)",
   false,
-  frameHex(0x01, "0202" + "00000000" + NONCE_D),
+  frameHex(0x01, "0202" + "00000000" + NONCE_D + "00"),
+  "bad-length",
+);
+bad(
+  "hello-key-truncated",
+  "public key length 32, 10 bytes follow",
+  false,
+  frameHex(0x01, "0201" + "00000000" + NONCE_D + "20" + KEY.slice(0, 20)),
   "bad-length",
 );
 bad(
   "hello-agent-length-over",
   "agent length says 5, 4 bytes follow",
   false,
-  frameHex(0x01, "0202" + "00000001" + NONCE_D + "05" + ascii("abcd")),
+  frameHex(0x01, "0202" + "00000001" + NONCE_D + "00" + "05" + ascii("abcd")),
   "bad-length",
 );
 bad(
   "hello-agent-length-under",
   "agent length says 3, 4 bytes follow",
   false,
-  frameHex(0x01, "0202" + "00000001" + NONCE_D + "03" + ascii("abcd")),
+  frameHex(0x01, "0202" + "00000001" + NONCE_D + "00" + "03" + ascii("abcd")),
   "bad-length",
 );
 bad("empty-auth", "AUTH with an empty body", false, frameHex(0x02, ""), "bad-length");
-bad("auth-no-token-length", "AUTH body ends after the MAC", false, frameHex(0x02, "20" + MAC), "bad-length");
+bad("auth-no-token-length", "AUTH body ends after the HMAC", false, frameHex(0x02, "20" + MAC), "bad-length");
+bad(
+  "auth-truncated-signature",
+  "proof length 64, 63 bytes follow",
+  false,
+  frameHex(0x02, "40" + SIGNATURE.slice(0, 126)),
+  "bad-length",
+);
 bad(
   "auth-truncated-token",
   "token length 16, 15 bytes follow",
@@ -350,12 +437,41 @@ bad(
 );
 bad("short-flow-close", "FLOW_CLOSE body of 4", false, frameHex(0x11, "00000001"), "bad-length");
 
-bad("hello-role-0", "role 0", false, frameHex(0x01, "0002" + "00000000" + NONCE_D + "00"), "bad-field");
-bad("hello-role-3", "role 3", false, frameHex(0x01, "0302" + "00000000" + NONCE_D + "00"), "bad-field");
-bad("hello-auth-3", "auth mode 3", false, frameHex(0x01, "0203" + "00000000" + NONCE_D + "00"), "bad-field");
-bad("auth-mac-16", "MAC length 16 (must be 0 or 32)", false, frameHex(0x02, "10" + seq(0, 16) + "00"), "bad-field");
+bad("hello-role-0", "role 0", false, frameHex(0x01, "0002" + "00000000" + NONCE_D + "00" + "00"), "bad-field");
+bad("hello-role-3", "role 3", false, frameHex(0x01, "0302" + "00000000" + NONCE_D + "00" + "00"), "bad-field");
+bad("hello-auth-0", "auth mode 0", false, frameHex(0x01, "0200" + "00000000" + NONCE_D + "00" + "00"), "bad-field");
+bad("hello-auth-3", "auth mode 3", false, frameHex(0x01, "0203" + "00000000" + NONCE_D + "00" + "00"), "bad-field");
+bad(
+  "hello-key-length-31",
+  "public key length 31 (must be 0 or 32)",
+  false,
+  frameHex(0x01, "0201" + "00000000" + NONCE_D + "1f" + KEY.slice(0, 62) + "00"),
+  "bad-field",
+);
+bad(
+  "hello-key-length-33",
+  "public key length 33 (must be 0 or 32)",
+  false,
+  frameHex(0x01, "0201" + "00000000" + NONCE_D + "21" + KEY + "00" + "00"),
+  "bad-field",
+);
+bad(
+  "auth-proof-16",
+  "proof length 16 (must be 0, 32 or 64)",
+  false,
+  frameHex(0x02, "10" + seq(0, 16) + "00"),
+  "bad-field",
+);
+bad(
+  "auth-proof-63",
+  "proof length 63 (must be 0, 32 or 64)",
+  false,
+  frameHex(0x02, "3f" + seq(0, 63) + "00"),
+  "bad-field",
+);
 bad("auth-token-8", "token length 8 (must be 0 or 16)", false, frameHex(0x02, "00" + "08" + seq(0, 8)), "bad-field");
-bad("accept-mac-1", "MAC length 1", false, frameHex(0x03, "01" + "00" + "00" + "00"), "bad-field");
+bad("accept-proof-1", "proof length 1", false, frameHex(0x03, "01" + "00" + "00" + "00"), "bad-field");
+bad("accept-proof-65", "proof length 65", false, frameHex(0x03, "41" + seq(0, 65) + "00" + "00"), "bad-field");
 bad("accept-resumed-2", "resumed flag 2", false, frameHex(0x03, "00" + "00" + "02"), "bad-field");
 bad(
   "flow-open-family-5",
@@ -376,14 +492,14 @@ bad(
   "hello-agent-invalid-utf8",
   "agent byte 0xff",
   false,
-  frameHex(0x01, "0202" + "00000000" + NONCE_D + "02" + "41ff"),
+  frameHex(0x01, "0202" + "00000000" + NONCE_D + "00" + "02" + "41ff"),
   "bad-utf8",
 );
 bad(
   "hello-agent-truncated-utf8",
   "agent ends inside a 2-byte sequence",
   false,
-  frameHex(0x01, "0202" + "00000000" + NONCE_D + "01" + "c3"),
+  frameHex(0x01, "0202" + "00000000" + NONCE_D + "00" + "01" + "c3"),
   "bad-utf8",
 );
 bad("close-overlong-utf8", "overlong encoding of NUL (c0 80)", false, frameHex(0x04, "0001" + "c080"), "bad-utf8");
@@ -400,61 +516,74 @@ const DIALER_LABEL = utf8Hex("mcudpt/1 dialer proof");
 const ACCEPTOR_LABEL = utf8Hex("mcudpt/1 acceptor proof");
 const hmac = (keyHex: string, dataHex: string) =>
   createHmac("sha256", Buffer.from(keyHex, "hex")).update(Buffer.from(dataHex, "hex")).digest("hex");
+/** Fixed Ed25519 seeds (private keys) of the key-mode vectors; the public keys follow from them. */
+const ACCEPTOR_SEED = seq(0x01, 32);
+const DIALER_SEED = seq(0x41, 32);
 
-function handshake(
-  name: string,
-  description: string,
-  mode: "secret" | "approval",
-  acceptorNonce: string,
-  dialerNonce: string,
-  offeredToken: string,
-  sessionToken: string,
-  resumed: boolean,
-): HandshakeVector {
-  const authMode = mode === "secret" ? 2 : 1;
-  const aHello = hello(1, authMode, 1, acceptorNonce, "vector-receiver");
-  const dHello = hello(2, authMode, 1, dialerNonce, "vector-sender");
-  const dialerTranscript = DIALER_LABEL + aHello + dHello + offeredToken;
-  const acceptorTranscript = ACCEPTOR_LABEL + aHello + dHello + sessionToken + h8(resumed ? 1 : 0);
-  const dialerMac = mode === "secret" ? hmac(SECRET, dialerTranscript) : "";
-  const acceptorMac = mode === "secret" ? hmac(SECRET, acceptorTranscript) : "";
-  const authHex = auth(dialerMac, offeredToken);
-  const acceptHex = accept(acceptorMac, sessionToken, resumed);
+interface Session {
+  acceptorNonce: string;
+  dialerNonce: string;
+  offeredToken: string;
+  sessionToken: string;
+  resumed: boolean;
+}
+
+function handshake(name: string, description: string, mode: "secret" | "key", s: Session): HandshakeVector {
+  const authMode = mode === "key" ? 1 : 2;
+  const acceptorKey = mode === "key" ? publicKeyOf(ACCEPTOR_SEED) : "";
+  const dialerKey = mode === "key" ? publicKeyOf(DIALER_SEED) : "";
+  const helloFields = (role: number, nonce: string, publicKey: string, agent: string) => ({
+    type: "HELLO",
+    role,
+    auth: authMode,
+    capabilities: 1,
+    nonce,
+    publicKey,
+    agent,
+  });
+  const aHello = hello(1, authMode, 1, s.acceptorNonce, acceptorKey, "vector-receiver");
+  const dHello = hello(2, authMode, 1, s.dialerNonce, dialerKey, "vector-sender");
+  const dialerTranscript = DIALER_LABEL + aHello + dHello + s.offeredToken;
+  const acceptorTranscript = ACCEPTOR_LABEL + aHello + dHello + s.sessionToken + h8(s.resumed ? 1 : 0);
+  const dialerProof = mode === "key" ? ed25519(DIALER_SEED, dialerTranscript) : hmac(SECRET, dialerTranscript);
+  const acceptorProof = mode === "key" ? ed25519(ACCEPTOR_SEED, acceptorTranscript) : hmac(SECRET, acceptorTranscript);
+  const authHex = auth(dialerProof, s.offeredToken);
+  const acceptHex = accept(acceptorProof, s.sessionToken, s.resumed);
   return {
     name,
     description,
     mode,
-    ...(mode === "secret" ? { secret: SECRET, secretText: SECRET_TEXT } : {}),
-    acceptorNonce,
-    dialerNonce,
+    ...(mode === "secret"
+      ? { secret: SECRET, secretText: SECRET_TEXT }
+      : {
+          acceptorSeed: ACCEPTOR_SEED,
+          acceptorPublicKey: acceptorKey,
+          dialerSeed: DIALER_SEED,
+          dialerPublicKey: dialerKey,
+        }),
+    acceptorNonce: s.acceptorNonce,
+    dialerNonce: s.dialerNonce,
     acceptorHello: {
       name: "acceptor-hello",
-      fields: {
-        type: "HELLO",
-        role: 1,
-        auth: authMode,
-        capabilities: 1,
-        nonce: acceptorNonce,
-        agent: "vector-receiver",
-      },
+      fields: helloFields(1, s.acceptorNonce, acceptorKey, "vector-receiver"),
       hex: aHello,
     },
     dialerHello: {
       name: "dialer-hello",
-      fields: { type: "HELLO", role: 2, auth: authMode, capabilities: 1, nonce: dialerNonce, agent: "vector-sender" },
+      fields: helloFields(2, s.dialerNonce, dialerKey, "vector-sender"),
       hex: dHello,
     },
-    offeredToken,
-    sessionToken,
-    resumed,
-    dialerTranscript: mode === "secret" ? dialerTranscript : "",
-    dialerMac,
-    acceptorTranscript: mode === "secret" ? acceptorTranscript : "",
-    acceptorMac,
-    authFrame: { name: "auth", fields: { type: "AUTH", mac: dialerMac, token: offeredToken }, hex: authHex },
+    offeredToken: s.offeredToken,
+    sessionToken: s.sessionToken,
+    resumed: s.resumed,
+    dialerTranscript,
+    dialerProof,
+    acceptorTranscript,
+    acceptorProof,
+    authFrame: { name: "auth", fields: { type: "AUTH", proof: dialerProof, token: s.offeredToken }, hex: authHex },
     acceptFrame: {
       name: "accept",
-      fields: { type: "ACCEPT", mac: acceptorMac, token: sessionToken, resumed },
+      fields: { type: "ACCEPT", proof: acceptorProof, token: s.sessionToken, resumed: s.resumed },
       hex: acceptHex,
     },
     dialerToAcceptor: PREFACE + dHello + authHex,
@@ -463,35 +592,48 @@ function handshake(
 }
 
 const handshakes: HandshakeVector[] = [
-  handshake(
-    "secret-new-session",
-    "shared secret, no session to resume: the receiver issues a fresh token",
-    "secret",
-    seq(0xa0, 32),
-    seq(0xd0, 32),
-    "",
-    seq(0x70, 16),
-    false,
-  ),
+  handshake("secret-new-session", "shared secret, no session to resume: the receiver issues a fresh token", "secret", {
+    acceptorNonce: seq(0xa0, 32),
+    dialerNonce: seq(0xd0, 32),
+    offeredToken: "",
+    sessionToken: seq(0x70, 16),
+    resumed: false,
+  }),
   handshake(
     "secret-resume",
     "shared secret, the sender reconnects offering the token from secret-new-session; flows are kept",
     "secret",
-    seq(0x20, 32),
-    seq(0x40, 32),
-    seq(0x70, 16),
-    seq(0x70, 16),
-    true,
+    {
+      acceptorNonce: seq(0x20, 32),
+      dialerNonce: seq(0x40, 32),
+      offeredToken: seq(0x70, 16),
+      sessionToken: seq(0x70, 16),
+      resumed: true,
+    },
   ),
   handshake(
-    "approval-new-session",
-    "operator approval: no MACs; ACCEPT is sent once the operator says yes",
-    "approval",
-    seq(0x80, 32),
-    seq(0xc0, 32),
-    "",
-    seq(0x60, 16),
-    false,
+    "key-new-session",
+    "keys: each side signs the transcript with its Ed25519 key; ACCEPT is sent once the receiver admits the sender's key (known, or its operator says yes)",
+    "key",
+    {
+      acceptorNonce: seq(0x80, 32),
+      dialerNonce: seq(0xc0, 32),
+      offeredToken: "",
+      sessionToken: seq(0x60, 16),
+      resumed: false,
+    },
+  ),
+  handshake(
+    "key-resume",
+    "keys: the same sender key reconnects offering the token from key-new-session; resumed without asking anyone",
+    "key",
+    {
+      acceptorNonce: seq(0x10, 32),
+      dialerNonce: seq(0x30, 32),
+      offeredToken: seq(0x60, 16),
+      sessionToken: seq(0x60, 16),
+      resumed: true,
+    },
   ),
 ];
 
@@ -527,7 +669,7 @@ for (const v of allFrames) {
   if (encoded !== bytesToHex(bytesOf(v.hex))) problems.push(`${v.name}: codec encodes ${encoded.slice(0, 80)}…`);
 }
 for (const v of malformed) {
-  const decoder = new FrameDecoder({ preface: v.preface });
+  const decoder = new FrameDecoder({ preface: v.preface, handshakeLimit: v.beforeHandshake === true });
   decoder.push(bytesOf(v.hex));
   let code = "(no error)";
   try {

@@ -14,10 +14,13 @@ import {
   FrameType,
   HEADER_SIZE,
   MAC_SIZE,
+  MAX_HANDSHAKE_BODY,
   maxBodyLength,
   NONCE_SIZE,
   PREFACE,
   ProtocolError,
+  PUBLIC_KEY_SIZE,
+  SIGNATURE_SIZE,
   TOKEN_SIZE,
   WIRE_VERSION,
 } from "./frames.js";
@@ -27,6 +30,8 @@ const EMPTY = new Uint8Array(0);
 export interface DecoderOptions {
   /** Expect the 8-byte preface before the first frame (true for a fresh connection). */
   preface?: boolean;
+  /** Start with the pre-authentication size limit (see `handshakeLimit`); a link's decoder does. */
+  handshakeLimit?: boolean;
 }
 
 export class FrameDecoder {
@@ -39,9 +44,15 @@ export class FrameDecoder {
   private body: Uint8Array | undefined;
   private bodyFill = 0;
   private bodyType = 0;
+  /**
+   * Until the peer has authenticated, no frame may declare more than MAX_HANDSHAKE_BODY bytes: a
+   * stranger cannot make us buffer a 64 KiB DATA frame. The link lifts this once the handshake is done.
+   */
+  handshakeLimit: boolean;
 
   constructor(options: DecoderOptions = {}) {
     this.prefaceSeen = options.preface ? 0 : PREFACE.length;
+    this.handshakeLimit = options.handshakeLimit ?? false;
   }
 
   /** Hands the decoder the next chunk. Call `read()` until it returns undefined before pushing again. */
@@ -53,7 +64,9 @@ export class FrameDecoder {
 
   /** True while a frame (or the preface) has been started but not finished. */
   get midFrame(): boolean {
-    return (this.prefaceSeen > 0 && this.prefaceSeen < PREFACE.length) || this.headerFill > 0 || this.body !== undefined;
+    return (
+      (this.prefaceSeen > 0 && this.prefaceSeen < PREFACE.length) || this.headerFill > 0 || this.body !== undefined
+    );
   }
 
   /** The next complete frame, or undefined when more bytes are needed. Throws ProtocolError on bad input. */
@@ -78,6 +91,13 @@ export class FrameDecoder {
       length = readU32(this.header, 1);
     }
     checkHeader(type, length);
+    if (this.handshakeLimit && length > MAX_HANDSHAKE_BODY) {
+      const name = FRAME_TYPE_NAMES[type] ?? `extension 0x${type.toString(16)}`;
+      throw new ProtocolError(
+        "frame-too-large",
+        `${name} frame of ${length} bytes before the handshake completed (at most ${MAX_HANDSHAKE_BODY})`,
+      );
+    }
 
     if (chunk.length - this.offset >= length) {
       const body = chunk.subarray(this.offset, this.offset + length);
@@ -152,11 +172,13 @@ function flowIdOf(name: string, body: Uint8Array): number {
   return flowId;
 }
 
-/** MAC (length-prefixed, 0 or 32 bytes) then token (length-prefixed, 0 or 16 bytes); returns the end. */
-function macAndToken(name: string, body: Uint8Array): { mac: Uint8Array; token: Uint8Array; end: number } {
+/** Proof (length-prefixed: 0, 32 or 64 bytes) then token (length-prefixed, 0 or 16 bytes); returns the end. */
+function proofAndToken(name: string, body: Uint8Array): { proof: Uint8Array; token: Uint8Array; end: number } {
   if (body.length < 1) bad("bad-length", `${name} body is empty`);
   const macLength = body[0];
-  if (macLength !== 0 && macLength !== MAC_SIZE) bad("bad-field", `${name} MAC length ${macLength}, expected 0 or ${MAC_SIZE}`);
+  if (macLength !== 0 && macLength !== MAC_SIZE && macLength !== SIGNATURE_SIZE) {
+    bad("bad-field", `${name} proof length ${macLength}, expected 0, ${MAC_SIZE} or ${SIGNATURE_SIZE}`);
+  }
   if (body.length < 2 + macLength) bad("bad-length", `${name} body of ${body.length} bytes is too short`);
   const tokenLength = body[1 + macLength];
   if (tokenLength !== 0 && tokenLength !== TOKEN_SIZE) {
@@ -164,7 +186,7 @@ function macAndToken(name: string, body: Uint8Array): { mac: Uint8Array; token: 
   }
   const end = 2 + macLength + tokenLength;
   if (body.length < end) bad("bad-length", `${name} body of ${body.length} bytes is too short`);
-  return { mac: body.subarray(1, 1 + macLength), token: body.subarray(2 + macLength, end), end };
+  return { proof: body.subarray(1, 1 + macLength), token: body.subarray(2 + macLength, end), end };
 }
 
 function parseBody(type: number, body: Uint8Array): Frame {
@@ -179,35 +201,42 @@ function parseBody(type: number, body: Uint8Array): Frame {
       expectLength("PONG", body, 8);
       return { type, payload: body };
     case FrameType.Hello: {
-      const fixed = 1 + 1 + 4 + NONCE_SIZE + 1;
-      if (body.length < fixed) bad("bad-length", `HELLO body of ${body.length} bytes is too short`);
+      const keyAt = 1 + 1 + 4 + NONCE_SIZE;
+      if (body.length < keyAt + 2) bad("bad-length", `HELLO body of ${body.length} bytes is too short`);
       const role = body[0];
       const auth = body[1];
       if (role !== 1 && role !== 2) bad("bad-field", `HELLO role ${role}, expected 1 (receiver) or 2 (sender)`);
-      if (auth !== 1 && auth !== 2) bad("bad-field", `HELLO auth mode ${auth}, expected 1 (approval) or 2 (secret)`);
-      const agentLength = body[fixed - 1];
-      expectLength("HELLO", body, fixed + agentLength);
-      const agent = fromUtf8(body.subarray(fixed)) ?? bad("bad-utf8", "HELLO agent is not valid UTF-8");
+      if (auth !== 1 && auth !== 2) bad("bad-field", `HELLO auth mode ${auth}, expected 1 (key) or 2 (secret)`);
+      const keyLength = body[keyAt];
+      if (keyLength !== 0 && keyLength !== PUBLIC_KEY_SIZE) {
+        bad("bad-field", `HELLO public key length ${keyLength}, expected 0 or ${PUBLIC_KEY_SIZE}`);
+      }
+      const agentAt = keyAt + 1 + keyLength + 1;
+      if (body.length < agentAt) bad("bad-length", `HELLO body of ${body.length} bytes is too short`);
+      const agentLength = body[agentAt - 1];
+      expectLength("HELLO", body, agentAt + agentLength);
+      const agent = fromUtf8(body.subarray(agentAt)) ?? bad("bad-utf8", "HELLO agent is not valid UTF-8");
       return {
         type,
         role,
         auth,
         capabilities: readU32(body, 2),
         nonce: body.subarray(6, 6 + NONCE_SIZE),
+        publicKey: body.subarray(keyAt + 1, keyAt + 1 + keyLength),
         agent,
       };
     }
     case FrameType.Auth: {
-      const { mac, token, end } = macAndToken("AUTH", body);
+      const { proof, token, end } = proofAndToken("AUTH", body);
       expectLength("AUTH", body, end);
-      return { type, mac, token };
+      return { type, proof, token };
     }
     case FrameType.Accept: {
-      const { mac, token, end } = macAndToken("ACCEPT", body);
+      const { proof, token, end } = proofAndToken("ACCEPT", body);
       expectLength("ACCEPT", body, end + 1);
       const resumed = body[end];
       if (resumed > 1) bad("bad-field", `ACCEPT resumed flag ${resumed}, expected 0 or 1`);
-      return { type, mac, token, resumed: resumed === 1 };
+      return { type, proof, token, resumed: resumed === 1 };
     }
     case FrameType.Close: {
       if (body.length < 2) bad("bad-length", `CLOSE body of ${body.length} bytes has no code`);
@@ -240,7 +269,9 @@ function parseBody(type: number, body: Uint8Array): Frame {
 export function describeStranger(bytes: Uint8Array): string {
   const text = String.fromCharCode(...bytes);
   const printable = /^[\x20-\x7e\r\n\t]*$/.test(text);
-  const shown = printable ? JSON.stringify(text) : `0x${Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("")}`;
+  const shown = printable
+    ? JSON.stringify(text)
+    : `0x${Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("")}`;
   if (/^(GET|POST|HEAD|PUT|DELETE|OPTIONS|PATCH|CONNECT|TRACE) /.test(text) || text.startsWith("HTTP/")) {
     return `an HTTP request or response (${shown}), not mcudpt`;
   }
@@ -260,5 +291,8 @@ function prefaceError(seen: Uint8Array, following: Uint8Array): ProtocolError {
   sample.set(seen);
   sample.set(following, seen.length);
   const versionMismatch = seen.length === PREFACE.length && seen.subarray(0, 7).every((b, i) => b === PREFACE[i]);
-  return new ProtocolError(versionMismatch ? "unsupported-version" : "bad-preface", `peer sent ${describeStranger(sample)}`);
+  return new ProtocolError(
+    versionMismatch ? "unsupported-version" : "bad-preface",
+    `peer sent ${describeStranger(sample)}`,
+  );
 }

@@ -7,6 +7,7 @@
  * than `nextTimeout()`. Nothing here reads a clock, opens a socket or sets a timer.
  */
 import { utf8 } from "./bytes.js";
+import type { FlowBase, FlowTable } from "./flow-table.js";
 import {
   AuthMode,
   CLOSE_CODE_NAMES,
@@ -20,8 +21,15 @@ import {
   Role,
   type WireAddress,
 } from "./frames.js";
-import type { FlowBase, FlowTable } from "./flow-table.js";
-import { type CryptoProvider, type HelloFrame, Link, type LinkState, type Side } from "./link.js";
+import {
+  type Credentials,
+  type CryptoProvider,
+  type HelloFrame,
+  type Identity,
+  Link,
+  type LinkState,
+  type Side,
+} from "./link.js";
 
 export type LogLevel = "debug" | "info" | "warn" | "error";
 
@@ -34,6 +42,11 @@ export interface ClientFlow {
   readonly family: 4 | 6;
   readonly key: string;
   lastActive: number;
+  /**
+   * Bytes of replies the client may still get before it is confirmed (sends a second datagram):
+   * Infinity once confirmed. Caps what a spoofed source address can make the tunnel emit.
+   */
+  replyBudget: number;
 }
 
 export type Output =
@@ -41,8 +54,11 @@ export type Output =
   | { kind: "transmit"; conn: number }
   /** Flush what takeTransmit(conn) still returns, then close the TCP connection. */
   | { kind: "close-connection"; conn: number }
-  /** Receiver: ask the operator whether to accept this sender, then call approve(). */
-  | { kind: "ask-operator"; conn: number; peer: string }
+  /**
+   * Receiver: the sender on `conn` proved it holds `publicKey` (key mode). Decide whether to admit it
+   * (authorized keys, known senders, the operator) and call approve(), now or later.
+   */
+  | { kind: "authorize-sender"; conn: number; peer: string; publicKey: Uint8Array }
   /** The peer on `conn` passed the handshake. */
   | { kind: "accepted"; conn: number; peer: string; resumed: boolean }
   /** Receiver: send `payload` to the client of `flow`. */
@@ -61,7 +77,11 @@ export type DropReason =
   | "unknown-flow"
   | "not-connected"
   | "socket-error"
-  | "too-large";
+  | "too-large"
+  /** Receiver: a source opened new flows faster than --new-flow-rate. */
+  | "rate-limited"
+  /** Receiver: a reply to an unconfirmed client over --amplification-limit. */
+  | "amplification";
 
 export interface Stats {
   /** Datagrams and bytes taken in from UDP (clients on the receiver, the target on the sender). */
@@ -82,8 +102,10 @@ export interface Stats {
 }
 
 export interface CommonConfig {
-  /** Shared secret; without one the acceptor asks the operator. */
+  /** Shared secret (secret mode). Without one, key mode: `identity` is required. */
   secret?: Uint8Array | string;
+  /** This side's Ed25519 key (key mode). */
+  identity?: Identity;
   idleTimeoutMs?: number;
   maxFlows?: number;
   keepaliveMs?: number;
@@ -115,7 +137,9 @@ export abstract class Endpoint {
   private outputHead = 0;
   private evictionsUnlogged = 0;
   private lastEvictionLog = Number.NEGATIVE_INFINITY;
+  private readonly limitLogs = new Map<string, { at: number; unlogged: number }>();
   protected readonly secret: Uint8Array | undefined;
+  private readonly credentials: Credentials;
   protected readonly idleTimeoutMs: number;
   protected readonly maxFlows: number;
   protected readonly keepaliveMs: number;
@@ -133,7 +157,16 @@ export abstract class Endpoint {
     flowsEvicted: 0,
     accepted: 0,
     handshakeFailures: 0,
-    drops: { "no-sender": 0, backpressure: 0, "unknown-flow": 0, "not-connected": 0, "socket-error": 0, "too-large": 0 },
+    drops: {
+      "no-sender": 0,
+      backpressure: 0,
+      "unknown-flow": 0,
+      "not-connected": 0,
+      "socket-error": 0,
+      "too-large": 0,
+      "rate-limited": 0,
+      amplification: 0,
+    },
     rttMs: undefined,
   };
 
@@ -144,6 +177,9 @@ export abstract class Endpoint {
   ) {
     this.secret = typeof config.secret === "string" ? utf8(config.secret) : config.secret;
     if (this.secret && this.secret.length === 0) this.secret = undefined;
+    if (this.secret) this.credentials = { secret: this.secret };
+    else if (config.identity) this.credentials = { identity: config.identity };
+    else throw new RangeError("either a secret or an identity (key) is required");
     this.idleTimeoutMs = positive("idleTimeoutMs", config.idleTimeoutMs ?? DEFAULTS.idleTimeoutMs);
     this.maxFlows = positive("maxFlows", config.maxFlows ?? DEFAULTS.maxFlows);
     this.keepaliveMs = positive("keepaliveMs", config.keepaliveMs ?? DEFAULTS.keepaliveMs);
@@ -154,7 +190,7 @@ export abstract class Endpoint {
   }
 
   get authMode(): AuthMode {
-    return this.secret ? AuthMode.Secret : AuthMode.Approval;
+    return this.secret ? AuthMode.Secret : AuthMode.Key;
   }
 
   /** Next output, or undefined when the queue is empty. */
@@ -212,7 +248,10 @@ export abstract class Endpoint {
         this.failLink(link, closeCodeFor(error), error.message);
       } else {
         // A bug of ours: never let it escape into the host's event loop.
-        this.log("error", `internal error on connection from ${link.peer}: ${String((error as Error)?.stack ?? error)}`);
+        this.log(
+          "error",
+          `internal error on connection from ${link.peer}: ${String((error as Error)?.stack ?? error)}`,
+        );
         this.closeLink(link, CloseCode.InternalError, "internal error");
       }
     }
@@ -238,12 +277,20 @@ export abstract class Endpoint {
       if (link.state === "closed") continue;
       if (link.handshakeDeadline !== undefined && now >= link.handshakeDeadline) {
         this.stats.handshakeFailures++;
-        this.failLink(link, CloseCode.HandshakeTimeout, `no complete handshake within ${this.handshakeTimeoutMs / 1000} s${describeHandshakeProgress(link)}`);
+        this.failLink(
+          link,
+          CloseCode.HandshakeTimeout,
+          `no complete handshake within ${this.handshakeTimeoutMs / 1000} s${describeHandshakeProgress(link)}`,
+        );
         continue;
       }
       if (link.state !== "open") continue;
       if (now - link.lastReceived >= this.keepaliveMs * DEAD_AFTER_INTERVALS) {
-        this.failLink(link, CloseCode.KeepaliveTimeout, `nothing received for ${Math.round((now - link.lastReceived) / 1000)} s`);
+        this.failLink(
+          link,
+          CloseCode.KeepaliveTimeout,
+          `nothing received for ${Math.round((now - link.lastReceived) / 1000)} s`,
+        );
         continue;
       }
       if (now >= link.nextPingAt) {
@@ -315,7 +362,10 @@ export abstract class Endpoint {
     if (frame.type !== FrameType.Hello) throw unexpected(frame, "HELLO");
     if (frame.role === link.localHello.role) {
       const both = frame.role === Role.Receiver ? "receivers" : "senders";
-      throw new ProtocolError("role-conflict", `both sides are ${both}: one side must be a receiver and the other a sender`);
+      throw new ProtocolError(
+        "role-conflict",
+        `both sides are ${both}: one side must be a receiver and the other a sender`,
+      );
     }
     if (frame.auth !== link.localHello.auth) {
       throw new ProtocolError(
@@ -323,12 +373,26 @@ export abstract class Endpoint {
         `peer uses ${Link.authName(frame.auth)} but this side uses ${Link.authName(link.localHello.auth)}: give both sides the same --secret, or neither`,
       );
     }
-    link.peerHello = { ...frame, nonce: frame.nonce.slice() };
+    if (frame.auth === AuthMode.Key && frame.publicKey.length === 0) {
+      throw new ProtocolError("bad-field", "HELLO in key mode carries no public key");
+    }
+    link.peerHello = { ...frame, nonce: frame.nonce.slice(), publicKey: frame.publicKey.slice() };
     return link.peerHello;
   }
 
   protected newLink(conn: number, peer: string, side: Side, capabilities: number, now: number): Link {
-    const link = new Link(conn, peer, side, this.role, this.authMode, capabilities, this.agent, this.crypto, now, this.handshakeTimeoutMs);
+    const link = new Link(
+      conn,
+      peer,
+      side,
+      this.role,
+      this.credentials,
+      capabilities,
+      this.agent,
+      this.crypto,
+      now,
+      this.handshakeTimeoutMs,
+    );
     this.links.set(conn, link);
     this.notifyTransmit(link);
     return link;
@@ -389,16 +453,41 @@ export abstract class Endpoint {
     this.evictionsUnlogged++;
     if (now - this.lastEvictionLog < 10_000) return;
     this.lastEvictionLog = now;
-    this.log("warn", `flow limit (${this.maxFlows}) reached: evicted ${this.evictionsUnlogged} least recently active flow(s)`);
+    this.log(
+      "warn",
+      `flow limit (${this.maxFlows}) reached: evicted ${this.evictionsUnlogged} least recently active flow(s)`,
+    );
     this.evictionsUnlogged = 0;
   }
 
   /**
-   * The open flow a DATA frame names, counted as outgoing UDP; or undefined for a flow this side does
+   * Logs a limit that dropped something at most once per 10 s per kind, with the count since the last
+   * line: a flood must not become a flood of log lines.
+   */
+  protected noteLimit(kind: string, now: number, message: string): void {
+    let entry = this.limitLogs.get(kind);
+    if (entry === undefined) {
+      entry = { at: Number.NEGATIVE_INFINITY, unlogged: 0 };
+      this.limitLogs.set(kind, entry);
+    }
+    entry.unlogged++;
+    if (now - entry.at < 10_000) return;
+    this.log("warn", `${message}: dropped ${entry.unlogged} datagram(s)`);
+    entry.at = now;
+    entry.unlogged = 0;
+  }
+
+  protected countOut(size: number): void {
+    this.stats.udpOut++;
+    this.stats.udpOutBytes += size;
+  }
+
+  /**
+   * The open flow a DATA frame names (the caller counts it with countOut once it is sent); or undefined for a flow this side does
    * not have (closed here while the frame was in flight, or never opened), which is counted and
    * answered with FLOW_CLOSE(unknown flow) so the peer frees it too. Nothing is emitted for it.
    */
-  protected dataFlow<F extends FlowBase>(flows: FlowTable<F>, link: Link, flowId: number, size: number, now: number): F | undefined {
+  protected dataFlow<F extends FlowBase>(flows: FlowTable<F>, link: Link, flowId: number, now: number): F | undefined {
     const flow = flows.get(flowId);
     if (flow === undefined) {
       this.stats.drops["unknown-flow"]++;
@@ -406,8 +495,6 @@ export abstract class Endpoint {
       return undefined;
     }
     flows.touch(flow, now);
-    this.stats.udpOut++;
-    this.stats.udpOutBytes += size;
     return flow;
   }
 
@@ -433,7 +520,8 @@ function earliest(a: number | undefined, b: number): number {
 }
 
 export function unexpected(frame: Frame, expected: string): ProtocolError {
-  const name = frame.type === "extension" ? `extension 0x${frame.extensionType.toString(16)}` : FRAME_TYPE_NAMES[frame.type];
+  const name =
+    frame.type === "extension" ? `extension 0x${frame.extensionType.toString(16)}` : FRAME_TYPE_NAMES[frame.type];
   return new ProtocolError("unexpected-frame", `unexpected ${name} during the handshake (expected ${expected})`);
 }
 

@@ -33,8 +33,12 @@ export const FIRST_EXTENSION_TYPE = 0x80;
 export const Role = { Receiver: 1, Sender: 2 } as const;
 export type Role = (typeof Role)[keyof typeof Role];
 
-/** How the TCP-accepting side verifies the dialing side. */
-export const AuthMode = { Approval: 1, Secret: 2 } as const;
+/**
+ * How the two sides prove who they are. Key: each side signs the handshake transcript with its Ed25519
+ * key; the acceptor admits keys it knows (authorized/known keys) or that its operator approves, and the
+ * dialer pins the acceptor's key (trust on first use). Secret: both prove a shared secret by HMAC.
+ */
+export const AuthMode = { Key: 1, Secret: 2 } as const;
 export type AuthMode = (typeof AuthMode)[keyof typeof AuthMode];
 
 /** Capability bits in HELLO. A feature is used only when both sides set its bit. */
@@ -56,6 +60,8 @@ export const CloseCode = {
   RoleConflict: 8,
   Replaced: 9,
   InternalError: 10,
+  /** The peer's key is not one this side accepts (unknown sender, changed receiver key). */
+  KeyRejected: 11,
 } as const;
 export type CloseCode = (typeof CloseCode)[keyof typeof CloseCode];
 
@@ -73,7 +79,13 @@ export const FlowCloseReason = {
 export type FlowCloseReason = (typeof FlowCloseReason)[keyof typeof FlowCloseReason];
 
 export const NONCE_SIZE = 32;
+/** HMAC-SHA256 proof (secret mode). */
 export const MAC_SIZE = 32;
+/** Ed25519 public key and signature (key mode). */
+export const PUBLIC_KEY_SIZE = 32;
+export const SIGNATURE_SIZE = 64;
+/** Largest body any frame may declare before the handshake completes: nothing big is buffered for a stranger. */
+export const MAX_HANDSHAKE_BODY = 2048;
 export const TOKEN_SIZE = 16;
 export const MAX_AGENT_LENGTH = 64;
 export const MAX_CLOSE_MESSAGE = 1024;
@@ -87,9 +99,19 @@ export interface WireAddress {
 }
 
 export type Frame =
-  | { type: typeof FrameType.Hello; role: Role; auth: AuthMode; capabilities: number; nonce: Uint8Array; agent: string }
-  | { type: typeof FrameType.Auth; mac: Uint8Array; token: Uint8Array }
-  | { type: typeof FrameType.Accept; mac: Uint8Array; token: Uint8Array; resumed: boolean }
+  | {
+      type: typeof FrameType.Hello;
+      role: Role;
+      auth: AuthMode;
+      capabilities: number;
+      nonce: Uint8Array;
+      /** The side's Ed25519 public key in key mode; empty in secret mode. */
+      publicKey: Uint8Array;
+      agent: string;
+    }
+  /** `proof`: HMAC (secret mode) or Ed25519 signature (key mode) over the handshake transcript. */
+  | { type: typeof FrameType.Auth; proof: Uint8Array; token: Uint8Array }
+  | { type: typeof FrameType.Accept; proof: Uint8Array; token: Uint8Array; resumed: boolean }
   | { type: typeof FrameType.Close; code: number; message: string }
   | { type: typeof FrameType.Ping; payload: Uint8Array }
   | { type: typeof FrameType.Pong; payload: Uint8Array }
@@ -106,11 +128,11 @@ export type Frame =
 export function maxBodyLength(type: number): number | undefined {
   switch (type) {
     case FrameType.Hello:
-      return 1 + 1 + 4 + NONCE_SIZE + 1 + MAX_AGENT_LENGTH;
+      return 1 + 1 + 4 + NONCE_SIZE + 1 + PUBLIC_KEY_SIZE + 1 + MAX_AGENT_LENGTH;
     case FrameType.Auth:
-      return 1 + MAC_SIZE + 1 + TOKEN_SIZE;
+      return 1 + SIGNATURE_SIZE + 1 + TOKEN_SIZE;
     case FrameType.Accept:
-      return 1 + MAC_SIZE + 1 + TOKEN_SIZE + 1;
+      return 1 + SIGNATURE_SIZE + 1 + TOKEN_SIZE + 1;
     case FrameType.Close:
       return 2 + MAX_CLOSE_MESSAGE;
     case FrameType.Ping:
@@ -151,6 +173,7 @@ export const CLOSE_CODE_NAMES: Record<number, string> = {
   8: "role conflict",
   9: "replaced by a newer connection",
   10: "internal error",
+  11: "key not accepted",
 };
 
 export const FLOW_CLOSE_REASON_NAMES: Record<number, string> = {

@@ -1,9 +1,6 @@
-export * from "./frames.js";
-export { FrameDecoder, describeStranger, type DecoderOptions } from "./decoder.js";
-export { FrameWriter, encodeFrame } from "./writer.js";
 export { formatIPv4, formatIPv6, ipFamily, parseIPv4, parseIPv6 } from "./address.js";
 export { bytesEqual, concatBytes, fromHex, toHex, utf8 } from "./bytes.js";
-export type { CryptoProvider, Side } from "./link.js";
+export { type DecoderOptions, describeStranger, FrameDecoder } from "./decoder.js";
 export {
   type ClientFlow,
   type CommonConfig,
@@ -13,5 +10,9 @@ export {
   type Output,
   type Stats,
 } from "./endpoint.js";
-export { ReceiverMachine, type ReceiverConfig } from "./receiver.js";
-export { SenderMachine, type SenderConfig } from "./sender.js";
+export * from "./frames.js";
+export type { Credentials, CryptoProvider, Identity, Side } from "./link.js";
+export { type RateLimitConfig, SourceRateLimiter } from "./rate-limit.js";
+export { RECEIVER_DEFAULTS, type ReceiverConfig, ReceiverMachine } from "./receiver.js";
+export { type SenderConfig, SenderMachine } from "./sender.js";
+export { encodeFrame, FrameWriter } from "./writer.js";

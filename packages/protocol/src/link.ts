@@ -4,14 +4,26 @@
  */
 import { bytesEqual, concatBytes, utf8 } from "./bytes.js";
 import { FrameDecoder } from "./decoder.js";
-import { AuthMode, type Frame, FrameType, NONCE_SIZE, type Role } from "./frames.js";
+import { AuthMode, type Frame, FrameType, NONCE_SIZE, PUBLIC_KEY_SIZE, type Role, SIGNATURE_SIZE } from "./frames.js";
 import { encodeFrame, FrameWriter } from "./writer.js";
 
-/** Randomness and HMAC come from the host runtime: the protocol imports no crypto of its own. */
+/** Randomness, HMAC and signature checks come from the host runtime: the protocol imports no crypto. */
 export interface CryptoProvider {
   randomBytes(length: number): Uint8Array;
   hmacSha256(key: Uint8Array, data: Uint8Array): Uint8Array;
+  /** Whether `signature` is a valid Ed25519 signature of `data` by the raw 32-byte `publicKey`. */
+  verifyEd25519(publicKey: Uint8Array, data: Uint8Array, signature: Uint8Array): boolean;
 }
+
+/** This side's Ed25519 key (key mode). The private half stays with the host, behind `sign`. */
+export interface Identity {
+  /** Raw 32-byte public key, announced in HELLO. */
+  readonly publicKey: Uint8Array;
+  sign(data: Uint8Array): Uint8Array;
+}
+
+/** What this side proves itself with: a shared secret, or its key. */
+export type Credentials = { secret: Uint8Array } | { identity: Identity };
 
 export type HelloFrame = Extract<Frame, { type: typeof FrameType.Hello }>;
 
@@ -34,7 +46,7 @@ const ACCEPTOR_LABEL = utf8("mcudpt/1 acceptor proof");
 export class Link {
   state: LinkState = "hello";
   readonly writer: FrameWriter;
-  readonly decoder = new FrameDecoder({ preface: true });
+  readonly decoder = new FrameDecoder({ preface: true, handshakeLimit: true });
   readonly localHello: HelloFrame;
   peerHello: HelloFrame | undefined;
   /** The session token the dialer offered (acceptor) or will offer (dialer); empty when none. */
@@ -48,13 +60,15 @@ export class Link {
   blocked = false;
   /** A "transmit" output was emitted and the host has not taken the bytes yet. */
   transmitPending = false;
+  /** The peer's IP address (acceptor), for per-source limits on unauthenticated connections. */
+  source = "";
 
   constructor(
     readonly id: number,
     readonly peer: string,
     readonly side: Side,
     role: Role,
-    auth: AuthMode,
+    private readonly credentials: Credentials,
     capabilities: number,
     agent: string,
     crypto: CryptoProvider,
@@ -62,12 +76,14 @@ export class Link {
     handshakeTimeoutMs: number,
   ) {
     this.writer = new FrameWriter();
+    const keyMode = "identity" in credentials;
     this.localHello = {
       type: FrameType.Hello,
       role,
-      auth,
+      auth: keyMode ? AuthMode.Key : AuthMode.Secret,
       capabilities,
       nonce: crypto.randomBytes(NONCE_SIZE),
+      publicKey: keyMode ? credentials.identity.publicKey : new Uint8Array(0),
       agent,
     };
     this.writer.preface();
@@ -81,37 +97,59 @@ export class Link {
     return this.localHello.capabilities & (this.peerHello?.capabilities ?? 0);
   }
 
+  /** The peer's Ed25519 public key (key mode, after its HELLO). */
+  get peerKey(): Uint8Array {
+    return this.peerHello?.publicKey ?? new Uint8Array(0);
+  }
+
   /**
-   * HMAC over the whole handshake transcript (both HELLOs with their fresh nonces, the token and, for
-   * the acceptor, the resumed flag). A recorded proof is useless against a new nonce, and the labels
-   * keep one side's proof from being reflected back as the other's.
+   * What each proof covers: the whole handshake transcript (both HELLOs with their fresh nonces and,
+   * in key mode, both public keys; the token; for the acceptor, the resumed flag). A recorded proof is
+   * useless against a new nonce, and the labels keep one side's proof from being reflected back as
+   * the other's.
    */
-  proof(crypto: CryptoProvider, secret: Uint8Array, of: Side, token: Uint8Array, resumed = false): Uint8Array {
+  private transcript(of: Side, token: Uint8Array, resumed: boolean): Uint8Array {
     const peerHello = this.peerHello as HelloFrame;
     const acceptorHello = this.side === "acceptor" ? this.localHello : peerHello;
     const dialerHello = this.side === "dialer" ? this.localHello : peerHello;
-    const transcript = concatBytes(
+    return concatBytes(
       of === "dialer" ? DIALER_LABEL : ACCEPTOR_LABEL,
       encodeFrame(acceptorHello),
       encodeFrame(dialerHello),
       token,
       of === "acceptor" ? Uint8Array.of(resumed ? 1 : 0) : new Uint8Array(0),
     );
-    return crypto.hmacSha256(secret, transcript);
   }
 
-  verifyProof(crypto: CryptoProvider, secret: Uint8Array, of: Side, mac: Uint8Array, token: Uint8Array, resumed = false): boolean {
-    return bytesEqual(this.proof(crypto, secret, of, token, resumed), mac);
+  /** This side's proof: HMAC with the shared secret, or a signature with its key. */
+  prove(crypto: CryptoProvider, token: Uint8Array, resumed = false): Uint8Array {
+    const transcript = this.transcript(this.side, token, resumed);
+    const credentials = this.credentials;
+    return "secret" in credentials
+      ? crypto.hmacSha256(credentials.secret, transcript)
+      : credentials.identity.sign(transcript);
+  }
+
+  /** Checks the peer's proof (against the shared secret, or the key its HELLO announced). */
+  verifyPeer(crypto: CryptoProvider, proof: Uint8Array, token: Uint8Array, resumed = false): boolean {
+    const of: Side = this.side === "acceptor" ? "dialer" : "acceptor";
+    const transcript = this.transcript(of, token, resumed);
+    const credentials = this.credentials;
+    if ("secret" in credentials) return bytesEqual(crypto.hmacSha256(credentials.secret, transcript), proof);
+    const key = this.peerKey;
+    if (key.length !== PUBLIC_KEY_SIZE || proof.length !== SIGNATURE_SIZE) return false;
+    return crypto.verifyEd25519(key, transcript, proof);
   }
 
   markOpen(now: number, keepaliveMs: number): void {
     this.state = "open";
+    this.decoder.handshakeLimit = false;
     this.handshakeDeadline = undefined;
     this.nextPingAt = now + keepaliveMs;
   }
 
   /** Describes the peer's auth mode for mismatch messages. */
   static authName(mode: number): string {
-    return mode === AuthMode.Secret ? "a shared secret" : "operator approval";
+    return mode === AuthMode.Secret ? "a shared secret" : "keys";
   }
 }

@@ -7,11 +7,12 @@
 import { ipFamily } from "./address.js";
 import { bytesEqual } from "./bytes.js";
 import { type ClientFlow, type CommonConfig, Endpoint, unexpected } from "./endpoint.js";
+import { FlowTable } from "./flow-table.js";
 import {
   Capability,
   CloseCode,
-  type Frame,
   FlowCloseReason,
+  type Frame,
   FrameType,
   HEADER_SIZE,
   MAX_DATAGRAM,
@@ -19,19 +20,40 @@ import {
   Role,
   TOKEN_SIZE,
 } from "./frames.js";
-import { FlowTable } from "./flow-table.js";
 import type { CryptoProvider, Link } from "./link.js";
+import { SourceRateLimiter } from "./rate-limit.js";
 
 export interface ReceiverConfig extends CommonConfig {
   /** Unauthenticated connections allowed at once; more are refused straight away. */
   maxPendingConnections?: number;
+  /** Unauthenticated connections allowed at once from one source address. */
+  maxPendingPerSource?: number;
   /** Mapping id put in FLOW_OPEN (one mapping per receiver for now). */
   mappingId?: number;
+  /**
+   * New flows one source address may open per second (bursts of twice that); datagrams past it are
+   * dropped and counted. 0 disables the limit.
+   */
+  newFlowsPerSecond?: number;
+  /**
+   * While a flow is unconfirmed (its client has sent one datagram only, so its address may be
+   * spoofed), replies to it may total at most this many times the bytes it sent. 0 disables the cap.
+   */
+  amplificationLimit?: number;
 }
+
+export const RECEIVER_DEFAULTS = {
+  maxPendingConnections: 16,
+  maxPendingPerSource: 4,
+  newFlowsPerSecond: 100,
+  amplificationLimit: 10,
+} as const;
 
 /** The accepted sender and the flows that belong to it; survives a short outage for resumption. */
 interface Session {
   token: Uint8Array;
+  /** The sender's key (key mode): only the same key may resume the session. */
+  publicKey: Uint8Array;
   link: Link | undefined;
   peer: string;
   /** When the link was lost; flows are kept until lostAt + resumeGraceMs. */
@@ -49,12 +71,20 @@ export class ReceiverMachine extends Endpoint {
   private session: Session | undefined;
   private nextFlowId = 1;
   private readonly maxPending: number;
+  private readonly maxPendingPerSource: number;
   private readonly mappingId: number;
+  private readonly newFlowLimiter: SourceRateLimiter | undefined;
+  private readonly amplificationLimit: number;
 
   constructor(config: ReceiverConfig, crypto: CryptoProvider) {
     super(Role.Receiver, config, crypto);
-    this.maxPending = config.maxPendingConnections ?? 16;
+    this.maxPending = config.maxPendingConnections ?? RECEIVER_DEFAULTS.maxPendingConnections;
+    this.maxPendingPerSource = config.maxPendingPerSource ?? RECEIVER_DEFAULTS.maxPendingPerSource;
     this.mappingId = config.mappingId ?? 0;
+    const rate = config.newFlowsPerSecond ?? RECEIVER_DEFAULTS.newFlowsPerSecond;
+    this.newFlowLimiter =
+      rate > 0 ? new SourceRateLimiter({ perSecond: rate, burst: Math.max(1, rate * 2) }) : undefined;
+    this.amplificationLimit = Math.max(0, config.amplificationLimit ?? RECEIVER_DEFAULTS.amplificationLimit);
   }
 
   /** True while an accepted sender is connected. */
@@ -66,30 +96,49 @@ export class ReceiverMachine extends Endpoint {
     return this.flows.size;
   }
 
-  /** A TCP connection was accepted from `peer` (an address for log lines). */
-  connect(conn: number, peer: string, now: number): void {
+  /**
+   * A TCP connection was accepted from `peer` (address:port, for log lines); `source` is its IP address,
+   * which bounds how many unauthenticated connections one host may hold open.
+   */
+  connect(conn: number, peer: string, now: number, source = peer): void {
     let pending = 0;
-    for (const link of this.links.values()) if (link.state !== "open" && link.state !== "closed") pending++;
+    let fromSource = 0;
+    for (const link of this.links.values()) {
+      if (link.state === "open" || link.state === "closed") continue;
+      pending++;
+      if (link.source === source) fromSource++;
+    }
     const link = this.newLink(conn, peer, "acceptor", CAPABILITIES, now);
+    link.source = source;
     if (pending >= this.maxPending) {
       this.stats.handshakeFailures++;
       this.failLink(link, CloseCode.Busy, `too many unauthenticated connections (${pending})`);
+    } else if (fromSource >= this.maxPendingPerSource) {
+      this.stats.handshakeFailures++;
+      this.failLink(link, CloseCode.Busy, `too many unauthenticated connections from ${source} (${fromSource})`);
     }
   }
 
-  /** Whether connection `conn` still waits for the operator (it may have gone away meanwhile). */
+  /** Whether connection `conn` still waits for a decision (it may have gone away meanwhile). */
   awaitingApproval(conn: number): boolean {
     return this.links.get(conn)?.state === "approval";
   }
 
-  /** The operator's answer for connection `conn`. */
-  approve(conn: number, accepted: boolean, now: number): void {
+  /**
+   * The decision on an `authorize-sender` request. `reason` is told to the sender and logged; without
+   * one a refusal is the operator's.
+   */
+  approve(conn: number, accepted: boolean, now: number, reason?: string): void {
     const link = this.links.get(conn);
     if (!link || link.state !== "approval") return;
     if (!accepted) {
       this.stats.handshakeFailures++;
-      this.log("info", `sender ${link.peer} refused by the operator`);
-      this.closeLink(link, CloseCode.Refused, "refused by the receiver's operator");
+      if (reason) {
+        this.failLink(link, CloseCode.KeyRejected, reason);
+      } else {
+        this.log("info", `sender ${link.peer} refused by the operator`);
+        this.closeLink(link, CloseCode.Refused, "refused by the receiver's operator");
+      }
       return;
     }
     this.admit(link, now);
@@ -115,12 +164,20 @@ export class ReceiverMachine extends Endpoint {
     const key = address + "|" + port;
     let flow = this.flowsByKey.get(key);
     if (flow === undefined) {
+      if (this.newFlowLimiter !== undefined && !this.newFlowLimiter.allow(address, now)) {
+        stats.drops["rate-limited"]++;
+        this.noteLimit("rate-limited", now, `new-flow rate limit reached for some sources (raise --new-flow-rate)`);
+        return;
+      }
       // FLOW_OPEN (and an eviction's FLOW_CLOSE) count against the buffer bound too, so a flood of new
       // source addresses cannot grow the buffer of a blocked connection.
       if (!this.hasRoom(link, NEW_FLOW_OVERHEAD + DATA_OVERHEAD + payload.length)) return;
-      flow = this.openFlow(link, key, address, port, now);
+      flow = this.openFlow(link, key, address, port, payload.length, now);
       if (flow === undefined) return;
     } else {
+      // A second datagram from the same address and port: whoever it is also sends from there, so
+      // replies are no longer capped (a spoofer rarely keeps up a conversation it cannot see).
+      flow.replyBudget = Number.POSITIVE_INFINITY;
       this.flows.touch(flow, now);
       if (!this.hasRoom(link, DATA_OVERHEAD + payload.length)) return;
     }
@@ -140,7 +197,14 @@ export class ReceiverMachine extends Endpoint {
     return this.flows.values();
   }
 
-  private openFlow(link: Link, key: string, address: string, port: number, now: number): ClientFlow | undefined {
+  private openFlow(
+    link: Link,
+    key: string,
+    address: string,
+    port: number,
+    firstSize: number,
+    now: number,
+  ): ClientFlow | undefined {
     const family = ipFamily(address);
     if (family === undefined) {
       this.log("warn", `ignoring datagram from unparseable address ${address}`);
@@ -153,7 +217,17 @@ export class ReceiverMachine extends Endpoint {
         this.closeFlow(oldest, FlowCloseReason.Evicted, true);
       }
     }
-    const flow: ClientFlow = { id: this.allocateFlowId(), mappingId: this.mappingId, address, port, family, key, lastActive: now };
+    const limit = this.amplificationLimit;
+    const flow: ClientFlow = {
+      id: this.allocateFlowId(),
+      mappingId: this.mappingId,
+      address,
+      port,
+      family,
+      key,
+      lastActive: now,
+      replyBudget: limit > 0 ? limit * firstSize : Number.POSITIVE_INFINITY,
+    };
     this.flows.add(flow);
     this.flowsByKey.set(key, flow);
     this.stats.flowsOpened++;
@@ -196,36 +270,28 @@ export class ReceiverMachine extends Endpoint {
     if (link.state !== "auth") throw unexpected(frame, "nothing until the operator answers");
     if (frame.type !== FrameType.Auth) throw unexpected(frame, "AUTH");
     link.offeredToken = frame.token.slice();
-    if (this.secret) {
-      if (!link.verifyProof(this.crypto, this.secret, "dialer", frame.mac, frame.token)) {
-        this.stats.handshakeFailures++;
-        this.failLink(link, CloseCode.AuthFailed, "wrong shared secret");
-        return;
-      }
-      this.admit(link, now);
+    if (!link.verifyPeer(this.crypto, frame.proof, frame.token)) {
+      this.stats.handshakeFailures++;
+      const why = this.secret ? "wrong shared secret" : "the sender's signature does not match the key it announced";
+      this.failLink(link, CloseCode.AuthFailed, why);
       return;
     }
-    // Both HELLOs said "approval", so a MAC here is a peer contradicting itself (a plain Error here would
-    // be reported as our own internal error).
-    if (frame.mac.length !== 0) {
-      throw new ProtocolError("bad-field", "AUTH carries a MAC, but this handshake uses operator approval");
-    }
-    if (this.canResume(link)) {
-      // The token was issued to a sender the operator already accepted.
+    if (this.secret || this.canResume(link)) {
+      // A resumed session's key was admitted before.
       this.admit(link, now);
       return;
     }
     if (this.refuseIfBusy(link, now)) return;
     link.state = "approval";
-    link.handshakeDeadline = undefined; // a human is deciding; no deadline
-    this.emit({ kind: "ask-operator", conn: link.id, peer: link.peer });
+    link.handshakeDeadline = undefined; // the host may ask a human: no deadline
+    this.emit({ kind: "authorize-sender", conn: link.id, peer: link.peer, publicKey: link.peerKey });
   }
 
   private canResume(link: Link): boolean {
     const session = this.session;
     if (!session || link.offeredToken.length !== TOKEN_SIZE) return false;
     if ((link.sharedCapabilities & Capability.Resume) === 0) return false;
-    return bytesEqual(session.token, link.offeredToken);
+    return bytesEqual(session.token, link.offeredToken) && bytesEqual(session.publicKey, link.peerKey);
   }
 
   /**
@@ -259,11 +325,16 @@ export class ReceiverMachine extends Endpoint {
     } else {
       if (this.flows.size > 0) this.log("info", `dropping ${this.flows.size} flows of the previous sender`);
       this.dropAllFlows();
-      this.session = { token: this.crypto.randomBytes(TOKEN_SIZE), link, peer: link.peer, lostAt: undefined };
+      this.session = {
+        token: this.crypto.randomBytes(TOKEN_SIZE),
+        publicKey: link.peerKey,
+        link,
+        peer: link.peer,
+        lostAt: undefined,
+      };
     }
     const token = (this.session as Session).token;
-    const mac = this.secret ? link.proof(this.crypto, this.secret, "acceptor", token, resumed) : new Uint8Array(0);
-    link.writer.accept(mac, token, resumed);
+    link.writer.accept(link.prove(this.crypto, token, resumed), token, resumed);
     link.markOpen(now, this.keepaliveMs);
     this.stats.accepted++;
     this.log("info", `sender ${link.peer} accepted${resumed ? ` (resumed ${this.flows.size} flows)` : ""}`);
@@ -275,14 +346,32 @@ export class ReceiverMachine extends Endpoint {
     switch (frame.type) {
       case FrameType.Data: {
         // Only ever to a client that opened the flow: a forged id reaches no one (no reflection).
-        const flow = this.dataFlow(this.flows, link, frame.flowId, frame.payload.length, now);
-        if (flow) this.emit({ kind: "send-to-client", flow, payload: frame.payload });
+        const flow = this.dataFlow(this.flows, link, frame.flowId, now);
+        if (flow === undefined) return;
+        const size = frame.payload.length;
+        if (flow.replyBudget !== Number.POSITIVE_INFINITY) {
+          if (size > flow.replyBudget) {
+            this.stats.drops.amplification++;
+            this.noteLimit(
+              "amplification",
+              now,
+              `replies to unconfirmed clients exceeded ${this.amplificationLimit}× their request (raise --amplification-limit)`,
+            );
+            return;
+          }
+          flow.replyBudget -= size;
+        }
+        this.countOut(size);
+        this.emit({ kind: "send-to-client", flow, payload: frame.payload });
         return;
       }
       case FrameType.FlowClose: {
         const flow = this.flows.get(frame.flowId);
         if (flow) {
-          this.log("debug", `flow ${flow.id} (${flow.address}:${flow.port}) closed by the sender: ${this.flowCloseName(frame.reason)}`);
+          this.log(
+            "debug",
+            `flow ${flow.id} (${flow.address}:${flow.port}) closed by the sender: ${this.flowCloseName(frame.reason)}`,
+          );
           this.closeFlow(flow, frame.reason, false);
         }
         return;
@@ -301,18 +390,30 @@ export class ReceiverMachine extends Endpoint {
     session.lostAt = now;
     if (!wasOpen) return;
     if (this.flows.size > 0) {
-      this.log("info", `keeping ${this.flows.size} flows for ${this.resumeGraceMs / 1000} s in case the sender resumes`);
+      this.log(
+        "info",
+        `keeping ${this.flows.size} flows for ${this.resumeGraceMs / 1000} s in case the sender resumes`,
+      );
     }
   }
 
   protected onTick(now: number): void {
     const session = this.session;
-    if (session && session.link === undefined && session.lostAt !== undefined && now >= session.lostAt + this.resumeGraceMs) {
+    if (
+      session &&
+      session.link === undefined &&
+      session.lostAt !== undefined &&
+      now >= session.lostAt + this.resumeGraceMs
+    ) {
       if (this.flows.size > 0) this.log("info", `sender did not resume: dropping ${this.flows.size} flows`);
       this.dropAllFlows();
       this.session = undefined;
     }
-    for (let flow = this.flows.oldest(); flow !== undefined && now - flow.lastActive >= this.idleTimeoutMs; flow = this.flows.oldest()) {
+    for (
+      let flow = this.flows.oldest();
+      flow !== undefined && now - flow.lastActive >= this.idleTimeoutMs;
+      flow = this.flows.oldest()
+    ) {
       this.closeFlow(flow, FlowCloseReason.Idle, true);
     }
   }

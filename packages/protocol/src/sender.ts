@@ -5,12 +5,27 @@
  */
 import { type CommonConfig, Endpoint, unexpected } from "./endpoint.js";
 import { FlowTable } from "./flow-table.js";
-import { Capability, CloseCode, type Frame, FlowCloseReason, FrameType, HEADER_SIZE, ProtocolError, Role } from "./frames.js";
+import {
+  Capability,
+  CloseCode,
+  FlowCloseReason,
+  type Frame,
+  FrameType,
+  HEADER_SIZE,
+  ProtocolError,
+  Role,
+} from "./frames.js";
 import type { CryptoProvider, Link } from "./link.js";
 
 export interface SenderConfig extends CommonConfig {
   /** Mapping ids this sender has targets for; FLOW_OPEN for any other is refused. */
   mappingIds?: readonly number[];
+  /**
+   * Key mode: decides whether the receiver's key (already proven by its signature) is the one this
+   * sender expects — pinned, or first seen. Returns undefined to trust it, or why not. Without it any
+   * key that proves itself is accepted.
+   */
+  checkReceiverKey?: (publicKey: Uint8Array, peer: string) => string | undefined;
 }
 
 interface TargetFlow {
@@ -30,10 +45,12 @@ export class SenderMachine extends Endpoint {
   private sessionToken = new Uint8Array(0);
   /** When the connection was lost; flow sockets are kept until lostAt + resumeGraceMs. */
   private lostAt: number | undefined;
+  private readonly checkReceiverKey: SenderConfig["checkReceiverKey"];
 
   constructor(config: SenderConfig, crypto: CryptoProvider) {
     super(Role.Sender, config, crypto);
     this.mappingIds = new Set(config.mappingIds ?? [0]);
+    this.checkReceiverKey = config.checkReceiverKey;
   }
 
   get connected(): boolean {
@@ -116,17 +133,25 @@ export class SenderMachine extends Endpoint {
       this.checkPeerHello(link, frame);
       const resume = (link.sharedCapabilities & Capability.Resume) !== 0 && this.sessionToken.length > 0;
       link.offeredToken = resume ? this.sessionToken : new Uint8Array(0);
-      const mac = this.secret ? link.proof(this.crypto, this.secret, "dialer", link.offeredToken) : new Uint8Array(0);
-      link.writer.auth(mac, link.offeredToken);
+      link.writer.auth(link.prove(this.crypto, link.offeredToken), link.offeredToken);
       link.state = "auth";
-      // Without a secret a human decides on the other side: wait as long as that takes.
+      // In key mode the receiver's operator may be asked about this key: wait as long as that takes.
       if (!this.secret) link.handshakeDeadline = undefined;
       return;
     }
     if (frame.type !== FrameType.Accept) throw unexpected(frame, "ACCEPT");
-    if (this.secret && !link.verifyProof(this.crypto, this.secret, "acceptor", frame.mac, frame.token, frame.resumed)) {
+    if (!link.verifyPeer(this.crypto, frame.proof, frame.token, frame.resumed)) {
       this.stats.handshakeFailures++;
-      this.failLink(link, CloseCode.AuthFailed, "the receiver could not prove the shared secret (wrong secret, or an impostor)");
+      const why = this.secret
+        ? "the receiver could not prove the shared secret (wrong secret, or an impostor)"
+        : "the receiver's signature does not match the key it announced (an impostor?)";
+      this.failLink(link, CloseCode.AuthFailed, why);
+      return;
+    }
+    const distrust = this.secret ? undefined : this.checkReceiverKey?.(link.peerKey, link.peer);
+    if (distrust !== undefined) {
+      this.stats.handshakeFailures++;
+      this.failLink(link, CloseCode.KeyRejected, distrust);
       return;
     }
     if (frame.resumed && link.offeredToken.length === 0) {
@@ -147,13 +172,18 @@ export class SenderMachine extends Endpoint {
   protected onOpenFrame(link: Link, frame: Frame, now: number): void {
     switch (frame.type) {
       case FrameType.Data: {
-        const flow = this.dataFlow(this.flows, link, frame.flowId, frame.payload.length, now);
-        if (flow) this.emit({ kind: "send-to-target", flowId: flow.id, payload: frame.payload });
+        const flow = this.dataFlow(this.flows, link, frame.flowId, now);
+        if (flow === undefined) return;
+        this.countOut(frame.payload.length);
+        this.emit({ kind: "send-to-target", flowId: flow.id, payload: frame.payload });
         return;
       }
       case FrameType.FlowOpen: {
         if (!this.mappingIds.has(frame.mappingId)) {
-          this.log("warn", `receiver opened a flow for mapping ${frame.mappingId}, which this sender has no target for`);
+          this.log(
+            "warn",
+            `receiver opened a flow for mapping ${frame.mappingId}, which this sender has no target for`,
+          );
           link.writer.flowClose(frame.flowId, FlowCloseReason.UnknownMapping);
           return;
         }
@@ -214,7 +244,10 @@ export class SenderMachine extends Endpoint {
     if (this.lostAt !== undefined || (this.flows.size === 0 && this.sessionToken.length === 0)) return;
     this.lostAt = now;
     if (this.flows.size > 0 && this.resumeGraceMs > 0) {
-      this.log("info", `keeping ${this.flows.size} flow sockets for ${this.resumeGraceMs / 1000} s to resume after reconnecting`);
+      this.log(
+        "info",
+        `keeping ${this.flows.size} flow sockets for ${this.resumeGraceMs / 1000} s to resume after reconnecting`,
+      );
     }
   }
 
@@ -225,7 +258,11 @@ export class SenderMachine extends Endpoint {
       this.lostAt = undefined;
       this.sessionToken = new Uint8Array(0);
     }
-    for (let flow = this.flows.oldest(); flow !== undefined && now - flow.lastActive >= this.idleTimeoutMs; flow = this.flows.oldest()) {
+    for (
+      let flow = this.flows.oldest();
+      flow !== undefined && now - flow.lastActive >= this.idleTimeoutMs;
+      flow = this.flows.oldest()
+    ) {
       this.closeFlow(flow, FlowCloseReason.Idle, true);
     }
   }

@@ -18,6 +18,8 @@ import {
   NONCE_SIZE,
   PREFACE,
   ProtocolError,
+  PUBLIC_KEY_SIZE,
+  SIGNATURE_SIZE,
   TOKEN_SIZE,
   type WireAddress,
 } from "./frames.js";
@@ -29,6 +31,8 @@ import {
  */
 const DEFAULT_CHUNK = 4 * 1024;
 const MAX_CHUNK = 1024 * 1024;
+/** Proof lengths: none (key mode never sends none, but a dialer in a failed state may), HMAC, Ed25519 signature. */
+const PROOF_LENGTHS = [0, MAC_SIZE, SIGNATURE_SIZE];
 
 export class FrameWriter {
   private buf: Uint8Array;
@@ -129,34 +133,46 @@ export class FrameWriter {
     this.buf.set(payload, at + 4);
   }
 
-  hello(role: number, auth: number, capabilities: number, nonce: Uint8Array, agent: string): void {
+  hello(
+    role: number,
+    auth: number,
+    capabilities: number,
+    nonce: Uint8Array,
+    publicKey: Uint8Array,
+    agent: string,
+  ): void {
     if (nonce.length !== NONCE_SIZE) throw new ProtocolError("bad-nonce", `nonce must be ${NONCE_SIZE} bytes`);
+    checkLength("public key", publicKey, [0, PUBLIC_KEY_SIZE]);
     const agentBytes = utf8Truncated(agent, MAX_AGENT_LENGTH);
-    const at = this.header(FrameType.Hello, 1 + 1 + 4 + NONCE_SIZE + 1 + agentBytes.length);
+    const keyAt = 6 + NONCE_SIZE;
+    const at = this.header(FrameType.Hello, keyAt + 1 + publicKey.length + 1 + agentBytes.length);
     this.buf[at] = role;
     this.buf[at + 1] = auth;
     this.view.setUint32(at + 2, capabilities >>> 0);
     this.buf.set(nonce, at + 6);
-    this.buf[at + 6 + NONCE_SIZE] = agentBytes.length;
-    this.buf.set(agentBytes, at + 7 + NONCE_SIZE);
+    this.buf[at + keyAt] = publicKey.length;
+    this.buf.set(publicKey, at + keyAt + 1);
+    const agentAt = at + keyAt + 1 + publicKey.length;
+    this.buf[agentAt] = agentBytes.length;
+    this.buf.set(agentBytes, agentAt + 1);
   }
 
-  auth(mac: Uint8Array, token: Uint8Array): void {
-    checkLength("mac", mac, [0, MAC_SIZE]);
+  auth(proof: Uint8Array, token: Uint8Array): void {
+    checkLength("proof", proof, PROOF_LENGTHS);
     checkLength("token", token, [0, TOKEN_SIZE]);
-    const at = this.header(FrameType.Auth, 2 + mac.length + token.length);
-    this.macAndToken(at, mac, token);
+    const at = this.header(FrameType.Auth, 2 + proof.length + token.length);
+    this.proofAndToken(at, proof, token);
   }
 
-  accept(mac: Uint8Array, token: Uint8Array, resumed: boolean): void {
-    checkLength("mac", mac, [0, MAC_SIZE]);
+  accept(proof: Uint8Array, token: Uint8Array, resumed: boolean): void {
+    checkLength("proof", proof, PROOF_LENGTHS);
     checkLength("token", token, [0, TOKEN_SIZE]);
-    const at = this.header(FrameType.Accept, 3 + mac.length + token.length);
-    const after = this.macAndToken(at, mac, token);
+    const at = this.header(FrameType.Accept, 3 + proof.length + token.length);
+    const after = this.proofAndToken(at, proof, token);
     this.buf[after] = resumed ? 1 : 0;
   }
 
-  private macAndToken(at: number, mac: Uint8Array, token: Uint8Array): number {
+  private proofAndToken(at: number, mac: Uint8Array, token: Uint8Array): number {
     this.buf[at] = mac.length;
     this.buf.set(mac, at + 1);
     this.buf[at + 1 + mac.length] = token.length;
@@ -216,11 +232,11 @@ export class FrameWriter {
     if (frame.type === "extension") return this.extension(frame.extensionType, frame.body);
     switch (frame.type) {
       case FrameType.Hello:
-        return this.hello(frame.role, frame.auth, frame.capabilities, frame.nonce, frame.agent);
+        return this.hello(frame.role, frame.auth, frame.capabilities, frame.nonce, frame.publicKey, frame.agent);
       case FrameType.Auth:
-        return this.auth(frame.mac, frame.token);
+        return this.auth(frame.proof, frame.token);
       case FrameType.Accept:
-        return this.accept(frame.mac, frame.token, frame.resumed);
+        return this.accept(frame.proof, frame.token, frame.resumed);
       case FrameType.Close:
         return this.close(frame.code, frame.message);
       case FrameType.Ping:

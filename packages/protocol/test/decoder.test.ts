@@ -6,6 +6,7 @@ import {
   FrameDecoder,
   FrameType,
   FrameWriter,
+  MAX_HANDSHAKE_BODY,
   PREFACE,
   ProtocolError,
   utf8,
@@ -25,9 +26,28 @@ function rng(seed: number): () => number {
 }
 
 const sampleFrames: Frame[] = [
-  { type: FrameType.Hello, role: 2, auth: 2, capabilities: 1, nonce: new Uint8Array(32).fill(7), agent: "test ✓" },
-  { type: FrameType.Auth, mac: new Uint8Array(32).fill(1), token: new Uint8Array(16).fill(2) },
-  { type: FrameType.Accept, mac: new Uint8Array(0), token: new Uint8Array(16).fill(3), resumed: true },
+  {
+    type: FrameType.Hello,
+    role: 2,
+    auth: 2,
+    capabilities: 1,
+    nonce: new Uint8Array(32).fill(7),
+    publicKey: new Uint8Array(0),
+    agent: "test ✓",
+  },
+  {
+    type: FrameType.Hello,
+    role: 1,
+    auth: 1,
+    capabilities: 0,
+    nonce: new Uint8Array(32).fill(8),
+    publicKey: new Uint8Array(32).fill(9),
+    agent: "",
+  },
+  { type: FrameType.Auth, proof: new Uint8Array(32).fill(1), token: new Uint8Array(16).fill(2) },
+  { type: FrameType.Auth, proof: new Uint8Array(64).fill(4), token: new Uint8Array(0) },
+  { type: FrameType.Accept, proof: new Uint8Array(0), token: new Uint8Array(16).fill(3), resumed: true },
+  { type: FrameType.Accept, proof: new Uint8Array(64).fill(5), token: new Uint8Array(16).fill(3), resumed: false },
   { type: FrameType.FlowOpen, flowId: 9, mappingId: 3, client: { family: 6, address: "2001:db8::7", port: 5353 } },
   { type: FrameType.Data, flowId: 9, payload: new Uint8Array(0) },
   { type: FrameType.Data, flowId: 9, payload: new Uint8Array(65_535).map((_, i) => i * 7) },
@@ -140,9 +160,9 @@ describe("size limits on the header alone", () => {
 
   test("every core type's maximum + 1 is refused", () => {
     const max: Record<number, number> = {
-      1: 103,
-      2: 50,
-      3: 51,
+      1: 136,
+      2: 82,
+      3: 83,
       4: 1026,
       5: 8,
       6: 8,
@@ -159,6 +179,71 @@ describe("size limits on the header alone", () => {
       d.push(header);
       expect(thrown(() => d.read()).code).toBe("frame-too-large");
     }
+  });
+});
+
+describe("pre-authentication limit", () => {
+  function header(type: number, length: number): Uint8Array {
+    const h = new Uint8Array(5);
+    h[0] = type;
+    new DataView(h.buffer).setUint32(1, length);
+    return h;
+  }
+
+  test("with handshakeLimit, any frame declaring more than 2048 bytes is refused on its header", () => {
+    expect(MAX_HANDSHAKE_BODY).toBe(2048);
+    for (const [type, length] of [
+      [FrameType.Data, 65_000],
+      [FrameType.Data, 2049],
+      [0x80, 4096],
+      [FrameType.Close, 1026], // within CLOSE's own maximum, so fine: the point is the 2048 check
+    ]) {
+      const d = new FrameDecoder({ handshakeLimit: true });
+      d.push(header(type, length));
+      if (length > MAX_HANDSHAKE_BODY) {
+        const e = thrown(() => d.read());
+        expect(e.code).toBe("frame-too-large");
+        expect(e.message).toContain("before the handshake completed");
+        expect(d.midFrame).toBe(false); // nothing of a body was waited for
+      } else {
+        expect(d.read()).toBeUndefined();
+      }
+    }
+  });
+
+  test("exactly 2048 is allowed and waits for its body; one byte at a time throws on the fifth byte", () => {
+    const d = new FrameDecoder({ preface: true, handshakeLimit: true });
+    d.push(PREFACE);
+    expect(d.read()).toBeUndefined();
+    d.push(header(0x80, 2048));
+    expect(d.read()).toBeUndefined();
+    expect(d.midFrame).toBe(true);
+    const e = new FrameDecoder({ preface: false, handshakeLimit: true });
+    const bytes = header(FrameType.Data, 65_000);
+    for (let i = 0; i < 4; i++) {
+      e.push(bytes.subarray(i, i + 1));
+      expect(e.read()).toBeUndefined();
+    }
+    e.push(bytes.subarray(4));
+    expect(thrown(() => e.read()).code).toBe("frame-too-large");
+  });
+
+  test("lifting the limit (handshake done) lets the same header through", () => {
+    const d = new FrameDecoder({ handshakeLimit: true });
+    d.push(stream([{ type: FrameType.Ping, payload: new Uint8Array(8) }], false));
+    expect(d.read()?.type).toBe(FrameType.Ping);
+    d.handshakeLimit = false;
+    const big = stream([{ type: FrameType.Data, flowId: 1, payload: new Uint8Array(65_000) }], false);
+    d.push(big);
+    const f = d.read() as Extract<Frame, { type: 0x12 }>;
+    expect(f.payload.length).toBe(65_000);
+  });
+
+  test("without the option (default) there is no such limit", () => {
+    const d = new FrameDecoder();
+    d.push(header(FrameType.Data, 65_000));
+    expect(d.read()).toBeUndefined();
+    expect(d.midFrame).toBe(true);
   });
 });
 
@@ -283,12 +368,15 @@ describe("writer", () => {
     expect(() => w.ping(new Uint8Array(7))).toThrow(ProtocolError);
     expect(() => w.extension(0x12, new Uint8Array(1))).toThrow(ProtocolError);
     expect(() => w.flowOpen(1, 0, { family: 4, address: "example.com", port: 1 })).toThrow(ProtocolError);
+    expect(() => w.hello(1, 1, 0, new Uint8Array(32), new Uint8Array(31), "")).toThrow(ProtocolError);
+    expect(() => w.auth(new Uint8Array(63), new Uint8Array(0))).toThrow(ProtocolError);
+    expect(() => w.accept(new Uint8Array(33), new Uint8Array(16), false)).toThrow(ProtocolError);
     expect(w.length).toBe(0);
   });
 
   test("over-long agent and CLOSE message are truncated on a character boundary", () => {
     const w = new FrameWriter();
-    w.hello(1, 1, 0, new Uint8Array(32), "é".repeat(40)); // 80 bytes -> 64
+    w.hello(1, 1, 0, new Uint8Array(32), new Uint8Array(32), "é".repeat(40)); // 80 bytes -> 64
     w.close(1, "🔑".repeat(300)); // 1200 bytes -> 1024
     const [hello, close] = decodePieces([w.take() as Uint8Array], false) as unknown as Array<Record<string, string>>;
     expect(hello.agent).toBe("é".repeat(32));

@@ -3,21 +3,96 @@
  * takeTransmit() bytes of one machine into receive() of the other with a plain-number clock, and a raw
  * peer for playing a hostile or broken counterpart frame by frame. No sockets, no timers.
  */
-import { createHmac } from "node:crypto";
+import { createHmac, createPrivateKey, createPublicKey, sign, verify } from "node:crypto";
 import {
+  AuthMode,
   type CryptoProvider,
+  concatBytes,
   encodeFrame,
   type Frame,
   FrameDecoder,
+  FrameType,
+  type Identity,
   type Output,
   PREFACE,
-  type ReceiverMachine,
+  ReceiverMachine,
+  Role,
   type SenderMachine,
+  utf8,
 } from "../src/index.ts";
 
 export type Machine = ReceiverMachine | SenderMachine;
 
-/** Random bytes from a seeded generator (mulberry32); HMAC from node:crypto. */
+/** DER prefixes that turn a raw Ed25519 seed / public key into PKCS#8 / SPKI for node:crypto. */
+const PKCS8_PREFIX = Buffer.from("302e020100300506032b657004220420", "hex");
+const SPKI_PREFIX = Buffer.from("302a300506032b6570032100", "hex");
+
+export function verifyEd25519(publicKey: Uint8Array, data: Uint8Array, signature: Uint8Array): boolean {
+  try {
+    const key = createPublicKey({ key: Buffer.concat([SPKI_PREFIX, publicKey]), format: "der", type: "spki" });
+    return verify(null, data, key, signature);
+  } catch {
+    return false; // not a point on the curve, wrong length: not a valid signature either way
+  }
+}
+
+export interface TestIdentity extends Identity {
+  readonly seed: Uint8Array;
+}
+
+/**
+ * An Ed25519 identity from a fixed 32-byte seed (a number n means 32 bytes of value n). Ed25519
+ * signatures are deterministic, so every run signs the same bytes.
+ */
+export function testIdentity(seed: number | Uint8Array): TestIdentity {
+  const raw = typeof seed === "number" ? new Uint8Array(32).fill(seed) : seed;
+  const privateKey = createPrivateKey({ key: Buffer.concat([PKCS8_PREFIX, raw]), format: "der", type: "pkcs8" });
+  const spki = createPublicKey(privateKey).export({ format: "der", type: "spki" });
+  return {
+    seed: raw,
+    publicKey: new Uint8Array(spki.subarray(SPKI_PREFIX.length)),
+    sign: (data) => new Uint8Array(sign(null, data, privateKey)),
+  };
+}
+
+/** The identities the machine tests give their receivers and senders (key mode). */
+export const RECEIVER_KEY = testIdentity(0x52);
+export const SENDER_KEY = testIdentity(0x51);
+
+export const framesOfType = <T extends Frame["type"]>(frames: Frame[], type: T) =>
+  frames.filter((f): f is Extract<Frame, { type: T }> => f.type === type);
+export const closeCodes = (frames: Frame[]) => framesOfType(frames, FrameType.Close).map((f) => f.code);
+
+/** An identity that announces `announced`'s key but signs with `signer`'s: an impostor. */
+export function forgedIdentity(announced: Identity, signer: Identity): Identity {
+  return { publicKey: announced.publicKey, sign: (data) => signer.sign(data) };
+}
+
+const DIALER_LABEL = utf8("mcudpt/1 dialer proof");
+const ACCEPTOR_LABEL = utf8("mcudpt/1 acceptor proof");
+
+/** The bytes a proof covers (PROTOCOL.md §6), computed independently of link.ts. */
+export function transcript(
+  of: "dialer" | "acceptor",
+  acceptorHello: Frame,
+  dialerHello: Frame,
+  token: Uint8Array,
+  resumed = false,
+): Uint8Array {
+  return concatBytes(
+    of === "dialer" ? DIALER_LABEL : ACCEPTOR_LABEL,
+    encodeFrame(acceptorHello),
+    encodeFrame(dialerHello),
+    token,
+    of === "acceptor" ? Uint8Array.of(resumed ? 1 : 0) : new Uint8Array(0),
+  );
+}
+
+export function hmac(secret: string | Uint8Array, data: Uint8Array): Uint8Array {
+  return new Uint8Array(createHmac("sha256", secret).update(data).digest());
+}
+
+/** Random bytes from a seeded generator (mulberry32); HMAC and Ed25519 from node:crypto. */
 export function testCrypto(seed: number): CryptoProvider {
   let a = seed >>> 0;
   const next = () => {
@@ -34,6 +109,7 @@ export function testCrypto(seed: number): CryptoProvider {
       return out;
     },
     hmacSha256: (key, data) => new Uint8Array(createHmac("sha256", key).update(data).digest()),
+    verifyEd25519,
   };
 }
 
@@ -218,8 +294,10 @@ export class RawPeer {
     public now = 0,
   ) {}
 
-  connect(): this {
-    this.machine.connect(this.conn, "raw-peer", this.now);
+  /** `source`: the IP address a receiver counts pending connections by (one per raw peer by default). */
+  connect(source = `raw-peer-${this.conn}`): this {
+    if (this.machine instanceof ReceiverMachine) this.machine.connect(this.conn, "raw-peer", this.now, source);
+    else this.machine.connect(this.conn, "raw-peer", this.now);
     this.read();
     return this;
   }
@@ -256,4 +334,51 @@ export class RawPeer {
     const close = this.received.find((f) => f.type === 0x04);
     return close && close.type === 0x04 ? close.code : undefined;
   }
+
+  closeMessage(): string | undefined {
+    const close = this.received.find((f) => f.type === 0x04);
+    return close && close.type === 0x04 ? close.message : undefined;
+  }
+
+  /** The machine's HELLO (sent at connect). */
+  peerHello(): Extract<Frame, { type: typeof FrameType.Hello }> {
+    const hello = this.received.find((f) => f.type === FrameType.Hello);
+    if (!hello || hello.type !== FrameType.Hello) throw new Error("the machine sent no HELLO");
+    return hello;
+  }
+}
+
+export interface RawSenderOptions {
+  /** Key mode: the key announced in HELLO and (unless `signer`) the one that signs. */
+  identity?: Identity;
+  signer?: Identity;
+  /** Secret mode instead of key mode. */
+  secret?: string;
+  token?: Uint8Array;
+  capabilities?: number;
+  nonce?: Uint8Array;
+}
+
+/**
+ * Plays a sender's half of the handshake by hand against a receiver: preface, HELLO, then an AUTH
+ * whose proof is computed here from the receiver's HELLO. Returns what was sent, for replays.
+ */
+export function rawSenderHandshake(raw: RawPeer, options: RawSenderOptions = {}): { hello: Frame; auth: Frame } {
+  const identity = options.secret === undefined ? (options.identity ?? testIdentity(0x51)) : undefined;
+  const hello: Frame = {
+    type: FrameType.Hello,
+    role: Role.Sender,
+    auth: identity ? AuthMode.Key : AuthMode.Secret,
+    capabilities: options.capabilities ?? 1,
+    nonce: options.nonce ?? new Uint8Array(32).fill(0xd5),
+    publicKey: identity ? identity.publicKey : new Uint8Array(0),
+    agent: "raw",
+  };
+  raw.send(PREFACE, hello);
+  const token = options.token ?? new Uint8Array(0);
+  const signed = transcript("dialer", raw.peerHello(), hello, token);
+  const proof = identity ? (options.signer ?? identity).sign(signed) : hmac(options.secret as string, signed);
+  const auth: Frame = { type: FrameType.Auth, proof, token };
+  raw.send(auth);
+  return { hello, auth };
 }

@@ -18,25 +18,33 @@ import {
   SenderMachine,
   utf8,
 } from "../src/index.ts";
-import { Net, RawPeer, testCrypto, type Wire } from "./harness.ts";
+import {
+  closeCodes,
+  framesOfType,
+  Net,
+  RawPeer,
+  RECEIVER_KEY,
+  rawSenderHandshake,
+  SENDER_KEY,
+  testCrypto,
+  testIdentity,
+  type Wire,
+} from "./harness.ts";
 
 const SECRET = "s3cret";
 const text = (b: Uint8Array) => new TextDecoder().decode(b);
 
+/** Secret mode by default; `secret: null` is key mode (each side has its identity either way). */
 function setup(
   opts: { secret?: string | null; receiver?: ReceiverConfig; sender?: SenderConfig; connect?: boolean } = {},
 ) {
   const secret = opts.secret === null ? undefined : (opts.secret ?? SECRET);
   const net = new Net();
-  const receiver = net.add(new ReceiverMachine({ secret, ...opts.receiver }, testCrypto(1)));
-  const sender = net.add(new SenderMachine({ secret, ...opts.sender }, testCrypto(2)));
+  const receiver = net.add(new ReceiverMachine({ secret, identity: RECEIVER_KEY, ...opts.receiver }, testCrypto(1)));
+  const sender = net.add(new SenderMachine({ secret, identity: SENDER_KEY, ...opts.sender }, testCrypto(2)));
   const wire = opts.connect === false ? (undefined as unknown as Wire) : net.connect(receiver, 1, sender, 1);
   return { net, receiver, sender, wire };
 }
-
-const framesOfType = <T extends Frame["type"]>(frames: Frame[], type: T) =>
-  frames.filter((f): f is Extract<Frame, { type: T }> => f.type === type);
-const closeCodes = (frames: Frame[]) => framesOfType(frames, FrameType.Close).map((f) => f.code);
 
 describe("handshake", () => {
   test("shared secret: both sides accepted, nothing else", () => {
@@ -49,7 +57,7 @@ describe("handshake", () => {
     expect(wire.sentBy(receiver).map((f) => f.type)).toEqual([FrameType.Hello, FrameType.Accept]);
     expect(receiver.stats.accepted).toBe(1);
     expect(sender.stats.handshakeFailures).toBe(0);
-    expect(net.of(receiver, "ask-operator")).toEqual([]);
+    expect(net.of(receiver, "authorize-sender")).toEqual([]);
   });
 
   test("wrong secret: the receiver logs and refuses, the sender gets CLOSE(auth failed)", () => {
@@ -80,10 +88,11 @@ describe("handshake", () => {
       auth: AuthMode.Secret,
       capabilities: 1,
       nonce: new Uint8Array(32),
+      publicKey: new Uint8Array(0),
       agent: "evil",
     });
     expect(raw.received.map((f) => f.type)).toContain(FrameType.Auth);
-    raw.send({ type: FrameType.Accept, mac: new Uint8Array(32).fill(9), token: new Uint8Array(16), resumed: false });
+    raw.send({ type: FrameType.Accept, proof: new Uint8Array(32).fill(9), token: new Uint8Array(16), resumed: false });
     expect(raw.closeCode()).toBe(CloseCode.AuthFailed);
     expect(sender.connected).toBe(false);
   });
@@ -93,7 +102,7 @@ describe("handshake", () => {
     expect(closeCodes(wire.sentBy(receiver))).toEqual([CloseCode.AuthMismatch]);
     expect(closeCodes(wire.sentBy(sender))).toEqual([CloseCode.AuthMismatch]);
     expect(net.logs(receiver).some((l) => l.includes("same --secret"))).toBe(true);
-    expect(net.of(receiver, "ask-operator")).toEqual([]);
+    expect(net.of(receiver, "authorize-sender")).toEqual([]);
     expect(receiver.stats.handshakeFailures).toBe(1);
   });
 
@@ -105,16 +114,16 @@ describe("handshake", () => {
     expect(closeCodes(wire.sentBy(s1))).toEqual([CloseCode.RoleConflict]);
     expect(closeCodes(wire.sentBy(s2))).toEqual([CloseCode.RoleConflict]);
     expect(net.logs(s1).some((l) => l.includes("both sides are senders"))).toBe(true);
-    const r1 = net.add(new ReceiverMachine({}, testCrypto(3)));
-    const r2 = net.add(new ReceiverMachine({}, testCrypto(4)));
+    const r1 = net.add(new ReceiverMachine({ identity: RECEIVER_KEY }, testCrypto(3)));
+    const r2 = net.add(new ReceiverMachine({ identity: testIdentity(0x53) }, testCrypto(4)));
     const w2 = net.connect(r1, 5, r2, 5);
     expect(closeCodes(w2.sentBy(r1))).toEqual([CloseCode.RoleConflict]);
   });
 
-  test("operator approval: ask-operator, then yes", () => {
+  test("key mode: authorize-sender with the sender's key, then yes (no deadline while deciding)", () => {
     const { net, receiver, sender } = setup({ secret: null });
-    const asks = net.of(receiver, "ask-operator");
-    expect(asks).toEqual([{ kind: "ask-operator", conn: 1, peer: "peer-of-1" }]);
+    const asks = net.of(receiver, "authorize-sender");
+    expect(asks).toEqual([{ kind: "authorize-sender", conn: 1, peer: "peer-of-1", publicKey: SENDER_KEY.publicKey }]);
     expect(sender.connected).toBe(false);
     net.advance(3_600_000); // a human may take their time: no handshake deadline while asking
     expect(net.of(receiver, "close-connection")).toEqual([]);
@@ -127,7 +136,7 @@ describe("handshake", () => {
     expect(receiver.stats.accepted).toBe(1);
   });
 
-  test("operator approval: no", () => {
+  test("key mode: the operator says no (no reason): CLOSE(refused)", () => {
     const { net, receiver, sender, wire } = setup({ secret: null });
     receiver.approve(1, false, net.now);
     net.pump();
@@ -137,7 +146,7 @@ describe("handshake", () => {
   });
 
   test("handshake deadline: a silent or half-speaking peer is dropped, naming what it sent", () => {
-    const receiver = new ReceiverMachine({ handshakeTimeoutMs: 10_000 }, testCrypto(1));
+    const receiver = new ReceiverMachine({ identity: RECEIVER_KEY, handshakeTimeoutMs: 10_000 }, testCrypto(1));
     const silent = new RawPeer(receiver, 1).connect();
     const partial = new RawPeer(receiver, 2).connect();
     partial.send(PREFACE.subarray(0, 3));
@@ -188,26 +197,28 @@ describe("nothing before acceptance", () => {
   const senderHello: Frame = {
     type: FrameType.Hello,
     role: Role.Sender,
-    auth: AuthMode.Approval,
+    auth: AuthMode.Key,
     capabilities: 0,
     nonce: new Uint8Array(32),
+    publicKey: SENDER_KEY.publicKey,
     agent: "evil",
   };
+  const keyReceiver = () => new ReceiverMachine({ identity: RECEIVER_KEY }, testCrypto(1));
 
   test("DATA from a peer before acceptance closes the connection (right after HELLO)", () => {
-    const receiver = new ReceiverMachine({}, testCrypto(1));
+    const receiver = keyReceiver();
     const raw = new RawPeer(receiver, 1).connect();
     receiver.clientDatagram("192.0.2.1", 5000, utf8("x"), 0);
     raw.send(PREFACE, senderHello, { type: FrameType.Data, flowId: 1, payload: utf8("reflect me") });
     expect(raw.closeCode()).toBe(CloseCode.ProtocolError);
-    expect(raw.outputs.some((o) => o.kind === "send-to-client" || o.kind === "ask-operator")).toBe(false);
+    expect(raw.outputs.some((o) => o.kind === "send-to-client" || o.kind === "authorize-sender")).toBe(false);
   });
 
   test("DATA while waiting for the operator closes the connection; a late yes changes nothing", () => {
-    const receiver = new ReceiverMachine({}, testCrypto(1));
+    const receiver = keyReceiver();
     const raw = new RawPeer(receiver, 1).connect();
-    raw.send(PREFACE, senderHello, { type: FrameType.Auth, mac: new Uint8Array(0), token: new Uint8Array(0) });
-    expect(raw.outputs.some((o) => o.kind === "ask-operator")).toBe(true);
+    rawSenderHandshake(raw, { identity: SENDER_KEY });
+    expect(raw.outputs.some((o) => o.kind === "authorize-sender")).toBe(true);
     raw.send({ type: FrameType.Data, flowId: 1, payload: utf8("x") });
     expect(raw.closeCode()).toBe(CloseCode.ProtocolError);
     receiver.approve(1, true, 0);
@@ -216,32 +227,40 @@ describe("nothing before acceptance", () => {
     expect(receiver.senderConnected).toBe(false);
   });
 
-  test("a frame before HELLO, or a MAC in approval mode, closes the connection", () => {
+  test("a frame before HELLO, or a key-mode HELLO without a key, closes the connection", () => {
     for (const frame of [
       { type: FrameType.Ping, payload: new Uint8Array(8) },
       { type: FrameType.FlowClose, flowId: 1, reason: 0 },
+      { ...senderHello, publicKey: new Uint8Array(0) },
     ] as Frame[]) {
-      const raw = new RawPeer(new ReceiverMachine({}, testCrypto(1)), 1).connect();
+      const raw = new RawPeer(keyReceiver(), 1).connect();
       raw.send(PREFACE, frame);
       expect(raw.closeCode()).toBe(CloseCode.ProtocolError);
+      expect(raw.outputs.some((o) => o.kind === "log" && o.level === "error")).toBe(false);
     }
-    const raw = new RawPeer(new ReceiverMachine({}, testCrypto(1)), 1).connect();
-    raw.send(PREFACE, senderHello, { type: FrameType.Auth, mac: new Uint8Array(32), token: new Uint8Array(0) });
-    expect(raw.closeCode()).toBe(CloseCode.ProtocolError);
-    expect(raw.outputs.some((o) => o.kind === "log" && o.level === "error")).toBe(false);
+  });
+
+  test("an AUTH whose proof is not the announced key's signature is AUTH_FAILED, nobody is asked", () => {
+    for (const proof of [new Uint8Array(0), new Uint8Array(32).fill(1), new Uint8Array(64).fill(1)]) {
+      const raw = new RawPeer(keyReceiver(), 1).connect();
+      raw.send(PREFACE, senderHello, { type: FrameType.Auth, proof, token: new Uint8Array(0) });
+      expect(raw.closeCode()).toBe(CloseCode.AuthFailed);
+      expect(raw.outputs.some((o) => o.kind === "authorize-sender" || o.kind === "accepted")).toBe(false);
+    }
   });
 
   test("the sender acts on no FLOW_OPEN before ACCEPT", () => {
-    const sender = new SenderMachine({}, testCrypto(2));
+    const sender = new SenderMachine({ identity: SENDER_KEY }, testCrypto(2));
     const raw = new RawPeer(sender, 1).connect();
     raw.send(
       PREFACE,
       {
         type: FrameType.Hello,
         role: Role.Receiver,
-        auth: AuthMode.Approval,
+        auth: AuthMode.Key,
         capabilities: 0,
         nonce: new Uint8Array(32),
+        publicKey: RECEIVER_KEY.publicKey,
         agent: "evil",
       },
       { type: FrameType.FlowOpen, flowId: 1, mappingId: 0, client: { family: 4, address: "192.0.2.9", port: 53 } },
@@ -263,7 +282,8 @@ function openClients(net: Net, receiver: ReceiverMachine, sender: SenderMachine,
 
 describe("flows", () => {
   test("many clients: each gets its own flow id; replies reach exactly their client", () => {
-    const { net, receiver, sender } = setup();
+    // Amplification cap off: replies here are far larger than the clients' single datagram.
+    const { net, receiver, sender } = setup({ receiver: { amplificationLimit: 0 } });
     const clients: Array<[string, number]> = [];
     for (let i = 0; i < 30; i++) clients.push([`198.51.100.${i % 5}`, 40_000 + i]);
     for (let i = 1; i <= 10; i++) clients.push([`2001:db8::${i.toString(16)}`, 53]);
@@ -602,7 +622,7 @@ describe("backpressure", () => {
   });
 
   test("sender: the same bound on the way back", () => {
-    const { net, receiver, sender } = setup({ sender: { maxBufferBytes: 1_000 } });
+    const { net, receiver, sender } = setup({ sender: { maxBufferBytes: 1_000 }, receiver: { amplificationLimit: 0 } });
     const opened = openClients(net, receiver, sender, [["192.0.2.1", 1]]);
     const id = opened.get("192.0.2.1|1") as number;
     sender.setBlocked(1, true);
@@ -615,22 +635,11 @@ describe("backpressure", () => {
 });
 
 describe("no reflection", () => {
-  /** A hostile sender that completes an approval handshake (the operator said yes). */
+  /** A hostile sender with a valid key that the receiver admitted (authorized, or the operator said yes). */
   function hostile() {
-    const receiver = new ReceiverMachine({}, testCrypto(1));
+    const receiver = new ReceiverMachine({ identity: RECEIVER_KEY }, testCrypto(1));
     const raw = new RawPeer(receiver, 1).connect();
-    raw.send(
-      PREFACE,
-      {
-        type: FrameType.Hello,
-        role: Role.Sender,
-        auth: AuthMode.Approval,
-        capabilities: 1,
-        nonce: new Uint8Array(32),
-        agent: "evil",
-      },
-      { type: FrameType.Auth, mac: new Uint8Array(0), token: new Uint8Array(0) },
-    );
+    rawSenderHandshake(raw, { identity: testIdentity(0x66) });
     receiver.approve(1, true, 0);
     raw.read();
     expect(receiver.senderConnected).toBe(true);

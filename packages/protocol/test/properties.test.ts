@@ -16,7 +16,7 @@ import {
   SenderMachine,
   utf8,
 } from "../src/index.ts";
-import { Net, RawPeer, testCrypto, type Wire } from "./harness.ts";
+import { Net, RawPeer, rawSenderHandshake, testCrypto, testIdentity, type Wire } from "./harness.ts";
 import { normalize } from "./vector-format.ts";
 
 const SEED = 20_240_601;
@@ -38,19 +38,20 @@ const frameArb: fc.Arbitrary<Frame> = fc.oneof(
   fc.record({
     type: fc.constant(FrameType.Hello),
     role: fc.constantFrom(Role.Receiver, Role.Sender),
-    auth: fc.constantFrom(AuthMode.Approval, AuthMode.Secret),
+    auth: fc.constantFrom(AuthMode.Key, AuthMode.Secret),
     capabilities: u32,
     nonce: fixed(32),
+    publicKey: fc.oneof(fixed(0), fixed(32)),
     agent: text(64),
   }),
   fc.record({
     type: fc.constant(FrameType.Auth),
-    mac: fc.oneof(fixed(0), fixed(32)),
+    proof: fc.oneof(fixed(0), fixed(32), fixed(64)),
     token: fc.oneof(fixed(0), fixed(16)),
   }),
   fc.record({
     type: fc.constant(FrameType.Accept),
-    mac: fc.oneof(fixed(0), fixed(32)),
+    proof: fc.oneof(fixed(0), fixed(32), fixed(64)),
     token: fc.oneof(fixed(0), fixed(16)),
     resumed: fc.boolean(),
   }),
@@ -167,22 +168,33 @@ describe("codec", () => {
 
   test("arbitrary bytes on a connection: the machines never throw and report no internal error", () => {
     fc.assert(
-      fc.property(garbage, fc.array(fc.nat(), { maxLength: 8 }), fc.boolean(), (input, cuts, asSender) => {
-        // With a secret nothing random can pass the handshake (the MACs cannot be guessed).
-        const machine = asSender
-          ? new SenderMachine({ secret: "x" }, testCrypto(3))
-          : new ReceiverMachine({ secret: "x" }, testCrypto(3));
-        const raw = new RawPeer(machine, 1).connect();
-        for (const c of cutAt(input, cuts)) raw.send(c);
-        machine.tick(1_000_000);
-        raw.read();
-        expect(raw.outputs.filter((o) => o.kind === "log" && o.level === "error")).toEqual([]);
-        expect(
-          raw.outputs.filter(
-            (o) => o.kind === "send-to-client" || o.kind === "open-flow-socket" || o.kind === "accepted",
-          ),
-        ).toEqual([]);
-      }),
+      fc.property(
+        garbage,
+        fc.array(fc.nat(), { maxLength: 8 }),
+        fc.boolean(),
+        fc.boolean(),
+        (input, cuts, asSender, keys) => {
+          // Nothing random can pass the handshake: MACs and signatures cannot be guessed.
+          const config = keys ? { identity: testIdentity(3) } : { secret: "x" };
+          const machine = asSender
+            ? new SenderMachine(config, testCrypto(3))
+            : new ReceiverMachine(config, testCrypto(3));
+          const raw = new RawPeer(machine, 1).connect();
+          for (const c of cutAt(input, cuts)) raw.send(c);
+          machine.tick(1_000_000);
+          raw.read();
+          expect(raw.outputs.filter((o) => o.kind === "log" && o.level === "error")).toEqual([]);
+          expect(
+            raw.outputs.filter(
+              (o) =>
+                o.kind === "send-to-client" ||
+                o.kind === "open-flow-socket" ||
+                o.kind === "accepted" ||
+                o.kind === "authorize-sender",
+            ),
+          ).toEqual([]);
+        },
+      ),
       params(800),
     );
   });
@@ -191,21 +203,12 @@ describe("codec", () => {
     const clients = ["192.0.2.1|1000", "2001:db8::1|53"];
     fc.assert(
       fc.property(fc.array(fc.oneof(frameArb, bytes(1, 40)), { maxLength: 30 }), fc.nat(3), (items, clientCount) => {
-        const receiver = new ReceiverMachine({}, testCrypto(4));
+        // Amplification cap off: this property is about where replies go, not how much.
+        const receiver = new ReceiverMachine({ identity: testIdentity(4), amplificationLimit: 0 }, testCrypto(4));
         const raw = new RawPeer(receiver, 1).connect();
-        raw.send(
-          PREFACE,
-          {
-            type: FrameType.Hello,
-            role: Role.Sender,
-            auth: AuthMode.Approval,
-            capabilities: 1,
-            nonce: new Uint8Array(32),
-            agent: "",
-          },
-          { type: FrameType.Auth, mac: new Uint8Array(0), token: new Uint8Array(0) },
-        );
+        rawSenderHandshake(raw);
         receiver.approve(1, true, 0);
+        expect(receiver.senderConnected).toBe(true);
         const opened = clients.slice(0, clientCount);
         for (const key of opened) {
           const [address, port] = key.split("|");
@@ -407,3 +410,112 @@ function openSenderFlows(net: Net, sender: SenderMachine): Map<number, string> {
   }
   return open;
 }
+
+// ---- anti-amplification ------------------------------------------------------------------------
+
+const AMP_CLIENTS: Array<[string, number]> = [
+  ["192.0.2.1", 1000],
+  ["192.0.2.1", 1001],
+  ["198.51.100.7", 53],
+  ["2001:db8::1", 53],
+];
+
+type AmpEvent =
+  | { e: "client"; i: number; size: number }
+  | { e: "reply"; pick: number; size: number; known: boolean }
+  | { e: "advance"; ms: number };
+
+const ampEventArb: fc.Arbitrary<AmpEvent> = fc.oneof(
+  {
+    weight: 4,
+    arbitrary: fc.record({ e: fc.constant("client" as const), i: fc.nat(AMP_CLIENTS.length - 1), size: fc.nat(300) }),
+  },
+  {
+    weight: 6,
+    arbitrary: fc.record({
+      e: fc.constant("reply" as const),
+      pick: fc.nat(),
+      size: fc.oneof(fc.nat(100), fc.nat(3000)),
+      known: fc.nat(4).map((n) => n > 0),
+    }),
+  },
+  { weight: 1, arbitrary: fc.record({ e: fc.constant("advance" as const), ms: fc.nat(15_000) }) },
+);
+
+test("anti-amplification: replies to a client that sent one datagram never exceed limit x its size", () => {
+  let cappedSends = 0;
+  let cappedDrops = 0;
+  fc.assert(
+    fc.property(
+      fc.integer({ min: 1, max: 20 }),
+      fc.array(ampEventArb, { minLength: 1, maxLength: 80 }),
+      (limit, events) => {
+        const receiver = new ReceiverMachine(
+          { identity: testIdentity(6), amplificationLimit: limit, maxFlows: 3, idleTimeoutMs: 20_000 },
+          testCrypto(6),
+        );
+        const raw = new RawPeer(receiver, 1).connect();
+        rawSenderHandshake(raw);
+        receiver.approve(1, true, 0);
+        expect(receiver.senderConnected).toBe(true);
+        // Per flow id (ids are not reused here): client datagrams seen, the first one's size, and the
+        // bytes sent to the client while it had sent only that one.
+        const flows = new Map<number, { datagrams: number; first: number; unconfirmedBytes: number }>();
+        let framesSeen = 0;
+        let outputsSeen = 0;
+        const sync = () => {
+          raw.read();
+          for (; framesSeen < raw.received.length; framesSeen++) {
+            const f = raw.received[framesSeen];
+            if (f.type === FrameType.FlowOpen) flows.set(f.flowId, { datagrams: 0, first: 0, unconfirmedBytes: 0 });
+            if (f.type === FrameType.Data) {
+              const state = flows.get(f.flowId);
+              if (state === undefined) throw new Error(`DATA for flow ${f.flowId} before its FLOW_OPEN`);
+              if (state.datagrams === 0) state.first = f.payload.length;
+              state.datagrams++;
+            }
+          }
+          for (; outputsSeen < raw.outputs.length; outputsSeen++) {
+            const o = raw.outputs[outputsSeen];
+            if (o.kind !== "send-to-client") continue;
+            const state = flows.get(o.flow.id);
+            if (state === undefined) throw new Error(`reply on flow ${o.flow.id}, which was never opened`);
+            if (state.datagrams !== 1) continue;
+            cappedSends++;
+            state.unconfirmedBytes += o.payload.length;
+            expect(state.unconfirmedBytes).toBeLessThanOrEqual(limit * state.first);
+          }
+        };
+        let now = 0;
+        for (const ev of events) {
+          switch (ev.e) {
+            case "client": {
+              const [address, port] = AMP_CLIENTS[ev.i];
+              receiver.clientDatagram(address, port, new Uint8Array(ev.size), now);
+              break;
+            }
+            case "reply": {
+              const open = [...receiver.flowList()].map((f) => f.id);
+              const id = ev.known && open.length > 0 ? open[ev.pick % open.length] : 1 + (ev.pick % 20);
+              raw.send({ type: FrameType.Data, flowId: id, payload: new Uint8Array(ev.size) });
+              break;
+            }
+            case "advance":
+              now += ev.ms;
+              raw.now = now;
+              receiver.tick(now);
+              raw.send({ type: FrameType.Ping, payload: new Uint8Array(8) }); // keeps the connection alive
+              break;
+          }
+          sync();
+        }
+        cappedDrops += receiver.stats.drops.amplification;
+        expect(raw.outputs.filter((o) => o.kind === "log" && o.level === "error")).toEqual([]);
+      },
+    ),
+    params(300),
+  );
+  // Not vacuous: replies were both sent and dropped under the cap.
+  expect(cappedSends).toBeGreaterThan(0);
+  expect(cappedDrops).toBeGreaterThan(0);
+});

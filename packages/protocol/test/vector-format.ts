@@ -23,6 +23,8 @@ export interface MalformedVector {
   description: string;
   /** Decode with a decoder that expects the 8-byte preface first. */
   preface: boolean;
+  /** Decode as a connection before its handshake completed (no frame body over 2048 bytes). */
+  beforeHandshake?: boolean;
   hex: HexSpec;
   error: string;
 }
@@ -30,9 +32,14 @@ export interface MalformedVector {
 export interface HandshakeVector {
   name: string;
   description: string;
-  mode: "secret" | "approval";
+  mode: "secret" | "key";
   secret?: string;
   secretText?: string;
+  /** Key mode: each side's 32-byte Ed25519 seed (private key) and raw public key. */
+  acceptorSeed?: string;
+  acceptorPublicKey?: string;
+  dialerSeed?: string;
+  dialerPublicKey?: string;
   acceptorNonce: string;
   dialerNonce: string;
   acceptorHello: FrameVector;
@@ -41,9 +48,10 @@ export interface HandshakeVector {
   sessionToken: string;
   resumed: boolean;
   dialerTranscript: string;
-  dialerMac: string;
+  /** HMAC-SHA256 of the transcript (secret mode) or its Ed25519 signature (key mode). */
+  dialerProof: string;
   acceptorTranscript: string;
-  acceptorMac: string;
+  acceptorProof: string;
   authFrame: FrameVector;
   acceptFrame: FrameVector;
   dialerToAcceptor: string;
@@ -73,10 +81,10 @@ export function bytesToHex(bytes: Uint8Array): string {
   return out;
 }
 
-export function bytesOf(spec: HexSpec): Uint8Array {
+export function bytesOf(spec: HexSpec | Run | HexSpec[]): Uint8Array {
   if (typeof spec === "string") return hexToBytes(spec);
   if (!Array.isArray(spec)) return new Uint8Array(spec.length).fill(spec.repeat);
-  const parts = spec.map((p) => bytesOf(p as HexSpec));
+  const parts = spec.map((p) => bytesOf(p));
   const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
   let at = 0;
   for (const p of parts) {
@@ -110,12 +118,13 @@ export function frameFromFields(f: Record<string, unknown>): Frame {
         auth: n("auth") as 1 | 2,
         capabilities: n("capabilities"),
         nonce: b("nonce"),
+        publicKey: b("publicKey"),
         agent: f.agent as string,
       };
     case "AUTH":
-      return { type: 0x02, mac: b("mac"), token: b("token") };
+      return { type: 0x02, proof: b("proof"), token: b("token") };
     case "ACCEPT":
-      return { type: 0x03, mac: b("mac"), token: b("token"), resumed: f.resumed as boolean };
+      return { type: 0x03, proof: b("proof"), token: b("token"), resumed: f.resumed as boolean };
     case "CLOSE":
       return { type: 0x04, code: n("code"), message: f.message as string };
     case "PING":

@@ -3,7 +3,7 @@
  * change alters a byte, these fail (regenerating the file is then a deliberate wire change).
  */
 import { describe, expect, test } from "bun:test";
-import { createHmac } from "node:crypto";
+import { createHmac, verify as nodeVerify } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import {
@@ -16,6 +16,7 @@ import {
   ReceiverMachine,
   SenderMachine,
 } from "../src/index.ts";
+import { testIdentity, verifyEd25519 } from "./harness.ts";
 import { bytesOf, bytesToHex, frameFromFields, hexToBytes, normalize, type VectorFile } from "./vector-format.ts";
 
 const root = join(import.meta.dir, "..");
@@ -34,8 +35,13 @@ function decodeAll(bytes: Uint8Array, preface: boolean, pieces: (b: Uint8Array) 
 const whole = (b: Uint8Array) => [b];
 const bytewise = (b: Uint8Array) => Array.from(b, (x) => Uint8Array.of(x));
 
-function errorCode(bytes: Uint8Array, preface: boolean, pieces: (b: Uint8Array) => Uint8Array[]): string {
-  const decoder = new FrameDecoder({ preface });
+function errorCode(
+  bytes: Uint8Array,
+  preface: boolean,
+  pieces: (b: Uint8Array) => Uint8Array[],
+  handshakeLimit = false,
+): string {
+  const decoder = new FrameDecoder({ preface, handshakeLimit });
   try {
     for (const piece of pieces(bytes)) {
       decoder.push(piece);
@@ -112,14 +118,17 @@ describe("malformed vectors", () => {
   for (const v of vectors.malformed) {
     test(`${v.name} -> ${v.error}`, () => {
       const bytes = bytesOf(v.hex);
-      expect(errorCode(bytes, v.preface, whole)).toBe(v.error);
-      expect(errorCode(bytes, v.preface, bytewise)).toBe(v.error);
+      const limit = v.beforeHandshake === true;
+      expect(errorCode(bytes, v.preface, whole, limit)).toBe(v.error);
+      expect(errorCode(bytes, v.preface, bytewise, limit)).toBe(v.error);
+      // Pre-handshake-only refusals are legal once the handshake is done (the header alone says nothing).
+      if (limit) expect(errorCode(bytes, v.preface, whole)).toBe("(no error)");
       // After valid frames in the same chunk (and after the preface when one is expected).
       const lead = bytesOf(v.preface ? [] : [vectors.frames[0].hex, vectors.frames[5].hex]);
       const chunk = new Uint8Array(lead.length + bytes.length);
       chunk.set(lead);
       chunk.set(bytes, lead.length);
-      const decoder = new FrameDecoder({ preface: v.preface });
+      const decoder = new FrameDecoder({ preface: v.preface, handshakeLimit: limit });
       decoder.push(chunk);
       let good = 0;
       let code = "(no error)";
@@ -146,24 +155,28 @@ function scriptedCrypto(...chunks: string[]): CryptoProvider {
       return next;
     },
     hmacSha256: (key, data) => new Uint8Array(createHmac("sha256", key).update(data).digest()),
+    verifyEd25519,
   };
 }
 
 const hs = vectors.handshakes;
+const secretVectors = hs.filter((v) => v.mode === "secret");
+const keyVectors = hs.filter((v) => v.mode === "key");
+const SPKI_PREFIX = "302a300506032b6570032100";
 
 describe("handshake vectors", () => {
+  test("both modes, a new session and a resume each", () => {
+    expect(secretVectors.map((v) => v.resumed)).toEqual([false, true]);
+    expect(keyVectors.map((v) => v.resumed)).toEqual([false, true]);
+  });
+
   for (const v of hs) {
-    test(`${v.name}: frames and MACs`, () => {
+    test(`${v.name}: frames, transcripts and proofs`, () => {
       for (const f of [v.acceptorHello, v.dialerHello, v.authFrame, v.acceptFrame]) {
         expect(bytesToHex(encodeFrame(frameFromFields(f.fields)))).toBe(f.hex as string);
       }
       expect(v.dialerToAcceptor).toBe(vectors.preface + v.dialerHello.hex + v.authFrame.hex);
       expect(v.acceptorToDialer).toBe(vectors.preface + v.acceptorHello.hex + v.acceptFrame.hex);
-      if (v.mode !== "secret") {
-        expect(v.dialerMac).toBe("");
-        expect(v.acceptorMac).toBe("");
-        return;
-      }
       const label = (s: string) => bytesToHex(new TextEncoder().encode(s));
       const dialerTranscript =
         label("mcudpt/1 dialer proof") + v.acceptorHello.hex + v.dialerHello.hex + v.offeredToken;
@@ -175,25 +188,67 @@ describe("handshake vectors", () => {
         (v.resumed ? "01" : "00");
       expect(v.dialerTranscript).toBe(dialerTranscript);
       expect(v.acceptorTranscript).toBe(acceptorTranscript);
-      const mac = (data: string) =>
-        createHmac("sha256", hexToBytes(v.secret as string))
-          .update(hexToBytes(data))
-          .digest("hex");
-      expect(v.dialerMac).toBe(mac(dialerTranscript));
-      expect(v.acceptorMac).toBe(mac(acceptorTranscript));
-      expect(bytesToHex(new TextEncoder().encode(v.secretText))).toBe(v.secret as string);
+      expect(v.authFrame.fields.proof).toBe(v.dialerProof);
+      expect(v.acceptFrame.fields.proof).toBe(v.acceptorProof);
+      if (v.mode === "secret") {
+        expect(v.acceptorHello.fields.publicKey).toBe("");
+        const mac = (data: string) =>
+          createHmac("sha256", hexToBytes(v.secret as string))
+            .update(hexToBytes(data))
+            .digest("hex");
+        expect(v.dialerProof).toBe(mac(dialerTranscript));
+        expect(v.acceptorProof).toBe(mac(acceptorTranscript));
+        expect(bytesToHex(new TextEncoder().encode(v.secretText as string))).toBe(v.secret as string);
+        return;
+      }
+      // Key mode: the public keys are those of the seeds, announced in HELLO; the proofs are their
+      // (deterministic) Ed25519 signatures, and verify with an independent verifier.
+      const acceptor = testIdentity(hexToBytes(v.acceptorSeed as string));
+      const dialer = testIdentity(hexToBytes(v.dialerSeed as string));
+      expect(bytesToHex(acceptor.publicKey)).toBe(v.acceptorPublicKey as string);
+      expect(bytesToHex(dialer.publicKey)).toBe(v.dialerPublicKey as string);
+      expect(v.acceptorHello.fields.publicKey).toBe(v.acceptorPublicKey);
+      expect(v.dialerHello.fields.publicKey).toBe(v.dialerPublicKey);
+      expect(bytesToHex(dialer.sign(hexToBytes(dialerTranscript)))).toBe(v.dialerProof);
+      expect(bytesToHex(acceptor.sign(hexToBytes(acceptorTranscript)))).toBe(v.acceptorProof);
+      const check = (keyHex: string, data: string, signature: string) =>
+        nodeVerify(
+          null,
+          Buffer.from(data, "hex"),
+          { key: Buffer.from(SPKI_PREFIX + keyHex, "hex"), format: "der", type: "spki" },
+          Buffer.from(signature, "hex"),
+        );
+      expect(check(v.dialerPublicKey as string, dialerTranscript, v.dialerProof)).toBe(true);
+      expect(check(v.acceptorPublicKey as string, acceptorTranscript, v.acceptorProof)).toBe(true);
+      // Neither proof passes for the other direction or the other key.
+      expect(check(v.acceptorPublicKey as string, dialerTranscript, v.dialerProof)).toBe(false);
+      expect(check(v.dialerPublicKey as string, acceptorTranscript, v.dialerProof)).toBe(false);
     });
   }
 
-  test("the machines produce exactly these handshakes (new session, then resume)", () => {
-    const [fresh, resume] = hs;
-    const config = { secret: fresh.secretText, keepaliveMs: 15_000 };
+  /** Runs the handshakes of `pair` (new session, then resume) between two machines, byte for byte. */
+  function replay(pair: typeof hs, keyMode: boolean) {
+    const [fresh, resume] = pair;
+    const config = keyMode ? { keepaliveMs: 15_000 } : { secret: fresh.secretText, keepaliveMs: 15_000 };
     const receiver = new ReceiverMachine(
-      { ...config, agent: "vector-receiver" },
+      {
+        ...config,
+        agent: "vector-receiver",
+        ...(keyMode ? { identity: testIdentity(hexToBytes(fresh.acceptorSeed as string)) } : {}),
+      },
       scriptedCrypto(fresh.acceptorNonce, fresh.sessionToken, resume.acceptorNonce),
     );
+    const receiverKeys: string[] = [];
     const sender = new SenderMachine(
-      { ...config, agent: "vector-sender" },
+      {
+        ...config,
+        agent: "vector-sender",
+        ...(keyMode ? { identity: testIdentity(hexToBytes(fresh.dialerSeed as string)) } : {}),
+        checkReceiverKey: (key) => {
+          receiverKeys.push(bytesToHex(key));
+          return undefined;
+        },
+      },
       scriptedCrypto(fresh.dialerNonce, resume.dialerNonce),
     );
     for (const [conn, v] of [
@@ -204,6 +259,8 @@ describe("handshake vectors", () => {
       sender.connect(conn, "receiver", 0);
       let toDialer = "";
       let toAcceptor = "";
+      const authorize: string[] = [];
+      const accepted: boolean[] = [];
       for (let round = 0; round < 4; round++) {
         const a = receiver.takeTransmit(conn);
         if (a) {
@@ -215,54 +272,46 @@ describe("handshake vectors", () => {
           toAcceptor += bytesToHex(d);
           receiver.receive(conn, d.slice(), 0);
         }
+        for (let o = receiver.poll(); o; o = receiver.poll()) {
+          if (o.kind === "accepted") accepted.push(o.resumed);
+          // Key mode, new session: the host admits the key (here at once, as for an authorized key).
+          if (o.kind === "authorize-sender") {
+            authorize.push(bytesToHex(o.publicKey));
+            receiver.approve(conn, true, 0);
+          }
+        }
       }
       expect(toDialer).toBe(v.acceptorToDialer);
       expect(toAcceptor).toBe(v.dialerToAcceptor);
       expect(sender.connected).toBe(true);
-      const accepted: boolean[] = [];
-      for (let o = receiver.poll(); o; o = receiver.poll()) if (o.kind === "accepted") accepted.push(o.resumed);
       expect(accepted).toEqual([v.resumed]);
+      // Only a new key-mode session asks the host; a resume with the same key does not.
+      expect(authorize).toEqual(keyMode && !v.resumed ? [v.dialerPublicKey as string] : []);
       receiver.disconnected(conn, 1);
       sender.disconnected(conn, 1);
     }
+    expect(receiverKeys).toEqual(
+      keyMode ? [fresh.acceptorPublicKey as string, resume.acceptorPublicKey as string] : [],
+    );
+  }
+
+  test("the machines produce exactly the secret-mode handshakes (new session, then resume)", () => {
+    replay(secretVectors, false);
   });
 
-  test("approval handshake from the machines", () => {
-    const v = hs[2];
-    const receiver = new ReceiverMachine({ agent: "vector-receiver" }, scriptedCrypto(v.acceptorNonce, v.sessionToken));
-    const sender = new SenderMachine({ agent: "vector-sender" }, scriptedCrypto(v.dialerNonce));
-    receiver.connect(1, "sender", 0);
-    sender.connect(1, "receiver", 0);
-    let toDialer = "";
-    let toAcceptor = "";
-    const exchange = () => {
-      const a = receiver.takeTransmit(1);
-      if (a) {
-        toDialer += bytesToHex(a);
-        sender.receive(1, a.slice(), 0);
-      }
-      const d = sender.takeTransmit(1);
-      if (d) {
-        toAcceptor += bytesToHex(d);
-        receiver.receive(1, d.slice(), 0);
-      }
-    };
-    exchange();
-    exchange();
-    let asked = false;
-    for (let o = receiver.poll(); o; o = receiver.poll()) if (o.kind === "ask-operator") asked = true;
-    expect(asked).toBe(true);
-    receiver.approve(1, true, 5);
-    exchange();
-    expect(toDialer).toBe(v.acceptorToDialer);
-    expect(toAcceptor).toBe(v.dialerToAcceptor);
-    expect(sender.connected).toBe(true);
+  test("the machines produce exactly the key-mode handshakes (new session, then resume)", () => {
+    replay(keyVectors, true);
   });
 
-  test("PROTOCOL.md's worked example shows the vector's bytes", () => {
+  test("PROTOCOL.md's worked examples show the vectors' bytes", () => {
     const doc = readFileSync(join(root, "PROTOCOL.md"), "utf8").replace(/[\s|]+/g, "");
-    const v = hs[0];
-    for (const hex of [v.dialerMac, v.acceptorMac, v.acceptorNonce, v.dialerNonce, v.sessionToken])
-      expect(doc).toContain(hex);
+    const v = secretVectors[0];
+    const k = keyVectors[0];
+    const shown = [
+      ...[v.dialerProof, v.acceptorProof, v.acceptorNonce, v.dialerNonce, v.sessionToken],
+      ...[k.acceptorSeed, k.acceptorPublicKey, k.dialerSeed, k.dialerPublicKey, k.dialerProof, k.acceptorProof],
+    ] as string[];
+    // (not toContain: a failure would print the whole document)
+    expect(shown.filter((hex) => !doc.includes(hex))).toEqual([]);
   });
 });

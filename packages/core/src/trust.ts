@@ -1,0 +1,138 @@
+/**
+ * Who trusts whom, in files an ssh user already understands:
+ * - the receiver admits senders whose keys are in --authorized-keys (an allowlist; nothing else is
+ *   admitted then), or else in known_senders (keys the operator approved once, like a remembered "yes");
+ * - the sender pins each receiver's key in known_receivers, `HOST:PORT ssh-ed25519 AAAA…` per line (like
+ *   known_hosts): the first key seen is remembered, a different one later is refused.
+ * Files are re-read at each decision, so editing them takes effect without a restart.
+ */
+import { appendFileSync, existsSync, mkdirSync, readFileSync } from "node:fs";
+import { dirname } from "node:path";
+import { messageOf, UserError } from "./errors.js";
+import { fingerprint, parseFingerprint, parsePublicKeyLine, publicKeyLine } from "./keys.js";
+
+export type SenderVerdict =
+  | { verdict: "trusted"; why: string }
+  | { verdict: "refused"; reason: string }
+  /** Not known: only an operator can decide. */
+  | { verdict: "unknown" };
+
+export interface SenderTrust {
+  check(publicKey: Uint8Array): SenderVerdict;
+  /** The operator said yes: remember the key so the sender reconnects without asking. */
+  remember(publicKey: Uint8Array, comment: string): void;
+}
+
+export interface SenderTrustFiles {
+  /** Allowlist: when set, only these keys are admitted and nobody is asked. */
+  authorizedKeys?: string;
+  knownSenders: string;
+}
+
+export function fileSenderTrust(files: SenderTrustFiles): SenderTrust {
+  if (files.authorizedKeys !== undefined) readKeyFile(files.authorizedKeys, true); // fail at start-up, not at the first sender
+  return {
+    check(publicKey) {
+      const print = fingerprint(publicKey);
+      if (files.authorizedKeys !== undefined) {
+        if (readKeyFile(files.authorizedKeys, true).has(print))
+          return { verdict: "trusted", why: `listed in ${files.authorizedKeys}` };
+        return { verdict: "refused", reason: `key ${print} is not in the receiver's authorized keys` };
+      }
+      if (readKeyFile(files.knownSenders, false).has(print))
+        return { verdict: "trusted", why: `known sender (${files.knownSenders})` };
+      return { verdict: "unknown" };
+    },
+    remember(publicKey, comment) {
+      appendLine(files.knownSenders, publicKeyLine(publicKey, comment));
+    },
+  };
+}
+
+/** Fingerprints of the keys in an authorized_keys-style file. Unparseable lines are errors, not silently skipped. */
+function readKeyFile(path: string, mustExist: boolean): Set<string> {
+  const prints = new Set<string>();
+  if (!mustExist && !existsSync(path)) return prints;
+  let text: string;
+  try {
+    text = readFileSync(path, "utf8");
+  } catch (error) {
+    throw new UserError(`cannot read ${path}: ${messageOf(error)}`);
+  }
+  text.split(/\r?\n/).forEach((line, index) => {
+    if (line.trim() === "" || line.trimStart().startsWith("#")) return;
+    const parsed = parsePublicKeyLine(line);
+    if (!parsed) throw new UserError(`${path} line ${index + 1}: not an "ssh-ed25519 AAAA… comment" public key line`);
+    prints.add(fingerprint(parsed.publicKey));
+  });
+  return prints;
+}
+
+export type ReceiverVerdict =
+  | { verdict: "trusted" }
+  /** First contact, now remembered (trust on first use). */
+  | { verdict: "added"; path: string }
+  | { verdict: "changed"; reason: string };
+
+/** The sender's side: is this the receiver we talked to before? */
+export interface ReceiverPins {
+  check(receiver: string, publicKey: Uint8Array): ReceiverVerdict;
+}
+
+/** An explicit pin (--receiver-key): no file involved. */
+export function fixedReceiverPin(expected: string): ReceiverPins {
+  const pin = parseFingerprint(expected, "--receiver-key");
+  return {
+    check(receiver, publicKey) {
+      const print = fingerprint(publicKey);
+      if (print === pin) return { verdict: "trusted" };
+      return {
+        verdict: "changed",
+        reason: `receiver ${receiver} presents key ${print}, not the ${pin} given by --receiver-key: refusing (an impostor, or the wrong pin)`,
+      };
+    },
+  };
+}
+
+export function fileReceiverPins(path: string): ReceiverPins {
+  return {
+    check(receiver, publicKey) {
+      const print = fingerprint(publicKey);
+      const lines = existsSync(path) ? readLines(path) : [];
+      for (const [index, line] of lines.entries()) {
+        const fields = line.trim().split(/\s+/);
+        if (fields.length < 3 || fields[0].startsWith("#") || fields[0] !== receiver || fields[1] !== "ssh-ed25519")
+          continue;
+        const pinned = parsePublicKeyLine(fields.slice(1).join(" "));
+        if (!pinned) throw new UserError(`${path} line ${index + 1}: not a "HOST:PORT ssh-ed25519 AAAA…" line`);
+        const pinnedPrint = fingerprint(pinned.publicKey);
+        if (pinnedPrint === print) return { verdict: "trusted" };
+        return {
+          verdict: "changed",
+          reason:
+            `RECEIVER KEY CHANGED: ${receiver} now presents ${print}, but ${path} line ${index + 1} pins ${pinnedPrint}. ` +
+            `Refusing (someone may be impersonating the receiver); if its key was replaced on purpose, delete that line`,
+        };
+      }
+      appendLine(path, `${receiver} ${publicKeyLine(publicKey)}`);
+      return { verdict: "added", path };
+    },
+  };
+}
+
+function readLines(path: string): string[] {
+  try {
+    return readFileSync(path, "utf8").split(/\r?\n/);
+  } catch (error) {
+    throw new UserError(`cannot read ${path}: ${messageOf(error)}`);
+  }
+}
+
+function appendLine(path: string, line: string): void {
+  try {
+    mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
+    appendFileSync(path, `${line}\n`, { mode: 0o600 });
+  } catch (error) {
+    throw new UserError(`cannot write ${path}: ${messageOf(error)}`);
+  }
+}

@@ -1,0 +1,459 @@
+/**
+ * Key-mode authentication, replay, hostile senders and the receiver's limits on strangers: pre-auth
+ * frame size, pending connections per source, the new-flow rate and the anti-amplification cap.
+ */
+import { describe, expect, test } from "bun:test";
+import {
+  CloseCode,
+  encodeFrame,
+  FrameType,
+  type Output,
+  PREFACE,
+  RECEIVER_DEFAULTS,
+  type ReceiverConfig,
+  ReceiverMachine,
+  type SenderConfig,
+  SenderMachine,
+  utf8,
+} from "../src/index.ts";
+import {
+  closeCodes,
+  forgedIdentity,
+  framesOfType,
+  Net,
+  RawPeer,
+  RECEIVER_KEY,
+  rawSenderHandshake,
+  SENDER_KEY,
+  testCrypto,
+  testIdentity,
+  transcript,
+  verifyEd25519,
+} from "./harness.ts";
+
+const SECRET = "s3cret";
+
+/** A receiver and a sender on one wire; key mode unless `secret`. The receiver's host says yes at once. */
+function pair(opts: { secret?: string; receiver?: ReceiverConfig; sender?: SenderConfig; approve?: boolean } = {}) {
+  const net = new Net();
+  const receiver = net.add(
+    new ReceiverMachine({ secret: opts.secret, identity: RECEIVER_KEY, ...opts.receiver }, testCrypto(1)),
+  );
+  const sender = net.add(
+    new SenderMachine({ secret: opts.secret, identity: SENDER_KEY, ...opts.sender }, testCrypto(2)),
+  );
+  const wire = net.connect(receiver, 1, sender, 1);
+  if (opts.approve !== false && receiver.awaitingApproval(1)) {
+    receiver.approve(1, true, net.now);
+    net.pump();
+  }
+  return { net, receiver, sender, wire };
+}
+
+const hex = (b: Uint8Array) => Buffer.from(b).toString("hex");
+
+describe("key mode", () => {
+  test("each side signs the transcript with the key its HELLO announced; the sender checks the receiver's key", () => {
+    const seen: Array<[string, string]> = [];
+    const { net, receiver, sender, wire } = pair({
+      sender: { checkReceiverKey: (key, peer) => void seen.push([hex(key), peer]) },
+    });
+    expect(sender.connected).toBe(true);
+    expect(receiver.senderConnected).toBe(true);
+    expect(seen).toEqual([[hex(RECEIVER_KEY.publicKey), "peer-of-1"]]);
+    expect(net.of(receiver, "authorize-sender").map((o) => hex(o.publicKey))).toEqual([hex(SENDER_KEY.publicKey)]);
+    const [rHello, accept] = wire.sentBy(receiver);
+    const [sHello, auth] = wire.sentBy(sender);
+    if (rHello.type !== FrameType.Hello || sHello.type !== FrameType.Hello) throw new Error("no HELLO");
+    if (auth.type !== FrameType.Auth || accept.type !== FrameType.Accept) throw new Error("no AUTH/ACCEPT");
+    expect(hex(rHello.publicKey)).toBe(hex(RECEIVER_KEY.publicKey));
+    expect(hex(sHello.publicKey)).toBe(hex(SENDER_KEY.publicKey));
+    expect([auth.proof.length, accept.proof.length]).toEqual([64, 64]);
+    // Checked independently: each proof is its side's signature of its transcript, and nothing else's.
+    const dialerT = transcript("dialer", rHello, sHello, auth.token);
+    const acceptorT = transcript("acceptor", rHello, sHello, accept.token, accept.resumed);
+    expect(verifyEd25519(SENDER_KEY.publicKey, dialerT, auth.proof)).toBe(true);
+    expect(verifyEd25519(RECEIVER_KEY.publicKey, acceptorT, accept.proof)).toBe(true);
+    expect(verifyEd25519(RECEIVER_KEY.publicKey, dialerT, auth.proof)).toBe(false);
+    expect(verifyEd25519(SENDER_KEY.publicKey, acceptorT, auth.proof)).toBe(false);
+  });
+
+  test("a sender that announces key A but signs with B: AUTH_FAILED, the host is never asked", () => {
+    const { net, receiver, sender, wire } = pair({
+      sender: { identity: forgedIdentity(SENDER_KEY, testIdentity(0x77)) },
+    });
+    expect(closeCodes(wire.sentBy(receiver))).toEqual([CloseCode.AuthFailed]);
+    expect(net.of(receiver, "authorize-sender")).toEqual([]);
+    expect(net.logs(receiver).some((l) => l.includes("signature does not match"))).toBe(true);
+    expect(sender.connected).toBe(false);
+    expect(receiver.stats.handshakeFailures).toBe(1);
+  });
+
+  test("a receiver that announces key A but signs with B: the sender refuses with AUTH_FAILED", () => {
+    const checked: Uint8Array[] = [];
+    const { net, receiver, sender, wire } = pair({
+      receiver: { identity: forgedIdentity(RECEIVER_KEY, testIdentity(0x78)) },
+      sender: { checkReceiverKey: (key) => void checked.push(key) },
+    });
+    expect(closeCodes(wire.sentBy(sender))).toEqual([CloseCode.AuthFailed]);
+    expect(net.of(sender, "accepted")).toEqual([]);
+    expect(checked).toEqual([]); // the key is judged only once it proved itself
+    expect(net.logs(sender).some((l) => l.includes("impostor"))).toBe(true);
+    expect(sender.stats.handshakeFailures).toBe(1);
+    expect(wire.up).toBe(false);
+    expect(receiver.senderConnected).toBe(false);
+  });
+
+  test("the receiver refuses the key with a reason: CLOSE(KEY_REJECTED) carries it to the sender", () => {
+    const { net, receiver, sender, wire } = pair({ approve: false });
+    expect(receiver.awaitingApproval(1)).toBe(true);
+    receiver.approve(1, false, net.now, "sender key SHA256:abc is not in authorized_keys");
+    net.pump();
+    const [close] = framesOfType(wire.sentBy(receiver), FrameType.Close);
+    expect(close).toEqual({
+      type: FrameType.Close,
+      code: CloseCode.KeyRejected,
+      message: "sender key SHA256:abc is not in authorized_keys",
+    });
+    expect(sender.connected).toBe(false);
+    expect(net.logs(sender)).toContain(
+      "warn: peer-of-1 closed the connection: key not accepted (sender key SHA256:abc is not in authorized_keys)",
+    );
+    expect(receiver.stats.handshakeFailures).toBe(1);
+    expect(receiver.awaitingApproval(1)).toBe(false);
+  });
+
+  test("checkReceiverKey refuses: the sender closes with KEY_REJECTED and its message, nothing opens", () => {
+    const { net, receiver, sender, wire } = pair({
+      sender: { checkReceiverKey: () => "the receiver's key changed since the last connection" },
+    });
+    expect(closeCodes(wire.sentBy(sender))).toEqual([CloseCode.KeyRejected]);
+    expect(framesOfType(wire.sentBy(sender), FrameType.Close)[0].message).toBe(
+      "the receiver's key changed since the last connection",
+    );
+    expect(net.of(sender, "accepted")).toEqual([]);
+    expect(sender.connected).toBe(false);
+    expect(sender.stats.handshakeFailures).toBe(1);
+    expect(net.logs(receiver).some((l) => l.includes("key not accepted (the receiver's key changed"))).toBe(true);
+    expect(wire.up).toBe(false);
+    receiver.clientDatagram("192.0.2.1", 1, utf8("x"), net.now);
+    expect(receiver.flowCount).toBe(0);
+  });
+
+  test("resume with the same key and token: flows kept, nobody asked", () => {
+    const { net, receiver, sender, wire } = pair();
+    receiver.clientDatagram("192.0.2.1", 1, utf8("q"), net.now);
+    net.pump();
+    net.cut(wire);
+    net.clear();
+    net.connect(receiver, 2, sender, 2);
+    expect(net.of(receiver, "authorize-sender")).toEqual([]);
+    expect(net.of(receiver, "accepted")).toEqual([{ kind: "accepted", conn: 2, peer: "peer-of-2", resumed: true }]);
+    expect(receiver.flowCount).toBe(1);
+    expect(sender.flowCount).toBe(1);
+  });
+
+  test("the right token with a different key is not a resume: the host is asked, and a yes starts afresh", () => {
+    const { net, receiver, sender, wire } = pair();
+    receiver.clientDatagram("192.0.2.1", 1, utf8("q"), net.now);
+    net.pump();
+    const token = framesOfType(wire.sentBy(receiver), FrameType.Accept)[0].token;
+    net.cut(wire);
+    expect(receiver.flowCount).toBe(1);
+    // Someone else, holding the token (it crosses the wire in clear), with a key of its own.
+    const thief = new RawPeer(receiver, 2, net.now).connect();
+    rawSenderHandshake(thief, { identity: testIdentity(0x99), token });
+    expect(thief.outputs.filter((o) => o.kind === "accepted")).toEqual([]);
+    const asks = thief.outputs.filter((o) => o.kind === "authorize-sender");
+    expect(asks.map((o) => hex(o.publicKey))).toEqual([hex(testIdentity(0x99).publicKey)]);
+    expect(receiver.flowCount).toBe(1); // nothing dropped while the host decides
+    receiver.approve(2, true, net.now);
+    thief.read();
+    expect(framesOfType(thief.received, FrameType.Accept).map((f) => f.resumed)).toEqual([false]);
+    expect(hex(framesOfType(thief.received, FrameType.Accept)[0].token)).not.toBe(hex(token));
+    expect(thief.outputs.filter((o) => o.kind === "accepted")).toEqual([
+      { kind: "accepted", conn: 2, peer: "raw-peer", resumed: false },
+    ]);
+    expect(receiver.flowCount).toBe(0); // the previous sender's flows are gone, not handed over
+    expect(sender.connected).toBe(false);
+  });
+});
+
+describe("replayed handshakes", () => {
+  for (const secret of [undefined, SECRET]) {
+    const mode = secret ? "secret mode" : "key mode";
+
+    test(`${mode}: a recorded AUTH (here one resuming a session) replayed on a new connection is refused`, () => {
+      const { net, receiver, sender, wire } = pair({ secret });
+      receiver.clientDatagram("192.0.2.1", 1, utf8("q"), net.now);
+      net.pump();
+      net.cut(wire);
+      const w2 = net.connect(receiver, 2, sender, 2);
+      const [hello, auth] = w2.sentBy(sender);
+      expect(auth.type === FrameType.Auth && auth.token.length).toBe(16);
+      net.cut(w2);
+      const replayer = new RawPeer(receiver, 3, net.now).connect();
+      replayer.send(PREFACE, encodeFrame(hello), encodeFrame(auth));
+      expect(replayer.closeCode()).toBe(CloseCode.AuthFailed);
+      expect(replayer.outputs.some((o) => o.kind === "accepted" || o.kind === "authorize-sender")).toBe(false);
+      expect(receiver.senderConnected).toBe(false);
+      expect(receiver.flowCount).toBe(1); // the session is intact, for its real owner
+    });
+
+    test(`${mode}: a recorded ACCEPT replayed to the sender on a new connection is refused`, () => {
+      const { net, receiver, sender, wire } = pair({ secret });
+      const [hello, accept] = wire.sentBy(receiver);
+      net.cut(wire);
+      const impostor = new RawPeer(sender, 2, net.now).connect();
+      impostor.send(PREFACE, encodeFrame(hello));
+      expect(framesOfType(impostor.received, FrameType.Auth).length).toBe(1);
+      impostor.send(encodeFrame(accept));
+      expect(impostor.closeCode()).toBe(CloseCode.AuthFailed);
+      expect(impostor.outputs.some((o) => o.kind === "accepted")).toBe(false);
+      expect(sender.connected).toBe(false);
+    });
+  }
+});
+
+describe("hostile sender", () => {
+  const ALLOWED: Array<Output["kind"]> = [
+    "transmit",
+    "close-connection",
+    "log",
+    "authorize-sender",
+    "accepted",
+    "send-to-client",
+  ];
+
+  test("forged and unknown flow ids, FLOW_CLOSE games, FLOW_OPEN: replies only to clients that opened flows", () => {
+    const receiver = new ReceiverMachine({ identity: RECEIVER_KEY }, testCrypto(1));
+    const all: Output[] = [];
+    // Before acceptance: DATA right after HELLO is refused (another connection, same receiver).
+    const early = new RawPeer(receiver, 9).connect();
+    early.send(PREFACE, encodeFrame({ type: FrameType.Data, flowId: 1, payload: utf8("early") }));
+    expect(early.closeCode()).toBe(CloseCode.ProtocolError);
+    all.push(...early.outputs);
+    receiver.disconnected(9, 0);
+
+    const raw = new RawPeer(receiver, 1).connect();
+    rawSenderHandshake(raw, { identity: testIdentity(0x66) });
+    receiver.approve(1, true, 0);
+    raw.read();
+    const clients = new Set(["192.0.2.50|5353", "2001:db8::7|53"]);
+    for (const key of clients) {
+      const [address, port] = key.split("|");
+      receiver.clientDatagram(address, Number(port), utf8("a question"), 0);
+    }
+    const opened = framesOfType(raw.read(), FrameType.FlowOpen).map((f) => f.flowId);
+    expect(opened.length).toBe(2);
+    const real = new Set(opened);
+    const forged = [0xffffffff, 0x7fffffff, 0x80000000, 3, 4, 1000, ...Array.from({ length: 50 }, (_, i) => i + 1)];
+    const spoof = (flowId: number) => raw.send({ type: FrameType.Data, flowId, payload: utf8("spoof") });
+    for (const id of forged) if (!real.has(id)) spoof(id);
+    for (const id of forged) if (!real.has(id)) raw.send({ type: FrameType.FlowClose, flowId: id, reason: 0 });
+    for (const id of forged) if (!real.has(id)) spoof(id);
+    // One genuine reply each, then the sender closes the first flow and keeps writing to it.
+    for (const id of opened) raw.send({ type: FrameType.Data, flowId: id, payload: utf8("answer") });
+    raw.send({ type: FrameType.FlowClose, flowId: opened[0], reason: 0 });
+    spoof(opened[0]);
+    expect(raw.closed()).toBe(false);
+    // Naming an address is a protocol error, and nothing after it is read.
+    raw.send(
+      { type: FrameType.FlowOpen, flowId: 77, mappingId: 0, client: { family: 4, address: "198.51.100.99", port: 53 } },
+      { type: FrameType.Data, flowId: 77, payload: utf8("reflect") },
+    );
+    expect(raw.closeCode()).toBe(CloseCode.ProtocolError);
+    spoof(opened[1]);
+    all.push(...raw.outputs);
+
+    for (const o of all) expect(ALLOWED).toContain(o.kind);
+    const sent = all.filter((o): o is Extract<Output, { kind: "send-to-client" }> => o.kind === "send-to-client");
+    expect(sent.map((o) => [`${o.flow.address}|${o.flow.port}`, new TextDecoder().decode(o.payload)])).toEqual([
+      ["192.0.2.50|5353", "answer"],
+      ["2001:db8::7|53", "answer"],
+    ]);
+    for (const o of sent) expect(clients.has(`${o.flow.address}|${o.flow.port}`)).toBe(true);
+    expect(receiver.stats.udpOut).toBe(2);
+    expect(receiver.stats.drops["unknown-flow"]).toBeGreaterThan(100);
+  });
+});
+
+describe("pre-authentication limits", () => {
+  function header(type: number, length: number): Uint8Array {
+    const h = new Uint8Array(5);
+    h[0] = type;
+    new DataView(h.buffer).setUint32(1, length);
+    return h;
+  }
+
+  test("a DATA header declaring 65,000 bytes, before any HELLO, is refused on the header alone", () => {
+    const receiver = new ReceiverMachine({ identity: RECEIVER_KEY }, testCrypto(1));
+    const raw = new RawPeer(receiver, 1).connect();
+    raw.send(PREFACE, header(FrameType.Data, 65_000)); // not one body byte
+    expect(raw.closeCode()).toBe(CloseCode.ProtocolError);
+    expect(raw.closeMessage()).toBe("DATA frame of 65000 bytes before the handshake completed (at most 2048)");
+    expect(receiver.stats.handshakeFailures).toBe(1);
+  });
+
+  test("the same after HELLO and AUTH, while the host decides; and at the sender", () => {
+    const receiver = new ReceiverMachine({ identity: RECEIVER_KEY }, testCrypto(1));
+    const raw = new RawPeer(receiver, 1).connect();
+    rawSenderHandshake(raw);
+    expect(receiver.awaitingApproval(1)).toBe(true);
+    raw.send(header(0x80, 4096)); // even an extension, which is otherwise skipped
+    expect(raw.closeCode()).toBe(CloseCode.ProtocolError);
+    receiver.approve(1, true, 0);
+    expect(receiver.senderConnected).toBe(false);
+
+    const sender = new SenderMachine({ identity: SENDER_KEY }, testCrypto(2));
+    const fake = new RawPeer(sender, 1).connect();
+    fake.send(PREFACE, header(FrameType.Data, 2049));
+    expect(fake.closeCode()).toBe(CloseCode.ProtocolError);
+  });
+
+  test("once accepted, 65,000-byte frames flow both ways", () => {
+    const { net, receiver, sender } = pair({ receiver: { amplificationLimit: 0 } });
+    receiver.clientDatagram("192.0.2.1", 1, new Uint8Array(65_000), net.now);
+    net.pump();
+    const [toTarget] = net.of(sender, "send-to-target");
+    expect(toTarget.payload.length).toBe(65_000);
+    sender.targetDatagram(toTarget.flowId, new Uint8Array(65_000), net.now);
+    net.pump();
+    expect(net.of(receiver, "send-to-client").map((o) => o.payload.length)).toEqual([65_000]);
+  });
+
+  test("pending connections per source: the 5th from one address is BUSY, another address still gets in", () => {
+    expect(RECEIVER_DEFAULTS.maxPendingPerSource).toBe(4);
+    const receiver = new ReceiverMachine({ identity: RECEIVER_KEY }, testCrypto(1));
+    const same = [1, 2, 3, 4, 5].map((c) => new RawPeer(receiver, c).connect("203.0.113.7"));
+    expect(same.map((p) => p.closeCode())).toEqual([undefined, undefined, undefined, undefined, CloseCode.Busy]);
+    expect(same[4].closeMessage()).toContain("from 203.0.113.7");
+    const other = new RawPeer(receiver, 6).connect("198.51.100.1");
+    expect(other.closeCode()).toBeUndefined();
+    // A slot frees when one of them goes, or completes the handshake.
+    receiver.disconnected(5, 0);
+    receiver.disconnected(1, 0);
+    expect(new RawPeer(receiver, 7).connect("203.0.113.7").closeCode()).toBeUndefined();
+    rawSenderHandshake(same[1]);
+    receiver.approve(2, true, 0);
+    expect(receiver.senderConnected).toBe(true);
+    expect(new RawPeer(receiver, 8).connect("203.0.113.7").closeCode()).toBeUndefined();
+    expect(new RawPeer(receiver, 9).connect("203.0.113.7").closeCode()).toBe(CloseCode.Busy);
+  });
+
+  test("pending connections in total: from distinct sources, the one past the limit is BUSY", () => {
+    const receiver = new ReceiverMachine({ identity: RECEIVER_KEY, maxPendingConnections: 3 }, testCrypto(1));
+    const peers = [1, 2, 3, 4].map((c) => new RawPeer(receiver, c).connect(`192.0.2.${c}`));
+    expect(peers.map((p) => p.closeCode())).toEqual([undefined, undefined, undefined, CloseCode.Busy]);
+    expect(receiver.stats.handshakeFailures).toBe(1);
+  });
+});
+
+describe("new-flow rate limit per source", () => {
+  test("a burst of twice the rate, then the rate; drops counted; other sources and known flows unaffected", () => {
+    const { net, receiver, sender } = pair({ receiver: { newFlowsPerSecond: 2 } });
+    const burst = (address: string, from: number, n: number) => {
+      for (let i = 0; i < n; i++) receiver.clientDatagram(address, from + i, utf8("hi"), net.now);
+      net.pump();
+    };
+    burst("203.0.113.1", 1000, 6);
+    expect(receiver.flowCount).toBe(4);
+    expect(receiver.stats.drops["rate-limited"]).toBe(2);
+    expect(net.of(sender, "open-flow-socket").map((o) => o.client.port)).toEqual([1000, 1001, 1002, 1003]);
+    // A flow that exists is not a new flow; another source has its own bucket.
+    receiver.clientDatagram("203.0.113.1", 1000, utf8("again"), net.now);
+    burst("198.51.100.2", 1, 4);
+    expect(receiver.flowCount).toBe(8);
+    expect(receiver.stats.drops["rate-limited"]).toBe(2);
+    // Half a second later: one more token (2/s).
+    net.advance(500);
+    burst("203.0.113.1", 2000, 3);
+    expect(receiver.flowCount).toBe(9);
+    expect(receiver.stats.drops["rate-limited"]).toBe(4);
+    // After a long quiet spell the bucket holds the burst (4), no more.
+    net.advance(30_000);
+    burst("203.0.113.1", 3000, 6);
+    expect(net.of(sender, "open-flow-socket").filter((o) => o.client.port >= 3000).length).toBe(4);
+    expect(receiver.stats.drops["rate-limited"]).toBe(6);
+    // A flood is a few log lines, not one per datagram.
+    expect(net.logs(receiver).filter((l) => l.includes("new-flow rate limit")).length).toBeLessThanOrEqual(2);
+  });
+
+  test("the default (100/s, burst 200) and 0 (off)", () => {
+    expect(RECEIVER_DEFAULTS.newFlowsPerSecond).toBe(100);
+    const limited = pair();
+    for (let i = 0; i < 250; i++) limited.receiver.clientDatagram("203.0.113.1", 10_000 + i, utf8("x"), 0);
+    expect(limited.receiver.flowCount).toBe(200);
+    expect(limited.receiver.stats.drops["rate-limited"]).toBe(50);
+    const off = pair({ receiver: { newFlowsPerSecond: 0 } });
+    for (let i = 0; i < 250; i++) off.receiver.clientDatagram("203.0.113.1", 10_000 + i, utf8("x"), 0);
+    expect(off.receiver.flowCount).toBe(250);
+    expect(off.receiver.stats.drops["rate-limited"]).toBe(0);
+  });
+});
+
+describe("anti-amplification", () => {
+  function oneFlow(receiver: ReceiverConfig = {}, firstSize = 10) {
+    const p = pair({ receiver });
+    p.receiver.clientDatagram("192.0.2.1", 53, new Uint8Array(firstSize), p.net.now);
+    p.net.pump();
+    const flowId = p.net.of(p.sender, "open-flow-socket")[0].flowId;
+    const reply = (size: number) => {
+      p.sender.targetDatagram(flowId, new Uint8Array(size), p.net.now);
+      p.net.pump();
+    };
+    const delivered = () => p.net.of(p.receiver, "send-to-client").map((o) => o.payload.length);
+    return { ...p, reply, delivered };
+  }
+
+  test("a 10-byte first datagram allows 100 bytes of replies; more is dropped and counted", () => {
+    expect(RECEIVER_DEFAULTS.amplificationLimit).toBe(10);
+    const { receiver, reply, delivered, net } = oneFlow();
+    reply(101); // alone over the budget: dropped, and it costs nothing
+    reply(60);
+    reply(40);
+    reply(1);
+    expect(delivered()).toEqual([60, 40]);
+    expect(receiver.stats.drops.amplification).toBe(2);
+    expect(receiver.stats.udpOut).toBe(2);
+    expect(receiver.stats.udpOutBytes).toBe(100);
+    expect(net.logs(receiver).filter((l) => l.includes("amplification")).length).toBe(1);
+  });
+
+  test("after the client's second datagram, replies are uncapped", () => {
+    const { receiver, reply, delivered, net } = oneFlow();
+    reply(100);
+    reply(1);
+    receiver.clientDatagram("192.0.2.1", 53, new Uint8Array(1), net.now);
+    reply(5000);
+    reply(65_000);
+    expect(delivered()).toEqual([100, 5000, 65_000]);
+    expect(receiver.stats.drops.amplification).toBe(1);
+  });
+
+  test("an empty first datagram allows only empty replies; amplificationLimit 0 disables the cap", () => {
+    const empty = oneFlow({}, 0);
+    empty.reply(0);
+    empty.reply(1);
+    expect(empty.delivered()).toEqual([0]);
+    const off = oneFlow({ amplificationLimit: 0 });
+    off.reply(1000);
+    off.reply(65_000);
+    expect(off.delivered()).toEqual([1000, 65_000]);
+    expect(off.receiver.stats.drops.amplification).toBe(0);
+  });
+
+  test("the budget is per flow: a new flow of the same address (after idling out) starts over", () => {
+    const { receiver, reply, delivered, net, sender } = oneFlow({ idleTimeoutMs: 1_000 });
+    reply(100);
+    net.advance(1_000);
+    expect(receiver.flowCount).toBe(0);
+    receiver.clientDatagram("192.0.2.1", 53, new Uint8Array(20), net.now);
+    net.pump();
+    const second = net.of(sender, "open-flow-socket")[1].flowId;
+    sender.targetDatagram(second, new Uint8Array(200), net.now);
+    sender.targetDatagram(second, new Uint8Array(1), net.now);
+    net.pump();
+    expect(delivered()).toEqual([100, 200]);
+  });
+});

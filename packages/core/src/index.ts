@@ -7,3 +7,8 @@ export { type Logger, RateLimitedLog, silentLogger, stderrLogger } from "./logge
 export { startReceiver, type ReceiverHandle, type ReceiverOptions, waitFor } from "./receiver.js";
 export { Resolver, type ResolvedAddress } from "./resolve.js";
 export { startSender, type SenderHandle, type SenderOptions } from "./sender.js";
+export { configDir } from "./config-dir.js";
+export { certificateFingerprint, type CertificateFiles, loadOrCreateCertificate, parseFingerprint, pemFingerprint } from "./tls.js";
+export type { ReceiverTlsOptions, SenderTlsOptions } from "./tls-peer.js";
+export { DEFAULT_TLS_HANDSHAKE_TIMEOUT_MS, tlsCertificateRefused, tlsHandshakeFailed } from "./tls-transport.js";
+export { type CertificateSpec, createCertificate } from "./x509.js";

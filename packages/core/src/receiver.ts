@@ -9,6 +9,7 @@ import { MachineDriver, now } from "./driver.js";
 import { messageOf, UserError } from "./errors.js";
 import { type Logger, RateLimitedLog } from "./logger.js";
 import { Resolver } from "./resolve.js";
+import { type ReceiverTlsOptions, receiverListenTls } from "./tls-peer.js";
 import type { TcpServer, Transport, UdpSocket } from "./transport.js";
 
 export interface ReceiverOptions {
@@ -24,6 +25,8 @@ export interface ReceiverOptions {
    * the sender goes away before the answer.
    */
   approve?: (peer: string, cancelled: AbortSignal) => Promise<boolean>;
+  /** Serve TLS with this certificate. */
+  tls?: ReceiverTlsOptions;
 }
 
 export interface ReceiverHandle {
@@ -137,6 +140,7 @@ export async function startReceiver(options: ReceiverOptions): Promise<ReceiverH
       return transport.listenTcp({
         host,
         port: options.tcp.port,
+        tls: options.tls && receiverListenTls(options.tls, options.config.handshakeTimeoutMs, rateLimited),
         onConnection: (connection) =>
           driver.attach(connection, (conn) => {
             const peer = formatHostPort(connection.remoteAddress, connection.remotePort);

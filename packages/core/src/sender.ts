@@ -11,6 +11,7 @@ import { messageOf } from "./errors.js";
 import { type Logger, RateLimitedLog } from "./logger.js";
 import { waitFor } from "./receiver.js";
 import { Resolver } from "./resolve.js";
+import { type SenderTlsOptions, SenderTlsPolicy } from "./tls-peer.js";
 import type { TcpConnection, Transport, UdpSocket } from "./transport.js";
 
 export interface SenderOptions {
@@ -24,12 +25,16 @@ export interface SenderOptions {
   /** First retry delay and its cap (ms); each failure doubles the delay, with jitter. */
   reconnect?: { initialMs?: number; maxMs?: number };
   connectTimeoutMs?: number;
+  /** Speak TLS to the receiver and check its certificate (see SenderTlsOptions). */
+  tls?: SenderTlsOptions;
 }
 
 export interface SenderHandle {
   readonly machine: SenderMachine;
   /** Open flow sockets (for tests and status). */
   readonly flowSockets: number;
+  /** Resolves with the reason when the sender gave up for good (a refused certificate); else never. */
+  readonly fatal: Promise<string>;
   close(): Promise<void>;
 }
 
@@ -98,6 +103,15 @@ export async function startSender(options: SenderOptions): Promise<SenderHandle>
   let stopping = false;
   let retryTimer: ReturnType<typeof setTimeout> | undefined;
   let current: TcpConnection | undefined;
+  const tls = options.tls && new SenderTlsPolicy(options.tls, receiverHost);
+  let giveUp!: (why: string) => void;
+  const fatal = new Promise<string>((resolve) => {
+    giveUp = (why) => {
+      stopping = true; // no more reconnects: the next one would meet the same certificate
+      logger.log("error", why);
+      resolve(why);
+    };
+  });
 
   const bindFlowSocket = (flowId: number, entry: FlowSocket, address: string, family: 4 | 6): Promise<UdpSocket> =>
     transport.bindUdp({
@@ -224,6 +238,7 @@ export async function startSender(options: SenderOptions): Promise<SenderHandle>
         host: address,
         port: options.receiver.port,
         timeoutMs: options.connectTimeoutMs ?? 10_000,
+        tls: tls?.connectOptions,
         handlers: {
           onData: (data) => (early ? early.push(data.slice()) : handlers.onData(data)),
           onDrain: handlers.onDrain,
@@ -235,8 +250,12 @@ export async function startSender(options: SenderOptions): Promise<SenderHandle>
         },
       });
     } catch (error) {
+      const refused = tls?.refusal(error, receiverText);
+      if (refused) return giveUp(refused);
       return scheduleRetry(`cannot connect to receiver ${receiverText}: ${messageOf(error)}`);
     }
+    const refused = await tls?.check(connection, receiverText);
+    if (refused) giveUp(refused);
     if (stopping) return connection.destroy();
     current = connection;
     driver.bind(conn, connection);
@@ -253,6 +272,7 @@ export async function startSender(options: SenderOptions): Promise<SenderHandle>
   let closed: Promise<void> | undefined;
   return {
     machine,
+    fatal,
     get flowSockets() {
       return flowSockets.size;
     },

@@ -1,0 +1,11 @@
+/** Where mcudpt keeps its state (the receiver's generated certificate, trust stores). */
+import { homedir } from "node:os";
+import { join } from "node:path";
+
+/** $MCUDPT_CONFIG_DIR, else $XDG_CONFIG_HOME/mcudpt, else ~/.config/mcudpt. */
+export function configDir(env: NodeJS.ProcessEnv = process.env): string {
+  if (env.MCUDPT_CONFIG_DIR) return env.MCUDPT_CONFIG_DIR;
+  // The XDG spec says a relative XDG_CONFIG_HOME is invalid and must be ignored.
+  if (env.XDG_CONFIG_HOME?.startsWith("/")) return join(env.XDG_CONFIG_HOME, "mcudpt");
+  return join(homedir(), ".config", "mcudpt");
+}

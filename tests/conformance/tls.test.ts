@@ -102,7 +102,7 @@ for (const listener of transports) {
           await expectRefusedForGood(
             tunnel,
             new RegExp(
-              `certificate ${escape(impostorCert.fingerprint)} does not match the pinned ${escape(receiverCert.fingerprint)}`,
+              `certificate ${escapeRegExp(impostorCert.fingerprint)} does not match the pinned ${escapeRegExp(receiverCert.fingerprint)}`,
             ),
           );
         } finally {
@@ -246,6 +246,6 @@ function derToPem(der: Uint8Array | undefined): string {
   return `-----BEGIN CERTIFICATE-----\n${Buffer.from(der).toString("base64")}\n-----END CERTIFICATE-----\n`;
 }
 
-function escape(text: string): string {
+function escapeRegExp(text: string): string {
   return text.replace(/[.*+?^${}()|[\]\\/]/g, "\\$&");
 }

@@ -43,10 +43,10 @@ export function killAll(): void {
   children.clear();
 }
 
-export function startCli(runtime: Runtime, args: string[]): CliProcess {
+export function startCli(runtime: Runtime, args: string[], env: NodeJS.ProcessEnv = {}): CliProcess {
   const child = spawn(runtime, [CLI, ...args], {
     stdio: ["ignore", "ignore", "pipe"],
-    env: { ...process.env, MCUDPT_SECRET: "" },
+    env: { ...process.env, MCUDPT_SECRET: "", ...env },
   });
   children.add(child);
   let stderr = "";

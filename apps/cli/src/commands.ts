@@ -4,6 +4,7 @@ import { type ArgsDef, defineCommand } from "citty";
 import { stdinApprover } from "./approval.js";
 import { address, commonArgs, type CommonOptions, commonOptions } from "./options.js";
 import { pickTransport, runtimeDescription } from "./runtime.js";
+import { receiverTls, receiverTlsArgs, senderTls, senderTlsArgs } from "./tls-options.js";
 
 export const receiverArgs = {
   udp: {
@@ -17,6 +18,7 @@ export const receiverArgs = {
     valueHint: "[HOST]:PORT",
   },
   ...commonArgs,
+  ...receiverTlsArgs,
 } satisfies ArgsDef;
 
 export const senderArgs = {
@@ -31,6 +33,7 @@ export const senderArgs = {
     valueHint: "HOST:PORT",
   },
   ...commonArgs,
+  ...senderTlsArgs,
 } satisfies ArgsDef;
 
 /** Settings that work but surprise: say so once at start-up. */
@@ -98,6 +101,7 @@ export const receiverCommand = defineCommand({
       config: machineConfig(options),
       logger,
       approve: options.secret ? undefined : stdinApprover(logger),
+      tls: receiverTls(args, logger),
     });
     await runUntilSignal(logger, () => handle.close());
   },
@@ -114,7 +118,10 @@ export const senderCommand = defineCommand({
     warnAboutSettings(logger, options);
     const transport = pickTransport(options.transport);
     logger.log("debug", `runtime: ${runtimeDescription()}`);
-    const handle = await startSender({ transport, target, receiver, config: machineConfig(options), logger });
+    const tls = senderTls(args, logger);
+    const handle = await startSender({ transport, target, receiver, config: machineConfig(options), logger, tls });
+    // A refused certificate is not a network error: the sender gave up (the reason is logged).
+    void handle.fatal.then(() => handle.close().finally(() => process.exit(1)));
     await runUntilSignal(logger, () => handle.close());
   },
 });

@@ -9,10 +9,12 @@ import { connect } from "node:net";
 import { after, before, describe, it } from "node:test";
 import { createCertificate, pemFingerprint, type Transport } from "@mcudpt/core";
 import { concurrentClientsScenario, datagramSizesScenario, startTunnel, type Tunnel } from "../helpers/scenarios.js";
+import { concat, pattern, tcpPair } from "../helpers/tcp-side.js";
 import { availableTransports } from "../helpers/transports.js";
 import { eventually, LOOPBACK, sleep, startClient, startEcho, text } from "../helpers/tunnel.js";
 
 const YEAR_MS = 365 * 24 * 60 * 60 * 1000;
+const utf8 = (value: string) => new TextEncoder().encode(value);
 const BOUNDED = { timeout: 60_000 };
 
 interface Identity {
@@ -74,6 +76,71 @@ for (const listener of transports) {
         echo = await startEcho(listener);
       });
       after(() => echo.close());
+
+      it(
+        "keeps the transport contract: data both ways, the peer's certificate, one close per side",
+        BOUNDED,
+        async () => {
+          const pair = await tcpPair(listener, LOOPBACK, "keep", {
+            connector,
+            tls: { server: receiverCert, client: {} },
+          });
+          try {
+            assert.equal(pair.clientConn.remoteAddress, LOOPBACK);
+            assert.equal(pair.clientConn.remotePort, pair.listener.port);
+            assert.equal(pemFingerprint(derToPem(pair.clientConn.peerCertificate)), receiverCert.fingerprint);
+            assert.equal(pair.serverConn.write(utf8("greeting")), true);
+            assert.equal(pair.clientConn.write(utf8("hello")), true);
+            await eventually(() => pair.server.received === 5 && pair.client.received === 8, "bytes both ways");
+            assert.deepEqual(concat(pair.server.chunks), utf8("hello"));
+            assert.deepEqual(concat(pair.client.chunks), utf8("greeting"));
+            pair.serverConn.end();
+            await eventually(
+              () => pair.server.closes.length > 0 && pair.client.closes.length > 0,
+              "both sides to close",
+            );
+            await sleep(50); // room for a duplicate onClose to show up
+            assert.deepEqual(pair.server.closes, [undefined]);
+            assert.deepEqual(pair.client.closes, [undefined]);
+          } finally {
+            pair.listener.close();
+          }
+        },
+      );
+
+      it(
+        "delivers 32 MiB in order with backpressure and one onDrain, and end() flushes the queue",
+        BOUNDED,
+        async () => {
+          const MiB = 1024 * 1024;
+          const pair = await tcpPair(listener, LOOPBACK, "verify", {
+            connector,
+            tls: { server: receiverCert, client: {} },
+          });
+          try {
+            assert.equal(pair.clientConn.write(pattern(32 * MiB)), false);
+            await eventually(
+              () => pair.server.received >= 32 * MiB && pair.client.drains > 0,
+              "32 MiB and onDrain",
+              30_000,
+            );
+            assert.equal(pair.server.mismatch, -1, `byte ${pair.server.mismatch} out of order or corrupted`);
+            assert.equal(pair.client.drains, 1);
+            // Queued when end() is called: still delivered before the close.
+            assert.equal(pair.clientConn.write(pattern(8 * MiB, 32 * MiB)), false);
+            pair.clientConn.end();
+            await eventually(
+              () => pair.server.closes.length > 0 && pair.client.closes.length > 0,
+              "both closed",
+              30_000,
+            );
+            assert.equal(pair.server.received, 40 * MiB);
+            assert.equal(pair.server.mismatch, -1);
+          } finally {
+            pair.listener.close();
+          }
+        },
+      );
 
       it(
         "carries fifty concurrent clients and datagrams up to 65,507 bytes with a pinned certificate",

@@ -254,7 +254,7 @@ export async function startSender(options: SenderOptions): Promise<SenderHandle>
       if (refused) return giveUp(refused);
       return scheduleRetry(`cannot connect to receiver ${receiverText}: ${messageOf(error)}`);
     }
-    const refused = await tls?.check(connection, receiverText);
+    const refused = tls && (await tls.check(connection, receiverText));
     if (refused) giveUp(refused);
     if (stopping) return connection.destroy();
     current = connection;

@@ -8,6 +8,7 @@ import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { describe, it } from "node:test";
 import type { TcpConnection, TcpHandlers, Transport, UdpSocket } from "@mcudpt/core";
+import { concat, pattern, side, tcpPair } from "../helpers/tcp-side.js";
 import { availableTransports } from "../helpers/transports.js";
 
 const V4 = "127.0.0.1";
@@ -27,13 +28,6 @@ async function waitFor(condition: () => unknown, what: string, timeoutMs = 10_00
   }
 }
 
-/** Deterministic bytes: byte i of the stream at `offset` + i (a hash, so reordering shows). */
-const byteAt = (i: number) => Math.imul(i, 2654435761) >>> 24;
-function pattern(length: number, offset = 0): Uint8Array {
-  const bytes = new Uint8Array(length);
-  for (let i = 0; i < length; i++) bytes[i] = byteAt(offset + i);
-  return bytes;
-}
 const utf8 = (text: string) => new TextEncoder().encode(text);
 
 // ---------------------------------------------------------------------------------------------
@@ -80,78 +74,6 @@ async function closedUdpPort(transport: Transport): Promise<number> {
 
 // ---------------------------------------------------------------------------------------------
 // TCP fixtures
-
-interface Side {
-  received: number;
-  /** Copies of received chunks (only when kept). */
-  chunks: Uint8Array[];
-  /** Index of the first byte that did not match pattern(), or -1. */
-  mismatch: number;
-  drains: number;
-  closes: Array<Error | undefined>;
-  handlers: TcpHandlers;
-}
-
-/** Records one side of a connection; checks incoming bytes against pattern() when `verify`. */
-function side(mode: "keep" | "verify" = "keep"): Side {
-  const s: Side = {
-    received: 0,
-    chunks: [],
-    mismatch: -1,
-    drains: 0,
-    closes: [],
-    handlers: {
-      onData(data) {
-        if (mode === "keep") s.chunks.push(new Uint8Array(data));
-        else if (s.mismatch < 0) {
-          for (let i = 0; i < data.length; i++) {
-            if (data[i] !== byteAt(s.received + i)) {
-              s.mismatch = s.received + i;
-              break;
-            }
-          }
-        }
-        s.received += data.length;
-      },
-      onDrain: () => s.drains++,
-      onClose: (error) => s.closes.push(error),
-    },
-  };
-  return s;
-}
-
-const concat = (chunks: Uint8Array[]) => {
-  const out = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
-  let at = 0;
-  for (const c of chunks) {
-    out.set(c, at);
-    at += c.length;
-  }
-  return out;
-};
-
-/** A listener on `host` and one connection to it, with both sides recorded. */
-async function tcpPair(transport: Transport, host = V4, mode: "keep" | "verify" = "keep") {
-  const server = side(mode);
-  const client = side(mode);
-  let accepted: TcpConnection | undefined;
-  const listener = await transport.listenTcp({
-    host,
-    port: 0,
-    onConnection(connection) {
-      accepted = connection;
-      return server.handlers;
-    },
-  });
-  const connection = await transport.connectTcp({
-    host,
-    port: listener.port,
-    timeoutMs: 5000,
-    handlers: client.handlers,
-  });
-  await waitFor(() => accepted, "the server to accept");
-  return { listener, server, client, serverConn: accepted as TcpConnection, clientConn: connection };
-}
 
 const noHandlers = (): TcpHandlers & { calls: number } => {
   const h = {

@@ -5,87 +5,21 @@
  */
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
-import {
-  type ReceiverHandle,
-  type ReceiverOptions,
-  type SenderHandle,
-  startReceiver,
-  startSender,
-  type Transport,
-} from "@mcudpt/core";
-import type { ReceiverConfig, SenderConfig } from "@mcudpt/protocol";
+import { type ReceiverHandle, startReceiver, startSender } from "@mcudpt/core";
 import { memoryTrust, testIdentity } from "../helpers/keys.js";
 import { startProxy } from "../helpers/proxy.js";
+import { concurrentClientsScenario, datagramSizesScenario, SECRET, startTunnel } from "../helpers/scenarios.js";
 import { availableTransports } from "../helpers/transports.js";
 import {
   eventually,
   freeUdpPort,
   LOOPBACK,
-  type MemoryLogger,
   memoryLogger,
   sleep,
   startClient,
   startEcho,
   text,
 } from "../helpers/tunnel.js";
-
-const SECRET = "conformance-secret";
-
-interface Tunnel {
-  receiver: ReceiverHandle;
-  sender: SenderHandle;
-  receiverLog: MemoryLogger;
-  senderLog: MemoryLogger;
-  close(): Promise<void>;
-}
-
-/** Receiver and sender on loopback, optionally with a proxy between them; waits until connected. */
-async function startTunnel(
-  transport: Transport,
-  targetPort: number,
-  options: {
-    receiverConfig?: ReceiverConfig;
-    senderConfig?: SenderConfig;
-    viaPort?: (receiverTcpPort: number) => Promise<number>;
-    trust?: ReceiverOptions["trust"];
-    askOperator?: ReceiverOptions["askOperator"];
-    waitConnected?: boolean;
-  } = {},
-): Promise<Tunnel> {
-  const receiverLog = memoryLogger();
-  const senderLog = memoryLogger();
-  const receiver = await startReceiver({
-    transport,
-    udp: { host: LOOPBACK, port: 0 },
-    tcp: { host: LOOPBACK, port: 0 },
-    config: options.receiverConfig ?? { secret: SECRET },
-    logger: receiverLog,
-    trust: options.trust,
-    askOperator: options.askOperator,
-  });
-  const tcpPort = options.viaPort ? await options.viaPort(receiver.tcpPort) : receiver.tcpPort;
-  const sender = await startSender({
-    transport,
-    target: { host: LOOPBACK, port: targetPort },
-    receiver: { host: LOOPBACK, port: tcpPort },
-    config: options.senderConfig ?? { secret: SECRET },
-    logger: senderLog,
-    reconnect: { initialMs: 50, maxMs: 500 },
-  });
-  if (options.waitConnected !== false) {
-    await eventually(() => receiver.machine.senderConnected && sender.machine.connected, "sender accepted");
-  }
-  return {
-    receiver,
-    sender,
-    receiverLog,
-    senderLog,
-    close: async () => {
-      await sender.close();
-      await receiver.close();
-    },
-  };
-}
 
 for (const transport of availableTransports()) {
   describe(`tunnel over the ${transport.name} transport`, () => {
@@ -98,33 +32,7 @@ for (const transport of availableTransports()) {
     it("gives fifty concurrent clients each exactly their own replies", async () => {
       const tunnel = await startTunnel(transport, echo.port);
       try {
-        const clients = await Promise.all(
-          Array.from({ length: 50 }, () => startClient(transport, tunnel.receiver.udpPort)),
-        );
-        // First datagram per client opens its flow; then ten request/reply rounds each, all clients at
-        // once (a lost datagram is re-sent: loopback UDP may drop under a burst, the tunnel must not mix).
-        await Promise.all(clients.map((client, i) => client.request(`client ${i} hello`)));
-        await Promise.all(
-          clients.map(async (client, i) => {
-            for (let round = 0; round < 10; round++) {
-              const reply = text(await client.request(`client ${i} round ${round}`));
-              assert.match(reply, new RegExp(`^client ${i} round `), `client ${i} got ${reply}`);
-            }
-          }),
-        );
-        // And an unpaced burst: whatever arrives must be the client's own.
-        for (let burst = 0; burst < 5; burst++)
-          clients.forEach((client, i) => client.send(`client ${i} burst ${burst}`));
-        await sleep(300);
-        clients.forEach((client, i) => {
-          assert.ok(client.replies.length >= 11);
-          for (const reply of client.replies)
-            assert.match(text(reply), new RegExp(`^client ${i} `), `client ${i} got ${text(reply)}`);
-        });
-        assert.equal(tunnel.receiver.machine.flowCount, 50);
-        assert.equal(tunnel.sender.machine.flowCount, 50);
-        assert.equal(tunnel.sender.flowSockets, 50, "one UDP socket per flow on the sender");
-        for (const client of clients) client.close();
+        await concurrentClientsScenario(transport, tunnel);
       } finally {
         await tunnel.close();
       }
@@ -133,14 +41,7 @@ for (const transport of availableTransports()) {
     it("carries datagrams of 0, 1, 1400 and 65507 bytes intact", async () => {
       const tunnel = await startTunnel(transport, echo.port);
       try {
-        const client = await startClient(transport, tunnel.receiver.udpPort);
-        for (const size of [1, 0, 1400, 65_507]) {
-          const payload = new Uint8Array(size).map((_, i) => (i * 31 + size) & 0xff);
-          const reply = await client.request(payload);
-          assert.equal(reply.length, size);
-          assert.deepEqual(reply, payload);
-        }
-        client.close();
+        await datagramSizesScenario(transport, tunnel);
       } finally {
         await tunnel.close();
       }

@@ -44,11 +44,11 @@ export function killAll(): void {
   children.clear();
 }
 
-export function startCli(runtime: Runtime, args: string[]): CliProcess {
+export function startCli(runtime: Runtime, args: string[], env: NodeJS.ProcessEnv = {}): CliProcess {
   const child = spawn(runtime, [CLI, ...args], {
     stdio: ["ignore", "ignore", "pipe"],
-    // A fresh config dir per process: keys and trust files never touch the real ~/.config.
-    env: { ...process.env, MCUDPT_SECRET: "", MCUDPT_CONFIG_DIR: mkdtempSync(join(tmpdir(), "mcudpt-e2e-")) },
+    // A fresh config dir per process unless given: keys and trust files never touch the real ~/.config.
+    env: { ...process.env, MCUDPT_SECRET: "", MCUDPT_CONFIG_DIR: mkdtempSync(join(tmpdir(), "mcudpt-e2e-")), ...env },
   });
   children.add(child);
   let stderr = "";

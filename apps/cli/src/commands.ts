@@ -14,6 +14,7 @@ import {
 } from "./identity.js";
 import { address, type CommonOptions, commonArgs, commonOptions, limit } from "./options.js";
 import { pickTransport, runtimeDescription } from "./runtime.js";
+import { receiverTls, receiverTlsArgs, senderTls, senderTlsArgs } from "./tls-options.js";
 
 export const receiverArgs = {
   udp: {
@@ -39,6 +40,7 @@ export const receiverArgs = {
     description: `Until a client sends a second datagram, replies to it total at most N × its bytes (anti-spoofing); 0 = off (default ${RECEIVER_DEFAULTS.amplificationLimit})`,
     valueHint: "N",
   },
+  ...receiverTlsArgs,
 } satisfies ArgsDef;
 
 export const senderArgs = {
@@ -55,6 +57,7 @@ export const senderArgs = {
   ...commonArgs,
   ...keyArgs,
   ...senderTrustArgs,
+  ...senderTlsArgs,
 } satisfies ArgsDef;
 
 /** Settings that work but surprise: say so once at start-up. */
@@ -119,6 +122,8 @@ export const receiverCommand = defineCommand({
     const keyMode = !options.secret;
     if (!keyMode) rejectKeyFlagsWithSecret(args);
     const trust = keyMode ? senderTrustFor(args) : undefined;
+    // Flag errors first, files created after: a bad command line leaves nothing behind.
+    const tls = receiverTls(args, logger);
     const identity = keyMode ? identityFor(args, logger) : undefined;
     warnAboutSettings(logger, options);
     const transport = pickTransport(options.transport);
@@ -132,6 +137,7 @@ export const receiverCommand = defineCommand({
       trust,
       // With an allowlist nobody is asked: unknown keys are refused.
       askOperator: keyMode && args["authorized-keys"] === undefined ? stdinApprover(logger) : undefined,
+      tls,
     });
     await runUntilSignal(logger, () => handle.close());
   },
@@ -148,6 +154,7 @@ export const senderCommand = defineCommand({
     const keyMode = !options.secret;
     if (!keyMode) rejectKeyFlagsWithSecret(args);
     const pins = keyMode ? receiverPinsFor(args) : undefined;
+    const tls = senderTls(args, logger);
     const identity = keyMode ? identityFor(args, logger) : undefined;
     if (identity) logger.log("info", `sender key ${identity.fingerprint} (public key in ${identity.path}.pub)`);
     warnAboutSettings(logger, options);
@@ -160,9 +167,11 @@ export const senderCommand = defineCommand({
       config: { ...machineConfig(options), identity },
       logger,
       pins,
-      // A changed receiver key is not retried: exit non-zero so the operator (or systemd) sees it.
-      onFatal: () => void handle.close().finally(() => process.exit(1)),
+      tls,
     });
+    // A refused receiver key or certificate is not a network error: the sender gave up (the reason is
+    // logged); exit non-zero so the operator (or systemd) sees it.
+    void handle.fatal.then(() => handle.close().finally(() => process.exit(1)));
     await runUntilSignal(logger, () => handle.close());
   },
 });

@@ -94,7 +94,7 @@ export function receiverPinsFor(args: RawArgs): ReceiverPins {
 
 /** Key-mode flags make no sense with a shared secret: say so rather than silently ignore them. */
 export function rejectKeyFlagsWithSecret(args: RawArgs): void {
-  for (const name of ["key", "authorized-keys", "known-senders", "known-receivers", "receiver-key"]) {
+  for (const name of ["key", "authorized-keys", "known-senders", "receiver-key"]) {
     if (args[name] !== undefined)
       throw new UserError(`--${name} is for key authentication; it cannot be combined with a shared secret`);
   }

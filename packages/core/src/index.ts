@@ -12,7 +12,6 @@ export {
   type LoadedIdentity,
   loadIdentity,
   loadOrCreateIdentity,
-  parseFingerprint,
   parsePublicKeyLine,
   publicKeyLine,
   verifyEd25519,
@@ -28,8 +27,18 @@ export {
 } from "./receiver.js";
 export { type ResolvedAddress, Resolver } from "./resolve.js";
 export { type SenderHandle, type SenderOptions, startSender } from "./sender.js";
+export {
+  type CertificateFiles,
+  certificateFingerprint,
+  loadOrCreateCertificate,
+  parseFingerprint,
+  pemFingerprint,
+} from "./tls.js";
+export type { ReceiverTlsOptions, SenderTlsOptions } from "./tls-peer.js";
+export { DEFAULT_TLS_HANDSHAKE_TIMEOUT_MS, tlsCertificateRefused, tlsHandshakeFailed } from "./tls-transport.js";
 export * from "./transport.js";
 export {
+  fileCertificatePins,
   fileReceiverPins,
   fileSenderTrust,
   fixedReceiverPin,
@@ -39,3 +48,4 @@ export {
   type SenderTrustFiles,
   type SenderVerdict,
 } from "./trust.js";
+export { type CertificateSpec, createCertificate } from "./x509.js";

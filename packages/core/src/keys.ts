@@ -164,14 +164,6 @@ export function parsePublicKeyLine(line: string): { publicKey: Uint8Array; comme
   return { publicKey: new Uint8Array(blob.subarray(8 + type.length)), comment: (match[2] ?? "").trim() };
 }
 
-/** Accepts a fingerprint as printed ("SHA256:…", with or without the prefix); one-line error otherwise. */
-export function parseFingerprint(text: string, what: string): string {
-  const body = text.trim().replace(/^SHA256:/i, "");
-  if (!/^[A-Za-z0-9+/]{43}$/.test(body))
-    throw new UserError(`${what}: "${text}" is not a key fingerprint like SHA256:${"A".repeat(43)}`);
-  return `SHA256:${body}`;
-}
-
 function rawPublicKey(key: KeyObject): Uint8Array {
   const der = key.export({ type: "spki", format: "der" });
   return new Uint8Array(der.subarray(der.length - 32));

@@ -10,6 +10,7 @@ import { messageOf, UserError } from "./errors.js";
 import { fingerprint } from "./keys.js";
 import { type Logger, RateLimitedLog } from "./logger.js";
 import { Resolver } from "./resolve.js";
+import { type ReceiverTlsOptions, receiverListenTls } from "./tls-peer.js";
 import type { TcpServer, Transport, UdpSocket } from "./transport.js";
 import type { SenderTrust } from "./trust.js";
 
@@ -28,6 +29,8 @@ export interface ReceiverOptions {
    * absent. `cancelled` aborts when the sender goes away before the answer. A yes is remembered.
    */
   askOperator?: (request: OperatorQuestion, cancelled: AbortSignal) => Promise<boolean>;
+  /** Serve TLS with this certificate. */
+  tls?: ReceiverTlsOptions;
 }
 
 export interface OperatorQuestion {
@@ -173,6 +176,7 @@ export async function startReceiver(options: ReceiverOptions): Promise<ReceiverH
       return transport.listenTcp({
         host,
         port: options.tcp.port,
+        tls: options.tls && receiverListenTls(options.tls, options.config.handshakeTimeoutMs, rateLimited),
         onConnection: (connection) =>
           driver.attach(connection, (conn) => {
             const peer = formatHostPort(connection.remoteAddress, connection.remotePort);

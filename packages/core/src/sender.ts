@@ -7,11 +7,12 @@ import { DEFAULTS, FlowCloseReason, type Output, type SenderConfig, SenderMachin
 import { formatHostPort, type HostPort } from "./address.js";
 import { nodeCrypto } from "./crypto.js";
 import { MachineDriver, now } from "./driver.js";
-import { messageOf, UserError } from "./errors.js";
+import { messageOf } from "./errors.js";
 import { fingerprint } from "./keys.js";
 import { type Logger, RateLimitedLog } from "./logger.js";
 import { waitFor } from "./receiver.js";
 import { Resolver } from "./resolve.js";
+import { type SenderTlsOptions, SenderTlsPolicy } from "./tls-peer.js";
 import type { TcpConnection, Transport, UdpSocket } from "./transport.js";
 import type { ReceiverPins } from "./trust.js";
 
@@ -28,17 +29,16 @@ export interface SenderOptions {
   connectTimeoutMs?: number;
   /** Key mode: the receiver keys this sender trusts (pinned, or remembered on first use). */
   pins?: ReceiverPins;
-  /**
-   * A failure retrying cannot fix (the receiver's key changed): the sender has stopped dialing and
-   * the host should exit with this one-line message.
-   */
-  onFatal?: (error: UserError) => void;
+  /** Speak TLS to the receiver and check its certificate (see SenderTlsOptions). */
+  tls?: SenderTlsOptions;
 }
 
 export interface SenderHandle {
   readonly machine: SenderMachine;
   /** Open flow sockets (for tests and status). */
   readonly flowSockets: number;
+  /** Resolves with the reason when the sender gave up for good (a refused certificate); else never. */
+  readonly fatal: Promise<string>;
   close(): Promise<void>;
 }
 
@@ -95,18 +95,19 @@ class Lingering {
 
 export async function startSender(options: SenderOptions): Promise<SenderHandle> {
   const { transport, logger } = options;
-  let fatal: UserError | undefined;
+  /** Set when the receiver's key was refused: the next retry gives up instead. */
+  let keyRefused: string | undefined;
   const checkReceiverKey = (publicKey: Uint8Array, peer: string): string | undefined => {
     if (!options.pins) return undefined;
     let verdict: ReturnType<ReceiverPins["check"]>;
     try {
       verdict = options.pins.check(peer, publicKey);
     } catch (error) {
-      fatal = error instanceof UserError ? error : new UserError(messageOf(error));
-      return fatal.message;
+      keyRefused = messageOf(error);
+      return keyRefused;
     }
     if (verdict.verdict === "changed") {
-      fatal = new UserError(verdict.reason);
+      keyRefused = verdict.reason;
       return verdict.reason;
     }
     if (verdict.verdict === "added")
@@ -128,6 +129,15 @@ export async function startSender(options: SenderOptions): Promise<SenderHandle>
   let stopping = false;
   let retryTimer: ReturnType<typeof setTimeout> | undefined;
   let current: TcpConnection | undefined;
+  const tls = options.tls && new SenderTlsPolicy(options.tls, receiverHost);
+  let giveUp!: (why: string) => void;
+  const fatal = new Promise<string>((resolve) => {
+    giveUp = (why) => {
+      stopping = true; // no more reconnects: the next one would meet the same certificate or key
+      logger.log("error", why);
+      resolve(why);
+    };
+  });
 
   const bindFlowSocket = (flowId: number, entry: FlowSocket, address: string, family: 4 | 6): Promise<UdpSocket> =>
     transport.bindUdp({
@@ -242,12 +252,7 @@ export async function startSender(options: SenderOptions): Promise<SenderHandle>
 
   const scheduleRetry = (why: string): void => {
     if (stopping || retryTimer) return;
-    if (fatal) {
-      stopping = true;
-      logger.log("error", fatal.message);
-      options.onFatal?.(fatal);
-      return;
-    }
+    if (keyRefused) return giveUp(keyRefused);
     const base = Math.min(maxDelay, initialDelay * 2 ** Math.min(failures, 20));
     const delay = Math.round(base * (0.5 + Math.random() * 0.5));
     failures++;
@@ -276,6 +281,7 @@ export async function startSender(options: SenderOptions): Promise<SenderHandle>
         host: address,
         port: options.receiver.port,
         timeoutMs: options.connectTimeoutMs ?? 10_000,
+        tls: tls?.connectOptions,
         handlers: {
           onData: (data) => (early ? early.push(data.slice()) : handlers.onData(data)),
           onDrain: handlers.onDrain,
@@ -287,8 +293,12 @@ export async function startSender(options: SenderOptions): Promise<SenderHandle>
         },
       });
     } catch (error) {
+      const refused = tls?.refusal(error, receiverText);
+      if (refused) return giveUp(refused);
       return scheduleRetry(`cannot connect to receiver ${receiverText}: ${messageOf(error)}`);
     }
+    const refused = tls && (await tls.check(connection, receiverText));
+    if (refused) giveUp(refused);
     if (stopping) return connection.destroy();
     current = connection;
     driver.bind(conn, connection);
@@ -308,6 +318,7 @@ export async function startSender(options: SenderOptions): Promise<SenderHandle>
   let closed: Promise<void> | undefined;
   return {
     machine,
+    fatal,
     get flowSockets() {
       return flowSockets.size;
     },

@@ -53,6 +53,8 @@ export interface TcpHandlers {
 export interface TcpConnection {
   readonly remoteAddress: string;
   readonly remotePort: number;
+  /** On a TLS connection made by connectTcp: the peer's leaf certificate (DER), for pinning. */
+  readonly peerCertificate?: Uint8Array;
   /**
    * Takes all of `data` (queuing what the kernel did not accept) and returns false when the caller
    * should stop writing until onDrain. The caller must not modify `data` afterwards.
@@ -74,9 +76,41 @@ export interface TcpServer {
 export interface ListenOptions {
   host: string;
   port: number;
-  /** A connection was accepted; return its handlers. TCP_NODELAY is already set. */
+  /**
+   * A connection was accepted; return its handlers. TCP_NODELAY is already set. With `tls`, only once
+   * its TLS handshake completed.
+   */
   onConnection(connection: TcpConnection): TcpHandlers;
+  /** Serve TLS instead of plain TCP. */
+  tls?: ServerTlsOptions;
 }
+
+export interface ServerTlsOptions {
+  /** PEM certificate (chain) and private key. */
+  cert: string;
+  key: string;
+  /** A client that has not completed its TLS handshake by then is dropped (default 10 s; Bun rounds up to its 4 s timer tick). */
+  handshakeTimeoutMs?: number;
+  /** A client's TLS handshake failed (a plaintext client, a client that refused the certificate, a timeout). */
+  onHandshakeError?(error: Error, remoteAddress: string, remotePort: number): void;
+}
+
+export interface ClientTlsOptions {
+  /**
+   * PEM CA certificate(s) the peer's chain and name must verify against; a failure rejects with code
+   * TLS_CERT_REFUSED. Without it any certificate is accepted: the caller pins `peerCertificate`.
+   */
+  ca?: string;
+  /** The name the certificate must be valid for, also sent as SNI; default: the IP address dialed. */
+  serverName?: string;
+}
+
+/**
+ * The `code` of connectTcp's rejection when the handshake completed but the peer's certificate did
+ * not verify against `tls.ca` (a refusal, not a network failure). Any other handshake failure rejects
+ * with a message starting "TLS handshake failed".
+ */
+export const TLS_CERT_REFUSED = "ERR_MCUDPT_TLS_CERT_REFUSED";
 
 export interface ConnectOptions {
   host: string;
@@ -85,6 +119,8 @@ export interface ConnectOptions {
   timeoutMs?: number;
   /** Handlers for the connection, installed before any data can arrive. */
   handlers: TcpHandlers;
+  /** Speak TLS; the promise resolves only once the handshake completed (the timeout covers it). */
+  tls?: ClientTlsOptions;
 }
 
 export interface Transport {

@@ -9,7 +9,8 @@
 import { appendFileSync, existsSync, mkdirSync, readFileSync } from "node:fs";
 import { dirname } from "node:path";
 import { messageOf, UserError } from "./errors.js";
-import { fingerprint, parseFingerprint, parsePublicKeyLine, publicKeyLine } from "./keys.js";
+import { fingerprint, parsePublicKeyLine, publicKeyLine } from "./keys.js";
+import { parseFingerprint } from "./tls.js";
 
 export type SenderVerdict =
   | { verdict: "trusted"; why: string }
@@ -77,6 +78,32 @@ export type ReceiverVerdict =
 /** The sender's side: is this the receiver we talked to before? */
 export interface ReceiverPins {
   check(receiver: string, publicKey: Uint8Array): ReceiverVerdict;
+}
+
+/**
+ * TLS certificates pinned on first use, in the same known_receivers file: `HOST:PORT tls SHA256:…`.
+ * (The key check above runs inside the TLS stream; pinning the certificate too keeps an on-path
+ * party from terminating TLS and relaying the handshake.)
+ */
+export function fileCertificatePins(
+  path: string,
+): (receiver: string, certificateFingerprint: string) => ReceiverVerdict {
+  return (receiver, print) => {
+    const lines = existsSync(path) ? readLines(path) : [];
+    for (const [index, line] of lines.entries()) {
+      const fields = line.trim().split(/\s+/);
+      if (fields.length !== 3 || fields[0] !== receiver || fields[1] !== "tls") continue;
+      if (fields[2] === print) return { verdict: "trusted" };
+      return {
+        verdict: "changed",
+        reason:
+          `RECEIVER TLS CERTIFICATE CHANGED: ${receiver} now presents ${print}, but ${path} line ${index + 1} pins ${fields[2]}. ` +
+          `Refusing (someone may be impersonating the receiver); if its certificate was replaced on purpose, delete that line`,
+      };
+    }
+    appendLine(path, `${receiver} tls ${print}`);
+    return { verdict: "added", path };
+  };
 }
 
 /** An explicit pin (--receiver-key): no file involved. */

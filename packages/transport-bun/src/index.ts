@@ -13,16 +13,23 @@
  * - TCP `socket.write` is unbuffered: it returns how many bytes the kernel took and drops the rest.
  * - TCP `socket.end()` shuts down and closes the socket at once, firing `close` synchronously inside
  *   the call; bytes already accepted by the kernel are still delivered.
+ * - TLS: with a `handshake` handler, `open` fires at TCP connect/accept (writes then return 0) and
+ *   Bun.connect resolves there too; `handshake(socket, success, error)` follows, and on failure the
+ *   socket closes by itself. With `rejectUnauthorized: false`, `socket.authorized` still tells whether
+ *   the chain and name verified against `ca`. `socket.timeout(s)` fires on a 4 s tick.
  */
-import type {
-  ConnectOptions,
-  ListenOptions,
-  TcpConnection,
-  TcpHandlers,
-  TcpServer,
-  Transport,
-  UdpSocket,
-  UdpSocketOptions,
+import {
+  type ConnectOptions,
+  DEFAULT_TLS_HANDSHAKE_TIMEOUT_MS,
+  type ListenOptions,
+  type TcpConnection,
+  type TcpHandlers,
+  type TcpServer,
+  type Transport,
+  tlsCertificateRefused,
+  tlsHandshakeFailed,
+  type UdpSocket,
+  type UdpSocketOptions,
 } from "@mcudpt/core";
 
 type BunTcpSocket = import("bun").Socket<BunTcpConnection | undefined>;
@@ -93,7 +100,10 @@ class BunTcpConnection implements TcpConnection {
   private ending = false;
   private closed = false;
 
-  constructor(private readonly socket: BunTcpSocket) {
+  constructor(
+    private readonly socket: BunTcpSocket,
+    readonly peerCertificate?: Uint8Array,
+  ) {
     this.remoteAddress = socket.remoteAddress;
     this.remotePort = socket.remotePort;
   }
@@ -192,21 +202,50 @@ const tcpHandlers = {
 };
 
 async function listenTcp(options: ListenOptions): Promise<TcpServer> {
+  const tls = options.tls;
+  const accept = (socket: BunTcpSocket) => {
+    const connection = new BunTcpConnection(socket);
+    socket.data = connection;
+    // Handlers are in place before the first data event can be dispatched.
+    connection.handlers = options.onConnection(connection);
+  };
+  /** Sockets whose handshake failure was already reported (the timeout reports before Bun does). */
+  const reported = new WeakSet<BunTcpSocket>();
+  const reportFailure = (socket: BunTcpSocket, error: Error) => {
+    if (reported.has(socket)) return;
+    reported.add(socket);
+    tls?.onHandshakeError?.(error, socket.remoteAddress, socket.remotePort);
+  };
+  const tlsHandlers = tls && {
+    handshake(socket: BunTcpSocket, success: boolean, error: Error | null) {
+      // On the server `error` is also set for a client without a certificate: only `success` counts.
+      if (!success) return reportFailure(socket, tlsHandshakeFailed(error));
+      socket.timeout(0);
+      accept(socket);
+    },
+    timeout(socket: BunTcpSocket) {
+      if (socket.data) return;
+      const seconds = (tls.handshakeTimeoutMs ?? DEFAULT_TLS_HANDSHAKE_TIMEOUT_MS) / 1000;
+      reportFailure(socket, tlsHandshakeFailed(`not completed within ${seconds} s`));
+      socket.end();
+    },
+  };
   let listener: import("bun").TCPSocketListener<BunTcpConnection | undefined>;
   try {
-    // Bun.listen throws synchronously (EADDRINUSE...); turn that into a rejection.
+    // Bun.listen throws synchronously (EADDRINUSE, a bad certificate...); turn that into a rejection.
     listener = Bun.listen<BunTcpConnection | undefined>({
       hostname: options.host,
       port: options.port,
       data: undefined,
+      tls: tls && { cert: tls.cert, key: tls.key },
       socket: {
         ...tcpHandlers,
+        ...tlsHandlers,
         open(socket) {
           socket.setNoDelay(true);
-          const connection = new BunTcpConnection(socket);
-          socket.data = connection;
-          // Handlers are in place before the first data event can be dispatched.
-          connection.handlers = options.onConnection(connection);
+          if (!tls) return accept(socket);
+          // The core sees a TLS connection only once its handshake completed (handshake() above).
+          socket.timeout(Math.ceil((tls.handshakeTimeoutMs ?? DEFAULT_TLS_HANDSHAKE_TIMEOUT_MS) / 1000));
         },
       },
     });
@@ -224,46 +263,77 @@ async function listenTcp(options: ListenOptions): Promise<TcpServer> {
 
 function connectTcp(options: ConnectOptions): Promise<TcpConnection> {
   return new Promise((resolve, reject) => {
+    const tls = options.tls;
     let timedOut = false;
+    let settled = false;
+    const settle = (result: BunTcpConnection | Error) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      if (result instanceof Error) reject(result);
+      else resolve(result);
+    };
     const timer =
       options.timeoutMs === undefined
         ? undefined
         : setTimeout(() => {
-            // Bun.connect cannot be cancelled: a late success is closed in open() below,
+            // Bun.connect cannot be cancelled: a late success is closed in open()/handshake() below,
             // a late failure is ignored.
             timedOut = true;
-            reject(
+            settle(
               Object.assign(new Error(`connect ETIMEDOUT ${options.host}:${options.port}`), { code: "ETIMEDOUT" }),
             );
           }, options.timeoutMs);
+    const attach = (socket: BunTcpSocket, peerCertificate?: Uint8Array) => {
+      const connection = new BunTcpConnection(socket, peerCertificate);
+      connection.handlers = options.handlers;
+      socket.data = connection;
+      return connection;
+    };
+    const tlsHandlers = tls && {
+      handshake(socket: BunTcpSocket, success: boolean, error: Error | null) {
+        if (timedOut) return socket.end();
+        // rejectUnauthorized is off (so that a pinned self-signed certificate can pass): with a CA,
+        // `authorized` is the verdict on chain and name.
+        if (tls.ca !== undefined && !socket.authorized) {
+          settle(tlsCertificateRefused(error ?? socket.getAuthorizationError()));
+          return socket.end();
+        }
+        if (!success) return settle(tlsHandshakeFailed(error)); // Bun closes the socket itself
+        const raw = socket.getPeerCertificate()?.raw;
+        settle(attach(socket, raw ? new Uint8Array(raw) : undefined));
+      },
+      close(socket: BunTcpSocket, error?: Error) {
+        if (socket.data) return socket.data.onSocketClose(error);
+        // Closed before the handshake completed (e.g. a plaintext peer that hung up).
+        settle(tlsHandshakeFailed(error ?? "the peer closed the connection (is it using TLS?)"));
+      },
+    };
     Bun.connect<BunTcpConnection | undefined>({
       hostname: options.host,
       port: options.port,
       data: undefined,
+      tls: tls && { ca: tls.ca, serverName: tls.serverName, rejectUnauthorized: false },
       socket: {
         ...tcpHandlers,
+        ...tlsHandlers,
         open(socket) {
           if (timedOut) {
             socket.end();
             return;
           }
           socket.setNoDelay(true);
-          const connection = new BunTcpConnection(socket);
-          connection.handlers = options.handlers;
-          socket.data = connection;
+          // With TLS, the connection exists once the handshake completed (handshake() above).
+          if (!tls) attach(socket);
         },
         // Declaring connectError keeps Bun from also reporting the rejection as unhandled.
         connectError() {},
       },
     }).then(
       (socket) => {
-        clearTimeout(timer);
-        if (!timedOut && socket.data) resolve(socket.data);
+        if (!tls && !timedOut && socket.data) settle(socket.data);
       },
-      (error) => {
-        clearTimeout(timer);
-        reject(asError(error));
-      },
+      (error) => settle(asError(error)),
     );
   });
 }

@@ -11,18 +11,26 @@
  *   the socket stays usable. Without an 'error' listener that event would crash the process.
  * - A udp6 socket cannot send to an IPv4 literal (EINVAL): it needs the "::ffff:a.b.c.d" form.
  * - net write() queues everything and returns false past the high-water mark; 'drain' follows.
+ * - tls.TLSSocket is a net.Socket: the same wrapper serves both. A tls.Server reports a client's
+ *   failed handshake as 'tlsClientError' (never 'secureConnection'), and after a handshake timeout
+ *   leaves the socket open; with `rejectUnauthorized: false` a client still learns the chain-and-name
+ *   verdict from `authorized`/`authorizationError`.
  */
 import dgram from "node:dgram";
 import net from "node:net";
-import type {
-  ConnectOptions,
-  ListenOptions,
-  TcpConnection,
-  TcpHandlers,
-  TcpServer,
-  Transport,
-  UdpSocket,
-  UdpSocketOptions,
+import tls from "node:tls";
+import {
+  type ConnectOptions,
+  DEFAULT_TLS_HANDSHAKE_TIMEOUT_MS,
+  type ListenOptions,
+  type TcpConnection,
+  type TcpHandlers,
+  type TcpServer,
+  type Transport,
+  tlsCertificateRefused,
+  tlsHandshakeFailed,
+  type UdpSocket,
+  type UdpSocketOptions,
 } from "@mcudpt/core";
 
 /**
@@ -110,6 +118,7 @@ class NodeTcpConnection implements TcpConnection {
   constructor(
     private readonly socket: net.Socket,
     handlers: TcpHandlers,
+    readonly peerCertificate?: Uint8Array,
   ) {
     this.remoteAddress = socket.remoteAddress ?? "";
     this.remotePort = socket.remotePort ?? 0;
@@ -142,7 +151,7 @@ class NodeTcpConnection implements TcpConnection {
 }
 
 async function listenTcp(options: ListenOptions): Promise<TcpServer> {
-  const server = net.createServer((socket) => {
+  const onSocket = (socket: net.Socket) => {
     socket.setNoDelay(true);
     // The connection object must exist before its handlers; wire them right after, synchronously,
     // so no 'data' can be emitted in between.
@@ -153,7 +162,26 @@ async function listenTcp(options: ListenOptions): Promise<TcpServer> {
       onClose: (error) => handlers?.onClose(error),
     });
     handlers = options.onConnection(connection);
-  });
+  };
+  const secure = options.tls;
+  // With TLS, onSocket runs on 'secureConnection', i.e. once the handshake completed.
+  const server = secure
+    ? tls.createServer(
+        {
+          cert: secure.cert,
+          key: secure.key,
+          handshakeTimeout: secure.handshakeTimeoutMs ?? DEFAULT_TLS_HANDSHAKE_TIMEOUT_MS,
+        },
+        onSocket,
+      )
+    : net.createServer(onSocket);
+  if (secure) {
+    // A handshake timeout only emits this (the socket would stay open), so destroy here.
+    server.on("tlsClientError", (error, socket) => {
+      secure.onHandshakeError?.(tlsHandshakeFailed(error), socket.remoteAddress ?? "", socket.remotePort ?? 0);
+      socket.destroy();
+    });
+  }
   await settle(server, (done) => server.listen({ host: options.host, port: options.port }, done));
   // Accept failures (EMFILE...) are emitted on the server; the contract has no channel for them and
   // the listener keeps accepting, so they are ignored rather than left to crash the process.
@@ -170,7 +198,18 @@ async function listenTcp(options: ListenOptions): Promise<TcpServer> {
 
 function connectTcp(options: ConnectOptions): Promise<TcpConnection> {
   return new Promise((resolve, reject) => {
-    const socket = net.connect({ host: options.host, port: options.port });
+    const secure = options.tls;
+    // rejectUnauthorized is off so that a pinned self-signed certificate can pass; with a CA the
+    // verdict is checked below. servername: SNI and the name the certificate must match.
+    const socket = secure
+      ? tls.connect({
+          host: options.host,
+          port: options.port,
+          ca: secure.ca,
+          servername: secure.serverName,
+          rejectUnauthorized: false,
+        })
+      : net.connect({ host: options.host, port: options.port });
     const fail = (error: Error) => {
       clearTimeout(timer);
       socket.destroy();
@@ -186,13 +225,29 @@ function connectTcp(options: ConnectOptions): Promise<TcpConnection> {
               ),
             options.timeoutMs,
           );
-    socket.once("error", fail);
-    socket.once("connect", () => {
+    // A TCP-level error (ECONNREFUSED) is reported as is; one after the TCP connect is the handshake's.
+    let tcpConnected = false;
+    socket.once("connect", () => (tcpConnected = true));
+    const onError = (error: Error) => fail(secure && tcpConnected ? tlsHandshakeFailed(error) : error);
+    // A plaintext peer may just hang up: no 'error', only 'close'.
+    const onClose = () => fail(tlsHandshakeFailed("the peer closed the connection (is it using TLS?)"));
+    socket.once("error", onError);
+    if (secure) socket.once("close", onClose);
+    socket.once(secure ? "secureConnect" : "connect", () => {
       clearTimeout(timer);
-      socket.off("error", fail);
+      socket.off("error", onError);
+      socket.off("close", onClose);
+      let peerCertificate: Uint8Array | undefined;
+      if (secure) {
+        const tlsSocket = socket as tls.TLSSocket;
+        if (secure.ca !== undefined && !tlsSocket.authorized) {
+          return fail(tlsCertificateRefused(tlsSocket.authorizationError));
+        }
+        peerCertificate = tlsSocket.getPeerCertificate().raw;
+      }
       socket.setNoDelay(true);
       // Handlers go in before this tick ends; 'data' cannot fire earlier (no listener, paused).
-      resolve(new NodeTcpConnection(socket, options.handlers));
+      resolve(new NodeTcpConnection(socket, options.handlers, peerCertificate));
     });
   });
 }

@@ -20,13 +20,13 @@ import {
   Role,
   type WireAddress,
 } from "./frames.js";
-import type { FlowBase, FlowTable } from "./flow-table.js";
+import type { FlowBase, FlowCounters, FlowTable } from "./flow-table.js";
 import { type CryptoProvider, type HelloFrame, Link, type LinkState, type Side } from "./link.js";
 
 export type LogLevel = "debug" | "info" | "warn" | "error";
 
 /** A receiver-side flow: one client address. The host sends its replies to `address`:`port`. */
-export interface ClientFlow {
+export interface ClientFlow extends FlowCounters {
   readonly id: number;
   readonly mappingId: number;
   readonly address: string;
@@ -408,6 +408,8 @@ export abstract class Endpoint {
     flows.touch(flow, now);
     this.stats.udpOut++;
     this.stats.udpOutBytes += size;
+    flow.datagramsOut++;
+    flow.bytesOut += size;
     return flow;
   }
 

@@ -14,4 +14,5 @@ export {
   type Stats,
 } from "./endpoint.js";
 export { ReceiverMachine, type ReceiverConfig } from "./receiver.js";
-export { SenderMachine, type SenderConfig } from "./sender.js";
+export { SenderMachine, type SenderConfig, type TargetFlow } from "./sender.js";
+export type { FlowCounters } from "./flow-table.js";

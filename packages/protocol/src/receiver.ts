@@ -19,7 +19,7 @@ import {
   Role,
   TOKEN_SIZE,
 } from "./frames.js";
-import { FlowTable } from "./flow-table.js";
+import { FlowTable, zeroCounters } from "./flow-table.js";
 import type { CryptoProvider, Link } from "./link.js";
 
 export interface ReceiverConfig extends CommonConfig {
@@ -124,6 +124,8 @@ export class ReceiverMachine extends Endpoint {
       this.flows.touch(flow, now);
       if (!this.hasRoom(link, DATA_OVERHEAD + payload.length)) return;
     }
+    flow.datagramsIn++;
+    flow.bytesIn += payload.length;
     link.writer.data(flow.id, payload);
     this.notifyTransmit(link);
   }
@@ -153,7 +155,16 @@ export class ReceiverMachine extends Endpoint {
         this.closeFlow(oldest, FlowCloseReason.Evicted, true);
       }
     }
-    const flow: ClientFlow = { id: this.allocateFlowId(), mappingId: this.mappingId, address, port, family, key, lastActive: now };
+    const flow: ClientFlow = {
+      id: this.allocateFlowId(),
+      mappingId: this.mappingId,
+      address,
+      port,
+      family,
+      key,
+      lastActive: now,
+      ...zeroCounters(),
+    };
     this.flows.add(flow);
     this.flowsByKey.set(key, flow);
     this.stats.flowsOpened++;

@@ -4,8 +4,18 @@
  * an address to write to from the wire: the host decides the target per mapping id.
  */
 import { type CommonConfig, Endpoint, unexpected } from "./endpoint.js";
-import { FlowTable } from "./flow-table.js";
-import { Capability, CloseCode, type Frame, FlowCloseReason, FrameType, HEADER_SIZE, ProtocolError, Role } from "./frames.js";
+import { type FlowCounters, FlowTable, zeroCounters } from "./flow-table.js";
+import {
+  Capability,
+  CloseCode,
+  type Frame,
+  FlowCloseReason,
+  FrameType,
+  HEADER_SIZE,
+  ProtocolError,
+  Role,
+  type WireAddress,
+} from "./frames.js";
 import type { CryptoProvider, Link } from "./link.js";
 
 export interface SenderConfig extends CommonConfig {
@@ -13,9 +23,11 @@ export interface SenderConfig extends CommonConfig {
   mappingIds?: readonly number[];
 }
 
-interface TargetFlow {
+/** A sender-side flow: one UDP socket toward the target, on behalf of `client` (the receiver's client). */
+export interface TargetFlow extends FlowCounters {
   readonly id: number;
   readonly mappingId: number;
+  readonly client: WireAddress;
   lastActive: number;
 }
 
@@ -69,6 +81,8 @@ export class SenderMachine extends Endpoint {
       return;
     }
     if (!this.hasRoom(link, DATA_OVERHEAD + payload.length)) return;
+    flow.datagramsIn++;
+    flow.bytesIn += payload.length;
     link.writer.data(flowId, payload);
     this.notifyTransmit(link);
   }
@@ -97,6 +111,11 @@ export class SenderMachine extends Endpoint {
       return true;
     }
     return false;
+  }
+
+  /** Flows currently open, for status output. */
+  flowList(): IterableIterator<TargetFlow> {
+    return this.flows.values();
   }
 
   /** Whether flow `flowId` is open (the host may still be opening its socket). */
@@ -166,7 +185,7 @@ export class SenderMachine extends Endpoint {
             this.closeFlow(oldest, FlowCloseReason.Evicted, true);
           }
         }
-        this.flows.add({ id: frame.flowId, mappingId: frame.mappingId, lastActive: now });
+        this.flows.add({ id: frame.flowId, mappingId: frame.mappingId, client: frame.client, lastActive: now, ...zeroCounters() });
         this.stats.flowsOpened++;
         this.log("debug", `flow ${frame.flowId} opened for client ${frame.client.address}:${frame.client.port}`);
         this.emit({ kind: "open-flow-socket", flowId: frame.flowId, mappingId: frame.mappingId, client: frame.client });

@@ -1,7 +1,8 @@
 /** The receiver and sender commands: parse flags, start the role, run until a signal. */
-import { type Logger, startReceiver, startSender, stderrLogger } from "@mcudpt/core";
+import { type Logger, startReceiver, startSender } from "@mcudpt/core";
 import { type ArgsDef, defineCommand } from "citty";
 import { stdinApprover } from "./approval.js";
+import { observeReceiver, observeSender, operations, opsArgs, opsOptions } from "./ops/index.js";
 import { address, commonArgs, type CommonOptions, commonOptions } from "./options.js";
 import { pickTransport, runtimeDescription } from "./runtime.js";
 
@@ -17,6 +18,7 @@ export const receiverArgs = {
     valueHint: "[HOST]:PORT",
   },
   ...commonArgs,
+  ...opsArgs,
 } satisfies ArgsDef;
 
 export const senderArgs = {
@@ -31,6 +33,7 @@ export const senderArgs = {
     valueHint: "HOST:PORT",
   },
   ...commonArgs,
+  ...opsArgs,
 } satisfies ArgsDef;
 
 /** Settings that work but surprise: say so once at start-up. */
@@ -87,7 +90,8 @@ export const receiverCommand = defineCommand({
     const options = commonOptions(args);
     const udp = address(args, "udp");
     const tcp = address(args, "tcp");
-    const logger = stderrLogger({ name: "mcudpt receiver", level: options.logLevel });
+    const ops = operations("mcudpt receiver", options.logLevel, opsOptions(args));
+    const logger = ops.logger;
     warnAboutSettings(logger, options);
     const transport = pickTransport(options.transport);
     logger.log("debug", `runtime: ${runtimeDescription()}`);
@@ -97,9 +101,10 @@ export const receiverCommand = defineCommand({
       tcp,
       config: machineConfig(options),
       logger,
-      approve: options.secret ? undefined : stdinApprover(logger),
+      approve: options.secret ? undefined : ops.holdingStatus(stdinApprover(logger)),
     });
-    await runUntilSignal(logger, () => handle.close());
+    await ops.start(observeReceiver(handle, transport.name));
+    await runUntilSignal(logger, () => ops.stop().then(() => handle.close()));
   },
 });
 
@@ -110,11 +115,13 @@ export const senderCommand = defineCommand({
     const options = commonOptions(args);
     const target = address(args, "udp");
     const receiver = address(args, "tcp");
-    const logger = stderrLogger({ name: "mcudpt sender", level: options.logLevel });
+    const ops = operations("mcudpt sender", options.logLevel, opsOptions(args));
+    const logger = ops.logger;
     warnAboutSettings(logger, options);
     const transport = pickTransport(options.transport);
     logger.log("debug", `runtime: ${runtimeDescription()}`);
     const handle = await startSender({ transport, target, receiver, config: machineConfig(options), logger });
-    await runUntilSignal(logger, () => handle.close());
+    await ops.start(observeSender(handle, transport.name));
+    await runUntilSignal(logger, () => ops.stop().then(() => handle.close()));
   },
 });

@@ -30,6 +30,8 @@ export interface SenderHandle {
   readonly machine: SenderMachine;
   /** Open flow sockets (for tests and status). */
   readonly flowSockets: number;
+  /** TCP connections to the receiver made after the first one (for metrics). */
+  readonly reconnects: number;
   close(): Promise<void>;
 }
 
@@ -95,6 +97,7 @@ export async function startSender(options: SenderOptions): Promise<SenderHandle>
   const initialDelay = options.reconnect?.initialMs ?? 250;
   const maxDelay = options.reconnect?.maxMs ?? 30_000;
   let failures = 0;
+  let connections = 0;
   let stopping = false;
   let retryTimer: ReturnType<typeof setTimeout> | undefined;
   let current: TcpConnection | undefined;
@@ -239,6 +242,7 @@ export async function startSender(options: SenderOptions): Promise<SenderHandle>
     }
     if (stopping) return connection.destroy();
     current = connection;
+    connections++;
     driver.bind(conn, connection);
     logger.log("info", `connected to receiver ${receiverText}`);
     driver.guard(() => machine.connect(conn, receiverText, now()));
@@ -255,6 +259,9 @@ export async function startSender(options: SenderOptions): Promise<SenderHandle>
     machine,
     get flowSockets() {
       return flowSockets.size;
+    },
+    get reconnects() {
+      return Math.max(0, connections - 1);
     },
     close() {
       closed ??= (async () => {

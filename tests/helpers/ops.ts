@@ -90,5 +90,5 @@ export function sample(text: string, name: string, labels = ""): number | undefi
 
 /** The metrics URL a process logged at start ("metrics at http://…/metrics"). */
 export function metricsUrl(log: string): string | undefined {
-  return /metrics at (http:\/\/\S+)/.exec(log)?.[1];
+  return /metrics at (http:\/\/[^\s"]+)/.exec(log)?.[1];
 }

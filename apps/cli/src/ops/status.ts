@@ -79,8 +79,8 @@ export class StatusLine {
     const rate = (a: number, b: number) => compact((b - a) / seconds);
     const peer = o.role === "receiver" ? "sender" : "receiver";
     const parts = [
-      `${peer} ${o.peerConnected() ? "connected" : o.role === "receiver" ? "not connected" : "connecting"}`,
-      `flows ${o.flowCount()}`,
+      `${peer} ${o.peerConnected() ? "up" : o.role === "receiver" ? "down" : "connecting"}`,
+      `${o.flowCount()} flows`,
       `in ${rate(previous.udpIn, current.udpIn)} dg/s ${rate(previous.udpInBytes, current.udpInBytes)}B/s`,
       `out ${rate(previous.udpOut, current.udpOut)} dg/s ${rate(previous.udpOutBytes, current.udpOutBytes)}B/s`,
     ];
@@ -90,7 +90,7 @@ export class StatusLine {
     parts.push(`rtt ${rtt === undefined ? "-" : `${rtt < 10 ? rtt.toFixed(1) : Math.round(rtt)} ms`}`);
     const line = parts.join(" | ");
     // A line longer than the terminal would wrap, and \r would then only rewrite its last row.
-    const width = (this.stream.columns ?? 80) - 1;
+    const width = (this.stream.columns || 80) - 1; // 0 on a pty without a window size
     return line.length > width ? `${line.slice(0, Math.max(0, width - 1))}…` : line;
   }
 

@@ -103,8 +103,10 @@ export const receiverCommand = defineCommand({
       logger,
       approve: options.secret ? undefined : ops.holdingStatus(stdinApprover(logger)),
     });
+    // Signal handlers first: a SIGTERM while the metrics endpoint starts must still close cleanly.
+    const running = runUntilSignal(logger, () => ops.stop().then(() => handle.close()));
     await ops.start(observeReceiver(handle, transport.name));
-    await runUntilSignal(logger, () => ops.stop().then(() => handle.close()));
+    await running;
   },
 });
 
@@ -121,7 +123,9 @@ export const senderCommand = defineCommand({
     const transport = pickTransport(options.transport);
     logger.log("debug", `runtime: ${runtimeDescription()}`);
     const handle = await startSender({ transport, target, receiver, config: machineConfig(options), logger });
+    // Signal handlers first: a SIGTERM while the metrics endpoint starts must still close cleanly.
+    const running = runUntilSignal(logger, () => ops.stop().then(() => handle.close()));
     await ops.start(observeSender(handle, transport.name));
-    await runUntilSignal(logger, () => ops.stop().then(() => handle.close()));
+    await running;
   },
 });

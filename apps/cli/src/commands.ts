@@ -1,5 +1,5 @@
 /** The receiver and sender commands: parse flags, start the role, run until a signal. */
-import { type Logger, startReceiver, startSender, stderrLogger } from "@mcudpt/core";
+import { type Logger, startReceiver, startSender } from "@mcudpt/core";
 import { RECEIVER_DEFAULTS } from "@mcudpt/protocol";
 import { type ArgsDef, defineCommand } from "citty";
 import { stdinApprover } from "./approval.js";
@@ -12,6 +12,7 @@ import {
   senderTrustArgs,
   senderTrustFor,
 } from "./identity.js";
+import { observeReceiver, observeSender, operations, opsArgs, opsOptions } from "./ops/index.js";
 import { address, type CommonOptions, commonArgs, commonOptions, limit } from "./options.js";
 import { pickTransport, runtimeDescription } from "./runtime.js";
 import { receiverTls, receiverTlsArgs, senderTls, senderTlsArgs } from "./tls-options.js";
@@ -41,6 +42,7 @@ export const receiverArgs = {
     valueHint: "N",
   },
   ...receiverTlsArgs,
+  ...opsArgs,
 } satisfies ArgsDef;
 
 export const senderArgs = {
@@ -58,6 +60,7 @@ export const senderArgs = {
   ...keyArgs,
   ...senderTrustArgs,
   ...senderTlsArgs,
+  ...opsArgs,
 } satisfies ArgsDef;
 
 /** Settings that work but surprise: say so once at start-up. */
@@ -118,7 +121,8 @@ export const receiverCommand = defineCommand({
     const tcp = address(args, "tcp");
     const newFlowsPerSecond = limit(args, "new-flow-rate", RECEIVER_DEFAULTS.newFlowsPerSecond);
     const amplificationLimit = limit(args, "amplification-limit", RECEIVER_DEFAULTS.amplificationLimit, 10_000);
-    const logger = stderrLogger({ name: "mcudpt receiver", level: options.logLevel });
+    const ops = operations("mcudpt receiver", options.logLevel, opsOptions(args));
+    const logger = ops.logger;
     const keyMode = !options.secret;
     if (!keyMode) rejectKeyFlagsWithSecret(args);
     const trust = keyMode ? senderTrustFor(args) : undefined;
@@ -136,10 +140,13 @@ export const receiverCommand = defineCommand({
       logger,
       trust,
       // With an allowlist nobody is asked: unknown keys are refused.
-      askOperator: keyMode && args["authorized-keys"] === undefined ? stdinApprover(logger) : undefined,
+      askOperator: keyMode && args["authorized-keys"] === undefined ? ops.holdingStatus(stdinApprover(logger)) : undefined,
       tls,
     });
-    await runUntilSignal(logger, () => handle.close());
+    // Signal handlers first: a SIGTERM while the metrics endpoint starts must still close cleanly.
+    const running = runUntilSignal(logger, () => ops.stop().then(() => handle.close()));
+    await ops.start(observeReceiver(handle, transport.name));
+    await running;
   },
 });
 
@@ -150,7 +157,8 @@ export const senderCommand = defineCommand({
     const options = commonOptions(args);
     const target = address(args, "udp");
     const receiver = address(args, "tcp");
-    const logger = stderrLogger({ name: "mcudpt sender", level: options.logLevel });
+    const ops = operations("mcudpt sender", options.logLevel, opsOptions(args));
+    const logger = ops.logger;
     const keyMode = !options.secret;
     if (!keyMode) rejectKeyFlagsWithSecret(args);
     const pins = keyMode ? receiverPinsFor(args) : undefined;
@@ -171,7 +179,10 @@ export const senderCommand = defineCommand({
     });
     // A refused receiver key or certificate is not a network error: the sender gave up (the reason is
     // logged); exit non-zero so the operator (or systemd) sees it.
-    void handle.fatal.then(() => handle.close().finally(() => process.exit(1)));
-    await runUntilSignal(logger, () => handle.close());
+    void handle.fatal.then(() => ops.stop().then(() => handle.close()).finally(() => process.exit(1)));
+    // Signal handlers first: a SIGTERM while the metrics endpoint starts must still close cleanly.
+    const running = runUntilSignal(logger, () => ops.stop().then(() => handle.close()));
+    await ops.start(observeSender(handle, transport.name));
+    await running;
   },
 });

@@ -39,6 +39,8 @@ export interface SenderHandle {
   readonly flowSockets: number;
   /** Resolves with the reason when the sender gave up for good (a refused certificate); else never. */
   readonly fatal: Promise<string>;
+  /** TCP connections to the receiver made after the first one (for metrics). */
+  readonly reconnects: number;
   close(): Promise<void>;
 }
 
@@ -126,6 +128,7 @@ export async function startSender(options: SenderOptions): Promise<SenderHandle>
   const initialDelay = options.reconnect?.initialMs ?? 250;
   const maxDelay = options.reconnect?.maxMs ?? 30_000;
   let failures = 0;
+  let connections = 0;
   let stopping = false;
   let retryTimer: ReturnType<typeof setTimeout> | undefined;
   let current: TcpConnection | undefined;
@@ -301,6 +304,7 @@ export async function startSender(options: SenderOptions): Promise<SenderHandle>
     if (refused) giveUp(refused);
     if (stopping) return connection.destroy();
     current = connection;
+    connections++;
     driver.bind(conn, connection);
     logger.log("info", `connected to receiver ${receiverText}`);
     driver.guard(() => machine.connect(conn, receiverText, now()));
@@ -321,6 +325,9 @@ export async function startSender(options: SenderOptions): Promise<SenderHandle>
     fatal,
     get flowSockets() {
       return flowSockets.size;
+    },
+    get reconnects() {
+      return Math.max(0, connections - 1);
     },
     close() {
       closed ??= (async () => {

@@ -7,7 +7,6 @@
  * than `nextTimeout()`. Nothing here reads a clock, opens a socket or sets a timer.
  */
 import { utf8 } from "./bytes.js";
-import type { FlowBase, FlowTable } from "./flow-table.js";
 import {
   AuthMode,
   CLOSE_CODE_NAMES,
@@ -21,6 +20,7 @@ import {
   Role,
   type WireAddress,
 } from "./frames.js";
+import type { FlowBase, FlowCounters, FlowTable } from "./flow-table.js";
 import {
   type Credentials,
   type CryptoProvider,
@@ -34,7 +34,7 @@ import {
 export type LogLevel = "debug" | "info" | "warn" | "error";
 
 /** A receiver-side flow: one client address. The host sends its replies to `address`:`port`. */
-export interface ClientFlow {
+export interface ClientFlow extends FlowCounters {
   readonly id: number;
   readonly mappingId: number;
   readonly address: string;
@@ -477,9 +477,12 @@ export abstract class Endpoint {
     entry.unlogged = 0;
   }
 
-  protected countOut(size: number): void {
+  /** Counts a datagram handed out to UDP, in the totals and on its flow. */
+  protected countOut(flow: FlowCounters, size: number): void {
     this.stats.udpOut++;
     this.stats.udpOutBytes += size;
+    flow.datagramsOut++;
+    flow.bytesOut += size;
   }
 
   /**

@@ -11,8 +11,9 @@ export {
   type Stats,
 } from "./endpoint.js";
 export * from "./frames.js";
+export type { FlowCounters } from "./flow-table.js";
 export type { Credentials, CryptoProvider, Identity, Side } from "./link.js";
 export { type RateLimitConfig, SourceRateLimiter } from "./rate-limit.js";
 export { RECEIVER_DEFAULTS, type ReceiverConfig, ReceiverMachine } from "./receiver.js";
-export { type SenderConfig, SenderMachine } from "./sender.js";
+export { type SenderConfig, SenderMachine, type TargetFlow } from "./sender.js";
 export { encodeFrame, FrameWriter } from "./writer.js";

@@ -7,7 +7,7 @@
 import { ipFamily } from "./address.js";
 import { bytesEqual } from "./bytes.js";
 import { type ClientFlow, type CommonConfig, Endpoint, unexpected } from "./endpoint.js";
-import { FlowTable } from "./flow-table.js";
+import { FlowTable, zeroCounters } from "./flow-table.js";
 import {
   Capability,
   CloseCode,
@@ -181,6 +181,8 @@ export class ReceiverMachine extends Endpoint {
       this.flows.touch(flow, now);
       if (!this.hasRoom(link, DATA_OVERHEAD + payload.length)) return;
     }
+    flow.datagramsIn++;
+    flow.bytesIn += payload.length;
     link.writer.data(flow.id, payload);
     this.notifyTransmit(link);
   }
@@ -227,6 +229,7 @@ export class ReceiverMachine extends Endpoint {
       key,
       lastActive: now,
       replyBudget: limit > 0 ? limit * firstSize : Number.POSITIVE_INFINITY,
+      ...zeroCounters(),
     };
     this.flows.add(flow);
     this.flowsByKey.set(key, flow);
@@ -361,7 +364,7 @@ export class ReceiverMachine extends Endpoint {
           }
           flow.replyBudget -= size;
         }
-        this.countOut(size);
+        this.countOut(flow, size);
         this.emit({ kind: "send-to-client", flow, payload: frame.payload });
         return;
       }

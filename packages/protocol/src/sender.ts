@@ -4,7 +4,7 @@
  * an address to write to from the wire: the host decides the target per mapping id.
  */
 import { type CommonConfig, Endpoint, unexpected } from "./endpoint.js";
-import { FlowTable } from "./flow-table.js";
+import { type FlowCounters, FlowTable, zeroCounters } from "./flow-table.js";
 import {
   Capability,
   CloseCode,
@@ -14,6 +14,7 @@ import {
   HEADER_SIZE,
   ProtocolError,
   Role,
+  type WireAddress,
 } from "./frames.js";
 import type { CryptoProvider, Link } from "./link.js";
 
@@ -28,9 +29,11 @@ export interface SenderConfig extends CommonConfig {
   checkReceiverKey?: (publicKey: Uint8Array, peer: string) => string | undefined;
 }
 
-interface TargetFlow {
+/** A sender-side flow: one UDP socket toward the target, on behalf of `client` (the receiver's client). */
+export interface TargetFlow extends FlowCounters {
   readonly id: number;
   readonly mappingId: number;
+  readonly client: WireAddress;
   lastActive: number;
 }
 
@@ -86,6 +89,8 @@ export class SenderMachine extends Endpoint {
       return;
     }
     if (!this.hasRoom(link, DATA_OVERHEAD + payload.length)) return;
+    flow.datagramsIn++;
+    flow.bytesIn += payload.length;
     link.writer.data(flowId, payload);
     this.notifyTransmit(link);
   }
@@ -114,6 +119,11 @@ export class SenderMachine extends Endpoint {
       return true;
     }
     return false;
+  }
+
+  /** Flows currently open, for status output. */
+  flowList(): IterableIterator<TargetFlow> {
+    return this.flows.values();
   }
 
   /** Whether flow `flowId` is open (the host may still be opening its socket). */
@@ -174,7 +184,7 @@ export class SenderMachine extends Endpoint {
       case FrameType.Data: {
         const flow = this.dataFlow(this.flows, link, frame.flowId, now);
         if (flow === undefined) return;
-        this.countOut(frame.payload.length);
+        this.countOut(flow, frame.payload.length);
         this.emit({ kind: "send-to-target", flowId: flow.id, payload: frame.payload });
         return;
       }
@@ -196,7 +206,7 @@ export class SenderMachine extends Endpoint {
             this.closeFlow(oldest, FlowCloseReason.Evicted, true);
           }
         }
-        this.flows.add({ id: frame.flowId, mappingId: frame.mappingId, lastActive: now });
+        this.flows.add({ id: frame.flowId, mappingId: frame.mappingId, client: frame.client, lastActive: now, ...zeroCounters() });
         this.stats.flowsOpened++;
         this.log("debug", `flow ${frame.flowId} opened for client ${frame.client.address}:${frame.client.port}`);
         this.emit({ kind: "open-flow-socket", flowId: frame.flowId, mappingId: frame.mappingId, client: frame.client });

@@ -1,0 +1,141 @@
+/**
+ * `--metrics [HOST:]PORT`: Prometheus text format over HTTP, built with prom-client (runs on Node and
+ * Bun). Every value is read from the machine's own counters when scraped (collect callbacks), so
+ * nothing is added to the datagram path. Loaded only when --metrics is given (a separate chunk):
+ * the other commands do not pay for parsing prom-client at start-up.
+ */
+import { createServer, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
+import { formatHostPort, messageOf, UserError } from "@mcudpt/core";
+import type { DropReason } from "@mcudpt/protocol";
+import { Counter, Gauge, Registry } from "prom-client";
+import type { Observed } from "./observe.js";
+
+export interface MetricsServer {
+  readonly url: string;
+  close(): Promise<void>;
+}
+
+/** Builds the registry for one running role. `info` becomes labels of mcudpt_info. */
+export function metricsRegistry(observed: Observed, info: Record<string, string>): Registry {
+  const registry = new Registry();
+  const registers = [registry];
+  const stats = observed.stats;
+  // Counters mirror totals kept elsewhere: reset, then add the current total.
+  const total = (name: string, help: string, value: () => number) =>
+    new Counter({
+      name,
+      help,
+      registers,
+      collect() {
+        this.reset();
+        this.inc(value());
+      },
+    });
+  const byLabel = (name: string, help: string, label: string, values: () => Record<string, number>) =>
+    new Counter({
+      name,
+      help,
+      labelNames: [label],
+      registers,
+      collect() {
+        this.reset();
+        for (const [key, value] of Object.entries(values())) this.inc({ [label]: key }, value);
+      },
+    });
+  const gauge = (name: string, help: string, value: () => number | undefined) =>
+    new Gauge({
+      name,
+      help,
+      registers,
+      collect() {
+        const v = value();
+        if (v === undefined) this.reset();
+        else this.set(v);
+      },
+    });
+
+  new Gauge({
+    name: "mcudpt_info",
+    help: "Build and run-time information",
+    labelNames: Object.keys(info),
+    registers,
+  }).set(info, 1);
+  gauge("mcudpt_peer_connected", "1 while the peer (the sender, or the receiver) is connected and accepted", () =>
+    observed.peerConnected() ? 1 : 0,
+  );
+  gauge("mcudpt_flows", "Open flows", () => observed.flowCount());
+  total("mcudpt_flows_opened_total", "Flows opened", () => stats.flowsOpened);
+  total("mcudpt_flows_closed_total", "Flows closed (idle, evicted, closed by the peer, ...)", () => stats.flowsClosed);
+  total("mcudpt_flows_evicted_total", "Flows closed to make room under --max-flows", () => stats.flowsEvicted);
+  byLabel(
+    "mcudpt_datagrams_total",
+    "UDP datagrams: in = from clients/target into the tunnel, out = to them",
+    "direction",
+    () => ({
+      in: stats.udpIn,
+      out: stats.udpOut,
+    }),
+  );
+  byLabel("mcudpt_bytes_total", "UDP payload bytes, directions as mcudpt_datagrams_total", "direction", () => ({
+    in: stats.udpInBytes,
+    out: stats.udpOutBytes,
+  }));
+  byLabel(
+    "mcudpt_drops_total",
+    "Datagrams dropped, by reason",
+    "reason",
+    () => ({ ...stats.drops }) as Record<DropReason, number>,
+  );
+  total("mcudpt_accepted_connections_total", "Connections that completed the handshake", () => stats.accepted);
+  total("mcudpt_reconnects_total", "Connections to the peer after the first one", () => observed.reconnects());
+  total("mcudpt_handshake_failures_total", "Handshakes refused, failed or timed out", () => stats.handshakeFailures);
+  gauge("mcudpt_rtt_seconds", "Round trip of the last keepalive ping over the TCP connection", () =>
+    stats.rttMs === undefined ? undefined : stats.rttMs / 1000,
+  );
+  return registry;
+}
+
+/** Serves GET /metrics (and / for convenience) on host:port; port 0 picks a free port (see `url`). */
+export async function startMetricsServer(registry: Registry, host: string, port: number): Promise<MetricsServer> {
+  const server: Server = createServer((request, response) => {
+    const path = (request.url ?? "/").split("?")[0];
+    if (request.method !== "GET" && request.method !== "HEAD") {
+      response.writeHead(405, { allow: "GET, HEAD" }).end();
+      return;
+    }
+    if (path !== "/metrics" && path !== "/") {
+      response.writeHead(404, { "content-type": "text/plain" }).end("not found: try /metrics\n");
+      return;
+    }
+    registry.metrics().then(
+      (text) =>
+        response
+          .writeHead(200, { "content-type": registry.contentType })
+          .end(request.method === "HEAD" ? undefined : text),
+      (error) => response.writeHead(500, { "content-type": "text/plain" }).end(`${messageOf(error)}\n`),
+    );
+  });
+  try {
+    await new Promise<void>((resolve, reject) => {
+      server.once("error", reject);
+      server.listen(port, host, () => {
+        server.off("error", reject);
+        resolve();
+      });
+    });
+  } catch (error) {
+    throw new UserError(`--metrics: cannot listen on ${formatHostPort(host, port)}: ${messageOf(error)}`);
+  }
+  // A scraper that misbehaves must not take the tunnel down: errors on the server are ignored.
+  server.on("error", () => {});
+  const bound = (server.address() as AddressInfo).port;
+  return {
+    url: `http://${formatHostPort(host, bound)}/metrics`,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.closeAllConnections?.();
+        server.close(() => resolve());
+      }),
+  };
+}

@@ -1,0 +1,101 @@
+/**
+ * One read-only view of a running receiver or sender, whatever the role: what the status line, the
+ * metrics endpoint and the SIGUSR1 snapshot show. Reads counters the machines keep anyway; nothing
+ * here is on the datagram path.
+ */
+import { formatHostPort, type ReceiverHandle, type SenderHandle } from "@mcudpt/core";
+import type { FlowCounters, Stats } from "@mcudpt/protocol";
+
+export type Role = "receiver" | "sender";
+
+export interface FlowRow extends FlowCounters {
+  id: number;
+  /** The UDP client this flow belongs to. */
+  client: string;
+  lastActive: number;
+}
+
+export interface Observed {
+  role: Role;
+  transport: string;
+  stats: Stats;
+  /** Receiver: an accepted sender is connected. Sender: accepted by the receiver. */
+  peerConnected(): boolean;
+  flowCount(): number;
+  /** Connections to the peer after the first one. */
+  reconnects(): number;
+  flows(): Iterable<FlowRow>;
+}
+
+export function observeReceiver(handle: ReceiverHandle, transport: string): Observed {
+  const machine = handle.machine;
+  return {
+    role: "receiver",
+    transport,
+    stats: machine.stats,
+    peerConnected: () => machine.senderConnected,
+    flowCount: () => machine.flowCount,
+    reconnects: () => Math.max(0, machine.stats.accepted - 1),
+    *flows() {
+      for (const flow of machine.flowList())
+        yield {
+          ...counters(flow),
+          id: flow.id,
+          client: formatHostPort(flow.address, flow.port),
+          lastActive: flow.lastActive,
+        };
+    },
+  };
+}
+
+export function observeSender(handle: SenderHandle, transport: string): Observed {
+  const machine = handle.machine;
+  return {
+    role: "sender",
+    transport,
+    stats: machine.stats,
+    peerConnected: () => machine.connected,
+    flowCount: () => machine.flowCount,
+    reconnects: () => handle.reconnects,
+    *flows() {
+      for (const flow of machine.flowList()) {
+        yield {
+          ...counters(flow),
+          id: flow.id,
+          client: formatHostPort(flow.client.address, flow.client.port),
+          lastActive: flow.lastActive,
+        };
+      }
+    },
+  };
+}
+
+function counters(flow: FlowCounters): FlowCounters {
+  return {
+    datagramsIn: flow.datagramsIn,
+    bytesIn: flow.bytesIn,
+    datagramsOut: flow.datagramsOut,
+    bytesOut: flow.bytesOut,
+  };
+}
+
+/** Drop reasons with a non-zero count, as "reason=N" words. */
+export function nonZeroDrops(stats: Stats): string[] {
+  return Object.entries(stats.drops)
+    .filter(([, n]) => n > 0)
+    .map(([reason, n]) => `${reason}=${n}`);
+}
+
+/** 1234567 → "1.2M": compact figures for a one-line display. */
+export function compact(value: number): string {
+  if (value < 1000) return String(Math.round(value));
+  const units = ["k", "M", "G", "T"];
+  let v = value;
+  let unit = "";
+  for (const u of units) {
+    if (v < 1000) break;
+    v /= 1000;
+    unit = u;
+  }
+  return `${v < 10 ? v.toFixed(1) : Math.round(v)}${unit}`;
+}

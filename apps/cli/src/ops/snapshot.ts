@@ -1,0 +1,75 @@
+/**
+ * `kill -USR1 PID`: writes a snapshot of the totals and of every open flow to stderr (a table, or
+ * one JSON object per line with --log-format json), without stopping anything. SIGUSR1 does not
+ * exist on Windows; there the handler is simply not installed.
+ */
+import { now } from "@mcudpt/core";
+import { jsonRecord, type LogFormat } from "./logging.js";
+import { type FlowRow, nonZeroDrops, type Observed } from "./observe.js";
+
+/** Largest number of flows listed one by one; the rest are summed up in one line. */
+const MAX_LISTED = 1000;
+
+export function snapshotText(observed: Observed, at = now()): string {
+  const s = observed.stats;
+  const peer = observed.role === "receiver" ? "sender" : "receiver";
+  const lines = [
+    `snapshot: ${peer} ${observed.peerConnected() ? "connected" : "not connected"}, ${observed.flowCount()} flows, ` +
+      `udp in ${s.udpIn} dg ${s.udpInBytes} B, udp out ${s.udpOut} dg ${s.udpOutBytes} B, ` +
+      `drops ${nonZeroDrops(s).join(" ") || "0"}, rtt ${s.rttMs === undefined ? "-" : `${s.rttMs.toFixed(1)} ms`}, ` +
+      `reconnects ${observed.reconnects()}, handshake failures ${s.handshakeFailures}`,
+  ];
+  const flows = [...observed.flows()].sort((a, b) => b.bytesIn + b.bytesOut - (a.bytesIn + a.bytesOut));
+  if (flows.length > 0)
+    lines.push(
+      `  ${"flow".padStart(10)}  ${"client".padEnd(40)} ${"in dg".padStart(10)} ${"in B".padStart(12)} ${"out dg".padStart(10)} ${"out B".padStart(12)}  idle`,
+    );
+  for (const flow of flows.slice(0, MAX_LISTED)) {
+    lines.push(
+      `  ${String(flow.id).padStart(10)}  ${flow.client.padEnd(40)} ${String(flow.datagramsIn).padStart(10)} ${String(flow.bytesIn).padStart(12)} ` +
+        `${String(flow.datagramsOut).padStart(10)} ${String(flow.bytesOut).padStart(12)}  ${idle(flow, at)}`,
+    );
+  }
+  if (flows.length > MAX_LISTED) lines.push(`  ... and ${flows.length - MAX_LISTED} more flows`);
+  return `${lines.join("\n")}\n`;
+}
+
+export function snapshotJson(observed: Observed, name: string, at = now()): string {
+  const s = observed.stats;
+  let out = jsonRecord(name, "snapshot", {
+    peerConnected: observed.peerConnected(),
+    flows: observed.flowCount(),
+    udpIn: s.udpIn,
+    udpInBytes: s.udpInBytes,
+    udpOut: s.udpOut,
+    udpOutBytes: s.udpOutBytes,
+    drops: s.drops,
+    rttMs: s.rttMs ?? null,
+    reconnects: observed.reconnects(),
+    handshakeFailures: s.handshakeFailures,
+  });
+  let listed = 0;
+  for (const flow of observed.flows()) {
+    if (listed++ >= MAX_LISTED) break;
+    const { lastActive: _, ...rest } = flow;
+    out += jsonRecord(name, "flow", { ...rest, idleMs: Math.round(at - flow.lastActive) });
+  }
+  return out;
+}
+
+function idle(flow: FlowRow, at: number): string {
+  return `${((at - flow.lastActive) / 1000).toFixed(1)} s`;
+}
+
+/** Installs the SIGUSR1 handler; returns its removal. */
+export function onSnapshotSignal(
+  observed: Observed,
+  name: string,
+  format: LogFormat,
+  write: (text: string) => void,
+): () => void {
+  if (process.platform === "win32") return () => {};
+  const handler = () => write(format === "json" ? snapshotJson(observed, name) : snapshotText(observed));
+  process.on("SIGUSR1", handler);
+  return () => process.off("SIGUSR1", handler);
+}

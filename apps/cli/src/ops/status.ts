@@ -1,0 +1,101 @@
+/**
+ * The live status line on a terminal: one line on stderr, rewritten in place every second, showing
+ * whether the peer is connected, open flows, datagrams/s and bytes/s each way, drops by reason and
+ * the keepalive round trip. Log lines go above it (the logger wrapper clears and redraws it).
+ * Only ever drawn when stderr is a TTY: a pipe or a journal gets plain log lines and nothing else.
+ */
+import { compact, nonZeroDrops, type Observed } from "./observe.js";
+
+export interface StatusStream {
+  isTTY?: boolean;
+  columns?: number;
+  write(text: string): unknown;
+}
+
+const CLEAR = "\r\x1b[K";
+
+interface Sample {
+  at: number;
+  udpIn: number;
+  udpInBytes: number;
+  udpOut: number;
+  udpOutBytes: number;
+}
+
+export class StatusLine {
+  private timer: ReturnType<typeof setInterval> | undefined;
+  private shown = "";
+  private last: Sample | undefined;
+  /** While set (an operator question is open on the terminal) nothing is drawn. */
+  paused = false;
+
+  constructor(
+    private readonly observed: Observed,
+    private readonly stream: StatusStream,
+    private readonly intervalMs = 1000,
+  ) {}
+
+  /** Whether a status line may be drawn on `stream` at all. */
+  static wanted(stream: StatusStream, quiet: boolean, format: string): boolean {
+    return stream.isTTY === true && !quiet && format === "text";
+  }
+
+  start(): void {
+    this.last = this.sample(performance.now());
+    this.timer = setInterval(() => this.update(), this.intervalMs);
+    this.timer.unref?.();
+    this.update();
+  }
+
+  stop(): void {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = undefined;
+    this.clear();
+  }
+
+  /** Recomputes the rates since the last update and redraws. */
+  update(now = performance.now()): void {
+    const current = this.sample(now);
+    const previous = this.last ?? current;
+    this.last = current;
+    if (this.paused) return;
+    this.shown = this.render(previous, current);
+    this.stream.write(`${CLEAR}${this.shown}`);
+  }
+
+  /** Removes the line (before a log line is written). */
+  clear(): void {
+    if (this.shown && !this.paused) this.stream.write(CLEAR);
+  }
+
+  /** Puts the last line back (after a log line). */
+  redraw(): void {
+    if (this.shown && this.timer && !this.paused) this.stream.write(this.shown);
+  }
+
+  render(previous: Sample, current: Sample): string {
+    const o = this.observed;
+    const seconds = Math.max((current.at - previous.at) / 1000, 0.001);
+    const rate = (a: number, b: number) => compact((b - a) / seconds);
+    const peer = o.role === "receiver" ? "sender" : "receiver";
+    const parts = [
+      `${peer} ${o.peerConnected() ? "up" : o.role === "receiver" ? "down" : "connecting"}`,
+      `${o.flowCount()} flows`,
+      `in ${rate(previous.udpIn, current.udpIn)} dg/s ${rate(previous.udpInBytes, current.udpInBytes)}B/s`,
+      `out ${rate(previous.udpOut, current.udpOut)} dg/s ${rate(previous.udpOutBytes, current.udpOutBytes)}B/s`,
+    ];
+    const drops = nonZeroDrops(o.stats);
+    parts.push(drops.length > 0 ? `drops ${drops.join(" ")}` : "drops 0");
+    const rtt = o.stats.rttMs;
+    parts.push(`rtt ${rtt === undefined ? "-" : `${rtt < 10 ? rtt.toFixed(1) : Math.round(rtt)} ms`}`);
+    const line = parts.join(" | ");
+    // A line longer than the terminal would wrap, and \r would then only rewrite its last row.
+    const width = (this.stream.columns || 80) - 1; // 0 on a pty without a window size
+    return line.length > width ? `${line.slice(0, Math.max(0, width - 1))}…` : line;
+  }
+
+  private sample(at: number): Sample {
+    const s = this.observed.stats;
+    return { at, udpIn: s.udpIn, udpInBytes: s.udpInBytes, udpOut: s.udpOut, udpOutBytes: s.udpOutBytes };
+  }
+}

@@ -1,0 +1,143 @@
+/**
+ * The operations modules without processes: the status line's text and when it is drawn, the
+ * --metrics address rules, the SIGUSR1 snapshot, the published manifests, and docs/cli.md being
+ * what `bun run docs:cli` would write from the flag definitions.
+ */
+import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
+import { describe, it } from "node:test";
+import type { Stats } from "@mcudpt/protocol";
+import type { Observed } from "../../apps/cli/src/ops/observe.ts";
+import { opsOptions, parseMetricsAddress } from "../../apps/cli/src/ops/options.ts";
+import { snapshotText } from "../../apps/cli/src/ops/snapshot.ts";
+import { StatusLine } from "../../apps/cli/src/ops/status.ts";
+import { CLI_DOC, renderCliDoc } from "../../scripts/cli-docs.ts";
+import { publishedManifest } from "../../scripts/pack.ts";
+
+function fakeObserved(stats: Partial<Stats> = {}): Observed {
+  const full: Stats = {
+    udpIn: 0,
+    udpInBytes: 0,
+    udpOut: 0,
+    udpOutBytes: 0,
+    flowsOpened: 0,
+    flowsClosed: 0,
+    flowsEvicted: 0,
+    accepted: 1,
+    handshakeFailures: 0,
+    drops: {
+      "no-sender": 0,
+      backpressure: 0,
+      "unknown-flow": 0,
+      "not-connected": 0,
+      "rate-limited": 0,
+      amplification: 0,
+      "socket-error": 0,
+      "too-large": 0,
+    },
+    rttMs: undefined,
+    ...stats,
+  };
+  const flows = [
+    { id: 7, client: "192.0.2.1:5353", datagramsIn: 3, bytesIn: 300, datagramsOut: 2, bytesOut: 200, lastActive: 0 },
+  ];
+  return {
+    role: "receiver",
+    transport: "node",
+    stats: full,
+    peerConnected: () => true,
+    flowCount: () => flows.length,
+    reconnects: () => 0,
+    flows: () => flows,
+  };
+}
+
+describe("status line", () => {
+  it("is drawn only on a TTY, in text format, without --quiet", () => {
+    assert.equal(StatusLine.wanted({ isTTY: true, write() {} }, false, "text"), true);
+    assert.equal(StatusLine.wanted({ isTTY: false, write() {} }, false, "text"), false);
+    assert.equal(StatusLine.wanted({ write() {} }, false, "text"), false);
+    assert.equal(StatusLine.wanted({ isTTY: true, write() {} }, true, "text"), false);
+    assert.equal(StatusLine.wanted({ isTTY: true, write() {} }, false, "json"), false);
+  });
+
+  it("shows the peer, flows, rates each way, drops by reason and the RTT, within the terminal width", () => {
+    const observed = fakeObserved({ drops: { ...fakeObserved().stats.drops, backpressure: 4 }, rttMs: 1.25 });
+    const writes: string[] = [];
+    const line = new StatusLine(observed, { isTTY: true, columns: 200, write: (t) => writes.push(t) });
+    const start = { at: 0, udpIn: 0, udpInBytes: 0, udpOut: 0, udpOutBytes: 0 };
+    const text = line.render(start, { at: 2000, udpIn: 2000, udpInBytes: 3_000_000, udpOut: 10, udpOutBytes: 500 });
+    assert.equal(
+      text,
+      "sender up | 1 flows | in 1.0k dg/s 1.5MB/s | out 5 dg/s 250B/s | drops backpressure=4 | rtt 1.3 ms",
+    );
+    const narrow = new StatusLine(observed, { isTTY: true, columns: 40, write() {} });
+    assert.equal(narrow.render(start, start).length, 39);
+  });
+});
+
+describe("--metrics address", () => {
+  it("binds loopback unless an address says otherwise", () => {
+    assert.deepEqual(parseMetricsAddress("9100"), { host: "127.0.0.1", port: 9100 });
+    assert.deepEqual(parseMetricsAddress(":9100"), { host: "127.0.0.1", port: 9100 });
+    assert.deepEqual(parseMetricsAddress("0.0.0.0:9100"), { host: "0.0.0.0", port: 9100 });
+    assert.deepEqual(parseMetricsAddress("[::1]:0"), { host: "::1", port: 0 });
+    assert.throws(() => parseMetricsAddress("65536"), /out of range/);
+    assert.throws(() => opsOptions({ metrics: ["1", "2"] }), /more than once/);
+    assert.throws(() => opsOptions({ metrics: "" }), /needs a value/);
+    assert.deepEqual(opsOptions({}), { metrics: undefined, logFormat: "text", quiet: false });
+  });
+});
+
+describe("SIGUSR1 snapshot", () => {
+  it("lists totals and every flow with its client and counters", () => {
+    const text = snapshotText(fakeObserved({ udpIn: 3 }), 1500);
+    assert.match(text, /^snapshot: sender connected, 1 flows, udp in 3 dg/);
+    assert.match(text, /\n\s+7\s+192\.0\.2\.1:5353\s+3\s+300\s+2\s+200\s+1\.5 s\n$/);
+  });
+});
+
+describe("published manifests", () => {
+  const versions = new Map([
+    ["@mcudpt/core", "1.2.3"],
+    ["@mcudpt/protocol", "1.2.0"],
+  ]);
+  it("drop the bun → src condition, src/ and scripts, and pin workspace:* to the real version", () => {
+    const out = publishedManifest(
+      {
+        name: "@mcudpt/transport-node",
+        version: "1.2.3",
+        files: ["dist", "src"],
+        exports: { ".": { types: "./dist/index.d.ts", bun: "./src/index.ts", import: "./dist/index.js" } },
+        scripts: { build: "tsc" },
+        dependencies: { "@mcudpt/core": "workspace:*" },
+      },
+      versions,
+    );
+    assert.deepEqual(out.exports, { ".": { types: "./dist/index.d.ts", import: "./dist/index.js" } });
+    assert.deepEqual(out.files, ["dist"]);
+    assert.deepEqual(out.dependencies, { "@mcudpt/core": "1.2.3" });
+    assert.equal(out.scripts, undefined);
+  });
+
+  it("ship the CLI without dependencies (it is one bundle)", () => {
+    const out = publishedManifest(
+      {
+        name: "mcudpt",
+        version: "1.2.3",
+        files: ["bin", "dist"],
+        bin: { mcudpt: "./bin/mcudpt.js" },
+        dependencies: { citty: "^0.2.2" },
+      },
+      versions,
+    );
+    assert.equal(out.dependencies, undefined);
+    assert.deepEqual(out.bin, { mcudpt: "./bin/mcudpt.js" });
+  });
+});
+
+describe("docs/cli.md", () => {
+  it("is what `bun run docs:cli` writes from the flag definitions (run it after changing a flag)", () => {
+    assert.equal(readFileSync(CLI_DOC, "utf8"), renderCliDoc(), "docs/cli.md is stale: run `bun run docs:cli`");
+  });
+});

@@ -91,6 +91,7 @@ function helloFields(): Extract<Frame, { type: typeof FrameType.Hello }> {
     capabilities: 1,
     nonce: new Uint8Array(randomBytes(32)),
     publicKey: new Uint8Array(0),
+    mappings: [""],
     agent: "hostile-test",
   };
 }

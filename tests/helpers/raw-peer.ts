@@ -171,6 +171,7 @@ export function senderHello(agent = "hostile-test", identity?: Identity): { byte
     capabilities: Capability.Resume,
     nonce: new Uint8Array(randomBytes(32)),
     publicKey: identity ? identity.publicKey : new Uint8Array(0),
+    mappings: [""],
     agent,
   });
   return { bytes: concatBytes(PREFACE, hello), hello };
@@ -256,6 +257,7 @@ export async function handshakeAsReceiver(
     capabilities: Capability.Resume,
     nonce: new Uint8Array(randomBytes(32)),
     publicKey: keyMode ? (options.announce ?? credentials.publicKey) : new Uint8Array(0),
+    mappings: [""],
     agent: "impostor-test",
   });
   peer.write(concatBytes(PREFACE, helloA));

@@ -41,30 +41,64 @@ export async function startTunnel(
     trust?: ReceiverOptions["trust"];
     askOperator?: ReceiverOptions["askOperator"];
     waitConnected?: boolean;
+    /**
+     * "R" (default, ssh -R as the original): the receiver listens for TCP and the sender dials. "L"
+     * (ssh -L, udp-over-tcp style): the sender listens and the receiver dials. `trust`/`askOperator`
+     * and `receiverTls` go to the listening side, `senderTls` to the dialing side.
+     */
+    direction?: "R" | "L";
   } = {},
 ): Promise<Tunnel> {
   const receiverLog = memoryLogger();
   const senderLog = memoryLogger();
-  const receiver = await startReceiver({
+  const receiverSide = {
     transport,
     udp: { host: LOOPBACK, port: 0 },
-    tcp: { host: LOOPBACK, port: 0 },
     config: options.receiverConfig ?? { secret: SECRET },
     logger: receiverLog,
-    trust: options.trust,
-    askOperator: options.askOperator,
-    tls: options.receiverTls,
-  });
-  const tcpPort = options.viaPort ? await options.viaPort(receiver.tcpPort) : receiver.tcpPort;
-  const sender = await startSender({
+  };
+  const senderSide = {
     transport: options.senderTransport ?? transport,
     target: { host: LOOPBACK, port: targetPort },
-    receiver: { host: LOOPBACK, port: tcpPort },
     config: options.senderConfig ?? { secret: SECRET },
     logger: senderLog,
-    reconnect: { initialMs: 50, maxMs: 500 },
-    tls: options.senderTls,
-  });
+  };
+  let receiver: ReceiverHandle;
+  let sender: SenderHandle;
+  if (options.direction === "L") {
+    // ssh -L: the sender listens, the receiver dials it (and keeps redialing, like a sender would).
+    sender = await startSender({
+      ...senderSide,
+      receiver: { host: LOOPBACK, port: 0 },
+      tcpMode: "listen",
+      trust: options.trust,
+      askOperator: options.askOperator,
+      tls: options.receiverTls,
+    });
+    const tcpPort = options.viaPort ? await options.viaPort(sender.tcpPort) : sender.tcpPort;
+    receiver = await startReceiver({
+      ...receiverSide,
+      tcp: { host: LOOPBACK, port: tcpPort },
+      tcpMode: "dial",
+      reconnect: { initialMs: 50, maxMs: 500 },
+      tls: options.senderTls,
+    });
+  } else {
+    receiver = await startReceiver({
+      ...receiverSide,
+      tcp: { host: LOOPBACK, port: 0 },
+      trust: options.trust,
+      askOperator: options.askOperator,
+      tls: options.receiverTls,
+    });
+    const tcpPort = options.viaPort ? await options.viaPort(receiver.tcpPort) : receiver.tcpPort;
+    sender = await startSender({
+      ...senderSide,
+      receiver: { host: LOOPBACK, port: tcpPort },
+      reconnect: { initialMs: 50, maxMs: 500 },
+      tls: options.senderTls,
+    });
+  }
   if (options.waitConnected !== false) {
     await eventually(() => receiver.machine.senderConnected && sender.machine.connected, "sender accepted");
   }

@@ -1,36 +1,49 @@
-/** The receiver and sender commands: parse flags, start the role, run until a signal. */
-import { type Logger, startReceiver, startSender } from "@mcudpt/core";
+/**
+ * The receiver and sender commands: parse flags, start the role, run until a signal.
+ *
+ * Role (who listens for UDP) and TCP direction (who dials) are independent: by default the receiver
+ * listens on --tcp and the sender dials it (ssh -R, as the original); `receiver --connect` and
+ * `sender --listen` turn it round (ssh -L, as udp-over-tcp does).
+ */
+import { type HostPort, type Logger, startReceiver, startSender, UserError } from "@mcudpt/core";
 import { RECEIVER_DEFAULTS } from "@mcudpt/protocol";
 import { type ArgsDef, defineCommand } from "citty";
 import { stdinApprover } from "./approval.js";
-import {
-  identityFor,
-  keyArgs,
-  receiverPinsFor,
-  receiverTrustArgs,
-  rejectKeyFlagsWithSecret,
-  senderTrustArgs,
-  senderTrustFor,
-} from "./identity.js";
+import { dialPinsFor, identityFor, keyArgs, listenTrustFor, rejectKeyFlagsWithSecret, trustArgs } from "./identity.js";
 import { observeReceiver, observeSender, operations, opsArgs, opsOptions } from "./ops/index.js";
-import { address, type CommonOptions, commonArgs, commonOptions, limit } from "./options.js";
+import {
+  address,
+  type CommonOptions,
+  commonArgs,
+  commonOptions,
+  limit,
+  mappingsArg,
+  optionalAddress,
+  type RawArgs,
+} from "./options.js";
 import { pickTransport, runtimeDescription } from "./runtime.js";
-import { receiverTls, receiverTlsArgs, senderTls, senderTlsArgs } from "./tls-options.js";
+import { dialTls, listenTls, tlsArgs } from "./tls-options.js";
 
 export const receiverArgs = {
   udp: {
     type: "string",
-    description: "Public UDP address clients send to (default :1937, all interfaces)",
-    valueHint: "[HOST]:PORT",
+    description:
+      "Public UDP address clients send to (default :1937, all interfaces); repeat for several mappings, optionally named: --udp dns=:53 --udp ntp=:123",
+    valueHint: "[NAME=][HOST]:PORT",
   },
   tcp: {
     type: "string",
-    description: "TCP address the sender connects to (default :1937, all interfaces)",
+    description: "TCP address to listen on for the sender (default :1937, all interfaces)",
     valueHint: "[HOST]:PORT",
+  },
+  connect: {
+    type: "string",
+    description: "Dial the sender at this address instead of listening (ssh -L style: the sender runs with --listen)",
+    valueHint: "HOST:PORT",
   },
   ...commonArgs,
   ...keyArgs,
-  ...receiverTrustArgs,
+  ...trustArgs("sender"),
   "new-flow-rate": {
     type: "string",
     description: `New flows one client address may open per second, bursts of twice that; 0 = no limit (default ${RECEIVER_DEFAULTS.newFlowsPerSecond})`,
@@ -41,27 +54,41 @@ export const receiverArgs = {
     description: `Until a client sends a second datagram, replies to it total at most N × its bytes (anti-spoofing); 0 = off (default ${RECEIVER_DEFAULTS.amplificationLimit})`,
     valueHint: "N",
   },
-  ...receiverTlsArgs,
+  ...tlsArgs,
   ...opsArgs,
 } satisfies ArgsDef;
 
 export const senderArgs = {
   udp: {
     type: "string",
-    description: "Target UDP service the flows are forwarded to (default :1937, this machine)",
-    valueHint: "HOST:PORT",
+    description:
+      "Target UDP service the flows are forwarded to (default :1937, this machine); repeat for several mappings, in the receiver's order or by the same names",
+    valueHint: "[NAME=]HOST:PORT",
   },
   tcp: {
     type: "string",
-    description: "Receiver's TCP address (default :1937, this machine)",
+    description: "Receiver's TCP address to dial (default :1937, this machine)",
     valueHint: "HOST:PORT",
+  },
+  listen: {
+    type: "string",
+    description:
+      "Listen on this TCP address for the receiver instead of dialing it (ssh -L style: the receiver runs with --connect)",
+    valueHint: "[HOST]:PORT",
   },
   ...commonArgs,
   ...keyArgs,
-  ...senderTrustArgs,
-  ...senderTlsArgs,
+  ...trustArgs("receiver"),
+  ...tlsArgs,
   ...opsArgs,
 } satisfies ArgsDef;
+
+/** The TCP side this end takes: `flag` is the default direction's flag, `swap` the other one. */
+function tcpSide(args: RawArgs, flag: "tcp", swap: "connect" | "listen"): { address: HostPort; swapped: boolean } {
+  const swapped = optionalAddress(args, swap);
+  if (swapped && args[flag] !== undefined) throw new UserError(`give --${flag} or --${swap}, not both`);
+  return swapped ? { address: swapped, swapped: true } : { address: address(args, flag), swapped: false };
+}
 
 /** Settings that work but surprise: say so once at start-up. */
 function warnAboutSettings(logger: Logger, options: CommonOptions): void {
@@ -113,36 +140,53 @@ async function runUntilSignal(logger: Logger, close: () => Promise<void>): Promi
 }
 
 export const receiverCommand = defineCommand({
-  meta: { name: "receiver", description: "Public side: listen for UDP clients and for the sender's TCP connection" },
+  meta: {
+    name: "receiver",
+    description: "Public side: listen for UDP clients; the sender connects (or, with --connect, is dialed)",
+  },
   args: receiverArgs,
-  async run({ args }) {
+  async run({ args, rawArgs }) {
     const options = commonOptions(args);
-    const udp = address(args, "udp");
-    const tcp = address(args, "tcp");
+    const mappings = mappingsArg(rawArgs, "receiver").map(({ name, address: udp }) => ({ name, udp }));
+    const tcp = tcpSide(args, "tcp", "connect");
+    const dialing = tcp.swapped;
     const newFlowsPerSecond = limit(args, "new-flow-rate", RECEIVER_DEFAULTS.newFlowsPerSecond);
     const amplificationLimit = limit(args, "amplification-limit", RECEIVER_DEFAULTS.amplificationLimit, 10_000);
     const ops = operations("mcudpt receiver", options.logLevel, opsOptions(args));
     const logger = ops.logger;
     const keyMode = !options.secret;
-    if (!keyMode) rejectKeyFlagsWithSecret(args);
-    const trust = keyMode ? senderTrustFor(args) : undefined;
+    if (!keyMode) rejectKeyFlagsWithSecret(args, "sender");
+    const trust = keyMode && !dialing ? listenTrustFor(args, "sender") : undefined;
+    const pins = keyMode && dialing ? dialPinsFor(args, "sender") : undefined;
     // Flag errors first, files created after: a bad command line leaves nothing behind.
-    const tls = receiverTls(args, logger);
+    const tls = dialing ? dialTls(args, logger, "sender") : listenTls(args, logger, "sender");
     const identity = keyMode ? identityFor(args, logger) : undefined;
     warnAboutSettings(logger, options);
     const transport = pickTransport(options.transport);
     logger.log("debug", `runtime: ${runtimeDescription()}`);
     const handle = await startReceiver({
       transport,
-      udp,
-      tcp,
+      mappings,
+      tcp: tcp.address,
+      tcpMode: dialing ? "dial" : "listen",
       config: { ...machineConfig(options), identity, newFlowsPerSecond, amplificationLimit },
       logger,
       trust,
+      pins,
       // With an allowlist nobody is asked: unknown keys are refused.
-      askOperator: keyMode && args["authorized-keys"] === undefined ? ops.holdingStatus(stdinApprover(logger)) : undefined,
+      askOperator:
+        keyMode && !dialing && args["authorized-keys"] === undefined
+          ? ops.holdingStatus(stdinApprover(logger))
+          : undefined,
       tls,
     });
+    // A refused key or certificate is not a network error: dialing stopped (the reason is logged).
+    void handle.fatal.then(() =>
+      ops
+        .stop()
+        .then(() => handle.close())
+        .finally(() => process.exit(1)),
+    );
     // Signal handlers first: a SIGTERM while the metrics endpoint starts must still close cleanly.
     const running = runUntilSignal(logger, () => ops.stop().then(() => handle.close()));
     await ops.start(observeReceiver(handle, transport.name));
@@ -151,18 +195,24 @@ export const receiverCommand = defineCommand({
 });
 
 export const senderCommand = defineCommand({
-  meta: { name: "sender", description: "Private side: connect to the receiver and forward its flows to a UDP target" },
+  meta: {
+    name: "sender",
+    description:
+      "Private side: connect to the receiver (or, with --listen, wait for it) and forward its flows to UDP targets",
+  },
   args: senderArgs,
-  async run({ args }) {
+  async run({ args, rawArgs }) {
     const options = commonOptions(args);
-    const target = address(args, "udp");
-    const receiver = address(args, "tcp");
+    const mappings = mappingsArg(rawArgs, "sender").map(({ name, address: target }) => ({ name, target }));
+    const tcp = tcpSide(args, "tcp", "listen");
+    const listening = tcp.swapped;
     const ops = operations("mcudpt sender", options.logLevel, opsOptions(args));
     const logger = ops.logger;
     const keyMode = !options.secret;
-    if (!keyMode) rejectKeyFlagsWithSecret(args);
-    const pins = keyMode ? receiverPinsFor(args) : undefined;
-    const tls = senderTls(args, logger);
+    if (!keyMode) rejectKeyFlagsWithSecret(args, "receiver");
+    const trust = keyMode && listening ? listenTrustFor(args, "receiver") : undefined;
+    const pins = keyMode && !listening ? dialPinsFor(args, "receiver") : undefined;
+    const tls = listening ? listenTls(args, logger, "receiver") : dialTls(args, logger, "receiver");
     const identity = keyMode ? identityFor(args, logger) : undefined;
     if (identity) logger.log("info", `sender key ${identity.fingerprint} (public key in ${identity.path}.pub)`);
     warnAboutSettings(logger, options);
@@ -170,16 +220,27 @@ export const senderCommand = defineCommand({
     logger.log("debug", `runtime: ${runtimeDescription()}`);
     const handle = await startSender({
       transport,
-      target,
-      receiver,
+      mappings,
+      receiver: tcp.address,
+      tcpMode: listening ? "listen" : "dial",
       config: { ...machineConfig(options), identity },
       logger,
       pins,
+      trust,
+      askOperator:
+        keyMode && listening && args["authorized-keys"] === undefined
+          ? ops.holdingStatus(stdinApprover(logger))
+          : undefined,
       tls,
     });
     // A refused receiver key or certificate is not a network error: the sender gave up (the reason is
     // logged); exit non-zero so the operator (or systemd) sees it.
-    void handle.fatal.then(() => ops.stop().then(() => handle.close()).finally(() => process.exit(1)));
+    void handle.fatal.then(() =>
+      ops
+        .stop()
+        .then(() => handle.close())
+        .finally(() => process.exit(1)),
+    );
     // Signal handlers first: a SIGTERM while the metrics endpoint starts must still close cleanly.
     const running = runUntilSignal(logger, () => ops.stop().then(() => handle.close()));
     await ops.start(observeSender(handle, transport.name));

@@ -32,33 +32,36 @@ export const keyArgs = {
   },
 } satisfies ArgsDef;
 
-export const receiverTrustArgs = {
-  "authorized-keys": {
-    type: "string",
-    description: "Admit only senders whose public keys are in this file (one ssh-ed25519 line each); nobody is asked",
-    valueHint: "FILE",
-  },
-  "known-senders": {
-    type: "string",
-    description:
-      "Sender keys the operator approved, accepted again without asking (default: ~/.config/mcudpt/known_senders)",
-    valueHint: "FILE",
-  },
-} satisfies ArgsDef;
+export type PeerRole = "sender" | "receiver";
 
-export const senderTrustArgs = {
-  "known-receivers": {
-    type: "string",
-    description:
-      "Receiver keys seen before, per HOST:PORT; a changed key is refused (default: ~/.config/mcudpt/known_receivers)",
-    valueHint: "FILE",
-  },
-  "receiver-key": {
-    type: "string",
-    description: "Expect exactly this receiver key fingerprint instead of trusting the first one seen",
-    valueHint: "SHA256:…",
-  },
-} satisfies ArgsDef;
+/**
+ * Trust flags for a role whose peer is `peer`. Which apply depends on the side this end takes: the
+ * side that listens admits keys (--authorized-keys, or known keys the operator approved), the side
+ * that dials pins the key it reaches (known keys per HOST:PORT, or --<peer>-key).
+ */
+export function trustArgs(peer: PeerRole) {
+  return {
+    "authorized-keys": {
+      type: "string",
+      description: `Listening side: admit only ${peer}s whose public keys are in this file (one ssh-ed25519 line each); nobody is asked`,
+      valueHint: "FILE",
+    },
+    [`known-${peer}s`]: {
+      type: "string",
+      description: `${cap(peer)} keys seen before: approved ones when listening, pinned ones per HOST:PORT when dialing (default: ~/.config/mcudpt/known_${peer}s)`,
+      valueHint: "FILE",
+    },
+    [`${peer}-key`]: {
+      type: "string",
+      description: `Dialing side: expect exactly this ${peer} key fingerprint instead of trusting the first one seen`,
+      valueHint: "SHA256:…",
+    },
+  } as ArgsDef;
+}
+
+function cap(text: string): string {
+  return text[0].toUpperCase() + text.slice(1);
+}
 
 /** The key to prove this side with: --key, or the default one (created when missing, with a log line). */
 export function identityFor(args: RawArgs, logger: Logger): LoadedIdentity {
@@ -77,24 +80,33 @@ export function identityFor(args: RawArgs, logger: Logger): LoadedIdentity {
   return identity;
 }
 
-export function senderTrustFor(args: RawArgs): SenderTrust {
+/** The listening side: which peer keys are admitted. */
+export function listenTrustFor(args: RawArgs, peer: PeerRole): SenderTrust {
+  if (args[`${peer}-key`] !== undefined) {
+    throw new UserError(`--${peer}-key is for the side that dials; this end listens (use --authorized-keys)`);
+  }
   return fileSenderTrust({
     authorizedKeys: stringArg(args, "authorized-keys"),
-    knownSenders: stringArg(args, "known-senders") ?? configPath("known_senders"),
+    knownSenders: stringArg(args, `known-${peer}s`) ?? configPath(`known_${peer}s`),
   });
 }
 
-export function receiverPinsFor(args: RawArgs): ReceiverPins {
-  const pin = stringArg(args, "receiver-key");
-  const file = stringArg(args, "known-receivers");
-  if (pin !== undefined && file !== undefined)
-    throw new UserError("give --receiver-key or --known-receivers, not both");
-  return pin !== undefined ? fixedReceiverPin(pin) : fileReceiverPins(file ?? configPath("known_receivers"));
+/** The dialing side: which key the peer must have. */
+export function dialPinsFor(args: RawArgs, peer: PeerRole): ReceiverPins {
+  if (args["authorized-keys"] !== undefined) {
+    throw new UserError(`--authorized-keys is for the side that listens; this end dials (use --${peer}-key)`);
+  }
+  const pin = stringArg(args, `${peer}-key`);
+  const file = stringArg(args, `known-${peer}s`);
+  if (pin !== undefined && file !== undefined) throw new UserError(`give --${peer}-key or --known-${peer}s, not both`);
+  return pin !== undefined
+    ? fixedReceiverPin(pin, `--${peer}-key`)
+    : fileReceiverPins(file ?? configPath(`known_${peer}s`));
 }
 
 /** Key-mode flags make no sense with a shared secret: say so rather than silently ignore them. */
-export function rejectKeyFlagsWithSecret(args: RawArgs): void {
-  for (const name of ["key", "authorized-keys", "known-senders", "receiver-key"]) {
+export function rejectKeyFlagsWithSecret(args: RawArgs, peer: PeerRole): void {
+  for (const name of ["key", "authorized-keys", `${peer}-key`]) {
     if (args[name] !== undefined)
       throw new UserError(`--${name} is for key authentication; it cannot be combined with a shared secret`);
   }

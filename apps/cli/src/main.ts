@@ -11,6 +11,7 @@ import { receiverCommand, senderCommand } from "./commands.js";
 import { demoCommand } from "./demo.js";
 import { keygenCommand } from "./identity.js";
 import { normalizeArgv } from "./legacy.js";
+import { REPEATABLE } from "./options.js";
 
 const VERSION: string = pkg.version;
 
@@ -76,7 +77,7 @@ function checkArgs(args: string[], defs: ArgsDef): void {
     const [, name, inline] = match;
     const flag = known.get(name);
     if (!flag) throw new UserError(`unknown flag "${arg.split("=")[0]}" (see --help)`);
-    if (seen.has(flag.name)) throw new UserError(`--${flag.name} given more than once`);
+    if (seen.has(flag.name) && !REPEATABLE.has(flag.name)) throw new UserError(`--${flag.name} given more than once`);
     seen.add(flag.name);
     if ((flag.type === "string" || flag.type === "enum") && inline === undefined) {
       const value = args[i + 1];

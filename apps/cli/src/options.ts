@@ -126,6 +126,64 @@ export function address(args: RawArgs, name: "udp" | "tcp"): HostPort {
   return parseHostPort(stringArg(args, name) ?? ORIGINAL_DEFAULT_ADDRESS, `--${name}`);
 }
 
+export function optionalAddress(args: RawArgs, name: string): HostPort | undefined {
+  const text = stringArg(args, name);
+  return text === undefined ? undefined : parseHostPort(text, `--${name}`);
+}
+
+/** Flags that may be given more than once (each --udp is one mapping). */
+export const REPEATABLE = new Set(["udp"]);
+
+/** Every value of a repeatable flag, in order (citty keeps only the last). */
+export function repeated(rawArgs: readonly string[], name: string): string[] {
+  const values: string[] = [];
+  for (let i = 0; i < rawArgs.length; i++) {
+    const arg = rawArgs[i];
+    if (arg === `--${name}`) {
+      const value = rawArgs[i + 1];
+      if (value === undefined || value === "") throw new UserError(`--${name} needs a value`);
+      values.push(value);
+      i++;
+    } else if (arg.startsWith(`--${name}=`)) {
+      values.push(arg.slice(name.length + 3));
+    }
+  }
+  return values;
+}
+
+const MAPPING_NAME = /^[A-Za-z][A-Za-z0-9_.-]{0,31}$/;
+const MAX_MAPPINGS = 32;
+
+/**
+ * The --udp mappings: `[NAME=][HOST]:PORT`, one per --udp (default :1937, the original's). Names pair
+ * the receiver's public ports with the sender's targets; without names they pair by order.
+ */
+export function mappingsArg(
+  rawArgs: readonly string[],
+  role: "receiver" | "sender",
+): Array<{ name?: string; address: HostPort }> {
+  const texts = repeated(rawArgs, "udp");
+  if (texts.length === 0) texts.push(ORIGINAL_DEFAULT_ADDRESS);
+  if (texts.length > MAX_MAPPINGS) throw new UserError(`at most ${MAX_MAPPINGS} --udp mappings, not ${texts.length}`);
+  const names = new Set<string>();
+  return texts.map((text) => {
+    const eq = text.indexOf("=");
+    const name = eq > 0 ? text.slice(0, eq) : undefined;
+    if (name !== undefined) {
+      if (!MAPPING_NAME.test(name)) {
+        throw new UserError(
+          `--udp ${text}: mapping name "${name}" must be a letter then up to 31 letters, digits, "_", "." or "-"`,
+        );
+      }
+      if (names.has(name)) throw new UserError(`--udp: mapping name "${name}" given twice`);
+      names.add(name);
+    }
+    const hostPort = parseHostPort(eq > 0 ? text.slice(eq + 1) : text, `--udp`);
+    if (role === "sender" && hostPort.port === 0) throw new UserError(`--udp ${text}: the target needs a port`);
+    return { name, address: hostPort };
+  });
+}
+
 function readSecret(args: RawArgs): string | undefined {
   const inline = stringArg(args, "secret");
   const file = stringArg(args, "secret-file");

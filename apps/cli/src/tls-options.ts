@@ -25,38 +25,40 @@ const tlsFlag = {
   description: "Encrypt the TCP connection with TLS (both sides must use it)",
 } as const;
 
-export const receiverTlsArgs = {
+export const tlsArgs = {
   tls: tlsFlag,
   "tls-cert": {
     type: "string",
-    description: "PEM certificate (chain) to serve (default: a self-signed one generated and kept in the config dir)",
+    description:
+      "Listening side: PEM certificate (chain) to serve (default: a self-signed one generated and kept in the config dir)",
     valueHint: "FILE",
   },
-  "tls-key": { type: "string", description: "PEM private key of --tls-cert", valueHint: "FILE" },
-} satisfies ArgsDef;
-
-export const senderTlsArgs = {
-  tls: tlsFlag,
+  "tls-key": { type: "string", description: "Listening side: PEM private key of --tls-cert", valueHint: "FILE" },
   "tls-ca": {
     type: "string",
-    description: "Verify the receiver's certificate against this PEM CA (and its name) instead of pinning",
+    description: "Dialing side: verify the peer's certificate against this PEM CA (and its name) instead of pinning",
     valueHint: "FILE",
   },
   "tls-fingerprint": {
     type: "string",
-    description: "The receiver's certificate fingerprint, as it logs it (default: trust the first one seen)",
+    description: "Dialing side: the peer's certificate fingerprint, as it logs it (default: trust the first one seen)",
     valueHint: "SHA256:…",
   },
 } satisfies ArgsDef;
 
-function requireTls(args: RawArgs, names: string[]): void {
+const LISTEN_FLAGS = ["tls-cert", "tls-key"];
+const DIAL_FLAGS = ["tls-ca", "tls-fingerprint"];
+
+function requireTls(args: RawArgs, names: string[], wrongSide: string[], side: string): void {
   const given = names.find((name) => args[name] !== undefined);
   if (given && !args.tls) throw new UserError(`--${given} needs --tls`);
+  const misplaced = wrongSide.find((name) => args[name] !== undefined);
+  if (misplaced) throw new UserError(`--${misplaced} is for the other side: this end ${side}`);
 }
 
-/** The receiver's certificate (generated in the config dir by default); logs its fingerprint. */
-export function receiverTls(args: RawArgs, logger: Logger): ReceiverTlsOptions | undefined {
-  requireTls(args, ["tls-cert", "tls-key"]);
+/** The certificate to serve (generated in the config dir by default); logs its fingerprint. */
+export function listenTls(args: RawArgs, logger: Logger, peer: string): ReceiverTlsOptions | undefined {
+  requireTls(args, LISTEN_FLAGS, DIAL_FLAGS, `listens for the ${peer}`);
   if (!args.tls) return undefined;
   const cert = stringArg(args, "tls-cert");
   const key = stringArg(args, "tls-key");
@@ -66,14 +68,14 @@ export function receiverTls(args: RawArgs, logger: Logger): ReceiverTlsOptions |
   const files = loadOrCreateCertificate(cert ?? join(dir, "tls-cert.pem"), key ?? join(dir, "tls-key.pem"), logger);
   logger.log(
     "info",
-    `TLS certificate ${files.fingerprint} (senders pin it with --tls-fingerprint ${files.fingerprint})`,
+    `TLS certificate ${files.fingerprint} (the ${peer} pins it with --tls-fingerprint ${files.fingerprint})`,
   );
   return { cert: files.cert, key: files.key };
 }
 
-/** The sender's trust in the receiver's certificate: a CA, a pinned fingerprint, or the first one seen. */
-export function senderTls(args: RawArgs, logger: Logger): SenderTlsOptions | undefined {
-  requireTls(args, ["tls-ca", "tls-fingerprint"]);
+/** Trust in the certificate of the peer this end dials: a CA, a pinned fingerprint, or the first one seen. */
+export function dialTls(args: RawArgs, logger: Logger, peer: "sender" | "receiver"): SenderTlsOptions | undefined {
+  requireTls(args, DIAL_FLAGS, LISTEN_FLAGS, `dials the ${peer}`);
   if (!args.tls) return undefined;
   const caFile = stringArg(args, "tls-ca");
   const fingerprintText = stringArg(args, "tls-fingerprint");
@@ -81,10 +83,10 @@ export function senderTls(args: RawArgs, logger: Logger): SenderTlsOptions | und
     throw new UserError("give --tls-ca or --tls-fingerprint, not both");
   if (fingerprintText !== undefined) return { fingerprint: parseFingerprint(fingerprintText) };
   if (caFile !== undefined) return { ca: readCa(caFile) };
-  const pins = fileCertificatePins(stringArg(args, "known-receivers") ?? configPath("known_receivers"));
+  const pins = fileCertificatePins(stringArg(args, `known-${peer}s`) ?? configPath(`known_${peer}s`));
   return {
-    onNewCertificate: (fingerprint, receiver) => {
-      const verdict = pins(receiver, fingerprint);
+    onNewCertificate: (fingerprint, remote) => {
+      const verdict = pins(remote, fingerprint);
       if (verdict.verdict === "changed") {
         logger.log("error", verdict.reason);
         return false;
@@ -92,7 +94,7 @@ export function senderTls(args: RawArgs, logger: Logger): SenderTlsOptions | und
       if (verdict.verdict === "added") {
         logger.log(
           "info",
-          `receiver ${receiver} TLS certificate ${fingerprint} is new: remembered in ${verdict.path} (trust on first use)`,
+          `${peer} ${remote} TLS certificate ${fingerprint} is new: remembered in ${verdict.path} (trust on first use)`,
         );
       }
       return true;

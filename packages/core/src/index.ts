@@ -18,15 +18,16 @@ export {
   writeKeyPair,
 } from "./keys.js";
 export { type Logger, RateLimitedLog, silentLogger, stderrLogger } from "./logger.js";
+export type { DialTrust, ListenTrust, OperatorQuestion } from "./peer-link.js";
 export {
-  type OperatorQuestion,
   type ReceiverHandle,
+  type ReceiverMapping,
   type ReceiverOptions,
   startReceiver,
   waitFor,
 } from "./receiver.js";
 export { type ResolvedAddress, Resolver } from "./resolve.js";
-export { type SenderHandle, type SenderOptions, startSender } from "./sender.js";
+export { type SenderHandle, type SenderMapping, type SenderOptions, startSender } from "./sender.js";
 export {
   type CertificateFiles,
   certificateFingerprint,

@@ -1,6 +1,7 @@
 /**
- * The receiver at run time: a public UDP port whose clients become flows, a TCP port where the sender
- * connects. Wires a ReceiverMachine to a transport.
+ * The receiver at run time: public UDP ports (one per mapping) whose clients become flows, and the TCP
+ * side toward the sender — listening for it (ssh -R, the original's way) or dialing it (ssh -L).
+ * Wires a ReceiverMachine to a transport.
  */
 import { type ClientFlow, type Output, type ReceiverConfig, ReceiverMachine } from "@mcudpt/protocol";
 import { formatHostPort, type HostPort } from "./address.js";
@@ -9,104 +10,87 @@ import { MachineDriver, now } from "./driver.js";
 import { messageOf, UserError } from "./errors.js";
 import { fingerprint } from "./keys.js";
 import { type Logger, RateLimitedLog } from "./logger.js";
+import {
+  bindAddress,
+  type Dialer,
+  type DialTrust,
+  dialPeer,
+  type Listener,
+  type ListenTrust,
+  listenForPeer,
+  peerKeyCheck,
+  tlsFor,
+  withIPv4Fallback,
+} from "./peer-link.js";
 import { Resolver } from "./resolve.js";
-import { type ReceiverTlsOptions, receiverListenTls } from "./tls-peer.js";
-import type { TcpServer, Transport, UdpSocket } from "./transport.js";
-import type { SenderTrust } from "./trust.js";
+import type { ReceiverTlsOptions, SenderTlsOptions } from "./tls-peer.js";
+import type { Transport, UdpSocket } from "./transport.js";
 
-export interface ReceiverOptions {
-  transport: Transport;
-  /** Where UDP clients send; host "" means all interfaces. */
+export type { OperatorQuestion } from "./peer-link.js";
+export { bindAddress };
+
+/** One public UDP port and, optionally, the name that pairs it with the sender's target. */
+export interface ReceiverMapping {
+  name?: string;
   udp: HostPort;
-  /** Where the sender connects; host "" means all interfaces. */
-  tcp: HostPort;
-  config: ReceiverConfig;
-  logger: Logger;
-  /** Key mode: which sender keys are admitted (authorized keys, known senders). */
-  trust?: SenderTrust;
-  /**
-   * Key mode: asks the operator about a key `trust` does not know; unknown keys are refused when
-   * absent. `cancelled` aborts when the sender goes away before the answer. A yes is remembered.
-   */
-  askOperator?: (request: OperatorQuestion, cancelled: AbortSignal) => Promise<boolean>;
-  /** Serve TLS with this certificate. */
-  tls?: ReceiverTlsOptions;
+  idleTimeoutMs?: number;
+  maxFlows?: number;
 }
 
-export interface OperatorQuestion {
-  /** The sender's address:port. */
-  peer: string;
-  /** Its key's fingerprint, "SHA256:…". */
-  fingerprint: string;
+export interface ReceiverOptions extends ListenTrust, DialTrust {
+  transport: Transport;
+  /** Where UDP clients send (one mapping); host "" means all interfaces. Or give `mappings`. */
+  udp?: HostPort;
+  /** Several public ports over one connection; their order is the mapping id. */
+  mappings?: ReceiverMapping[];
+  /** The TCP address: where to listen (default), or the sender to dial with `tcpMode: "dial"`. */
+  tcp: HostPort;
+  /** "listen" (ssh -R: the sender dials in) or "dial" (ssh -L: the receiver dials the sender). */
+  tcpMode?: "listen" | "dial";
+  config: ReceiverConfig;
+  logger: Logger;
+  /** TLS: the certificate to serve when listening, or how to check the sender's when dialing. */
+  tls?: ReceiverTlsOptions | SenderTlsOptions;
 }
 
 export interface ReceiverHandle {
   readonly machine: ReceiverMachine;
+  /** The first mapping's UDP port. */
   readonly udpPort: number;
+  /** Every mapping's UDP port, by mapping id. */
+  readonly udpPorts: number[];
+  /** The listening TCP port (0 when dialing). */
   readonly tcpPort: number;
-  /** Says goodbye to the sender, closes both ports. */
+  /** Resolves with the reason when dialing stopped for good; never while listening. */
+  readonly fatal: Promise<string>;
+  /** Says goodbye to the sender, closes every port. */
   close(): Promise<void>;
-}
-
-/** "" (as in ":53") binds all interfaces, IPv6 and IPv4, like the original. */
-export async function bindAddress(resolver: Resolver, host: string, what: string): Promise<string> {
-  if (host === "" || host === "*") return "::";
-  try {
-    return (await resolver.resolve(host)).address;
-  } catch (error) {
-    throw new UserError(`${what}: cannot resolve "${host}": ${messageOf(error)}`);
-  }
 }
 
 export async function startReceiver(options: ReceiverOptions): Promise<ReceiverHandle> {
   const { transport, logger } = options;
-  const machine = new ReceiverMachine(options.config, nodeCrypto);
+  const mappings = receiverMappings(options);
+  const dialing = options.tcpMode === "dial";
+  const keyCheck = peerKeyCheck(dialing ? options.pins : undefined, logger, "sender");
+  const machine = new ReceiverMachine(
+    {
+      checkPeerKey: keyCheck.check,
+      mappings: mappings.map(({ name, idleTimeoutMs, maxFlows }) => ({ name, idleTimeoutMs, maxFlows })),
+      ...options.config,
+    },
+    nodeCrypto,
+  );
   const resolver = new Resolver();
   const rateLimited = new RateLimitedLog(logger);
-  const approvals: Array<{ conn: number; peer: string; publicKey: Uint8Array }> = [];
-  let asking = false;
-  let udp: UdpSocket | undefined;
-
-  /** One question at a time (there is one operator); a sender that left meanwhile is skipped. */
-  const askNext = (): void => {
-    if (asking) return;
-    let next = approvals.shift();
-    while (next && !machine.awaitingApproval(next.conn)) next = approvals.shift();
-    if (!next) return;
-    const { conn, peer, publicKey } = next;
-    const print = fingerprint(publicKey);
-    asking = true;
-    const cancel = new AbortController();
-    const watch = setInterval(() => {
-      if (!machine.awaitingApproval(conn)) cancel.abort();
-    }, 200);
-    const ask = options.askOperator as NonNullable<ReceiverOptions["askOperator"]>;
-    ask({ peer, fingerprint: print }, cancel.signal)
-      .catch((error) => {
-        if (!cancel.signal.aborted) logger.log("warn", `operator approval failed: ${messageOf(error)}`);
-        return false;
-      })
-      .then((accepted) => {
-        clearInterval(watch);
-        asking = false;
-        if (accepted && machine.awaitingApproval(conn)) {
-          try {
-            options.trust?.remember(publicKey, `approved ${new Date().toISOString().slice(0, 10)} from ${peer}`);
-            logger.log("info", `sender key ${print} remembered: it will be accepted without asking`);
-          } catch (error) {
-            logger.log("warn", `could not remember sender key ${print}: ${messageOf(error)}`);
-          }
-        }
-        driver.guard(() => machine.approve(conn, accepted, now()));
-        askNext();
-      });
-  };
+  const sockets: UdpSocket[] = [];
+  let listener: Listener | undefined;
+  let dialer: Dialer | undefined;
 
   const onOutput = (output: Output): void => {
     switch (output.kind) {
       case "send-to-client": {
         const flow: ClientFlow = output.flow;
-        if (!udp?.send(output.payload, flow.port, flow.address)) {
+        if (!sockets[flow.mappingId]?.send(output.payload, flow.port, flow.address)) {
           machine.stats.drops["socket-error"]++;
           rateLimited.log(
             "udp-send",
@@ -116,84 +100,79 @@ export async function startReceiver(options: ReceiverOptions): Promise<ReceiverH
         }
         return;
       }
-      case "authorize-sender":
-        authorize(output.conn, output.peer, output.publicKey);
+      case "authorize-peer":
+        listener?.authorize(output.conn, output.peer, output.publicKey);
+        return;
+      case "accepted":
+        dialer?.accepted();
         return;
       default:
         return;
     }
   };
-  /** Known and authorized keys are decided at once; only unknown keys wait for the (one) operator. */
-  const authorize = (conn: number, peer: string, publicKey: Uint8Array): void => {
-    const print = fingerprint(publicKey);
-    let verdict: ReturnType<NonNullable<ReceiverOptions["trust"]>["check"]>;
-    try {
-      verdict = options.trust?.check(publicKey) ?? { verdict: "unknown" };
-    } catch (error) {
-      logger.log("error", `cannot check sender key ${print}: ${messageOf(error)}`);
-      verdict = { verdict: "refused", reason: "the receiver could not read its list of trusted keys" };
-    }
-    if (verdict.verdict === "trusted") {
-      logger.log("info", `sender ${peer} key ${print}: ${verdict.why}`);
-      queueMicrotask(() => driver.guard(() => machine.approve(conn, true, now())));
-    } else if (verdict.verdict === "refused") {
-      queueMicrotask(() => driver.guard(() => machine.approve(conn, false, now(), verdict.reason)));
-    } else if (!options.askOperator) {
-      const reason = `unknown key ${print}: add it to the receiver's --authorized-keys file, or accept it once at an interactive receiver`;
-      queueMicrotask(() => driver.guard(() => machine.approve(conn, false, now(), reason)));
-    } else {
-      approvals.push({ conn, peer, publicKey });
-      askNext();
-    }
-  };
   const driver = new MachineDriver(machine, logger, onOutput);
 
-  const udpHost = await bindAddress(resolver, options.udp.host, "--udp");
-  const tcpHost = await bindAddress(resolver, options.tcp.host, "--tcp");
-  let udpBound = udpHost;
+  const bound: string[] = [];
   try {
-    udp = await withIPv4Fallback(udpHost, (host) => {
-      udpBound = host;
-      return transport.bindUdp({
-        host,
-        port: options.udp.port,
-        onDatagram: (data, address, port) => driver.guard(() => machine.clientDatagram(address, port, data, now())),
-        onError: (error) => {
-          // A send that failed after send() returned true (node:dgram reports EMSGSIZE later).
-          machine.stats.drops["socket-error"]++;
-          rateLimited.log("udp-error", "warn", `UDP socket error: ${messageOf(error)}`);
-        },
+    for (const [mappingId, mapping] of mappings.entries()) {
+      const host = await bindAddress(resolver, mapping.udp.host, "--udp");
+      let boundHost = host;
+      try {
+        const socket = await withIPv4Fallback(host, (tryHost) => {
+          boundHost = tryHost;
+          return transport.bindUdp({
+            host: tryHost,
+            port: mapping.udp.port,
+            onDatagram: (data, address, port) =>
+              driver.guard(() => machine.clientDatagram(address, port, data, now(), mappingId)),
+            onError: (error) => {
+              // A send that failed after send() returned true (node:dgram reports EMSGSIZE later).
+              machine.stats.drops["socket-error"]++;
+              rateLimited.log("udp-error", "warn", `UDP socket error: ${messageOf(error)}`);
+            },
+          });
+        });
+        sockets.push(socket);
+        bound.push(`${mapping.name ? `${mapping.name}=` : ""}${formatHostPort(boundHost, socket.port)}`);
+      } catch (error) {
+        throw new UserError(`cannot listen on UDP ${formatHostPort(host, mapping.udp.port)}: ${messageOf(error)}`);
+      }
+    }
+    if (dialing) {
+      dialer = dialPeer({
+        transport,
+        logger,
+        driver,
+        peerName: "sender",
+        remote: options.tcp,
+        keyCheck,
+        tls: tlsFor(options.tls, false),
+        ...dialTrust(options),
       });
-    });
-  } catch (error) {
-    throw new UserError(`cannot listen on UDP ${formatHostPort(udpHost, options.udp.port)}: ${messageOf(error)}`);
-  }
-  let server: TcpServer;
-  let tcpBound = tcpHost;
-  try {
-    server = await withIPv4Fallback(tcpHost, (host) => {
-      tcpBound = host;
-      return transport.listenTcp({
-        host,
-        port: options.tcp.port,
-        tls: options.tls && receiverListenTls(options.tls, options.config.handshakeTimeoutMs, rateLimited),
-        onConnection: (connection) =>
-          driver.attach(connection, (conn) => {
-            const peer = formatHostPort(connection.remoteAddress, connection.remotePort);
-            logger.log("debug", `connection from ${peer}`);
-            machine.connect(conn, peer, now(), connection.remoteAddress);
-          }),
+    } else {
+      listener = await listenForPeer({
+        transport,
+        logger,
+        driver,
+        peerName: "sender",
+        listen: options.tcp,
+        flag: "--tcp",
+        handshakeTimeoutMs: options.config.handshakeTimeoutMs,
+        trust: options.trust,
+        askOperator: options.askOperator,
+        tls: tlsFor(options.tls, true),
       });
-    });
+    }
   } catch (error) {
-    udp.close();
-    throw new UserError(`cannot listen on TCP ${formatHostPort(tcpHost, options.tcp.port)}: ${messageOf(error)}`);
+    for (const socket of sockets) socket.close();
+    throw error;
   }
-  const udpSocket = udp;
+  const tcpText = listener
+    ? `TCP ${formatHostPort(listener.address, listener.port)}`
+    : `dialing the sender at ${formatHostPort(options.tcp.host || "127.0.0.1", options.tcp.port)}`;
   logger.log(
     "info",
-    `receiver listening: UDP ${formatHostPort(udpBound, udpSocket.port)}, TCP ${formatHostPort(tcpBound, server.port)} ` +
-      `(transport: ${transport.name}, auth: ${authDescription(options)})`,
+    `receiver listening: UDP ${bound.join(", ")}, ${tcpText} (transport: ${transport.name}, auth: ${authDescription(options)})`,
   );
 
   // Datagrams dropped for want of a sender are counted per datagram but reported at most every 30 s.
@@ -210,15 +189,18 @@ export async function startReceiver(options: ReceiverOptions): Promise<ReceiverH
   let closed: Promise<void> | undefined;
   return {
     machine,
-    udpPort: udpSocket.port,
-    tcpPort: server.port,
+    udpPort: sockets[0].port,
+    udpPorts: sockets.map((socket) => socket.port),
+    tcpPort: listener?.port ?? 0,
+    fatal: dialer?.fatal ?? new Promise<string>(() => {}),
     close() {
       closed ??= (async () => {
         clearInterval(report);
-        server.close();
+        listener?.close();
+        dialer?.stop();
         driver.guard(() => machine.shutdown());
         driver.stop();
-        udpSocket.close();
+        for (const socket of sockets) socket.close();
         await waitFor(() => driver.openConnections === 0, 1000);
         driver.destroyAll();
       })();
@@ -227,25 +209,21 @@ export async function startReceiver(options: ReceiverOptions): Promise<ReceiverH
   };
 }
 
+function receiverMappings(options: ReceiverOptions): ReceiverMapping[] {
+  if (options.mappings && options.mappings.length > 0) return options.mappings;
+  if (!options.udp) throw new UserError("the receiver needs a UDP address (--udp)");
+  return [{ udp: options.udp }];
+}
+
+function dialTrust(options: DialTrust): DialTrust {
+  return { pins: options.pins, reconnect: options.reconnect, connectTimeoutMs: options.connectTimeoutMs };
+}
+
 function authDescription(options: ReceiverOptions): string {
   if (options.config.secret) return "shared secret";
   const key = options.config.identity ? `key ${fingerprint(options.config.identity.publicKey)}` : "key";
+  if (options.tcpMode === "dial") return `${key}; the sender's key ${options.pins ? "is pinned" : "is not checked"}`;
   return `${key}; senders: ${options.askOperator ? "known keys or the operator's approval" : "known keys only"}`;
-}
-
-/**
- * Binds the IPv6 wildcard (dual-stack: IPv4 clients arrive as ::ffff:a.b.c.d), or the IPv4 wildcard
- * on a host without IPv6.
- */
-async function withIPv4Fallback<T>(host: string, bind: (host: string) => Promise<T>): Promise<T> {
-  if (host !== "::") return bind(host);
-  try {
-    return await bind("::");
-  } catch (error) {
-    const code = (error as NodeJS.ErrnoException)?.code;
-    if (code !== "EAFNOSUPPORT" && code !== "EADDRNOTAVAIL" && code !== "EPROTONOSUPPORT") throw error;
-    return bind("0.0.0.0");
-  }
 }
 
 /** Polls `done` until it holds or `ms` pass (bounded). */

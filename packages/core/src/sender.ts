@@ -1,46 +1,65 @@
 /**
- * The sender at run time: dials the receiver (and keeps dialing, with capped exponential backoff and
- * jitter), and gives every flow its own UDP socket connected to the target, so the target's replies
- * map back to the flow and the target sees one stable source port per client.
+ * The sender at run time: gives every flow its own UDP socket connected to the target of the flow's
+ * mapping, so the target's replies map back to the flow and the target sees one stable source port per
+ * client. Its TCP side dials the receiver (ssh -R, the default; it keeps dialing, with capped
+ * exponential backoff and jitter) or listens for it (ssh -L).
  */
 import { DEFAULTS, FlowCloseReason, type Output, type SenderConfig, SenderMachine } from "@mcudpt/protocol";
 import { formatHostPort, type HostPort } from "./address.js";
 import { nodeCrypto } from "./crypto.js";
 import { MachineDriver, now } from "./driver.js";
-import { messageOf } from "./errors.js";
+import { messageOf, UserError } from "./errors.js";
 import { fingerprint } from "./keys.js";
 import { type Logger, RateLimitedLog } from "./logger.js";
+import {
+  type Dialer,
+  type DialTrust,
+  dialPeer,
+  type Listener,
+  type ListenTrust,
+  listenForPeer,
+  peerKeyCheck,
+  tlsFor,
+} from "./peer-link.js";
 import { waitFor } from "./receiver.js";
 import { Resolver } from "./resolve.js";
-import { type SenderTlsOptions, SenderTlsPolicy } from "./tls-peer.js";
-import type { TcpConnection, Transport, UdpSocket } from "./transport.js";
-import type { ReceiverPins } from "./trust.js";
+import type { ReceiverTlsOptions, SenderTlsOptions } from "./tls-peer.js";
+import type { Transport, UdpSocket } from "./transport.js";
 
-export interface SenderOptions {
-  transport: Transport;
-  /** The UDP service the flows are forwarded to; host "" means this machine. */
+/** One target and, optionally, the name that pairs it with the receiver's public port. */
+export interface SenderMapping {
+  name?: string;
   target: HostPort;
-  /** The receiver's TCP address; host "" means this machine. */
+  idleTimeoutMs?: number;
+  maxFlows?: number;
+}
+
+export interface SenderOptions extends DialTrust, ListenTrust {
+  transport: Transport;
+  /** The UDP service the flows are forwarded to (one mapping); host "" means this machine. Or `mappings`. */
+  target?: HostPort;
+  /** Several targets over one connection, paired with the receiver's mappings by name or order. */
+  mappings?: SenderMapping[];
+  /** The receiver's TCP address (default), or where to listen for it with `tcpMode: "listen"`. */
   receiver: HostPort;
+  /** "dial" (ssh -R: the sender dials the receiver) or "listen" (ssh -L: the receiver dials in). */
+  tcpMode?: "dial" | "listen";
   config: SenderConfig;
   logger: Logger;
-  /** First retry delay and its cap (ms); each failure doubles the delay, with jitter. */
-  reconnect?: { initialMs?: number; maxMs?: number };
-  connectTimeoutMs?: number;
-  /** Key mode: the receiver keys this sender trusts (pinned, or remembered on first use). */
-  pins?: ReceiverPins;
-  /** Speak TLS to the receiver and check its certificate (see SenderTlsOptions). */
-  tls?: SenderTlsOptions;
+  /** TLS: how to check the receiver's certificate when dialing, or the certificate to serve when listening. */
+  tls?: SenderTlsOptions | ReceiverTlsOptions;
 }
 
 export interface SenderHandle {
   readonly machine: SenderMachine;
   /** Open flow sockets (for tests and status). */
   readonly flowSockets: number;
-  /** Resolves with the reason when the sender gave up for good (a refused certificate); else never. */
+  /** Resolves with the reason when the sender gave up for good (a refused key or certificate); else never. */
   readonly fatal: Promise<string>;
   /** TCP connections to the receiver made after the first one (for metrics). */
   readonly reconnects: number;
+  /** The listening TCP port (0 when dialing). */
+  readonly tcpPort: number;
   close(): Promise<void>;
 }
 
@@ -97,56 +116,40 @@ class Lingering {
 
 export async function startSender(options: SenderOptions): Promise<SenderHandle> {
   const { transport, logger } = options;
-  /** Set when the receiver's key was refused: the next retry gives up instead. */
-  let keyRefused: string | undefined;
-  const checkReceiverKey = (publicKey: Uint8Array, peer: string): string | undefined => {
-    if (!options.pins) return undefined;
-    let verdict: ReturnType<ReceiverPins["check"]>;
-    try {
-      verdict = options.pins.check(peer, publicKey);
-    } catch (error) {
-      keyRefused = messageOf(error);
-      return keyRefused;
-    }
-    if (verdict.verdict === "changed") {
-      keyRefused = verdict.reason;
-      return verdict.reason;
-    }
-    if (verdict.verdict === "added")
-      logger.log("info", `receiver ${peer} key ${fingerprint(publicKey)} is new: remembered in ${verdict.path}`);
-    return undefined;
-  };
-  const machine = new SenderMachine({ checkReceiverKey, ...options.config }, nodeCrypto);
+  const mappings = senderMappings(options);
+  const listening = options.tcpMode === "listen";
+  const keyCheck = peerKeyCheck(listening ? undefined : options.pins, logger, "receiver");
+  const machine = new SenderMachine(
+    {
+      checkPeerKey: keyCheck.check,
+      mappings: mappings.map(({ name, idleTimeoutMs, maxFlows }) => ({ name, idleTimeoutMs, maxFlows })),
+      ...options.config,
+    },
+    nodeCrypto,
+  );
   const resolver = new Resolver();
   const rateLimited = new RateLimitedLog(logger);
   const flowSockets = new Map<number, FlowSocket>();
   const lingering = new Lingering(Math.max(MIN_LINGERING, options.config.maxFlows ?? DEFAULTS.maxFlows));
-  const targetHost = options.target.host === "" ? "127.0.0.1" : options.target.host;
-  const receiverHost = options.receiver.host === "" ? "127.0.0.1" : options.receiver.host;
-  const targetText = formatHostPort(targetHost, options.target.port);
-  const receiverText = formatHostPort(receiverHost, options.receiver.port);
-  const initialDelay = options.reconnect?.initialMs ?? 250;
-  const maxDelay = options.reconnect?.maxMs ?? 30_000;
-  let failures = 0;
-  let connections = 0;
-  let stopping = false;
-  let retryTimer: ReturnType<typeof setTimeout> | undefined;
-  let current: TcpConnection | undefined;
-  const tls = options.tls && new SenderTlsPolicy(options.tls, receiverHost);
-  let giveUp!: (why: string) => void;
-  const fatal = new Promise<string>((resolve) => {
-    giveUp = (why) => {
-      stopping = true; // no more reconnects: the next one would meet the same certificate or key
-      logger.log("error", why);
-      resolve(why);
-    };
+  const targets = mappings.map(({ target }) => {
+    const host = target.host === "" ? "127.0.0.1" : target.host;
+    return { host, port: target.port, text: formatHostPort(host, target.port) };
   });
+  const remoteText = formatHostPort(options.receiver.host || "127.0.0.1", options.receiver.port);
+  let listener: Listener | undefined;
+  let dialer: Dialer | undefined;
 
-  const bindFlowSocket = (flowId: number, entry: FlowSocket, address: string, family: 4 | 6): Promise<UdpSocket> =>
+  const bindFlowSocket = (
+    flowId: number,
+    entry: FlowSocket,
+    target: (typeof targets)[number],
+    address: string,
+    family: 4 | 6,
+  ): Promise<UdpSocket> =>
     transport.bindUdp({
       host: family === 6 ? "::" : "0.0.0.0",
       port: 0,
-      connect: { host: address, port: options.target.port },
+      connect: { host: address, port: target.port },
       // After close the socket lingers (see LINGER_MS): what still arrives belongs to no flow.
       onDatagram: (data) => {
         if (!entry.closed) driver.guard(() => machine.targetDatagram(flowId, data, now()));
@@ -155,22 +158,23 @@ export async function startSender(options: SenderOptions): Promise<SenderHandle>
         if (entry.closed) return;
         // ICMP port unreachable and friends: the target may come back; keep the flow.
         driver.guard(() => machine.flowSocketError(flowId, false));
-        rateLimited.log("target-error", "warn", `target ${targetText}: ${messageOf(error)}`);
+        rateLimited.log("target-error", "warn", `target ${target.text}: ${messageOf(error)}`);
       },
     });
 
-  const openFlowSocket = async (flowId: number): Promise<void> => {
+  const openFlowSocket = async (flowId: number, mappingId: number): Promise<void> => {
     const entry: FlowSocket = { socket: undefined, pending: [], closed: false };
     flowSockets.set(flowId, entry);
+    const target = targets[mappingId];
     let resolved: { address: string; family: 4 | 6 };
     try {
-      resolved = await resolver.resolve(targetHost);
+      resolved = await resolver.resolve(target.host);
     } catch (error) {
-      return failFlow(flowId, entry, FlowCloseReason.ResolveFailed, `cannot resolve target "${targetHost}"`, error);
+      return failFlow(flowId, entry, FlowCloseReason.ResolveFailed, `cannot resolve target "${target.host}"`, error);
     }
     let socket: UdpSocket;
     try {
-      socket = await bindFlowSocket(flowId, entry, resolved.address, resolved.family);
+      socket = await bindFlowSocket(flowId, entry, target, resolved.address, resolved.family);
     } catch (error) {
       const code = (error as NodeJS.ErrnoException)?.code;
       // Out of descriptors: give up the least recently active flow's socket for this newer one.
@@ -185,7 +189,7 @@ export async function startSender(options: SenderOptions): Promise<SenderHandle>
           flowId,
           entry,
           FlowCloseReason.SocketError,
-          `cannot open a UDP socket toward ${targetText}`,
+          `cannot open a UDP socket toward ${target.text}`,
           error,
         );
       }
@@ -196,13 +200,13 @@ export async function startSender(options: SenderOptions): Promise<SenderHandle>
       );
       lingering.closeAll(); // lingering sockets are the cheapest descriptors to give back
       try {
-        socket = await bindFlowSocket(flowId, entry, resolved.address, resolved.family);
+        socket = await bindFlowSocket(flowId, entry, target, resolved.address, resolved.family);
       } catch (retryError) {
         return failFlow(
           flowId,
           entry,
           FlowCloseReason.SocketError,
-          `cannot open a UDP socket toward ${targetText}`,
+          `cannot open a UDP socket toward ${target.text}`,
           retryError,
         );
       }
@@ -234,7 +238,10 @@ export async function startSender(options: SenderOptions): Promise<SenderHandle>
         return;
       }
       case "open-flow-socket":
-        void openFlowSocket(output.flowId);
+        void openFlowSocket(output.flowId, output.mappingId);
+        return;
+      case "authorize-peer":
+        listener?.authorize(output.conn, output.peer, output.publicKey);
         return;
       case "close-flow-socket": {
         const entry = flowSockets.get(output.flowId);
@@ -245,7 +252,7 @@ export async function startSender(options: SenderOptions): Promise<SenderHandle>
         return;
       }
       case "accepted":
-        failures = 0;
+        dialer?.accepted();
         return;
       default:
         return;
@@ -253,86 +260,61 @@ export async function startSender(options: SenderOptions): Promise<SenderHandle>
   };
   const driver = new MachineDriver(machine, logger, onOutput);
 
-  const scheduleRetry = (why: string): void => {
-    if (stopping || retryTimer) return;
-    if (keyRefused) return giveUp(keyRefused);
-    const base = Math.min(maxDelay, initialDelay * 2 ** Math.min(failures, 20));
-    const delay = Math.round(base * (0.5 + Math.random() * 0.5));
-    failures++;
-    logger.log(failures > 1 ? "warn" : "info", `${why}; reconnecting in ${(delay / 1000).toFixed(1)} s`);
-    retryTimer = setTimeout(() => {
-      retryTimer = undefined;
-      void dial();
-    }, delay);
-  };
-
-  const dial = async (): Promise<void> => {
-    if (stopping) return;
-    let address: string;
-    try {
-      address = (await resolver.resolve(receiverHost)).address;
-    } catch (error) {
-      return scheduleRetry(`cannot resolve receiver "${receiverHost}": ${messageOf(error)}`);
-    }
-    const conn = driver.reserveId();
-    const handlers = driver.handlersFor(conn);
-    // Bytes that arrive before the machine knows the connection are replayed once it does.
-    let early: Uint8Array[] | undefined = [];
-    let connection: TcpConnection;
-    try {
-      connection = await transport.connectTcp({
-        host: address,
-        port: options.receiver.port,
-        timeoutMs: options.connectTimeoutMs ?? 10_000,
-        tls: tls?.connectOptions,
-        handlers: {
-          onData: (data) => (early ? early.push(data.slice()) : handlers.onData(data)),
-          onDrain: handlers.onDrain,
-          onClose: (error) => {
-            handlers.onClose(error);
-            if (current === connection) current = undefined;
-            scheduleRetry(`connection to receiver ${receiverText} closed${error ? `: ${messageOf(error)}` : ""}`);
-          },
-        },
-      });
-    } catch (error) {
-      const refused = tls?.refusal(error, receiverText);
-      if (refused) return giveUp(refused);
-      return scheduleRetry(`cannot connect to receiver ${receiverText}: ${messageOf(error)}`);
-    }
-    const refused = tls && (await tls.check(connection, receiverText));
-    if (refused) giveUp(refused);
-    if (stopping) return connection.destroy();
-    current = connection;
-    connections++;
-    driver.bind(conn, connection);
-    logger.log("info", `connected to receiver ${receiverText}`);
-    driver.guard(() => machine.connect(conn, receiverText, now()));
-    const replay = early;
-    early = undefined;
-    for (const data of replay) handlers.onData(data);
-  };
-
-  logger.log(
-    "info",
-    `sender forwarding to ${targetText} through receiver ${receiverText} (transport: ${transport.name})`,
-  );
-  void dial();
+  const targetList = mappings
+    .map((mapping, i) => `${mapping.name ? `${mapping.name}=` : ""}${targets[i].text}`)
+    .join(", ");
+  if (listening) {
+    listener = await listenForPeer({
+      transport,
+      logger,
+      driver,
+      peerName: "receiver",
+      listen: options.receiver,
+      flag: "--listen",
+      handshakeTimeoutMs: options.config.handshakeTimeoutMs,
+      trust: options.trust,
+      askOperator: options.askOperator,
+      tls: tlsFor(options.tls, true),
+    });
+    logger.log(
+      "info",
+      `sender forwarding to ${targetList}, listening for the receiver on TCP ${formatHostPort(listener.address, listener.port)} ` +
+        `(transport: ${transport.name}${options.config.identity ? `, key ${fingerprint(options.config.identity.publicKey)}` : ""})`,
+    );
+  } else {
+    logger.log(
+      "info",
+      `sender forwarding to ${targetList} through receiver ${remoteText} (transport: ${transport.name})`,
+    );
+    dialer = dialPeer({
+      transport,
+      logger,
+      driver,
+      peerName: "receiver",
+      remote: options.receiver,
+      keyCheck,
+      tls: tlsFor(options.tls, false),
+      pins: options.pins,
+      reconnect: options.reconnect,
+      connectTimeoutMs: options.connectTimeoutMs,
+    });
+  }
 
   let closed: Promise<void> | undefined;
   return {
     machine,
-    fatal,
+    fatal: dialer?.fatal ?? new Promise<string>(() => {}),
+    tcpPort: listener?.port ?? 0,
     get flowSockets() {
       return flowSockets.size;
     },
     get reconnects() {
-      return Math.max(0, connections - 1);
+      return dialer?.reconnects ?? 0;
     },
     close() {
       closed ??= (async () => {
-        stopping = true;
-        if (retryTimer) clearTimeout(retryTimer);
+        dialer?.stop();
+        listener?.close();
         driver.guard(() => machine.shutdown());
         driver.stop();
         for (const entry of flowSockets.values()) {
@@ -343,9 +325,14 @@ export async function startSender(options: SenderOptions): Promise<SenderHandle>
         lingering.closeAll();
         await waitFor(() => driver.openConnections === 0, 1000);
         driver.destroyAll();
-        current = undefined;
       })();
       return closed;
     },
   };
+}
+
+function senderMappings(options: SenderOptions): SenderMapping[] {
+  if (options.mappings && options.mappings.length > 0) return options.mappings;
+  if (!options.target) throw new UserError("the sender needs a target UDP address (--udp)");
+  return [{ target: options.target }];
 }

@@ -62,6 +62,9 @@ function readKeyFile(path: string, mustExist: boolean): Set<string> {
   }
   text.split(/\r?\n/).forEach((line, index) => {
     if (line.trim() === "" || line.trimStart().startsWith("#")) return;
+    // A pinned key of a peer this side dials (`HOST:PORT ssh-ed25519 …`, `HOST:PORT tls …`) shares
+    // the file of that peer role; it is not an approval.
+    if (/^\s*\S+\s+(ssh-ed25519|tls)\s/.test(line) && !line.trimStart().startsWith("ssh-ed25519")) return;
     const parsed = parsePublicKeyLine(line);
     if (!parsed) throw new UserError(`${path} line ${index + 1}: not an "ssh-ed25519 AAAA… comment" public key line`);
     prints.add(fingerprint(parsed.publicKey));
@@ -97,8 +100,8 @@ export function fileCertificatePins(
       return {
         verdict: "changed",
         reason:
-          `RECEIVER TLS CERTIFICATE CHANGED: ${receiver} now presents ${print}, but ${path} line ${index + 1} pins ${fields[2]}. ` +
-          `Refusing (someone may be impersonating the receiver); if its certificate was replaced on purpose, delete that line`,
+          `TLS CERTIFICATE CHANGED: ${receiver} now presents ${print}, but ${path} line ${index + 1} pins ${fields[2]}. ` +
+          `Refusing (someone may be impersonating it); if its certificate was replaced on purpose, delete that line`,
       };
     }
     appendLine(path, `${receiver} tls ${print}`);
@@ -107,15 +110,15 @@ export function fileCertificatePins(
 }
 
 /** An explicit pin (--receiver-key): no file involved. */
-export function fixedReceiverPin(expected: string): ReceiverPins {
-  const pin = parseFingerprint(expected, "--receiver-key");
+export function fixedReceiverPin(expected: string, flag = "--receiver-key"): ReceiverPins {
+  const pin = parseFingerprint(expected, flag);
   return {
     check(receiver, publicKey) {
       const print = fingerprint(publicKey);
       if (print === pin) return { verdict: "trusted" };
       return {
         verdict: "changed",
-        reason: `receiver ${receiver} presents key ${print}, not the ${pin} given by --receiver-key: refusing (an impostor, or the wrong pin)`,
+        reason: `${receiver} presents key ${print}, not the ${pin} given by ${flag}: refusing (an impostor, or the wrong pin)`,
       };
     },
   };
@@ -137,8 +140,8 @@ export function fileReceiverPins(path: string): ReceiverPins {
         return {
           verdict: "changed",
           reason:
-            `RECEIVER KEY CHANGED: ${receiver} now presents ${print}, but ${path} line ${index + 1} pins ${pinnedPrint}. ` +
-            `Refusing (someone may be impersonating the receiver); if its key was replaced on purpose, delete that line`,
+            `KEY CHANGED: ${receiver} now presents ${print}, but ${path} line ${index + 1} pins ${pinnedPrint}. ` +
+            `Refusing (someone may be impersonating it); if its key was replaced on purpose, delete that line`,
         };
       }
       appendLine(path, `${receiver} ${publicKeyLine(publicKey)}`);

@@ -33,8 +33,27 @@ const PREFACE = "4d435544505400" + "01"; // "MCUDPT" 00 01
 
 // ---- hand layouts, one per frame type ---------------------------------------------------------
 const lengthPrefixed = (hex: string) => h8(hex.length / 2) + hex;
-const hello = (role: number, auth: number, caps: number, nonce: string, publicKey: string, agent: string) =>
-  frameHex(0x01, h8(role) + h8(auth) + h32(caps) + nonce + lengthPrefixed(publicKey) + lengthPrefixed(utf8Hex(agent)));
+/** The mapping list: count, then each name length-prefixed. */
+const mappingList = (names: string[]) => h8(names.length) + names.map((n) => lengthPrefixed(utf8Hex(n))).join("");
+const hello = (
+  role: number,
+  auth: number,
+  caps: number,
+  nonce: string,
+  publicKey: string,
+  mappings: string[],
+  agent: string,
+) =>
+  frameHex(
+    0x01,
+    h8(role) +
+      h8(auth) +
+      h32(caps) +
+      nonce +
+      lengthPrefixed(publicKey) +
+      mappingList(mappings) +
+      lengthPrefixed(utf8Hex(agent)),
+  );
 const proofToken = (proof: string, token: string) => lengthPrefixed(proof) + lengthPrefixed(token);
 const auth = (proof: string, token: string) => frameHex(0x02, proofToken(proof, token));
 const accept = (proof: string, token: string, resumed: boolean) =>
@@ -73,28 +92,46 @@ const PAYLOAD8 = "0000017f2a1b3c4d";
 
 add(
   "hello-receiver-secret",
-  { type: "HELLO", role: 1, auth: 2, capabilities: 1, nonce: NONCE_A, publicKey: "", agent: "mcudpt-ts" },
-  hello(1, 2, 1, NONCE_A, "", "mcudpt-ts"),
-  "receiver, shared-secret mode (no public key), resume capability",
+  {
+    type: "HELLO",
+    role: 1,
+    auth: 2,
+    capabilities: 1,
+    nonce: NONCE_A,
+    publicKey: "",
+    mappings: [""],
+    agent: "mcudpt-ts",
+  },
+  hello(1, 2, 1, NONCE_A, "", [""], "mcudpt-ts"),
+  "receiver, shared-secret mode (no public key), resume capability, one unnamed mapping (the default)",
 );
 add(
   "hello-sender-key-empty-agent",
-  { type: "HELLO", role: 2, auth: 1, capabilities: 0, nonce: NONCE_D, publicKey: KEY, agent: "" },
-  hello(2, 1, 0, NONCE_D, KEY, ""),
+  { type: "HELLO", role: 2, auth: 1, capabilities: 0, nonce: NONCE_D, publicKey: KEY, mappings: [""], agent: "" },
+  hello(2, 1, 0, NONCE_D, KEY, [""], ""),
   "sender, key mode with its Ed25519 public key (of the seed 01 02 … 20), no capabilities, empty agent",
 );
 add(
   "hello-unknown-capabilities",
-  { type: "HELLO", role: 2, auth: 2, capabilities: 0xffffffff, nonce: NONCE_D, publicKey: "", agent: "x" },
-  hello(2, 2, 0xffffffff, NONCE_D, "", "x"),
+  {
+    type: "HELLO",
+    role: 2,
+    auth: 2,
+    capabilities: 0xffffffff,
+    nonce: NONCE_D,
+    publicKey: "",
+    mappings: [""],
+    agent: "x",
+  },
+  hello(2, 2, 0xffffffff, NONCE_D, "", [""], "x"),
   "capability bits this version does not know are carried (and ignored)",
 );
 const agent64 = "a".repeat(60) + "🔑"; // 60 + 4 = 64 bytes
 add(
   "hello-max-agent",
-  { type: "HELLO", role: 1, auth: 1, capabilities: 1, nonce: NONCE_A, publicKey: KEY, agent: agent64 },
-  hello(1, 1, 1, NONCE_A, KEY, agent64),
-  "key mode with an agent of exactly 64 UTF-8 bytes, ending in a 4-byte character: the largest HELLO (body 136)",
+  { type: "HELLO", role: 1, auth: 1, capabilities: 1, nonce: NONCE_A, publicKey: KEY, mappings: [""], agent: agent64 },
+  hello(1, 1, 1, NONCE_A, KEY, [""], agent64),
+  "key mode with an agent of exactly 64 UTF-8 bytes, ending in a 4-byte character",
 );
 add(
   "hello-agent-with-bom",
@@ -105,10 +142,68 @@ add(
     capabilities: 1,
     nonce: NONCE_D,
     publicKey: "",
+    mappings: [""],
     agent: "\ufeffmcudpt-go/2.0 (linux)",
   },
-  hello(2, 2, 1, NONCE_D, "", "\ufeffmcudpt-go/2.0 (linux)"),
+  hello(2, 2, 1, NONCE_D, "", [""], "\ufeffmcudpt-go/2.0 (linux)"),
   "a leading U+FEFF is part of the agent text, never stripped",
+);
+
+add(
+  "hello-two-named-mappings",
+  {
+    type: "HELLO",
+    role: 1,
+    auth: 2,
+    capabilities: 1,
+    nonce: NONCE_A,
+    publicKey: "",
+    mappings: ["dns", "ntp"],
+    agent: "mcudpt-ts",
+  },
+  hello(1, 2, 1, NONCE_A, "", ["dns", "ntp"], "mcudpt-ts"),
+  "two named mappings: the receiver's mapping ids 0 (dns) and 1 (ntp); a sender pairs its own by name",
+);
+add(
+  "hello-mixed-mappings",
+  {
+    type: "HELLO",
+    role: 2,
+    auth: 2,
+    capabilities: 1,
+    nonce: NONCE_D,
+    publicKey: "",
+    mappings: ["", "web", ""],
+    agent: "",
+  },
+  hello(2, 2, 1, NONCE_D, "", ["", "web", ""], ""),
+  "three mappings, only the second named: pairing is by position (§8.6)",
+);
+const utf8Names = ["dns-résolveur", "时间", "🔑", "\ufeffbom"];
+add(
+  "hello-utf8-mapping-names",
+  { type: "HELLO", role: 2, auth: 2, capabilities: 1, nonce: NONCE_D, publicKey: "", mappings: utf8Names, agent: "x" },
+  hello(2, 2, 1, NONCE_D, "", utf8Names, "x"),
+  "mapping names are UTF-8 (2-, 3- and 4-byte characters; a leading U+FEFF is kept), compared byte for byte",
+);
+/** 32 names of exactly 32 UTF-8 bytes each ("m00…" padded, the last one ending in a 4-byte character). */
+const names32 = Array.from({ length: 32 }, (_, i) =>
+  i === 31 ? "m31" + "-".repeat(25) + "🔑" : `m${String(i).padStart(2, "0")}` + "-".repeat(29),
+);
+add(
+  "hello-max-mappings",
+  {
+    type: "HELLO",
+    role: 1,
+    auth: 1,
+    capabilities: 1,
+    nonce: NONCE_A,
+    publicKey: KEY,
+    mappings: names32,
+    agent: agent64,
+  },
+  hello(1, 1, 1, NONCE_A, KEY, names32, agent64),
+  "key mode, 32 mappings with 32-byte names and a 64-byte agent: the largest HELLO (body 1193)",
 );
 
 add(
@@ -280,6 +375,10 @@ const bad = (
   beforeHandshake = false,
 ) => malformed.push({ name, description, preface, ...(beforeHandshake ? { beforeHandshake } : {}), hex, error });
 const ascii = (s: string) => utf8Hex(s);
+/** A mapping list of one unnamed mapping: count 1, name length 0. */
+const ONE_MAPPING = "01" + "00";
+/** HELLO body up to and including the (empty) public key, secret mode, sender. */
+const HELLO_HEAD = "0202" + "00000001" + NONCE_D + "00";
 
 bad(
   "preface-http",
@@ -328,7 +427,7 @@ bad(
   "frame-too-large",
 );
 bad("too-large-length-max", "length 0xffffffff", false, "12ffffffff", "frame-too-large");
-bad("too-large-hello", "HELLO body of 137 (max 136)", false, "0100000089", "frame-too-large");
+bad("too-large-hello", "HELLO body of 1194 (max 1193)", false, "01000004aa", "frame-too-large");
 bad("too-large-auth", "AUTH body of 83 (max 82)", false, "0200000053", "frame-too-large");
 bad("too-large-accept", "ACCEPT body of 84 (max 83)", false, "0300000054", "frame-too-large");
 bad("too-large-close", "CLOSE body of 1027 (max 1026)", false, "0400000403", "frame-too-large");
@@ -368,7 +467,7 @@ bad("short-ping", "PING body of 7", false, frameHex(0x05, seq(1, 7)), "bad-lengt
 bad("empty-pong", "PONG body of 0", false, frameHex(0x06, ""), "bad-length");
 bad(
   "short-hello",
-  "HELLO body of 39 (fixed part is 40: no agent length)",
+  "HELLO body of 39: ends after the key length (at least 42: mapping count, one name length, agent length)",
   false,
   frameHex(0x01, "0202" + "00000000" + NONCE_D + "00"),
   "bad-length",
@@ -384,14 +483,42 @@ bad(
   "hello-agent-length-over",
   "agent length says 5, 4 bytes follow",
   false,
-  frameHex(0x01, "0202" + "00000001" + NONCE_D + "00" + "05" + ascii("abcd")),
+  frameHex(0x01, "0202" + "00000001" + NONCE_D + "00" + ONE_MAPPING + "05" + ascii("abcd")),
   "bad-length",
 );
 bad(
   "hello-agent-length-under",
   "agent length says 3, 4 bytes follow",
   false,
-  frameHex(0x01, "0202" + "00000001" + NONCE_D + "00" + "03" + ascii("abcd")),
+  frameHex(0x01, "0202" + "00000001" + NONCE_D + "00" + ONE_MAPPING + "03" + ascii("abcd")),
+  "bad-length",
+);
+bad(
+  "hello-ends-before-mappings",
+  "HELLO ends right after a 32-byte public key: no mapping count",
+  false,
+  frameHex(0x01, "0201" + "00000000" + NONCE_D + "20" + KEY),
+  "bad-length",
+);
+bad(
+  "hello-mappings-truncated",
+  "mapping count 2, but the body ends after the first name",
+  false,
+  frameHex(0x01, HELLO_HEAD + "02" + "03" + ascii("dns")),
+  "bad-length",
+);
+bad(
+  "hello-mapping-name-truncated",
+  "mapping name length 5, 3 bytes follow",
+  false,
+  frameHex(0x01, HELLO_HEAD + "01" + "05" + ascii("ntp")),
+  "bad-length",
+);
+bad(
+  "hello-no-agent-length",
+  "the mapping list is complete but the agent length is missing",
+  false,
+  frameHex(0x01, HELLO_HEAD + "01" + "03" + ascii("ntp")),
   "bad-length",
 );
 bad("empty-auth", "AUTH with an empty body", false, frameHex(0x02, ""), "bad-length");
@@ -437,22 +564,67 @@ bad(
 );
 bad("short-flow-close", "FLOW_CLOSE body of 4", false, frameHex(0x11, "00000001"), "bad-length");
 
-bad("hello-role-0", "role 0", false, frameHex(0x01, "0002" + "00000000" + NONCE_D + "00" + "00"), "bad-field");
-bad("hello-role-3", "role 3", false, frameHex(0x01, "0302" + "00000000" + NONCE_D + "00" + "00"), "bad-field");
-bad("hello-auth-0", "auth mode 0", false, frameHex(0x01, "0200" + "00000000" + NONCE_D + "00" + "00"), "bad-field");
-bad("hello-auth-3", "auth mode 3", false, frameHex(0x01, "0203" + "00000000" + NONCE_D + "00" + "00"), "bad-field");
+bad(
+  "hello-role-0",
+  "role 0",
+  false,
+  frameHex(0x01, "0002" + "00000000" + NONCE_D + "00" + ONE_MAPPING + "00"),
+  "bad-field",
+);
+bad(
+  "hello-role-3",
+  "role 3",
+  false,
+  frameHex(0x01, "0302" + "00000000" + NONCE_D + "00" + ONE_MAPPING + "00"),
+  "bad-field",
+);
+bad(
+  "hello-auth-0",
+  "auth mode 0",
+  false,
+  frameHex(0x01, "0200" + "00000000" + NONCE_D + "00" + ONE_MAPPING + "00"),
+  "bad-field",
+);
+bad(
+  "hello-auth-3",
+  "auth mode 3",
+  false,
+  frameHex(0x01, "0203" + "00000000" + NONCE_D + "00" + ONE_MAPPING + "00"),
+  "bad-field",
+);
 bad(
   "hello-key-length-31",
   "public key length 31 (must be 0 or 32)",
   false,
-  frameHex(0x01, "0201" + "00000000" + NONCE_D + "1f" + KEY.slice(0, 62) + "00"),
+  frameHex(0x01, "0201" + "00000000" + NONCE_D + "1f" + KEY.slice(0, 62) + ONE_MAPPING + "00"),
   "bad-field",
 );
 bad(
   "hello-key-length-33",
   "public key length 33 (must be 0 or 32)",
   false,
-  frameHex(0x01, "0201" + "00000000" + NONCE_D + "21" + KEY + "00" + "00"),
+  frameHex(0x01, "0201" + "00000000" + NONCE_D + "21" + KEY + "00" + ONE_MAPPING + "00"),
+  "bad-field",
+);
+bad(
+  "hello-no-mappings",
+  "mapping count 0 (must be 1 to 32)",
+  false,
+  frameHex(0x01, HELLO_HEAD + "00" + "00"),
+  "bad-field",
+);
+bad(
+  "hello-33-mappings",
+  "mapping count 33 (must be 1 to 32), followed by 33 empty names",
+  false,
+  frameHex(0x01, HELLO_HEAD + "21" + "00".repeat(33) + "00"),
+  "bad-field",
+);
+bad(
+  "hello-mapping-name-33-bytes",
+  "a mapping name of 33 bytes (at most 32)",
+  false,
+  frameHex(0x01, HELLO_HEAD + "01" + "21" + ascii("n".repeat(33)) + "00"),
   "bad-field",
 );
 bad(
@@ -492,14 +664,28 @@ bad(
   "hello-agent-invalid-utf8",
   "agent byte 0xff",
   false,
-  frameHex(0x01, "0202" + "00000000" + NONCE_D + "00" + "02" + "41ff"),
+  frameHex(0x01, "0202" + "00000000" + NONCE_D + "00" + ONE_MAPPING + "02" + "41ff"),
   "bad-utf8",
 );
 bad(
   "hello-agent-truncated-utf8",
   "agent ends inside a 2-byte sequence",
   false,
-  frameHex(0x01, "0202" + "00000000" + NONCE_D + "00" + "01" + "c3"),
+  frameHex(0x01, "0202" + "00000000" + NONCE_D + "00" + ONE_MAPPING + "01" + "c3"),
+  "bad-utf8",
+);
+bad(
+  "hello-mapping-name-invalid-utf8",
+  "mapping name byte 0xff",
+  false,
+  frameHex(0x01, HELLO_HEAD + "01" + "02" + "41ff" + "00"),
+  "bad-utf8",
+);
+bad(
+  "hello-mapping-name-surrogate",
+  "mapping name is a UTF-8-encoded surrogate (ed a0 80), in the second of two mappings",
+  false,
+  frameHex(0x01, HELLO_HEAD + "02" + "01" + ascii("a") + "03" + "eda080" + "00"),
   "bad-utf8",
 );
 bad("close-overlong-utf8", "overlong encoding of NUL (c0 80)", false, frameHex(0x04, "0001" + "c080"), "bad-utf8");
@@ -532,17 +718,22 @@ function handshake(name: string, description: string, mode: "secret" | "key", s:
   const authMode = mode === "key" ? 1 : 2;
   const acceptorKey = mode === "key" ? publicKeyOf(ACCEPTOR_SEED) : "";
   const dialerKey = mode === "key" ? publicKeyOf(DIALER_SEED) : "";
-  const helloFields = (role: number, nonce: string, publicKey: string, agent: string) => ({
+  // Secret mode: one unnamed mapping each (the default). Key mode: two named mappings, listed in a
+  // different order by each side (they pair by name).
+  const acceptorMappings = mode === "key" ? ["dns", "ntp"] : [""];
+  const dialerMappings = mode === "key" ? ["ntp", "dns"] : [""];
+  const helloFields = (role: number, nonce: string, publicKey: string, mappings: string[], agent: string) => ({
     type: "HELLO",
     role,
     auth: authMode,
     capabilities: 1,
     nonce,
     publicKey,
+    mappings,
     agent,
   });
-  const aHello = hello(1, authMode, 1, s.acceptorNonce, acceptorKey, "vector-receiver");
-  const dHello = hello(2, authMode, 1, s.dialerNonce, dialerKey, "vector-sender");
+  const aHello = hello(1, authMode, 1, s.acceptorNonce, acceptorKey, acceptorMappings, "vector-receiver");
+  const dHello = hello(2, authMode, 1, s.dialerNonce, dialerKey, dialerMappings, "vector-sender");
   const dialerTranscript = DIALER_LABEL + aHello + dHello + s.offeredToken;
   const acceptorTranscript = ACCEPTOR_LABEL + aHello + dHello + s.sessionToken + h8(s.resumed ? 1 : 0);
   const dialerProof = mode === "key" ? ed25519(DIALER_SEED, dialerTranscript) : hmac(SECRET, dialerTranscript);
@@ -565,12 +756,12 @@ function handshake(name: string, description: string, mode: "secret" | "key", s:
     dialerNonce: s.dialerNonce,
     acceptorHello: {
       name: "acceptor-hello",
-      fields: helloFields(1, s.acceptorNonce, acceptorKey, "vector-receiver"),
+      fields: helloFields(1, s.acceptorNonce, acceptorKey, acceptorMappings, "vector-receiver"),
       hex: aHello,
     },
     dialerHello: {
       name: "dialer-hello",
-      fields: helloFields(2, s.dialerNonce, dialerKey, "vector-sender"),
+      fields: helloFields(2, s.dialerNonce, dialerKey, dialerMappings, "vector-sender"),
       hex: dHello,
     },
     offeredToken: s.offeredToken,
@@ -613,7 +804,7 @@ const handshakes: HandshakeVector[] = [
   ),
   handshake(
     "key-new-session",
-    "keys: each side signs the transcript with its Ed25519 key; ACCEPT is sent once the receiver admits the sender's key (known, or its operator says yes)",
+    "keys: each side signs the transcript with its Ed25519 key; ACCEPT is sent once the receiver admits the sender's key (known, or its operator says yes). Two named mappings, listed in a different order by each side",
     "key",
     {
       acceptorNonce: seq(0x80, 32),

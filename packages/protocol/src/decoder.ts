@@ -15,6 +15,8 @@ import {
   HEADER_SIZE,
   MAC_SIZE,
   MAX_HANDSHAKE_BODY,
+  MAX_MAPPING_NAME,
+  MAX_MAPPINGS,
   maxBodyLength,
   NONCE_SIZE,
   PREFACE,
@@ -211,7 +213,25 @@ function parseBody(type: number, body: Uint8Array): Frame {
       if (keyLength !== 0 && keyLength !== PUBLIC_KEY_SIZE) {
         bad("bad-field", `HELLO public key length ${keyLength}, expected 0 or ${PUBLIC_KEY_SIZE}`);
       }
-      const agentAt = keyAt + 1 + keyLength + 1;
+      let at = keyAt + 1 + keyLength;
+      if (body.length < at + 1) bad("bad-length", `HELLO body of ${body.length} bytes is too short`);
+      const mappingCount = body[at++];
+      if (mappingCount === 0 || mappingCount > MAX_MAPPINGS) {
+        bad("bad-field", `HELLO announces ${mappingCount} mappings, expected 1 to ${MAX_MAPPINGS}`);
+      }
+      const mappings: string[] = [];
+      for (let i = 0; i < mappingCount; i++) {
+        if (body.length < at + 1) bad("bad-length", `HELLO body of ${body.length} bytes is too short`);
+        const nameLength = body[at++];
+        if (nameLength > MAX_MAPPING_NAME)
+          bad("bad-field", `HELLO mapping name of ${nameLength} bytes, at most ${MAX_MAPPING_NAME}`);
+        if (body.length < at + nameLength) bad("bad-length", `HELLO body of ${body.length} bytes is too short`);
+        mappings.push(
+          fromUtf8(body.subarray(at, at + nameLength)) ?? bad("bad-utf8", "HELLO mapping name is not valid UTF-8"),
+        );
+        at += nameLength;
+      }
+      const agentAt = at + 1;
       if (body.length < agentAt) bad("bad-length", `HELLO body of ${body.length} bytes is too short`);
       const agentLength = body[agentAt - 1];
       expectLength("HELLO", body, agentAt + agentLength);
@@ -223,6 +243,7 @@ function parseBody(type: number, body: Uint8Array): Frame {
         capabilities: readU32(body, 2),
         nonce: body.subarray(6, 6 + NONCE_SIZE),
         publicKey: body.subarray(keyAt + 1, keyAt + 1 + keyLength),
+        mappings,
         agent,
       };
     }

@@ -7,6 +7,7 @@
  * than `nextTimeout()`. Nothing here reads a clock, opens a socket or sets a timer.
  */
 import { utf8 } from "./bytes.js";
+import type { FlowBase, FlowCounters, MappedFlows } from "./flow-table.js";
 import {
   AuthMode,
   CLOSE_CODE_NAMES,
@@ -16,11 +17,11 @@ import {
   FRAME_TYPE_NAMES,
   type Frame,
   FrameType,
+  MAX_MAPPINGS,
   ProtocolError,
   Role,
   type WireAddress,
 } from "./frames.js";
-import type { FlowBase, FlowCounters, FlowTable } from "./flow-table.js";
 import {
   type Credentials,
   type CryptoProvider,
@@ -30,6 +31,7 @@ import {
   type LinkState,
   type Side,
 } from "./link.js";
+import { checkMappings, type MappingConfig, pairMappings } from "./mappings.js";
 
 export type LogLevel = "debug" | "info" | "warn" | "error";
 
@@ -55,10 +57,10 @@ export type Output =
   /** Flush what takeTransmit(conn) still returns, then close the TCP connection. */
   | { kind: "close-connection"; conn: number }
   /**
-   * Receiver: the sender on `conn` proved it holds `publicKey` (key mode). Decide whether to admit it
-   * (authorized keys, known senders, the operator) and call approve(), now or later.
+   * The peer that dialed in on `conn` proved it holds `publicKey` (key mode). Decide whether to admit
+   * it (authorized keys, known keys, the operator) and call approve(), now or later.
    */
-  | { kind: "authorize-sender"; conn: number; peer: string; publicKey: Uint8Array }
+  | { kind: "authorize-peer"; conn: number; peer: string; publicKey: Uint8Array }
   /** The peer on `conn` passed the handshake. */
   | { kind: "accepted"; conn: number; peer: string; resumed: boolean }
   /** Receiver: send `payload` to the client of `flow`. */
@@ -116,6 +118,17 @@ export interface CommonConfig {
   resumeGraceMs?: number;
   /** Free text identifying the software in HELLO. */
   agent?: string;
+  /** This side's mappings, in order (default: one unnamed mapping). */
+  mappings?: readonly MappingConfig[];
+  /** When this side accepts TCP: unauthenticated connections allowed at once, in all and per source. */
+  maxPendingConnections?: number;
+  maxPendingPerSource?: number;
+  /**
+   * When this side dials, in key mode: decides whether the acceptor's key (already proven by its
+   * signature) is the one expected — pinned, or first seen. Returns undefined to trust it, or why not.
+   * Without it any key that proves itself is accepted.
+   */
+  checkPeerKey?: (publicKey: Uint8Array, peer: string) => string | undefined;
 }
 
 export const DEFAULTS = {
@@ -126,6 +139,8 @@ export const DEFAULTS = {
   maxBufferBytes: 4 * 1024 * 1024,
   resumeGraceMs: 30_000,
   agent: "mcudpt-ts",
+  maxPendingConnections: 16,
+  maxPendingPerSource: 4,
 } as const;
 
 /** Missed keepalive intervals after which a silent connection is declared dead. */
@@ -147,6 +162,8 @@ export abstract class Endpoint {
   protected readonly maxBufferBytes: number;
   protected readonly resumeGraceMs: number;
   protected readonly agent: string;
+  protected readonly mappings: readonly MappingConfig[];
+  private readonly mappingNames: readonly string[];
   readonly stats: Stats = {
     udpIn: 0,
     udpInBytes: 0,
@@ -187,6 +204,18 @@ export abstract class Endpoint {
     this.maxBufferBytes = positive("maxBufferBytes", config.maxBufferBytes ?? DEFAULTS.maxBufferBytes);
     this.resumeGraceMs = Math.max(0, config.resumeGraceMs ?? DEFAULTS.resumeGraceMs);
     this.agent = config.agent ?? DEFAULTS.agent;
+    this.mappings = config.mappings ?? [{}];
+    checkMappings(this.mappings, MAX_MAPPINGS);
+    this.mappingNames = this.mappings.map((mapping) => mapping.name ?? "");
+  }
+
+  /** Idle timeout of mapping `index` (its own, or the endpoint's). */
+  protected idleTimeoutOf(index: number): number {
+    return this.mappings[index]?.idleTimeoutMs ?? this.idleTimeoutMs;
+  }
+
+  protected maxFlowsOf(index: number): number {
+    return this.mappings[index]?.maxFlows ?? this.maxFlows;
   }
 
   get authMode(): AuthMode {
@@ -376,7 +405,15 @@ export abstract class Endpoint {
     if (frame.auth === AuthMode.Key && frame.publicKey.length === 0) {
       throw new ProtocolError("bad-field", "HELLO in key mode carries no public key");
     }
-    link.peerHello = { ...frame, nonce: frame.nonce.slice(), publicKey: frame.publicKey.slice() };
+    const ours = this.mappingNames;
+    link.mappingPairs =
+      this.role === Role.Receiver ? pairMappings(ours, frame.mappings) : pairMappings(frame.mappings, ours);
+    link.peerHello = {
+      ...frame,
+      nonce: frame.nonce.slice(),
+      publicKey: frame.publicKey.slice(),
+      mappings: [...frame.mappings],
+    };
     return link.peerHello;
   }
 
@@ -388,6 +425,7 @@ export abstract class Endpoint {
       this.role,
       this.credentials,
       capabilities,
+      this.mappingNames,
       this.agent,
       this.crypto,
       now,
@@ -448,15 +486,12 @@ export abstract class Endpoint {
    * Counts an eviction under maxFlows and logs at most one line per 10 s: a flood of new source
    * addresses evicts once per datagram, and must not become a flood of log lines.
    */
-  protected noteEviction(now: number): void {
+  protected noteEviction(now: number, limit: number = this.maxFlows): void {
     this.stats.flowsEvicted++;
     this.evictionsUnlogged++;
     if (now - this.lastEvictionLog < 10_000) return;
     this.lastEvictionLog = now;
-    this.log(
-      "warn",
-      `flow limit (${this.maxFlows}) reached: evicted ${this.evictionsUnlogged} least recently active flow(s)`,
-    );
+    this.log("warn", `flow limit (${limit}) reached: evicted ${this.evictionsUnlogged} least recently active flow(s)`);
     this.evictionsUnlogged = 0;
   }
 
@@ -490,7 +525,12 @@ export abstract class Endpoint {
    * not have (closed here while the frame was in flight, or never opened), which is counted and
    * answered with FLOW_CLOSE(unknown flow) so the peer frees it too. Nothing is emitted for it.
    */
-  protected dataFlow<F extends FlowBase>(flows: FlowTable<F>, link: Link, flowId: number, now: number): F | undefined {
+  protected dataFlow<F extends FlowBase & { readonly mappingId: number }>(
+    flows: MappedFlows<F>,
+    link: Link,
+    flowId: number,
+    now: number,
+  ): F | undefined {
     const flow = flows.get(flowId);
     if (flow === undefined) {
       this.stats.drops["unknown-flow"]++;
@@ -510,6 +550,7 @@ export abstract class Endpoint {
 function closeCodeFor(error: ProtocolError): CloseCode {
   if (error.code === "role-conflict") return CloseCode.RoleConflict;
   if (error.code === "auth-mismatch") return CloseCode.AuthMismatch;
+  if (error.code === "mapping-mismatch") return CloseCode.MappingMismatch;
   return CloseCode.ProtocolError;
 }
 

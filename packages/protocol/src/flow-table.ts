@@ -75,3 +75,52 @@ export class FlowTable<F extends FlowBase> {
     this.newest = undefined;
   }
 }
+
+/**
+ * Flows of several mappings: one LRU table per mapping (each mapping has its own idle timeout and flow
+ * limit, so expiry and eviction look at that mapping's oldest flow) and one index by id across all of
+ * them (DATA frames name only the flow id).
+ */
+export class MappedFlows<F extends FlowBase & { readonly mappingId: number }> {
+  private readonly byId = new Map<number, F>();
+  readonly tables: FlowTable<F>[];
+
+  constructor(mappings: number) {
+    this.tables = Array.from({ length: mappings }, () => new FlowTable<F>());
+  }
+
+  get size(): number {
+    return this.byId.size;
+  }
+
+  get(id: number): F | undefined {
+    return this.byId.get(id);
+  }
+
+  has(id: number): boolean {
+    return this.byId.has(id);
+  }
+
+  add(flow: F): void {
+    this.byId.set(flow.id, flow);
+    this.tables[flow.mappingId].add(flow);
+  }
+
+  touch(flow: F, now: number): void {
+    this.tables[flow.mappingId].touch(flow, now);
+  }
+
+  delete(flow: F): void {
+    this.byId.delete(flow.id);
+    this.tables[flow.mappingId].delete(flow.id);
+  }
+
+  values(): IterableIterator<F> {
+    return this.byId.values();
+  }
+
+  clear(): void {
+    this.byId.clear();
+    for (const table of this.tables) table.clear();
+  }
+}

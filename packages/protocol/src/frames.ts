@@ -62,6 +62,8 @@ export const CloseCode = {
   InternalError: 10,
   /** The peer's key is not one this side accepts (unknown sender, changed receiver key). */
   KeyRejected: 11,
+  /** The two sides' mappings do not pair up (different names or counts). */
+  MappingMismatch: 12,
 } as const;
 export type CloseCode = (typeof CloseCode)[keyof typeof CloseCode];
 
@@ -88,6 +90,9 @@ export const SIGNATURE_SIZE = 64;
 export const MAX_HANDSHAKE_BODY = 2048;
 export const TOKEN_SIZE = 16;
 export const MAX_AGENT_LENGTH = 64;
+/** Mappings one connection carries, and the longest mapping name (UTF-8 bytes). */
+export const MAX_MAPPINGS = 32;
+export const MAX_MAPPING_NAME = 32;
 export const MAX_CLOSE_MESSAGE = 1024;
 
 /** Client address in FLOW_OPEN: IPv4 (4 bytes) or IPv6 (16 bytes), plus port. */
@@ -107,6 +112,11 @@ export type Frame =
       nonce: Uint8Array;
       /** The side's Ed25519 public key in key mode; empty in secret mode. */
       publicKey: Uint8Array;
+      /**
+       * The side's mappings in order, by name ("" when unnamed). The receiver's position is the mapping
+       * id in FLOW_OPEN; the sender pairs its targets with them by name, or by position when unnamed.
+       */
+      mappings: string[];
       agent: string;
     }
   /** `proof`: HMAC (secret mode) or Ed25519 signature (key mode) over the handshake transcript. */
@@ -128,7 +138,9 @@ export type Frame =
 export function maxBodyLength(type: number): number | undefined {
   switch (type) {
     case FrameType.Hello:
-      return 1 + 1 + 4 + NONCE_SIZE + 1 + PUBLIC_KEY_SIZE + 1 + MAX_AGENT_LENGTH;
+      return (
+        1 + 1 + 4 + NONCE_SIZE + 1 + PUBLIC_KEY_SIZE + 1 + MAX_MAPPINGS * (1 + MAX_MAPPING_NAME) + 1 + MAX_AGENT_LENGTH
+      );
     case FrameType.Auth:
       return 1 + SIGNATURE_SIZE + 1 + TOKEN_SIZE;
     case FrameType.Accept:
@@ -174,6 +186,7 @@ export const CLOSE_CODE_NAMES: Record<number, string> = {
   9: "replaced by a newer connection",
   10: "internal error",
   11: "key not accepted",
+  12: "mappings differ",
 };
 
 export const FLOW_CLOSE_REASON_NAMES: Record<number, string> = {

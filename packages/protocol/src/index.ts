@@ -10,10 +10,12 @@ export {
   type Output,
   type Stats,
 } from "./endpoint.js";
-export * from "./frames.js";
 export type { FlowCounters } from "./flow-table.js";
+export * from "./frames.js";
 export type { Credentials, CryptoProvider, Identity, Side } from "./link.js";
+export { checkMappings, type MappingConfig, pairMappings } from "./mappings.js";
 export { type RateLimitConfig, SourceRateLimiter } from "./rate-limit.js";
 export { RECEIVER_DEFAULTS, type ReceiverConfig, ReceiverMachine } from "./receiver.js";
 export { type SenderConfig, SenderMachine, type TargetFlow } from "./sender.js";
+export { SessionEndpoint } from "./session.js";
 export { encodeFrame, FrameWriter } from "./writer.js";

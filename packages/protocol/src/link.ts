@@ -27,7 +27,7 @@ export type Credentials = { secret: Uint8Array } | { identity: Identity };
 
 export type HelloFrame = Extract<Frame, { type: typeof FrameType.Hello }>;
 
-/** Who opened the TCP connection. The acceptor verifies the dialer. */
+/** Who opened the TCP connection. Independent of the role (who listens for UDP). */
 export type Side = "acceptor" | "dialer";
 
 export type LinkState =
@@ -62,6 +62,11 @@ export class Link {
   transmitPending = false;
   /** The peer's IP address (acceptor), for per-source limits on unauthenticated connections. */
   source = "";
+  /**
+   * For each of the receiver's mapping ids, the sender's mapping index it pairs with (worked out from
+   * both HELLOs); set once the peer's HELLO is checked.
+   */
+  mappingPairs: number[] = [];
 
   constructor(
     readonly id: number,
@@ -70,6 +75,7 @@ export class Link {
     role: Role,
     private readonly credentials: Credentials,
     capabilities: number,
+    mappings: readonly string[],
     agent: string,
     crypto: CryptoProvider,
     now: number,
@@ -84,6 +90,7 @@ export class Link {
       capabilities,
       nonce: crypto.randomBytes(NONCE_SIZE),
       publicKey: keyMode ? credentials.identity.publicKey : new Uint8Array(0),
+      mappings: [...mappings],
       agent,
     };
     this.writer.preface();

@@ -1,35 +1,19 @@
 /**
- * The receiver: owns the public UDP port. Every client address becomes a flow with an id chosen here;
- * the sender only ever answers with flow ids, so the only addresses this side writes to are clients
- * that opened flows (no reflection). It accepts TCP connections, verifies each before acting on
- * anything it sends, and keeps one sender at a time.
+ * The receiver: owns the public UDP ports (one per mapping). Every client address becomes a flow with
+ * an id chosen here; the sender only ever answers with flow ids, so the only addresses this side writes
+ * to are clients that opened flows (no reflection). Whether it accepts the TCP connection (ssh -R, the
+ * default) or dials it (ssh -L) is the session layer's business; either way it verifies the peer
+ * before acting on anything the peer sends, and keeps one sender at a time.
  */
 import { ipFamily } from "./address.js";
-import { bytesEqual } from "./bytes.js";
-import { type ClientFlow, type CommonConfig, Endpoint, unexpected } from "./endpoint.js";
-import { FlowTable, zeroCounters } from "./flow-table.js";
-import {
-  Capability,
-  CloseCode,
-  FlowCloseReason,
-  type Frame,
-  FrameType,
-  HEADER_SIZE,
-  MAX_DATAGRAM,
-  ProtocolError,
-  Role,
-  TOKEN_SIZE,
-} from "./frames.js";
+import type { ClientFlow, CommonConfig } from "./endpoint.js";
+import { MappedFlows, zeroCounters } from "./flow-table.js";
+import { FlowCloseReason, type Frame, FrameType, HEADER_SIZE, MAX_DATAGRAM, ProtocolError, Role } from "./frames.js";
 import type { CryptoProvider, Link } from "./link.js";
 import { SourceRateLimiter } from "./rate-limit.js";
+import { SessionEndpoint } from "./session.js";
 
 export interface ReceiverConfig extends CommonConfig {
-  /** Unauthenticated connections allowed at once; more are refused straight away. */
-  maxPendingConnections?: number;
-  /** Unauthenticated connections allowed at once from one source address. */
-  maxPendingPerSource?: number;
-  /** Mapping id put in FLOW_OPEN (one mapping per receiver for now). */
-  mappingId?: number;
   /**
    * New flows one source address may open per second (bursts of twice that); datagrams past it are
    * dropped and counted. 0 disables the limit.
@@ -49,38 +33,20 @@ export const RECEIVER_DEFAULTS = {
   amplificationLimit: 10,
 } as const;
 
-/** The accepted sender and the flows that belong to it; survives a short outage for resumption. */
-interface Session {
-  token: Uint8Array;
-  /** The sender's key (key mode): only the same key may resume the session. */
-  publicKey: Uint8Array;
-  link: Link | undefined;
-  peer: string;
-  /** When the link was lost; flows are kept until lostAt + resumeGraceMs. */
-  lostAt: number | undefined;
-}
-
-const CAPABILITIES = Capability.Resume;
 const DATA_OVERHEAD = HEADER_SIZE + 4;
 /** Largest FLOW_OPEN (IPv6) plus a FLOW_CLOSE for an evicted flow. */
 const NEW_FLOW_OVERHEAD = HEADER_SIZE + 25 + HEADER_SIZE + 5;
 
-export class ReceiverMachine extends Endpoint {
-  private readonly flows = new FlowTable<ClientFlow>();
+export class ReceiverMachine extends SessionEndpoint {
+  private readonly flows: MappedFlows<ClientFlow>;
   private readonly flowsByKey = new Map<string, ClientFlow>();
-  private session: Session | undefined;
   private nextFlowId = 1;
-  private readonly maxPending: number;
-  private readonly maxPendingPerSource: number;
-  private readonly mappingId: number;
   private readonly newFlowLimiter: SourceRateLimiter | undefined;
   private readonly amplificationLimit: number;
 
   constructor(config: ReceiverConfig, crypto: CryptoProvider) {
     super(Role.Receiver, config, crypto);
-    this.maxPending = config.maxPendingConnections ?? RECEIVER_DEFAULTS.maxPendingConnections;
-    this.maxPendingPerSource = config.maxPendingPerSource ?? RECEIVER_DEFAULTS.maxPendingPerSource;
-    this.mappingId = config.mappingId ?? 0;
+    this.flows = new MappedFlows<ClientFlow>(this.mappings.length);
     const rate = config.newFlowsPerSecond ?? RECEIVER_DEFAULTS.newFlowsPerSecond;
     this.newFlowLimiter =
       rate > 0 ? new SourceRateLimiter({ perSecond: rate, burst: Math.max(1, rate * 2) }) : undefined;
@@ -89,71 +55,32 @@ export class ReceiverMachine extends Endpoint {
 
   /** True while an accepted sender is connected. */
   get senderConnected(): boolean {
-    return this.session?.link !== undefined;
+    return this.peerConnected;
   }
 
   get flowCount(): number {
     return this.flows.size;
   }
 
-  /**
-   * A TCP connection was accepted from `peer` (address:port, for log lines); `source` is its IP address,
-   * which bounds how many unauthenticated connections one host may hold open.
-   */
+  /** Open flows of mapping `mappingId`. */
+  flowCountOf(mappingId: number): number {
+    return this.flows.tables[mappingId]?.size ?? 0;
+  }
+
+  /** The usual direction (ssh -R): the sender dialed in. Same as accept(). */
   connect(conn: number, peer: string, now: number, source = peer): void {
-    let pending = 0;
-    let fromSource = 0;
-    for (const link of this.links.values()) {
-      if (link.state === "open" || link.state === "closed") continue;
-      pending++;
-      if (link.source === source) fromSource++;
-    }
-    const link = this.newLink(conn, peer, "acceptor", CAPABILITIES, now);
-    link.source = source;
-    if (pending >= this.maxPending) {
-      this.stats.handshakeFailures++;
-      this.failLink(link, CloseCode.Busy, `too many unauthenticated connections (${pending})`);
-    } else if (fromSource >= this.maxPendingPerSource) {
-      this.stats.handshakeFailures++;
-      this.failLink(link, CloseCode.Busy, `too many unauthenticated connections from ${source} (${fromSource})`);
-    }
+    this.accept(conn, peer, now, source);
   }
 
-  /** Whether connection `conn` still waits for a decision (it may have gone away meanwhile). */
-  awaitingApproval(conn: number): boolean {
-    return this.links.get(conn)?.state === "approval";
-  }
-
-  /**
-   * The decision on an `authorize-sender` request. `reason` is told to the sender and logged; without
-   * one a refusal is the operator's.
-   */
-  approve(conn: number, accepted: boolean, now: number, reason?: string): void {
-    const link = this.links.get(conn);
-    if (!link || link.state !== "approval") return;
-    if (!accepted) {
-      this.stats.handshakeFailures++;
-      if (reason) {
-        this.failLink(link, CloseCode.KeyRejected, reason);
-      } else {
-        this.log("info", `sender ${link.peer} refused by the operator`);
-        this.closeLink(link, CloseCode.Refused, "refused by the receiver's operator");
-      }
-      return;
-    }
-    this.admit(link, now);
-    this.notifyTransmit(link);
-  }
-
-  /** A datagram from a UDP client. */
-  clientDatagram(address: string, port: number, payload: Uint8Array, now: number): void {
+  /** A datagram from a UDP client, on the public port of mapping `mappingId`. */
+  clientDatagram(address: string, port: number, payload: Uint8Array, now: number, mappingId = 0): void {
     const stats = this.stats;
     stats.udpIn++;
     stats.udpInBytes += payload.length;
-    const link = this.session?.link;
     // A link already closed (CLOSE sent or received, keepalive timeout) but not yet reported
     // disconnected takes nothing more: frames after a CLOSE are never read.
-    if (link === undefined || link.state !== "open") {
+    const link = this.openLink;
+    if (link === undefined) {
       stats.drops["no-sender"]++;
       return;
     }
@@ -161,18 +88,19 @@ export class ReceiverMachine extends Endpoint {
       stats.drops["too-large"]++;
       return;
     }
-    const key = address + "|" + port;
+    const key = mappingId === 0 ? address + "|" + port : mappingId + "|" + address + "|" + port;
     let flow = this.flowsByKey.get(key);
     if (flow === undefined) {
+      if (mappingId >= this.mappings.length || mappingId < 0) throw new RangeError(`no mapping ${mappingId}`);
       if (this.newFlowLimiter !== undefined && !this.newFlowLimiter.allow(address, now)) {
         stats.drops["rate-limited"]++;
-        this.noteLimit("rate-limited", now, `new-flow rate limit reached for some sources (raise --new-flow-rate)`);
+        this.noteLimit("rate-limited", now, "new-flow rate limit reached for some sources (raise --new-flow-rate)");
         return;
       }
       // FLOW_OPEN (and an eviction's FLOW_CLOSE) count against the buffer bound too, so a flood of new
       // source addresses cannot grow the buffer of a blocked connection.
       if (!this.hasRoom(link, NEW_FLOW_OVERHEAD + DATA_OVERHEAD + payload.length)) return;
-      flow = this.openFlow(link, key, address, port, payload.length, now);
+      flow = this.openFlow(link, mappingId, key, address, port, payload.length, now);
       if (flow === undefined) return;
     } else {
       // A second datagram from the same address and port: whoever it is also sends from there, so
@@ -189,9 +117,7 @@ export class ReceiverMachine extends Endpoint {
 
   /** Says goodbye to every connection. Flows are dropped. */
   shutdown(reason = "receiver shutting down"): void {
-    for (const link of this.links.values()) this.closeLink(link, CloseCode.Normal, reason);
-    this.dropAllFlows();
-    this.session = undefined;
+    this.closeAll(reason);
   }
 
   /** Flows currently open, for status output. */
@@ -201,6 +127,7 @@ export class ReceiverMachine extends Endpoint {
 
   private openFlow(
     link: Link,
+    mappingId: number,
     key: string,
     address: string,
     port: number,
@@ -212,17 +139,18 @@ export class ReceiverMachine extends Endpoint {
       this.log("warn", `ignoring datagram from unparseable address ${address}`);
       return undefined;
     }
-    if (this.flows.size >= this.maxFlows) {
-      const oldest = this.flows.oldest();
+    const table = this.flows.tables[mappingId];
+    if (table.size >= this.maxFlowsOf(mappingId)) {
+      const oldest = table.oldest();
       if (oldest) {
-        this.noteEviction(now);
+        this.noteEviction(now, this.maxFlowsOf(mappingId));
         this.closeFlow(oldest, FlowCloseReason.Evicted, true);
       }
     }
     const limit = this.amplificationLimit;
     const flow: ClientFlow = {
       id: this.allocateFlowId(),
-      mappingId: this.mappingId,
+      mappingId,
       address,
       port,
       family,
@@ -248,101 +176,20 @@ export class ReceiverMachine extends Endpoint {
   }
 
   private closeFlow(flow: ClientFlow, reason: number, tellPeer: boolean): void {
-    this.flows.delete(flow.id);
+    this.flows.delete(flow);
     this.flowsByKey.delete(flow.key);
     this.stats.flowsClosed++;
-    const link = this.session?.link;
-    if (tellPeer && link && link.state === "open") {
+    const link = this.openLink;
+    if (tellPeer && link) {
       link.writer.flowClose(flow.id, reason);
       this.notifyTransmit(link);
     }
   }
 
-  private dropAllFlows(): void {
+  protected dropAllFlows(): void {
     this.stats.flowsClosed += this.flows.size;
     this.flows.clear();
     this.flowsByKey.clear();
-  }
-
-  protected onHandshakeFrame(link: Link, frame: Frame, now: number): void {
-    if (link.state === "hello") {
-      this.checkPeerHello(link, frame);
-      link.state = "auth";
-      return;
-    }
-    if (link.state !== "auth") throw unexpected(frame, "nothing until the operator answers");
-    if (frame.type !== FrameType.Auth) throw unexpected(frame, "AUTH");
-    link.offeredToken = frame.token.slice();
-    if (!link.verifyPeer(this.crypto, frame.proof, frame.token)) {
-      this.stats.handshakeFailures++;
-      const why = this.secret ? "wrong shared secret" : "the sender's signature does not match the key it announced";
-      this.failLink(link, CloseCode.AuthFailed, why);
-      return;
-    }
-    if (this.secret || this.canResume(link)) {
-      // A resumed session's key was admitted before.
-      this.admit(link, now);
-      return;
-    }
-    if (this.refuseIfBusy(link, now)) return;
-    link.state = "approval";
-    link.handshakeDeadline = undefined; // the host may ask a human: no deadline
-    this.emit({ kind: "authorize-sender", conn: link.id, peer: link.peer, publicKey: link.peerKey });
-  }
-
-  private canResume(link: Link): boolean {
-    const session = this.session;
-    if (!session || link.offeredToken.length !== TOKEN_SIZE) return false;
-    if ((link.sharedCapabilities & Capability.Resume) === 0) return false;
-    return bytesEqual(session.token, link.offeredToken) && bytesEqual(session.publicKey, link.peerKey);
-  }
-
-  /**
-   * One sender at a time. A connected sender that has been silent for longer than its keepalive
-   * interval is presumed half-open (its host vanished), so a newly authenticated sender may replace it
-   * instead of being locked out until the keepalive timeout.
-   */
-  private refuseIfBusy(link: Link, now: number): boolean {
-    const current = this.session?.link;
-    if (!current || current === link) return false;
-    if (now - current.lastReceived > this.keepaliveMs * 1.5) return false;
-    this.stats.handshakeFailures++;
-    this.failLink(link, CloseCode.Busy, `another sender (${current.peer}) is connected; only one sender at a time`);
-    return true;
-  }
-
-  /** Authenticated: resume the session, replace a stale connection of the same sender, or start afresh. */
-  private admit(link: Link, now: number): void {
-    const resumed = this.canResume(link);
-    if (!resumed && this.refuseIfBusy(link, now)) return;
-    const session = this.session;
-    if (session?.link && session.link !== link) {
-      this.log("info", `sender ${link.peer} takes over from the earlier connection ${session.link.peer}`);
-      this.closeLink(session.link, CloseCode.Replaced, "replaced by a newer connection of the sender");
-      session.link = undefined;
-    }
-    if (resumed && session) {
-      session.link = link;
-      session.lostAt = undefined;
-      session.peer = link.peer;
-    } else {
-      if (this.flows.size > 0) this.log("info", `dropping ${this.flows.size} flows of the previous sender`);
-      this.dropAllFlows();
-      this.session = {
-        token: this.crypto.randomBytes(TOKEN_SIZE),
-        publicKey: link.peerKey,
-        link,
-        peer: link.peer,
-        lostAt: undefined,
-      };
-    }
-    const token = (this.session as Session).token;
-    link.writer.accept(link.prove(this.crypto, token, resumed), token, resumed);
-    link.markOpen(now, this.keepaliveMs);
-    this.stats.accepted++;
-    this.log("info", `sender ${link.peer} accepted${resumed ? ` (resumed ${this.flows.size} flows)` : ""}`);
-    this.emit({ kind: "accepted", conn: link.id, peer: link.peer, resumed });
-    this.notifyTransmit(link);
   }
 
   protected onOpenFrame(link: Link, frame: Frame, now: number): void {
@@ -386,50 +233,23 @@ export class ReceiverMachine extends Endpoint {
     }
   }
 
-  protected onLinkGone(link: Link, wasOpen: boolean, now: number): void {
-    const session = this.session;
-    if (!session || session.link !== link) return;
-    session.link = undefined;
-    session.lostAt = now;
-    if (!wasOpen) return;
-    if (this.flows.size > 0) {
-      this.log(
-        "info",
-        `keeping ${this.flows.size} flows for ${this.resumeGraceMs / 1000} s in case the sender resumes`,
-      );
-    }
+  protected onFlowTick(now: number): void {
+    this.flows.tables.forEach((table, mappingId) => {
+      const idle = this.idleTimeoutOf(mappingId);
+      for (let flow = table.oldest(); flow !== undefined && now - flow.lastActive >= idle; flow = table.oldest()) {
+        this.closeFlow(flow, FlowCloseReason.Idle, true);
+      }
+    });
   }
 
-  protected onTick(now: number): void {
-    const session = this.session;
-    if (
-      session &&
-      session.link === undefined &&
-      session.lostAt !== undefined &&
-      now >= session.lostAt + this.resumeGraceMs
-    ) {
-      if (this.flows.size > 0) this.log("info", `sender did not resume: dropping ${this.flows.size} flows`);
-      this.dropAllFlows();
-      this.session = undefined;
-    }
-    for (
-      let flow = this.flows.oldest();
-      flow !== undefined && now - flow.lastActive >= this.idleTimeoutMs;
-      flow = this.flows.oldest()
-    ) {
-      this.closeFlow(flow, FlowCloseReason.Idle, true);
-    }
-  }
-
-  protected roleTimeout(): number | undefined {
+  protected flowTimeout(): number | undefined {
     let next: number | undefined;
-    const oldest = this.flows.oldest();
-    if (oldest) next = oldest.lastActive + this.idleTimeoutMs;
-    const session = this.session;
-    if (session && session.link === undefined && session.lostAt !== undefined) {
-      const expiry = session.lostAt + this.resumeGraceMs;
-      if (next === undefined || expiry < next) next = expiry;
-    }
+    this.flows.tables.forEach((table, mappingId) => {
+      const oldest = table.oldest();
+      if (oldest === undefined) return;
+      const due = oldest.lastActive + this.idleTimeoutOf(mappingId);
+      if (next === undefined || due < next) next = due;
+    });
     return next;
   }
 }

@@ -5,7 +5,7 @@
  * a transport may hold on to what it was given until the socket has sent it.
  */
 import { addressBytes } from "./address.js";
-import { utf8Truncated } from "./bytes.js";
+import { utf8, utf8Truncated } from "./bytes.js";
 import {
   FIRST_EXTENSION_TYPE,
   type Frame,
@@ -15,6 +15,8 @@ import {
   MAX_AGENT_LENGTH,
   MAX_CLOSE_MESSAGE,
   MAX_DATAGRAM,
+  MAX_MAPPING_NAME,
+  MAX_MAPPINGS,
   NONCE_SIZE,
   PREFACE,
   ProtocolError,
@@ -139,20 +141,38 @@ export class FrameWriter {
     capabilities: number,
     nonce: Uint8Array,
     publicKey: Uint8Array,
+    mappings: readonly string[],
     agent: string,
   ): void {
     if (nonce.length !== NONCE_SIZE) throw new ProtocolError("bad-nonce", `nonce must be ${NONCE_SIZE} bytes`);
     checkLength("public key", publicKey, [0, PUBLIC_KEY_SIZE]);
+    if (mappings.length === 0 || mappings.length > MAX_MAPPINGS) {
+      throw new ProtocolError("bad-mappings", `1 to ${MAX_MAPPINGS} mappings, not ${mappings.length}`);
+    }
+    const names = mappings.map((name) => {
+      const bytes = utf8(name);
+      if (bytes.length > MAX_MAPPING_NAME) {
+        throw new ProtocolError("bad-mappings", `mapping name "${name}" is over ${MAX_MAPPING_NAME} bytes`);
+      }
+      return bytes;
+    });
+    const mappingBytes = names.reduce((sum, name) => sum + 1 + name.length, 1);
     const agentBytes = utf8Truncated(agent, MAX_AGENT_LENGTH);
     const keyAt = 6 + NONCE_SIZE;
-    const at = this.header(FrameType.Hello, keyAt + 1 + publicKey.length + 1 + agentBytes.length);
+    const at = this.header(FrameType.Hello, keyAt + 1 + publicKey.length + mappingBytes + 1 + agentBytes.length);
     this.buf[at] = role;
     this.buf[at + 1] = auth;
     this.view.setUint32(at + 2, capabilities >>> 0);
     this.buf.set(nonce, at + 6);
     this.buf[at + keyAt] = publicKey.length;
     this.buf.set(publicKey, at + keyAt + 1);
-    const agentAt = at + keyAt + 1 + publicKey.length;
+    let agentAt = at + keyAt + 1 + publicKey.length;
+    this.buf[agentAt++] = names.length;
+    for (const name of names) {
+      this.buf[agentAt++] = name.length;
+      this.buf.set(name, agentAt);
+      agentAt += name.length;
+    }
     this.buf[agentAt] = agentBytes.length;
     this.buf.set(agentBytes, agentAt + 1);
   }
@@ -232,7 +252,15 @@ export class FrameWriter {
     if (frame.type === "extension") return this.extension(frame.extensionType, frame.body);
     switch (frame.type) {
       case FrameType.Hello:
-        return this.hello(frame.role, frame.auth, frame.capabilities, frame.nonce, frame.publicKey, frame.agent);
+        return this.hello(
+          frame.role,
+          frame.auth,
+          frame.capabilities,
+          frame.nonce,
+          frame.publicKey,
+          frame.mappings,
+          frame.agent,
+        );
       case FrameType.Auth:
         return this.auth(frame.proof, frame.token);
       case FrameType.Accept:

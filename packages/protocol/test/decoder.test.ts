@@ -33,6 +33,7 @@ const sampleFrames: Frame[] = [
     capabilities: 1,
     nonce: new Uint8Array(32).fill(7),
     publicKey: new Uint8Array(0),
+    mappings: [""],
     agent: "test ✓",
   },
   {
@@ -42,6 +43,7 @@ const sampleFrames: Frame[] = [
     capabilities: 0,
     nonce: new Uint8Array(32).fill(8),
     publicKey: new Uint8Array(32).fill(9),
+    mappings: ["dns", "", "ntp ✓"],
     agent: "",
   },
   { type: FrameType.Auth, proof: new Uint8Array(32).fill(1), token: new Uint8Array(16).fill(2) },
@@ -160,7 +162,7 @@ describe("size limits on the header alone", () => {
 
   test("every core type's maximum + 1 is refused", () => {
     const max: Record<number, number> = {
-      1: 136,
+      1: 1193,
       2: 82,
       3: 83,
       4: 1026,
@@ -368,7 +370,15 @@ describe("writer", () => {
     expect(() => w.ping(new Uint8Array(7))).toThrow(ProtocolError);
     expect(() => w.extension(0x12, new Uint8Array(1))).toThrow(ProtocolError);
     expect(() => w.flowOpen(1, 0, { family: 4, address: "example.com", port: 1 })).toThrow(ProtocolError);
-    expect(() => w.hello(1, 1, 0, new Uint8Array(32), new Uint8Array(31), "")).toThrow(ProtocolError);
+    expect(() => w.hello(1, 1, 0, new Uint8Array(32), new Uint8Array(31), [""], "")).toThrow(ProtocolError);
+    // Mapping lists: 1 to 32 mappings, names of at most 32 UTF-8 bytes.
+    const hello = (mappings: string[]) => () => w.hello(1, 1, 0, new Uint8Array(32), new Uint8Array(0), mappings, "");
+    expect(hello([])).toThrow(ProtocolError);
+    expect(hello(Array(33).fill(""))).toThrow(ProtocolError);
+    expect(hello(["🔑".repeat(8) + "x"])).toThrow(ProtocolError); // 33 bytes
+    expect(w.length).toBe(0);
+    hello(Array(32).fill("🔑".repeat(8)))(); // 32 of 32 bytes: fine
+    w.take();
     expect(() => w.auth(new Uint8Array(63), new Uint8Array(0))).toThrow(ProtocolError);
     expect(() => w.accept(new Uint8Array(33), new Uint8Array(16), false)).toThrow(ProtocolError);
     expect(w.length).toBe(0);
@@ -376,7 +386,7 @@ describe("writer", () => {
 
   test("over-long agent and CLOSE message are truncated on a character boundary", () => {
     const w = new FrameWriter();
-    w.hello(1, 1, 0, new Uint8Array(32), new Uint8Array(32), "é".repeat(40)); // 80 bytes -> 64
+    w.hello(1, 1, 0, new Uint8Array(32), new Uint8Array(32), [""], "é".repeat(40)); // 80 bytes -> 64
     w.close(1, "🔑".repeat(300)); // 1200 bytes -> 1024
     const [hello, close] = decodePieces([w.take() as Uint8Array], false) as unknown as Array<Record<string, string>>;
     expect(hello.agent).toBe("é".repeat(32));

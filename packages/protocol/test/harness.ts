@@ -23,6 +23,28 @@ import {
 
 export type Machine = ReceiverMachine | SenderMachine;
 
+/**
+ * Which role accepts the TCP connection. "-R" (the original, like ssh -R): the receiver listens and the
+ * sender dials in. "-L" (like ssh -L, udp-over-tcp): the sender listens and the receiver dials.
+ */
+export interface Direction {
+  readonly name: string;
+  readonly acceptor: "receiver" | "sender";
+}
+export const DIRECTIONS: readonly Direction[] = [
+  { name: "-R (receiver accepts)", acceptor: "receiver" },
+  { name: "-L (sender accepts)", acceptor: "sender" },
+];
+export const R: Direction = DIRECTIONS[0];
+export const L: Direction = DIRECTIONS[1];
+
+/** The acceptor and the dialer of a receiver/sender pair in `direction`. */
+export function sides<A extends Machine, B extends Machine>(direction: Direction, receiver: A, sender: B) {
+  return direction.acceptor === "receiver"
+    ? { acceptor: receiver as A | B, dialer: sender as A | B }
+    : { acceptor: sender as A | B, dialer: receiver as A | B };
+}
+
 /** DER prefixes that turn a raw Ed25519 seed / public key into PKCS#8 / SPKI for node:crypto. */
 const PKCS8_PREFIX = Buffer.from("302e020100300506032b657004220420", "hex");
 const SPKI_PREFIX = Buffer.from("302a300506032b6570032100", "hex");
@@ -180,14 +202,24 @@ export class Net {
     for (const l of this.log.values()) l.length = 0;
   }
 
-  /** Opens a TCP connection: `a` accepted it (conn aConn), `b` dialed it (conn bConn). */
+  /**
+   * Opens a TCP connection: `a` accepted it (conn aConn), `b` dialed it (conn bConn). Either role may
+   * be on either side (ssh -R: the receiver accepts; ssh -L: the sender accepts).
+   */
   connect(a: Machine, aConn: number, b: Machine, bConn: number): Wire {
     const wire = new Wire({ machine: a, conn: aConn }, { machine: b, conn: bConn });
     this.wires.push(wire);
-    a.connect(aConn, `peer-of-${aConn}`, this.now);
-    b.connect(bConn, `peer-of-${bConn}`, this.now);
+    a.accept(aConn, `peer-of-${aConn}`, this.now);
+    b.dial(bConn, `peer-of-${bConn}`, this.now);
     this.pump();
     return wire;
+  }
+
+  /** Connects a receiver and a sender in `direction`: who accepts is `direction.acceptor`. */
+  link(direction: Direction, receiver: ReceiverMachine, sender: SenderMachine, rConn: number, sConn = rConn): Wire {
+    return direction.acceptor === "receiver"
+      ? this.connect(receiver, rConn, sender, sConn)
+      : this.connect(sender, sConn, receiver, rConn);
   }
 
   wireOf(m: Machine, conn: number): Wire | undefined {
@@ -294,10 +326,24 @@ export class RawPeer {
     public now = 0,
   ) {}
 
-  /** `source`: the IP address a receiver counts pending connections by (one per raw peer by default). */
+  /**
+   * The machine takes its role's usual TCP side (a receiver accepts, a sender dials: ssh -R).
+   * `source`: the IP address an acceptor counts pending connections by (one per raw peer by default).
+   */
   connect(source = `raw-peer-${this.conn}`): this {
-    if (this.machine instanceof ReceiverMachine) this.machine.connect(this.conn, "raw-peer", this.now, source);
-    else this.machine.connect(this.conn, "raw-peer", this.now);
+    return this.machine instanceof ReceiverMachine ? this.accepted(source) : this.dialed();
+  }
+
+  /** The machine accepted this connection (the raw peer dialed it). */
+  accepted(source = `raw-peer-${this.conn}`): this {
+    this.machine.accept(this.conn, "raw-peer", this.now, source);
+    this.read();
+    return this;
+  }
+
+  /** The machine dialed this connection (the raw peer accepted it). */
+  dialed(): this {
+    this.machine.dial(this.conn, "raw-peer", this.now);
     this.read();
     return this;
   }
@@ -348,7 +394,7 @@ export class RawPeer {
   }
 }
 
-export interface RawSenderOptions {
+export interface RawDialerOptions {
   /** Key mode: the key announced in HELLO and (unless `signer`) the one that signs. */
   identity?: Identity;
   signer?: Identity;
@@ -357,21 +403,25 @@ export interface RawSenderOptions {
   token?: Uint8Array;
   capabilities?: number;
   nonce?: Uint8Array;
+  /** The dialer's mappings in HELLO (default: one unnamed). */
+  mappings?: string[];
 }
 
 /**
- * Plays a sender's half of the handshake by hand against a receiver: preface, HELLO, then an AUTH
- * whose proof is computed here from the receiver's HELLO. Returns what was sent, for replays.
+ * Plays the dialer's half of the handshake by hand against a machine that accepted (a sender against a
+ * receiver, or a receiver against a sender): preface, HELLO of the other role, then an AUTH whose proof
+ * is computed here from the machine's HELLO. Returns what was sent, for replays.
  */
-export function rawSenderHandshake(raw: RawPeer, options: RawSenderOptions = {}): { hello: Frame; auth: Frame } {
+export function rawDialerHandshake(raw: RawPeer, options: RawDialerOptions = {}): { hello: Frame; auth: Frame } {
   const identity = options.secret === undefined ? (options.identity ?? testIdentity(0x51)) : undefined;
   const hello: Frame = {
     type: FrameType.Hello,
-    role: Role.Sender,
+    role: raw.machine instanceof ReceiverMachine ? Role.Sender : Role.Receiver,
     auth: identity ? AuthMode.Key : AuthMode.Secret,
     capabilities: options.capabilities ?? 1,
     nonce: options.nonce ?? new Uint8Array(32).fill(0xd5),
     publicKey: identity ? identity.publicKey : new Uint8Array(0),
+    mappings: options.mappings ?? [""],
     agent: "raw",
   };
   raw.send(PREFACE, hello);
@@ -381,4 +431,62 @@ export function rawSenderHandshake(raw: RawPeer, options: RawSenderOptions = {})
   const auth: Frame = { type: FrameType.Auth, proof, token };
   raw.send(auth);
   return { hello, auth };
+}
+
+/** The usual case: a raw sender dialing a receiver. */
+export const rawSenderHandshake = rawDialerHandshake;
+
+/** A HELLO as a raw peer sends it (one unnamed mapping unless `fields` says otherwise). */
+export function rawHello(fields: Partial<HelloFrame> & Pick<HelloFrame, "role" | "auth">): HelloFrame {
+  return {
+    type: FrameType.Hello,
+    capabilities: 0,
+    nonce: new Uint8Array(32),
+    publicKey: new Uint8Array(0),
+    mappings: [""],
+    agent: "evil",
+    ...fields,
+  };
+}
+export type HelloFrame = Extract<Frame, { type: typeof FrameType.Hello }>;
+
+export interface RawAcceptorOptions {
+  /** Key mode: the key announced in HELLO and (unless `signer`) the one that signs. */
+  identity?: Identity;
+  signer?: Identity;
+  /** Secret mode instead of key mode. */
+  secret?: string;
+  /** The session token ACCEPT carries (default 16 bytes of 0x77), and its resumed flag. */
+  token?: Uint8Array;
+  resumed?: boolean;
+  capabilities?: number;
+  nonce?: Uint8Array;
+  mappings?: string[];
+}
+
+/**
+ * Plays the acceptor's half of the handshake by hand against a machine that dialed: preface, HELLO of
+ * the other role, then (once the machine's AUTH arrived) an ACCEPT whose proof is computed here.
+ */
+export function rawAcceptorHandshake(raw: RawPeer, options: RawAcceptorOptions = {}): { hello: Frame; accept: Frame } {
+  const identity = options.secret === undefined ? (options.identity ?? testIdentity(0x52)) : undefined;
+  const hello: Frame = {
+    type: FrameType.Hello,
+    role: raw.machine instanceof ReceiverMachine ? Role.Sender : Role.Receiver,
+    auth: identity ? AuthMode.Key : AuthMode.Secret,
+    capabilities: options.capabilities ?? 1,
+    nonce: options.nonce ?? new Uint8Array(32).fill(0xa5),
+    publicKey: identity ? identity.publicKey : new Uint8Array(0),
+    mappings: options.mappings ?? [""],
+    agent: "raw",
+  };
+  raw.send(PREFACE, hello);
+  if (framesOfType(raw.received, FrameType.Auth).length !== 1) throw new Error("the machine sent no AUTH");
+  const token = options.token ?? new Uint8Array(16).fill(0x77);
+  const resumed = options.resumed ?? false;
+  const signed = transcript("acceptor", hello, raw.peerHello(), token, resumed);
+  const proof = identity ? (options.signer ?? identity).sign(signed) : hmac(options.secret as string, signed);
+  const accept: Frame = { type: FrameType.Accept, proof, token, resumed };
+  raw.send(accept);
+  return { hello, accept };
 }

@@ -20,12 +20,18 @@ import {
 } from "../src/index.ts";
 import {
   closeCodes,
+  DIRECTIONS,
+  type Direction,
   framesOfType,
   Net,
+  R,
   RawPeer,
   RECEIVER_KEY,
-  rawSenderHandshake,
+  rawAcceptorHandshake,
+  rawDialerHandshake,
+  rawHello,
   SENDER_KEY,
+  sides,
   testCrypto,
   testIdentity,
   type Wire,
@@ -34,76 +40,152 @@ import {
 const SECRET = "s3cret";
 const text = (b: Uint8Array) => new TextDecoder().decode(b);
 
-/** Secret mode by default; `secret: null` is key mode (each side has its identity either way). */
+/**
+ * A receiver and a sender connected in `direction` (-R by default: the receiver accepts). Secret mode
+ * by default; `secret: null` is key mode (each side has its identity either way).
+ */
 function setup(
-  opts: { secret?: string | null; receiver?: ReceiverConfig; sender?: SenderConfig; connect?: boolean } = {},
+  opts: {
+    secret?: string | null;
+    receiver?: ReceiverConfig;
+    sender?: SenderConfig;
+    connect?: boolean;
+    direction?: Direction;
+  } = {},
 ) {
   const secret = opts.secret === null ? undefined : (opts.secret ?? SECRET);
+  const direction = opts.direction ?? R;
   const net = new Net();
   const receiver = net.add(new ReceiverMachine({ secret, identity: RECEIVER_KEY, ...opts.receiver }, testCrypto(1)));
   const sender = net.add(new SenderMachine({ secret, identity: SENDER_KEY, ...opts.sender }, testCrypto(2)));
-  const wire = opts.connect === false ? (undefined as unknown as Wire) : net.connect(receiver, 1, sender, 1);
-  return { net, receiver, sender, wire };
+  const wire = opts.connect === false ? (undefined as unknown as Wire) : net.link(direction, receiver, sender, 1);
+  return { net, receiver, sender, wire, direction, ...sides(direction, receiver, sender) };
+}
+
+/** What the acceptor calls its peer in log lines, and the dialer's key. */
+const dialerName = (dir: Direction) => (dir.acceptor === "receiver" ? "sender" : "receiver");
+const dialerKey = (dir: Direction) => (dir.acceptor === "receiver" ? SENDER_KEY : RECEIVER_KEY);
+
+for (const dir of DIRECTIONS) {
+  describe(`handshake ${dir.name}`, () => {
+    test("shared secret: both sides accepted, nothing else", () => {
+      const { net, receiver, sender, wire, acceptor, dialer } = setup({ direction: dir });
+      expect(sender.connected).toBe(true);
+      expect(receiver.senderConnected).toBe(true);
+      expect([sender.peerConnected, receiver.peerConnected]).toEqual([true, true]);
+      expect(net.of(acceptor, "accepted")).toEqual([{ kind: "accepted", conn: 1, peer: "peer-of-1", resumed: false }]);
+      expect(net.of(dialer, "accepted").length).toBe(1);
+      expect(wire.sentBy(dialer).map((f) => f.type)).toEqual([FrameType.Hello, FrameType.Auth]);
+      expect(wire.sentBy(acceptor).map((f) => f.type)).toEqual([FrameType.Hello, FrameType.Accept]);
+      expect(acceptor.stats.accepted).toBe(1);
+      expect(dialer.stats.accepted).toBe(1);
+      expect(dialer.stats.handshakeFailures).toBe(0);
+      expect(net.of(acceptor, "authorize-peer")).toEqual([]);
+      expect(net.logs(acceptor)).toContain(`info: ${dialerName(dir)} peer-of-1 accepted`);
+    });
+
+    test("wrong secret: the acceptor logs and refuses, the dialer gets CLOSE(auth failed)", () => {
+      const net = new Net();
+      const receiver = net.add(new ReceiverMachine({ secret: "hunter2-right" }, testCrypto(1)));
+      const sender = net.add(new SenderMachine({ secret: "hunter2-wrong" }, testCrypto(2)));
+      const wire = net.link(dir, receiver, sender, 1);
+      const { acceptor, dialer } = sides(dir, receiver, sender);
+      expect(receiver.senderConnected).toBe(false);
+      expect(sender.connected).toBe(false);
+      expect(net.logs(acceptor).some((l) => l.startsWith("warn") && l.includes("wrong shared secret"))).toBe(true);
+      expect(closeCodes(wire.sentBy(acceptor))).toEqual([CloseCode.AuthFailed]);
+      expect(net.logs(dialer).some((l) => l.includes("authentication failed"))).toBe(true);
+      expect(net.of(dialer, "close-connection").length).toBe(1);
+      expect(net.of(dialer, "accepted")).toEqual([]);
+      expect(acceptor.stats.handshakeFailures).toBe(1);
+      expect(dialer.stats.handshakeFailures).toBe(1);
+      // The secret itself never crossed the wire.
+      const all = [...wire.sentBy(sender), ...wire.sentBy(receiver)].map((f) => JSON.stringify(f));
+      expect(all.some((s) => s.includes("hunter2"))).toBe(false);
+    });
+
+    test("auth-mode mismatch: both sides close with AUTH_MISMATCH and say how to fix it", () => {
+      const { net, receiver, sender, wire, acceptor } = setup({
+        secret: null,
+        receiver: { secret: SECRET },
+        direction: dir,
+      });
+      expect(closeCodes(wire.sentBy(receiver))).toEqual([CloseCode.AuthMismatch]);
+      expect(closeCodes(wire.sentBy(sender))).toEqual([CloseCode.AuthMismatch]);
+      expect(net.logs(receiver).some((l) => l.includes("same --secret"))).toBe(true);
+      expect(net.logs(sender).some((l) => l.includes("same --secret"))).toBe(true);
+      expect(net.of(acceptor, "authorize-peer")).toEqual([]);
+      expect(receiver.stats.handshakeFailures).toBe(1);
+      expect(sender.stats.handshakeFailures).toBe(1);
+    });
+
+    test("key mode: the acceptor asks authorize-peer with the dialer's key, then yes (no deadline while deciding)", () => {
+      const { net, receiver, sender, acceptor, dialer } = setup({ secret: null, direction: dir });
+      const asks = net.of(acceptor, "authorize-peer");
+      expect(asks).toEqual([
+        { kind: "authorize-peer", conn: 1, peer: "peer-of-1", publicKey: dialerKey(dir).publicKey },
+      ]);
+      expect(net.of(dialer, "authorize-peer")).toEqual([]); // the dialer pins, it does not ask
+      expect(acceptor.awaitingApproval(1)).toBe(true);
+      expect(sender.connected).toBe(false);
+      net.advance(3_600_000); // a human may take their time: no handshake deadline while asking
+      expect(net.of(acceptor, "close-connection")).toEqual([]);
+      expect(net.of(dialer, "close-connection")).toEqual([]);
+      acceptor.approve(1, true, net.now);
+      net.pump();
+      expect(sender.connected).toBe(true);
+      expect(receiver.senderConnected).toBe(true);
+      acceptor.approve(1, true, net.now); // a second answer is ignored
+      net.pump();
+      expect(acceptor.stats.accepted).toBe(1);
+    });
+
+    test("key mode: the operator says no (no reason): CLOSE(refused)", () => {
+      const { net, sender, receiver, wire, acceptor, dialer } = setup({ secret: null, direction: dir });
+      acceptor.approve(1, false, net.now);
+      net.pump();
+      expect(closeCodes(wire.sentBy(acceptor))).toEqual([CloseCode.Refused]);
+      expect(sender.connected).toBe(false);
+      expect(receiver.senderConnected).toBe(false);
+      expect(net.logs(acceptor)).toContain(`info: ${dialerName(dir)} peer-of-1 refused by the operator`);
+      expect(net.logs(dialer).some((l) => l.includes("refused by operator"))).toBe(true);
+    });
+
+    test("client datagrams before the session is accepted are dropped as no-sender, nothing is sent", () => {
+      const { net, receiver, wire, acceptor } = setup({ secret: null, direction: dir });
+      receiver.clientDatagram("192.0.2.1", 5000, utf8("early"), net.now);
+      net.pump();
+      expect(receiver.stats.drops["no-sender"]).toBe(1);
+      expect(receiver.flowCount).toBe(0);
+      expect(wire.sentBy(receiver).map((f) => f.type)).not.toContain(FrameType.FlowOpen);
+      expect(wire.sentBy(receiver).map((f) => f.type)).not.toContain(FrameType.Data);
+      acceptor.approve(1, true, net.now);
+      net.pump();
+      receiver.clientDatagram("192.0.2.1", 5000, utf8("now"), net.now);
+      net.pump();
+      expect(receiver.flowCount).toBe(1);
+    });
+  });
 }
 
 describe("handshake", () => {
-  test("shared secret: both sides accepted, nothing else", () => {
-    const { net, receiver, sender, wire } = setup();
-    expect(sender.connected).toBe(true);
-    expect(receiver.senderConnected).toBe(true);
-    expect(net.of(receiver, "accepted")).toEqual([{ kind: "accepted", conn: 1, peer: "peer-of-1", resumed: false }]);
-    expect(net.of(sender, "accepted").length).toBe(1);
-    expect(wire.sentBy(sender).map((f) => f.type)).toEqual([FrameType.Hello, FrameType.Auth]);
-    expect(wire.sentBy(receiver).map((f) => f.type)).toEqual([FrameType.Hello, FrameType.Accept]);
-    expect(receiver.stats.accepted).toBe(1);
-    expect(sender.stats.handshakeFailures).toBe(0);
-    expect(net.of(receiver, "authorize-sender")).toEqual([]);
-  });
-
-  test("wrong secret: the receiver logs and refuses, the sender gets CLOSE(auth failed)", () => {
-    const net = new Net();
-    const receiver = net.add(new ReceiverMachine({ secret: "hunter2-right" }, testCrypto(1)));
-    const sender = net.add(new SenderMachine({ secret: "hunter2-wrong" }, testCrypto(2)));
-    const wire = net.connect(receiver, 1, sender, 1);
-    expect(receiver.senderConnected).toBe(false);
-    expect(sender.connected).toBe(false);
-    expect(net.logs(receiver).some((l) => l.startsWith("warn") && l.includes("wrong shared secret"))).toBe(true);
-    expect(closeCodes(wire.sentBy(receiver))).toEqual([CloseCode.AuthFailed]);
-    expect(net.logs(sender).some((l) => l.includes("authentication failed"))).toBe(true);
-    expect(net.of(sender, "close-connection").length).toBe(1);
-    expect(net.of(sender, "accepted")).toEqual([]);
-    expect(receiver.stats.handshakeFailures).toBe(1);
-    expect(sender.stats.handshakeFailures).toBe(1);
-    // The secret itself never crossed the wire.
-    const all = [...wire.sentBy(sender), ...wire.sentBy(receiver)].map((f) => JSON.stringify(f));
-    expect(all.some((s) => s.includes("hunter2"))).toBe(false);
-  });
-
   test("an impostor receiver that cannot prove the secret is refused by the sender", () => {
     const sender = new SenderMachine({ secret: SECRET }, testCrypto(2));
     const raw = new RawPeer(sender, 1).connect();
-    raw.send(PREFACE, {
-      type: FrameType.Hello,
-      role: Role.Receiver,
-      auth: AuthMode.Secret,
-      capabilities: 1,
-      nonce: new Uint8Array(32),
-      publicKey: new Uint8Array(0),
-      agent: "evil",
-    });
+    raw.send(PREFACE, rawHello({ role: Role.Receiver, auth: AuthMode.Secret, capabilities: 1 }));
     expect(raw.received.map((f) => f.type)).toContain(FrameType.Auth);
     raw.send({ type: FrameType.Accept, proof: new Uint8Array(32).fill(9), token: new Uint8Array(16), resumed: false });
     expect(raw.closeCode()).toBe(CloseCode.AuthFailed);
     expect(sender.connected).toBe(false);
   });
 
-  test("auth-mode mismatch: both sides close with AUTH_MISMATCH and say how to fix it", () => {
-    const { net, receiver, sender, wire } = setup({ secret: null, receiver: { secret: SECRET } });
-    expect(closeCodes(wire.sentBy(receiver))).toEqual([CloseCode.AuthMismatch]);
-    expect(closeCodes(wire.sentBy(sender))).toEqual([CloseCode.AuthMismatch]);
-    expect(net.logs(receiver).some((l) => l.includes("same --secret"))).toBe(true);
-    expect(net.of(receiver, "authorize-sender")).toEqual([]);
-    expect(receiver.stats.handshakeFailures).toBe(1);
+  test("an impostor sender that cannot prove the secret is refused by a dialing receiver (-L)", () => {
+    const receiver = new ReceiverMachine({ secret: SECRET }, testCrypto(1));
+    const raw = new RawPeer(receiver, 1).dialed();
+    rawAcceptorHandshake(raw, { secret: "not-the-secret" });
+    expect(raw.closeCode()).toBe(CloseCode.AuthFailed);
+    expect(raw.outputs.some((o) => o.kind === "accepted")).toBe(false);
+    expect(receiver.senderConnected).toBe(false);
   });
 
   test("role conflict: two senders (or two receivers) close with ROLE_CONFLICT", () => {
@@ -118,31 +200,7 @@ describe("handshake", () => {
     const r2 = net.add(new ReceiverMachine({ identity: testIdentity(0x53) }, testCrypto(4)));
     const w2 = net.connect(r1, 5, r2, 5);
     expect(closeCodes(w2.sentBy(r1))).toEqual([CloseCode.RoleConflict]);
-  });
-
-  test("key mode: authorize-sender with the sender's key, then yes (no deadline while deciding)", () => {
-    const { net, receiver, sender } = setup({ secret: null });
-    const asks = net.of(receiver, "authorize-sender");
-    expect(asks).toEqual([{ kind: "authorize-sender", conn: 1, peer: "peer-of-1", publicKey: SENDER_KEY.publicKey }]);
-    expect(sender.connected).toBe(false);
-    net.advance(3_600_000); // a human may take their time: no handshake deadline while asking
-    expect(net.of(receiver, "close-connection")).toEqual([]);
-    receiver.approve(1, true, net.now);
-    net.pump();
-    expect(sender.connected).toBe(true);
-    expect(receiver.senderConnected).toBe(true);
-    receiver.approve(1, true, net.now); // a second answer is ignored
-    net.pump();
-    expect(receiver.stats.accepted).toBe(1);
-  });
-
-  test("key mode: the operator says no (no reason): CLOSE(refused)", () => {
-    const { net, receiver, sender, wire } = setup({ secret: null });
-    receiver.approve(1, false, net.now);
-    net.pump();
-    expect(closeCodes(wire.sentBy(receiver))).toEqual([CloseCode.Refused]);
-    expect(sender.connected).toBe(false);
-    expect(net.logs(sender).some((l) => l.includes("refused by operator"))).toBe(true);
+    expect(closeCodes(w2.sentBy(r2))).toEqual([CloseCode.RoleConflict]);
   });
 
   test("handshake deadline: a silent or half-speaking peer is dropped, naming what it sent", () => {
@@ -164,45 +222,39 @@ describe("handshake", () => {
     expect(logs.some((l) => l.includes("(peer sent part of a preface or frame)"))).toBe(true);
   });
 
-  test("the sender also gives up on a receiver that never finishes the handshake", () => {
+  test("the dialer also gives up on an acceptor that never finishes the handshake (either role)", () => {
     const sender = new SenderMachine({ secret: SECRET, handshakeTimeoutMs: 5_000 }, testCrypto(2));
-    const raw = new RawPeer(sender, 1).connect();
+    const raw = new RawPeer(sender, 1).dialed();
     sender.tick(5_000);
     raw.read();
     expect(raw.closeCode()).toBe(CloseCode.HandshakeTimeout);
+    const receiver = new ReceiverMachine({ secret: SECRET, handshakeTimeoutMs: 5_000 }, testCrypto(1));
+    const raw2 = new RawPeer(receiver, 1).dialed();
+    receiver.tick(5_000);
+    raw2.read();
+    expect(raw2.closeCode()).toBe(CloseCode.HandshakeTimeout);
   });
 
-  test("too many unauthenticated connections are refused as busy", () => {
+  test("too many unauthenticated connections are refused as busy (a receiver or a sender that accepts)", () => {
     const receiver = new ReceiverMachine({ secret: SECRET, maxPendingConnections: 2 }, testCrypto(1));
-    const peers = [1, 2, 3].map((c) => new RawPeer(receiver, c).connect());
+    const peers = [1, 2, 3].map((c) => new RawPeer(receiver, c).accepted());
     expect(peers.map((p) => p.closeCode())).toEqual([undefined, undefined, CloseCode.Busy]);
+    const sender = new SenderMachine({ secret: SECRET, maxPendingConnections: 2 }, testCrypto(2));
+    const others = [1, 2, 3].map((c) => new RawPeer(sender, c).accepted());
+    expect(others.map((p) => p.closeCode())).toEqual([undefined, undefined, CloseCode.Busy]);
+  });
+
+  test("dial() twice without a disconnect in between is a host bug, reported at once", () => {
+    const receiver = new ReceiverMachine({ secret: SECRET }, testCrypto(1));
+    receiver.dial(1, "a", 0);
+    expect(() => receiver.dial(2, "b", 0)).toThrow("not reported disconnected");
+    receiver.disconnected(1, 0);
+    expect(() => receiver.dial(2, "b", 0)).not.toThrow();
   });
 });
 
 describe("nothing before acceptance", () => {
-  test("client datagrams before a sender is accepted are dropped as no-sender, nothing is sent", () => {
-    const { net, receiver, wire } = setup({ secret: null });
-    receiver.clientDatagram("192.0.2.1", 5000, utf8("early"), net.now);
-    net.pump();
-    expect(receiver.stats.drops["no-sender"]).toBe(1);
-    expect(receiver.flowCount).toBe(0);
-    expect(wire.sentBy(receiver).map((f) => f.type)).toEqual([FrameType.Hello]);
-    receiver.approve(1, true, net.now);
-    net.pump();
-    receiver.clientDatagram("192.0.2.1", 5000, utf8("now"), net.now);
-    net.pump();
-    expect(receiver.flowCount).toBe(1);
-  });
-
-  const senderHello: Frame = {
-    type: FrameType.Hello,
-    role: Role.Sender,
-    auth: AuthMode.Key,
-    capabilities: 0,
-    nonce: new Uint8Array(32),
-    publicKey: SENDER_KEY.publicKey,
-    agent: "evil",
-  };
+  const senderHello = rawHello({ role: Role.Sender, auth: AuthMode.Key, publicKey: SENDER_KEY.publicKey });
   const keyReceiver = () => new ReceiverMachine({ identity: RECEIVER_KEY }, testCrypto(1));
 
   test("DATA from a peer before acceptance closes the connection (right after HELLO)", () => {
@@ -211,14 +263,14 @@ describe("nothing before acceptance", () => {
     receiver.clientDatagram("192.0.2.1", 5000, utf8("x"), 0);
     raw.send(PREFACE, senderHello, { type: FrameType.Data, flowId: 1, payload: utf8("reflect me") });
     expect(raw.closeCode()).toBe(CloseCode.ProtocolError);
-    expect(raw.outputs.some((o) => o.kind === "send-to-client" || o.kind === "authorize-sender")).toBe(false);
+    expect(raw.outputs.some((o) => o.kind === "send-to-client" || o.kind === "authorize-peer")).toBe(false);
   });
 
   test("DATA while waiting for the operator closes the connection; a late yes changes nothing", () => {
     const receiver = keyReceiver();
     const raw = new RawPeer(receiver, 1).connect();
-    rawSenderHandshake(raw, { identity: SENDER_KEY });
-    expect(raw.outputs.some((o) => o.kind === "authorize-sender")).toBe(true);
+    rawDialerHandshake(raw, { identity: SENDER_KEY });
+    expect(raw.outputs.some((o) => o.kind === "authorize-peer")).toBe(true);
     raw.send({ type: FrameType.Data, flowId: 1, payload: utf8("x") });
     expect(raw.closeCode()).toBe(CloseCode.ProtocolError);
     receiver.approve(1, true, 0);
@@ -245,28 +297,67 @@ describe("nothing before acceptance", () => {
       const raw = new RawPeer(keyReceiver(), 1).connect();
       raw.send(PREFACE, senderHello, { type: FrameType.Auth, proof, token: new Uint8Array(0) });
       expect(raw.closeCode()).toBe(CloseCode.AuthFailed);
-      expect(raw.outputs.some((o) => o.kind === "authorize-sender" || o.kind === "accepted")).toBe(false);
+      expect(raw.outputs.some((o) => o.kind === "authorize-peer" || o.kind === "accepted")).toBe(false);
     }
   });
 
   test("the sender acts on no FLOW_OPEN before ACCEPT", () => {
     const sender = new SenderMachine({ identity: SENDER_KEY }, testCrypto(2));
     const raw = new RawPeer(sender, 1).connect();
-    raw.send(
-      PREFACE,
-      {
-        type: FrameType.Hello,
-        role: Role.Receiver,
-        auth: AuthMode.Key,
-        capabilities: 0,
-        nonce: new Uint8Array(32),
-        publicKey: RECEIVER_KEY.publicKey,
-        agent: "evil",
-      },
-      { type: FrameType.FlowOpen, flowId: 1, mappingId: 0, client: { family: 4, address: "192.0.2.9", port: 53 } },
-    );
+    raw.send(PREFACE, rawHello({ role: Role.Receiver, auth: AuthMode.Key, publicKey: RECEIVER_KEY.publicKey }), {
+      type: FrameType.FlowOpen,
+      flowId: 1,
+      mappingId: 0,
+      client: { family: 4, address: "192.0.2.9", port: 53 },
+    });
     expect(raw.closeCode()).toBe(CloseCode.ProtocolError);
     expect(raw.outputs.some((o) => o.kind === "open-flow-socket")).toBe(false);
+  });
+
+  const keySender = () => new SenderMachine({ identity: SENDER_KEY }, testCrypto(2));
+  const receiverHello = rawHello({ role: Role.Receiver, auth: AuthMode.Key, publicKey: RECEIVER_KEY.publicKey });
+  const flowOpen: Frame = {
+    type: FrameType.FlowOpen,
+    flowId: 1,
+    mappingId: 0,
+    client: { family: 4, address: "192.0.2.9", port: 53 },
+  };
+
+  test("-L: a sender that accepts acts on no FLOW_OPEN or DATA before it admitted the receiver", () => {
+    for (const early of [flowOpen, { type: FrameType.Data, flowId: 1, payload: utf8("x") } as Frame]) {
+      // Right after HELLO.
+      const raw = new RawPeer(keySender(), 1).accepted();
+      raw.send(PREFACE, receiverHello, early);
+      expect(raw.closeCode()).toBe(CloseCode.ProtocolError);
+      // While its operator decides about the receiver's key; a late yes changes nothing.
+      const sender = keySender();
+      const waiting = new RawPeer(sender, 1).accepted();
+      rawDialerHandshake(waiting, { identity: RECEIVER_KEY });
+      expect(waiting.outputs.filter((o) => o.kind === "authorize-peer").length).toBe(1);
+      waiting.send(early);
+      expect(waiting.closeCode()).toBe(CloseCode.ProtocolError);
+      sender.approve(1, true, 0);
+      waiting.read();
+      for (const out of [raw.outputs, waiting.outputs]) {
+        expect(out.some((o) => o.kind === "open-flow-socket" || o.kind === "send-to-target")).toBe(false);
+        expect(out.some((o) => o.kind === "accepted")).toBe(false);
+      }
+      expect(sender.connected).toBe(false);
+    }
+  });
+
+  test("-L: a receiver that dials forwards nothing before ACCEPT", () => {
+    const receiver = new ReceiverMachine({ identity: RECEIVER_KEY }, testCrypto(1));
+    const raw = new RawPeer(receiver, 1).dialed();
+    receiver.clientDatagram("192.0.2.1", 5000, utf8("x"), 0);
+    raw.send(PREFACE, rawHello({ role: Role.Sender, auth: AuthMode.Key, publicKey: SENDER_KEY.publicKey }), {
+      type: FrameType.Data,
+      flowId: 1,
+      payload: utf8("reflect me"),
+    });
+    expect(raw.closeCode()).toBe(CloseCode.ProtocolError);
+    expect(raw.outputs.some((o) => o.kind === "send-to-client" || o.kind === "accepted")).toBe(false);
+    expect(framesOfType(raw.received, FrameType.FlowOpen)).toEqual([]);
   });
 });
 
@@ -280,164 +371,157 @@ function openClients(net: Net, receiver: ReceiverMachine, sender: SenderMachine,
   return opened;
 }
 
-describe("flows", () => {
-  test("many clients: each gets its own flow id; replies reach exactly their client", () => {
-    // Amplification cap off: replies here are far larger than the clients' single datagram.
-    const { net, receiver, sender } = setup({ receiver: { amplificationLimit: 0 } });
-    const clients: Array<[string, number]> = [];
-    for (let i = 0; i < 30; i++) clients.push([`198.51.100.${i % 5}`, 40_000 + i]);
-    for (let i = 1; i <= 10; i++) clients.push([`2001:db8::${i.toString(16)}`, 53]);
-    clients.push(["::ffff:203.0.113.5", 53]);
-    const opened = openClients(net, receiver, sender, clients);
-    expect(opened.size).toBe(clients.length);
-    expect(new Set(opened.values()).size).toBe(clients.length);
-    expect(receiver.flowCount).toBe(clients.length);
-    // Each first datagram reached the target on its client's flow, intact.
-    for (const o of net.of(sender, "send-to-target")) {
-      const key = [...opened].find(([, id]) => id === o.flowId)?.[0];
-      expect(text(o.payload)).toBe(`hello from ${key}`);
-    }
-    // Replies, in a scrambled order, including an empty datagram and a maximal one.
-    const entries = [...opened].reverse();
-    for (const [key, flowId] of entries) sender.targetDatagram(flowId, utf8(`reply to ${key}`), net.now);
-    const [, big] = entries[3];
-    sender.targetDatagram(big, new Uint8Array(65_535).fill(0x5a), net.now);
-    sender.targetDatagram(big, new Uint8Array(0), net.now);
-    net.pump();
-    const sent = net.of(receiver, "send-to-client");
-    expect(sent.length).toBe(clients.length + 2);
-    for (const o of sent.slice(0, clients.length))
-      expect(text(o.payload)).toBe(`reply to ${o.flow.address}|${o.flow.port}`);
-    expect(sent[clients.length].payload.length).toBe(65_535);
-    expect(sent[clients.length].flow.id).toBe(big);
-    expect(sent[clients.length + 1].payload.length).toBe(0);
-    expect(receiver.stats.udpOut).toBe(clients.length + 2);
-  });
-
-  test("flows close on both sides when the receiver's idle timer fires first", () => {
-    const { net, receiver, sender, wire } = setup({
-      receiver: { idleTimeoutMs: 60_000 },
-      sender: { idleTimeoutMs: 120_000 },
+for (const dir of DIRECTIONS) {
+  describe(`flows ${dir.name}`, () => {
+    test("many clients: each gets its own flow id; replies reach exactly their client", () => {
+      // Amplification cap off: replies here are far larger than the clients' single datagram.
+      const { net, receiver, sender } = setup({ direction: dir, receiver: { amplificationLimit: 0 } });
+      const clients: Array<[string, number]> = [];
+      for (let i = 0; i < 30; i++) clients.push([`198.51.100.${i % 5}`, 40_000 + i]);
+      for (let i = 1; i <= 10; i++) clients.push([`2001:db8::${i.toString(16)}`, 53]);
+      clients.push(["::ffff:203.0.113.5", 53]);
+      const opened = openClients(net, receiver, sender, clients);
+      expect(opened.size).toBe(clients.length);
+      expect(new Set(opened.values()).size).toBe(clients.length);
+      expect(receiver.flowCount).toBe(clients.length);
+      // Each first datagram reached the target on its client's flow, intact.
+      for (const o of net.of(sender, "send-to-target")) {
+        const key = [...opened].find(([, id]) => id === o.flowId)?.[0];
+        expect(text(o.payload)).toBe(`hello from ${key}`);
+      }
+      // Replies, in a scrambled order, including an empty datagram and a maximal one.
+      const entries = [...opened].reverse();
+      for (const [key, flowId] of entries) sender.targetDatagram(flowId, utf8(`reply to ${key}`), net.now);
+      const [, big] = entries[3];
+      sender.targetDatagram(big, new Uint8Array(65_535).fill(0x5a), net.now);
+      sender.targetDatagram(big, new Uint8Array(0), net.now);
+      net.pump();
+      const sent = net.of(receiver, "send-to-client");
+      expect(sent.length).toBe(clients.length + 2);
+      for (const o of sent.slice(0, clients.length))
+        expect(text(o.payload)).toBe(`reply to ${o.flow.address}|${o.flow.port}`);
+      expect(sent[clients.length].payload.length).toBe(65_535);
+      expect(sent[clients.length].flow.id).toBe(big);
+      expect(sent[clients.length + 1].payload.length).toBe(0);
+      expect(receiver.stats.udpOut).toBe(clients.length + 2);
     });
-    const opened = openClients(net, receiver, sender, [
-      ["192.0.2.1", 1000],
-      ["192.0.2.2", 1000],
-    ]);
-    net.advance(30_000);
-    receiver.clientDatagram("192.0.2.1", 1000, utf8("still here"), net.now);
-    net.advance(30_000); // t = 60 s: the second flow has been idle for 60 s
-    const idle = opened.get("192.0.2.2|1000");
-    expect(framesOfType(wire.sentBy(receiver), FrameType.FlowClose)).toEqual([
-      { type: FrameType.FlowClose, flowId: idle as number, reason: FlowCloseReason.Idle },
-    ]);
-    expect(net.of(sender, "close-flow-socket")).toEqual([{ kind: "close-flow-socket", flowId: idle as number }]);
-    expect(receiver.flowCount).toBe(1);
-    expect(sender.flowCount).toBe(1);
-    net.advance(30_000); // the first one now too
-    expect(receiver.flowCount).toBe(0);
-    expect(sender.flowCount).toBe(0);
-    expect(net.of(sender, "close-flow-socket").length).toBe(2);
-    expect(wire.up).toBe(true); // keepalive kept the connection up meanwhile
-  });
 
-  test("flows close on both sides when the sender's idle timer fires first", () => {
-    const { net, receiver, sender, wire } = setup({
-      receiver: { idleTimeoutMs: 120_000 },
-      sender: { idleTimeoutMs: 60_000 },
+    test("flows close on both sides when the receiver's idle timer fires first", () => {
+      const { net, receiver, sender, wire } = setup({
+        direction: dir,
+        receiver: { idleTimeoutMs: 60_000 },
+        sender: { idleTimeoutMs: 120_000 },
+      });
+      const opened = openClients(net, receiver, sender, [
+        ["192.0.2.1", 1000],
+        ["192.0.2.2", 1000],
+      ]);
+      net.advance(30_000);
+      receiver.clientDatagram("192.0.2.1", 1000, utf8("still here"), net.now);
+      net.advance(30_000); // t = 60 s: the second flow has been idle for 60 s
+      const idle = opened.get("192.0.2.2|1000");
+      expect(framesOfType(wire.sentBy(receiver), FrameType.FlowClose)).toEqual([
+        { type: FrameType.FlowClose, flowId: idle as number, reason: FlowCloseReason.Idle },
+      ]);
+      expect(net.of(sender, "close-flow-socket")).toEqual([{ kind: "close-flow-socket", flowId: idle as number }]);
+      expect(receiver.flowCount).toBe(1);
+      expect(sender.flowCount).toBe(1);
+      net.advance(30_000); // the first one now too
+      expect(receiver.flowCount).toBe(0);
+      expect(sender.flowCount).toBe(0);
+      expect(net.of(sender, "close-flow-socket").length).toBe(2);
+      expect(wire.up).toBe(true); // keepalive kept the connection up meanwhile
     });
-    openClients(net, receiver, sender, [["192.0.2.1", 1000]]);
-    net.advance(60_000);
-    expect(framesOfType(wire.sentBy(sender), FrameType.FlowClose).map((f) => f.reason)).toEqual([FlowCloseReason.Idle]);
-    expect(net.of(sender, "close-flow-socket").length).toBe(1);
-    expect(receiver.flowCount).toBe(0);
-    expect(framesOfType(wire.sentBy(receiver), FrameType.FlowClose)).toEqual([]); // no echo
-  });
 
-  test("max-flows evicts the least recently active flow, on both sides", () => {
-    const { net, receiver, sender, wire } = setup({ receiver: { maxFlows: 3 } });
-    const opened = openClients(net, receiver, sender, [
-      ["192.0.2.1", 1],
-      ["192.0.2.2", 2],
-      ["192.0.2.3", 3],
-    ]);
-    net.advance(1_000);
-    receiver.clientDatagram("192.0.2.1", 1, utf8("busy"), net.now); // 1 is now the most recent; 2 the least
-    net.advance(1_000);
-    receiver.clientDatagram("192.0.2.4", 4, utf8("new"), net.now);
-    net.pump();
-    const evicted = opened.get("192.0.2.2|2") as number;
-    expect(framesOfType(wire.sentBy(receiver), FrameType.FlowClose)).toEqual([
-      { type: FrameType.FlowClose, flowId: evicted, reason: FlowCloseReason.Evicted },
-    ]);
-    expect(net.of(sender, "close-flow-socket")).toEqual([{ kind: "close-flow-socket", flowId: evicted }]);
-    expect(receiver.flowCount).toBe(3);
-    expect(sender.flowCount).toBe(3);
-    expect([...receiver.flowList()].map((f) => f.port).sort()).toEqual([1, 3, 4]);
-  });
+    test("flows close on both sides when the sender's idle timer fires first", () => {
+      const { net, receiver, sender, wire } = setup({
+        direction: dir,
+        receiver: { idleTimeoutMs: 120_000 },
+        sender: { idleTimeoutMs: 60_000 },
+      });
+      openClients(net, receiver, sender, [["192.0.2.1", 1000]]);
+      net.advance(60_000);
+      expect(framesOfType(wire.sentBy(sender), FrameType.FlowClose).map((f) => f.reason)).toEqual([
+        FlowCloseReason.Idle,
+      ]);
+      expect(net.of(sender, "close-flow-socket").length).toBe(1);
+      expect(receiver.flowCount).toBe(0);
+      expect(framesOfType(wire.sentBy(receiver), FrameType.FlowClose)).toEqual([]); // no echo
+    });
 
-  test("the sender's own max-flows evicts too, and tells the receiver", () => {
-    const { net, receiver, sender, wire } = setup({ sender: { maxFlows: 2 } });
-    openClients(net, receiver, sender, [
-      ["192.0.2.1", 1],
-      ["192.0.2.2", 2],
-      ["192.0.2.3", 3],
-    ]);
-    expect(sender.flowCount).toBe(2);
-    expect(receiver.flowCount).toBe(2);
-    expect(framesOfType(wire.sentBy(sender), FrameType.FlowClose).map((f) => f.reason)).toEqual([
-      FlowCloseReason.Evicted,
-    ]);
-  });
+    test("max-flows evicts the least recently active flow, on both sides", () => {
+      const { net, receiver, sender, wire } = setup({ direction: dir, receiver: { maxFlows: 3 } });
+      const opened = openClients(net, receiver, sender, [
+        ["192.0.2.1", 1],
+        ["192.0.2.2", 2],
+        ["192.0.2.3", 3],
+      ]);
+      net.advance(1_000);
+      receiver.clientDatagram("192.0.2.1", 1, utf8("busy"), net.now); // 1 is now the most recent; 2 the least
+      net.advance(1_000);
+      receiver.clientDatagram("192.0.2.4", 4, utf8("new"), net.now);
+      net.pump();
+      const evicted = opened.get("192.0.2.2|2") as number;
+      expect(framesOfType(wire.sentBy(receiver), FrameType.FlowClose)).toEqual([
+        { type: FrameType.FlowClose, flowId: evicted, reason: FlowCloseReason.Evicted },
+      ]);
+      expect(net.of(sender, "close-flow-socket")).toEqual([{ kind: "close-flow-socket", flowId: evicted }]);
+      expect(receiver.flowCount).toBe(3);
+      expect(sender.flowCount).toBe(3);
+      expect([...receiver.flowList()].map((f) => f.port).sort()).toEqual([1, 3, 4]);
+    });
 
-  test("FLOW_OPEN for a mapping the sender has no target for is refused with UNKNOWN_MAPPING", () => {
-    const { net, receiver, sender, wire } = setup({ receiver: { mappingId: 7 }, sender: { mappingIds: [0] } });
-    receiver.clientDatagram("192.0.2.1", 1, utf8("x"), net.now);
-    net.pump();
-    expect(net.of(sender, "open-flow-socket")).toEqual([]);
-    // Refused, and the DATA that followed the FLOW_OPEN is answered as an unknown flow.
-    expect(framesOfType(wire.sentBy(sender), FrameType.FlowClose).map((f) => f.reason)).toEqual([
-      FlowCloseReason.UnknownMapping,
-      FlowCloseReason.UnknownFlow,
-    ]);
-    expect(receiver.flowCount).toBe(0);
-  });
+    test("the sender's own max-flows evicts too, and tells the receiver", () => {
+      const { net, receiver, sender, wire } = setup({ direction: dir, sender: { maxFlows: 2 } });
+      openClients(net, receiver, sender, [
+        ["192.0.2.1", 1],
+        ["192.0.2.2", 2],
+        ["192.0.2.3", 3],
+      ]);
+      expect(sender.flowCount).toBe(2);
+      expect(receiver.flowCount).toBe(2);
+      expect(framesOfType(wire.sentBy(sender), FrameType.FlowClose).map((f) => f.reason)).toEqual([
+        FlowCloseReason.Evicted,
+      ]);
+    });
 
-  test("a fatal socket error closes the flow on both sides; a transient one only counts", () => {
-    const { net, receiver, sender, wire } = setup();
-    const opened = openClients(net, receiver, sender, [["192.0.2.1", 1]]);
-    const id = opened.get("192.0.2.1|1") as number;
-    sender.flowSocketError(id, false);
-    net.pump();
-    expect(receiver.flowCount).toBe(1);
-    sender.flowSocketError(id, true, FlowCloseReason.TargetUnreachable);
-    net.pump();
-    expect(receiver.flowCount).toBe(0);
-    expect(framesOfType(wire.sentBy(sender), FrameType.FlowClose).map((f) => f.reason)).toEqual([
-      FlowCloseReason.TargetUnreachable,
-    ]);
-    expect(sender.stats.drops["socket-error"]).toBe(2);
-  });
+    test("a fatal socket error closes the flow on both sides; a transient one only counts", () => {
+      const { net, receiver, sender, wire } = setup({ direction: dir });
+      const opened = openClients(net, receiver, sender, [["192.0.2.1", 1]]);
+      const id = opened.get("192.0.2.1|1") as number;
+      sender.flowSocketError(id, false);
+      net.pump();
+      expect(receiver.flowCount).toBe(1);
+      sender.flowSocketError(id, true, FlowCloseReason.TargetUnreachable);
+      net.pump();
+      expect(receiver.flowCount).toBe(0);
+      expect(framesOfType(wire.sentBy(sender), FrameType.FlowClose).map((f) => f.reason)).toEqual([
+        FlowCloseReason.TargetUnreachable,
+      ]);
+      expect(sender.stats.drops["socket-error"]).toBe(2);
+    });
 
-  test("DATA for an unknown flow: FLOW_CLOSE(unknown flow) back, no datagram out (both sides)", () => {
-    const { net, receiver, sender, wire } = setup();
-    openClients(net, receiver, sender, [["192.0.2.1", 1]]);
-    receiver.receive(1, encodeData(999, "to nowhere"), net.now);
-    net.pump();
-    expect(framesOfType(wire.sentBy(receiver), FrameType.FlowClose)).toEqual([
-      { type: FrameType.FlowClose, flowId: 999, reason: FlowCloseReason.UnknownFlow },
-    ]);
-    expect(net.of(receiver, "send-to-client")).toEqual([]);
-    expect(receiver.stats.drops["unknown-flow"]).toBe(1);
-    sender.receive(1, encodeData(777, "nope"), net.now);
-    net.pump();
-    expect(framesOfType(wire.sentBy(sender), FrameType.FlowClose)).toEqual([
-      { type: FrameType.FlowClose, flowId: 777, reason: FlowCloseReason.UnknownFlow },
-    ]);
-    expect(net.of(sender, "send-to-target").length).toBe(1); // only the client's first datagram
-    expect(wire.up).toBe(true);
-    expect(sender.flowCount).toBe(1); // a FLOW_CLOSE for an unknown flow is ignored, not answered
+    test("DATA for an unknown flow: FLOW_CLOSE(unknown flow) back, no datagram out (both sides)", () => {
+      const { net, receiver, sender, wire } = setup({ direction: dir });
+      openClients(net, receiver, sender, [["192.0.2.1", 1]]);
+      receiver.receive(1, encodeData(999, "to nowhere"), net.now);
+      net.pump();
+      expect(framesOfType(wire.sentBy(receiver), FrameType.FlowClose)).toEqual([
+        { type: FrameType.FlowClose, flowId: 999, reason: FlowCloseReason.UnknownFlow },
+      ]);
+      expect(net.of(receiver, "send-to-client")).toEqual([]);
+      expect(receiver.stats.drops["unknown-flow"]).toBe(1);
+      sender.receive(1, encodeData(777, "nope"), net.now);
+      net.pump();
+      expect(framesOfType(wire.sentBy(sender), FrameType.FlowClose)).toEqual([
+        { type: FrameType.FlowClose, flowId: 777, reason: FlowCloseReason.UnknownFlow },
+      ]);
+      expect(net.of(sender, "send-to-target").length).toBe(1); // only the client's first datagram
+      expect(wire.up).toBe(true);
+      expect(sender.flowCount).toBe(1); // a FLOW_CLOSE for an unknown flow is ignored, not answered
+    });
   });
-});
+}
 
 function encodeData(flowId: number, payload: string): Uint8Array {
   const body = utf8(payload);
@@ -450,240 +534,307 @@ function encodeData(flowId: number, payload: string): Uint8Array {
   return out;
 }
 
-describe("keepalive", () => {
-  test("ping/pong gives rttMs on both sides", () => {
-    const { net, receiver, sender, wire } = setup({
-      receiver: { keepaliveMs: 15_000 },
-      sender: { keepaliveMs: 15_000 },
+for (const dir of DIRECTIONS) {
+  describe(`keepalive ${dir.name}`, () => {
+    test("ping/pong gives rttMs on both sides", () => {
+      const { net, receiver, sender, wire } = setup({
+        direction: dir,
+        receiver: { keepaliveMs: 15_000 },
+        sender: { keepaliveMs: 15_000 },
+      });
+      expect(receiver.stats.rttMs).toBeUndefined();
+      wire.paused = true;
+      net.advance(15_000); // both ping now; the bytes wait on the wire
+      expect(wire.queued.length).toBe(2);
+      net.advance(20);
+      net.flush(wire); // pings arrive at 15 020 and are answered at once
+      expect(receiver.stats.rttMs).toBe(20);
+      expect(sender.stats.rttMs).toBe(20);
+      expect(framesOfType(wire.sentBy(receiver), FrameType.Pong).length).toBe(1);
     });
-    expect(receiver.stats.rttMs).toBeUndefined();
-    wire.paused = true;
-    net.advance(15_000); // both ping now; the bytes wait on the wire
-    expect(wire.queued.length).toBe(2);
-    net.advance(20);
-    net.flush(wire); // pings arrive at 15 020 and are answered at once
-    expect(receiver.stats.rttMs).toBe(20);
-    expect(sender.stats.rttMs).toBe(20);
-    expect(framesOfType(wire.sentBy(receiver), FrameType.Pong).length).toBe(1);
-  });
 
-  test("a silent peer is declared dead after 3 keepalive intervals, not before", () => {
-    const { net, receiver, sender, wire } = setup({
-      receiver: { keepaliveMs: 10_000 },
-      sender: { keepaliveMs: 10_000 },
+    test("a silent peer is declared dead after 3 keepalive intervals, not before", () => {
+      const { net, receiver, sender, wire } = setup({
+        direction: dir,
+        receiver: { keepaliveMs: 10_000 },
+        sender: { keepaliveMs: 10_000 },
+      });
+      wire.drop.add(receiver);
+      wire.drop.add(sender);
+      net.advance(29_999);
+      expect(wire.up).toBe(true);
+      net.advance(1);
+      expect(wire.up).toBe(false);
+      expect(closeCodes(wire.sentBy(receiver))).toEqual([CloseCode.KeepaliveTimeout]);
+      expect(closeCodes(wire.sentBy(sender))).toEqual([CloseCode.KeepaliveTimeout]);
+      expect(net.logs(receiver).some((l) => l.includes("nothing received for 30 s"))).toBe(true);
     });
-    wire.drop.add(receiver);
-    wire.drop.add(sender);
-    net.advance(29_999);
-    expect(wire.up).toBe(true);
-    net.advance(1);
-    expect(wire.up).toBe(false);
-    expect(closeCodes(wire.sentBy(receiver))).toEqual([CloseCode.KeepaliveTimeout]);
-    expect(closeCodes(wire.sentBy(sender))).toEqual([CloseCode.KeepaliveTimeout]);
-    expect(net.logs(receiver).some((l) => l.includes("nothing received for 30 s"))).toBe(true);
-  });
 
-  test("regular pings keep an otherwise idle connection alive", () => {
-    const { net, wire } = setup();
-    net.advance(10 * 60_000);
-    expect(wire.up).toBe(true);
-  });
-});
-
-describe("one sender at a time", () => {
-  test("a second sender is refused as busy while the first is live", () => {
-    const { net, receiver, sender } = setup();
-    openClients(net, receiver, sender, [["192.0.2.1", 1]]);
-    net.advance(5_000);
-    const second = net.add(new SenderMachine({ secret: SECRET }, testCrypto(9)));
-    const w2 = net.connect(receiver, 2, second, 1);
-    expect(closeCodes(w2.sentBy(receiver))).toEqual([CloseCode.Busy]);
-    expect(net.logs(second).some((l) => l.includes("busy"))).toBe(true);
-    expect(sender.connected).toBe(true);
-    expect(receiver.flowCount).toBe(1);
-  });
-
-  test("a stale connection (silent > 1.5 keepalive) is replaced by a newly authenticated sender", () => {
-    const { net, receiver, sender, wire } = setup({ receiver: { keepaliveMs: 15_000 } });
-    openClients(net, receiver, sender, [["192.0.2.1", 1]]);
-    wire.drop.add(sender); // the sender's host vanished: nothing more arrives from it
-    net.advance(20_000); // 20 s < 22.5 s: not stale yet
-    const second = net.add(new SenderMachine({ secret: SECRET }, testCrypto(9)));
-    const early = net.connect(receiver, 2, second, 2);
-    expect(closeCodes(early.sentBy(receiver))).toEqual([CloseCode.Busy]);
-    net.advance(3_000); // 23 s
-    const late = net.connect(receiver, 3, second, 3);
-    expect(net.of(receiver, "accepted").map((a) => a.conn)).toEqual([1, 3]);
-    expect(second.connected).toBe(true);
-    expect(closeCodes(wire.sentBy(receiver))).toEqual([CloseCode.Replaced]);
-    expect(wire.up).toBe(false);
-    expect(receiver.flowCount).toBe(0); // a different sender starts a new session
-    expect(late.up).toBe(true);
-  });
-});
-
-describe("resume", () => {
-  function withFlows(config: { resumeGraceMs?: number; idleTimeoutMs?: number } = {}) {
-    const s = setup({ receiver: config, sender: config });
-    const opened = openClients(s.net, s.receiver, s.sender, [
-      ["192.0.2.1", 1],
-      ["192.0.2.2", 2],
-      ["2001:db8::3", 3],
-    ]);
-    return { ...s, opened };
-  }
-
-  test("within the grace period: flow ids and sender sockets are kept", () => {
-    const { net, receiver, sender, wire, opened } = withFlows({ resumeGraceMs: 30_000 });
-    net.clear();
-    net.cut(wire);
-    receiver.clientDatagram("192.0.2.1", 1, utf8("lost"), net.now); // nobody to send it to
-    expect(receiver.stats.drops["no-sender"]).toBe(1);
-    net.advance(10_000);
-    expect(receiver.flowCount).toBe(3);
-    const w2 = net.connect(receiver, 2, sender, 2);
-    expect(net.of(receiver, "accepted")).toEqual([{ kind: "accepted", conn: 2, peer: "peer-of-2", resumed: true }]);
-    expect(net.of(sender, "accepted")[0].resumed).toBe(true);
-    expect(framesOfType(w2.sentBy(sender), FrameType.Auth)[0].token.length).toBe(16);
-    expect(net.of(sender, "close-flow-socket")).toEqual([]);
-    receiver.clientDatagram("192.0.2.2", 2, utf8("after"), net.now);
-    net.pump();
-    expect(net.of(sender, "open-flow-socket")).toEqual([]);
-    expect(net.of(sender, "send-to-target")).toEqual([
-      { kind: "send-to-target", flowId: opened.get("192.0.2.2|2") as number, payload: utf8("after") },
-    ]);
-    sender.targetDatagram(opened.get("2001:db8::3|3") as number, utf8("back"), net.now);
-    net.pump();
-    const out = net.of(receiver, "send-to-client");
-    expect(out.map((o) => [o.flow.address, o.flow.port, text(o.payload)])).toEqual([["2001:db8::3", 3, "back"]]);
-  });
-
-  test("after the grace period: flows are dropped on both sides and the next session is new", () => {
-    const { net, receiver, sender, wire } = withFlows({ resumeGraceMs: 30_000, idleTimeoutMs: 600_000 });
-    net.clear();
-    net.cut(wire);
-    net.advance(29_999);
-    expect(receiver.flowCount).toBe(3);
-    expect(net.of(sender, "close-flow-socket")).toEqual([]);
-    net.advance(1);
-    expect(receiver.flowCount).toBe(0);
-    expect(sender.flowCount).toBe(0);
-    expect(net.of(sender, "close-flow-socket").length).toBe(3);
-    net.connect(receiver, 2, sender, 2);
-    expect(net.of(receiver, "accepted")[0].resumed).toBe(false);
-    expect(net.of(sender, "accepted")[0].resumed).toBe(false);
-  });
-
-  test("the grace period also starts when the connection ended by keepalive timeout", () => {
-    const { net, receiver, sender, wire } = withFlows({ resumeGraceMs: 30_000, idleTimeoutMs: 600_000 });
-    net.clear();
-    wire.drop.add(receiver);
-    wire.drop.add(sender);
-    net.advance(45_000); // 3 x 15 s: both sides give up on the connection
-    expect(wire.up).toBe(false);
-    expect(sender.flowCount).toBe(3);
-    net.advance(30_000);
-    expect(net.of(sender, "close-flow-socket").length).toBe(3);
-    expect(receiver.flowCount).toBe(0);
-  });
-
-  test("when the receiver restarted, a resuming sender is told the session is new and closes its sockets", () => {
-    const { net, sender, wire } = withFlows();
-    net.cut(wire);
-    net.clear();
-    const fresh = net.add(new ReceiverMachine({ secret: SECRET }, testCrypto(7)));
-    net.connect(fresh, 1, sender, 2);
-    expect(net.of(sender, "accepted")[0].resumed).toBe(false);
-    expect(net.of(sender, "close-flow-socket").length).toBe(3);
-  });
-});
-
-describe("backpressure", () => {
-  test("receiver: while blocked, the oldest DATA is dropped to stay within maxBufferBytes", () => {
-    const { net, receiver, sender } = setup({ receiver: { maxBufferBytes: 2_000 } });
-    openClients(net, receiver, sender, [["192.0.2.1", 1]]);
-    receiver.setBlocked(1, true);
-    for (let i = 0; i < 20; i++) receiver.clientDatagram("192.0.2.1", 1, new Uint8Array(200).fill(i), net.now);
-    // New clients while blocked: their FLOW_OPENs are never dropped (flow state stays consistent).
-    for (let i = 0; i < 100; i++) receiver.clientDatagram("203.0.113.1", 10_000 + i, new Uint8Array(10), net.now);
-    net.pump();
-    const dropped = receiver.stats.drops.backpressure;
-    expect(dropped).toBeGreaterThan(0);
-    expect(net.of(sender, "send-to-target").length).toBe(1); // nothing delivered while blocked
-    receiver.setBlocked(1, false);
-    net.pump();
-    const delivered = net.of(sender, "send-to-target").slice(1);
-    expect(delivered.length + dropped).toBe(120);
-    // The oldest went first: the first burst's early datagrams are gone, the newest clients got through.
-    const firstBurst = delivered.filter((o) => o.payload.length === 200).map((o) => o.payload[0]);
-    expect(firstBurst.includes(0)).toBe(false);
-    expect(delivered.some((o) => o.payload.length === 10)).toBe(true);
-    expect(sender.stats.drops["unknown-flow"]).toBe(0); // every delivered DATA names a flow the sender knows
-  });
-
-  test("sender: the same bound on the way back", () => {
-    const { net, receiver, sender } = setup({ sender: { maxBufferBytes: 1_000 }, receiver: { amplificationLimit: 0 } });
-    const opened = openClients(net, receiver, sender, [["192.0.2.1", 1]]);
-    const id = opened.get("192.0.2.1|1") as number;
-    sender.setBlocked(1, true);
-    for (let i = 0; i < 10; i++) sender.targetDatagram(id, new Uint8Array(300), net.now);
-    expect(sender.stats.drops.backpressure).toBe(7);
-    sender.setBlocked(1, false);
-    net.pump();
-    expect(net.of(receiver, "send-to-client").length).toBe(3);
-  });
-});
-
-describe("no reflection", () => {
-  /** A hostile sender with a valid key that the receiver admitted (authorized, or the operator said yes). */
-  function hostile() {
-    const receiver = new ReceiverMachine({ identity: RECEIVER_KEY }, testCrypto(1));
-    const raw = new RawPeer(receiver, 1).connect();
-    rawSenderHandshake(raw, { identity: testIdentity(0x66) });
-    receiver.approve(1, true, 0);
-    raw.read();
-    expect(receiver.senderConnected).toBe(true);
-    return { receiver, raw };
-  }
-
-  test("DATA for any flow id reaches only clients that opened flows", () => {
-    const { receiver, raw } = hostile();
-    for (let id = 1; id <= 300; id++) raw.send({ type: FrameType.Data, flowId: id, payload: utf8(`spoof ${id}`) });
-    raw.send({ type: FrameType.Data, flowId: 0xffffffff, payload: utf8("x") });
-    expect(raw.outputs.filter((o) => o.kind === "send-to-client")).toEqual([]);
-    receiver.clientDatagram("192.0.2.50", 5353, utf8("real client"), 0);
-    const open = framesOfType(raw.read(), FrameType.FlowOpen)[0];
-    for (let id = 1; id <= 300; id++) raw.send({ type: FrameType.Data, flowId: id, payload: utf8(`spoof ${id}`) });
-    const sent = raw.outputs.filter(
-      (o): o is { kind: "send-to-client"; flow: ClientFlow; payload: Uint8Array } => o.kind === "send-to-client",
-    );
-    expect(sent.length).toBe(1);
-    expect([sent[0].flow.address, sent[0].flow.port, sent[0].flow.id]).toEqual(["192.0.2.50", 5353, open.flowId]);
-    expect(raw.closed()).toBe(false);
-  });
-
-  test("a sender that tries to name an address (FLOW_OPEN) is disconnected", () => {
-    const { raw } = hostile();
-    raw.send({
-      type: FrameType.FlowOpen,
-      flowId: 5,
-      mappingId: 0,
-      client: { family: 4, address: "198.51.100.99", port: 53 },
+    test("regular pings keep an otherwise idle connection alive", () => {
+      const { net, wire } = setup({ direction: dir });
+      net.advance(10 * 60_000);
+      expect(wire.up).toBe(true);
     });
-    expect(raw.closeCode()).toBe(CloseCode.ProtocolError);
-    raw.send({ type: FrameType.Data, flowId: 5, payload: utf8("x") }); // after CLOSE: ignored
-    expect(raw.outputs.some((o) => o.kind === "send-to-client")).toBe(false);
+  });
+}
+
+/** A second machine of the dialer's role (a different peer), same secret. */
+function another(dir: Direction, seed: number): ReceiverMachine | SenderMachine {
+  return dir.acceptor === "receiver"
+    ? new SenderMachine({ secret: SECRET }, testCrypto(seed))
+    : new ReceiverMachine({ secret: SECRET }, testCrypto(seed));
+}
+
+for (const dir of DIRECTIONS) {
+  describe(`one peer at a time ${dir.name}`, () => {
+    test(`a second ${dialerName(dir)} is refused as busy while the first is live`, () => {
+      const { net, receiver, sender, acceptor } = setup({ direction: dir });
+      openClients(net, receiver, sender, [["192.0.2.1", 1]]);
+      net.advance(5_000);
+      const second = net.add(another(dir, 9));
+      const w2 = net.connect(acceptor, 2, second, 1);
+      expect(closeCodes(w2.sentBy(acceptor))).toEqual([CloseCode.Busy]);
+      expect(framesOfType(w2.sentBy(acceptor), FrameType.Close)[0].message).toBe(
+        `another ${dialerName(dir)} (peer-of-1) is connected; only one at a time`,
+      );
+      expect(net.logs(second).some((l) => l.includes("busy"))).toBe(true);
+      expect(sender.connected).toBe(true);
+      expect(receiver.senderConnected).toBe(true);
+      expect([receiver.flowCount, sender.flowCount]).toEqual([1, 1]);
+    });
+
+    test(`a stale connection (silent > 1.5 keepalive) is replaced by a newly authenticated ${dialerName(dir)}`, () => {
+      const { net, receiver, sender, wire, acceptor, dialer } = setup({
+        direction: dir,
+        receiver: { keepaliveMs: 15_000 },
+        sender: { keepaliveMs: 15_000 },
+      });
+      openClients(net, receiver, sender, [["192.0.2.1", 1]]);
+      wire.drop.add(dialer); // the dialer's host vanished: nothing more arrives from it
+      net.advance(20_000); // 20 s < 22.5 s: not stale yet
+      const second = net.add(another(dir, 9));
+      const early = net.connect(acceptor, 2, second, 2);
+      expect(closeCodes(early.sentBy(acceptor))).toEqual([CloseCode.Busy]);
+      net.advance(3_000); // 23 s
+      const late = net.connect(acceptor, 3, second, 3);
+      expect(net.of(acceptor, "accepted").map((a) => a.conn)).toEqual([1, 3]);
+      expect(second.peerConnected).toBe(true);
+      expect(closeCodes(wire.sentBy(acceptor))).toEqual([CloseCode.Replaced]);
+      expect(wire.up).toBe(false);
+      expect(acceptor.flowCount).toBe(0); // a different peer starts a new session
+      if (acceptor === sender) expect(net.of(sender, "close-flow-socket").length).toBe(1);
+      expect(late.up).toBe(true);
+    });
   });
 
-  test("frames after a CLOSE in the same chunk are ignored", () => {
-    const { receiver, raw } = hostile();
-    receiver.clientDatagram("192.0.2.50", 5353, utf8("real client"), 0);
-    const open = framesOfType(raw.read(), FrameType.FlowOpen)[0];
-    const close = { type: FrameType.Close, code: 0, message: "bye" } as Frame;
-    raw.send(close, encodeData(open.flowId, "late"));
-    expect(raw.outputs.some((o) => o.kind === "send-to-client")).toBe(false);
-    // And the closed link takes no more client traffic while the host has not reported it gone.
-    receiver.clientDatagram("192.0.2.50", 5353, utf8("more"), 0);
-    expect(framesOfType(raw.read(), FrameType.Data)).toEqual([]);
+  describe(`resume ${dir.name}`, () => {
+    function withFlows(config: { resumeGraceMs?: number; idleTimeoutMs?: number } = {}) {
+      const s = setup({ direction: dir, receiver: config, sender: config });
+      const opened = openClients(s.net, s.receiver, s.sender, [
+        ["192.0.2.1", 1],
+        ["192.0.2.2", 2],
+        ["2001:db8::3", 3],
+      ]);
+      return { ...s, opened };
+    }
+
+    test("within the grace period: flow ids and sender sockets are kept", () => {
+      const { net, receiver, sender, wire, opened, acceptor, dialer } = withFlows({ resumeGraceMs: 30_000 });
+      net.clear();
+      net.cut(wire);
+      receiver.clientDatagram("192.0.2.1", 1, utf8("lost"), net.now); // nobody to send it to
+      expect(receiver.stats.drops["no-sender"]).toBe(1);
+      net.advance(10_000);
+      expect(receiver.flowCount).toBe(3);
+      const w2 = net.link(dir, receiver, sender, 2);
+      expect(net.of(acceptor, "accepted")).toEqual([{ kind: "accepted", conn: 2, peer: "peer-of-2", resumed: true }]);
+      expect(net.of(dialer, "accepted")[0].resumed).toBe(true);
+      expect(net.logs(acceptor)).toContain(`info: ${dialerName(dir)} peer-of-2 accepted (resumed 3 flows)`);
+      expect(framesOfType(w2.sentBy(dialer), FrameType.Auth)[0].token.length).toBe(16);
+      expect(net.of(sender, "close-flow-socket")).toEqual([]);
+      receiver.clientDatagram("192.0.2.2", 2, utf8("after"), net.now);
+      net.pump();
+      expect(net.of(sender, "open-flow-socket")).toEqual([]);
+      expect(net.of(sender, "send-to-target")).toEqual([
+        { kind: "send-to-target", flowId: opened.get("192.0.2.2|2") as number, payload: utf8("after") },
+      ]);
+      sender.targetDatagram(opened.get("2001:db8::3|3") as number, utf8("back"), net.now);
+      net.pump();
+      const out = net.of(receiver, "send-to-client");
+      expect(out.map((o) => [o.flow.address, o.flow.port, text(o.payload)])).toEqual([["2001:db8::3", 3, "back"]]);
+    });
+
+    test("after the grace period: flows are dropped on both sides and the next session is new", () => {
+      const { net, receiver, sender, wire } = withFlows({ resumeGraceMs: 30_000, idleTimeoutMs: 600_000 });
+      net.clear();
+      net.cut(wire);
+      net.advance(29_999);
+      expect(receiver.flowCount).toBe(3);
+      expect(net.of(sender, "close-flow-socket")).toEqual([]);
+      net.advance(1);
+      expect(receiver.flowCount).toBe(0);
+      expect(sender.flowCount).toBe(0);
+      expect(net.of(sender, "close-flow-socket").length).toBe(3);
+      const w2 = net.link(dir, receiver, sender, 2);
+      expect(net.of(receiver, "accepted")[0].resumed).toBe(false);
+      expect(net.of(sender, "accepted")[0].resumed).toBe(false);
+      // The dialer forgot the token with the session: nothing to offer.
+      const { dialer } = sides(dir, receiver, sender);
+      expect(framesOfType(w2.sentBy(dialer), FrameType.Auth)[0].token.length).toBe(0);
+    });
+
+    test("the grace period also starts when the connection ended by keepalive timeout", () => {
+      const { net, receiver, sender, wire } = withFlows({ resumeGraceMs: 30_000, idleTimeoutMs: 600_000 });
+      net.clear();
+      wire.drop.add(receiver);
+      wire.drop.add(sender);
+      net.advance(45_000); // 3 x 15 s: both sides give up on the connection
+      expect(wire.up).toBe(false);
+      expect(sender.flowCount).toBe(3);
+      expect(receiver.flowCount).toBe(3);
+      net.advance(30_000);
+      expect(net.of(sender, "close-flow-socket").length).toBe(3);
+      expect(receiver.flowCount).toBe(0);
+    });
+
+    test("when the acceptor restarted, a resuming dialer is told the session is new and drops its flows", () => {
+      const { net, receiver, sender, wire, dialer } = withFlows();
+      net.cut(wire);
+      net.clear();
+      const fresh = net.add(
+        dir.acceptor === "receiver"
+          ? new ReceiverMachine({ secret: SECRET }, testCrypto(7))
+          : new SenderMachine({ secret: SECRET }, testCrypto(7)),
+      );
+      const w2 = net.connect(fresh, 1, dialer, 2);
+      expect(framesOfType(w2.sentBy(dialer), FrameType.Auth)[0].token.length).toBe(16); // it tried
+      expect(net.of(dialer, "accepted")[0].resumed).toBe(false);
+      expect(dialer.flowCount).toBe(0);
+      expect(net.logs(dialer)).toContain(
+        `info: the ${dir.acceptor} started a new session: closing 3 flows of the old one`,
+      );
+      if (dialer === sender) expect(net.of(sender, "close-flow-socket").length).toBe(3);
+      else expect(receiver.flowCount).toBe(0);
+    });
+
+    test("when the dialer restarted (no token), the acceptor drops the old session's flows", () => {
+      const { net, receiver, sender, wire, acceptor } = withFlows();
+      net.cut(wire);
+      net.clear();
+      const fresh = net.add(another(dir, 7));
+      net.connect(acceptor, 2, fresh, 1);
+      expect(net.of(acceptor, "accepted")[0].resumed).toBe(false);
+      expect(acceptor.flowCount).toBe(0);
+      expect(net.logs(acceptor)).toContain(`info: dropping 3 flows of the previous ${dialerName(dir)}`);
+      if (acceptor === sender) expect(net.of(sender, "close-flow-socket").length).toBe(3);
+      else expect(receiver.flowCount).toBe(0);
+    });
   });
-});
+}
+
+for (const dir of DIRECTIONS) {
+  describe(`backpressure ${dir.name}`, () => {
+    test("receiver: while blocked, the oldest DATA is dropped to stay within maxBufferBytes", () => {
+      const { net, receiver, sender } = setup({ direction: dir, receiver: { maxBufferBytes: 2_000 } });
+      openClients(net, receiver, sender, [["192.0.2.1", 1]]);
+      receiver.setBlocked(1, true);
+      for (let i = 0; i < 20; i++) receiver.clientDatagram("192.0.2.1", 1, new Uint8Array(200).fill(i), net.now);
+      // New clients while blocked: their FLOW_OPENs are never dropped (flow state stays consistent).
+      for (let i = 0; i < 100; i++) receiver.clientDatagram("203.0.113.1", 10_000 + i, new Uint8Array(10), net.now);
+      net.pump();
+      const dropped = receiver.stats.drops.backpressure;
+      expect(dropped).toBeGreaterThan(0);
+      expect(net.of(sender, "send-to-target").length).toBe(1); // nothing delivered while blocked
+      receiver.setBlocked(1, false);
+      net.pump();
+      const delivered = net.of(sender, "send-to-target").slice(1);
+      expect(delivered.length + dropped).toBe(120);
+      // The oldest went first: the first burst's early datagrams are gone, the newest clients got through.
+      const firstBurst = delivered.filter((o) => o.payload.length === 200).map((o) => o.payload[0]);
+      expect(firstBurst.includes(0)).toBe(false);
+      expect(delivered.some((o) => o.payload.length === 10)).toBe(true);
+      expect(sender.stats.drops["unknown-flow"]).toBe(0); // every delivered DATA names a flow the sender knows
+    });
+
+    test("sender: the same bound on the way back", () => {
+      const { net, receiver, sender } = setup({
+        direction: dir,
+        sender: { maxBufferBytes: 1_000 },
+        receiver: { amplificationLimit: 0 },
+      });
+      const opened = openClients(net, receiver, sender, [["192.0.2.1", 1]]);
+      const id = opened.get("192.0.2.1|1") as number;
+      sender.setBlocked(1, true);
+      for (let i = 0; i < 10; i++) sender.targetDatagram(id, new Uint8Array(300), net.now);
+      expect(sender.stats.drops.backpressure).toBe(7);
+      sender.setBlocked(1, false);
+      net.pump();
+      expect(net.of(receiver, "send-to-client").length).toBe(3);
+    });
+  });
+}
+
+for (const dir of DIRECTIONS) {
+  describe(`no reflection ${dir.name}`, () => {
+    /**
+     * A hostile sender with a valid key that the receiver admitted (authorized, or the operator said yes)
+     * and dialed in (-R); or (-L) that the receiver dialed and whose key it pinned.
+     */
+    function hostile() {
+      const receiver = new ReceiverMachine({ identity: RECEIVER_KEY }, testCrypto(1));
+      if (dir.acceptor === "receiver") {
+        const raw = new RawPeer(receiver, 1).accepted();
+        rawDialerHandshake(raw, { identity: testIdentity(0x66) });
+        receiver.approve(1, true, 0);
+        raw.read();
+        expect(receiver.senderConnected).toBe(true);
+        return { receiver, raw };
+      }
+      const raw = new RawPeer(receiver, 1).dialed();
+      rawAcceptorHandshake(raw, { identity: testIdentity(0x66) });
+      expect(receiver.senderConnected).toBe(true);
+      return { receiver, raw };
+    }
+
+    test("DATA for any flow id reaches only clients that opened flows", () => {
+      const { receiver, raw } = hostile();
+      for (let id = 1; id <= 300; id++) raw.send({ type: FrameType.Data, flowId: id, payload: utf8(`spoof ${id}`) });
+      raw.send({ type: FrameType.Data, flowId: 0xffffffff, payload: utf8("x") });
+      expect(raw.outputs.filter((o) => o.kind === "send-to-client")).toEqual([]);
+      receiver.clientDatagram("192.0.2.50", 5353, utf8("real client"), 0);
+      const open = framesOfType(raw.read(), FrameType.FlowOpen)[0];
+      for (let id = 1; id <= 300; id++) raw.send({ type: FrameType.Data, flowId: id, payload: utf8(`spoof ${id}`) });
+      const sent = raw.outputs.filter(
+        (o): o is { kind: "send-to-client"; flow: ClientFlow; payload: Uint8Array } => o.kind === "send-to-client",
+      );
+      expect(sent.length).toBe(1);
+      expect([sent[0].flow.address, sent[0].flow.port, sent[0].flow.id]).toEqual(["192.0.2.50", 5353, open.flowId]);
+      expect(raw.closed()).toBe(false);
+    });
+
+    test("a sender that tries to name an address (FLOW_OPEN) is disconnected", () => {
+      const { raw } = hostile();
+      raw.send({
+        type: FrameType.FlowOpen,
+        flowId: 5,
+        mappingId: 0,
+        client: { family: 4, address: "198.51.100.99", port: 53 },
+      });
+      expect(raw.closeCode()).toBe(CloseCode.ProtocolError);
+      raw.send({ type: FrameType.Data, flowId: 5, payload: utf8("x") }); // after CLOSE: ignored
+      expect(raw.outputs.some((o) => o.kind === "send-to-client")).toBe(false);
+    });
+
+    test("frames after a CLOSE in the same chunk are ignored", () => {
+      const { receiver, raw } = hostile();
+      receiver.clientDatagram("192.0.2.50", 5353, utf8("real client"), 0);
+      const open = framesOfType(raw.read(), FrameType.FlowOpen)[0];
+      const close = { type: FrameType.Close, code: 0, message: "bye" } as Frame;
+      raw.send(close, encodeData(open.flowId, "late"));
+      expect(raw.outputs.some((o) => o.kind === "send-to-client")).toBe(false);
+      // And the closed link takes no more client traffic while the host has not reported it gone.
+      receiver.clientDatagram("192.0.2.50", 5353, utf8("more"), 0);
+      expect(framesOfType(raw.read(), FrameType.Data)).toEqual([]);
+    });
+  });
+}

@@ -16,7 +16,7 @@ import {
   SenderMachine,
   utf8,
 } from "../src/index.ts";
-import { Net, RawPeer, rawSenderHandshake, testCrypto, testIdentity, type Wire } from "./harness.ts";
+import { DIRECTIONS, Net, RawPeer, rawDialerHandshake, testCrypto, testIdentity, type Wire } from "./harness.ts";
 import { normalize } from "./vector-format.ts";
 
 const SEED = 20_240_601;
@@ -42,6 +42,7 @@ const frameArb: fc.Arbitrary<Frame> = fc.oneof(
     capabilities: u32,
     nonce: fixed(32),
     publicKey: fc.oneof(fixed(0), fixed(32)),
+    mappings: fc.array(fc.oneof(fc.constant(""), text(32)), { minLength: 1, maxLength: 32 }),
     agent: text(64),
   }),
   fc.record({
@@ -173,13 +174,15 @@ describe("codec", () => {
         fc.array(fc.nat(), { maxLength: 8 }),
         fc.boolean(),
         fc.boolean(),
-        (input, cuts, asSender, keys) => {
+        fc.boolean(),
+        (input, cuts, asSender, keys, accepts) => {
           // Nothing random can pass the handshake: MACs and signatures cannot be guessed.
           const config = keys ? { identity: testIdentity(3) } : { secret: "x" };
           const machine = asSender
             ? new SenderMachine(config, testCrypto(3))
             : new ReceiverMachine(config, testCrypto(3));
-          const raw = new RawPeer(machine, 1).connect();
+          // Either role on either TCP side: the acceptor's and the dialer's handshakes both see garbage.
+          const raw = accepts ? new RawPeer(machine, 1).accepted() : new RawPeer(machine, 1).dialed();
           for (const c of cutAt(input, cuts)) raw.send(c);
           machine.tick(1_000_000);
           raw.read();
@@ -190,7 +193,7 @@ describe("codec", () => {
                 o.kind === "send-to-client" ||
                 o.kind === "open-flow-socket" ||
                 o.kind === "accepted" ||
-                o.kind === "authorize-sender",
+                o.kind === "authorize-peer",
             ),
           ).toEqual([]);
         },
@@ -206,7 +209,7 @@ describe("codec", () => {
         // Amplification cap off: this property is about where replies go, not how much.
         const receiver = new ReceiverMachine({ identity: testIdentity(4), amplificationLimit: 0 }, testCrypto(4));
         const raw = new RawPeer(receiver, 1).connect();
-        rawSenderHandshake(raw);
+        rawDialerHandshake(raw);
         receiver.approve(1, true, 0);
         expect(receiver.senderConnected).toBe(true);
         const opened = clients.slice(0, clientCount);
@@ -281,125 +284,128 @@ function tagged(tag: number, size: number): Uint8Array {
 }
 const tagOf = (b: Uint8Array) => new DataView(b.buffer, b.byteOffset, b.byteLength).getUint32(0);
 
-test("random event sequences keep the invariants", () => {
-  const R_MAX = 3;
-  const S_MAX = 4;
-  fc.assert(
-    fc.property(fc.array(eventArb, { minLength: 1, maxLength: 60 }), (events) => {
-      const net = new Net();
-      const secret = "prop";
-      const receiver = net.add(
-        new ReceiverMachine(
-          {
-            secret,
-            maxFlows: R_MAX,
-            idleTimeoutMs: 20_000,
-            keepaliveMs: 5_000,
-            resumeGraceMs: 15_000,
-            maxBufferBytes: 1_500,
-          },
-          testCrypto(11),
-        ),
-      );
-      const sender = net.add(
-        new SenderMachine(
-          {
-            secret,
-            maxFlows: S_MAX,
-            idleTimeoutMs: 25_000,
-            keepaliveMs: 7_000,
-            resumeGraceMs: 10_000,
-            maxBufferBytes: 1_500,
-          },
-          testCrypto(12),
-        ),
-      );
-      let conn = 1;
-      let wire: Wire = net.connect(receiver, conn, sender, conn);
-      const clientsSeen = new Set<string>();
+test.each(DIRECTIONS.map((d) => [d.name, d] as const))(
+  "random event sequences keep the invariants %s",
+  (_, direction) => {
+    const R_MAX = 3;
+    const S_MAX = 4;
+    fc.assert(
+      fc.property(fc.array(eventArb, { minLength: 1, maxLength: 60 }), (events) => {
+        const net = new Net();
+        const secret = "prop";
+        const receiver = net.add(
+          new ReceiverMachine(
+            {
+              secret,
+              maxFlows: R_MAX,
+              idleTimeoutMs: 20_000,
+              keepaliveMs: 5_000,
+              resumeGraceMs: 15_000,
+              maxBufferBytes: 1_500,
+            },
+            testCrypto(11),
+          ),
+        );
+        const sender = net.add(
+          new SenderMachine(
+            {
+              secret,
+              maxFlows: S_MAX,
+              idleTimeoutMs: 25_000,
+              keepaliveMs: 7_000,
+              resumeGraceMs: 10_000,
+              maxBufferBytes: 1_500,
+            },
+            testCrypto(12),
+          ),
+        );
+        let conn = 1;
+        let wire: Wire = net.link(direction, receiver, sender, conn);
+        const clientsSeen = new Set<string>();
 
-      for (const ev of events) {
-        switch (ev.e) {
-          case "client": {
-            const [address, port] = CLIENTS[ev.i];
-            clientsSeen.add(`${address}|${port}`);
-            receiver.clientDatagram(address, port, tagged(ev.i, ev.size), net.now);
-            break;
+        for (const ev of events) {
+          switch (ev.e) {
+            case "client": {
+              const [address, port] = CLIENTS[ev.i];
+              clientsSeen.add(`${address}|${port}`);
+              receiver.clientDatagram(address, port, tagged(ev.i, ev.size), net.now);
+              break;
+            }
+            case "target": {
+              const open = openSenderFlows(net, sender);
+              const id = ev.known && open.size > 0 ? [...open.keys()][ev.pick % open.size] : 1 + (ev.pick % 50);
+              sender.targetDatagram(id, tagged(id, ev.size), net.now);
+              break;
+            }
+            case "advance":
+              net.advance(ev.ms);
+              break;
+            case "cut":
+              net.cut(wire);
+              break;
+            case "reconnect":
+              if (wire.up) break;
+              if (sender.connectionCount() > 0 || receiver.connectionCount() > 0) break;
+              conn++;
+              wire = net.link(direction, receiver, sender, conn);
+              break;
+            case "block":
+              if (ev.receiver) receiver.setBlocked(conn, ev.on);
+              else sender.setBlocked(conn, ev.on);
+              break;
+            case "socket-error": {
+              const open = [...openSenderFlows(net, sender).keys()];
+              if (open.length > 0) sender.flowSocketError(open[ev.pick % open.length], ev.fatal);
+              break;
+            }
+            case "blackhole":
+              wire.drop.add(ev.receiver ? receiver : sender);
+              break;
           }
-          case "target": {
-            const open = openSenderFlows(net, sender);
-            const id = ev.known && open.size > 0 ? [...open.keys()][ev.pick % open.size] : 1 + (ev.pick % 50);
-            sender.targetDatagram(id, tagged(id, ev.size), net.now);
-            break;
-          }
-          case "advance":
-            net.advance(ev.ms);
-            break;
-          case "cut":
-            net.cut(wire);
-            break;
-          case "reconnect":
-            if (wire.up) break;
-            if (sender.connectionCount() > 0 || receiver.connectionCount() > 0) break;
-            conn++;
-            wire = net.connect(receiver, conn, sender, conn);
-            break;
-          case "block":
-            if (ev.receiver) receiver.setBlocked(conn, ev.on);
-            else sender.setBlocked(conn, ev.on);
-            break;
-          case "socket-error": {
-            const open = [...openSenderFlows(net, sender).keys()];
-            if (open.length > 0) sender.flowSocketError(open[ev.pick % open.length], ev.fatal);
-            break;
-          }
-          case "blackhole":
-            wire.drop.add(ev.receiver ? receiver : sender);
-            break;
-        }
-        net.pump();
+          net.pump();
 
-        // Invariants.
-        expect(receiver.flowCount).toBeLessThanOrEqual(R_MAX);
-        expect(sender.flowCount).toBeLessThanOrEqual(S_MAX);
-        for (const m of [receiver, sender]) {
-          const t = m.nextTimeout();
-          if (t !== undefined) expect(t).toBeGreaterThanOrEqual(net.now);
+          // Invariants.
+          expect(receiver.flowCount).toBeLessThanOrEqual(R_MAX);
+          expect(sender.flowCount).toBeLessThanOrEqual(S_MAX);
+          for (const m of [receiver, sender]) {
+            const t = m.nextTimeout();
+            if (t !== undefined) expect(t).toBeGreaterThanOrEqual(net.now);
+          }
         }
-      }
 
-      // Every datagram to a client goes to a flow a client opened, and carries what the target sent on
-      // that very flow id; every datagram to the target goes through an open flow socket, and came from
-      // the client that flow belongs to.
-      for (const o of net.of(receiver, "send-to-client")) {
-        const key = `${o.flow.address}|${o.flow.port}`;
-        expect(clientsSeen.has(key)).toBe(true);
-        expect(tagOf(o.payload)).toBe(o.flow.id);
-      }
-      const open = new Map<number, string>();
-      for (const o of net.outputs(sender)) {
-        if (o.kind === "open-flow-socket") open.set(o.flowId, `${o.client.address}|${o.client.port}`);
-        if (o.kind === "close-flow-socket") {
-          expect(open.has(o.flowId)).toBe(true);
-          open.delete(o.flowId);
+        // Every datagram to a client goes to a flow a client opened, and carries what the target sent on
+        // that very flow id; every datagram to the target goes through an open flow socket, and came from
+        // the client that flow belongs to.
+        for (const o of net.of(receiver, "send-to-client")) {
+          const key = `${o.flow.address}|${o.flow.port}`;
+          expect(clientsSeen.has(key)).toBe(true);
+          expect(tagOf(o.payload)).toBe(o.flow.id);
         }
-        if (o.kind === "send-to-target") {
-          expect(open.has(o.flowId)).toBe(true);
-          const [address, port] = CLIENTS[tagOf(o.payload)];
-          expect(open.get(o.flowId)).toBe(`${address}|${port}`);
+        const open = new Map<number, string>();
+        for (const o of net.outputs(sender)) {
+          if (o.kind === "open-flow-socket") open.set(o.flowId, `${o.client.address}|${o.client.port}`);
+          if (o.kind === "close-flow-socket") {
+            expect(open.has(o.flowId)).toBe(true);
+            open.delete(o.flowId);
+          }
+          if (o.kind === "send-to-target") {
+            expect(open.has(o.flowId)).toBe(true);
+            const [address, port] = CLIENTS[tagOf(o.payload)];
+            expect(open.get(o.flowId)).toBe(`${address}|${port}`);
+          }
         }
-      }
-      expect(open.size).toBe(sender.flowCount);
-      expect(
-        net
-          .outputs(receiver)
-          .concat(net.outputs(sender))
-          .filter((o) => o.kind === "log" && o.level === "error"),
-      ).toEqual([]);
-    }),
-    params(400),
-  );
-});
+        expect(open.size).toBe(sender.flowCount);
+        expect(
+          net
+            .outputs(receiver)
+            .concat(net.outputs(sender))
+            .filter((o) => o.kind === "log" && o.level === "error"),
+        ).toEqual([]);
+      }),
+      params(400),
+    );
+  },
+);
 
 /** Sender flows open right now, from its outputs: flow id -> client key. */
 function openSenderFlows(net: Net, sender: SenderMachine): Map<number, string> {
@@ -455,7 +461,7 @@ test("anti-amplification: replies to a client that sent one datagram never excee
           testCrypto(6),
         );
         const raw = new RawPeer(receiver, 1).connect();
-        rawSenderHandshake(raw);
+        rawDialerHandshake(raw);
         receiver.approve(1, true, 0);
         expect(receiver.senderConnected).toBe(true);
         // Per flow id (ids are not reused here): client datagrams seen, the first one's size, and the

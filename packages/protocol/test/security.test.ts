@@ -5,6 +5,8 @@
 import { describe, expect, test } from "bun:test";
 import {
   CloseCode,
+  type CommonConfig,
+  DEFAULTS,
   encodeFrame,
   FrameType,
   type Output,
@@ -18,13 +20,17 @@ import {
 } from "../src/index.ts";
 import {
   closeCodes,
+  DIRECTIONS,
+  type Direction,
   forgedIdentity,
   framesOfType,
   Net,
+  R,
   RawPeer,
   RECEIVER_KEY,
-  rawSenderHandshake,
+  rawDialerHandshake,
   SENDER_KEY,
+  sides,
   testCrypto,
   testIdentity,
   transcript,
@@ -33,186 +39,252 @@ import {
 
 const SECRET = "s3cret";
 
-/** A receiver and a sender on one wire; key mode unless `secret`. The receiver's host says yes at once. */
-function pair(opts: { secret?: string; receiver?: ReceiverConfig; sender?: SenderConfig; approve?: boolean } = {}) {
+/**
+ * A receiver and a sender on one wire, connected in `direction` (-R by default); key mode unless
+ * `secret`. The acceptor's host says yes at once unless `approve: false`. `acceptor`/`dialer` config is
+ * merged into whichever role takes that side.
+ */
+function pair(
+  opts: {
+    secret?: string;
+    receiver?: ReceiverConfig;
+    sender?: SenderConfig;
+    acceptor?: CommonConfig;
+    dialer?: CommonConfig;
+    approve?: boolean;
+    direction?: Direction;
+  } = {},
+) {
+  const direction = opts.direction ?? R;
+  const byRole = (role: "receiver" | "sender") => (direction.acceptor === role ? opts.acceptor : opts.dialer);
   const net = new Net();
   const receiver = net.add(
-    new ReceiverMachine({ secret: opts.secret, identity: RECEIVER_KEY, ...opts.receiver }, testCrypto(1)),
+    new ReceiverMachine(
+      { secret: opts.secret, identity: RECEIVER_KEY, ...byRole("receiver"), ...opts.receiver },
+      testCrypto(1),
+    ),
   );
   const sender = net.add(
-    new SenderMachine({ secret: opts.secret, identity: SENDER_KEY, ...opts.sender }, testCrypto(2)),
+    new SenderMachine(
+      { secret: opts.secret, identity: SENDER_KEY, ...byRole("sender"), ...opts.sender },
+      testCrypto(2),
+    ),
   );
-  const wire = net.connect(receiver, 1, sender, 1);
-  if (opts.approve !== false && receiver.awaitingApproval(1)) {
-    receiver.approve(1, true, net.now);
+  const wire = net.link(direction, receiver, sender, 1);
+  const { acceptor, dialer } = sides(direction, receiver, sender);
+  if (opts.approve !== false && acceptor.awaitingApproval(1)) {
+    acceptor.approve(1, true, net.now);
     net.pump();
   }
-  return { net, receiver, sender, wire };
+  return { net, receiver, sender, wire, acceptor, dialer };
 }
 
 const hex = (b: Uint8Array) => Buffer.from(b).toString("hex");
+/** The role that dials in `dir`, its key, and the acceptor's. */
+const dialerRole = (dir: Direction) => (dir.acceptor === "receiver" ? "sender" : "receiver");
+const keysOf = (dir: Direction) =>
+  dir.acceptor === "receiver"
+    ? { acceptorKey: RECEIVER_KEY, dialerKey: SENDER_KEY }
+    : { acceptorKey: SENDER_KEY, dialerKey: RECEIVER_KEY };
 
-describe("key mode", () => {
-  test("each side signs the transcript with the key its HELLO announced; the sender checks the receiver's key", () => {
-    const seen: Array<[string, string]> = [];
-    const { net, receiver, sender, wire } = pair({
-      sender: { checkReceiverKey: (key, peer) => void seen.push([hex(key), peer]) },
+for (const dir of DIRECTIONS) {
+  const { acceptorKey, dialerKey } = keysOf(dir);
+
+  describe(`key mode ${dir.name}`, () => {
+    test("each side signs the transcript with the key its HELLO announced; the dialer checks the acceptor's key", () => {
+      const seen: Array<[string, string]> = [];
+      const { net, receiver, sender, wire, acceptor, dialer } = pair({
+        direction: dir,
+        dialer: { checkPeerKey: (key, peer) => void seen.push([hex(key), peer]) },
+      });
+      expect(sender.connected).toBe(true);
+      expect(receiver.senderConnected).toBe(true);
+      expect(seen).toEqual([[hex(acceptorKey.publicKey), "peer-of-1"]]);
+      expect(net.of(acceptor, "authorize-peer").map((o) => hex(o.publicKey))).toEqual([hex(dialerKey.publicKey)]);
+      expect(net.of(dialer, "authorize-peer")).toEqual([]);
+      const [aHello, accept] = wire.sentBy(acceptor);
+      const [dHello, auth] = wire.sentBy(dialer);
+      if (aHello.type !== FrameType.Hello || dHello.type !== FrameType.Hello) throw new Error("no HELLO");
+      if (auth.type !== FrameType.Auth || accept.type !== FrameType.Accept) throw new Error("no AUTH/ACCEPT");
+      expect(hex(aHello.publicKey)).toBe(hex(acceptorKey.publicKey));
+      expect(hex(dHello.publicKey)).toBe(hex(dialerKey.publicKey));
+      expect([auth.proof.length, accept.proof.length]).toEqual([64, 64]);
+      // Checked independently: each proof is its side's signature of its transcript, and nothing else's.
+      const dialerT = transcript("dialer", aHello, dHello, auth.token);
+      const acceptorT = transcript("acceptor", aHello, dHello, accept.token, accept.resumed);
+      expect(verifyEd25519(dialerKey.publicKey, dialerT, auth.proof)).toBe(true);
+      expect(verifyEd25519(acceptorKey.publicKey, acceptorT, accept.proof)).toBe(true);
+      expect(verifyEd25519(acceptorKey.publicKey, dialerT, auth.proof)).toBe(false);
+      expect(verifyEd25519(dialerKey.publicKey, acceptorT, auth.proof)).toBe(false);
     });
-    expect(sender.connected).toBe(true);
-    expect(receiver.senderConnected).toBe(true);
-    expect(seen).toEqual([[hex(RECEIVER_KEY.publicKey), "peer-of-1"]]);
-    expect(net.of(receiver, "authorize-sender").map((o) => hex(o.publicKey))).toEqual([hex(SENDER_KEY.publicKey)]);
-    const [rHello, accept] = wire.sentBy(receiver);
-    const [sHello, auth] = wire.sentBy(sender);
-    if (rHello.type !== FrameType.Hello || sHello.type !== FrameType.Hello) throw new Error("no HELLO");
-    if (auth.type !== FrameType.Auth || accept.type !== FrameType.Accept) throw new Error("no AUTH/ACCEPT");
-    expect(hex(rHello.publicKey)).toBe(hex(RECEIVER_KEY.publicKey));
-    expect(hex(sHello.publicKey)).toBe(hex(SENDER_KEY.publicKey));
-    expect([auth.proof.length, accept.proof.length]).toEqual([64, 64]);
-    // Checked independently: each proof is its side's signature of its transcript, and nothing else's.
-    const dialerT = transcript("dialer", rHello, sHello, auth.token);
-    const acceptorT = transcript("acceptor", rHello, sHello, accept.token, accept.resumed);
-    expect(verifyEd25519(SENDER_KEY.publicKey, dialerT, auth.proof)).toBe(true);
-    expect(verifyEd25519(RECEIVER_KEY.publicKey, acceptorT, accept.proof)).toBe(true);
-    expect(verifyEd25519(RECEIVER_KEY.publicKey, dialerT, auth.proof)).toBe(false);
-    expect(verifyEd25519(SENDER_KEY.publicKey, acceptorT, auth.proof)).toBe(false);
-  });
 
-  test("a sender that announces key A but signs with B: AUTH_FAILED, the host is never asked", () => {
-    const { net, receiver, sender, wire } = pair({
-      sender: { identity: forgedIdentity(SENDER_KEY, testIdentity(0x77)) },
+    test(`a ${dialerRole(dir)} (dialer) that announces key A but signs with B: AUTH_FAILED, the host is never asked`, () => {
+      const { net, receiver, sender, wire, acceptor, dialer } = pair({
+        direction: dir,
+        dialer: { identity: forgedIdentity(dialerKey, testIdentity(0x77)) },
+      });
+      expect(closeCodes(wire.sentBy(acceptor))).toEqual([CloseCode.AuthFailed]);
+      expect(net.of(acceptor, "authorize-peer")).toEqual([]);
+      expect(net.logs(acceptor)).toContain(
+        `warn: closing connection with peer-of-1: the ${dialerRole(dir)}'s signature does not match the key it announced`,
+      );
+      expect(sender.connected).toBe(false);
+      expect(receiver.senderConnected).toBe(false);
+      expect(acceptor.stats.handshakeFailures).toBe(1);
+      expect(dialer.stats.handshakeFailures).toBe(1);
     });
-    expect(closeCodes(wire.sentBy(receiver))).toEqual([CloseCode.AuthFailed]);
-    expect(net.of(receiver, "authorize-sender")).toEqual([]);
-    expect(net.logs(receiver).some((l) => l.includes("signature does not match"))).toBe(true);
-    expect(sender.connected).toBe(false);
-    expect(receiver.stats.handshakeFailures).toBe(1);
-  });
 
-  test("a receiver that announces key A but signs with B: the sender refuses with AUTH_FAILED", () => {
-    const checked: Uint8Array[] = [];
-    const { net, receiver, sender, wire } = pair({
-      receiver: { identity: forgedIdentity(RECEIVER_KEY, testIdentity(0x78)) },
-      sender: { checkReceiverKey: (key) => void checked.push(key) },
+    test(`a ${dir.acceptor} (acceptor) that announces key A but signs with B: the dialer refuses with AUTH_FAILED`, () => {
+      const checked: Uint8Array[] = [];
+      const { net, wire, acceptor, dialer } = pair({
+        direction: dir,
+        acceptor: { identity: forgedIdentity(acceptorKey, testIdentity(0x78)) },
+        dialer: { checkPeerKey: (key) => void checked.push(key) },
+      });
+      expect(closeCodes(wire.sentBy(dialer))).toEqual([CloseCode.AuthFailed]);
+      expect(net.of(dialer, "accepted")).toEqual([]);
+      expect(checked).toEqual([]); // the key is judged only once it proved itself
+      expect(
+        net.logs(dialer).some((l) => l.includes(`the ${dir.acceptor}'s signature`) && l.includes("impostor")),
+      ).toBe(true);
+      expect(dialer.stats.handshakeFailures).toBe(1);
+      expect(wire.up).toBe(false);
+      expect(acceptor.peerConnected).toBe(false);
     });
-    expect(closeCodes(wire.sentBy(sender))).toEqual([CloseCode.AuthFailed]);
-    expect(net.of(sender, "accepted")).toEqual([]);
-    expect(checked).toEqual([]); // the key is judged only once it proved itself
-    expect(net.logs(sender).some((l) => l.includes("impostor"))).toBe(true);
-    expect(sender.stats.handshakeFailures).toBe(1);
-    expect(wire.up).toBe(false);
-    expect(receiver.senderConnected).toBe(false);
-  });
 
-  test("the receiver refuses the key with a reason: CLOSE(KEY_REJECTED) carries it to the sender", () => {
-    const { net, receiver, sender, wire } = pair({ approve: false });
-    expect(receiver.awaitingApproval(1)).toBe(true);
-    receiver.approve(1, false, net.now, "sender key SHA256:abc is not in authorized_keys");
-    net.pump();
-    const [close] = framesOfType(wire.sentBy(receiver), FrameType.Close);
-    expect(close).toEqual({
-      type: FrameType.Close,
-      code: CloseCode.KeyRejected,
-      message: "sender key SHA256:abc is not in authorized_keys",
+    test("the acceptor refuses the key with a reason: CLOSE(KEY_REJECTED) carries it to the dialer", () => {
+      const { net, wire, acceptor, dialer } = pair({ direction: dir, approve: false });
+      expect(acceptor.awaitingApproval(1)).toBe(true);
+      const reason = `${dialerRole(dir)} key SHA256:abc is not in authorized_keys`;
+      acceptor.approve(1, false, net.now, reason);
+      net.pump();
+      const [close] = framesOfType(wire.sentBy(acceptor), FrameType.Close);
+      expect(close).toEqual({ type: FrameType.Close, code: CloseCode.KeyRejected, message: reason });
+      expect(dialer.peerConnected).toBe(false);
+      expect(net.logs(dialer)).toContain(`warn: peer-of-1 closed the connection: key not accepted (${reason})`);
+      expect(acceptor.stats.handshakeFailures).toBe(1);
+      expect(acceptor.awaitingApproval(1)).toBe(false);
     });
-    expect(sender.connected).toBe(false);
-    expect(net.logs(sender)).toContain(
-      "warn: peer-of-1 closed the connection: key not accepted (sender key SHA256:abc is not in authorized_keys)",
-    );
-    expect(receiver.stats.handshakeFailures).toBe(1);
-    expect(receiver.awaitingApproval(1)).toBe(false);
-  });
 
-  test("checkReceiverKey refuses: the sender closes with KEY_REJECTED and its message, nothing opens", () => {
-    const { net, receiver, sender, wire } = pair({
-      sender: { checkReceiverKey: () => "the receiver's key changed since the last connection" },
+    test("checkPeerKey refuses: the dialer closes with KEY_REJECTED and its message, nothing opens", () => {
+      const why = `the ${dir.acceptor}'s key changed since the last connection`;
+      const { net, receiver, wire, acceptor, dialer } = pair({ direction: dir, dialer: { checkPeerKey: () => why } });
+      expect(closeCodes(wire.sentBy(dialer))).toEqual([CloseCode.KeyRejected]);
+      expect(framesOfType(wire.sentBy(dialer), FrameType.Close)[0].message).toBe(why);
+      expect(net.of(dialer, "accepted")).toEqual([]);
+      expect(dialer.peerConnected).toBe(false);
+      expect(dialer.stats.handshakeFailures).toBe(1);
+      expect(net.logs(acceptor).some((l) => l.includes(`key not accepted (${why})`))).toBe(true);
+      expect(wire.up).toBe(false);
+      receiver.clientDatagram("192.0.2.1", 1, utf8("x"), net.now);
+      expect(receiver.flowCount).toBe(0);
     });
-    expect(closeCodes(wire.sentBy(sender))).toEqual([CloseCode.KeyRejected]);
-    expect(framesOfType(wire.sentBy(sender), FrameType.Close)[0].message).toBe(
-      "the receiver's key changed since the last connection",
-    );
-    expect(net.of(sender, "accepted")).toEqual([]);
-    expect(sender.connected).toBe(false);
-    expect(sender.stats.handshakeFailures).toBe(1);
-    expect(net.logs(receiver).some((l) => l.includes("key not accepted (the receiver's key changed"))).toBe(true);
-    expect(wire.up).toBe(false);
-    receiver.clientDatagram("192.0.2.1", 1, utf8("x"), net.now);
-    expect(receiver.flowCount).toBe(0);
-  });
 
-  test("resume with the same key and token: flows kept, nobody asked", () => {
-    const { net, receiver, sender, wire } = pair();
-    receiver.clientDatagram("192.0.2.1", 1, utf8("q"), net.now);
-    net.pump();
-    net.cut(wire);
-    net.clear();
-    net.connect(receiver, 2, sender, 2);
-    expect(net.of(receiver, "authorize-sender")).toEqual([]);
-    expect(net.of(receiver, "accepted")).toEqual([{ kind: "accepted", conn: 2, peer: "peer-of-2", resumed: true }]);
-    expect(receiver.flowCount).toBe(1);
-    expect(sender.flowCount).toBe(1);
-  });
-
-  test("the right token with a different key is not a resume: the host is asked, and a yes starts afresh", () => {
-    const { net, receiver, sender, wire } = pair();
-    receiver.clientDatagram("192.0.2.1", 1, utf8("q"), net.now);
-    net.pump();
-    const token = framesOfType(wire.sentBy(receiver), FrameType.Accept)[0].token;
-    net.cut(wire);
-    expect(receiver.flowCount).toBe(1);
-    // Someone else, holding the token (it crosses the wire in clear), with a key of its own.
-    const thief = new RawPeer(receiver, 2, net.now).connect();
-    rawSenderHandshake(thief, { identity: testIdentity(0x99), token });
-    expect(thief.outputs.filter((o) => o.kind === "accepted")).toEqual([]);
-    const asks = thief.outputs.filter((o) => o.kind === "authorize-sender");
-    expect(asks.map((o) => hex(o.publicKey))).toEqual([hex(testIdentity(0x99).publicKey)]);
-    expect(receiver.flowCount).toBe(1); // nothing dropped while the host decides
-    receiver.approve(2, true, net.now);
-    thief.read();
-    expect(framesOfType(thief.received, FrameType.Accept).map((f) => f.resumed)).toEqual([false]);
-    expect(hex(framesOfType(thief.received, FrameType.Accept)[0].token)).not.toBe(hex(token));
-    expect(thief.outputs.filter((o) => o.kind === "accepted")).toEqual([
-      { kind: "accepted", conn: 2, peer: "raw-peer", resumed: false },
-    ]);
-    expect(receiver.flowCount).toBe(0); // the previous sender's flows are gone, not handed over
-    expect(sender.connected).toBe(false);
-  });
-});
-
-describe("replayed handshakes", () => {
-  for (const secret of [undefined, SECRET]) {
-    const mode = secret ? "secret mode" : "key mode";
-
-    test(`${mode}: a recorded AUTH (here one resuming a session) replayed on a new connection is refused`, () => {
-      const { net, receiver, sender, wire } = pair({ secret });
+    test("resume with the same key and token: flows kept, nobody asked", () => {
+      const { net, receiver, sender, wire, acceptor } = pair({ direction: dir });
       receiver.clientDatagram("192.0.2.1", 1, utf8("q"), net.now);
       net.pump();
       net.cut(wire);
-      const w2 = net.connect(receiver, 2, sender, 2);
-      const [hello, auth] = w2.sentBy(sender);
-      expect(auth.type === FrameType.Auth && auth.token.length).toBe(16);
-      net.cut(w2);
-      const replayer = new RawPeer(receiver, 3, net.now).connect();
-      replayer.send(PREFACE, encodeFrame(hello), encodeFrame(auth));
-      expect(replayer.closeCode()).toBe(CloseCode.AuthFailed);
-      expect(replayer.outputs.some((o) => o.kind === "accepted" || o.kind === "authorize-sender")).toBe(false);
-      expect(receiver.senderConnected).toBe(false);
-      expect(receiver.flowCount).toBe(1); // the session is intact, for its real owner
+      net.clear();
+      net.link(dir, receiver, sender, 2);
+      expect(net.of(acceptor, "authorize-peer")).toEqual([]);
+      expect(net.of(acceptor, "accepted")).toEqual([{ kind: "accepted", conn: 2, peer: "peer-of-2", resumed: true }]);
+      expect(receiver.flowCount).toBe(1);
+      expect(sender.flowCount).toBe(1);
     });
 
-    test(`${mode}: a recorded ACCEPT replayed to the sender on a new connection is refused`, () => {
-      const { net, receiver, sender, wire } = pair({ secret });
-      const [hello, accept] = wire.sentBy(receiver);
+    test("the right token with a different key is not a resume: the host is asked, and a yes starts afresh", () => {
+      const { net, wire, acceptor, dialer } = pair({ direction: dir });
+      const receiver = acceptor instanceof ReceiverMachine ? acceptor : (dialer as ReceiverMachine);
+      receiver.clientDatagram("192.0.2.1", 1, utf8("q"), net.now);
+      net.pump();
+      const token = framesOfType(wire.sentBy(acceptor), FrameType.Accept)[0].token;
       net.cut(wire);
-      const impostor = new RawPeer(sender, 2, net.now).connect();
-      impostor.send(PREFACE, encodeFrame(hello));
-      expect(framesOfType(impostor.received, FrameType.Auth).length).toBe(1);
-      impostor.send(encodeFrame(accept));
-      expect(impostor.closeCode()).toBe(CloseCode.AuthFailed);
-      expect(impostor.outputs.some((o) => o.kind === "accepted")).toBe(false);
-      expect(sender.connected).toBe(false);
+      expect(acceptor.flowCount).toBe(1);
+      // Someone else, holding the token (it crosses the wire in clear), with a key of its own.
+      const thief = new RawPeer(acceptor, 2, net.now).accepted();
+      rawDialerHandshake(thief, { identity: testIdentity(0x99), token });
+      expect(thief.outputs.filter((o) => o.kind === "accepted")).toEqual([]);
+      const asks = thief.outputs.filter((o) => o.kind === "authorize-peer");
+      expect(asks.map((o) => hex(o.publicKey))).toEqual([hex(testIdentity(0x99).publicKey)]);
+      expect(acceptor.flowCount).toBe(1); // nothing dropped while the host decides
+      acceptor.approve(2, true, net.now);
+      thief.read();
+      expect(framesOfType(thief.received, FrameType.Accept).map((f) => f.resumed)).toEqual([false]);
+      expect(hex(framesOfType(thief.received, FrameType.Accept)[0].token)).not.toBe(hex(token));
+      expect(thief.outputs.filter((o) => o.kind === "accepted")).toEqual([
+        { kind: "accepted", conn: 2, peer: "raw-peer", resumed: false },
+      ]);
+      expect(acceptor.flowCount).toBe(0); // the previous peer's flows are gone, not handed over
+      if (acceptor instanceof SenderMachine) {
+        expect(thief.outputs.filter((o) => o.kind === "close-flow-socket").length).toBe(1);
+      }
+      expect(dialer.peerConnected).toBe(false);
     });
-  }
+
+    test(`one ${dialerRole(dir)} at a time: a second key is refused as busy before anyone is asked`, () => {
+      const { net, acceptor } = pair({ direction: dir });
+      expect(acceptor.peerConnected).toBe(true);
+      const intruder = new RawPeer(acceptor, 2, net.now).accepted();
+      rawDialerHandshake(intruder, { identity: testIdentity(0x99) });
+      expect(intruder.closeCode()).toBe(CloseCode.Busy);
+      expect(intruder.closeMessage()).toBe(`another ${dialerRole(dir)} (peer-of-1) is connected; only one at a time`);
+      expect(intruder.outputs.some((o) => o.kind === "authorize-peer" || o.kind === "accepted")).toBe(false);
+      expect(acceptor.peerConnected).toBe(true);
+    });
+  });
+
+  describe(`replayed handshakes ${dir.name}`, () => {
+    for (const secret of [undefined, SECRET]) {
+      const mode = secret ? "secret mode" : "key mode";
+
+      test(`${mode}: a recorded AUTH (here one resuming a session) replayed on a new connection is refused`, () => {
+        const { net, receiver, sender, wire, acceptor, dialer } = pair({ secret, direction: dir });
+        receiver.clientDatagram("192.0.2.1", 1, utf8("q"), net.now);
+        net.pump();
+        net.cut(wire);
+        const w2 = net.link(dir, receiver, sender, 2);
+        const [hello, auth] = w2.sentBy(dialer);
+        expect(auth.type === FrameType.Auth && auth.token.length).toBe(16);
+        net.cut(w2);
+        const replayer = new RawPeer(acceptor, 3, net.now).accepted();
+        replayer.send(PREFACE, encodeFrame(hello), encodeFrame(auth));
+        expect(replayer.closeCode()).toBe(CloseCode.AuthFailed);
+        expect(replayer.outputs.some((o) => o.kind === "accepted" || o.kind === "authorize-peer")).toBe(false);
+        expect(acceptor.peerConnected).toBe(false);
+        expect(acceptor.flowCount).toBe(1); // the session is intact, for its real owner
+      });
+
+      test(`${mode}: a recorded ACCEPT replayed to the dialer on a new connection is refused`, () => {
+        const { net, wire, acceptor, dialer } = pair({ secret, direction: dir });
+        const [hello, accept] = wire.sentBy(acceptor);
+        net.cut(wire);
+        const impostor = new RawPeer(dialer, 2, net.now).dialed();
+        impostor.send(PREFACE, encodeFrame(hello));
+        expect(framesOfType(impostor.received, FrameType.Auth).length).toBe(1);
+        impostor.send(encodeFrame(accept));
+        expect(impostor.closeCode()).toBe(CloseCode.AuthFailed);
+        expect(impostor.outputs.some((o) => o.kind === "accepted")).toBe(false);
+        expect(dialer.peerConnected).toBe(false);
+      });
+    }
+  });
+}
+
+describe("key mode", () => {
+  test("SenderConfig.checkReceiverKey is still honoured (the older name of checkPeerKey)", () => {
+    const seen: string[] = [];
+    const { net, sender, wire } = pair({ sender: { checkReceiverKey: (key) => void seen.push(hex(key)) } });
+    expect(sender.connected).toBe(true);
+    expect(seen).toEqual([hex(RECEIVER_KEY.publicKey)]);
+    const refused = pair({ sender: { checkReceiverKey: () => "pinned key differs" } });
+    expect(closeCodes(refused.wire.sentBy(refused.sender))).toEqual([CloseCode.KeyRejected]);
+    // checkPeerKey, when both are given, is the one used.
+    const both = pair({ sender: { checkReceiverKey: () => "old hook", checkPeerKey: () => undefined } });
+    expect(both.sender.connected).toBe(true);
+    expect(net.of(sender, "accepted").length).toBe(1);
+    expect(wire.up).toBe(true);
+  });
 });
 
 describe("hostile sender", () => {
@@ -220,7 +292,7 @@ describe("hostile sender", () => {
     "transmit",
     "close-connection",
     "log",
-    "authorize-sender",
+    "authorize-peer",
     "accepted",
     "send-to-client",
   ];
@@ -236,7 +308,7 @@ describe("hostile sender", () => {
     receiver.disconnected(9, 0);
 
     const raw = new RawPeer(receiver, 1).connect();
-    rawSenderHandshake(raw, { identity: testIdentity(0x66) });
+    rawDialerHandshake(raw, { identity: testIdentity(0x66) });
     receiver.approve(1, true, 0);
     raw.read();
     const clients = new Set(["192.0.2.50|5353", "2001:db8::7|53"]);
@@ -298,7 +370,7 @@ describe("pre-authentication limits", () => {
   test("the same after HELLO and AUTH, while the host decides; and at the sender", () => {
     const receiver = new ReceiverMachine({ identity: RECEIVER_KEY }, testCrypto(1));
     const raw = new RawPeer(receiver, 1).connect();
-    rawSenderHandshake(raw);
+    rawDialerHandshake(raw);
     expect(receiver.awaitingApproval(1)).toBe(true);
     raw.send(header(0x80, 4096)); // even an extension, which is otherwise skipped
     expect(raw.closeCode()).toBe(CloseCode.ProtocolError);
@@ -334,11 +406,29 @@ describe("pre-authentication limits", () => {
     receiver.disconnected(5, 0);
     receiver.disconnected(1, 0);
     expect(new RawPeer(receiver, 7).connect("203.0.113.7").closeCode()).toBeUndefined();
-    rawSenderHandshake(same[1]);
+    rawDialerHandshake(same[1]);
     receiver.approve(2, true, 0);
     expect(receiver.senderConnected).toBe(true);
     expect(new RawPeer(receiver, 8).connect("203.0.113.7").closeCode()).toBeUndefined();
     expect(new RawPeer(receiver, 9).connect("203.0.113.7").closeCode()).toBe(CloseCode.Busy);
+  });
+
+  test("a sender that accepts (-L) has the same pending limits, per source and in total", () => {
+    expect([DEFAULTS.maxPendingConnections, DEFAULTS.maxPendingPerSource]).toEqual([16, 4]);
+    const sender = new SenderMachine({ identity: SENDER_KEY }, testCrypto(2));
+    const same = [1, 2, 3, 4, 5].map((c) => new RawPeer(sender, c).accepted("203.0.113.7"));
+    expect(same.map((p) => p.closeCode())).toEqual([undefined, undefined, undefined, undefined, CloseCode.Busy]);
+    expect(same[4].closeMessage()).toContain("from 203.0.113.7");
+    // One waiting for its operator still holds its slot; admitted, it frees it.
+    rawDialerHandshake(same[0], { identity: RECEIVER_KEY });
+    expect(sender.awaitingApproval(1)).toBe(true);
+    expect(new RawPeer(sender, 6).accepted("203.0.113.7").closeCode()).toBe(CloseCode.Busy);
+    sender.approve(1, true, 0);
+    expect(sender.connected).toBe(true);
+    expect(new RawPeer(sender, 7).accepted("203.0.113.7").closeCode()).toBeUndefined();
+    const total = new SenderMachine({ identity: SENDER_KEY, maxPendingConnections: 2 }, testCrypto(2));
+    const peers = [1, 2, 3].map((c) => new RawPeer(total, c).accepted(`192.0.2.${c}`));
+    expect(peers.map((p) => p.closeCode())).toEqual([undefined, undefined, CloseCode.Busy]);
   });
 
   test("pending connections in total: from distinct sources, the one past the limit is BUSY", () => {

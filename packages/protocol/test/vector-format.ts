@@ -119,6 +119,7 @@ export function frameFromFields(f: Record<string, unknown>): Frame {
         capabilities: n("capabilities"),
         nonce: b("nonce"),
         publicKey: b("publicKey"),
+        mappings: [...(f.mappings as string[])],
         agent: f.agent as string,
       };
     case "AUTH":

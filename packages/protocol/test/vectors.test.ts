@@ -230,10 +230,14 @@ describe("handshake vectors", () => {
   function replay(pair: typeof hs, keyMode: boolean) {
     const [fresh, resume] = pair;
     const config = keyMode ? { keepaliveMs: 15_000 } : { secret: fresh.secretText, keepaliveMs: 15_000 };
+    // Each side's mappings as its HELLO lists them.
+    const mappingsOf = (hello: typeof fresh.acceptorHello) =>
+      (hello.fields.mappings as string[]).map((name) => (name ? { name } : {}));
     const receiver = new ReceiverMachine(
       {
         ...config,
         agent: "vector-receiver",
+        mappings: mappingsOf(fresh.acceptorHello),
         ...(keyMode ? { identity: testIdentity(hexToBytes(fresh.acceptorSeed as string)) } : {}),
       },
       scriptedCrypto(fresh.acceptorNonce, fresh.sessionToken, resume.acceptorNonce),
@@ -243,8 +247,9 @@ describe("handshake vectors", () => {
       {
         ...config,
         agent: "vector-sender",
+        mappings: mappingsOf(fresh.dialerHello),
         ...(keyMode ? { identity: testIdentity(hexToBytes(fresh.dialerSeed as string)) } : {}),
-        checkReceiverKey: (key) => {
+        checkPeerKey: (key) => {
           receiverKeys.push(bytesToHex(key));
           return undefined;
         },
@@ -275,7 +280,7 @@ describe("handshake vectors", () => {
         for (let o = receiver.poll(); o; o = receiver.poll()) {
           if (o.kind === "accepted") accepted.push(o.resumed);
           // Key mode, new session: the host admits the key (here at once, as for an authorized key).
-          if (o.kind === "authorize-sender") {
+          if (o.kind === "authorize-peer") {
             authorize.push(bytesToHex(o.publicKey));
             receiver.approve(conn, true, 0);
           }

@@ -1,0 +1,351 @@
+/**
+ * Key authentication end to end: the built CLI (apps/cli/dist/mcudpt.js) as processes under node and
+ * bun (mixed pairs): `mcudpt keygen`, an unattended receiver with --authorized-keys, an operator's "yes"
+ * on stdin remembered across a sender restart, a sender refusing a changed receiver key (exit 1), and
+ * bad key flags (exit 2, one line). Every process gets its own config dir; loopback only.
+ * Needs `bun run build` first.
+ */
+import assert from "node:assert/strict";
+import { type ChildProcess, spawn, spawnSync } from "node:child_process";
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, describe, it } from "node:test";
+import { generateKeyPair, writeKeyPair } from "@mcudpt/core";
+import {
+  CLI,
+  eventually,
+  freePort,
+  has,
+  RUNTIMES,
+  type Runtime,
+  startEcho,
+  udpRequest,
+} from "../helpers/cli-process.js";
+
+const available = RUNTIMES.filter(has);
+/** Receiver runtime, sender runtime: each runtime on each side once. */
+const PAIRS: Array<[Runtime, Runtime]> =
+  available.length === 2
+    ? [
+        ["node", "bun"],
+        ["bun", "node"],
+      ]
+    : available.map((r) => [r, r] as [Runtime, Runtime]);
+const TIMEOUT = { timeout: 30_000 };
+
+const dirs: string[] = [];
+const children = new Set<ChildProcess>();
+after(() => {
+  for (const child of children) if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
+  for (const dir of dirs) rmSync(dir, { recursive: true, force: true });
+});
+
+function tempDir(): string {
+  const dir = mkdtempSync(join(tmpdir(), "mcudpt-e2e-security-"));
+  dirs.push(dir);
+  return dir;
+}
+
+/** Runs the CLI to completion (bounded), with its own config dir. */
+function runCli(runtime: Runtime, args: string[]) {
+  const result = spawnSync(runtime, [CLI, ...args], {
+    encoding: "utf8",
+    timeout: 15_000,
+    stdio: ["ignore", "pipe", "pipe"],
+    env: { ...process.env, MCUDPT_SECRET: "", MCUDPT_CONFIG_DIR: tempDir() },
+  });
+  return { status: result.status, stdout: result.stdout, stderr: result.stderr };
+}
+
+interface Running {
+  child: ChildProcess;
+  stdout(): string;
+  stderr(): string;
+  exited: Promise<number | null>;
+}
+
+/** A long-running CLI process with stdin kept open (a receiver's operator answers there). */
+function startCli(runtime: Runtime, args: string[]): Running {
+  const child = spawn(runtime, [CLI, ...args], {
+    stdio: ["pipe", "pipe", "pipe"],
+    env: { ...process.env, MCUDPT_SECRET: "", MCUDPT_CONFIG_DIR: tempDir() },
+  });
+  children.add(child);
+  let stdout = "";
+  let stderr = "";
+  child.stdout?.on("data", (d) => {
+    stdout += d;
+  });
+  child.stderr?.on("data", (d) => {
+    stderr += d;
+  });
+  child.stdin?.on("error", () => {}); // EPIPE once the child is gone
+  return {
+    child,
+    stdout: () => stdout,
+    stderr: () => stderr,
+    exited: new Promise((resolve) => child.on("exit", (code) => resolve(code))),
+  };
+}
+
+async function stop(running: Running): Promise<void> {
+  if (running.child.exitCode !== null || running.child.signalCode !== null) return;
+  running.child.kill("SIGTERM");
+  const timeout = new Promise<"timeout">((r) => setTimeout(() => r("timeout"), 5000));
+  if ((await Promise.race([running.exited, timeout])) === "timeout") {
+    running.child.kill("SIGKILL");
+    throw new Error(`did not exit within 5 s of SIGTERM\n${running.stderr()}`);
+  }
+}
+
+/** Waits (bounded) for the process to exit on its own. */
+async function exitCode(running: Running, timeoutMs = 10_000): Promise<number | null> {
+  const timeout = new Promise<"timeout">((r) => setTimeout(() => r("timeout"), timeoutMs));
+  const code = await Promise.race([running.exited, timeout]);
+  if (code === "timeout") throw new Error(`still running after ${timeoutMs} ms\n${running.stderr()}`);
+  return code;
+}
+
+/** A key pair written as `mcudpt keygen` would; returns its path and fingerprint. */
+function makeKey(dir: string, name: string): { path: string; fingerprint: string; publicKeyLine: string } {
+  const pair = generateKeyPair(`${name}@e2e`);
+  const path = join(dir, name);
+  writeKeyPair(path, pair);
+  return { path, fingerprint: pair.fingerprint, publicKeyLine: pair.publicKeyLine };
+}
+
+const lines = (text: string, part: string) => text.split("\n").filter((line) => line.includes(part));
+
+interface Ports {
+  udp: number;
+  tcp: number;
+}
+
+async function receiverPorts(): Promise<Ports> {
+  return { udp: await freePort("udp"), tcp: await freePort("tcp") };
+}
+
+async function startReceiverCli(runtime: Runtime, ports: Ports, args: string[]): Promise<Running> {
+  const receiver = startCli(runtime, [
+    "receiver",
+    "--udp",
+    `127.0.0.1:${ports.udp}`,
+    "--tcp",
+    `127.0.0.1:${ports.tcp}`,
+    ...args,
+  ]);
+  await eventually(
+    () => receiver.stderr().includes("receiver listening"),
+    () => `receiver up\n${receiver.stderr()}`,
+  );
+  return receiver;
+}
+
+function startSenderCli(runtime: Runtime, targetPort: number, ports: Ports, args: string[]): Running {
+  return startCli(runtime, ["sender", "--udp", `127.0.0.1:${targetPort}`, "--tcp", `127.0.0.1:${ports.tcp}`, ...args]);
+}
+
+describe("key authentication through the built CLI", () => {
+  it("is built", () => assert.ok(existsSync(CLI), `${CLI} missing: run bun run build`));
+
+  for (const runtime of available) {
+    it(`${runtime}: keygen writes a 0600 key and its .pub, prints the ssh-keygen fingerprint, never overwrites`, () => {
+      const dir = tempDir();
+      const out = join(dir, "keys", "k");
+      const made = runCli(runtime, ["keygen", "--out", out, "--comment", "e2e@test"]);
+      assert.equal(made.status, 0, made.stderr);
+      assert.equal(statSync(out).mode & 0o777, 0o600, "private key mode");
+      const pub = readFileSync(`${out}.pub`, "utf8");
+      assert.match(pub, /^ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI[A-Za-z0-9+/]+=* e2e@test\n$/);
+      const printed = /Fingerprint: (SHA256:[A-Za-z0-9+/]{43})/.exec(made.stdout)?.[1];
+      assert.ok(printed, made.stdout);
+      assert.ok(made.stdout.includes(pub.trim()), "prints the public key line for --authorized-keys");
+      if (has("ssh-keygen")) {
+        const ssh = spawnSync("ssh-keygen", ["-lf", `${out}.pub`], { encoding: "utf8" });
+        assert.equal(ssh.status, 0, ssh.stderr);
+        assert.equal(ssh.stdout.split(" ")[1], printed, `ssh-keygen says ${ssh.stdout}`);
+      }
+      const before = readFileSync(out, "utf8");
+      const again = runCli(runtime, ["keygen", "--out", out]);
+      assert.equal(again.status, 2);
+      assert.equal(again.stderr.trim().split("\n").length, 1, again.stderr);
+      assert.match(again.stderr, /already exists: not overwriting/);
+      assert.equal(readFileSync(out, "utf8"), before, "the key is untouched");
+    });
+  }
+
+  for (const [rx, tx] of PAIRS) {
+    it(`receiver ${rx} with --authorized-keys admits sender ${tx} without a prompt`, TIMEOUT, async () => {
+      const dir = tempDir();
+      const senderKey = makeKey(dir, "sender");
+      writeFileSync(join(dir, "authorized_keys"), `${senderKey.publicKeyLine}\n`);
+      const echo = await startEcho();
+      const ports = await receiverPorts();
+      const receiver = await startReceiverCli(rx, ports, ["--authorized-keys", join(dir, "authorized_keys")]);
+      const sender = startSenderCli(tx, echo.address().port, ports, ["--key", senderKey.path]);
+      try {
+        assert.equal(await udpRequest(ports.udp, "allowlisted"), "allowlisted");
+        assert.equal(lines(receiver.stderr(), `${senderKey.fingerprint}: listed in`).length, 1, receiver.stderr());
+        assert.equal(receiver.stdout(), "", "no question on stdout");
+        assert.equal(lines(sender.stderr(), "is new: remembered in").length, 1, "the sender pinned the receiver");
+      } finally {
+        await stop(sender);
+        await stop(receiver);
+        echo.close();
+      }
+    });
+
+    it(
+      `receiver ${rx} asks once on stdin; sender ${tx} restarted is accepted without a second prompt`,
+      TIMEOUT,
+      async () => {
+        const dir = tempDir();
+        const senderKey = makeKey(dir, "sender");
+        const knownSenders = join(dir, "known_senders");
+        const knownReceivers = join(dir, "known_receivers");
+        const echo = await startEcho();
+        const ports = await receiverPorts();
+        const receiver = await startReceiverCli(rx, ports, ["--known-senders", knownSenders]);
+        const senderArgs = ["--key", senderKey.path, "--known-receivers", knownReceivers];
+        let sender = startSenderCli(tx, echo.address().port, ports, senderArgs);
+        try {
+          await eventually(
+            () => receiver.stdout().includes("Accept? [yes/no]"),
+            () => `the prompt\n${receiver.stderr()}`,
+          );
+          assert.ok(
+            receiver.stdout().includes(senderKey.fingerprint),
+            `the prompt names the key: ${receiver.stdout()}`,
+          );
+          receiver.child.stdin?.write("yes\n"); // one answer only, and stdin stays open
+          assert.equal(await udpRequest(ports.udp, "approved"), "approved");
+          assert.ok(readFileSync(knownSenders, "utf8").includes(senderKey.publicKeyLine.split(" ")[1]), "remembered");
+          await stop(sender);
+
+          sender = startSenderCli(tx, echo.address().port, ports, senderArgs);
+          assert.equal(await udpRequest(ports.udp, "restarted"), "restarted");
+          assert.equal(
+            receiver.stdout().split("Accept? [yes/no]").length - 1,
+            1,
+            `one prompt in all: ${receiver.stdout()}`,
+          );
+          assert.ok(lines(receiver.stderr(), "known sender").length >= 1, receiver.stderr());
+          assert.equal(lines(sender.stderr(), "is new").length, 0, "the restarted sender already knew the receiver");
+        } finally {
+          await stop(sender);
+          await stop(receiver);
+          echo.close();
+        }
+      },
+    );
+
+    it(
+      `sender ${tx} refuses receiver ${rx} whose key is not the pinned one: exit 1, one error line`,
+      TIMEOUT,
+      async () => {
+        const dir = tempDir();
+        const senderKey = makeKey(dir, "sender");
+        const receiverKey = makeKey(dir, "receiver");
+        const otherKey = makeKey(dir, "other");
+        writeFileSync(join(dir, "authorized_keys"), `${senderKey.publicKeyLine}\n`);
+        const echo = await startEcho();
+        const ports = await receiverPorts();
+        const knownReceivers = join(dir, "known_receivers");
+        const pin = `127.0.0.1:${ports.tcp} ${otherKey.publicKeyLine}\n`;
+        writeFileSync(knownReceivers, pin);
+        const receiver = await startReceiverCli(rx, ports, [
+          "--key",
+          receiverKey.path,
+          "--authorized-keys",
+          join(dir, "authorized_keys"),
+        ]);
+        try {
+          for (const pinArgs of [
+            ["--known-receivers", knownReceivers],
+            ["--receiver-key", otherKey.fingerprint],
+          ]) {
+            const sender = startSenderCli(tx, echo.address().port, ports, ["--key", senderKey.path, ...pinArgs]);
+            assert.equal(await exitCode(sender), 1, sender.stderr());
+            const errors = lines(sender.stderr(), "error:");
+            assert.equal(errors.length, 1, sender.stderr());
+            assert.ok(errors[0].includes(receiverKey.fingerprint), `names the presented key: ${errors[0]}`);
+            assert.ok(errors[0].includes(otherKey.fingerprint), `names the pinned key: ${errors[0]}`);
+            assert.ok(!/\n\s+at /.test(sender.stderr()), "no stack trace");
+          }
+          assert.equal(readFileSync(knownReceivers, "utf8"), pin, "the pin is left as it was");
+          // The receiver logs the reason each sender gave in its CLOSE (it arrives around the sender's exit).
+          await eventually(
+            () => lines(receiver.stderr(), "key not accepted").length === 2,
+            () => `the receiver logs both refusals\n${receiver.stderr()}`,
+          );
+        } finally {
+          await stop(receiver);
+          echo.close();
+        }
+      },
+    );
+  }
+
+  it("a changed receiver key is reported in exactly one line", async () => {
+    const [rx, tx] = PAIRS[0];
+    const dir = tempDir();
+    const senderKey = makeKey(dir, "sender");
+    const otherKey = makeKey(dir, "other");
+    writeFileSync(join(dir, "authorized_keys"), `${senderKey.publicKeyLine}\n`);
+    const echo = await startEcho();
+    const ports = await receiverPorts();
+    const receiver = await startReceiverCli(rx, ports, ["--authorized-keys", join(dir, "authorized_keys")]);
+    try {
+      const sender = startSenderCli(tx, echo.address().port, ports, [
+        "--key",
+        senderKey.path,
+        "--receiver-key",
+        otherKey.fingerprint,
+      ]);
+      assert.equal(await exitCode(sender), 1);
+      assert.equal(lines(sender.stderr(), otherKey.fingerprint).length, 1, sender.stderr());
+    } finally {
+      await stop(receiver);
+      echo.close();
+    }
+  });
+
+  for (const runtime of available) {
+    it(`${runtime}: bad key flags exit 2 with one line and no stack trace`, async () => {
+      const dir = tempDir();
+      const key = makeKey(dir, "key");
+      const garbageKeys = join(dir, "not_keys");
+      writeFileSync(garbageKeys, "this is not a public key\n");
+      const ports = await receiverPorts();
+      const where = ["--udp", `127.0.0.1:${ports.udp}`, "--tcp", `127.0.0.1:${ports.tcp}`];
+      const cases: Array<{ args: string[]; says: RegExp }> = [
+        {
+          args: ["receiver", "--key", key.path, "--secret", "s"],
+          says: /--key .*cannot be combined with a shared secret/,
+        },
+        { args: ["sender", "--receiver-key", "s3cr3t", "--secret", "s"], says: /--receiver-key .*shared secret/ },
+        { args: ["sender", "--receiver-key", "garbage"], says: /--receiver-key: "garbage" is not a/ },
+        {
+          args: ["sender", "--receiver-key", key.fingerprint, "--known-receivers", join(dir, "kr")],
+          says: /--receiver-key or --known-receivers, not both/,
+        },
+        { args: ["receiver", "--authorized-keys", join(dir, "missing")], says: /cannot read .*missing/ },
+        { args: ["receiver", "--authorized-keys", garbageKeys], says: /not_keys line 1: not an "ssh-ed25519/ },
+        { args: ["receiver", "--key", join(dir, "missing")], says: /cannot read key .*missing/ },
+        { args: ["receiver", "--key", `${key.path}.pub`], says: /is not a private key/ },
+        { args: ["receiver", "--new-flow-rate", "-1"], says: /--new-flow-rate: "-1" is not a whole number/ },
+        { args: ["receiver", "--amplification-limit", "lots"], says: /--amplification-limit: "lots"/ },
+      ];
+      for (const { args, says } of cases) {
+        const result = runCli(runtime, [...args, ...where]);
+        const what = `${args.join(" ")}\n${result.stderr}`;
+        assert.equal(result.status, 2, what);
+        assert.equal(result.stderr.trim().split("\n").length, 1, what);
+        assert.match(result.stderr, /^mcudpt: /, what);
+        assert.match(result.stderr, says, what);
+        assert.doesNotMatch(result.stderr, /\bat .*:\d+:\d+/, `stack trace: ${what}`);
+      }
+    });
+  }
+});

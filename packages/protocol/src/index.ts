@@ -10,9 +10,18 @@ export {
   type Output,
   type Stats,
 } from "./endpoint.js";
-export * from "./frames.js";
 export type { FlowCounters } from "./flow-table.js";
+export * from "./frames.js";
 export type { Credentials, CryptoProvider, Identity, Side } from "./link.js";
+export {
+  MAX_UDP_PAYLOAD,
+  PROXY_V2_IPV4_LENGTH,
+  PROXY_V2_IPV6_LENGTH,
+  PROXY_V2_SIGNATURE,
+  type ProxyEndpoint,
+  proxyV2Header,
+  withProxyHeader,
+} from "./proxy-v2.js";
 export { type RateLimitConfig, SourceRateLimiter } from "./rate-limit.js";
 export { RECEIVER_DEFAULTS, type ReceiverConfig, ReceiverMachine } from "./receiver.js";
 export { type SenderConfig, SenderMachine, type TargetFlow } from "./sender.js";

@@ -60,6 +60,10 @@ export const senderArgs = {
   ...keyArgs,
   ...senderTrustArgs,
   ...senderTlsArgs,
+  "proxy-protocol": {
+    type: "boolean",
+    description: "Prepend a PROXY protocol v2 header to each datagram sent to the target, so it sees the real client",
+  },
   ...opsArgs,
 } satisfies ArgsDef;
 
@@ -140,7 +144,8 @@ export const receiverCommand = defineCommand({
       logger,
       trust,
       // With an allowlist nobody is asked: unknown keys are refused.
-      askOperator: keyMode && args["authorized-keys"] === undefined ? ops.holdingStatus(stdinApprover(logger)) : undefined,
+      askOperator:
+        keyMode && args["authorized-keys"] === undefined ? ops.holdingStatus(stdinApprover(logger)) : undefined,
       tls,
     });
     // Signal handlers first: a SIGTERM while the metrics endpoint starts must still close cleanly.
@@ -176,10 +181,16 @@ export const senderCommand = defineCommand({
       logger,
       pins,
       tls,
+      proxyProtocol: args["proxy-protocol"] === true,
     });
     // A refused receiver key or certificate is not a network error: the sender gave up (the reason is
     // logged); exit non-zero so the operator (or systemd) sees it.
-    void handle.fatal.then(() => ops.stop().then(() => handle.close()).finally(() => process.exit(1)));
+    void handle.fatal.then(() =>
+      ops
+        .stop()
+        .then(() => handle.close())
+        .finally(() => process.exit(1)),
+    );
     // Signal handlers first: a SIGTERM while the metrics endpoint starts must still close cleanly.
     const running = runUntilSignal(logger, () => ops.stop().then(() => handle.close()));
     await ops.start(observeSender(handle, transport.name));

@@ -3,7 +3,16 @@
  * jitter), and gives every flow its own UDP socket connected to the target, so the target's replies
  * map back to the flow and the target sees one stable source port per client.
  */
-import { DEFAULTS, FlowCloseReason, type Output, type SenderConfig, SenderMachine } from "@mcudpt/protocol";
+import {
+  DEFAULTS,
+  FlowCloseReason,
+  type Output,
+  proxyV2Header,
+  type SenderConfig,
+  SenderMachine,
+  type WireAddress,
+  withProxyHeader,
+} from "@mcudpt/protocol";
 import { formatHostPort, type HostPort } from "./address.js";
 import { nodeCrypto } from "./crypto.js";
 import { MachineDriver, now } from "./driver.js";
@@ -31,6 +40,8 @@ export interface SenderOptions {
   pins?: ReceiverPins;
   /** Speak TLS to the receiver and check its certificate (see SenderTlsOptions). */
   tls?: SenderTlsOptions;
+  /** Prepend a PROXY protocol v2 header (client → target) to every datagram sent to the target. */
+  proxyProtocol?: boolean;
 }
 
 export interface SenderHandle {
@@ -60,6 +71,8 @@ interface FlowSocket {
   socket: UdpSocket | undefined;
   pending: Uint8Array[];
   closed: boolean;
+  /** --proxy-protocol: this flow's PROXY v2 header, made once when its socket opens. */
+  header?: Uint8Array;
 }
 
 /** Closed flow sockets waiting out LINGER_MS, oldest first. */
@@ -159,7 +172,14 @@ export async function startSender(options: SenderOptions): Promise<SenderHandle>
       },
     });
 
-  const openFlowSocket = async (flowId: number): Promise<void> => {
+  /** One allocation per datagram at most (the header copy); too large with the header: dropped. */
+  const sendToTarget = (socket: UdpSocket, header: Uint8Array | undefined, payload: Uint8Array): void => {
+    const data = header ? withProxyHeader(header, payload) : payload;
+    if (data === undefined) machine.stats.drops["too-large"]++;
+    else if (!socket.send(data)) machine.stats.drops["socket-error"]++;
+  };
+
+  const openFlowSocket = async (flowId: number, client: WireAddress): Promise<void> => {
     const entry: FlowSocket = { socket: undefined, pending: [], closed: false };
     flowSockets.set(flowId, entry);
     let resolved: { address: string; family: 4 | 6 };
@@ -209,7 +229,10 @@ export async function startSender(options: SenderOptions): Promise<SenderHandle>
     }
     if (entry.closed) return lingering.add(socket);
     entry.socket = socket;
-    for (const payload of entry.pending) if (!socket.send(payload)) machine.stats.drops["socket-error"]++;
+    // Source: the receiver's client; destination: the target address this socket is connected to.
+    if (options.proxyProtocol)
+      entry.header = proxyV2Header(client, { address: resolved.address, port: options.target.port });
+    for (const payload of entry.pending) sendToTarget(socket, entry.header, payload);
     entry.pending = [];
   };
 
@@ -224,9 +247,8 @@ export async function startSender(options: SenderOptions): Promise<SenderHandle>
     switch (output.kind) {
       case "send-to-target": {
         const entry = flowSockets.get(output.flowId);
-        if (entry?.socket) {
-          if (!entry.socket.send(output.payload)) machine.stats.drops["socket-error"]++;
-        } else if (entry && entry.pending.length < MAX_PENDING_PER_FLOW) {
+        if (entry?.socket) sendToTarget(entry.socket, entry.header, output.payload);
+        else if (entry && entry.pending.length < MAX_PENDING_PER_FLOW) {
           entry.pending.push(output.payload.slice()); // the payload is a view into the TCP chunk
         } else {
           machine.stats.drops["socket-error"]++;
@@ -234,7 +256,7 @@ export async function startSender(options: SenderOptions): Promise<SenderHandle>
         return;
       }
       case "open-flow-socket":
-        void openFlowSocket(output.flowId);
+        void openFlowSocket(output.flowId, output.client);
         return;
       case "close-flow-socket": {
         const entry = flowSockets.get(output.flowId);

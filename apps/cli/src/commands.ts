@@ -3,6 +3,7 @@ import { type Logger, startReceiver, startSender } from "@mcudpt/core";
 import { RECEIVER_DEFAULTS } from "@mcudpt/protocol";
 import { type ArgsDef, defineCommand } from "citty";
 import { stdinApprover } from "./approval.js";
+import { configArgs } from "./config-file.js";
 import {
   identityFor,
   keyArgs,
@@ -28,6 +29,7 @@ export const receiverArgs = {
     description: "TCP address the sender connects to (default :1937, all interfaces)",
     valueHint: "[HOST]:PORT",
   },
+  ...configArgs,
   ...commonArgs,
   ...keyArgs,
   ...receiverTrustArgs,
@@ -56,6 +58,7 @@ export const senderArgs = {
     description: "Receiver's TCP address (default :1937, this machine)",
     valueHint: "HOST:PORT",
   },
+  ...configArgs,
   ...commonArgs,
   ...keyArgs,
   ...senderTrustArgs,

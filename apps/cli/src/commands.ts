@@ -147,8 +147,7 @@ export const receiverCommand = defineCommand({
       logger,
       trust,
       // With an allowlist nobody is asked: unknown keys are refused.
-      askOperator:
-        keyMode && args["authorized-keys"] === undefined ? ops.holdingStatus(stdinApprover(logger)) : undefined,
+      askOperator: keyMode && args["authorized-keys"] === undefined ? ops.holdingStatus(stdinApprover(logger)) : undefined,
       tls,
     });
     // Signal handlers first: a SIGTERM while the metrics endpoint starts must still close cleanly.
@@ -188,12 +187,7 @@ export const senderCommand = defineCommand({
     });
     // A refused receiver key or certificate is not a network error: the sender gave up (the reason is
     // logged); exit non-zero so the operator (or systemd) sees it.
-    void handle.fatal.then(() =>
-      ops
-        .stop()
-        .then(() => handle.close())
-        .finally(() => process.exit(1)),
-    );
+    void handle.fatal.then(() => ops.stop().then(() => handle.close()).finally(() => process.exit(1)));
     // Signal handlers first: a SIGTERM while the metrics endpoint starts must still close cleanly.
     const running = runUntilSignal(logger, () => ops.stop().then(() => handle.close()));
     await ops.start(observeSender(handle, transport.name));

@@ -9,6 +9,7 @@ import { type HostPort, type Logger, startReceiver, startSender, UserError } fro
 import { RECEIVER_DEFAULTS } from "@mcudpt/protocol";
 import { type ArgsDef, defineCommand } from "citty";
 import { stdinApprover } from "./approval.js";
+import { configArgs } from "./config-file.js";
 import { dialPinsFor, identityFor, keyArgs, listenTrustFor, rejectKeyFlagsWithSecret, trustArgs } from "./identity.js";
 import { observeReceiver, observeSender, operations, opsArgs, opsOptions } from "./ops/index.js";
 import {
@@ -41,6 +42,7 @@ export const receiverArgs = {
     description: "Dial the sender at this address instead of listening (ssh -L style: the sender runs with --listen)",
     valueHint: "HOST:PORT",
   },
+  ...configArgs,
   ...commonArgs,
   ...keyArgs,
   ...trustArgs("sender"),
@@ -76,10 +78,15 @@ export const senderArgs = {
       "Listen on this TCP address for the receiver instead of dialing it (ssh -L style: the receiver runs with --connect)",
     valueHint: "[HOST]:PORT",
   },
+  ...configArgs,
   ...commonArgs,
   ...keyArgs,
   ...trustArgs("receiver"),
   ...tlsArgs,
+  "proxy-protocol": {
+    type: "boolean",
+    description: "Prepend a PROXY protocol v2 header to each datagram sent to the target, so it sees the real client",
+  },
   ...opsArgs,
 } satisfies ArgsDef;
 
@@ -232,6 +239,7 @@ export const senderCommand = defineCommand({
           ? ops.holdingStatus(stdinApprover(logger))
           : undefined,
       tls,
+      proxyProtocol: args["proxy-protocol"] === true,
     });
     // A refused receiver key or certificate is not a network error: the sender gave up (the reason is
     // logged); exit non-zero so the operator (or systemd) sees it.

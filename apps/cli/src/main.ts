@@ -7,7 +7,8 @@ import "./no-color.js";
 import { messageOf, UserError } from "@mcudpt/core";
 import { type ArgsDef, type CommandDef, defineCommand, renderUsage, runCommand } from "citty";
 import pkg from "../package.json" with { type: "json" };
-import { receiverCommand, senderCommand } from "./commands.js";
+import { receiverArgs, receiverCommand, senderArgs, senderCommand } from "./commands.js";
+import { explainConfigError, withConfigFile } from "./config-file.js";
 import { demoCommand } from "./demo.js";
 import { keygenCommand } from "./identity.js";
 import { normalizeArgv } from "./legacy.js";
@@ -125,12 +126,15 @@ export async function main(argv: string[]): Promise<number> {
       rest.filter((a) => a !== "--help" && a !== "-h"),
       (command.args ?? {}) as ArgsDef,
     );
+    // --config FILE: the file's settings become flags after the typed ones (which win); see config-file.ts.
+    if (name === "receiver" || name === "sender")
+      rest = withConfigFile(rest, { role: name, defs: { receiver: receiverArgs, sender: senderArgs } });
     await runCommand(command, { rawArgs: rest });
     return 0;
   } catch (error) {
     const known = error instanceof UserError || (error as Error)?.name === "CLIError";
     process.stderr.write(
-      `mcudpt: ${known ? "" : "unexpected error: "}${messageOf(error)
+      `mcudpt: ${known ? "" : "unexpected error: "}${explainConfigError(messageOf(error))
         .replace(/\x1b\[[0-9;]*m/g, "")
         .replace(/\s*\n\s*/g, " ")}\n`,
     );

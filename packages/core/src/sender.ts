@@ -4,7 +4,16 @@
  * client. Its TCP side dials the receiver (ssh -R, the default; it keeps dialing, with capped
  * exponential backoff and jitter) or listens for it (ssh -L).
  */
-import { DEFAULTS, FlowCloseReason, type Output, type SenderConfig, SenderMachine } from "@mcudpt/protocol";
+import {
+  DEFAULTS,
+  FlowCloseReason,
+  type Output,
+  proxyV2Header,
+  type SenderConfig,
+  SenderMachine,
+  type WireAddress,
+  withProxyHeader,
+} from "@mcudpt/protocol";
 import { formatHostPort, type HostPort } from "./address.js";
 import { nodeCrypto } from "./crypto.js";
 import { MachineDriver, now } from "./driver.js";
@@ -48,6 +57,8 @@ export interface SenderOptions extends DialTrust, ListenTrust {
   logger: Logger;
   /** TLS: how to check the receiver's certificate when dialing, or the certificate to serve when listening. */
   tls?: SenderTlsOptions | ReceiverTlsOptions;
+  /** Prepend a PROXY protocol v2 header (client → target) to every datagram sent to the target. */
+  proxyProtocol?: boolean;
 }
 
 export interface SenderHandle {
@@ -79,6 +90,8 @@ interface FlowSocket {
   socket: UdpSocket | undefined;
   pending: Uint8Array[];
   closed: boolean;
+  /** --proxy-protocol: this flow's PROXY v2 header, made once when its socket opens. */
+  header?: Uint8Array;
 }
 
 /** Closed flow sockets waiting out LINGER_MS, oldest first. */
@@ -162,7 +175,14 @@ export async function startSender(options: SenderOptions): Promise<SenderHandle>
       },
     });
 
-  const openFlowSocket = async (flowId: number, mappingId: number): Promise<void> => {
+  /** One allocation per datagram at most (the header copy); too large with the header: dropped. */
+  const sendToTarget = (socket: UdpSocket, header: Uint8Array | undefined, payload: Uint8Array): void => {
+    const data = header ? withProxyHeader(header, payload) : payload;
+    if (data === undefined) machine.stats.drops["too-large"]++;
+    else if (!socket.send(data)) machine.stats.drops["socket-error"]++;
+  };
+
+  const openFlowSocket = async (flowId: number, mappingId: number, client: WireAddress): Promise<void> => {
     const entry: FlowSocket = { socket: undefined, pending: [], closed: false };
     flowSockets.set(flowId, entry);
     const target = targets[mappingId];
@@ -213,7 +233,9 @@ export async function startSender(options: SenderOptions): Promise<SenderHandle>
     }
     if (entry.closed) return lingering.add(socket);
     entry.socket = socket;
-    for (const payload of entry.pending) if (!socket.send(payload)) machine.stats.drops["socket-error"]++;
+    // Source: the receiver's client; destination: the target address this socket is connected to.
+    if (options.proxyProtocol) entry.header = proxyV2Header(client, { address: resolved.address, port: target.port });
+    for (const payload of entry.pending) sendToTarget(socket, entry.header, payload);
     entry.pending = [];
   };
 
@@ -228,9 +250,8 @@ export async function startSender(options: SenderOptions): Promise<SenderHandle>
     switch (output.kind) {
       case "send-to-target": {
         const entry = flowSockets.get(output.flowId);
-        if (entry?.socket) {
-          if (!entry.socket.send(output.payload)) machine.stats.drops["socket-error"]++;
-        } else if (entry && entry.pending.length < MAX_PENDING_PER_FLOW) {
+        if (entry?.socket) sendToTarget(entry.socket, entry.header, output.payload);
+        else if (entry && entry.pending.length < MAX_PENDING_PER_FLOW) {
           entry.pending.push(output.payload.slice()); // the payload is a view into the TCP chunk
         } else {
           machine.stats.drops["socket-error"]++;
@@ -238,7 +259,7 @@ export async function startSender(options: SenderOptions): Promise<SenderHandle>
         return;
       }
       case "open-flow-socket":
-        void openFlowSocket(output.flowId, output.mappingId);
+        void openFlowSocket(output.flowId, output.mappingId, output.client);
         return;
       case "authorize-peer":
         listener?.authorize(output.conn, output.peer, output.publicKey);

@@ -14,6 +14,15 @@ export type { FlowCounters } from "./flow-table.js";
 export * from "./frames.js";
 export type { Credentials, CryptoProvider, Identity, Side } from "./link.js";
 export { checkMappings, type MappingConfig, pairMappings } from "./mappings.js";
+export {
+  MAX_UDP_PAYLOAD,
+  PROXY_V2_IPV4_LENGTH,
+  PROXY_V2_IPV6_LENGTH,
+  PROXY_V2_SIGNATURE,
+  type ProxyEndpoint,
+  proxyV2Header,
+  withProxyHeader,
+} from "./proxy-v2.js";
 export { type RateLimitConfig, SourceRateLimiter } from "./rate-limit.js";
 export { RECEIVER_DEFAULTS, type ReceiverConfig, ReceiverMachine } from "./receiver.js";
 export { type SenderConfig, SenderMachine, type TargetFlow } from "./sender.js";

@@ -143,6 +143,25 @@ for (const listener of transports) {
       );
 
       it(
+        "-L (the sender listens with the certificate, the receiver dials and pins it): fifty clients",
+        BOUNDED,
+        async () => {
+          // In -L the listener transport runs the sender (TCP server), the connector the receiver.
+          const tunnel = await startTunnel(connector, echo.port, {
+            senderTransport: listener,
+            direction: "L",
+            receiverTls: receiverCert,
+            senderTls: { fingerprint: receiverCert.fingerprint },
+          });
+          try {
+            await concurrentClientsScenario(connector, tunnel);
+          } finally {
+            await tunnel.close();
+          }
+        },
+      );
+
+      it(
         "carries fifty concurrent clients and datagrams up to 65,507 bytes with a pinned certificate",
         BOUNDED,
         async () => {

@@ -7,3 +7,4 @@ export { type Logger, RateLimitedLog, silentLogger, stderrLogger } from "./logge
 export { startReceiver, type ReceiverHandle, type ReceiverOptions, waitFor } from "./receiver.js";
 export { Resolver, type ResolvedAddress } from "./resolve.js";
 export { startSender, type SenderHandle, type SenderOptions } from "./sender.js";
+export { UdpBatcher } from "./udp-batch.js";

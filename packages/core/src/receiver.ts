@@ -10,6 +10,7 @@ import { messageOf, UserError } from "./errors.js";
 import { type Logger, RateLimitedLog } from "./logger.js";
 import { Resolver } from "./resolve.js";
 import type { TcpServer, Transport, UdpSocket } from "./transport.js";
+import { UdpBatcher } from "./udp-batch.js";
 
 export interface ReceiverOptions {
   transport: Transport;
@@ -43,6 +44,13 @@ export async function bindAddress(resolver: Resolver, host: string, what: string
     throw new UserError(`${what}: cannot resolve "${host}": ${messageOf(error)}`);
   }
 }
+
+/**
+ * Kernel buffers of the public UDP socket: every client shares it, and the default (~208 KiB, about
+ * 300 small datagrams counting the kernel's per-datagram overhead) overflows in a burst while the
+ * process is busy writing to TCP. A limit, not an allocation; the kernel caps it at rmem_max.
+ */
+const CLIENT_SOCKET_BUFFER = 2 * 1024 * 1024;
 
 export async function startReceiver(options: ReceiverOptions): Promise<ReceiverHandle> {
   const { transport, logger } = options;
@@ -83,14 +91,8 @@ export async function startReceiver(options: ReceiverOptions): Promise<ReceiverH
     switch (output.kind) {
       case "send-to-client": {
         const flow: ClientFlow = output.flow;
-        if (!udp?.send(output.payload, flow.port, flow.address)) {
-          machine.stats.drops["socket-error"]++;
-          rateLimited.log(
-            "udp-send",
-            "warn",
-            `could not send to client ${formatHostPort(flow.address, flow.port)} (datagram too large for it, or socket buffer full)`,
-          );
-        }
+        // The payload is a view into the TCP chunk being decoded: sent before this drain returns.
+        replies.add(output.payload, flow.port, flow.address);
         return;
       }
       case "ask-operator":
@@ -107,7 +109,16 @@ export async function startReceiver(options: ReceiverOptions): Promise<ReceiverH
         return;
     }
   };
-  const driver = new MachineDriver(machine, logger, onOutput);
+  /** Replies to clients produced by one drain go out together (one sendmmsg on Bun). */
+  const replies = new UdpBatcher(false);
+  const sendReplies = (): void => {
+    const dropped = replies.flush(udp);
+    if (dropped === 0) return;
+    machine.stats.drops["socket-error"] += dropped;
+    const what = dropped === 1 ? "a datagram" : `${dropped} datagrams`;
+    rateLimited.log("udp-send", "warn", `could not send ${what} to clients (too large, or socket buffer full)`);
+  };
+  const driver = new MachineDriver(machine, logger, onOutput, sendReplies);
 
   const udpHost = await bindAddress(resolver, options.udp.host, "--udp");
   const tcpHost = await bindAddress(resolver, options.tcp.host, "--tcp");
@@ -118,6 +129,7 @@ export async function startReceiver(options: ReceiverOptions): Promise<ReceiverH
       return transport.bindUdp({
         host,
         port: options.udp.port,
+        bufferBytes: CLIENT_SOCKET_BUFFER,
         onDatagram: (data, address, port) => driver.guard(() => machine.clientDatagram(address, port, data, now())),
         onError: (error) => {
           // A send that failed after send() returned true (node:dgram reports EMSGSIZE later).

@@ -12,6 +12,7 @@ import { type Logger, RateLimitedLog } from "./logger.js";
 import { waitFor } from "./receiver.js";
 import { Resolver } from "./resolve.js";
 import type { TcpConnection, Transport, UdpSocket } from "./transport.js";
+import { UdpBatcher } from "./udp-batch.js";
 
 export interface SenderOptions {
   transport: Transport;
@@ -47,7 +48,10 @@ const MIN_LINGERING = 1024;
 
 interface FlowSocket {
   socket: UdpSocket | undefined;
+  /** Datagrams that arrived before the socket was open (copies). */
   pending: Uint8Array[];
+  /** Datagrams of the current drain, sent when it ends (views into the TCP chunk). */
+  out: UdpBatcher;
   closed: boolean;
 }
 
@@ -117,7 +121,7 @@ export async function startSender(options: SenderOptions): Promise<SenderHandle>
     });
 
   const openFlowSocket = async (flowId: number): Promise<void> => {
-    const entry: FlowSocket = { socket: undefined, pending: [], closed: false };
+    const entry: FlowSocket = { socket: undefined, pending: [], out: new UdpBatcher(true), closed: false };
     flowSockets.set(flowId, entry);
     let resolved: { address: string; family: 4 | 6 };
     try {
@@ -166,7 +170,8 @@ export async function startSender(options: SenderOptions): Promise<SenderHandle>
       case "send-to-target": {
         const entry = flowSockets.get(output.flowId);
         if (entry?.socket) {
-          if (!entry.socket.send(output.payload)) machine.stats.drops["socket-error"]++;
+          if (entry.out.size === 0) batched.push(entry);
+          entry.out.add(output.payload);
         } else if (entry && entry.pending.length < MAX_PENDING_PER_FLOW) {
           entry.pending.push(output.payload.slice()); // the payload is a view into the TCP chunk
         } else {
@@ -192,7 +197,18 @@ export async function startSender(options: SenderOptions): Promise<SenderHandle>
         return;
     }
   };
-  const driver = new MachineDriver(machine, logger, onOutput);
+  /** Flows with datagrams from the current drain: each flow's go out together (one sendmmsg on Bun). */
+  const batched: FlowSocket[] = [];
+  const sendBatched = (): void => {
+    if (batched.length === 0) return;
+    // A flow closed later in the same drain still gets its earlier datagrams: its socket lingers.
+    try {
+      for (const entry of batched) machine.stats.drops["socket-error"] += entry.out.flush(entry.socket);
+    } finally {
+      batched.length = 0;
+    }
+  };
+  const driver = new MachineDriver(machine, logger, onOutput, sendBatched);
 
   const scheduleRetry = (why: string): void => {
     if (stopping || retryTimer) return;

@@ -72,6 +72,11 @@ const ONLY = argv
   .find((a) => a.startsWith("--only="))
   ?.slice(7)
   .split(",");
+/** `--configs=direct,bun` measures only these tunnels (and direct, the ratios need it); for quick comparisons. */
+const CONFIG_IDS = argv
+  .find((a) => a.startsWith("--configs="))
+  ?.slice(10)
+  .split(",");
 /** A partial run (--only) writes perf-only.{json,md} and leaves the complete run's files alone. */
 const OUT_NAME = ONLY || CONFIG_IDS ? "perf-only" : "perf";
 const PROFILE_NAME = ONLY ? `perf-profile-${ONLY.join("-")}` : "perf-profile";
@@ -97,11 +102,6 @@ const ALL_CONFIGS: Config[] = [
   { id: "bun-node", label: "Bun recv/Node send", receiver: "bun", sender: "node" },
   { id: "node-bun", label: "Node recv/Bun send", receiver: "node", sender: "bun" },
 ];
-/** `--configs=direct,bun` measures only these (direct always, the ratios need it); for quick comparisons. */
-const CONFIG_IDS = argv
-  .find((a) => a.startsWith("--configs="))
-  ?.slice(10)
-  .split(",");
 const CONFIGS = ALL_CONFIGS.filter((c) => !CONFIG_IDS || c.id === "direct" || CONFIG_IDS.includes(c.id));
 const TUNNELS = CONFIGS.filter((c) => c.receiver);
 

@@ -8,6 +8,8 @@
  *                                 max-rate 64 B and dnsperf -c 10: top self-time functions per side
  *   --build                       rebuild the CLI first (otherwise only when apps/cli/dist is missing)
  *   --only=dns10,tp64             run only these workloads (ids below); results go to perf-only.{json,md}
+ *   --configs=bun,node            only these tunnels (and direct); results go to perf-only.{json,md}
+ *   --cli=PATH                    measure this bundled CLI instead of apps/cli/dist/mcudpt.js (A/B runs)
  *   --wait-quiet=SECONDS          wait up to this long (default 180) for other processes to leave the
  *                                 CPUs idle before starting (and up to 30 s before each workload; a
  *                                 measurement during which others used > 10 % of the CPUs is repeated,
@@ -70,8 +72,13 @@ const ONLY = argv
   .find((a) => a.startsWith("--only="))
   ?.slice(7)
   .split(",");
+/** `--configs=direct,bun` measures only these tunnels (and direct, the ratios need it); for quick comparisons. */
+const CONFIG_IDS = argv
+  .find((a) => a.startsWith("--configs="))
+  ?.slice(10)
+  .split(",");
 /** A partial run (--only) writes perf-only.{json,md} and leaves the complete run's files alone. */
-const OUT_NAME = ONLY ? "perf-only" : "perf";
+const OUT_NAME = ONLY || CONFIG_IDS ? "perf-only" : "perf";
 const PROFILE_NAME = ONLY ? `perf-profile-${ONLY.join("-")}` : "perf-profile";
 /** Seconds per workload. */
 const D = QUICK ? 2 : 5;
@@ -88,13 +95,14 @@ interface Config {
   receiver?: Runtime;
   sender?: Runtime;
 }
-const CONFIGS: Config[] = [
+const ALL_CONFIGS: Config[] = [
   { id: "direct", label: "direct" },
   { id: "bun", label: "Bun/Bun", receiver: "bun", sender: "bun" },
   { id: "node", label: "Node/Node", receiver: "node", sender: "node" },
   { id: "bun-node", label: "Bun recv/Node send", receiver: "bun", sender: "node" },
   { id: "node-bun", label: "Node recv/Bun send", receiver: "node", sender: "bun" },
 ];
+const CONFIGS = ALL_CONFIGS.filter((c) => !CONFIG_IDS || c.id === "direct" || CONFIG_IDS.includes(c.id));
 const TUNNELS = CONFIGS.filter((c) => c.receiver);
 
 type Metrics = Record<string, number | string | undefined>;
@@ -192,6 +200,12 @@ function ensureTools(): { hyperfine: boolean } {
 
 /** Builds the CLI when asked or missing, then copies it: other people may rebuild dist mid-run. */
 function snapshotCli(dir: string): { path: string; sha256: string } {
+  const given = argv.find((a) => a.startsWith("--cli="))?.slice(6);
+  if (given) {
+    const path = join(dir, "mcudpt.js");
+    copyFileSync(resolve(given), path);
+    return { path, sha256: createHash("sha256").update(readFileSync(path)).digest("hex").slice(0, 16) };
+  }
   if (argv.includes("--build") || !existsSync(DIST)) {
     log("building the CLI (bun run build)");
     const r = spawnSync("bun", ["run", "build"], { cwd: ROOT, stdio: "inherit", timeout: 300_000 });
@@ -1323,7 +1337,7 @@ async function main(): Promise<void> {
     targets: checks,
   };
   writeFileSync(join(RESULTS, `${OUT_NAME}.json`), `${JSON.stringify(json, null, 2)}\n`);
-  report(json, !ONLY);
+  report(json, !ONLY && !CONFIG_IDS);
   log(`logs in ${runDir}`);
   clearTimeout(watchdog);
 }

@@ -171,7 +171,10 @@ export const receiverCommand = defineCommand({
     warnAboutSettings(logger, options);
     const transport = pickTransport(options.transport);
     logger.log("debug", `runtime: ${runtimeDescription()}`);
-    const handle = await startReceiver({
+    // Signal handlers before anything is bound: a SIGTERM during start-up still closes cleanly.
+    let handle: Awaited<ReturnType<typeof startReceiver>> | undefined;
+    const running = runUntilSignal(logger, () => ops.stop().then(() => handle?.close()));
+    handle = await startReceiver({
       transport,
       mappings,
       tcp: tcp.address,
@@ -188,15 +191,14 @@ export const receiverCommand = defineCommand({
       tls,
     });
     // A refused key or certificate is not a network error: dialing stopped (the reason is logged).
-    void handle.fatal.then(() =>
+    const started = handle;
+    void started.fatal.then(() =>
       ops
         .stop()
-        .then(() => handle.close())
+        .then(() => started.close())
         .finally(() => process.exit(1)),
     );
-    // Signal handlers first: a SIGTERM while the metrics endpoint starts must still close cleanly.
-    const running = runUntilSignal(logger, () => ops.stop().then(() => handle.close()));
-    await ops.start(observeReceiver(handle, transport.name));
+    await ops.start(observeReceiver(started, transport.name));
     await running;
   },
 });
@@ -225,7 +227,10 @@ export const senderCommand = defineCommand({
     warnAboutSettings(logger, options);
     const transport = pickTransport(options.transport);
     logger.log("debug", `runtime: ${runtimeDescription()}`);
-    const handle = await startSender({
+    // Signal handlers before anything is bound: a SIGTERM during start-up still closes cleanly.
+    let handle: Awaited<ReturnType<typeof startSender>> | undefined;
+    const running = runUntilSignal(logger, () => ops.stop().then(() => handle?.close()));
+    handle = await startSender({
       transport,
       mappings,
       receiver: tcp.address,
@@ -243,15 +248,14 @@ export const senderCommand = defineCommand({
     });
     // A refused receiver key or certificate is not a network error: the sender gave up (the reason is
     // logged); exit non-zero so the operator (or systemd) sees it.
-    void handle.fatal.then(() =>
+    const started = handle;
+    void started.fatal.then(() =>
       ops
         .stop()
-        .then(() => handle.close())
+        .then(() => started.close())
         .finally(() => process.exit(1)),
     );
-    // Signal handlers first: a SIGTERM while the metrics endpoint starts must still close cleanly.
-    const running = runUntilSignal(logger, () => ops.stop().then(() => handle.close()));
-    await ops.start(observeSender(handle, transport.name));
+    await ops.start(observeSender(started, transport.name));
     await running;
   },
 });

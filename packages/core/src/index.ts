@@ -49,4 +49,5 @@ export {
   type SenderTrustFiles,
   type SenderVerdict,
 } from "./trust.js";
+export { UdpBatcher } from "./udp-batch.js";
 export { type CertificateSpec, createCertificate } from "./x509.js";

@@ -25,6 +25,7 @@ import {
 import { Resolver } from "./resolve.js";
 import type { ReceiverTlsOptions, SenderTlsOptions } from "./tls-peer.js";
 import type { Transport, UdpSocket } from "./transport.js";
+import { UdpBatcher } from "./udp-batch.js";
 
 export type { OperatorQuestion } from "./peer-link.js";
 export { bindAddress };
@@ -67,6 +68,13 @@ export interface ReceiverHandle {
   close(): Promise<void>;
 }
 
+/**
+ * Kernel buffers of the public UDP sockets: every client shares one, and the default (~208 KiB, about
+ * 300 small datagrams counting the kernel's per-datagram overhead) overflows in a burst while the
+ * process is busy writing to TCP. A limit, not an allocation; the kernel caps it at rmem_max.
+ */
+const CLIENT_SOCKET_BUFFER = 2 * 1024 * 1024;
+
 export async function startReceiver(options: ReceiverOptions): Promise<ReceiverHandle> {
   const { transport, logger } = options;
   const mappings = receiverMappings(options);
@@ -90,14 +98,8 @@ export async function startReceiver(options: ReceiverOptions): Promise<ReceiverH
     switch (output.kind) {
       case "send-to-client": {
         const flow: ClientFlow = output.flow;
-        if (!sockets[flow.mappingId]?.send(output.payload, flow.port, flow.address)) {
-          machine.stats.drops["socket-error"]++;
-          rateLimited.log(
-            "udp-send",
-            "warn",
-            `could not send to client ${formatHostPort(flow.address, flow.port)} (datagram too large for it, or socket buffer full)`,
-          );
-        }
+        // The payload is a view into the TCP chunk being decoded: sent before this drain returns.
+        replies[flow.mappingId]?.add(output.payload, flow.port, flow.address);
         return;
       }
       case "authorize-peer":
@@ -110,7 +112,20 @@ export async function startReceiver(options: ReceiverOptions): Promise<ReceiverH
         return;
     }
   };
-  const driver = new MachineDriver(machine, logger, onOutput);
+  /** Replies to clients produced by one drain go out together, per public port (one sendmmsg on Bun). */
+  const replies = mappings.map(() => new UdpBatcher(false));
+  const sendReplies = (): void => {
+    for (let mappingId = 0; mappingId < replies.length; mappingId++) {
+      const batch = replies[mappingId];
+      if (batch.size === 0) continue;
+      const dropped = batch.flush(sockets[mappingId]);
+      if (dropped === 0) continue;
+      machine.stats.drops["socket-error"] += dropped;
+      const what = dropped === 1 ? "a datagram" : `${dropped} datagrams`;
+      rateLimited.log("udp-send", "warn", `could not send ${what} to clients (too large, or socket buffer full)`);
+    }
+  };
+  const driver = new MachineDriver(machine, logger, onOutput, sendReplies);
 
   const bound: string[] = [];
   try {
@@ -123,6 +138,7 @@ export async function startReceiver(options: ReceiverOptions): Promise<ReceiverH
           return transport.bindUdp({
             host: tryHost,
             port: mapping.udp.port,
+            bufferBytes: CLIENT_SOCKET_BUFFER,
             onDatagram: (data, address, port) =>
               driver.guard(() => machine.clientDatagram(address, port, data, now(), mappingId)),
             onError: (error) => {

@@ -34,6 +34,7 @@ import { waitFor } from "./receiver.js";
 import { Resolver } from "./resolve.js";
 import type { ReceiverTlsOptions, SenderTlsOptions } from "./tls-peer.js";
 import type { Transport, UdpSocket } from "./transport.js";
+import { UdpBatcher } from "./udp-batch.js";
 
 /** One target and, optionally, the name that pairs it with the receiver's public port. */
 export interface SenderMapping {
@@ -88,7 +89,10 @@ const MIN_LINGERING = 1024;
 
 interface FlowSocket {
   socket: UdpSocket | undefined;
+  /** Datagrams that arrived before the socket was open (copies). */
   pending: Uint8Array[];
+  /** Datagrams of the current drain, sent when it ends (views into the TCP chunk). */
+  out: UdpBatcher;
   closed: boolean;
   /** --proxy-protocol: this flow's PROXY v2 header, made once when its socket opens. */
   header?: Uint8Array;
@@ -183,7 +187,7 @@ export async function startSender(options: SenderOptions): Promise<SenderHandle>
   };
 
   const openFlowSocket = async (flowId: number, mappingId: number, client: WireAddress): Promise<void> => {
-    const entry: FlowSocket = { socket: undefined, pending: [], closed: false };
+    const entry: FlowSocket = { socket: undefined, pending: [], out: new UdpBatcher(true), closed: false };
     flowSockets.set(flowId, entry);
     const target = targets[mappingId];
     let resolved: { address: string; family: 4 | 6 };
@@ -250,8 +254,17 @@ export async function startSender(options: SenderOptions): Promise<SenderHandle>
     switch (output.kind) {
       case "send-to-target": {
         const entry = flowSockets.get(output.flowId);
-        if (entry?.socket) sendToTarget(entry.socket, entry.header, output.payload);
-        else if (entry && entry.pending.length < MAX_PENDING_PER_FLOW) {
+        if (entry?.socket) {
+          // The PROXY v2 header costs one copy per datagram; without it the payload (a view into
+          // the TCP chunk) is sent before this drain returns.
+          const data = entry.header ? withProxyHeader(entry.header, output.payload) : output.payload;
+          if (data === undefined) {
+            machine.stats.drops["too-large"]++;
+            return;
+          }
+          if (entry.out.size === 0) batched.push(entry);
+          entry.out.add(data);
+        } else if (entry && entry.pending.length < MAX_PENDING_PER_FLOW) {
           entry.pending.push(output.payload.slice()); // the payload is a view into the TCP chunk
         } else {
           machine.stats.drops["socket-error"]++;
@@ -279,7 +292,18 @@ export async function startSender(options: SenderOptions): Promise<SenderHandle>
         return;
     }
   };
-  const driver = new MachineDriver(machine, logger, onOutput);
+  /** Flows with datagrams from the current drain: each flow's go out together (one sendmmsg on Bun). */
+  const batched: FlowSocket[] = [];
+  const sendBatched = (): void => {
+    if (batched.length === 0) return;
+    // A flow closed later in the same drain still gets its earlier datagrams: its socket lingers.
+    try {
+      for (const entry of batched) machine.stats.drops["socket-error"] += entry.out.flush(entry.socket);
+    } finally {
+      batched.length = 0;
+    }
+  };
+  const driver = new MachineDriver(machine, logger, onOutput, sendBatched);
 
   const targetList = mappings
     .map((mapping, i) => `${mapping.name ? `${mapping.name}=` : ""}${targets[i].text}`)

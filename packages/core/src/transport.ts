@@ -25,7 +25,19 @@ export interface UdpSocketOptions {
    * false is not reported again here. The socket stays open and usable.
    */
   onError(error: Error): void;
+  /**
+   * Requested size in bytes of the kernel's receive and send buffers (SO_RCVBUF/SO_SNDBUF), for
+   * bursts. Best effort: the kernel caps it (net.core.rmem_max/wmem_max), and a runtime that cannot
+   * set it (Bun.udpSocket has no such option) keeps the system default.
+   */
+  bufferBytes?: number;
 }
+
+/**
+ * Datagrams for UdpSocket.sendMany, flat (no object per datagram): on an unconnected socket
+ * `data, port, address, data, port, address, ...`; on a connected one `data, data, ...`.
+ */
+export type UdpBatch = Array<Uint8Array | number | string>;
 
 export interface UdpSocket {
   /** Local address and port actually bound. */
@@ -38,6 +50,13 @@ export interface UdpSocket {
    * and copying every datagram to allow reuse would cost the hot path an allocation.
    */
   send(data: Uint8Array, port?: number, address?: string): boolean;
+  /**
+   * Optional: sends a batch of datagrams with as few system calls as the runtime allows (Bun: one
+   * sendmmsg). A datagram that fails does not stop the ones after it. Returns how many were sent
+   * (the rest are dropped, as with a false send()); never throws; same ownership rule as send().
+   * Callers without it loop over send().
+   */
+  sendMany?(batch: UdpBatch): number;
   close(): void;
 }
 

@@ -102,9 +102,14 @@ export class FrameDecoder {
     }
 
     if (chunk.length - this.offset >= length) {
-      const body = chunk.subarray(this.offset, this.offset + length);
+      const at = this.offset;
       this.offset += length;
-      return parseBody(type, body);
+      // The hot path: a DATA frame's payload as one view into the chunk (not a view of a view).
+      if (type === FrameType.Data && length >= 4) {
+        const flowId = readU32(chunk, at);
+        if (flowId !== 0) return { type, flowId, payload: chunk.subarray(at + 4, at + length) };
+      }
+      return parseBody(type, chunk.subarray(at, at + length));
     }
     this.body = new Uint8Array(length);
     this.bodyType = type;

@@ -10,6 +10,9 @@
  *   reported from the error queue) is thrown as an uncaught error and ends the process.
  * - UDP `send` throws synchronously (EMSGSIZE, EAFNOSUPPORT, invalid address, closed socket); an
  *   EMSGSIZE is also reported again later through the `error` handler.
+ * - UDP `sendMany` sends the whole batch with one sendmmsg. It throws, having sent nothing, when an
+ *   argument is invalid (address, port, closed socket); when the kernel refuses datagram i (EMSGSIZE,
+ *   EAFNOSUPPORT, EAGAIN) it returns i: the ones before were sent, the rest were not tried.
  * - TCP `socket.write` is unbuffered: it returns how many bytes the kernel took and drops the rest.
  * - TCP `socket.end()` shuts down and closes the socket at once, firing `close` synchronously inside
  *   the call; bytes already accepted by the kernel are still delivered.
@@ -28,6 +31,7 @@ import {
   type Transport,
   tlsCertificateRefused,
   tlsHandshakeFailed,
+  type UdpBatch,
   type UdpSocket,
   type UdpSocketOptions,
 } from "@mcudpt/core";
@@ -59,25 +63,57 @@ async function bindUdp(options: UdpSocketOptions): Promise<UdpSocket> {
       })
     : await Bun.udpSocket({ ...common, socket: handler });
   const connected = options.connect !== undefined;
+  /** Batch entries per datagram: data, or data, port, address. */
+  const stride = connected ? 1 : 3;
   let closed = false;
+
+  const send = (data: Uint8Array, port?: number, address?: string): boolean => {
+    if (closed) return false;
+    try {
+      // Bun sends exactly the view's bytes (byteOffset/byteLength honoured) and synchronously,
+      // so no reference to `data` outlives the call. A connected socket always sends to its peer.
+      return connected
+        ? (socket as import("bun").udp.ConnectedSocket<"uint8array">).send(data)
+        : (socket as import("bun").udp.Socket<"uint8array">).send(data, port as number, address as string);
+    } catch (error) {
+      // The contract: never throw; a false return is this datagram's failure report (onError is
+      // for failures learned later), so a lost datagram is counted once.
+      void error;
+      return false;
+    }
+  };
+
+  /** Sends datagrams from..end of `batch` one by one (after sendMany refused the batch). */
+  const sendEach = (batch: UdpBatch, from: number): number => {
+    let sent = 0;
+    for (let i = from; i < batch.length; i += stride) {
+      if (send(batch[i] as Uint8Array, batch[i + 1] as number, batch[i + 2] as string)) sent++;
+    }
+    return sent;
+  };
 
   return {
     address: socket.address.address,
     port: socket.port,
-    send(data, port, address) {
-      if (closed) return false;
-      try {
-        // Bun sends exactly the view's bytes (byteOffset/byteLength honoured) and synchronously,
-        // so no reference to `data` outlives the call. A connected socket always sends to its peer.
-        return connected
-          ? (socket as import("bun").udp.ConnectedSocket<"uint8array">).send(data)
-          : (socket as import("bun").udp.Socket<"uint8array">).send(data, port as number, address as string);
-      } catch (error) {
-        // The contract: never throw; a false return is this datagram's failure report (onError is
-        // for failures learned later), so a lost datagram is counted once.
-        void error;
-        return false;
+    send,
+    sendMany(batch) {
+      if (closed) return 0;
+      let sent = 0;
+      let from = 0; // index into `batch` of the first datagram not yet tried
+      while (from < batch.length) {
+        let n: number;
+        try {
+          // Slicing only after a failure: the common case hands Bun the caller's array as is.
+          n = socket.sendMany((from === 0 ? batch : batch.slice(from)) as never);
+        } catch {
+          // An invalid argument somewhere, nothing sent: one by one, each failure on its own.
+          return sent + sendEach(batch, from);
+        }
+        sent += n;
+        // Datagram n was refused (too large, wrong family, buffer full): drop it, go on after it.
+        from += (n + 1) * stride;
       }
+      return sent;
     },
     close() {
       if (closed) return;

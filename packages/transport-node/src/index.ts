@@ -4,9 +4,11 @@
  *
  * Node behaviours this adapter relies on (verified on Node 20):
  * - 'message' and 'data' deliver a fresh Buffer per event (no reuse across calls).
- * - dgram send() is asynchronous (an address lookup runs even for IP literals) and keeps a
- *   reference to the buffer until then: the contract forbids callers to modify it, so no copy is
- *   made (the bytes are a view into a TCP chunk nobody reuses); errors go to the send callback.
+ * - dgram send() on an unconnected socket resolves the address with the socket's `lookup` first
+ *   (dns.lookup, which answers IP literals on the next tick); ours answers literals synchronously,
+ *   so the send happens inside send(). It may still queue (EAGAIN) and keeps a reference to the
+ *   buffer until then: the contract forbids callers to modify it, so no copy is made (the bytes are
+ *   a view into a TCP chunk nobody reuses); errors go to the send callback.
  * - An ICMP error on a connected dgram socket arrives as an 'error' event (ECONNREFUSED, recvmsg);
  *   the socket stays usable. Without an 'error' listener that event would crash the process.
  * - A udp6 socket cannot send to an IPv4 literal (EINVAL): it needs the "::ffff:a.b.c.d" form.
@@ -17,6 +19,7 @@
  *   verdict from `authorized`/`authorizationError`.
  */
 import dgram from "node:dgram";
+import dns from "node:dns";
 import net from "node:net";
 import tls from "node:tls";
 import {
@@ -54,10 +57,21 @@ function settle(emitter: NodeJS.EventEmitter, start: (done: (error?: Error | nul
   });
 }
 
+/** dgram's address lookup: IP literals (all the contract passes) at once, anything else via DNS. */
+function literalLookup(
+  hostname: string,
+  options: dns.LookupOneOptions,
+  callback: (error: NodeJS.ErrnoException | null, address: string, family: number) => void,
+): void {
+  const family = net.isIP(hostname);
+  if (family === 0) dns.lookup(hostname, options, callback);
+  else callback(null, hostname, family);
+}
+
 async function bindUdp(options: UdpSocketOptions): Promise<UdpSocket> {
   const v6 = net.isIPv6(options.host);
   // ipv6Only false: a socket bound to "::" also serves IPv4 (as ::ffff:a.b.c.d peers).
-  const socket = dgram.createSocket({ type: v6 ? "udp6" : "udp4", ipv6Only: false });
+  const socket = dgram.createSocket({ type: v6 ? "udp6" : "udp4", ipv6Only: false, lookup: literalLookup });
   // A udp6 socket only talks to IPv6 addresses: map IPv4 literals onto it.
   const peer = (address: string) => (v6 && net.isIPv4(address) ? `::ffff:${address}` : address);
   try {
@@ -73,6 +87,14 @@ async function bindUdp(options: UdpSocketOptions): Promise<UdpSocket> {
   } catch (error) {
     socket.close();
     throw error;
+  }
+  if (options.bufferBytes) {
+    try {
+      // The kernel caps these at rmem_max/wmem_max rather than failing; a runtime whose dgram lacks
+      // them (or refuses) keeps the defaults, as the contract allows.
+      socket.setRecvBufferSize(options.bufferBytes);
+      socket.setSendBufferSize(options.bufferBytes);
+    } catch {}
   }
   // From here on every error (ICMP, asynchronous send failures) is reported, never thrown.
   socket.on("error", (error) => options.onError(error));

@@ -211,9 +211,13 @@ function snapshotCli(dir: string): { path: string; sha256: string } {
     const r = spawnSync("bun", ["run", "build"], { cwd: ROOT, stdio: "inherit", timeout: 300_000 });
     if (r.status !== 0 || !existsSync(DIST)) throw new Error("bun run build failed");
   }
-  const path = join(dir, "mcudpt.js");
-  copyFileSync(DIST, path);
-  return { path, sha256: createHash("sha256").update(readFileSync(path)).digest("hex").slice(0, 16) };
+  // The bundle is split (the metrics code is a lazily loaded chunk): copy every file of dist/.
+  const hash = createHash("sha256");
+  for (const name of readdirSync(dirname(DIST)).sort()) {
+    copyFileSync(join(dirname(DIST), name), join(dir, name));
+    hash.update(name).update(readFileSync(join(dir, name)));
+  }
+  return { path: join(dir, "mcudpt.js"), sha256: hash.digest("hex").slice(0, 16) };
 }
 
 function git(args: string[]): string {
@@ -402,6 +406,10 @@ async function startTunnel(
       `127.0.0.1:${tcp}`,
       "--transport",
       receiverRt,
+      // Every benchmark client is 127.0.0.1: the per-source new-flow limit (anti-spoofing) would
+      // measure itself in the 1,000/10,000-flow workloads, not the tunnel.
+      "--new-flow-rate",
+      "0",
       ...common,
     ],
     cap,

@@ -69,8 +69,8 @@ export function renderCliDoc(): string {
       usage,
       "```",
       "",
-      "| flag | meaning | default |",
-      "|---|---|---|",
+      "| flag | meaning |",
+      "|---|---|",
     );
     for (const [argName, def] of Object.entries((command.args ?? {}) as ArgsDef)) {
       const fallback = "default" in def && def.default !== undefined ? ` (default \`${String(def.default)}\`)` : "";
@@ -84,6 +84,7 @@ export function renderCliDoc(): string {
     "| variable | meaning |",
     "|---|---|",
     "| `MCUDPT_SECRET` | shared secret when neither `--secret` nor `--secret-file` is given |",
+    "| `MCUDPT_CONFIG_DIR` | where keys, known_senders/known_receivers and the TLS certificate live (default `$XDG_CONFIG_HOME/mcudpt`, else `~/.config/mcudpt`) |",
     "| `MCUDPT_RUNTIME=node` | under `bunx`, keep Node instead of re-running the CLI on Bun |",
     "| `MCUDPT_DEBUG=1` | print the stack trace of an unexpected error |",
     "| `NO_COLOR` | no colours in `--help` (set automatically when stdout is not a terminal) |",

@@ -213,7 +213,7 @@ for (const transport of availableTransports()) {
             20_000,
           );
           assert.ok(proxy.accepted > acceptedBefore, "through a new proxied connection");
-          assert.ok(senderLog.saw(/accepted by receiver .*\(resumed 1 flows\)/), senderLog.lines.join("\n"));
+          assert.ok(senderLog.saw(/accepted by receiver .*\(resumed 1 flow\)/), senderLog.lines.join("\n"));
           const after = text(await client.request("after"));
           assert.equal(after.split(" from ")[1], sourcePort, "the flow resumed on the same target source port");
           client.close();
@@ -268,7 +268,7 @@ for (const transport of availableTransports()) {
             assert.equal(receiver.udpPort, udpPort);
             assert.equal(receiver.machine.flowCount, 1, "the chatter's flow survived");
           }
-          assert.equal(count(senderLog, /accepted by receiver .*\(resumed 1 flows\)/), 3, senderLog.lines.join("\n"));
+          assert.equal(count(senderLog, /accepted by receiver .*\(resumed 1 flow\)/), 3, senderLog.lines.join("\n"));
           sending = false;
           await loop;
           for (const reply of chatter.replies) {

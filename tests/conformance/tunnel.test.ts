@@ -111,7 +111,7 @@ for (const transport of availableTransports()) {
       try {
         await eventually(() => secondLog.saw(/busy/), "second sender told the receiver is busy");
         assert.equal(second.machine.connected, false);
-        assert.ok(tunnel.receiverLog.saw(/another sender .* is connected/));
+        assert.ok(tunnel.receiverLog.saw(/is connected \(one sender at a time\)/));
         const client = await startClient(transport, tunnel.receiver.udpPort);
         assert.equal(text(await client.request("still served")), "still served");
         client.close();
@@ -248,7 +248,7 @@ for (const transport of availableTransports()) {
           "reconnected",
           10_000,
         );
-        assert.ok(tunnel.senderLog.saw(/resumed 1 flows/), "flows resumed");
+        assert.ok(tunnel.senderLog.saw(/resumed 1 flow/), "flows resumed");
         const afterCut = text(await client.request("after"));
         assert.equal(afterCut.split(" from ")[1], before.split(" from ")[1], "target saw the same source port");
         client.close();

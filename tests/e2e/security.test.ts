@@ -152,7 +152,11 @@ describe("key authentication through the built CLI", () => {
   for (const runtime of available) {
     it(`${runtime}: keygen writes a 0600 key and its .pub, prints the ssh-keygen fingerprint, never overwrites`, () => {
       const dir = tempDir();
-      const out = join(dir, "keys", "k");
+      // Like ssh-keygen, a missing directory is an error, not created behind the user's back.
+      const missing = runCli(runtime, ["keygen", "--out", join(dir, "keys", "k")]);
+      assert.equal(missing.status, 2);
+      assert.match(missing.stderr, /directory .*keys does not exist/);
+      const out = join(dir, "k");
       const made = runCli(runtime, ["keygen", "--out", out, "--comment", "e2e@test"]);
       assert.equal(made.status, 0, made.stderr);
       assert.equal(statSync(out).mode & 0o777, 0o600, "private key mode");

@@ -186,7 +186,7 @@ export const receiverCommand = defineCommand({
       // With an allowlist nobody is asked: unknown keys are refused.
       askOperator:
         keyMode && !dialing && args["authorized-keys"] === undefined
-          ? ops.holdingStatus(stdinApprover(logger))
+          ? ops.holdingStatus(stdinApprover("sender"))
           : undefined,
       tls,
     });
@@ -241,7 +241,7 @@ export const senderCommand = defineCommand({
       trust,
       askOperator:
         keyMode && listening && args["authorized-keys"] === undefined
-          ? ops.holdingStatus(stdinApprover(logger))
+          ? ops.holdingStatus(stdinApprover("receiver"))
           : undefined,
       tls,
       proxyProtocol: args["proxy-protocol"] === true,

@@ -127,9 +127,10 @@ export const keygenCommand = defineCommand({
     },
   },
   run({ args }) {
-    const out = stringArg(args, "out") ?? configPath(DEFAULT_KEY_NAME);
+    const given = stringArg(args, "out");
+    const out = given ?? configPath(DEFAULT_KEY_NAME);
     const pair = generateKeyPair(stringArg(args, "comment") ?? `mcudpt@${hostname()}`);
-    writeKeyPair(out, pair);
+    writeKeyPair(out, pair, given === undefined);
     process.stdout.write(
       `Wrote ${out} (private, mode 600) and ${out}.pub\n` +
         `Fingerprint: ${pair.fingerprint}\n` +

@@ -12,6 +12,7 @@ import { explainConfigError, withConfigFile } from "./config-file.js";
 import { demoCommand } from "./demo.js";
 import { keygenCommand } from "./identity.js";
 import { normalizeArgv } from "./legacy.js";
+import { jsonRecord } from "./ops/logging.js";
 import { REPEATABLE } from "./options.js";
 
 const VERSION: string = pkg.version;
@@ -133,11 +134,12 @@ export async function main(argv: string[]): Promise<number> {
     return 0;
   } catch (error) {
     const known = error instanceof UserError || (error as Error)?.name === "CLIError";
-    process.stderr.write(
-      `mcudpt: ${known ? "" : "unexpected error: "}${explainConfigError(messageOf(error))
-        .replace(/\x1b\[[0-9;]*m/g, "")
-        .replace(/\s*\n\s*/g, " ")}\n`,
-    );
+    const message = `${known ? "" : "unexpected error: "}${explainConfigError(messageOf(error))
+      .replace(/\x1b\[[0-9;]*m/g, "")
+      .replace(/\s*\n\s*/g, " ")}`;
+    // With --log-format json the line a log collector most needs must be JSON too.
+    const json = argv.some((a, i) => a === "--log-format=json" || (a === "--log-format" && argv[i + 1] === "json"));
+    process.stderr.write(json ? jsonRecord("mcudpt", message, { level: "error" }) : `mcudpt: ${message}\n`);
     if (!known && process.env.MCUDPT_DEBUG) process.stderr.write(`${(error as Error)?.stack}\n`);
     return 2;
   }

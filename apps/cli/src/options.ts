@@ -14,8 +14,7 @@ export const ORIGINAL_DEFAULT_ADDRESS = ":1937";
 export const commonArgs = {
   secret: {
     type: "string",
-    description:
-      "Shared secret proven by HMAC challenge-response (default: $MCUDPT_SECRET; without one the receiver asks the operator)",
+    description: "Shared secret proven by HMAC challenge-response, instead of keys (default: $MCUDPT_SECRET)",
     valueHint: "S",
   },
   "secret-file": {
@@ -166,6 +165,7 @@ export function mappingsArg(
   if (texts.length === 0) texts.push(ORIGINAL_DEFAULT_ADDRESS);
   if (texts.length > MAX_MAPPINGS) throw new UserError(`at most ${MAX_MAPPINGS} --udp mappings, not ${texts.length}`);
   const names = new Set<string>();
+  const addresses = new Set<string>();
   return texts.map((text) => {
     const eq = text.indexOf("=");
     const name = eq > 0 ? text.slice(0, eq) : undefined;
@@ -178,7 +178,13 @@ export function mappingsArg(
       if (names.has(name)) throw new UserError(`--udp: mapping name "${name}" given twice`);
       names.add(name);
     }
+    if (eq === 0) throw new UserError(`--udp ${text}: the mapping name before "=" is empty`);
     const hostPort = parseHostPort(eq > 0 ? text.slice(eq + 1) : text, `--udp`);
+    const where = `${hostPort.host}|${hostPort.port}`;
+    if (role === "receiver" && addresses.has(where)) {
+      throw new UserError(`--udp: ${text} given twice (each public port is one mapping)`);
+    }
+    addresses.add(where);
     if (role === "sender" && hostPort.port === 0) throw new UserError(`--udp ${text}: the target needs a port`);
     return { name, address: hostPort };
   });

@@ -46,12 +46,18 @@ export function generateKeyPair(comment: string): KeyPairFiles {
   };
 }
 
-/** Writes FILE (0600) and FILE.pub; refuses to overwrite an existing key. */
-export function writeKeyPair(path: string, pair: KeyPairFiles): void {
+/**
+ * Writes FILE (0600) and FILE.pub; refuses to overwrite an existing key. The directory is created
+ * only when asked (mcudpt's own config dir); a mistyped --out is an error, as with ssh-keygen.
+ */
+export function writeKeyPair(path: string, pair: KeyPairFiles, createDir = false): void {
   if (existsSync(path))
     throw new UserError(`${path} already exists: not overwriting a key (delete it first, or pick --out)`);
+  if (!createDir && !existsSync(dirname(path))) {
+    throw new UserError(`cannot write key ${path}: directory ${dirname(path)} does not exist`);
+  }
   try {
-    mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
+    if (createDir) mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
     writeFileSync(path, pair.privateKeyPem, { mode: 0o600, flag: "wx" });
     writeFileSync(`${path}.pub`, `${pair.publicKeyLine}\n`, { mode: 0o644 });
   } catch (error) {
@@ -101,7 +107,7 @@ export function loadOrCreateIdentity(
   onCreated: (identity: LoadedIdentity) => void,
 ): LoadedIdentity {
   if (!existsSync(path)) {
-    writeKeyPair(path, generateKeyPair(comment));
+    writeKeyPair(path, generateKeyPair(comment), true);
     const identity = loadIdentity(path);
     onCreated(identity);
     return identity;

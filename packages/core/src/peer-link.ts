@@ -30,9 +30,10 @@ export interface ListenTrust {
   trust?: SenderTrust;
   /**
    * Key mode: asks the operator about a key `trust` does not know; unknown keys are refused when
-   * absent. `cancelled` aborts when the peer goes away before the answer. A yes is remembered.
+   * absent. `cancelled` aborts when the peer goes away before the answer. A yes is remembered; a
+   * string is a refusal with that reason (nobody could answer). A no is not asked again for a while.
    */
-  askOperator?: (request: OperatorQuestion, cancelled: AbortSignal) => Promise<boolean>;
+  askOperator?: (request: OperatorQuestion, cancelled: AbortSignal) => Promise<boolean | string>;
 }
 
 /** How the dialing side checks the peer it reaches. */
@@ -51,6 +52,9 @@ interface Common {
   /** "sender" or "receiver": what the peer is, for log lines. */
   peerName: string;
 }
+
+/** How long an operator's "no" stands before the same key is asked about again. */
+const REFUSAL_MEMORY_MS = 10 * 60_000;
 
 export interface Listener {
   readonly address: string;
@@ -94,6 +98,8 @@ export async function listenForPeer(
   const rateLimited = new RateLimitedLog(logger);
   const approvals: Array<{ conn: number; peer: string; publicKey: Uint8Array }> = [];
   let asking = false;
+  /** Keys the operator said no to, and until when: a reconnecting peer must not re-ask every backoff. */
+  const refusedUntil = new Map<string, number>();
 
   /** One question at a time (there is one operator); a peer that left meanwhile is skipped. */
   const askNext = (): void => {
@@ -114,9 +120,16 @@ export async function listenForPeer(
         if (!cancel.signal.aborted) logger.log("warn", `operator approval failed: ${messageOf(error)}`);
         return false;
       })
-      .then((accepted) => {
+      .then((answer) => {
         clearInterval(watch);
         asking = false;
+        const accepted = answer === true;
+        const reason = typeof answer === "string" ? answer : undefined;
+        if (answer === false && !cancel.signal.aborted) {
+          refusedUntil.set(print, Date.now() + REFUSAL_MEMORY_MS);
+          logger.log("info", `${peerName} ${peer} key ${print} refused by the operator (not asked again for 10 min)`);
+        }
+        if (reason) logger.log("warn", `${peerName} ${peer} key ${print} refused: ${reason}`);
         if (accepted && machine.awaitingApproval(conn)) {
           try {
             options.trust?.remember(publicKey, `approved ${new Date().toISOString().slice(0, 10)} from ${peer}`);
@@ -125,7 +138,7 @@ export async function listenForPeer(
             logger.log("warn", `could not remember ${peerName} key ${print}: ${messageOf(error)}`);
           }
         }
-        driver.guard(() => machine.approve(conn, accepted, now()));
+        driver.guard(() => machine.approve(conn, accepted, now(), reason));
         askNext();
       });
   };
@@ -146,6 +159,9 @@ export async function listenForPeer(
       queueMicrotask(() => driver.guard(() => machine.approve(conn, true, now())));
     } else if (verdict.verdict === "refused") {
       const { reason } = verdict;
+      queueMicrotask(() => driver.guard(() => machine.approve(conn, false, now(), reason)));
+    } else if ((refusedUntil.get(print) ?? 0) > Date.now()) {
+      const reason = `key ${print} was refused by the operator a short while ago`;
       queueMicrotask(() => driver.guard(() => machine.approve(conn, false, now(), reason)));
     } else if (!options.askOperator) {
       const reason = `unknown key ${print}: add it to the --authorized-keys file, or accept it once at an interactive prompt`;

@@ -31,7 +31,9 @@ export interface SenderTrustFiles {
 }
 
 export function fileSenderTrust(files: SenderTrustFiles): SenderTrust {
-  if (files.authorizedKeys !== undefined) readKeyFile(files.authorizedKeys, true); // fail at start-up, not at the first sender
+  // Fail at start-up, not at the first peer.
+  if (files.authorizedKeys !== undefined) readKeyFile(files.authorizedKeys, true);
+  else readKeyFile(files.knownSenders, false);
   return {
     check(publicKey) {
       const print = fingerprint(publicKey);

@@ -29,7 +29,7 @@ export interface ReceiverConfig extends CommonConfig {
 export const RECEIVER_DEFAULTS = {
   maxPendingConnections: 16,
   maxPendingPerSource: 4,
-  newFlowsPerSecond: 100,
+  newFlowsPerSecond: 1000,
   amplificationLimit: 10,
 } as const;
 

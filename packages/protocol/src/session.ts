@@ -107,8 +107,7 @@ export abstract class SessionEndpoint extends Endpoint {
     if (reason) {
       this.failLink(link, CloseCode.KeyRejected, reason);
     } else {
-      this.log("info", `${this.peerName} ${link.peer} refused by the operator`);
-      this.closeLink(link, CloseCode.Refused, "refused by the operator");
+      this.closeLink(link, CloseCode.Refused, "");
     }
   }
 
@@ -134,7 +133,8 @@ export abstract class SessionEndpoint extends Endpoint {
       this.admit(link, now);
       return;
     }
-    if (this.refuseIfBusy(link, now)) return;
+    // "Busy" is only ever told to a peer whose key is admitted (admit() checks): a stranger learns
+    // nothing about who is connected, and an unknown key is judged on its own.
     link.state = "approval";
     link.handshakeDeadline = undefined; // the host may ask a human: no deadline
     this.emit({ kind: "authorize-peer", conn: link.id, peer: link.peer, publicKey: link.peerKey });
@@ -157,7 +157,11 @@ export abstract class SessionEndpoint extends Endpoint {
     if (!current || current === link) return false;
     if (now - current.lastReceived > this.keepaliveMs * 1.5) return false;
     this.stats.handshakeFailures++;
-    this.failLink(link, CloseCode.Busy, `another ${this.peerName} (${current.peer}) is connected; only one at a time`);
+    this.log(
+      "warn",
+      `refusing ${this.peerName} ${link.peer}: ${current.peer} is connected (one ${this.peerName} at a time)`,
+    );
+    this.closeLink(link, CloseCode.Busy, `another ${this.peerName} is connected; only one at a time`);
     return true;
   }
 
@@ -175,7 +179,7 @@ export abstract class SessionEndpoint extends Endpoint {
       session.link = link;
       session.lostAt = undefined;
     } else {
-      if (this.flowCount > 0) this.log("info", `dropping ${this.flowCount} flows of the previous ${this.peerName}`);
+      if (this.flowCount > 0) this.log("info", `dropping ${flows(this.flowCount)} of the previous ${this.peerName}`);
       this.dropAllFlows();
       this.session = { token: this.crypto.randomBytes(TOKEN_SIZE), peerKey: link.peerKey, link, lostAt: undefined };
     }
@@ -227,7 +231,7 @@ export abstract class SessionEndpoint extends Endpoint {
     }
     if (!frame.resumed) {
       if (this.flowCount > 0)
-        this.log("info", `the ${this.peerName} started a new session: closing ${this.flowCount} flows of the old one`);
+        this.log("info", `the ${this.peerName} started a new session: closing ${flows(this.flowCount)} of the old one`);
       this.dropAllFlows();
     }
     this.session = { token: frame.token.slice(), peerKey: link.peerKey, link, lostAt: undefined };
@@ -241,7 +245,7 @@ export abstract class SessionEndpoint extends Endpoint {
     this.stats.accepted++;
     const what =
       link.side === "acceptor" ? `${this.peerName} ${link.peer} accepted` : `accepted by ${this.peerName} ${link.peer}`;
-    this.log("info", `${what}${resumed ? ` (resumed ${this.flowCount} flows)` : ""}`);
+    this.log("info", `${what}${resumed ? ` (resumed ${flows(this.flowCount)})` : ""}`);
     this.emit({ kind: "accepted", conn: link.id, peer: link.peer, resumed });
     this.notifyTransmit(link);
   }
@@ -263,7 +267,7 @@ export abstract class SessionEndpoint extends Endpoint {
     if (this.flowCount > 0 && this.resumeGraceMs > 0) {
       this.log(
         "info",
-        `keeping ${this.flowCount} flows for ${this.resumeGraceMs / 1000} s in case the connection resumes`,
+        `keeping ${flows(this.flowCount)} for ${this.resumeGraceMs / 1000} s in case the connection resumes`,
       );
     }
   }
@@ -283,7 +287,7 @@ export abstract class SessionEndpoint extends Endpoint {
       session.lostAt !== undefined &&
       now >= session.lostAt + this.resumeGraceMs
     ) {
-      if (this.flowCount > 0) this.log("info", `no resume in time: dropping ${this.flowCount} flows`);
+      if (this.flowCount > 0) this.log("info", `no resume in time: dropping ${flows(this.flowCount)}`);
       this.dropAllFlows();
       this.session = undefined;
     }
@@ -299,4 +303,8 @@ export abstract class SessionEndpoint extends Endpoint {
     }
     return next;
   }
+}
+
+function flows(count: number): string {
+  return count === 1 ? "1 flow" : `${count} flows`;
 }

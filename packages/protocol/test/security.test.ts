@@ -222,14 +222,26 @@ for (const dir of DIRECTIONS) {
       expect(dialer.peerConnected).toBe(false);
     });
 
-    test(`one ${dialerRole(dir)} at a time: a second key is refused as busy before anyone is asked`, () => {
+    test(`one ${dialerRole(dir)} at a time: an unknown second key is judged first, and never told who is connected`, () => {
       const { net, acceptor } = pair({ direction: dir });
       expect(acceptor.peerConnected).toBe(true);
       const intruder = new RawPeer(acceptor, 2, net.now).accepted();
       rawDialerHandshake(intruder, { identity: testIdentity(0x99) });
-      expect(intruder.closeCode()).toBe(CloseCode.Busy);
-      expect(intruder.closeMessage()).toBe(`another ${dialerRole(dir)} (peer-of-1) is connected; only one at a time`);
-      expect(intruder.outputs.some((o) => o.kind === "authorize-peer" || o.kind === "accepted")).toBe(false);
+      // Not "busy" before its key is decided on: that would tell a stranger a peer is connected.
+      expect(intruder.closeCode()).toBeUndefined();
+      expect(intruder.outputs.filter((o) => o.kind === "authorize-peer").length).toBe(1);
+      acceptor.approve(2, false, net.now, "key SHA256:x is not authorized");
+      intruder.read();
+      expect(intruder.closeCode()).toBe(CloseCode.KeyRejected);
+      expect(intruder.closeMessage()).toBe("key SHA256:x is not authorized");
+      expect(acceptor.peerConnected).toBe(true);
+      // An admitted second key hears "busy", without the first peer's address.
+      const second = new RawPeer(acceptor, 3, net.now).accepted();
+      rawDialerHandshake(second, { identity: testIdentity(0x98) });
+      acceptor.approve(3, true, net.now);
+      second.read();
+      expect(second.closeCode()).toBe(CloseCode.Busy);
+      expect(second.closeMessage()).toBe(`another ${dialerRole(dir)} is connected; only one at a time`);
       expect(acceptor.peerConnected).toBe(true);
     });
   });
@@ -469,15 +481,15 @@ describe("new-flow rate limit per source", () => {
     expect(net.logs(receiver).filter((l) => l.includes("new-flow rate limit")).length).toBeLessThanOrEqual(2);
   });
 
-  test("the default (100/s, burst 200) and 0 (off)", () => {
-    expect(RECEIVER_DEFAULTS.newFlowsPerSecond).toBe(100);
+  test("the default (1000/s, burst 2000) and 0 (off)", () => {
+    expect(RECEIVER_DEFAULTS.newFlowsPerSecond).toBe(1000);
     const limited = pair();
-    for (let i = 0; i < 250; i++) limited.receiver.clientDatagram("203.0.113.1", 10_000 + i, utf8("x"), 0);
-    expect(limited.receiver.flowCount).toBe(200);
+    for (let i = 0; i < 2050; i++) limited.receiver.clientDatagram("203.0.113.1", 10_000 + i, utf8("x"), 0);
+    expect(limited.receiver.flowCount).toBe(2000);
     expect(limited.receiver.stats.drops["rate-limited"]).toBe(50);
     const off = pair({ receiver: { newFlowsPerSecond: 0 } });
-    for (let i = 0; i < 250; i++) off.receiver.clientDatagram("203.0.113.1", 10_000 + i, utf8("x"), 0);
-    expect(off.receiver.flowCount).toBe(250);
+    for (let i = 0; i < 2050; i++) off.receiver.clientDatagram("203.0.113.1", 10_000 + i, utf8("x"), 0);
+    expect(off.receiver.flowCount).toBe(2050);
     expect(off.receiver.stats.drops["rate-limited"]).toBe(0);
   });
 });

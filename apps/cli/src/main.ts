@@ -134,7 +134,7 @@ export async function main(argv: string[]): Promise<number> {
     return 0;
   } catch (error) {
     const known = error instanceof UserError || (error as Error)?.name === "CLIError";
-    const message = `${known ? "" : "unexpected error: "}${explainConfigError(messageOf(error))
+    const message = `${known ? "" : "unexpected error: "}${explainConfigError(citeEnumError(messageOf(error)))
       .replace(/\x1b\[[0-9;]*m/g, "")
       .replace(/\s*\n\s*/g, " ")}`;
     // With --log-format json the line a log collector most needs must be JSON too.
@@ -151,3 +151,11 @@ main(process.argv.slice(2)).then(
   },
   () => process.exit(1),
 );
+
+/** citty's enum error ("Invalid value for argument: --transport (foo). Expected one of: …") in our style. */
+function citeEnumError(message: string): string {
+  const match = /^Invalid value for argument: (--[\w-]+) \((.*)\)\. Expected one of: (.*?)\.?( \(EARG\))?$/.exec(
+    message,
+  );
+  return match ? `${match[1]}: "${match[2]}" is not one of ${match[3]}` : message;
+}

@@ -4,7 +4,7 @@
  * backoff and jitter, check the acceptor's certificate and key). ssh -R is a receiver that listens and
  * a sender that dials; ssh -L swaps the two.
  */
-import type { ReceiverMachine, SenderMachine } from "@mcudpt/protocol";
+import { CloseCode, type ReceiverMachine, type SenderMachine } from "@mcudpt/protocol";
 import { formatHostPort, type HostPort } from "./address.js";
 import { type MachineDriver, now } from "./driver.js";
 import { messageOf, UserError } from "./errors.js";
@@ -52,6 +52,9 @@ interface Common {
   /** "sender" or "receiver": what the peer is, for log lines. */
   peerName: string;
 }
+
+/** CLOSE codes that mean the two sides are configured differently. */
+const CONFIG_MISMATCH = new Set<number>([CloseCode.AuthMismatch, CloseCode.RoleConflict, CloseCode.MappingMismatch]);
 
 /** How long an operator's "no" stands before the same key is asked about again. */
 const REFUSAL_MEMORY_MS = 10 * 60_000;
@@ -285,6 +288,11 @@ export function dialPeer(
   const scheduleRetry = (why: string): void => {
     if (stopping || retryTimer) return;
     if (options.keyCheck.refused) return giveUp(options.keyCheck.refused);
+    // Two sides configured differently stay so until someone restarts one: retry at the slowest
+    // pace instead of filling the log every backoff step (the reason was logged with the CLOSE).
+    const mismatch = machine.lastCloseCode !== undefined && CONFIG_MISMATCH.has(machine.lastCloseCode);
+    if (mismatch) failures = Math.max(failures, 20);
+    machine.lastCloseCode = undefined;
     const base = Math.min(maxDelay, initialDelay * 2 ** Math.min(failures, 20));
     const delay = Math.round(base * (0.5 + Math.random() * 0.5));
     failures++;

@@ -153,6 +153,11 @@ export abstract class Endpoint {
   private evictionsUnlogged = 0;
   private lastEvictionLog = Number.NEGATIVE_INFINITY;
   private readonly limitLogs = new Map<string, { at: number; unlogged: number }>();
+  /**
+   * The CLOSE code of the last connection that ended with one (sent or received): the host's dialer
+   * retries a configuration mismatch (roles, auth modes, mappings) slowly rather than every backoff.
+   */
+  lastCloseCode: number | undefined;
   protected readonly secret: Uint8Array | undefined;
   private readonly credentials: Credentials;
   protected readonly idleTimeoutMs: number;
@@ -363,6 +368,7 @@ export abstract class Endpoint {
       this.log(level, `${link.peer} closed the connection: ${why}${frame.message ? ` (${frame.message})` : ""}`);
       if (link.state !== "open") this.stats.handshakeFailures++;
       link.state = "closed";
+      this.lastCloseCode = frame.code;
       this.emit({ kind: "close-connection", conn: link.id });
       return;
     }
@@ -440,6 +446,7 @@ export abstract class Endpoint {
   protected closeLink(link: Link, code: CloseCode, message: string): void {
     if (link.state === "closed") return;
     link.state = "closed";
+    this.lastCloseCode = code;
     link.writer.close(code, message);
     this.notifyTransmit(link);
     this.emit({ kind: "close-connection", conn: link.id });

@@ -115,7 +115,8 @@ async function main(): Promise<number> {
   const common = ["--secret", "port-reuse", "--max-flows", String(maxFlows), "--idle-timeout", "10"];
   const receiver = spawn(
     runtime,
-    [cli, "receiver", "--udp", `${HOST}:${udpPort}`, "--tcp", `${HOST}:${tcpPort}`, ...common],
+    // Churn from one address on purpose: the per-source new-flow limit is off.
+    [cli, "receiver", "--udp", `${HOST}:${udpPort}`, "--tcp", `${HOST}:${tcpPort}`, "--new-flow-rate", "0", ...common],
     {
       stdio: ["ignore", "pipe", "pipe"],
     },

@@ -831,6 +831,10 @@ async function runOnce(runtime: Runtime, opts: Options): Promise<RunReport> {
       `${HOST}:${udpPort}`,
       "--tcp",
       `${HOST}:${tcpPort}`,
+      // The flood and the steady clients all come from 127.0.0.1: with the per-source new-flow limit
+      // on, the flood would starve the steady clients' new flows and the soak would measure the limit.
+      "--new-flow-rate",
+      "0",
       ...common,
     ]);
     await until(() => r.exit !== undefined || r.lines.some((l) => /receiver listening/.test(l)), 15_000);

@@ -75,8 +75,14 @@ export interface SenderHandle {
   close(): Promise<void>;
 }
 
-/** Datagrams held per flow while its socket is being opened; more are dropped (UDP semantics). */
-const MAX_PENDING_PER_FLOW = 64;
+/**
+ * Datagrams held while a flow's socket is being opened (a name to resolve, a bind to wait for): a
+ * client that bursts its first hundreds of datagrams must not lose most of them. Bounded per flow and
+ * in all, so a flood of new flows cannot hoard memory; past the bounds, datagrams are dropped (UDP
+ * semantics), counted as backpressure and logged.
+ */
+const MAX_PENDING_PER_FLOW = 1024;
+const MAX_PENDING_BYTES = 16 * 1024 * 1024;
 
 /**
  * A closed flow's socket stays bound this long, discarding what arrives, before its port is released:
@@ -148,6 +154,12 @@ export async function startSender(options: SenderOptions): Promise<SenderHandle>
   const rateLimited = new RateLimitedLog(logger);
   const flowSockets = new Map<number, FlowSocket>();
   const lingering = new Lingering(Math.max(MIN_LINGERING, options.config.maxFlows ?? DEFAULTS.maxFlows));
+  /** Bytes held in all flows' `pending` lists (see MAX_PENDING_BYTES). */
+  let pendingBytes = 0;
+  const discardPending = (entry: FlowSocket): void => {
+    for (const payload of entry.pending) pendingBytes -= payload.length;
+    entry.pending = [];
+  };
   const targets = mappings.map(({ target }) => {
     const host = target.host === "" ? "127.0.0.1" : target.host;
     return { host, port: target.port, text: formatHostPort(host, target.port) };
@@ -239,13 +251,17 @@ export async function startSender(options: SenderOptions): Promise<SenderHandle>
     entry.socket = socket;
     // Source: the receiver's client; destination: the target address this socket is connected to.
     if (options.proxyProtocol) entry.header = proxyV2Header(client, { address: resolved.address, port: target.port });
-    for (const payload of entry.pending) sendToTarget(socket, entry.header, payload);
+    for (const payload of entry.pending) {
+      pendingBytes -= payload.length;
+      sendToTarget(socket, entry.header, payload);
+    }
     entry.pending = [];
   };
 
   const failFlow = (flowId: number, entry: FlowSocket, reason: number, what: string, error: unknown): void => {
     if (entry.closed) return;
     flowSockets.delete(flowId);
+    discardPending(entry);
     rateLimited.log(`flow-open-${reason}`, "warn", `${what}: ${messageOf(error)}`);
     driver.guard(() => machine.flowSocketError(flowId, true, reason));
   };
@@ -264,10 +280,22 @@ export async function startSender(options: SenderOptions): Promise<SenderHandle>
           }
           if (entry.out.size === 0) batched.push(entry);
           entry.out.add(data);
-        } else if (entry && entry.pending.length < MAX_PENDING_PER_FLOW) {
+        } else if (
+          entry &&
+          entry.pending.length < MAX_PENDING_PER_FLOW &&
+          pendingBytes + output.payload.length <= MAX_PENDING_BYTES
+        ) {
           entry.pending.push(output.payload.slice()); // the payload is a view into the TCP chunk
+          pendingBytes += output.payload.length;
+        } else if (entry) {
+          machine.stats.drops.backpressure++;
+          rateLimited.log(
+            "flow-opening",
+            "warn",
+            "dropped datagrams for flows whose socket was still opening (a burst over 1,024 datagrams or 16 MiB)",
+          );
         } else {
-          machine.stats.drops["socket-error"]++;
+          machine.stats.drops["unknown-flow"]++;
         }
         return;
       }
@@ -280,6 +308,7 @@ export async function startSender(options: SenderOptions): Promise<SenderHandle>
       case "close-flow-socket": {
         const entry = flowSockets.get(output.flowId);
         if (!entry) return;
+        discardPending(entry);
         entry.closed = true;
         if (entry.socket) lingering.add(entry.socket);
         flowSockets.delete(output.flowId);
@@ -367,6 +396,7 @@ export async function startSender(options: SenderOptions): Promise<SenderHandle>
           entry.socket?.close();
         }
         flowSockets.clear();
+        pendingBytes = 0;
         lingering.closeAll();
         await waitFor(() => driver.openConnections === 0, 1000);
         driver.destroyAll();

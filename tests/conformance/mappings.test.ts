@@ -55,38 +55,48 @@ for (const transport of availableTransports()) {
         }
       });
 
-      it(`${how}: key mode — the listening side asks about the dialer's key once, a cut connection resumes`, TIMEOUT, async () => {
-        const asked: string[] = [];
-        let proxy: Awaited<ReturnType<typeof startProxy>> | undefined;
-        const tunnel = await startTunnel(transport, echo.port, {
-          direction,
-          receiverConfig: { identity: testIdentity("receiver") },
-          senderConfig: { identity: testIdentity("sender") },
-          trust: memoryTrust(),
-          askOperator: async ({ fingerprint }) => {
-            asked.push(fingerprint);
-            return true;
-          },
-          viaPort: async (port) => {
-            proxy = await startProxy(port);
-            return proxy.port;
-          },
-        });
-        try {
-          const client = await startClient(transport, tunnel.receiver.udpPort);
-          assert.equal(text(await client.request("before")), "before");
-          proxy?.cut();
-          await eventually(() => !tunnel.receiver.machine.senderConnected || !tunnel.sender.machine.connected, "cut noticed");
-          await eventually(() => tunnel.receiver.machine.senderConnected && tunnel.sender.machine.connected, "reconnected");
-          assert.equal(text(await client.request("after")), "after");
-          assert.equal(asked.length, 1, "the remembered key is not asked about again");
-          assert.equal(tunnel.receiver.machine.flowCount, 1, "the flow resumed");
-          client.close();
-        } finally {
-          await tunnel.close();
-          await proxy?.close();
-        }
-      });
+      it(
+        `${how}: key mode — the listening side asks about the dialer's key once, a cut connection resumes`,
+        TIMEOUT,
+        async () => {
+          const asked: string[] = [];
+          let proxy: Awaited<ReturnType<typeof startProxy>> | undefined;
+          const tunnel = await startTunnel(transport, echo.port, {
+            direction,
+            receiverConfig: { identity: testIdentity("receiver") },
+            senderConfig: { identity: testIdentity("sender") },
+            trust: memoryTrust(),
+            askOperator: async ({ fingerprint }) => {
+              asked.push(fingerprint);
+              return true;
+            },
+            viaPort: async (port) => {
+              proxy = await startProxy(port);
+              return proxy.port;
+            },
+          });
+          try {
+            const client = await startClient(transport, tunnel.receiver.udpPort);
+            assert.equal(text(await client.request("before")), "before");
+            proxy?.cut();
+            await eventually(
+              () => !tunnel.receiver.machine.senderConnected || !tunnel.sender.machine.connected,
+              "cut noticed",
+            );
+            await eventually(
+              () => tunnel.receiver.machine.senderConnected && tunnel.sender.machine.connected,
+              "reconnected",
+            );
+            assert.equal(text(await client.request("after")), "after");
+            assert.equal(asked.length, 1, "the remembered key is not asked about again");
+            assert.equal(tunnel.receiver.machine.flowCount, 1, "the flow resumed");
+            client.close();
+          } finally {
+            await tunnel.close();
+            await proxy?.close();
+          }
+        },
+      );
     }
 
     it("two named mappings over one connection, listed in different orders: no cross-talk", TIMEOUT, async () => {
@@ -135,6 +145,23 @@ for (const transport of availableTransports()) {
         assert.equal(receiver.machine.flowCountOf(0), 21);
         assert.equal(receiver.machine.flowCountOf(1), 20);
         assert.equal(sender.machine.flowCount, 41);
+        // Counters per mapping, each side in its own order (the sender lists ntp first).
+        assert.deepEqual(
+          receiver.machine.mappingStats.map((m) => [m.name, m.flowsOpened]),
+          [
+            ["dns", 21],
+            ["ntp", 20],
+          ],
+        );
+        for (const m of receiver.machine.mappingStats) assert.ok(m.udpOut >= 100, `${m.name}: replies counted`);
+        assert.deepEqual(
+          sender.machine.mappingStats.map((m) => [m.name, m.flowsOpened]),
+          [
+            ["ntp", 20],
+            ["dns", 21],
+          ],
+        );
+        assert.ok(receiver.machine.mappingStats[1].udpIn >= 100, "ntp's clients sent at least their 100 requests");
         for (const client of [...clients, extra]) client.close();
       } finally {
         await sender.close();
@@ -144,45 +171,49 @@ for (const transport of availableTransports()) {
       }
     });
 
-    it("mappings that do not pair up are reported at the handshake by both sides, and nothing is forwarded", TIMEOUT, async () => {
-      const receiverLog = memoryLogger();
-      const senderLog = memoryLogger();
-      const receiver = await startReceiver({
-        transport,
-        mappings: [
-          { name: "dns", udp: { host: LOOPBACK, port: 0 } },
-          { name: "ntp", udp: { host: LOOPBACK, port: 0 } },
-        ],
-        tcp: { host: LOOPBACK, port: 0 },
-        config: { secret: SECRET },
-        logger: receiverLog,
-      });
-      const sender = await startSender({
-        transport,
-        mappings: [{ name: "dns", target: { host: LOOPBACK, port: echo.port } }],
-        receiver: { host: LOOPBACK, port: receiver.tcpPort },
-        config: { secret: SECRET },
-        logger: senderLog,
-        reconnect: { initialMs: 50, maxMs: 500 },
-      });
-      try {
-        await eventually(
-          () => receiverLog.saw(/mappings differ/) && senderLog.saw(/mappings differ/),
-          "both sides name the mismatch",
-        );
-        const line = senderLog.lines.find((l) => /mappings differ/.test(l)) ?? "";
-        assert.match(line, /receiver has 2 \(dns, ntp\)/);
-        assert.match(line, /sender 1 \(dns\)/);
-        const client = await startClient(transport, receiver.udpPort);
-        client.send("nobody home");
-        await sleep(200);
-        assert.equal(client.replies.length, 0);
-        assert.equal(receiver.machine.senderConnected, false);
-        client.close();
-      } finally {
-        await sender.close();
-        await receiver.close();
-      }
-    });
+    it(
+      "mappings that do not pair up are reported at the handshake by both sides, and nothing is forwarded",
+      TIMEOUT,
+      async () => {
+        const receiverLog = memoryLogger();
+        const senderLog = memoryLogger();
+        const receiver = await startReceiver({
+          transport,
+          mappings: [
+            { name: "dns", udp: { host: LOOPBACK, port: 0 } },
+            { name: "ntp", udp: { host: LOOPBACK, port: 0 } },
+          ],
+          tcp: { host: LOOPBACK, port: 0 },
+          config: { secret: SECRET },
+          logger: receiverLog,
+        });
+        const sender = await startSender({
+          transport,
+          mappings: [{ name: "dns", target: { host: LOOPBACK, port: echo.port } }],
+          receiver: { host: LOOPBACK, port: receiver.tcpPort },
+          config: { secret: SECRET },
+          logger: senderLog,
+          reconnect: { initialMs: 50, maxMs: 500 },
+        });
+        try {
+          await eventually(
+            () => receiverLog.saw(/mappings differ/) && senderLog.saw(/mappings differ/),
+            "both sides name the mismatch",
+          );
+          const line = senderLog.lines.find((l) => /mappings differ/.test(l)) ?? "";
+          assert.match(line, /receiver has 2 \(dns, ntp\)/);
+          assert.match(line, /sender 1 \(dns\)/);
+          const client = await startClient(transport, receiver.udpPort);
+          client.send("nobody home");
+          await sleep(200);
+          assert.equal(client.replies.length, 0);
+          assert.equal(receiver.machine.senderConnected, false);
+          client.close();
+        } finally {
+          await sender.close();
+          await receiver.close();
+        }
+      },
+    );
   });
 }

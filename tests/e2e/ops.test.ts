@@ -66,6 +66,9 @@ describe("operations of the built CLI", () => {
         assert.ok(sample(after, "mcudpt_datagrams_total", 'direction="in"')! >= 2);
         assert.ok(sample(after, "mcudpt_bytes_total", 'direction="out"')! >= 6);
         assert.equal(sample(after, "mcudpt_flows"), 2);
+        // The one (unnamed) mapping carries the same traffic, under its own label.
+        assert.equal(sample(after, "mcudpt_mapping_flows", 'mapping="#1"'), 2);
+        assert.ok(sample(after, "mcudpt_mapping_datagrams_total", 'mapping="#1",direction="in"')! >= 2);
         assert.equal(sample(after, "mcudpt_flows_opened_total"), 2);
         assert.match(
           after,

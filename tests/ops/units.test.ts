@@ -49,6 +49,9 @@ function fakeObserved(stats: Partial<Stats> = {}): Observed {
     flowCount: () => flows.length,
     reconnects: () => 0,
     flows: () => flows,
+    mappings: () => [
+      { name: "dns", label: "dns", flows: 1, flowsOpened: 4, udpIn: 3, udpInBytes: 300, udpOut: 2, udpOutBytes: 200 },
+    ],
   };
 }
 
@@ -139,5 +142,15 @@ describe("published manifests", () => {
 describe("docs/cli.md", () => {
   it("is what `bun run docs:cli` writes from the flag definitions (run it after changing a flag)", () => {
     assert.equal(readFileSync(CLI_DOC, "utf8"), renderCliDoc(), "docs/cli.md is stale: run `bun run docs:cli`");
+  });
+});
+
+describe("metrics registry", () => {
+  it("exports per-mapping flows, datagrams and bytes with the mapping's label", async () => {
+    const { metricsRegistry } = await import("../../apps/cli/src/ops/metrics.ts");
+    const text = await metricsRegistry(fakeObserved(), { version: "test" }).metrics();
+    assert.match(text, /^mcudpt_mapping_flows\{mapping="dns"\} 1$/m);
+    assert.match(text, /^mcudpt_mapping_datagrams_total\{mapping="dns",direction="in"\} 3$/m);
+    assert.match(text, /^mcudpt_mapping_bytes_total\{mapping="dns",direction="out"\} 200$/m);
   });
 });

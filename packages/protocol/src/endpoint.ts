@@ -103,6 +103,17 @@ export interface Stats {
   rttMs: number | undefined;
 }
 
+/** Traffic of one mapping (its flows' counters, kept after they close). */
+export interface MappingStats {
+  /** The mapping's name, or "" when unnamed. */
+  readonly name: string;
+  flowsOpened: number;
+  udpIn: number;
+  udpInBytes: number;
+  udpOut: number;
+  udpOutBytes: number;
+}
+
 export interface CommonConfig {
   /** Shared secret (secret mode). Without one, key mode: `identity` is required. */
   secret?: Uint8Array | string;
@@ -169,6 +180,8 @@ export abstract class Endpoint {
   protected readonly agent: string;
   protected readonly mappings: readonly MappingConfig[];
   private readonly mappingNames: readonly string[];
+  /** Per-mapping totals, by this side's mapping index. */
+  readonly mappingStats: readonly MappingStats[];
   readonly stats: Stats = {
     udpIn: 0,
     udpInBytes: 0,
@@ -212,6 +225,14 @@ export abstract class Endpoint {
     this.mappings = config.mappings ?? [{}];
     checkMappings(this.mappings, MAX_MAPPINGS);
     this.mappingNames = this.mappings.map((mapping) => mapping.name ?? "");
+    this.mappingStats = this.mappingNames.map((name) => ({
+      name,
+      flowsOpened: 0,
+      udpIn: 0,
+      udpInBytes: 0,
+      udpOut: 0,
+      udpOutBytes: 0,
+    }));
   }
 
   /** Idle timeout of mapping `index` (its own, or the endpoint's). */
@@ -519,10 +540,21 @@ export abstract class Endpoint {
     entry.unlogged = 0;
   }
 
+  /** Counts a datagram taken in from UDP for mapping `mappingId` (the totals are the caller's). */
+  protected countMappingIn(mappingId: number, size: number): void {
+    const mapping = this.mappingStats[mappingId];
+    if (mapping === undefined) return;
+    mapping.udpIn++;
+    mapping.udpInBytes += size;
+  }
+
   /** Counts a datagram handed out to UDP, in the totals and on its flow. */
-  protected countOut(flow: FlowCounters, size: number): void {
+  protected countOut(flow: FlowCounters & { readonly mappingId: number }, size: number): void {
     this.stats.udpOut++;
     this.stats.udpOutBytes += size;
+    const mapping = this.mappingStats[flow.mappingId];
+    mapping.udpOut++;
+    mapping.udpOutBytes += size;
     flow.datagramsOut++;
     flow.bytesOut += size;
   }

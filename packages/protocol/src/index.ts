@@ -7,6 +7,7 @@ export {
   DEFAULTS,
   type DropReason,
   type LogLevel,
+  type MappingStats,
   type Output,
   type Stats,
 } from "./endpoint.js";

@@ -77,6 +77,7 @@ export class ReceiverMachine extends SessionEndpoint {
     const stats = this.stats;
     stats.udpIn++;
     stats.udpInBytes += payload.length;
+    this.countMappingIn(mappingId, payload.length);
     // A link already closed (CLOSE sent or received, keepalive timeout) but not yet reported
     // disconnected takes nothing more: frames after a CLOSE are never read.
     const link = this.openLink;
@@ -162,6 +163,7 @@ export class ReceiverMachine extends SessionEndpoint {
     this.flows.add(flow);
     this.flowsByKey.set(key, flow);
     this.stats.flowsOpened++;
+    this.mappingStats[mappingId].flowsOpened++;
     link.writer.flowOpen(flow.id, flow.mappingId, flow);
     return flow;
   }

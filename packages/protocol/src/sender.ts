@@ -56,6 +56,7 @@ export class SenderMachine extends SessionEndpoint {
       stats.drops["unknown-flow"]++;
       return;
     }
+    this.countMappingIn(flow.mappingId, payload.length);
     this.flows.touch(flow, now);
     const link = this.openLink;
     if (link === undefined) {
@@ -105,6 +106,11 @@ export class SenderMachine extends SessionEndpoint {
     return this.flows.values();
   }
 
+  /** Open flows of this side's mapping `mappingId`. */
+  flowCountOf(mappingId: number): number {
+    return this.flows.tables[mappingId]?.size ?? 0;
+  }
+
   /** Whether flow `flowId` is open (the host may still be opening its socket). */
   hasFlow(flowId: number): boolean {
     return this.flows.has(flowId);
@@ -147,6 +153,7 @@ export class SenderMachine extends SessionEndpoint {
         const client = { ...frame.client };
         this.flows.add({ id: frame.flowId, mappingId, client, lastActive: now, ...zeroCounters() });
         this.stats.flowsOpened++;
+        this.mappingStats[mappingId].flowsOpened++;
         this.log("debug", `flow ${frame.flowId} opened for client ${client.address}:${client.port}`);
         this.emit({ kind: "open-flow-socket", flowId: frame.flowId, mappingId, client });
         return;

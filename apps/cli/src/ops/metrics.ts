@@ -9,7 +9,7 @@ import type { AddressInfo } from "node:net";
 import { formatHostPort, messageOf, UserError } from "@mcudpt/core";
 import type { DropReason } from "@mcudpt/protocol";
 import { Counter, Gauge, Registry } from "prom-client";
-import type { Observed } from "./observe.js";
+import type { MappingRow, Observed } from "./observe.js";
 
 export interface MetricsServer {
   readonly url: string;
@@ -86,6 +86,42 @@ export function metricsRegistry(observed: Observed, info: Record<string, string>
     "Datagrams dropped, by reason",
     "reason",
     () => ({ ...stats.drops }) as Record<DropReason, number>,
+  );
+  // Per mapping (several services over one tunnel): flows, datagrams and bytes each way.
+  new Gauge({
+    name: "mcudpt_mapping_flows",
+    help: "Open flows of each mapping",
+    labelNames: ["mapping"],
+    registers,
+    collect() {
+      this.reset();
+      for (const row of observed.mappings()) this.set({ mapping: row.label }, row.flows);
+    },
+  });
+  const perMapping = (name: string, help: string, pick: (row: MappingRow) => [number, number]) =>
+    new Counter({
+      name,
+      help,
+      labelNames: ["mapping", "direction"],
+      registers,
+      collect() {
+        this.reset();
+        for (const row of observed.mappings()) {
+          const [into, out] = pick(row);
+          this.inc({ mapping: row.label, direction: "in" }, into);
+          this.inc({ mapping: row.label, direction: "out" }, out);
+        }
+      },
+    });
+  perMapping(
+    "mcudpt_mapping_datagrams_total",
+    "UDP datagrams per mapping, directions as mcudpt_datagrams_total",
+    (row) => [row.udpIn, row.udpOut],
+  );
+  perMapping(
+    "mcudpt_mapping_bytes_total",
+    "UDP payload bytes per mapping, directions as mcudpt_datagrams_total",
+    (row) => [row.udpInBytes, row.udpOutBytes],
   );
   total("mcudpt_accepted_connections_total", "Connections that completed the handshake", () => stats.accepted);
   total("mcudpt_reconnects_total", "Connections to the peer after the first one", () => observed.reconnects());

@@ -4,7 +4,7 @@
  * here is on the datagram path.
  */
 import { formatHostPort, type ReceiverHandle, type SenderHandle } from "@mcudpt/core";
-import type { FlowCounters, Stats } from "@mcudpt/protocol";
+import type { FlowCounters, MappingStats, Stats } from "@mcudpt/protocol";
 
 export type Role = "receiver" | "sender";
 
@@ -25,6 +25,25 @@ export interface Observed {
   /** Connections to the peer after the first one. */
   reconnects(): number;
   flows(): Iterable<FlowRow>;
+  /** Per mapping (by this side's index): its label, open flows and totals. */
+  mappings(): MappingRow[];
+}
+
+export interface MappingRow extends MappingStats {
+  /** The mapping's name, or "#1", "#2"… when unnamed. */
+  label: string;
+  flows: number;
+}
+
+function mappingRows(machine: {
+  mappingStats: readonly MappingStats[];
+  flowCountOf(mappingId: number): number;
+}): MappingRow[] {
+  return machine.mappingStats.map((stats, i) => ({
+    ...stats,
+    label: stats.name || `#${i + 1}`,
+    flows: machine.flowCountOf(i),
+  }));
 }
 
 export function observeReceiver(handle: ReceiverHandle, transport: string): Observed {
@@ -36,6 +55,7 @@ export function observeReceiver(handle: ReceiverHandle, transport: string): Obse
     peerConnected: () => machine.senderConnected,
     flowCount: () => machine.flowCount,
     reconnects: () => Math.max(0, machine.stats.accepted - 1),
+    mappings: () => mappingRows(machine),
     *flows() {
       for (const flow of machine.flowList())
         yield {
@@ -57,6 +77,7 @@ export function observeSender(handle: SenderHandle, transport: string): Observed
     peerConnected: () => machine.connected,
     flowCount: () => machine.flowCount,
     reconnects: () => handle.reconnects,
+    mappings: () => mappingRows(machine),
     *flows() {
       for (const flow of machine.flowList()) {
         yield {

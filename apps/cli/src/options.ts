@@ -82,9 +82,10 @@ export function seconds(args: RawArgs, name: string, fallbackMs: number, minSeco
   const text = stringArg(args, name);
   if (text === undefined) return fallbackMs;
   const value = Number(text);
-  if (!/^\d+(\.\d+)?$/.test(text.trim()) || !(value > 0) || value > 86_400 * 365) {
-    throw new UserError(`--${name}: "${text}" is not a positive number of seconds`);
+  if (!/^\d+(\.\d+)?$/.test(text.trim()) || !(value > 0)) {
+    throw new UserError(`--${name}: "${text}" is not a positive number of seconds (write it plainly, like 30 or 0.5)`);
   }
+  if (value > 86_400 * 365) throw new UserError(`--${name}: ${text} s is more than a year`);
   if (value < minSeconds) throw new UserError(`--${name}: ${text} s is too short (at least ${minSeconds} s)`);
   return value * 1000;
 }

@@ -10,8 +10,24 @@ import { RECEIVER_DEFAULTS } from "@mcudpt/protocol";
 import { type ArgsDef, defineCommand } from "citty";
 import { stdinApprover } from "./approval.js";
 import { configArgs } from "./config-file.js";
-import { dialPinsFor, identityFor, keyArgs, listenTrustFor, rejectKeyFlagsWithSecret, trustArgs } from "./identity.js";
-import { observeReceiver, observeSender, operations, opsArgs, opsOptions } from "./ops/index.js";
+import {
+  dialPinsFor,
+  identityFor,
+  keyArgs,
+  listenTrustFor,
+  type PeerRole,
+  rejectKeyFlagsWithSecret,
+  trustArgs,
+} from "./identity.js";
+import {
+  type Observed,
+  type Operations,
+  observeReceiver,
+  observeSender,
+  operations,
+  opsArgs,
+  opsOptions,
+} from "./ops/index.js";
 import {
   address,
   type CommonOptions,
@@ -146,6 +162,46 @@ async function runUntilSignal(logger: Logger, close: () => Promise<void>): Promi
   });
 }
 
+/** Trust, key pins, TLS and the operator prompt for the TCP side this end takes. */
+function sideOptions(args: RawArgs, ops: Operations, peer: PeerRole, listening: boolean, keyMode: boolean) {
+  const logger = ops.logger;
+  return {
+    trust: keyMode && listening ? listenTrustFor(args, peer) : undefined,
+    pins: keyMode && !listening ? dialPinsFor(args, peer) : undefined,
+    // Flag errors before files are created: a bad command line leaves nothing behind.
+    tls: listening ? listenTls(args, logger, peer) : dialTls(args, logger, peer),
+    // With an allowlist nobody is asked: unknown keys are refused.
+    askOperator:
+      keyMode && listening && args["authorized-keys"] === undefined
+        ? ops.holdingStatus(stdinApprover(peer))
+        : undefined,
+  };
+}
+
+/**
+ * Starts a role and runs it until a signal. Signal handlers go in before anything is bound, so a
+ * SIGTERM during start-up still closes cleanly. A refused key or certificate is not a network error:
+ * dialing stopped (the reason is logged), so exit 1 for the operator (or systemd) to see.
+ */
+async function runRole<H extends { fatal: Promise<string>; close(): Promise<void> }>(
+  ops: Operations,
+  start: () => Promise<H>,
+  observe: (handle: H) => Observed,
+): Promise<void> {
+  let handle: H | undefined;
+  const running = runUntilSignal(ops.logger, () => ops.stop().then(() => handle?.close()));
+  const started = await start();
+  handle = started;
+  void started.fatal.then(() =>
+    ops
+      .stop()
+      .then(() => started.close())
+      .finally(() => process.exit(1)),
+  );
+  await ops.start(observe(started));
+  await running;
+}
+
 export const receiverCommand = defineCommand({
   meta: {
     name: "receiver",
@@ -163,43 +219,25 @@ export const receiverCommand = defineCommand({
     const logger = ops.logger;
     const keyMode = !options.secret;
     if (!keyMode) rejectKeyFlagsWithSecret(args, "sender");
-    const trust = keyMode && !dialing ? listenTrustFor(args, "sender") : undefined;
-    const pins = keyMode && dialing ? dialPinsFor(args, "sender") : undefined;
-    // Flag errors first, files created after: a bad command line leaves nothing behind.
-    const tls = dialing ? dialTls(args, logger, "sender") : listenTls(args, logger, "sender");
+    const side = sideOptions(args, ops, "sender", !dialing, keyMode);
     const identity = keyMode ? identityFor(args, logger) : undefined;
     warnAboutSettings(logger, options);
     const transport = pickTransport(options.transport);
     logger.log("debug", `runtime: ${runtimeDescription()}`);
-    // Signal handlers before anything is bound: a SIGTERM during start-up still closes cleanly.
-    let handle: Awaited<ReturnType<typeof startReceiver>> | undefined;
-    const running = runUntilSignal(logger, () => ops.stop().then(() => handle?.close()));
-    handle = await startReceiver({
-      transport,
-      mappings,
-      tcp: tcp.address,
-      tcpMode: dialing ? "dial" : "listen",
-      config: { ...machineConfig(options), identity, newFlowsPerSecond, amplificationLimit },
-      logger,
-      trust,
-      pins,
-      // With an allowlist nobody is asked: unknown keys are refused.
-      askOperator:
-        keyMode && !dialing && args["authorized-keys"] === undefined
-          ? ops.holdingStatus(stdinApprover("sender"))
-          : undefined,
-      tls,
-    });
-    // A refused key or certificate is not a network error: dialing stopped (the reason is logged).
-    const started = handle;
-    void started.fatal.then(() =>
-      ops
-        .stop()
-        .then(() => started.close())
-        .finally(() => process.exit(1)),
+    await runRole(
+      ops,
+      () =>
+        startReceiver({
+          transport,
+          mappings,
+          tcp: tcp.address,
+          tcpMode: dialing ? "dial" : "listen",
+          config: { ...machineConfig(options), identity, newFlowsPerSecond, amplificationLimit },
+          logger,
+          ...side,
+        }),
+      (handle) => observeReceiver(handle, transport.name),
     );
-    await ops.start(observeReceiver(started, transport.name));
-    await running;
   },
 });
 
@@ -219,43 +257,26 @@ export const senderCommand = defineCommand({
     const logger = ops.logger;
     const keyMode = !options.secret;
     if (!keyMode) rejectKeyFlagsWithSecret(args, "receiver");
-    const trust = keyMode && listening ? listenTrustFor(args, "receiver") : undefined;
-    const pins = keyMode && !listening ? dialPinsFor(args, "receiver") : undefined;
-    const tls = listening ? listenTls(args, logger, "receiver") : dialTls(args, logger, "receiver");
+    const side = sideOptions(args, ops, "receiver", listening, keyMode);
     const identity = keyMode ? identityFor(args, logger) : undefined;
     if (identity) logger.log("info", `sender key ${identity.fingerprint} (public key in ${identity.path}.pub)`);
     warnAboutSettings(logger, options);
     const transport = pickTransport(options.transport);
     logger.log("debug", `runtime: ${runtimeDescription()}`);
-    // Signal handlers before anything is bound: a SIGTERM during start-up still closes cleanly.
-    let handle: Awaited<ReturnType<typeof startSender>> | undefined;
-    const running = runUntilSignal(logger, () => ops.stop().then(() => handle?.close()));
-    handle = await startSender({
-      transport,
-      mappings,
-      receiver: tcp.address,
-      tcpMode: listening ? "listen" : "dial",
-      config: { ...machineConfig(options), identity },
-      logger,
-      pins,
-      trust,
-      askOperator:
-        keyMode && listening && args["authorized-keys"] === undefined
-          ? ops.holdingStatus(stdinApprover("receiver"))
-          : undefined,
-      tls,
-      proxyProtocol: args["proxy-protocol"] === true,
-    });
-    // A refused receiver key or certificate is not a network error: the sender gave up (the reason is
-    // logged); exit non-zero so the operator (or systemd) sees it.
-    const started = handle;
-    void started.fatal.then(() =>
-      ops
-        .stop()
-        .then(() => started.close())
-        .finally(() => process.exit(1)),
+    await runRole(
+      ops,
+      () =>
+        startSender({
+          transport,
+          mappings,
+          receiver: tcp.address,
+          tcpMode: listening ? "listen" : "dial",
+          config: { ...machineConfig(options), identity },
+          logger,
+          ...side,
+          proxyProtocol: args["proxy-protocol"] === true,
+        }),
+      (handle) => observeSender(handle, transport.name),
     );
-    await ops.start(observeSender(started, transport.name));
-    await running;
   },
 });

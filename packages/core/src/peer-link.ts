@@ -4,7 +4,7 @@
  * backoff and jitter, check the acceptor's certificate and key). ssh -R is a receiver that listens and
  * a sender that dials; ssh -L swaps the two.
  */
-import { CloseCode, type ReceiverMachine, type SenderMachine } from "@mcudpt/protocol";
+import { CloseCode, type Output, type ReceiverMachine, type SenderMachine } from "@mcudpt/protocol";
 import { formatHostPort, type HostPort } from "./address.js";
 import { type MachineDriver, now } from "./driver.js";
 import { messageOf, UserError } from "./errors.js";
@@ -361,5 +361,83 @@ export function dialPeer(
       stopping = true;
       if (retryTimer) clearTimeout(retryTimer);
     },
+  };
+}
+
+/** The TCP side of a role, whichever way round: what the roles need from listenForPeer or dialPeer. */
+export interface PeerLink {
+  /** The listening address and port ("" and 0 when dialing). */
+  readonly address: string;
+  readonly tcpPort: number;
+  /** Resolves with the reason when dialing stopped for good; never while listening. */
+  readonly fatal: Promise<string>;
+  /** Connections made after the first one (dialing; 0 when listening). */
+  readonly reconnects: number;
+  /** The machine's `authorize-peer` and `accepted` outputs. */
+  onOutput(output: Output): void;
+  close(): void;
+}
+
+export async function startPeerLink(
+  options: Common &
+    ListenTrust &
+    DialTrust & {
+      mode: "listen" | "dial";
+      address: HostPort;
+      /** The flag naming the listening address, for error messages. */
+      flag: string;
+      handshakeTimeoutMs?: number;
+      tls?: ReceiverTlsOptions | SenderTlsOptions;
+      keyCheck: ReturnType<typeof peerKeyCheck>;
+    },
+): Promise<PeerLink> {
+  const { transport, logger, driver, peerName } = options;
+  if (options.mode === "dial") {
+    const dialer = dialPeer({
+      transport,
+      logger,
+      driver,
+      peerName,
+      remote: options.address,
+      keyCheck: options.keyCheck,
+      tls: tlsFor(options.tls, false),
+      pins: options.pins,
+      reconnect: options.reconnect,
+      connectTimeoutMs: options.connectTimeoutMs,
+    });
+    return {
+      address: "",
+      tcpPort: 0,
+      fatal: dialer.fatal,
+      get reconnects() {
+        return dialer.reconnects;
+      },
+      onOutput: (output) => {
+        if (output.kind === "accepted") dialer.accepted();
+      },
+      close: () => dialer.stop(),
+    };
+  }
+  const listener = await listenForPeer({
+    transport,
+    logger,
+    driver,
+    peerName,
+    listen: options.address,
+    flag: options.flag,
+    handshakeTimeoutMs: options.handshakeTimeoutMs,
+    trust: options.trust,
+    askOperator: options.askOperator,
+    tls: tlsFor(options.tls, true),
+  });
+  return {
+    address: listener.address,
+    tcpPort: listener.port,
+    fatal: new Promise<string>(() => {}),
+    reconnects: 0,
+    onOutput: (output) => {
+      if (output.kind === "authorize-peer") listener.authorize(output.conn, output.peer, output.publicKey);
+    },
+    close: () => listener.close(),
   };
 }

@@ -12,14 +12,11 @@ import { fingerprint } from "./keys.js";
 import { type Logger, RateLimitedLog } from "./logger.js";
 import {
   bindAddress,
-  type Dialer,
   type DialTrust,
-  dialPeer,
-  type Listener,
   type ListenTrust,
-  listenForPeer,
+  type PeerLink,
   peerKeyCheck,
-  tlsFor,
+  startPeerLink,
   withIPv4Fallback,
 } from "./peer-link.js";
 import { Resolver } from "./resolve.js";
@@ -91,8 +88,7 @@ export async function startReceiver(options: ReceiverOptions): Promise<ReceiverH
   const resolver = new Resolver();
   const rateLimited = new RateLimitedLog(logger);
   const sockets: UdpSocket[] = [];
-  let listener: Listener | undefined;
-  let dialer: Dialer | undefined;
+  let link: PeerLink | undefined;
 
   const onOutput = (output: Output): void => {
     switch (output.kind) {
@@ -103,10 +99,8 @@ export async function startReceiver(options: ReceiverOptions): Promise<ReceiverH
         return;
       }
       case "authorize-peer":
-        listener?.authorize(output.conn, output.peer, output.publicKey);
-        return;
       case "accepted":
-        dialer?.accepted();
+        link?.onOutput(output);
         return;
       default:
         return;
@@ -154,37 +148,25 @@ export async function startReceiver(options: ReceiverOptions): Promise<ReceiverH
         throw new UserError(`cannot listen on UDP ${formatHostPort(host, mapping.udp.port)}: ${messageOf(error)}`);
       }
     }
-    if (dialing) {
-      dialer = dialPeer({
-        transport,
-        logger,
-        driver,
-        peerName: "sender",
-        remote: options.tcp,
-        keyCheck,
-        tls: tlsFor(options.tls, false),
-        ...dialTrust(options),
-      });
-    } else {
-      listener = await listenForPeer({
-        transport,
-        logger,
-        driver,
-        peerName: "sender",
-        listen: options.tcp,
-        flag: "--tcp",
-        handshakeTimeoutMs: options.config.handshakeTimeoutMs,
-        trust: options.trust,
-        askOperator: options.askOperator,
-        tls: tlsFor(options.tls, true),
-      });
-    }
+    link = await startPeerLink({
+      transport,
+      logger,
+      driver,
+      peerName: "sender",
+      mode: dialing ? "dial" : "listen",
+      address: options.tcp,
+      flag: "--tcp",
+      handshakeTimeoutMs: options.config.handshakeTimeoutMs,
+      keyCheck,
+      ...peerSide(options),
+    });
   } catch (error) {
     for (const socket of sockets) socket.close();
     throw error;
   }
-  const tcpText = listener
-    ? `TCP ${formatHostPort(listener.address, listener.port)}`
+  const peerLink = link;
+  const tcpText = !dialing
+    ? `TCP ${formatHostPort(peerLink.address, peerLink.tcpPort)}`
     : `dialing the sender at ${formatHostPort(options.tcp.host || "127.0.0.1", options.tcp.port)}`;
   logger.log(
     "info",
@@ -207,13 +189,12 @@ export async function startReceiver(options: ReceiverOptions): Promise<ReceiverH
     machine,
     udpPort: sockets[0].port,
     udpPorts: sockets.map((socket) => socket.port),
-    tcpPort: listener?.port ?? 0,
-    fatal: dialer?.fatal ?? new Promise<string>(() => {}),
+    tcpPort: peerLink.tcpPort,
+    fatal: peerLink.fatal,
     close() {
       closed ??= (async () => {
         clearInterval(report);
-        listener?.close();
-        dialer?.stop();
+        peerLink.close();
         driver.guard(() => machine.shutdown());
         driver.stop();
         for (const socket of sockets) socket.close();
@@ -225,14 +206,16 @@ export async function startReceiver(options: ReceiverOptions): Promise<ReceiverH
   };
 }
 
+/** The options that concern the TCP side (trust, pins, TLS, reconnects), whichever way round. */
+export function peerSide(options: ListenTrust & DialTrust & { tls?: ReceiverTlsOptions | SenderTlsOptions }) {
+  const { trust, askOperator, pins, reconnect, connectTimeoutMs, tls } = options;
+  return { trust, askOperator, pins, reconnect, connectTimeoutMs, tls };
+}
+
 function receiverMappings(options: ReceiverOptions): ReceiverMapping[] {
   if (options.mappings && options.mappings.length > 0) return options.mappings;
   if (!options.udp) throw new UserError("the receiver needs a UDP address (--udp)");
   return [{ udp: options.udp }];
-}
-
-function dialTrust(options: DialTrust): DialTrust {
-  return { pins: options.pins, reconnect: options.reconnect, connectTimeoutMs: options.connectTimeoutMs };
 }
 
 function authDescription(options: ReceiverOptions): string {

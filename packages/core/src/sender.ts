@@ -20,17 +20,8 @@ import { MachineDriver, now } from "./driver.js";
 import { messageOf, UserError } from "./errors.js";
 import { fingerprint } from "./keys.js";
 import { type Logger, RateLimitedLog } from "./logger.js";
-import {
-  type Dialer,
-  type DialTrust,
-  dialPeer,
-  type Listener,
-  type ListenTrust,
-  listenForPeer,
-  peerKeyCheck,
-  tlsFor,
-} from "./peer-link.js";
-import { waitFor } from "./receiver.js";
+import { type DialTrust, type ListenTrust, type PeerLink, peerKeyCheck, startPeerLink } from "./peer-link.js";
+import { peerSide, waitFor } from "./receiver.js";
 import { Resolver } from "./resolve.js";
 import type { ReceiverTlsOptions, SenderTlsOptions } from "./tls-peer.js";
 import type { Transport, UdpSocket } from "./transport.js";
@@ -165,8 +156,7 @@ export async function startSender(options: SenderOptions): Promise<SenderHandle>
     return { host, port: target.port, text: formatHostPort(host, target.port) };
   });
   const remoteText = formatHostPort(options.receiver.host || "127.0.0.1", options.receiver.port);
-  let listener: Listener | undefined;
-  let dialer: Dialer | undefined;
+  let link: PeerLink | undefined;
 
   const bindFlowSocket = (
     flowId: number,
@@ -303,7 +293,7 @@ export async function startSender(options: SenderOptions): Promise<SenderHandle>
         void openFlowSocket(output.flowId, output.mappingId, output.client);
         return;
       case "authorize-peer":
-        listener?.authorize(output.conn, output.peer, output.publicKey);
+        link?.onOutput(output);
         return;
       case "close-flow-socket": {
         const entry = flowSockets.get(output.flowId);
@@ -315,7 +305,7 @@ export async function startSender(options: SenderOptions): Promise<SenderHandle>
         return;
       }
       case "accepted":
-        dialer?.accepted();
+        link?.onOutput(output);
         return;
       default:
         return;
@@ -337,58 +327,47 @@ export async function startSender(options: SenderOptions): Promise<SenderHandle>
   const targetList = mappings
     .map((mapping, i) => `${mapping.name ? `${mapping.name}=` : ""}${targets[i].text}`)
     .join(", ");
-  if (listening) {
-    listener = await listenForPeer({
-      transport,
-      logger,
-      driver,
-      peerName: "receiver",
-      listen: options.receiver,
-      flag: "--listen",
-      handshakeTimeoutMs: options.config.handshakeTimeoutMs,
-      trust: options.trust,
-      askOperator: options.askOperator,
-      tls: tlsFor(options.tls, true),
-    });
-    logger.log(
-      "info",
-      `sender forwarding to ${targetList}, listening for the receiver on TCP ${formatHostPort(listener.address, listener.port)} ` +
-        `(transport: ${transport.name}${options.config.identity ? `, key ${fingerprint(options.config.identity.publicKey)}` : ""})`,
-    );
-  } else {
+  if (!listening) {
     logger.log(
       "info",
       `sender forwarding to ${targetList} through receiver ${remoteText} (transport: ${transport.name})`,
     );
-    dialer = dialPeer({
-      transport,
-      logger,
-      driver,
-      peerName: "receiver",
-      remote: options.receiver,
-      keyCheck,
-      tls: tlsFor(options.tls, false),
-      pins: options.pins,
-      reconnect: options.reconnect,
-      connectTimeoutMs: options.connectTimeoutMs,
-    });
+  }
+  const peerLink = await startPeerLink({
+    transport,
+    logger,
+    driver,
+    peerName: "receiver",
+    mode: listening ? "listen" : "dial",
+    address: options.receiver,
+    flag: "--listen",
+    handshakeTimeoutMs: options.config.handshakeTimeoutMs,
+    keyCheck,
+    ...peerSide(options),
+  });
+  link = peerLink;
+  if (listening) {
+    logger.log(
+      "info",
+      `sender forwarding to ${targetList}, listening for the receiver on TCP ${formatHostPort(peerLink.address, peerLink.tcpPort)} ` +
+        `(transport: ${transport.name}${options.config.identity ? `, key ${fingerprint(options.config.identity.publicKey)}` : ""})`,
+    );
   }
 
   let closed: Promise<void> | undefined;
   return {
     machine,
-    fatal: dialer?.fatal ?? new Promise<string>(() => {}),
-    tcpPort: listener?.port ?? 0,
+    fatal: peerLink.fatal,
+    tcpPort: peerLink.tcpPort,
     get flowSockets() {
       return flowSockets.size;
     },
     get reconnects() {
-      return dialer?.reconnects ?? 0;
+      return peerLink.reconnects;
     },
     close() {
       closed ??= (async () => {
-        dialer?.stop();
-        listener?.close();
+        peerLink.close();
         driver.guard(() => machine.shutdown());
         driver.stop();
         for (const entry of flowSockets.values()) {

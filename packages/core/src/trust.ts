@@ -87,28 +87,45 @@ export interface ReceiverPins {
 
 /**
  * TLS certificates pinned on first use, in the same known_receivers file: `HOST:PORT tls SHA256:…`.
- * (The key check above runs inside the TLS stream; pinning the certificate too keeps an on-path
- * party from terminating TLS and relaying the handshake.)
+ * (The key check runs inside the TLS stream; pinning the certificate too keeps an on-path party from
+ * terminating TLS and relaying the handshake.)
  */
 export function fileCertificatePins(
   path: string,
 ): (receiver: string, certificateFingerprint: string) => ReceiverVerdict {
-  return (receiver, print) => {
-    const lines = existsSync(path) ? readLines(path) : [];
-    for (const [index, line] of lines.entries()) {
-      const fields = line.trim().split(/\s+/);
-      if (fields.length !== 3 || fields[0] !== receiver || fields[1] !== "tls") continue;
-      if (fields[2] === print) return { verdict: "trusted" };
-      return {
-        verdict: "changed",
-        reason:
-          `TLS CERTIFICATE CHANGED: ${receiver} now presents ${print}, but ${path} line ${index + 1} pins ${fields[2]}. ` +
-          `Refusing (someone may be impersonating it); if its certificate was replaced on purpose, delete that line`,
-      };
-    }
-    appendLine(path, `${receiver} tls ${print}`);
-    return { verdict: "added", path };
-  };
+  return (receiver, print) =>
+    pinOnFirstUse(path, receiver, "tls", print, `${receiver} tls ${print}`, (fields) => fields[2], "TLS certificate");
+}
+
+/**
+ * Looks up `receiver`'s pin of `type` in a known_receivers-style file: trusted when it is `print`,
+ * refused when it differs (naming the line), added when there is none (trust on first use).
+ * `pinned` reads the pinned fingerprint from a matching line's fields.
+ */
+function pinOnFirstUse(
+  path: string,
+  receiver: string,
+  type: string,
+  print: string,
+  newLine: string,
+  pinned: (fields: string[], lineNumber: number) => string,
+  what: string,
+): ReceiverVerdict {
+  const lines = existsSync(path) ? readLines(path) : [];
+  for (const [index, line] of lines.entries()) {
+    const fields = line.trim().split(/\s+/);
+    if (fields.length < 3 || fields[0] !== receiver || fields[1] !== type) continue;
+    const pinnedPrint = pinned(fields, index + 1);
+    if (pinnedPrint === print) return { verdict: "trusted" };
+    return {
+      verdict: "changed",
+      reason:
+        `${what.toUpperCase()} CHANGED: ${receiver} now presents ${print}, but ${path} line ${index + 1} pins ${pinnedPrint}. ` +
+        `Refusing (someone may be impersonating it); if its ${what.replace(/^TLS /, "")} was replaced on purpose, delete that line`,
+    };
+  }
+  appendLine(path, newLine);
+  return { verdict: "added", path };
 }
 
 /** An explicit pin (--receiver-key): no file involved. */
@@ -129,25 +146,13 @@ export function fixedReceiverPin(expected: string, flag = "--receiver-key"): Rec
 export function fileReceiverPins(path: string): ReceiverPins {
   return {
     check(receiver, publicKey) {
-      const print = fingerprint(publicKey);
-      const lines = existsSync(path) ? readLines(path) : [];
-      for (const [index, line] of lines.entries()) {
-        const fields = line.trim().split(/\s+/);
-        if (fields.length < 3 || fields[0].startsWith("#") || fields[0] !== receiver || fields[1] !== "ssh-ed25519")
-          continue;
-        const pinned = parsePublicKeyLine(fields.slice(1).join(" "));
-        if (!pinned) throw new UserError(`${path} line ${index + 1}: not a "HOST:PORT ssh-ed25519 AAAA…" line`);
-        const pinnedPrint = fingerprint(pinned.publicKey);
-        if (pinnedPrint === print) return { verdict: "trusted" };
-        return {
-          verdict: "changed",
-          reason:
-            `KEY CHANGED: ${receiver} now presents ${print}, but ${path} line ${index + 1} pins ${pinnedPrint}. ` +
-            `Refusing (someone may be impersonating it); if its key was replaced on purpose, delete that line`,
-        };
-      }
-      appendLine(path, `${receiver} ${publicKeyLine(publicKey)}`);
-      return { verdict: "added", path };
+      const readPin = (fields: string[], lineNumber: number): string => {
+        const parsed = parsePublicKeyLine(fields.slice(1).join(" "));
+        if (!parsed) throw new UserError(`${path} line ${lineNumber}: not a "HOST:PORT ssh-ed25519 AAAA…" line`);
+        return fingerprint(parsed.publicKey);
+      };
+      const line = `${receiver} ${publicKeyLine(publicKey)}`;
+      return pinOnFirstUse(path, receiver, "ssh-ed25519", fingerprint(publicKey), line, readPin, "key");
     },
   };
 }

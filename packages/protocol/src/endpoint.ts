@@ -244,6 +244,49 @@ export abstract class Endpoint {
     return this.mappings[index]?.maxFlows ?? this.maxFlows;
   }
 
+  /** Closes, with `close`, every flow idle past its mapping's timeout (oldest first in each mapping). */
+  protected expireIdleFlows<F extends FlowBase & { readonly mappingId: number }>(
+    flows: MappedFlows<F>,
+    now: number,
+    close: (flow: F) => void,
+  ): void {
+    flows.tables.forEach((table, mappingId) => {
+      const idle = this.idleTimeoutOf(mappingId);
+      for (let flow = table.oldest(); flow !== undefined && now - flow.lastActive >= idle; flow = table.oldest())
+        close(flow);
+    });
+  }
+
+  /** Makes room for one more flow in mapping `mappingId` under its flow limit: evicts the least recently active. */
+  protected evictIfFull<F extends FlowBase & { readonly mappingId: number }>(
+    flows: MappedFlows<F>,
+    mappingId: number,
+    now: number,
+    close: (flow: F) => void,
+  ): void {
+    const table = flows.tables[mappingId];
+    const limit = this.maxFlowsOf(mappingId);
+    if (table.size < limit) return;
+    const oldest = table.oldest();
+    if (oldest === undefined) return;
+    this.noteEviction(now, limit);
+    close(oldest);
+  }
+
+  /** When the next flow goes idle, over all mappings; undefined without flows. */
+  protected nextIdleExpiry<F extends FlowBase & { readonly mappingId: number }>(
+    flows: MappedFlows<F>,
+  ): number | undefined {
+    let next: number | undefined;
+    flows.tables.forEach((table, mappingId) => {
+      const oldest = table.oldest();
+      if (oldest === undefined) return;
+      const due = oldest.lastActive + this.idleTimeoutOf(mappingId);
+      if (next === undefined || due < next) next = due;
+    });
+    return next;
+  }
+
   get authMode(): AuthMode {
     return this.secret ? AuthMode.Secret : AuthMode.Key;
   }

@@ -142,14 +142,7 @@ export class SenderMachine extends SessionEndpoint {
         }
         const existing = this.flows.get(frame.flowId);
         if (existing) this.closeFlow(existing, FlowCloseReason.Closed, false);
-        const table = this.flows.tables[mappingId];
-        if (table.size >= this.maxFlowsOf(mappingId)) {
-          const oldest = table.oldest();
-          if (oldest) {
-            this.noteEviction(now, this.maxFlowsOf(mappingId));
-            this.closeFlow(oldest, FlowCloseReason.Evicted, true);
-          }
-        }
+        this.evictIfFull(this.flows, mappingId, now, (oldest) => this.closeFlow(oldest, FlowCloseReason.Evicted, true));
         const client = { ...frame.client };
         this.flows.add({ id: frame.flowId, mappingId, client, lastActive: now, ...zeroCounters() });
         this.stats.flowsOpened++;
@@ -191,22 +184,10 @@ export class SenderMachine extends SessionEndpoint {
   }
 
   protected onFlowTick(now: number): void {
-    this.flows.tables.forEach((table, mappingId) => {
-      const idle = this.idleTimeoutOf(mappingId);
-      for (let flow = table.oldest(); flow !== undefined && now - flow.lastActive >= idle; flow = table.oldest()) {
-        this.closeFlow(flow, FlowCloseReason.Idle, true);
-      }
-    });
+    this.expireIdleFlows(this.flows, now, (flow) => this.closeFlow(flow, FlowCloseReason.Idle, true));
   }
 
   protected flowTimeout(): number | undefined {
-    let next: number | undefined;
-    this.flows.tables.forEach((table, mappingId) => {
-      const oldest = table.oldest();
-      if (oldest === undefined) return;
-      const due = oldest.lastActive + this.idleTimeoutOf(mappingId);
-      if (next === undefined || due < next) next = due;
-    });
-    return next;
+    return this.nextIdleExpiry(this.flows);
   }
 }

@@ -14,7 +14,7 @@ import type { OpsOptions } from "./options.js";
 import { onSnapshotSignal } from "./snapshot.js";
 import { StatusLine } from "./status.js";
 
-export { observeReceiver, observeSender } from "./observe.js";
+export { type Observed, observeReceiver, observeSender } from "./observe.js";
 export { opsArgs, opsOptions } from "./options.js";
 
 export interface Operations {

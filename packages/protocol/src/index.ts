@@ -28,4 +28,5 @@ export { type RateLimitConfig, SourceRateLimiter } from "./rate-limit.js";
 export { RECEIVER_DEFAULTS, type ReceiverConfig, ReceiverMachine } from "./receiver.js";
 export { type SenderConfig, SenderMachine, type TargetFlow } from "./sender.js";
 export { SessionEndpoint } from "./session.js";
+export { PEER_TEXT_MAX, peerText, printable } from "./text.js";
 export { encodeFrame, FrameWriter } from "./writer.js";

@@ -61,7 +61,7 @@ async function startProxiedTunnel(
   const sender = await startSender({
     transport,
     target: { host: LOOPBACK, port: targetPort },
-    receiver: { host: LOOPBACK, port: proxy.port },
+    tcp: { host: LOOPBACK, port: proxy.port },
     config,
     logger: senderLog,
     reconnect: options.reconnect ?? { initialMs: 50, maxMs: 500 },
@@ -80,7 +80,7 @@ async function startProxiedTunnel(
   };
   try {
     await eventually(
-      () => receiver.machine.senderConnected && sender.machine.connected,
+      () => receiver.machine.session.peerConnected && sender.machine.session.peerConnected,
       "sender accepted through the proxy",
       10_000,
     );
@@ -144,7 +144,7 @@ for (const transport of availableTransports()) {
           for (const reply of client.replies)
             assert.match(text(reply), new RegExp(`^client ${i} `), `client ${i} got ${text(reply)}`);
         }
-        assert.equal(tunnel.receiver.machine.flowCount, 30);
+        assert.equal(tunnel.receiver.machine.flows.size, 30);
         assert.equal(tunnel.sender.flowSockets, 30);
         // The delay is real: a keepalive round trip crosses the proxy twice (at least 2 x 30 ms).
         await eventually(
@@ -178,7 +178,7 @@ for (const transport of availableTransports()) {
 
           proxy.stalled = true; // bytes vanish, the TCP connection stays open
           await eventually(
-            () => !receiver.machine.senderConnected && !sender.machine.connected,
+            () => !receiver.machine.session.peerConnected && !sender.machine.session.peerConnected,
             "both sides declare the connection dead",
             10_000,
           );
@@ -197,7 +197,7 @@ for (const transport of availableTransports()) {
             senderLog.saw(keepaliveTimeout) || senderLog.saw(/connection (to|from) .* lost/),
             senderLog.lines.join("\n"),
           );
-          assert.equal(receiver.machine.flowCount, 1, "the receiver keeps the flow for the grace period");
+          assert.equal(receiver.machine.flows.size, 1, "the receiver keeps the flow for the grace period");
           assert.equal(sender.flowSockets, 1, "the sender keeps the flow socket for the grace period");
 
           // While the path is dead, client datagrams are dropped and counted, not queued.
@@ -208,7 +208,7 @@ for (const transport of availableTransports()) {
 
           proxy.stalled = false;
           await eventually(
-            () => receiver.machine.senderConnected && sender.machine.connected,
+            () => receiver.machine.session.peerConnected && sender.machine.session.peerConnected,
             "reconnected once the path is back",
             20_000,
           );
@@ -253,8 +253,8 @@ for (const transport of availableTransports()) {
             await eventually(
               () =>
                 receiver.machine.stats.accepted === accepted + 1 &&
-                receiver.machine.senderConnected &&
-                sender.machine.connected,
+                receiver.machine.session.peerConnected &&
+                sender.machine.session.peerConnected,
               `reconnected after cut ${cut}`,
               15_000,
             );
@@ -266,7 +266,7 @@ for (const transport of availableTransports()) {
             const replies = chatter.replies.length;
             await eventually(() => chatter.replies.length > replies, `the chatter is answered again after cut ${cut}`);
             assert.equal(receiver.udpPort, udpPort);
-            assert.equal(receiver.machine.flowCount, 1, "the chatter's flow survived");
+            assert.equal(receiver.machine.flows.size, 1, "the chatter's flow survived");
           }
           assert.equal(count(senderLog, /accepted by receiver .*\(resumed 1 flow\)/), 3, senderLog.lines.join("\n"));
           sending = false;
@@ -309,7 +309,7 @@ for (const transport of availableTransports()) {
       const sender = await startSender({
         transport,
         target: { host: LOOPBACK, port: echo.port },
-        receiver: { host: LOOPBACK, port: v6Receiver.tcpPort },
+        tcp: { host: LOOPBACK, port: v6Receiver.tcpPort },
         config: { secret: SECRET },
         logger: senderLog,
         reconnect: { initialMs: 50, maxMs: 500 },
@@ -322,7 +322,10 @@ for (const transport of availableTransports()) {
         onError: () => {},
       });
       try {
-        await eventually(() => sender.machine.connected && v6Receiver.machine.senderConnected, "sender accepted");
+        await eventually(
+          () => sender.machine.session.peerConnected && v6Receiver.machine.session.peerConnected,
+          "sender accepted",
+        );
         const send = (data: Uint8Array | string) =>
           client.send(typeof data === "string" ? new TextEncoder().encode(data) : data, v6Receiver.udpPort, "::1");
         /** Sends `message` every 200 ms until its own echo arrives (a late echo of another is skipped). */
@@ -351,7 +354,7 @@ for (const transport of availableTransports()) {
           2,
           `two lost datagrams, two drops: ${JSON.stringify(sender.machine.stats.drops)}`,
         );
-        assert.equal(sender.machine.connected, true);
+        assert.equal(sender.machine.session.peerConnected, true);
         await request("after"); // the flow still works
       } finally {
         client.close();

@@ -215,7 +215,7 @@ for (const transport of availableTransports()) {
         const sender = await startSender({
           transport,
           target: { host: LOOPBACK, port: echo.port },
-          receiver: { host: LOOPBACK, port: receiver.tcpPort },
+          tcp: { host: LOOPBACK, port: receiver.tcpPort },
           config: { secret: SECRET, handshakeTimeoutMs: HANDSHAKE_TIMEOUT_MS },
           logger: memoryLogger(),
           reconnect: { initialMs: 50, maxMs: 500 },
@@ -223,7 +223,10 @@ for (const transport of availableTransports()) {
         const client = await startClient(transport, receiver.udpPort);
         const peers: RawPeer[] = [];
         try {
-          await eventually(() => receiver.machine.senderConnected && sender.machine.connected, "sender accepted");
+          await eventually(
+            () => receiver.machine.session.peerConnected && sender.machine.session.peerConnected,
+            "sender accepted",
+          );
           await echoed(client, "before");
 
           // (f) A connection that says nothing, held open: the real sender is served meanwhile.
@@ -313,8 +316,8 @@ for (const transport of availableTransports()) {
           );
 
           // The receiver is up, still with the same sender (nothing replaced or dropped it).
-          assert.equal(receiver.machine.senderConnected, true);
-          assert.equal(sender.machine.connected, true);
+          assert.equal(receiver.machine.session.peerConnected, true);
+          assert.equal(sender.machine.session.peerConnected, true);
           assert.equal(receiver.machine.stats.accepted, 1, "no stranger was accepted, the sender was never replaced");
           assert.equal(receiver.machine.stats.handshakeFailures, strangers.length + 3);
           await echoed(client, "after all of them");
@@ -353,7 +356,7 @@ for (const transport of availableTransports()) {
       try {
         const accept = await handshakeAsSender(hostile, SECRET);
         assert.equal(accept.resumed, false);
-        await eventually(() => receiver.machine.senderConnected, "the hostile sender is accepted");
+        await eventually(() => receiver.machine.session.peerConnected, "the hostile sender is accepted");
 
         // Control: a real client opens flow 1; answering it through the tunnel does reach that client,
         // so the victims' silence below is meaningful.
@@ -395,7 +398,7 @@ for (const transport of availableTransports()) {
         }
         assert.equal(receiver.machine.stats.drops["unknown-flow"] - dropsBefore, unknownIds.length * victims.length);
         assert.equal(hostile.closed, false, "DATA for an unknown flow is not an error");
-        assert.equal(receiver.machine.senderConnected, true);
+        assert.equal(receiver.machine.session.peerConnected, true);
         const pingAt = hostile.frames.length;
         const ping = Uint8Array.of(1, 2, 3, 4, 5, 6, 7, 8);
         hostile.write(frames({ type: FrameType.Ping, payload: ping }));
@@ -447,12 +450,12 @@ for (const transport of availableTransports()) {
         sender = await startSender({
           transport,
           target: { host: LOOPBACK, port: echo.port },
-          receiver: { host: LOOPBACK, port: receiver.tcpPort },
+          tcp: { host: LOOPBACK, port: receiver.tcpPort },
           config: { secret: SECRET },
           logger: memoryLogger(),
           reconnect: { initialMs: 50, maxMs: 500 },
         });
-        await eventually(() => sender?.machine.connected === true, "a real sender accepted afterwards");
+        await eventually(() => sender?.machine.session.peerConnected === true, "a real sender accepted afterwards");
         await echoed(client, "served again");
         for (const victim of victims) assert.deepEqual(victim.got, []);
       } finally {
@@ -500,7 +503,7 @@ for (const transport of availableTransports()) {
           3000,
         );
         assert.equal(hostile.closed, false);
-        assert.equal(receiver.machine.senderConnected, true);
+        assert.equal(receiver.machine.session.peerConnected, true);
         hostile.write(frames({ type: FrameType.Data, flowId: open.flowId, payload: utf8("still fits") }));
         await eventually(() => client.replies.length > 1, "the flow still works");
         assert.equal(text(client.replies[1]), "still fits");

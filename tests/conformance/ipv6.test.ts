@@ -64,7 +64,7 @@ for (const transport of availableTransports()) {
           clients.forEach((client, i) => {
             for (const reply of client.replies) assert.match(text(reply), new RegExp(`^v6 ${i} `));
           });
-          assert.equal(tunnel.sender.machine.flowCount, 3);
+          assert.equal(tunnel.sender.machine.flows.size, 3);
           assert.ok(
             target.seen.every((s) => s.address === LOOPBACK6),
             "the target is reached over IPv6",
@@ -84,7 +84,7 @@ for (const transport of availableTransports()) {
         });
         try {
           assert.equal(text(await client.request("v4 in, v6 out")), "v4 in, v6 out");
-          const flows = [...tunnel.sender.machine.flowList()];
+          const flows = [...tunnel.sender.machine.flows.values()];
           assert.equal(flows.length, 1);
           // A dual-stack socket sees the IPv4 client in its IPv4-mapped form; the tunnel carries it as such.
           assert.equal(`${flows[0].client.address}:${flows[0].client.port}`, `::ffff:127.0.0.1:${client.socket.port}`);
@@ -106,7 +106,7 @@ for (const transport of availableTransports()) {
           assert.equal(text(await client.request("v6 in, v4 out")), "v6 in, v4 out");
           const big = new Uint8Array(60_000).map((_, i) => i & 0xff);
           assert.deepEqual(await client.request(big, 10_000), big, "a large datagram too");
-          const [flow] = tunnel.sender.machine.flowList();
+          const [flow] = tunnel.sender.machine.flows.values();
           assert.equal(`[${flow.client.address}]:${flow.client.port}`, `[::1]:${client.socket.port}`);
           assert.ok(
             target.seen.every((s) => s.address === LOOPBACK),

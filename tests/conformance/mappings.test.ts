@@ -80,16 +80,16 @@ for (const transport of availableTransports()) {
             assert.equal(text(await client.request("before")), "before");
             proxy?.cut();
             await eventually(
-              () => !tunnel.receiver.machine.senderConnected || !tunnel.sender.machine.connected,
+              () => !tunnel.receiver.machine.session.peerConnected || !tunnel.sender.machine.session.peerConnected,
               "cut noticed",
             );
             await eventually(
-              () => tunnel.receiver.machine.senderConnected && tunnel.sender.machine.connected,
+              () => tunnel.receiver.machine.session.peerConnected && tunnel.sender.machine.session.peerConnected,
               "reconnected",
             );
             assert.equal(text(await client.request("after")), "after");
             assert.equal(asked.length, 1, "the remembered key is not asked about again");
-            assert.equal(tunnel.receiver.machine.flowCount, 1, "the flow resumed");
+            assert.equal(tunnel.receiver.machine.flows.size, 1, "the flow resumed");
             client.close();
           } finally {
             await tunnel.close();
@@ -120,13 +120,16 @@ for (const transport of availableTransports()) {
           { name: "ntp", target: { host: LOOPBACK, port: ntp.port } },
           { name: "dns", target: { host: LOOPBACK, port: dns.port } },
         ],
-        receiver: { host: LOOPBACK, port: receiver.tcpPort },
+        tcp: { host: LOOPBACK, port: receiver.tcpPort },
         config: { secret: SECRET },
         logger: senderLog,
         reconnect: { initialMs: 50, maxMs: 500 },
       });
       try {
-        await eventually(() => receiver.machine.senderConnected && sender.machine.connected, "connected");
+        await eventually(
+          () => receiver.machine.session.peerConnected && sender.machine.session.peerConnected,
+          "connected",
+        );
         const [dnsPort, ntpPort] = receiver.udpPorts;
         const clients = await Promise.all(
           Array.from({ length: 40 }, (_, i) => startClient(transport, i % 2 === 0 ? dnsPort : ntpPort)),
@@ -142,9 +145,9 @@ for (const transport of availableTransports()) {
         // One more client, on the dns port.
         const extra = await startClient(transport, dnsPort);
         assert.equal(text(await extra.request("q")), "q@dns");
-        assert.equal(receiver.machine.flowCountOf(0), 21);
-        assert.equal(receiver.machine.flowCountOf(1), 20);
-        assert.equal(sender.machine.flowCount, 41);
+        assert.equal(receiver.machine.flows.countOf(0), 21);
+        assert.equal(receiver.machine.flows.countOf(1), 20);
+        assert.equal(sender.machine.flows.size, 41);
         // Counters per mapping, each side in its own order (the sender lists ntp first).
         assert.deepEqual(
           receiver.machine.mappingStats.map((m) => [m.name, m.flowsOpened]),
@@ -190,7 +193,7 @@ for (const transport of availableTransports()) {
         const sender = await startSender({
           transport,
           mappings: [{ name: "dns", target: { host: LOOPBACK, port: echo.port } }],
-          receiver: { host: LOOPBACK, port: receiver.tcpPort },
+          tcp: { host: LOOPBACK, port: receiver.tcpPort },
           config: { secret: SECRET },
           logger: senderLog,
           reconnect: { initialMs: 50, maxMs: 500 },
@@ -207,7 +210,7 @@ for (const transport of availableTransports()) {
           client.send("nobody home");
           await sleep(200);
           assert.equal(client.replies.length, 0);
-          assert.equal(receiver.machine.senderConnected, false);
+          assert.equal(receiver.machine.session.peerConnected, false);
           client.close();
         } finally {
           await sender.close();

@@ -56,8 +56,8 @@ async function expectRefusedForGood(tunnel: Tunnel, pattern: RegExp): Promise<vo
   assert.ok(tunnel.senderLog.saw(pattern), "the refusal is logged");
   const lines = tunnel.senderLog.lines.length;
   await sleep(700); // several reconnect periods (50–500 ms) of the test tunnels
-  assert.equal(tunnel.sender.machine.connected, false);
-  assert.equal(tunnel.receiver.machine.senderConnected, false);
+  assert.equal(tunnel.sender.machine.session.peerConnected, false);
+  assert.equal(tunnel.receiver.machine.session.peerConnected, false);
   assert.ok(!tunnel.senderLog.lines.slice(lines).some((line) => /reconnecting|connected to receiver/.test(line)));
 }
 
@@ -262,7 +262,7 @@ for (const listener of transports) {
             10_000,
           );
           await eventually(() => plainSender.senderLog.saw(/reconnecting/), "sender keeps retrying", 10_000);
-          assert.equal(plainSender.receiver.machine.senderConnected, false);
+          assert.equal(plainSender.receiver.machine.session.peerConnected, false);
         } finally {
           await plainSender.close();
         }
@@ -277,7 +277,7 @@ for (const listener of transports) {
             10_000,
           );
           await eventually(() => plainReceiver.senderLog.saw(/reconnecting/), "sender keeps retrying", 10_000);
-          assert.equal(plainReceiver.receiver.machine.senderConnected, false);
+          assert.equal(plainReceiver.receiver.machine.session.peerConnected, false);
         } finally {
           await plainReceiver.close();
         }

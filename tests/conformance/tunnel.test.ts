@@ -85,7 +85,7 @@ for (const transport of availableTransports()) {
       try {
         await eventually(() => tunnel.receiverLog.saw(/wrong shared secret/), "receiver logs the wrong secret");
         await eventually(() => tunnel.senderLog.saw(/authentication failed/), "sender told why");
-        assert.equal(tunnel.receiver.machine.senderConnected, false);
+        assert.equal(tunnel.receiver.machine.session.peerConnected, false);
         const client = await startClient(transport, tunnel.receiver.udpPort);
         client.send("should go nowhere");
         await sleep(200);
@@ -103,14 +103,14 @@ for (const transport of availableTransports()) {
       const second = await startSender({
         transport,
         target: { host: LOOPBACK, port: echo.port },
-        receiver: { host: LOOPBACK, port: tunnel.receiver.tcpPort },
+        tcp: { host: LOOPBACK, port: tunnel.receiver.tcpPort },
         config: { secret: SECRET },
         logger: secondLog,
         reconnect: { initialMs: 50, maxMs: 200 },
       });
       try {
         await eventually(() => secondLog.saw(/busy/), "second sender told the receiver is busy");
-        assert.equal(second.machine.connected, false);
+        assert.equal(second.machine.session.peerConnected, false);
         assert.ok(tunnel.receiverLog.saw(/is connected \(one sender at a time\)/));
         const client = await startClient(transport, tunnel.receiver.udpPort);
         assert.equal(text(await client.request("still served")), "still served");
@@ -154,7 +154,7 @@ for (const transport of availableTransports()) {
       });
       try {
         await eventually(() => no.senderLog.saw(/refused by operator/), "sender told it was refused");
-        assert.equal(no.receiver.machine.senderConnected, false);
+        assert.equal(no.receiver.machine.session.peerConnected, false);
       } finally {
         await no.close();
       }
@@ -173,7 +173,7 @@ for (const transport of availableTransports()) {
           () => tunnel.sender.machine.stats.drops["socket-error"] > 0,
           "ICMP error counted on the sender",
         );
-        assert.equal(tunnel.sender.machine.connected, true, "the tunnel survived");
+        assert.equal(tunnel.sender.machine.session.peerConnected, true, "the tunnel survived");
         const late = await startEcho(transport, port);
         try {
           assert.equal(text(await client.request("target is back")), "target is back");
@@ -198,7 +198,7 @@ for (const transport of availableTransports()) {
       const sender = await startSender({
         transport,
         target: { host: LOOPBACK, port: echo.port },
-        receiver: { host: LOOPBACK, port: tcpPort },
+        tcp: { host: LOOPBACK, port: tcpPort },
         config: { secret: SECRET },
         logger: senderLog,
         reconnect: { initialMs: 50, maxMs: 200 },
@@ -213,7 +213,7 @@ for (const transport of availableTransports()) {
           config: { secret: SECRET },
           logger: memoryLogger(),
         });
-        await eventually(() => sender.machine.connected, "sender connected after the receiver came up");
+        await eventually(() => sender.machine.session.peerConnected, "sender connected after the receiver came up");
         const client = await startClient(transport, receiver.udpPort);
         assert.equal(text(await client.request("late receiver")), "late receiver");
         client.close();
@@ -242,9 +242,9 @@ for (const transport of availableTransports()) {
         const client = await startClient(transport, tunnel.receiver.udpPort);
         const before = text(await client.request("before"));
         proxy?.cut();
-        await eventually(() => !tunnel.sender.machine.connected, "sender noticed the cut");
+        await eventually(() => !tunnel.sender.machine.session.peerConnected, "sender noticed the cut");
         await eventually(
-          () => tunnel.sender.machine.connected && tunnel.receiver.machine.senderConnected,
+          () => tunnel.sender.machine.session.peerConnected && tunnel.receiver.machine.session.peerConnected,
           "reconnected",
           10_000,
         );
@@ -269,7 +269,7 @@ for (const transport of availableTransports()) {
         await Promise.all(clients.map((c, i) => c.request(`idle ${i}`)));
         assert.equal(tunnel.sender.flowSockets, 10);
         await eventually(
-          () => tunnel.sender.flowSockets === 0 && tunnel.receiver.machine.flowCount === 0,
+          () => tunnel.sender.flowSockets === 0 && tunnel.receiver.machine.flows.size === 0,
           "idle flows closed",
           5000,
         );

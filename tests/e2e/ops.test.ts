@@ -129,10 +129,7 @@ describe("operations of the built CLI", () => {
       return proc.stdout();
     };
     const [shown, quiet] = await Promise.all([onPty(""), onPty("--quiet")]);
-    assert.match(
-      shown,
-      /\r\x1b\[Ksender down \| 0 flows \| in 0 dg\/s 0B\/s \| out 0 dg\/s 0B\/s \| drops 0 \| rtt -/,
-    );
+    assert.match(shown, /\r\x1b\[Ksender down \| 0 flows \| in 0 dg\/s 0B\/s \| out 0 dg\/s 0B\/s \| drops 0 \| rtt -/);
     assert.match(shown, /receiver listening/);
     assert.doesNotMatch(quiet, /0 flows \|/);
   });

@@ -143,7 +143,7 @@ describe("the CLI as long-running processes", () => {
           const exit = await first.exited;
           assert.equal(exit.signal, "SIGKILL");
           await eventually(
-            () => /connection to .* lost/.test(receiver.stderr()),
+            () => /connection from .* lost/.test(receiver.stderr()),
             () => `receiver notices\n${receiver.stderr()}`,
           );
 
@@ -209,10 +209,10 @@ describe("the CLI as long-running processes", () => {
             assert.deepEqual(await stopWith(first, senderSignal), { code: 0, signal: null }, first.stderr());
             assert.match(first.stderr(), new RegExp(`${senderSignal}: shutting down`));
             await eventually(
-              () => /closed the connection: normal \(sender shutting down\)/.test(receiver.stderr()),
+              () => /closed the connection: normal \("sender shutting down"\)/.test(receiver.stderr()),
               () => `receiver logs the sender's goodbye\n${receiver.stderr()}`,
             );
-            assert.doesNotMatch(receiver.stderr(), /connection to .* lost/);
+            assert.doesNotMatch(receiver.stderr(), /connection from .* lost/);
 
             // The receiver leaves: exit 0, and a connected sender hears its goodbye.
             second = startSender(runtime, echo.address().port, ports);
@@ -221,7 +221,7 @@ describe("the CLI as long-running processes", () => {
             assert.match(receiver.stderr(), new RegExp(`${receiverSignal}: shutting down`));
             const sender = second;
             await eventually(
-              () => /closed the connection: normal \(receiver shutting down\)/.test(sender.stderr()),
+              () => /closed the connection: normal \("receiver shutting down"\)/.test(sender.stderr()),
               () => `sender logs the receiver's goodbye\n${sender.stderr()}`,
             );
             // A sender left without a receiver (retrying) still exits 0 on a signal.

@@ -48,7 +48,7 @@ export async function startAddressedTunnel(
     sender = await startSender({
       transport,
       target: options.target,
-      receiver: { host: tcpHost, port: receiver.tcpPort },
+      tcp: { host: tcpHost, port: receiver.tcpPort },
       config: { secret: SECRET },
       logger: senderLog,
       reconnect: { initialMs: 50, maxMs: 500 },
@@ -63,7 +63,10 @@ export async function startAddressedTunnel(
     await receiver.close();
   };
   try {
-    await eventually(() => receiver.machine.senderConnected && sender.machine.connected, "sender accepted");
+    await eventually(
+      () => receiver.machine.session.peerConnected && sender.machine.session.peerConnected,
+      "sender accepted",
+    );
   } catch (error) {
     await close();
     throw error;

@@ -1,12 +1,12 @@
 /** Throwaway Ed25519 identities and in-memory trust for tests: nothing is written under ~/.config. */
-import { generateKeyPair, identityFromPem, type LoadedIdentity, type SenderTrust } from "@mcudpt/core";
+import { generateKeyPair, identityFromPem, type LoadedIdentity, type PeerAdmission } from "@mcudpt/core";
 
 export function testIdentity(name = "test"): LoadedIdentity {
   return identityFromPem(generateKeyPair(name).privateKeyPem, name);
 }
 
 /** Trusts exactly the keys added to it; remembers what the "operator" approved. */
-export function memoryTrust(...trusted: LoadedIdentity[]): SenderTrust & { remembered: string[] } {
+export function memoryTrust(...trusted: LoadedIdentity[]): PeerAdmission & { remembered: string[] } {
   const remembered: string[] = [];
   const print = (key: Uint8Array) => Buffer.from(key).toString("hex");
   const keys = new Set(trusted.map((identity) => print(identity.publicKey)));

@@ -6,9 +6,9 @@ import assert from "node:assert/strict";
 import {
   type ReceiverHandle,
   type ReceiverOptions,
-  type ReceiverTlsOptions,
+  type ListenerTlsOptions,
   type SenderHandle,
-  type SenderTlsOptions,
+  type DialerTlsOptions,
   startReceiver,
   startSender,
   type Transport,
@@ -35,10 +35,10 @@ export async function startTunnel(
     senderTransport?: Transport;
     receiverConfig?: ReceiverConfig;
     senderConfig?: SenderConfig;
-    receiverTls?: ReceiverTlsOptions;
-    senderTls?: SenderTlsOptions;
+    receiverTls?: ListenerTlsOptions;
+    senderTls?: DialerTlsOptions;
     viaPort?: (receiverTcpPort: number) => Promise<number>;
-    trust?: ReceiverOptions["trust"];
+    trust?: ReceiverOptions["admission"];
     askOperator?: ReceiverOptions["askOperator"];
     waitConnected?: boolean;
     /**
@@ -69,9 +69,9 @@ export async function startTunnel(
     // ssh -L: the sender listens, the receiver dials it (and keeps redialing, like a sender would).
     sender = await startSender({
       ...senderSide,
-      receiver: { host: LOOPBACK, port: 0 },
+      tcp: { host: LOOPBACK, port: 0 },
       tcpMode: "listen",
-      trust: options.trust,
+      admission: options.trust,
       askOperator: options.askOperator,
       tls: options.receiverTls,
     });
@@ -87,20 +87,23 @@ export async function startTunnel(
     receiver = await startReceiver({
       ...receiverSide,
       tcp: { host: LOOPBACK, port: 0 },
-      trust: options.trust,
+      admission: options.trust,
       askOperator: options.askOperator,
       tls: options.receiverTls,
     });
     const tcpPort = options.viaPort ? await options.viaPort(receiver.tcpPort) : receiver.tcpPort;
     sender = await startSender({
       ...senderSide,
-      receiver: { host: LOOPBACK, port: tcpPort },
+      tcp: { host: LOOPBACK, port: tcpPort },
       reconnect: { initialMs: 50, maxMs: 500 },
       tls: options.senderTls,
     });
   }
   if (options.waitConnected !== false) {
-    await eventually(() => receiver.machine.senderConnected && sender.machine.connected, "sender accepted");
+    await eventually(
+      () => receiver.machine.session.peerConnected && sender.machine.session.peerConnected,
+      "sender accepted",
+    );
   }
   return {
     receiver,
@@ -141,8 +144,8 @@ export async function concurrentClientsScenario(transport: Transport, tunnel: Tu
       for (const reply of client.replies)
         assert.match(text(reply), new RegExp(`^client ${i} `), `client ${i} got ${text(reply)}`);
     });
-    assert.equal(tunnel.receiver.machine.flowCount, 50);
-    assert.equal(tunnel.sender.machine.flowCount, 50);
+    assert.equal(tunnel.receiver.machine.flows.size, 50);
+    assert.equal(tunnel.sender.machine.flows.size, 50);
     assert.equal(tunnel.sender.flowSockets, 50, "one UDP socket per flow on the sender");
   } finally {
     for (const client of clients) client.close();

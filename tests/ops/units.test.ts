@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { describe, it } from "node:test";
-import type { Stats } from "@mcudpt/protocol";
+import { type Stats, zeroDrops } from "@mcudpt/protocol";
 import type { Observed } from "../../apps/cli/src/ops/observe.ts";
 import { opsOptions, parseMetricsAddress } from "../../apps/cli/src/ops/options.ts";
 import { snapshotText } from "../../apps/cli/src/ops/snapshot.ts";
@@ -25,21 +25,22 @@ function fakeObserved(stats: Partial<Stats> = {}): Observed {
     flowsEvicted: 0,
     accepted: 1,
     handshakeFailures: 0,
-    drops: {
-      "no-sender": 0,
-      backpressure: 0,
-      "unknown-flow": 0,
-      "not-connected": 0,
-      "rate-limited": 0,
-      amplification: 0,
-      "socket-error": 0,
-      "too-large": 0,
-    },
+    drops: zeroDrops(),
+    dropsWithoutMapping: zeroDrops(),
     rttMs: undefined,
     ...stats,
   };
   const flows = [
-    { id: 7, client: "192.0.2.1:5353", datagramsIn: 3, bytesIn: 300, datagramsOut: 2, bytesOut: 200, lastActive: 0 },
+    {
+      id: 7,
+      client: "192.0.2.1:5353",
+      datagramsIn: 3,
+      bytesIn: 300,
+      datagramsOut: 2,
+      bytesOut: 200,
+      dropped: 0,
+      lastActive: 0,
+    },
   ];
   return {
     role: "receiver",
@@ -50,7 +51,17 @@ function fakeObserved(stats: Partial<Stats> = {}): Observed {
     reconnects: () => 0,
     flows: () => flows,
     mappings: () => [
-      { name: "dns", label: "dns", flows: 1, flowsOpened: 4, udpIn: 3, udpInBytes: 300, udpOut: 2, udpOutBytes: 200 },
+      {
+        name: "dns",
+        label: "dns",
+        flows: 1,
+        flowsOpened: 4,
+        udpIn: 3,
+        udpInBytes: 300,
+        udpOut: 2,
+        udpOutBytes: 200,
+        drops: zeroDrops(),
+      },
     ],
   };
 }

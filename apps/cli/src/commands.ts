@@ -166,7 +166,7 @@ async function runUntilSignal(logger: Logger, close: () => Promise<void>): Promi
 function sideOptions(args: RawArgs, ops: Operations, peer: PeerRole, listening: boolean, keyMode: boolean) {
   const logger = ops.logger;
   return {
-    trust: keyMode && listening ? listenTrustFor(args, peer) : undefined,
+    admission: keyMode && listening ? listenTrustFor(args, peer) : undefined,
     pins: keyMode && !listening ? dialPinsFor(args, peer) : undefined,
     // Flag errors before files are created: a bad command line leaves nothing behind.
     tls: listening ? listenTls(args, logger, peer) : dialTls(args, logger, peer),
@@ -269,7 +269,7 @@ export const senderCommand = defineCommand({
         startSender({
           transport,
           mappings,
-          receiver: tcp.address,
+          tcp: tcp.address,
           tcpMode: listening ? "listen" : "dial",
           config: { ...machineConfig(options), identity },
           logger,

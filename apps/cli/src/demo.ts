@@ -74,15 +74,15 @@ export async function runDemo(
   const sender = await startSender({
     transport,
     target: { host: LOOPBACK, port: echo.port },
-    receiver: { host: LOOPBACK, port: receiver.tcpPort },
+    tcp: { host: LOOPBACK, port: receiver.tcpPort },
     config: { secret, keepaliveMs: 250 },
     logger: stderrLogger({ name: "sender", level, timestamps: false }),
   });
   print(`  echo target   udp ${LOOPBACK}:${echo.port}`);
   print(`  receiver      udp ${LOOPBACK}:${receiver.udpPort}  tcp ${LOOPBACK}:${receiver.tcpPort}  (shared secret)`);
   print(`  sender        -> receiver tcp ${receiver.tcpPort}, -> target udp ${echo.port}`);
-  await waitFor(() => receiver.machine.senderConnected && sender.machine.connected, 5000);
-  if (!receiver.machine.senderConnected) {
+  await waitFor(() => receiver.machine.session.peerConnected && sender.machine.session.peerConnected, 5000);
+  if (!receiver.machine.session.peerConnected) {
     print("  the sender did not connect within 5 s");
     await Promise.all([sender.close(), receiver.close()]);
     echo.close();
@@ -93,8 +93,8 @@ export async function runDemo(
   const results = await Promise.all(
     Array.from({ length: clientCount }, (_, i) => runClient(transport, i, receiver.udpPort, durationMs)),
   );
-  const peakFlows = receiver.machine.flowCount;
-  const senderFlows = sender.machine.flowCount;
+  const peakFlows = receiver.machine.flows.size;
+  const senderFlows = sender.machine.flows.size;
 
   const sent = sum(results.map((r) => r.sent));
   const received = sum(results.map((r) => r.received));

@@ -5,17 +5,17 @@
 import { hostname } from "node:os";
 import {
   configPath,
-  fileReceiverPins,
-  fileSenderTrust,
-  fixedReceiverPin,
+  filePeerPins,
+  fileAdmission,
+  fixedPeerPin,
   generateKeyPair,
   isKeyFileExposed,
   type LoadedIdentity,
   type Logger,
   loadIdentity,
   loadOrCreateIdentity,
-  type ReceiverPins,
-  type SenderTrust,
+  type PeerPins,
+  type PeerAdmission,
   UserError,
   writeKeyPair,
 } from "@mcudpt/core";
@@ -81,27 +81,26 @@ export function identityFor(args: RawArgs, logger: Logger): LoadedIdentity {
 }
 
 /** The listening side: which peer keys are admitted. */
-export function listenTrustFor(args: RawArgs, peer: PeerRole): SenderTrust {
+export function listenTrustFor(args: RawArgs, peer: PeerRole): PeerAdmission {
   if (args[`${peer}-key`] !== undefined) {
     throw new UserError(`--${peer}-key is for the side that dials; this end listens (use --authorized-keys)`);
   }
-  return fileSenderTrust({
+  return fileAdmission({
     authorizedKeys: stringArg(args, "authorized-keys"),
     knownSenders: stringArg(args, `known-${peer}s`) ?? configPath(`known_${peer}s`),
+    peerName: peer,
   });
 }
 
 /** The dialing side: which key the peer must have. */
-export function dialPinsFor(args: RawArgs, peer: PeerRole): ReceiverPins {
+export function dialPinsFor(args: RawArgs, peer: PeerRole): PeerPins {
   if (args["authorized-keys"] !== undefined) {
     throw new UserError(`--authorized-keys is for the side that listens; this end dials (use --${peer}-key)`);
   }
   const pin = stringArg(args, `${peer}-key`);
   const file = stringArg(args, `known-${peer}s`);
   if (pin !== undefined && file !== undefined) throw new UserError(`give --${peer}-key or --known-${peer}s, not both`);
-  return pin !== undefined
-    ? fixedReceiverPin(pin, `--${peer}-key`)
-    : fileReceiverPins(file ?? configPath(`known_${peer}s`));
+  return pin !== undefined ? fixedPeerPin(pin, `--${peer}-key`) : filePeerPins(file ?? configPath(`known_${peer}s`));
 }
 
 /** Key-mode flags make no sense with a shared secret: say so rather than silently ignore them. */

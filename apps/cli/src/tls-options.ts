@@ -13,8 +13,8 @@ import {
   loadOrCreateCertificate,
   messageOf,
   parseFingerprint,
-  type ReceiverTlsOptions,
-  type SenderTlsOptions,
+  type ListenerTlsOptions,
+  type DialerTlsOptions,
   UserError,
 } from "@mcudpt/core";
 import type { ArgsDef } from "citty";
@@ -57,7 +57,7 @@ function requireTls(args: RawArgs, names: string[], wrongSide: string[], side: s
 }
 
 /** The certificate to serve (generated in the config dir by default); logs its fingerprint. */
-export function listenTls(args: RawArgs, logger: Logger, peer: string): ReceiverTlsOptions | undefined {
+export function listenTls(args: RawArgs, logger: Logger, peer: string): ListenerTlsOptions | undefined {
   requireTls(args, LISTEN_FLAGS, DIAL_FLAGS, `listens for the ${peer}`);
   if (!args.tls) return undefined;
   const cert = stringArg(args, "tls-cert");
@@ -74,7 +74,7 @@ export function listenTls(args: RawArgs, logger: Logger, peer: string): Receiver
 }
 
 /** Trust in the certificate of the peer this end dials: a CA, a pinned fingerprint, or the first one seen. */
-export function dialTls(args: RawArgs, logger: Logger, peer: "sender" | "receiver"): SenderTlsOptions | undefined {
+export function dialTls(args: RawArgs, logger: Logger, peer: "sender" | "receiver"): DialerTlsOptions | undefined {
   requireTls(args, DIAL_FLAGS, LISTEN_FLAGS, `dials the ${peer}`);
   if (!args.tls) return undefined;
   const caFile = stringArg(args, "tls-ca");

@@ -4,12 +4,18 @@
  * backpressure, and keeps a single timer armed for the machine's next deadline.
  * Role-specific outputs (datagrams, flow sockets, operator prompts) go to the role's handler.
  */
-import type { Output, ReceiverMachine, SenderMachine } from "@mcudpt/protocol";
+import type { ConnectionOutput, ReceiverMachine, SenderMachine } from "@mcudpt/protocol";
 import { messageOf } from "./errors.js";
 import type { Logger } from "./logger.js";
 import type { TcpConnection, TcpHandlers } from "./transport.js";
 
 type Machine = ReceiverMachine | SenderMachine;
+/** The outputs of machine M that the driver does not act on itself: the role's, and the peer link's. */
+export type RoleOutput<M extends Machine> = Exclude<
+  NonNullable<ReturnType<M["poll"]>>,
+  { kind: "transmit" } | { kind: "log" }
+>;
+export type CloseOutput = Extract<ConnectionOutput, { kind: "close-connection" }>;
 
 /** How long a closed connection may take to deliver its goodbye before it is destroyed. */
 const END_LINGER_MS = 2_000;
@@ -17,7 +23,7 @@ const END_LINGER_MS = 2_000;
 /** Monotonic milliseconds: wall-clock jumps must not expire flows or keepalives. */
 export const now = (): number => performance.now();
 
-export class MachineDriver {
+export class MachineDriver<M extends Machine = Machine> {
   private readonly connections = new Map<number, TcpConnection>();
   private readonly dirty = new Set<number>();
   private readonly closing = new Set<number>();
@@ -34,9 +40,10 @@ export class MachineDriver {
    *   within the same callback, so batching costs no latency.
    */
   constructor(
-    readonly machine: Machine,
+    readonly machine: M,
     private readonly logger: Logger,
-    private readonly onRoleOutput: (output: Output) => void,
+    /** Every output but transmit and log (close-connection too, after the driver acted on it). */
+    private readonly onRoleOutput: (output: RoleOutput<M>) => void,
     private readonly onDrained: () => void = () => {},
   ) {}
 
@@ -54,13 +61,13 @@ export class MachineDriver {
   /** Handlers for a connection id reserved with reserveId() before the connection exists (dialing). */
   handlersFor(conn: number): TcpHandlers {
     return {
-      onData: (data) => this.guard(() => this.machine.receive(conn, data, now())),
-      onDrain: () => this.guard(() => this.machine.setBlocked(conn, false)),
+      onData: (data) => this.guard(() => this.machine.session.receive(conn, data, now())),
+      onDrain: () => this.guard(() => this.machine.session.setBlocked(conn, false)),
       onClose: () => {
         this.connections.delete(conn);
         this.dirty.delete(conn);
         this.closing.delete(conn);
-        this.guard(() => this.machine.disconnected(conn, now()));
+        this.guard(() => this.machine.session.disconnected(conn, now()));
       },
     };
   }
@@ -86,21 +93,18 @@ export class MachineDriver {
   private drain(): void {
     const machine = this.machine;
     for (let output = machine.poll(); output !== undefined; output = machine.poll()) {
-      switch (output.kind) {
-        case "transmit":
-          this.dirty.add(output.conn);
-          this.scheduleFlush();
-          break;
-        case "close-connection":
+      if (output.kind === "transmit") {
+        this.dirty.add(output.conn);
+        this.scheduleFlush();
+      } else if (output.kind === "log") {
+        this.logger.log(output.level, output.message);
+      } else {
+        if (output.kind === "close-connection") {
           this.closing.add(output.conn);
           this.dirty.add(output.conn);
           this.scheduleFlush();
-          break;
-        case "log":
-          this.logger.log(output.level, output.message);
-          break;
-        default:
-          this.onRoleOutput(output);
+        }
+        this.onRoleOutput(output as RoleOutput<M>);
       }
     }
     this.onDrained();
@@ -122,9 +126,9 @@ export class MachineDriver {
     this.flushScheduled = false;
     for (const conn of this.dirty) {
       const connection = this.connections.get(conn);
-      const bytes = this.machine.takeTransmit(conn);
+      const bytes = this.machine.session.takeTransmit(conn);
       if (!connection) continue;
-      if (bytes !== undefined && !connection.write(bytes)) this.machine.setBlocked(conn, true);
+      if (bytes !== undefined && !connection.write(bytes)) this.machine.session.setBlocked(conn, true);
       if (this.closing.has(conn)) {
         this.closing.delete(conn);
         connection.end();

@@ -1,8 +1,21 @@
 export { formatHostPort, type HostPort, parseHostPort } from "./address.js";
+export { Approvals, type ApprovalsOptions, REFUSAL_MEMORY_MS } from "./approvals.js";
+export { Backoff, type BackoffOptions } from "./backoff.js";
+export { type Clock, systemClock } from "./clock.js";
 export { configDir, configPath } from "./config-dir.js";
 export { nodeCrypto } from "./crypto.js";
+export { type Dialer, PeerKeyChecker } from "./dialer.js";
 export { MachineDriver, now } from "./driver.js";
 export { messageOf, UserError } from "./errors.js";
+export {
+  FlowSockets,
+  type FlowSocketEvents,
+  type FlowSocketsOptions,
+  LINGER_MS,
+  MAX_PENDING_BYTES,
+  MAX_PENDING_PER_FLOW,
+  type Target,
+} from "./flow-sockets.js";
 export {
   fingerprint,
   generateKeyPair,
@@ -18,7 +31,8 @@ export {
   writeKeyPair,
 } from "./keys.js";
 export { type Logger, RateLimitedLog, silentLogger, stderrLogger } from "./logger.js";
-export type { DialTrust, ListenTrust, OperatorQuestion } from "./peer-link.js";
+export type { AskOperator, DialTrust, ListenTrust, OperatorQuestion } from "./peer-link.js";
+export type { SideOptions } from "./role.js";
 export {
   type ReceiverHandle,
   type ReceiverMapping,
@@ -35,19 +49,19 @@ export {
   parseFingerprint,
   pemFingerprint,
 } from "./tls.js";
-export type { ReceiverTlsOptions, SenderTlsOptions } from "./tls-peer.js";
+export type { ListenerTlsOptions, DialerTlsOptions } from "./tls-peer.js";
 export { DEFAULT_TLS_HANDSHAKE_TIMEOUT_MS, tlsCertificateRefused, tlsHandshakeFailed } from "./tls-transport.js";
 export * from "./transport.js";
 export {
   fileCertificatePins,
-  fileReceiverPins,
-  fileSenderTrust,
-  fixedReceiverPin,
-  type ReceiverPins,
-  type ReceiverVerdict,
-  type SenderTrust,
-  type SenderTrustFiles,
-  type SenderVerdict,
+  filePeerPins,
+  fileAdmission,
+  fixedPeerPin,
+  type PeerPins,
+  type PinVerdict,
+  type PeerAdmission,
+  type AdmissionFiles,
+  type AdmissionVerdict,
 } from "./trust.js";
 export { UdpBatcher } from "./udp-batch.js";
 export { type CertificateSpec, createCertificate } from "./x509.js";

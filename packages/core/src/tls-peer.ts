@@ -1,7 +1,8 @@
 /**
- * TLS policy of the two roles: the receiver serves its certificate; the sender decides whether the
- * certificate it was shown is the receiver's (CA-verified by the transport, or pinned by fingerprint
- * here), and a refusal is permanent: retrying would only offer the tunnel to an impostor again.
+ * TLS policy of the two TCP sides, whichever role each has: the listening side serves its certificate;
+ * the dialing side decides whether the certificate it was shown is its peer's (CA-verified by the
+ * transport, or pinned by fingerprint here), and a refusal is permanent: retrying would only offer the
+ * tunnel to an impostor again. `peerName` ("sender" or "receiver") is what the other side is.
  */
 import { isIP } from "node:net";
 import { formatHostPort } from "./address.js";
@@ -9,29 +10,30 @@ import type { RateLimitedLog } from "./logger.js";
 import { certificateFingerprint } from "./tls.js";
 import { type ClientTlsOptions, type ServerTlsOptions, type TcpConnection, TLS_CERT_REFUSED } from "./transport.js";
 
-export interface ReceiverTlsOptions {
+export interface ListenerTlsOptions {
   /** PEM certificate (chain) and private key. */
   cert: string;
   key: string;
 }
 
-export interface SenderTlsOptions {
-  /** PEM CA certificate(s): the transport verifies the receiver's chain and name against them. */
+export interface DialerTlsOptions {
+  /** PEM CA certificate(s): the transport verifies the peer's chain and name against them. */
   ca?: string;
-  /** Without `ca`: the receiver's certificate must have this fingerprint ("SHA256:<base64>"). */
+  /** Without `ca`: the peer's certificate must have this fingerprint ("SHA256:<base64>"). */
   fingerprint?: string;
   /**
    * Without `ca` or `fingerprint`: asked about a certificate seen for the first time (trust on first
    * use); false refuses it. Absent: accepted. Once accepted it stays pinned for this process.
    */
-  onNewCertificate?: (fingerprint: string, receiver: string) => boolean | Promise<boolean>;
+  onNewCertificate?: (fingerprint: string, peer: string) => boolean | Promise<boolean>;
 }
 
-/** listenTcp's `tls` for the receiver: failed handshakes are logged, rate-limited (port scanners). */
-export function receiverListenTls(
-  tls: ReceiverTlsOptions,
+/** listenTcp's `tls` for the listening side: failed handshakes are logged, rate-limited (port scanners). */
+export function listenerTls(
+  tls: ListenerTlsOptions,
   handshakeTimeoutMs: number | undefined,
   log: RateLimitedLog,
+  peerName: string,
 ): ServerTlsOptions {
   return {
     cert: tls.cert,
@@ -39,46 +41,48 @@ export function receiverListenTls(
     handshakeTimeoutMs,
     onHandshakeError: (error, address, port) => {
       const peer = formatHostPort(address, port);
-      log.log("tls-handshake", "warn", `connection from ${peer}: ${error.message} (a sender without --tls?)`);
+      log.log("tls-handshake", "warn", `connection from ${peer}: ${error.message} (a ${peerName} without --tls?)`);
     },
   };
 }
 
-/** The sender's side, kept across reconnects. */
-export class SenderTlsPolicy {
+/** The dialing side's, kept across reconnects. */
+export class DialerTlsPolicy {
   private pinned: string | undefined;
   readonly connectOptions: ClientTlsOptions;
 
   constructor(
-    private readonly options: SenderTlsOptions,
-    receiverHost: string,
+    private readonly options: DialerTlsOptions,
+    peerHost: string,
+    private readonly peerName: string,
   ) {
     this.pinned = options.fingerprint;
     // The core dials a resolved IP: the certificate must match the name the operator gave.
-    this.connectOptions = { ca: options.ca, serverName: isIP(receiverHost) === 0 ? receiverHost : undefined };
+    this.connectOptions = { ca: options.ca, serverName: isIP(peerHost) === 0 ? peerHost : undefined };
   }
 
   /** A connect failure that is a refusal for good (the CA did not vouch for the certificate), or undefined. */
-  refusal(error: unknown, receiver: string): string | undefined {
+  refusal(error: unknown, peer: string): string | undefined {
     if ((error as { code?: unknown })?.code !== TLS_CERT_REFUSED) return undefined;
-    return `receiver ${receiver}: ${(error as Error).message} — refusing (possible impostor, or --tls-ca is not the CA that signed its certificate)`;
+    return `${this.peerName} ${peer}: ${(error as Error).message} — refusing (possible impostor, or --tls-ca is not the CA that signed its certificate)`;
   }
 
   /** Checks an established connection's certificate; returns the refusal, or undefined to go on. */
-  async check(connection: TcpConnection, receiver: string): Promise<string | undefined> {
+  async check(connection: TcpConnection, peer: string): Promise<string | undefined> {
     if (this.options.ca !== undefined) return undefined; // verified by the transport
+    const name = this.peerName;
     const der = connection.peerCertificate;
-    if (!der) return `receiver ${receiver} presented no TLS certificate — refusing`;
+    if (!der) return `${name} ${peer} presented no TLS certificate — refusing`;
     const fingerprint = certificateFingerprint(der);
     if (this.pinned !== undefined) {
       if (fingerprint === this.pinned) return undefined;
       return (
-        `receiver's TLS certificate ${fingerprint} does not match the pinned ${this.pinned} — refusing (possible impostor at ${receiver}); ` +
+        `${name}'s TLS certificate ${fingerprint} does not match the pinned ${this.pinned} — refusing (possible impostor at ${peer}); ` +
         "if its certificate was replaced on purpose, pin the new fingerprint"
       );
     }
-    const accepted = this.options.onNewCertificate ? await this.options.onNewCertificate(fingerprint, receiver) : true;
-    if (!accepted) return `receiver's TLS certificate ${fingerprint} at ${receiver} was not accepted — refusing`;
+    const accepted = this.options.onNewCertificate ? await this.options.onNewCertificate(fingerprint, peer) : true;
+    if (!accepted) return `${name}'s TLS certificate ${fingerprint} at ${peer} was not accepted — refusing`;
     this.pinned = fingerprint;
     return undefined;
   }

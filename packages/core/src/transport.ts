@@ -53,10 +53,11 @@ export interface UdpSocket {
   /**
    * Optional: sends a batch of datagrams with as few system calls as the runtime allows (Bun: one
    * sendmmsg). A datagram that fails does not stop the ones after it. Returns how many were sent
-   * (the rest are dropped, as with a false send()); never throws; same ownership rule as send().
+   * (the rest are dropped, as with a false send()) and, when `failed` is given, appends the index
+   * (0-based, in datagrams) of each one that was not; never throws; same ownership rule as send().
    * Callers without it loop over send().
    */
-  sendMany?(batch: UdpBatch): number;
+  sendMany?(batch: UdpBatch, failed?: number[]): number;
   close(): void;
 }
 

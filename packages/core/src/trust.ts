@@ -1,10 +1,12 @@
 /**
- * Who trusts whom, in files an ssh user already understands:
- * - the receiver admits senders whose keys are in --authorized-keys (an allowlist; nothing else is
- *   admitted then), or else in known_senders (keys the operator approved once, like a remembered "yes");
- * - the sender pins each receiver's key in known_receivers, `HOST:PORT ssh-ed25519 AAAA…` per line (like
+ * Who trusts whom, in files an ssh user already understands, by TCP side (either role may take either):
+ * - the listening side admits peers whose keys are in --authorized-keys (an allowlist; nothing else is
+ *   admitted then), or else in its known-peers file (keys the operator approved once, like a remembered
+ *   "yes");
+ * - the dialing side pins each peer's key per address, `HOST:PORT ssh-ed25519 AAAA…` per line (like
  *   known_hosts): the first key seen is remembered, a different one later is refused.
- * Files are re-read at each decision, so editing them takes effect without a restart.
+ * Files are re-read at each decision, so editing them takes effect without a restart. Reasons here are
+ * for the local log (they name files); what the peer is told is decided where it is told.
  */
 import { appendFileSync, existsSync, mkdirSync, readFileSync } from "node:fs";
 import { dirname } from "node:path";
@@ -12,25 +14,27 @@ import { messageOf, UserError } from "./errors.js";
 import { fingerprint, parsePublicKeyLine, publicKeyLine } from "./keys.js";
 import { parseFingerprint } from "./tls.js";
 
-export type SenderVerdict =
+export type AdmissionVerdict =
   | { verdict: "trusted"; why: string }
   | { verdict: "refused"; reason: string }
   /** Not known: only an operator can decide. */
   | { verdict: "unknown" };
 
-export interface SenderTrust {
-  check(publicKey: Uint8Array): SenderVerdict;
-  /** The operator said yes: remember the key so the sender reconnects without asking. */
+export interface PeerAdmission {
+  check(publicKey: Uint8Array): AdmissionVerdict;
+  /** The operator said yes: remember the key so the peer reconnects without asking. */
   remember(publicKey: Uint8Array, comment: string): void;
 }
 
-export interface SenderTrustFiles {
+export interface AdmissionFiles {
   /** Allowlist: when set, only these keys are admitted and nobody is asked. */
   authorizedKeys?: string;
   knownSenders: string;
+  /** What the peers are ("sender" by default), for the reasons logged. */
+  peerName?: string;
 }
 
-export function fileSenderTrust(files: SenderTrustFiles): SenderTrust {
+export function fileAdmission(files: AdmissionFiles): PeerAdmission {
   // Fail at start-up, not at the first peer.
   if (files.authorizedKeys !== undefined) readKeyFile(files.authorizedKeys, true);
   else readKeyFile(files.knownSenders, false);
@@ -40,10 +44,10 @@ export function fileSenderTrust(files: SenderTrustFiles): SenderTrust {
       if (files.authorizedKeys !== undefined) {
         if (readKeyFile(files.authorizedKeys, true).has(print))
           return { verdict: "trusted", why: `listed in ${files.authorizedKeys}` };
-        return { verdict: "refused", reason: `key ${print} is not in the receiver's authorized keys` };
+        return { verdict: "refused", reason: `key ${print} is not in ${files.authorizedKeys}` };
       }
       if (readKeyFile(files.knownSenders, false).has(print))
-        return { verdict: "trusted", why: `known sender (${files.knownSenders})` };
+        return { verdict: "trusted", why: `known ${files.peerName ?? "sender"} (${files.knownSenders})` };
       return { verdict: "unknown" };
     },
     remember(publicKey, comment) {
@@ -74,15 +78,20 @@ function readKeyFile(path: string, mustExist: boolean): Set<string> {
   return prints;
 }
 
-export type ReceiverVerdict =
+export type PinVerdict =
   | { verdict: "trusted" }
   /** First contact, now remembered (trust on first use). */
   | { verdict: "added"; path: string }
+  /** First contact, asked not to remember yet (the key is only claimed, not proven). */
+  | { verdict: "new" }
   | { verdict: "changed"; reason: string };
 
-/** The sender's side: is this the receiver we talked to before? */
-export interface ReceiverPins {
-  check(receiver: string, publicKey: Uint8Array): ReceiverVerdict;
+/**
+ * The dialing side's: is this the peer we talked to before at this address? With `record` false a
+ * first key is not remembered (it is only claimed, at the peer's HELLO): the verdict is "new".
+ */
+export interface PeerPins {
+  check(peer: string, publicKey: Uint8Array, record?: boolean): PinVerdict;
 }
 
 /**
@@ -90,69 +99,69 @@ export interface ReceiverPins {
  * (The key check runs inside the TLS stream; pinning the certificate too keeps an on-path party from
  * terminating TLS and relaying the handshake.)
  */
-export function fileCertificatePins(
-  path: string,
-): (receiver: string, certificateFingerprint: string) => ReceiverVerdict {
-  return (receiver, print) =>
-    pinOnFirstUse(path, receiver, "tls", print, `${receiver} tls ${print}`, (fields) => fields[2], "TLS certificate");
+export function fileCertificatePins(path: string): (peer: string, certificateFingerprint: string) => PinVerdict {
+  return (peer, print) =>
+    pinOnFirstUse(path, peer, "tls", print, `${peer} tls ${print}`, (fields) => fields[2], "TLS certificate", true);
 }
 
 /**
- * Looks up `receiver`'s pin of `type` in a known_receivers-style file: trusted when it is `print`,
- * refused when it differs (naming the line), added when there is none (trust on first use).
- * `pinned` reads the pinned fingerprint from a matching line's fields.
+ * Looks up `peer`'s pin of `type` in a known_receivers-style file: trusted when it is `print`,
+ * refused when it differs (naming the line), added when there is none and `record` (trust on first
+ * use), else new. `pinned` reads the pinned fingerprint from a matching line's fields.
  */
 function pinOnFirstUse(
   path: string,
-  receiver: string,
+  peer: string,
   type: string,
   print: string,
   newLine: string,
   pinned: (fields: string[], lineNumber: number) => string,
   what: string,
-): ReceiverVerdict {
+  record: boolean,
+): PinVerdict {
   const lines = existsSync(path) ? readLines(path) : [];
   for (const [index, line] of lines.entries()) {
     const fields = line.trim().split(/\s+/);
-    if (fields.length < 3 || fields[0] !== receiver || fields[1] !== type) continue;
+    if (fields.length < 3 || fields[0] !== peer || fields[1] !== type) continue;
     const pinnedPrint = pinned(fields, index + 1);
     if (pinnedPrint === print) return { verdict: "trusted" };
     return {
       verdict: "changed",
       reason:
-        `${what.toUpperCase()} CHANGED: ${receiver} now presents ${print}, but ${path} line ${index + 1} pins ${pinnedPrint}. ` +
+        `${what.toUpperCase()} CHANGED: ${peer} now presents ${print}, but ${path} line ${index + 1} pins ${pinnedPrint}. ` +
         `Refusing (someone may be impersonating it); if its ${what.replace(/^TLS /, "")} was replaced on purpose, delete that line`,
     };
   }
+  if (!record) return { verdict: "new" };
   appendLine(path, newLine);
   return { verdict: "added", path };
 }
 
 /** An explicit pin (--receiver-key): no file involved. */
-export function fixedReceiverPin(expected: string, flag = "--receiver-key"): ReceiverPins {
+export function fixedPeerPin(expected: string, flag = "--receiver-key"): PeerPins {
   const pin = parseFingerprint(expected, flag);
   return {
-    check(receiver, publicKey) {
+    check(peer, publicKey) {
       const print = fingerprint(publicKey);
       if (print === pin) return { verdict: "trusted" };
       return {
         verdict: "changed",
-        reason: `${receiver} presents key ${print}, not the ${pin} given by ${flag}: refusing (an impostor, or the wrong pin)`,
+        reason: `${peer} presents key ${print}, not the ${pin} given by ${flag}: refusing (an impostor, or the wrong pin)`,
       };
     },
   };
 }
 
-export function fileReceiverPins(path: string): ReceiverPins {
+export function filePeerPins(path: string): PeerPins {
   return {
-    check(receiver, publicKey) {
+    check(peer, publicKey, record = true) {
       const readPin = (fields: string[], lineNumber: number): string => {
         const parsed = parsePublicKeyLine(fields.slice(1).join(" "));
         if (!parsed) throw new UserError(`${path} line ${lineNumber}: not a "HOST:PORT ssh-ed25519 AAAA…" line`);
         return fingerprint(parsed.publicKey);
       };
-      const line = `${receiver} ${publicKeyLine(publicKey)}`;
-      return pinOnFirstUse(path, receiver, "ssh-ed25519", fingerprint(publicKey), line, readPin, "key");
+      const line = `${peer} ${publicKeyLine(publicKey)}`;
+      return pinOnFirstUse(path, peer, "ssh-ed25519", fingerprint(publicKey), line, readPin, "key", record);
     },
   };
 }

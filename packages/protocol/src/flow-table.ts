@@ -3,24 +3,10 @@
  * to the end on activity makes the first entry both the eviction candidate and the next to go idle.
  * Both are O(1), which keeps idle expiry and --max-flows cheap with tens of thousands of flows.
  */
-export interface FlowBase extends FlowCounters {
+export interface FlowBase {
   readonly id: number;
   lastActive: number;
 }
-
-/**
- * Per-flow traffic, for status displays and per-flow snapshots. "In" is what the flow's UDP peer sent
- * into the tunnel (the client on the receiver, the target on the sender); "out" is what was handed
- * out to it. Same directions as Stats.udpIn/udpOut.
- */
-export interface FlowCounters {
-  datagramsIn: number;
-  bytesIn: number;
-  datagramsOut: number;
-  bytesOut: number;
-}
-
-export const zeroCounters = (): FlowCounters => ({ datagramsIn: 0, bytesIn: 0, datagramsOut: 0, bytesOut: 0 });
 
 export class FlowTable<F extends FlowBase> {
   private readonly byId = new Map<number, F>();

@@ -1,19 +1,10 @@
 export { formatIPv4, formatIPv6, ipFamily, parseIPv4, parseIPv6 } from "./address.js";
 export { bytesEqual, concatBytes, fromHex, toHex, utf8 } from "./bytes.js";
 export { type DecoderOptions, describeStranger, FrameDecoder } from "./decoder.js";
-export {
-  type ClientFlow,
-  type CommonConfig,
-  DEFAULTS,
-  type DropReason,
-  type LogLevel,
-  type MappingStats,
-  type Output,
-  type Stats,
-} from "./endpoint.js";
-export type { FlowCounters } from "./flow-table.js";
+export { type CommonConfig, DEFAULTS, type PeerKeyCheck } from "./config.js";
+export type { FlowBase, Flows } from "./flows.js";
 export * from "./frames.js";
-export type { Credentials, CryptoProvider, Identity, Side } from "./link.js";
+export type { Credentials, CryptoProvider, Identity, LinkState, Side } from "./link.js";
 export { checkMappings, type MappingConfig, pairMappings } from "./mappings.js";
 export {
   MAX_UDP_PAYLOAD,
@@ -25,8 +16,31 @@ export {
   withProxyHeader,
 } from "./proxy-v2.js";
 export { type RateLimitConfig, SourceRateLimiter } from "./rate-limit.js";
-export { RECEIVER_DEFAULTS, type ReceiverConfig, ReceiverMachine } from "./receiver.js";
+export {
+  type ClientFlow,
+  type ConnectionOutput,
+  type LogLevel,
+  type Output,
+  type ReceiverOutput,
+  type SenderOutput,
+} from "./outputs.js";
+export {
+  IPV4_UDP_OVERHEAD,
+  IPV6_UDP_OVERHEAD,
+  RECEIVER_DEFAULTS,
+  type ReceiverConfig,
+  ReceiverMachine,
+} from "./receiver.js";
 export { type SenderConfig, SenderMachine, type TargetFlow } from "./sender.js";
-export { SessionEndpoint } from "./session.js";
-export { PEER_TEXT_MAX, peerText, printable } from "./text.js";
+export type { Session } from "./session.js";
+export {
+  DROP_REASONS,
+  type DropReason,
+  type Drops,
+  type FlowCounters,
+  type MappingStats,
+  type Stats,
+  zeroDrops,
+} from "./stats.js";
+export { PEER_TEXT_MAX, peerText, peerWord, printable } from "./text.js";
 export { encodeFrame, FrameWriter } from "./writer.js";

@@ -35,16 +35,33 @@ export type LinkState =
   | "hello"
   /** Acceptor: waiting for AUTH. Dialer: AUTH sent, waiting for ACCEPT. */
   | "auth"
-  /** Acceptor: AUTH checked, waiting for the operator's yes or no. */
+  /** Acceptor: AUTH checked, waiting for the host's (or the operator's) decision on the key. */
   | "approval"
   | "open"
   | "closed";
+
+export type LinkEvent = "peer-hello" | "ask-host" | "admit" | "close";
+
+/**
+ * Every state change of a connection, in one table (as h11 keeps its transitions): the event, the
+ * states it may happen in, and the state it leads to. Anything else is a bug, and throws.
+ */
+const TRANSITIONS: Record<LinkEvent, { from: readonly LinkState[]; to: LinkState }> = {
+  /** The peer's HELLO was checked (the dialer has sent its AUTH with it). */
+  "peer-hello": { from: ["hello"], to: "auth" },
+  /** Acceptor: the dialer proved its key; the host decides whether to admit it. */
+  "ask-host": { from: ["auth"], to: "approval" },
+  /** Both proofs checked, the peer admitted: data may flow. */
+  admit: { from: ["auth", "approval"], to: "open" },
+  /** CLOSE sent or received, a protocol error, a timeout: nothing more is read or written. */
+  close: { from: ["hello", "auth", "approval", "open"], to: "closed" },
+};
 
 const DIALER_LABEL = utf8("mcudpt/1 dialer proof");
 const ACCEPTOR_LABEL = utf8("mcudpt/1 acceptor proof");
 
 export class Link {
-  state: LinkState = "hello";
+  private current: LinkState = "hello";
   readonly writer: FrameWriter;
   readonly decoder = new FrameDecoder({ preface: true, handshakeLimit: true });
   readonly localHello: HelloFrame;
@@ -99,6 +116,24 @@ export class Link {
     this.handshakeDeadline = now + handshakeTimeoutMs;
   }
 
+  get state(): LinkState {
+    return this.current;
+  }
+
+  /** Applies `event` (see TRANSITIONS); returns the state it left. */
+  enter(event: LinkEvent): LinkState {
+    const from = this.current;
+    const transition = TRANSITIONS[event];
+    if (!transition.from.includes(from)) throw new Error(`link ${this.id}: ${event} in state ${from}`);
+    this.current = transition.to;
+    return from;
+  }
+
+  /** Whether the handshake is still going on (neither open nor closed). */
+  get pending(): boolean {
+    return this.current !== "open" && this.current !== "closed";
+  }
+
   /** Capabilities both sides announced. */
   get sharedCapabilities(): number {
     return this.localHello.capabilities & (this.peerHello?.capabilities ?? 0);
@@ -149,7 +184,7 @@ export class Link {
   }
 
   markOpen(now: number, keepaliveMs: number): void {
-    this.state = "open";
+    this.enter("admit");
     this.decoder.handshakeLimit = false;
     this.handshakeDeadline = undefined;
     this.nextPingAt = now + keepaliveMs;

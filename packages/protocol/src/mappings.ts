@@ -6,6 +6,7 @@
  */
 import { utf8 } from "./bytes.js";
 import { MAX_MAPPING_NAME, ProtocolError } from "./frames.js";
+import { peerWord } from "./text.js";
 
 export interface MappingConfig {
   /** Pairs this mapping with the peer's of the same name; "" or absent pairs by position. */
@@ -40,7 +41,8 @@ export function pairMappings(receiver: readonly string[], sender: readonly strin
 }
 
 function describe(names: readonly string[]): string {
-  const list = names.map((name, i) => name || `#${i + 1}`).join(", ");
+  // The peer's names are its own words: quoted and escaped (they end up in log lines and CLOSE).
+  const list = names.map((name, i) => (name ? peerWord(name) : `#${i + 1}`)).join(", ");
   return `${names.length} (${list})`;
 }
 

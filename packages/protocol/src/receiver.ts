@@ -2,16 +2,17 @@
  * The receiver: owns the public UDP ports (one per mapping). Every client address becomes a flow with
  * an id chosen here; the sender only ever answers with flow ids, so the only addresses this side writes
  * to are clients that opened flows (no reflection). Whether it accepts the TCP connection (ssh -R, the
- * default) or dials it (ssh -L) is the session layer's business; either way it verifies the peer
- * before acting on anything the peer sends, and keeps one sender at a time.
+ * default) or dials it (ssh -L) is the session's business; either way it verifies the peer before
+ * acting on anything the peer sends, and keeps one sender at a time.
  */
 import { ipFamily } from "./address.js";
-import type { ClientFlow, CommonConfig } from "./endpoint.js";
-import { MappedFlows, zeroCounters } from "./flow-table.js";
+import type { CommonConfig } from "./config.js";
+import { MachineCore } from "./machine-core.js";
 import { FlowCloseReason, type Frame, FrameType, HEADER_SIZE, MAX_DATAGRAM, ProtocolError, Role } from "./frames.js";
 import type { CryptoProvider, Link } from "./link.js";
+import type { ClientFlow, ReceiverOutput } from "./outputs.js";
 import { SourceRateLimiter } from "./rate-limit.js";
-import { SessionEndpoint } from "./session.js";
+import { zeroCounters } from "./stats.js";
 
 export interface ReceiverConfig extends CommonConfig {
   /**
@@ -21,7 +22,8 @@ export interface ReceiverConfig extends CommonConfig {
   newFlowsPerSecond?: number;
   /**
    * While a flow is unconfirmed (its client has sent one datagram only, so its address may be
-   * spoofed), replies to it may total at most this many times the bytes it sent. 0 disables the cap.
+   * spoofed), replies to it may total at most this many times what it sent, counted in bytes on the
+   * wire (payload plus IP and UDP headers) and in datagrams. 0 disables the cap.
    */
   amplificationLimit?: number;
 }
@@ -33,97 +35,115 @@ export const RECEIVER_DEFAULTS = {
   amplificationLimit: 10,
 } as const;
 
+/** IP and UDP headers of one datagram: what an empty reply still costs the network. */
+export const IPV4_UDP_OVERHEAD = 20 + 8;
+export const IPV6_UDP_OVERHEAD = 40 + 8;
+
 const DATA_OVERHEAD = HEADER_SIZE + 4;
 /** Largest FLOW_OPEN (IPv6) plus a FLOW_CLOSE for an evicted flow. */
 const NEW_FLOW_OVERHEAD = HEADER_SIZE + 25 + HEADER_SIZE + 5;
 
-export class ReceiverMachine extends SessionEndpoint {
-  private readonly flows: MappedFlows<ClientFlow>;
+export class ReceiverMachine {
+  private readonly core: MachineCore<ClientFlow, ReceiverOutput>;
   private readonly flowsByKey = new Map<string, ClientFlow>();
   private nextFlowId = 1;
   private readonly newFlowLimiter: SourceRateLimiter | undefined;
   private readonly amplificationLimit: number;
 
   constructor(config: ReceiverConfig, crypto: CryptoProvider) {
-    super(Role.Receiver, config, crypto);
-    this.flows = new MappedFlows<ClientFlow>(this.mappings.length);
+    this.core = new MachineCore(Role.Receiver, config, crypto, {
+      frame: (link, frame, now) => this.onFrame(link, frame, now),
+      release: (flow) => this.flowsByKey.delete(flow.key),
+      describe: (flow) => `${flow.address}:${flow.port}`,
+    });
     const rate = config.newFlowsPerSecond ?? RECEIVER_DEFAULTS.newFlowsPerSecond;
     this.newFlowLimiter =
       rate > 0 ? new SourceRateLimiter({ perSecond: rate, burst: Math.max(1, rate * 2) }) : undefined;
     this.amplificationLimit = Math.max(0, config.amplificationLimit ?? RECEIVER_DEFAULTS.amplificationLimit);
   }
 
-  /** True while an accepted sender is connected. */
-  get senderConnected(): boolean {
-    return this.peerConnected;
+  /** Connections, handshake, resume: accept(), dial(), receive(), approve(), takeTransmit()… */
+  get session() {
+    return this.core.session;
   }
 
-  get flowCount(): number {
-    return this.flows.size;
+  /** The clients' flows, and the outcomes the host reports for them (sendFailed, droppedOutside). */
+  get flows() {
+    return this.core.flows;
   }
 
-  /** Open flows of mapping `mappingId`. */
-  flowCountOf(mappingId: number): number {
-    return this.flows.tables[mappingId]?.size ?? 0;
+  get stats() {
+    return this.core.counters.stats;
   }
 
-  /** The usual direction (ssh -R): the sender dialed in. Same as accept(). */
-  connect(conn: number, peer: string, now: number, source = peer): void {
-    this.accept(conn, peer, now, source);
+  /** Per-mapping counters, by mapping id. */
+  get mappingStats() {
+    return this.core.counters.mappings;
+  }
+
+  poll(): ReceiverOutput | undefined {
+    return this.core.out.poll();
+  }
+
+  tick(now: number): void {
+    this.core.tick(now);
+  }
+
+  nextTimeout(): number | undefined {
+    return this.core.nextTimeout();
+  }
+
+  /** Says goodbye to every connection. Flows are dropped. */
+  shutdown(reason = "receiver shutting down"): void {
+    this.core.session.closeAll(reason);
   }
 
   /** A datagram from a UDP client, on the public port of mapping `mappingId`. */
   clientDatagram(address: string, port: number, payload: Uint8Array, now: number, mappingId = 0): void {
-    const stats = this.stats;
-    stats.udpIn++;
-    stats.udpInBytes += payload.length;
-    this.countMappingIn(mappingId, payload.length);
+    const core = this.core;
+    const counters = core.counters;
+    if (mappingId >= core.settings.mappings.length || mappingId < 0) throw new RangeError(`no mapping ${mappingId}`);
+    counters.received(mappingId, payload.length);
     // A link already closed (CLOSE sent or received, keepalive timeout) but not yet reported
     // disconnected takes nothing more: frames after a CLOSE are never read.
-    const link = this.openLink;
+    const link = core.session.openLink;
     if (link === undefined) {
-      stats.drops["no-sender"]++;
+      counters.dropped("no-sender", mappingId);
+      core.throttle.note("no-sender", now, (n) => `dropped ${n} datagram(s) from clients: no sender connected`);
       return;
     }
     if (payload.length > MAX_DATAGRAM) {
-      stats.drops["too-large"]++;
+      counters.dropped("too-large", mappingId);
       return;
     }
     const key = mappingId === 0 ? address + "|" + port : mappingId + "|" + address + "|" + port;
     let flow = this.flowsByKey.get(key);
     if (flow === undefined) {
-      if (mappingId >= this.mappings.length || mappingId < 0) throw new RangeError(`no mapping ${mappingId}`);
       if (this.newFlowLimiter !== undefined && !this.newFlowLimiter.allow(address, now)) {
-        stats.drops["rate-limited"]++;
-        this.noteLimit("rate-limited", now, "new-flow rate limit reached for some sources (raise --new-flow-rate)");
+        counters.dropped("rate-limited", mappingId);
+        core.throttle.note(
+          "rate-limited",
+          now,
+          (n) => `new-flow rate limit reached for some sources (raise --new-flow-rate): dropped ${n} datagram(s)`,
+        );
         return;
       }
       // FLOW_OPEN (and an eviction's FLOW_CLOSE) count against the buffer bound too, so a flood of new
       // source addresses cannot grow the buffer of a blocked connection.
-      if (!this.hasRoom(link, NEW_FLOW_OVERHEAD + DATA_OVERHEAD + payload.length)) return;
+      if (!core.hasRoom(link, NEW_FLOW_OVERHEAD + DATA_OVERHEAD + payload.length, mappingId)) return;
       flow = this.openFlow(link, mappingId, key, address, port, payload.length, now);
       if (flow === undefined) return;
     } else {
       // A second datagram from the same address and port: whoever it is also sends from there, so
       // replies are no longer capped (a spoofer rarely keeps up a conversation it cannot see).
       flow.replyBudget = Number.POSITIVE_INFINITY;
-      this.flows.touch(flow, now);
-      if (!this.hasRoom(link, DATA_OVERHEAD + payload.length)) return;
+      flow.replyDatagrams = Number.POSITIVE_INFINITY;
+      core.flows.touch(flow, now);
+      if (!core.hasRoom(link, DATA_OVERHEAD + payload.length, mappingId, flow)) return;
     }
-    flow.datagramsIn++;
-    flow.bytesIn += payload.length;
+    counters.forwarded(flow, payload.length);
     link.writer.data(flow.id, payload);
-    this.notifyTransmit(link);
-  }
-
-  /** Says goodbye to every connection. Flows are dropped. */
-  shutdown(reason = "receiver shutting down"): void {
-    this.closeAll(reason);
-  }
-
-  /** Flows currently open, for status output. */
-  flowList(): IterableIterator<ClientFlow> {
-    return this.flows.values();
+    core.session.connections.notify(link);
   }
 
   private openFlow(
@@ -137,10 +157,10 @@ export class ReceiverMachine extends SessionEndpoint {
   ): ClientFlow | undefined {
     const family = ipFamily(address);
     if (family === undefined) {
-      this.log("warn", `ignoring datagram from unparseable address ${address}`);
+      this.core.out.log("warn", `ignoring datagram from unparseable address ${address}`);
       return undefined;
     }
-    this.evictIfFull(this.flows, mappingId, now, (oldest) => this.closeFlow(oldest, FlowCloseReason.Evicted, true));
+    this.core.flows.makeRoom(mappingId, now, FlowCloseReason.Evicted);
     const limit = this.amplificationLimit;
     const flow: ClientFlow = {
       id: this.allocateFlowId(),
@@ -150,13 +170,12 @@ export class ReceiverMachine extends SessionEndpoint {
       family,
       key,
       lastActive: now,
-      replyBudget: limit > 0 ? limit * firstSize : Number.POSITIVE_INFINITY,
+      replyBudget: limit > 0 ? limit * (firstSize + wireOverhead(address, family)) : Number.POSITIVE_INFINITY,
+      replyDatagrams: limit > 0 ? limit : Number.POSITIVE_INFINITY,
       ...zeroCounters(),
     };
-    this.flows.add(flow);
+    this.core.flows.add(flow);
     this.flowsByKey.set(key, flow);
-    this.stats.flowsOpened++;
-    this.mappingStats[mappingId].flowsOpened++;
     link.writer.flowOpen(flow.id, flow.mappingId, flow);
     return flow;
   }
@@ -166,73 +185,46 @@ export class ReceiverMachine extends SessionEndpoint {
     for (;;) {
       const id = this.nextFlowId;
       this.nextFlowId = id === 0xffffffff ? 1 : id + 1;
-      if (!this.flows.has(id)) return id;
+      if (!this.core.flows.has(id)) return id;
     }
   }
 
-  private closeFlow(flow: ClientFlow, reason: number, tellPeer: boolean): void {
-    this.flows.delete(flow);
-    this.flowsByKey.delete(flow.key);
-    this.stats.flowsClosed++;
-    const link = this.openLink;
-    if (tellPeer && link) {
-      link.writer.flowClose(flow.id, reason);
-      this.notifyTransmit(link);
+  private onFrame(link: Link, frame: Frame, now: number): void {
+    if (frame.type === FrameType.FlowOpen)
+      throw new ProtocolError("unexpected-frame", "the sender may not open flows (FLOW_OPEN is receiver-only)");
+    if (frame.type !== FrameType.Data) return;
+    // Only ever to a client that opened the flow: a forged id reaches no one (no reflection).
+    const flow = this.core.dataFlow(link, frame.flowId, now);
+    if (flow === undefined || !this.withinBudget(flow, frame.payload.length, now)) return;
+    this.core.counters.sent(flow, frame.payload.length);
+    this.core.out.push({ kind: "send-to-client", flow, payload: frame.payload });
+  }
+
+  /**
+   * An unconfirmed client (its address may be spoofed) is sent at most `amplificationLimit` times what
+   * it sent, in wire bytes and in datagrams: an empty reply still costs its IP and UDP headers.
+   */
+  private withinBudget(flow: ClientFlow, size: number, now: number): boolean {
+    if (flow.replyDatagrams === Number.POSITIVE_INFINITY) return true;
+    const cost = size + wireOverhead(flow.address, flow.family);
+    if (cost <= flow.replyBudget && flow.replyDatagrams >= 1) {
+      flow.replyBudget -= cost;
+      flow.replyDatagrams--;
+      return true;
     }
+    this.core.counters.dropped("amplification", flow.mappingId, flow);
+    const limit = this.amplificationLimit;
+    this.core.throttle.note(
+      "amplification",
+      now,
+      (n) =>
+        `replies to unconfirmed clients exceeded ${limit}× their request (raise --amplification-limit): dropped ${n} datagram(s)`,
+    );
+    return false;
   }
+}
 
-  protected dropAllFlows(): void {
-    this.stats.flowsClosed += this.flows.size;
-    this.flows.clear();
-    this.flowsByKey.clear();
-  }
-
-  protected onOpenFrame(link: Link, frame: Frame, now: number): void {
-    switch (frame.type) {
-      case FrameType.Data: {
-        // Only ever to a client that opened the flow: a forged id reaches no one (no reflection).
-        const flow = this.dataFlow(this.flows, link, frame.flowId, now);
-        if (flow === undefined) return;
-        const size = frame.payload.length;
-        if (flow.replyBudget !== Number.POSITIVE_INFINITY) {
-          if (size > flow.replyBudget) {
-            this.stats.drops.amplification++;
-            this.noteLimit(
-              "amplification",
-              now,
-              `replies to unconfirmed clients exceeded ${this.amplificationLimit}× their request (raise --amplification-limit)`,
-            );
-            return;
-          }
-          flow.replyBudget -= size;
-        }
-        this.countOut(flow, size);
-        this.emit({ kind: "send-to-client", flow, payload: frame.payload });
-        return;
-      }
-      case FrameType.FlowClose: {
-        const flow = this.flows.get(frame.flowId);
-        if (flow) {
-          this.log(
-            "debug",
-            `flow ${flow.id} (${flow.address}:${flow.port}) closed by the sender: ${this.flowCloseName(frame.reason)}`,
-          );
-          this.closeFlow(flow, frame.reason, false);
-        }
-        return;
-      }
-      case FrameType.FlowOpen:
-        throw new ProtocolError("unexpected-frame", "the sender may not open flows (FLOW_OPEN is receiver-only)");
-      default:
-        return; // PING/PONG/CLOSE are handled by the endpoint
-    }
-  }
-
-  protected onFlowTick(now: number): void {
-    this.expireIdleFlows(this.flows, now, (flow) => this.closeFlow(flow, FlowCloseReason.Idle, true));
-  }
-
-  protected flowTimeout(): number | undefined {
-    return this.nextIdleExpiry(this.flows);
-  }
+/** IP/UDP header bytes of a datagram to `address` (an IPv4-mapped IPv6 address travels as IPv4). */
+function wireOverhead(address: string, family: 4 | 6): number {
+  return family === 4 || address.toLowerCase().startsWith("::ffff:") ? IPV4_UDP_OVERHEAD : IPV6_UDP_OVERHEAD;
 }

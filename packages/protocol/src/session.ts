@@ -1,65 +1,112 @@
 /**
- * The handshake and the session, by TCP side rather than by role: either role may accept TCP or dial
+ * The connection side of a machine, by TCP side rather than by role: either role may accept TCP or dial
  * it (ssh -R as the original: the receiver accepts; ssh -L as udp-over-tcp: the sender accepts).
  *
  * The acceptor verifies whoever dials in, admits one peer at a time and issues the session token; the
- * dialer proves itself, checks the acceptor's proof (and, in key mode, its pinned key) and offers the
- * token again on reconnect. A session outlives its connection for the resume grace period, so flows
- * (and the target-side UDP sockets) survive a reconnect.
+ * dialer proves itself, checks the acceptor's key (at its HELLO, as ssh checks the host key first) and
+ * proof, and offers the token again on reconnect. A session belongs to one authenticated peer and
+ * outlives its connections for the resume grace period, so flows (and the target-side UDP sockets)
+ * survive a reconnect. It holds a list of connections so that one peer may later hold several.
+ *
+ * Sans-I/O: the host feeds bytes and the time, drains outputs, takes coalesced bytes with
+ * takeTransmit(). Nothing here reads a clock, opens a socket or sets a timer.
  */
 import { bytesEqual } from "./bytes.js";
-import { type CommonConfig, DEFAULTS, Endpoint, unexpected } from "./endpoint.js";
+import type { Settings } from "./config.js";
+import { type LinkIo, LinkTable } from "./connections.js";
+import { acceptorHelloStep, checkPeerHello, flows, unexpected } from "./handshake.js";
 import { Capability, CloseCode, type Frame, FrameType, ProtocolError, Role, TOKEN_SIZE } from "./frames.js";
 import type { CryptoProvider, Link } from "./link.js";
+import type { OutputSink } from "./outputs.js";
+import type { Stats } from "./stats.js";
 
 const CAPABILITIES = Capability.Resume;
 
-interface Session {
+/** What the session needs from the machine that owns it: its flows. */
+export interface SessionOwner {
+  /** A frame on an open connection that the session does not handle itself (DATA, FLOW_*). */
+  frame(link: Link, frame: Frame, now: number): void;
+  /** The peer's flows are gone: a new session started (not a resume), or the old one ended for good. */
+  dropAllFlows(): void;
+  readonly flowCount: number;
+}
+
+interface PeerSession {
   /** Issued by the acceptor; offered back by the dialer to resume. */
   token: Uint8Array;
   /** The peer's key (key mode): only the same key may resume. */
   peerKey: Uint8Array;
-  /** The open connection, or undefined while waiting for a resume. */
-  link: Link | undefined;
-  /** When the connection was lost; flows are kept until lostAt + resumeGraceMs. */
+  /** The peer's connections, open or still closing. */
+  links: Link[];
+  /** When the last connection was lost; flows are kept until lostAt + resumeGraceMs. */
   lostAt: number | undefined;
 }
 
-export abstract class SessionEndpoint extends Endpoint {
-  private session: Session | undefined;
+export class Session implements LinkIo {
+  readonly connections: LinkTable;
+  private peer: PeerSession | undefined;
   /** The dialer's current connection attempt (one at a time). */
   private dialing: Link | undefined;
-  private readonly maxPending: number;
-  private readonly maxPendingPerSource: number;
-  private readonly checkPeerKey: CommonConfig["checkPeerKey"];
-  /** "sender" or "receiver": what the other side is, for log lines. */
-  protected readonly peerName: string;
+  /** What the other side is ("sender" or "receiver"), for log lines and reasons. */
+  readonly peerName: string;
 
-  constructor(role: Role, config: CommonConfig, crypto: CryptoProvider) {
-    super(role, config, crypto);
-    this.maxPending = config.maxPendingConnections ?? DEFAULTS.maxPendingConnections;
-    this.maxPendingPerSource = config.maxPendingPerSource ?? DEFAULTS.maxPendingPerSource;
-    this.checkPeerKey = config.checkPeerKey;
+  constructor(
+    readonly role: Role,
+    private readonly settings: Settings,
+    private readonly crypto: CryptoProvider,
+    private readonly stats: Stats,
+    private readonly out: OutputSink,
+    private readonly owner: SessionOwner,
+  ) {
     this.peerName = role === Role.Receiver ? "sender" : "receiver";
+    this.connections = new LinkTable(settings, stats, out, this);
   }
 
-  /** True while an accepted peer is connected. */
+  /** True while an admitted peer is connected. */
   get peerConnected(): boolean {
-    return this.session?.link?.state === "open";
+    return this.openLink !== undefined;
   }
 
-  /** The session's connection when it is open: where data goes. */
-  protected get openLink(): Link | undefined {
-    const link = this.session?.link;
-    return link?.state === "open" ? link : undefined;
+  // ---- the host's connection inputs (the connection table does the work) ----
+
+  /** Bytes arrived on connection `conn`. */
+  receive(conn: number, bytes: Uint8Array, now: number): void {
+    this.connections.receive(conn, bytes, now);
   }
 
-  /** Drops every flow: a new session started, or the old one could not be resumed. */
-  protected abstract dropAllFlows(): void;
-  protected abstract get flowCount(): number;
-  /** Flow timers (idle expiry). */
-  protected abstract onFlowTick(now: number): void;
-  protected abstract flowTimeout(): number | undefined;
+  /** The TCP connection `conn` is gone (closed by either side or failed). */
+  disconnected(conn: number, now: number): void {
+    this.connections.disconnected(conn, now);
+  }
+
+  /** The transport's write buffer for `conn` is full (true) or drained (false). */
+  setBlocked(conn: number, blocked: boolean): void {
+    this.connections.setBlocked(conn, blocked);
+  }
+
+  /** Bytes to write to connection `conn` (all frames since the last take, as one buffer). */
+  takeTransmit(conn: number): Uint8Array | undefined {
+    return this.connections.takeTransmit(conn);
+  }
+
+  /** Connections currently known, for status displays. */
+  get connectionCount(): number {
+    return this.connections.size;
+  }
+
+  /** Tells the peer that flow `flowId` closed, if a connection is open. */
+  tellFlowClosed(flowId: number, reason: number): void {
+    const link = this.openLink;
+    if (!link) return;
+    link.writer.flowClose(flowId, reason);
+    this.connections.notify(link);
+  }
+
+  /** The connection data goes out on: the session's first open one. */
+  get openLink(): Link | undefined {
+    for (const link of this.peer?.links ?? []) if (link.state === "open") return link;
+    return undefined;
+  }
 
   // ---- the accepting side ----
 
@@ -68,80 +115,69 @@ export abstract class SessionEndpoint extends Endpoint {
    * which bounds how many unauthenticated connections one host may hold open.
    */
   accept(conn: number, peer: string, now: number, source = peer): void {
-    let pending = 0;
-    let fromSource = 0;
-    for (const link of this.links.values()) {
-      if (link.state === "open" || link.state === "closed") continue;
-      pending++;
-      if (link.source === source) fromSource++;
-    }
-    const link = this.newLink(conn, peer, "acceptor", CAPABILITIES, now);
+    const { pending, fromSource } = this.connections.pendingCount(source);
+    const link = this.connections.open(conn, peer, "acceptor", this.role, CAPABILITIES, now, this.crypto);
     link.source = source;
-    if (pending >= this.maxPending) {
+    if (pending >= this.settings.maxPending) {
       this.stats.handshakeFailures++;
-      this.failLink(link, CloseCode.Busy, `too many unauthenticated connections (${pending})`);
-    } else if (fromSource >= this.maxPendingPerSource) {
+      this.connections.fail(link, CloseCode.Busy, `too many unauthenticated connections (${pending})`);
+    } else if (fromSource >= this.settings.maxPendingPerSource) {
       this.stats.handshakeFailures++;
-      this.failLink(link, CloseCode.Busy, `too many unauthenticated connections from ${source} (${fromSource})`);
+      this.connections.fail(
+        link,
+        CloseCode.Busy,
+        `too many unauthenticated connections from ${source} (${fromSource})`,
+      );
     }
   }
 
   /** Whether connection `conn` still waits for a decision (it may have gone away meanwhile). */
   awaitingApproval(conn: number): boolean {
-    return this.links.get(conn)?.state === "approval";
+    return this.connections.get(conn)?.state === "approval";
   }
 
   /**
-   * The decision on an `authorize-peer` request. `reason` is told to the peer and logged; without one
-   * a refusal is the operator's.
+   * The decision on an `authorize-peer` request. A refusal with a `reason` (a key not allowed) tells
+   * the peer that reason (the host logs its details); without one it is the operator's no.
    */
   approve(conn: number, accepted: boolean, now: number, reason?: string): void {
-    const link = this.links.get(conn);
+    const link = this.connections.get(conn);
     if (!link || link.state !== "approval") return;
     if (accepted) {
       this.admit(link, now);
-      this.notifyTransmit(link);
+      this.connections.notify(link);
       return;
     }
     this.stats.handshakeFailures++;
-    if (reason) {
-      this.failLink(link, CloseCode.KeyRejected, reason);
-    } else {
-      this.closeLink(link, CloseCode.Refused, "");
-    }
+    if (reason) this.connections.close(link, CloseCode.KeyRejected, reason);
+    else this.connections.close(link, CloseCode.Refused, "");
   }
 
   private acceptorHandshake(link: Link, frame: Frame, now: number): void {
-    if (link.state === "hello") {
-      this.checkPeerHello(link, frame);
-      link.state = "auth";
-      return;
-    }
-    if (link.state !== "auth") throw unexpected(frame, "nothing until the operator answers");
+    if (acceptorHelloStep(link, frame, this.settings, this.role)) return;
     if (frame.type !== FrameType.Auth) throw unexpected(frame, "AUTH");
     link.offeredToken = frame.token.slice();
     if (!link.verifyPeer(this.crypto, frame.proof, frame.token)) {
       this.stats.handshakeFailures++;
-      const why = this.secret
+      const why = this.settings.secretMode
         ? "wrong shared secret"
         : `the ${this.peerName}'s signature does not match the key it announced`;
-      this.failLink(link, CloseCode.AuthFailed, why);
+      this.connections.fail(link, CloseCode.AuthFailed, why);
       return;
     }
-    if (this.secret || this.canResume(link)) {
-      // A resumed session's key was admitted before.
-      this.admit(link, now);
+    if (this.settings.secretMode || this.canResume(link)) {
+      this.admit(link, now); // a resumed session's key was admitted before
       return;
     }
     // "Busy" is only ever told to a peer whose key is admitted (admit() checks): a stranger learns
     // nothing about who is connected, and an unknown key is judged on its own.
-    link.state = "approval";
+    link.enter("ask-host");
     link.handshakeDeadline = undefined; // the host may ask a human: no deadline
-    this.emit({ kind: "authorize-peer", conn: link.id, peer: link.peer, publicKey: link.peerKey });
+    this.out.push({ kind: "authorize-peer", conn: link.id, peer: link.peer, publicKey: link.peerKey });
   }
 
   private canResume(link: Link): boolean {
-    const session = this.session;
+    const session = this.peer;
     if (!session || link.offeredToken.length !== TOKEN_SIZE) return false;
     if ((link.sharedCapabilities & Capability.Resume) === 0) return false;
     return bytesEqual(session.token, link.offeredToken) && bytesEqual(session.peerKey, link.peerKey);
@@ -153,15 +189,13 @@ export abstract class SessionEndpoint extends Endpoint {
    * locked out until the keepalive timeout.
    */
   private refuseIfBusy(link: Link, now: number): boolean {
-    const current = this.session?.link;
+    const current = this.openLink;
     if (!current || current === link) return false;
-    if (now - current.lastReceived > this.keepaliveMs * 1.5) return false;
+    if (now - current.lastReceived > this.settings.keepaliveMs * 1.5) return false;
     this.stats.handshakeFailures++;
-    this.log(
-      "warn",
-      `refusing ${this.peerName} ${link.peer}: ${current.peer} is connected (one ${this.peerName} at a time)`,
-    );
-    this.closeLink(link, CloseCode.Busy, `another ${this.peerName} is connected; only one at a time`);
+    const name = this.peerName;
+    this.out.log("warn", `refusing ${name} ${link.peer}: ${current.peer} is connected (one ${name} at a time)`);
+    this.connections.close(link, CloseCode.Busy, `another ${name} is connected; only one at a time`);
     return true;
   }
 
@@ -169,142 +203,159 @@ export abstract class SessionEndpoint extends Endpoint {
   private admit(link: Link, now: number): void {
     const resumed = this.canResume(link);
     if (!resumed && this.refuseIfBusy(link, now)) return;
-    const session = this.session;
-    if (session?.link && session.link !== link) {
-      this.log("info", `${this.peerName} ${link.peer} takes over from the earlier connection ${session.link.peer}`);
-      this.closeLink(session.link, CloseCode.Replaced, "replaced by a newer connection");
-      session.link = undefined;
+    for (const earlier of this.peer?.links ?? []) {
+      if (earlier === link || earlier.state === "closed") continue;
+      this.out.log("info", `${this.peerName} ${link.peer} takes over from the earlier connection ${earlier.peer}`);
+      this.connections.close(earlier, CloseCode.Replaced, "replaced by a newer connection");
     }
-    if (resumed && session) {
-      session.link = link;
-      session.lostAt = undefined;
+    if (resumed && this.peer) {
+      this.peer.links = [link];
+      this.peer.lostAt = undefined;
     } else {
-      if (this.flowCount > 0) this.log("info", `dropping ${flows(this.flowCount)} of the previous ${this.peerName}`);
-      this.dropAllFlows();
-      this.session = { token: this.crypto.randomBytes(TOKEN_SIZE), peerKey: link.peerKey, link, lostAt: undefined };
+      const count = this.owner.flowCount;
+      if (count > 0) this.out.log("info", `dropping ${flows(count)} of the previous ${this.peerName}`);
+      this.owner.dropAllFlows();
+      this.peer = {
+        token: this.crypto.randomBytes(TOKEN_SIZE),
+        peerKey: link.peerKey,
+        links: [link],
+        lostAt: undefined,
+      };
     }
-    const token = (this.session as Session).token;
+    const token = this.peer.token;
     link.writer.accept(link.prove(this.crypto, token, resumed), token, resumed);
     this.opened(link, now, resumed);
   }
 
   // ---- the dialing side ----
 
-  /** The TCP connection to the peer is up (one at a time). */
+  /** The TCP connection to the peer is up (one attempt at a time). */
   dial(conn: number, peer: string, now: number): void {
     if (this.dialing && this.dialing.state !== "closed") {
       throw new Error("dial: the previous connection was not reported disconnected");
     }
-    this.dialing = this.newLink(conn, peer, "dialer", CAPABILITIES, now);
+    this.dialing = this.connections.open(conn, peer, "dialer", this.role, CAPABILITIES, now, this.crypto);
   }
 
   private dialerHandshake(link: Link, frame: Frame, now: number): void {
-    if (link.state === "hello") {
-      this.checkPeerHello(link, frame);
-      const session = this.session;
-      const resume = (link.sharedCapabilities & Capability.Resume) !== 0 && session !== undefined;
-      link.offeredToken = resume ? session.token : new Uint8Array(0);
-      link.writer.auth(link.prove(this.crypto, link.offeredToken), link.offeredToken);
-      link.state = "auth";
-      // In key mode the acceptor's operator may be asked about this key: wait as long as that takes.
-      if (!this.secret) link.handshakeDeadline = undefined;
-      return;
-    }
+    if (link.state === "hello") return this.dialerHello(link, frame);
     if (frame.type !== FrameType.Accept) throw unexpected(frame, "ACCEPT");
     if (!link.verifyPeer(this.crypto, frame.proof, frame.token, frame.resumed)) {
       this.stats.handshakeFailures++;
-      const why = this.secret
+      const why = this.settings.secretMode
         ? `the ${this.peerName} could not prove the shared secret (wrong secret, or an impostor)`
         : `the ${this.peerName}'s signature does not match the key it announced (an impostor?)`;
-      this.failLink(link, CloseCode.AuthFailed, why);
+      this.connections.fail(link, CloseCode.AuthFailed, why);
       return;
     }
-    const distrust = this.secret ? undefined : this.checkPeerKey?.(link.peerKey, link.peer);
-    if (distrust !== undefined) {
-      this.stats.handshakeFailures++;
-      // The host that refused the key logs why (once); the peer is told.
-      this.closeLink(link, CloseCode.KeyRejected, distrust);
-      return;
-    }
+    if (this.refuseKey(link, true)) return;
     if (frame.resumed && link.offeredToken.length === 0) {
       throw new ProtocolError("bad-resume", "ACCEPT claims a resumed session that was never offered");
     }
     if (!frame.resumed) {
-      if (this.flowCount > 0)
-        this.log("info", `the ${this.peerName} started a new session: closing ${flows(this.flowCount)} of the old one`);
-      this.dropAllFlows();
+      const count = this.owner.flowCount;
+      if (count > 0)
+        this.out.log("info", `the ${this.peerName} started a new session: closing ${flows(count)} of the old one`);
+      this.owner.dropAllFlows();
     }
-    this.session = { token: frame.token.slice(), peerKey: link.peerKey, link, lostAt: undefined };
+    this.peer = { token: frame.token.slice(), peerKey: link.peerKey, links: [link], lostAt: undefined };
     this.opened(link, now, frame.resumed);
+  }
+
+  /** The acceptor's HELLO: its key is checked against the pin before this side proves anything. */
+  private dialerHello(link: Link, frame: Frame): void {
+    checkPeerHello(link, frame, this.settings, this.role);
+    link.enter("peer-hello");
+    if (this.refuseKey(link, false)) return;
+    const session = this.peer;
+    const resume = (link.sharedCapabilities & Capability.Resume) !== 0 && session !== undefined;
+    link.offeredToken = resume ? session.token : new Uint8Array(0);
+    link.writer.auth(link.prove(this.crypto, link.offeredToken), link.offeredToken);
+    // In key mode the acceptor's operator may be asked about this key: wait as long as that takes.
+    if (!this.settings.secretMode) link.handshakeDeadline = undefined;
+  }
+
+  /** Key mode: asks the host whether the acceptor's key is the one expected; closes if not. */
+  private refuseKey(link: Link, proven: boolean): boolean {
+    const check = this.settings.checkPeerKey;
+    const refusal = this.settings.secretMode || !check ? undefined : check(link.peerKey, link.peer, proven);
+    if (refusal === undefined) return false;
+    this.stats.handshakeFailures++;
+    this.connections.close(link, CloseCode.KeyRejected, refusal); // the host logs why, once
+    return true;
   }
 
   // ---- both ----
 
   private opened(link: Link, now: number, resumed: boolean): void {
-    link.markOpen(now, this.keepaliveMs);
+    link.markOpen(now, this.settings.keepaliveMs);
     this.stats.accepted++;
-    const what =
-      link.side === "acceptor" ? `${this.peerName} ${link.peer} accepted` : `accepted by ${this.peerName} ${link.peer}`;
-    this.log("info", `${what}${resumed ? ` (resumed ${flows(this.flowCount)})` : ""}`);
-    this.emit({ kind: "accepted", conn: link.id, peer: link.peer, resumed });
-    this.notifyTransmit(link);
+    const name = this.peerName;
+    const what = link.side === "acceptor" ? `${name} ${link.peer} accepted` : `accepted by ${name} ${link.peer}`;
+    this.out.log("info", `${what}${resumed ? ` (resumed ${flows(this.owner.flowCount)})` : ""}`);
+    this.out.push({ kind: "accepted", conn: link.id, peer: link.peer, resumed });
+    this.connections.notify(link);
   }
 
-  protected onHandshakeFrame(link: Link, frame: Frame, now: number): void {
+  /** LinkIo: a frame of a connection still in its handshake. */
+  handshakeFrame(link: Link, frame: Frame, now: number): void {
     if (link.side === "acceptor") this.acceptorHandshake(link, frame, now);
     else this.dialerHandshake(link, frame, now);
   }
 
-  protected onLinkGone(link: Link, _wasOpen: boolean, now: number): void {
+  /** LinkIo: a frame of an open connection. */
+  openFrame(link: Link, frame: Frame, now: number): void {
+    this.owner.frame(link, frame, now);
+  }
+
+  /** LinkIo: the connection is gone (reported by the host). */
+  gone(link: Link, now: number): void {
     if (this.dialing === link) this.dialing = undefined;
-    const session = this.session;
-    // Only the session's own connection starts the grace period, including one already "closed"
+    const session = this.peer;
+    // Only a connection of the session starts the grace period, including one already "closed"
     // (CLOSE received, keepalive timeout) before the host reported it. A failed attempt to reconnect
-    // (never the session's link) does not restart it.
-    if (!session || session.link !== link) return;
-    session.link = undefined;
+    // (never the session's) does not restart it.
+    if (!session || !session.links.includes(link)) return;
+    session.links = session.links.filter((other) => other !== link);
+    if (session.links.length > 0) return;
     session.lostAt = now;
-    if (this.flowCount > 0 && this.resumeGraceMs > 0) {
-      this.log(
+    const count = this.owner.flowCount;
+    if (count > 0 && this.settings.resumeGraceMs > 0) {
+      this.out.log(
         "info",
-        `keeping ${flows(this.flowCount)} for ${this.resumeGraceMs / 1000} s in case the connection resumes`,
+        `keeping ${flows(count)} for ${this.settings.resumeGraceMs / 1000} s in case the connection resumes`,
       );
     }
   }
 
-  /** Says goodbye on every connection and forgets the session. */
-  protected closeAll(reason: string): void {
-    for (const link of this.links.values()) this.closeLink(link, CloseCode.Normal, reason);
-    this.dropAllFlows();
-    this.session = undefined;
+  /** Says goodbye on every connection and forgets the session (its flows are dropped). */
+  closeAll(reason: string): void {
+    this.connections.closeAll(reason);
+    this.owner.dropAllFlows();
+    this.peer = undefined;
   }
 
-  protected onTick(now: number): void {
-    const session = this.session;
-    if (
-      session &&
-      session.link === undefined &&
-      session.lostAt !== undefined &&
-      now >= session.lostAt + this.resumeGraceMs
-    ) {
-      if (this.flowCount > 0) this.log("info", `no resume in time: dropping ${flows(this.flowCount)}`);
-      this.dropAllFlows();
-      this.session = undefined;
+  /** Runs the connections' timers and ends a session whose peer did not come back in time. */
+  tick(now: number): void {
+    this.connections.tick(now);
+    const session = this.peer;
+    if (session && session.links.length === 0 && session.lostAt !== undefined && now >= this.resumeExpiry(session)) {
+      const count = this.owner.flowCount;
+      if (count > 0) this.out.log("info", `no resume in time: dropping ${flows(count)}`);
+      this.owner.dropAllFlows();
+      this.peer = undefined;
     }
-    this.onFlowTick(now);
   }
 
-  protected roleTimeout(): number | undefined {
-    let next = this.flowTimeout();
-    const session = this.session;
-    if (session && session.link === undefined && session.lostAt !== undefined) {
-      const expiry = session.lostAt + this.resumeGraceMs;
-      if (next === undefined || expiry < next) next = expiry;
-    }
-    return next;
+  nextTimeout(): number | undefined {
+    const next = this.connections.nextTimeout();
+    const session = this.peer;
+    if (!session || session.links.length > 0 || session.lostAt === undefined) return next;
+    const expiry = this.resumeExpiry(session);
+    return next === undefined || expiry < next ? expiry : next;
   }
-}
 
-function flows(count: number): string {
-  return count === 1 ? "1 flow" : `${count} flows`;
+  private resumeExpiry(session: PeerSession): number {
+    return (session.lostAt as number) + this.settings.resumeGraceMs;
+  }
 }

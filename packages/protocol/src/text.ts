@@ -46,3 +46,12 @@ export function peerText(value: string, max = PEER_TEXT_MAX): string {
   const rest = chars.length - max;
   return rest > 0 ? `"${escaped}"… (${rest} more characters)` : `"${escaped}"`;
 }
+
+/**
+ * A peer-chosen name (a mapping name, a HELLO agent): shown as it is when it is a plain word (letters,
+ * digits, `._:@+-`, at most `max` characters), else as peerText() shows it, so a hostile one cannot
+ * pass for something else.
+ */
+export function peerWord(value: string, max = 40): string {
+  return value.length <= max && /^[\p{L}\p{N}._:@+-]+$/u.test(value) ? value : peerText(value, max);
+}

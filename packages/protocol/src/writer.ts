@@ -72,20 +72,22 @@ export class FrameWriter {
    * Frees at least `bytes` of untaken output by dropping the oldest DATA frames; every other frame is
    * kept, in order (flow state must stay consistent). Used when the connection is backed up: an old
    * datagram (a stale DNS answer, a late voice packet) is worth less than a new one.
-   * Returns how many DATA frames were dropped. O(untaken bytes): callers free a good share at once.
+   * Returns how many DATA frames were dropped, and tells `dropped` the flow id and payload size of
+   * each. O(untaken bytes): callers free a good share at once.
    */
-  dropOldestData(bytes: number): number {
+  dropOldestData(bytes: number, dropped?: (flowId: number, size: number) => void): number {
     if (this.prefaceUntaken) return 0;
     const buf = this.buf;
     let read = this.start;
     let write = this.start;
     let freed = 0;
-    let dropped = 0;
+    let count = 0;
     while (read < this.end) {
       const size = HEADER_SIZE + this.view.getUint32(read + 1);
       if (buf[read] === FrameType.Data && freed < bytes) {
         freed += size;
-        dropped++;
+        count++;
+        dropped?.(this.view.getUint32(read + HEADER_SIZE), size - HEADER_SIZE - 4);
       } else {
         if (write !== read) buf.copyWithin(write, read, read + size);
         write += size;
@@ -93,7 +95,7 @@ export class FrameWriter {
       read += size;
     }
     this.end = write;
-    return dropped;
+    return count;
   }
 
   /** Room for `n` more bytes; moves the untaken bytes into a fresh buffer when the current one is full. */

@@ -209,8 +209,8 @@ export class Net {
   connect(a: Machine, aConn: number, b: Machine, bConn: number): Wire {
     const wire = new Wire({ machine: a, conn: aConn }, { machine: b, conn: bConn });
     this.wires.push(wire);
-    a.accept(aConn, `peer-of-${aConn}`, this.now);
-    b.dial(bConn, `peer-of-${bConn}`, this.now);
+    a.session.accept(aConn, `peer-of-${aConn}`, this.now);
+    b.session.dial(bConn, `peer-of-${bConn}`, this.now);
     this.pump();
     return wire;
   }
@@ -260,20 +260,20 @@ export class Net {
   }
 
   private send(m: Machine, conn: number): void {
-    const bytes = m.takeTransmit(conn);
+    const bytes = m.session.takeTransmit(conn);
     const w = this.wireOf(m, conn);
     if (!bytes || !w) return;
     w.tap(m, bytes);
     if (w.drop.has(m)) return;
     const to = w.other(m);
     if (w.paused) w.queued.push({ to, bytes: bytes.slice() });
-    else to.machine.receive(to.conn, bytes.slice(), this.now);
+    else to.machine.session.receive(to.conn, bytes.slice(), this.now);
   }
 
   /** Delivers what a paused wire holds (at the current time) and resumes it. */
   flush(w: Wire): void {
     w.paused = false;
-    for (const { to, bytes } of w.queued.splice(0)) if (w.up) to.machine.receive(to.conn, bytes, this.now);
+    for (const { to, bytes } of w.queued.splice(0)) if (w.up) to.machine.session.receive(to.conn, bytes, this.now);
     this.pump();
   }
 
@@ -281,8 +281,8 @@ export class Net {
   cut(w: Wire, pump = true): void {
     if (!w.up) return;
     w.up = false;
-    w.a.machine.disconnected(w.a.conn, this.now);
-    w.b.machine.disconnected(w.b.conn, this.now);
+    w.a.machine.session.disconnected(w.a.conn, this.now);
+    w.b.machine.session.disconnected(w.b.conn, this.now);
     if (pump) this.pump();
   }
 
@@ -336,21 +336,21 @@ export class RawPeer {
 
   /** The machine accepted this connection (the raw peer dialed it). */
   accepted(source = `raw-peer-${this.conn}`): this {
-    this.machine.accept(this.conn, "raw-peer", this.now, source);
+    this.machine.session.accept(this.conn, "raw-peer", this.now, source);
     this.read();
     return this;
   }
 
   /** The machine dialed this connection (the raw peer accepted it). */
   dialed(): this {
-    this.machine.dial(this.conn, "raw-peer", this.now);
+    this.machine.session.dial(this.conn, "raw-peer", this.now);
     this.read();
     return this;
   }
 
   send(...items: Array<Frame | Uint8Array>): Frame[] {
     for (const item of items) {
-      this.machine.receive(this.conn, item instanceof Uint8Array ? item : encodeFrame(item), this.now);
+      this.machine.session.receive(this.conn, item instanceof Uint8Array ? item : encodeFrame(item), this.now);
     }
     return this.read();
   }
@@ -363,7 +363,7 @@ export class RawPeer {
   read(): Frame[] {
     for (let o = this.machine.poll(); o !== undefined; o = this.machine.poll()) this.outputs.push(o);
     const fresh: Frame[] = [];
-    const bytes = this.machine.takeTransmit(this.conn);
+    const bytes = this.machine.session.takeTransmit(this.conn);
     if (bytes) {
       this.decoder.push(bytes.slice());
       for (let f = this.decoder.read(); f !== undefined; f = this.decoder.read()) fresh.push(f);

@@ -70,9 +70,9 @@ for (const dir of DIRECTIONS) {
   describe(`handshake ${dir.name}`, () => {
     test("shared secret: both sides accepted, nothing else", () => {
       const { net, receiver, sender, wire, acceptor, dialer } = setup({ direction: dir });
-      expect(sender.connected).toBe(true);
-      expect(receiver.senderConnected).toBe(true);
-      expect([sender.peerConnected, receiver.peerConnected]).toEqual([true, true]);
+      expect(sender.session.peerConnected).toBe(true);
+      expect(receiver.session.peerConnected).toBe(true);
+      expect([sender.session.peerConnected, receiver.session.peerConnected]).toEqual([true, true]);
       expect(net.of(acceptor, "accepted")).toEqual([{ kind: "accepted", conn: 1, peer: "peer-of-1", resumed: false }]);
       expect(net.of(dialer, "accepted").length).toBe(1);
       expect(wire.sentBy(dialer).map((f) => f.type)).toEqual([FrameType.Hello, FrameType.Auth]);
@@ -90,8 +90,8 @@ for (const dir of DIRECTIONS) {
       const sender = net.add(new SenderMachine({ secret: "hunter2-wrong" }, testCrypto(2)));
       const wire = net.link(dir, receiver, sender, 1);
       const { acceptor, dialer } = sides(dir, receiver, sender);
-      expect(receiver.senderConnected).toBe(false);
-      expect(sender.connected).toBe(false);
+      expect(receiver.session.peerConnected).toBe(false);
+      expect(sender.session.peerConnected).toBe(false);
       expect(net.logs(acceptor).some((l) => l.startsWith("warn") && l.includes("wrong shared secret"))).toBe(true);
       expect(closeCodes(wire.sentBy(acceptor))).toEqual([CloseCode.AuthFailed]);
       expect(net.logs(dialer).some((l) => l.includes("authentication failed"))).toBe(true);
@@ -126,27 +126,27 @@ for (const dir of DIRECTIONS) {
         { kind: "authorize-peer", conn: 1, peer: "peer-of-1", publicKey: dialerKey(dir).publicKey },
       ]);
       expect(net.of(dialer, "authorize-peer")).toEqual([]); // the dialer pins, it does not ask
-      expect(acceptor.awaitingApproval(1)).toBe(true);
-      expect(sender.connected).toBe(false);
+      expect(acceptor.session.awaitingApproval(1)).toBe(true);
+      expect(sender.session.peerConnected).toBe(false);
       net.advance(3_600_000); // a human may take their time: no handshake deadline while asking
       expect(net.of(acceptor, "close-connection")).toEqual([]);
       expect(net.of(dialer, "close-connection")).toEqual([]);
-      acceptor.approve(1, true, net.now);
+      acceptor.session.approve(1, true, net.now);
       net.pump();
-      expect(sender.connected).toBe(true);
-      expect(receiver.senderConnected).toBe(true);
-      acceptor.approve(1, true, net.now); // a second answer is ignored
+      expect(sender.session.peerConnected).toBe(true);
+      expect(receiver.session.peerConnected).toBe(true);
+      acceptor.session.approve(1, true, net.now); // a second answer is ignored
       net.pump();
       expect(acceptor.stats.accepted).toBe(1);
     });
 
     test("key mode: the operator says no (no reason): CLOSE(refused)", () => {
       const { net, sender, receiver, wire, acceptor, dialer } = setup({ secret: null, direction: dir });
-      acceptor.approve(1, false, net.now);
+      acceptor.session.approve(1, false, net.now);
       net.pump();
       expect(closeCodes(wire.sentBy(acceptor))).toEqual([CloseCode.Refused]);
-      expect(sender.connected).toBe(false);
-      expect(receiver.senderConnected).toBe(false);
+      expect(sender.session.peerConnected).toBe(false);
+      expect(receiver.session.peerConnected).toBe(false);
       expect(net.logs(dialer).some((l) => l.includes("refused by operator"))).toBe(true);
     });
 
@@ -155,14 +155,14 @@ for (const dir of DIRECTIONS) {
       receiver.clientDatagram("192.0.2.1", 5000, utf8("early"), net.now);
       net.pump();
       expect(receiver.stats.drops["no-sender"]).toBe(1);
-      expect(receiver.flowCount).toBe(0);
+      expect(receiver.flows.size).toBe(0);
       expect(wire.sentBy(receiver).map((f) => f.type)).not.toContain(FrameType.FlowOpen);
       expect(wire.sentBy(receiver).map((f) => f.type)).not.toContain(FrameType.Data);
-      acceptor.approve(1, true, net.now);
+      acceptor.session.approve(1, true, net.now);
       net.pump();
       receiver.clientDatagram("192.0.2.1", 5000, utf8("now"), net.now);
       net.pump();
-      expect(receiver.flowCount).toBe(1);
+      expect(receiver.flows.size).toBe(1);
     });
   });
 }
@@ -175,7 +175,7 @@ describe("handshake", () => {
     expect(raw.received.map((f) => f.type)).toContain(FrameType.Auth);
     raw.send({ type: FrameType.Accept, proof: new Uint8Array(32).fill(9), token: new Uint8Array(16), resumed: false });
     expect(raw.closeCode()).toBe(CloseCode.AuthFailed);
-    expect(sender.connected).toBe(false);
+    expect(sender.session.peerConnected).toBe(false);
   });
 
   test("an impostor sender that cannot prove the secret is refused by a dialing receiver (-L)", () => {
@@ -184,7 +184,7 @@ describe("handshake", () => {
     rawAcceptorHandshake(raw, { secret: "not-the-secret" });
     expect(raw.closeCode()).toBe(CloseCode.AuthFailed);
     expect(raw.outputs.some((o) => o.kind === "accepted")).toBe(false);
-    expect(receiver.senderConnected).toBe(false);
+    expect(receiver.session.peerConnected).toBe(false);
   });
 
   test("role conflict: two senders (or two receivers) close with ROLE_CONFLICT", () => {
@@ -245,10 +245,10 @@ describe("handshake", () => {
 
   test("dial() twice without a disconnect in between is a host bug, reported at once", () => {
     const receiver = new ReceiverMachine({ secret: SECRET }, testCrypto(1));
-    receiver.dial(1, "a", 0);
-    expect(() => receiver.dial(2, "b", 0)).toThrow("not reported disconnected");
-    receiver.disconnected(1, 0);
-    expect(() => receiver.dial(2, "b", 0)).not.toThrow();
+    receiver.session.dial(1, "a", 0);
+    expect(() => receiver.session.dial(2, "b", 0)).toThrow("not reported disconnected");
+    receiver.session.disconnected(1, 0);
+    expect(() => receiver.session.dial(2, "b", 0)).not.toThrow();
   });
 });
 
@@ -272,10 +272,10 @@ describe("nothing before acceptance", () => {
     expect(raw.outputs.some((o) => o.kind === "authorize-peer")).toBe(true);
     raw.send({ type: FrameType.Data, flowId: 1, payload: utf8("x") });
     expect(raw.closeCode()).toBe(CloseCode.ProtocolError);
-    receiver.approve(1, true, 0);
+    receiver.session.approve(1, true, 0);
     raw.read();
     expect(raw.outputs.some((o) => o.kind === "accepted")).toBe(false);
-    expect(receiver.senderConnected).toBe(false);
+    expect(receiver.session.peerConnected).toBe(false);
   });
 
   test("a frame before HELLO, or a key-mode HELLO without a key, closes the connection", () => {
@@ -335,13 +335,13 @@ describe("nothing before acceptance", () => {
       expect(waiting.outputs.filter((o) => o.kind === "authorize-peer").length).toBe(1);
       waiting.send(early);
       expect(waiting.closeCode()).toBe(CloseCode.ProtocolError);
-      sender.approve(1, true, 0);
+      sender.session.approve(1, true, 0);
       waiting.read();
       for (const out of [raw.outputs, waiting.outputs]) {
         expect(out.some((o) => o.kind === "open-flow-socket" || o.kind === "send-to-target")).toBe(false);
         expect(out.some((o) => o.kind === "accepted")).toBe(false);
       }
-      expect(sender.connected).toBe(false);
+      expect(sender.session.peerConnected).toBe(false);
     }
   });
 
@@ -382,7 +382,7 @@ for (const dir of DIRECTIONS) {
       const opened = openClients(net, receiver, sender, clients);
       expect(opened.size).toBe(clients.length);
       expect(new Set(opened.values()).size).toBe(clients.length);
-      expect(receiver.flowCount).toBe(clients.length);
+      expect(receiver.flows.size).toBe(clients.length);
       // Each first datagram reached the target on its client's flow, intact.
       for (const o of net.of(sender, "send-to-target")) {
         const key = [...opened].find(([, id]) => id === o.flowId)?.[0];
@@ -423,11 +423,11 @@ for (const dir of DIRECTIONS) {
         { type: FrameType.FlowClose, flowId: idle as number, reason: FlowCloseReason.Idle },
       ]);
       expect(net.of(sender, "close-flow-socket")).toEqual([{ kind: "close-flow-socket", flowId: idle as number }]);
-      expect(receiver.flowCount).toBe(1);
-      expect(sender.flowCount).toBe(1);
+      expect(receiver.flows.size).toBe(1);
+      expect(sender.flows.size).toBe(1);
       net.advance(30_000); // the first one now too
-      expect(receiver.flowCount).toBe(0);
-      expect(sender.flowCount).toBe(0);
+      expect(receiver.flows.size).toBe(0);
+      expect(sender.flows.size).toBe(0);
       expect(net.of(sender, "close-flow-socket").length).toBe(2);
       expect(wire.up).toBe(true); // keepalive kept the connection up meanwhile
     });
@@ -444,7 +444,7 @@ for (const dir of DIRECTIONS) {
         FlowCloseReason.Idle,
       ]);
       expect(net.of(sender, "close-flow-socket").length).toBe(1);
-      expect(receiver.flowCount).toBe(0);
+      expect(receiver.flows.size).toBe(0);
       expect(framesOfType(wire.sentBy(receiver), FrameType.FlowClose)).toEqual([]); // no echo
     });
 
@@ -465,9 +465,9 @@ for (const dir of DIRECTIONS) {
         { type: FrameType.FlowClose, flowId: evicted, reason: FlowCloseReason.Evicted },
       ]);
       expect(net.of(sender, "close-flow-socket")).toEqual([{ kind: "close-flow-socket", flowId: evicted }]);
-      expect(receiver.flowCount).toBe(3);
-      expect(sender.flowCount).toBe(3);
-      expect([...receiver.flowList()].map((f) => f.port).sort()).toEqual([1, 3, 4]);
+      expect(receiver.flows.size).toBe(3);
+      expect(sender.flows.size).toBe(3);
+      expect([...receiver.flows.values()].map((f) => f.port).sort()).toEqual([1, 3, 4]);
     });
 
     test("the sender's own max-flows evicts too, and tells the receiver", () => {
@@ -477,8 +477,8 @@ for (const dir of DIRECTIONS) {
         ["192.0.2.2", 2],
         ["192.0.2.3", 3],
       ]);
-      expect(sender.flowCount).toBe(2);
-      expect(receiver.flowCount).toBe(2);
+      expect(sender.flows.size).toBe(2);
+      expect(receiver.flows.size).toBe(2);
       expect(framesOfType(wire.sentBy(sender), FrameType.FlowClose).map((f) => f.reason)).toEqual([
         FlowCloseReason.Evicted,
       ]);
@@ -490,10 +490,10 @@ for (const dir of DIRECTIONS) {
       const id = opened.get("192.0.2.1|1") as number;
       sender.flowSocketError(id, false);
       net.pump();
-      expect(receiver.flowCount).toBe(1);
+      expect(receiver.flows.size).toBe(1);
       sender.flowSocketError(id, true, FlowCloseReason.TargetUnreachable);
       net.pump();
-      expect(receiver.flowCount).toBe(0);
+      expect(receiver.flows.size).toBe(0);
       expect(framesOfType(wire.sentBy(sender), FrameType.FlowClose).map((f) => f.reason)).toEqual([
         FlowCloseReason.TargetUnreachable,
       ]);
@@ -503,21 +503,21 @@ for (const dir of DIRECTIONS) {
     test("DATA for an unknown flow: FLOW_CLOSE(unknown flow) back, no datagram out (both sides)", () => {
       const { net, receiver, sender, wire } = setup({ direction: dir });
       openClients(net, receiver, sender, [["192.0.2.1", 1]]);
-      receiver.receive(1, encodeData(999, "to nowhere"), net.now);
+      receiver.session.receive(1, encodeData(999, "to nowhere"), net.now);
       net.pump();
       expect(framesOfType(wire.sentBy(receiver), FrameType.FlowClose)).toEqual([
         { type: FrameType.FlowClose, flowId: 999, reason: FlowCloseReason.UnknownFlow },
       ]);
       expect(net.of(receiver, "send-to-client")).toEqual([]);
       expect(receiver.stats.drops["unknown-flow"]).toBe(1);
-      sender.receive(1, encodeData(777, "nope"), net.now);
+      sender.session.receive(1, encodeData(777, "nope"), net.now);
       net.pump();
       expect(framesOfType(wire.sentBy(sender), FrameType.FlowClose)).toEqual([
         { type: FrameType.FlowClose, flowId: 777, reason: FlowCloseReason.UnknownFlow },
       ]);
       expect(net.of(sender, "send-to-target").length).toBe(1); // only the client's first datagram
       expect(wire.up).toBe(true);
-      expect(sender.flowCount).toBe(1); // a FLOW_CLOSE for an unknown flow is ignored, not answered
+      expect(sender.flows.size).toBe(1); // a FLOW_CLOSE for an unknown flow is ignored, not answered
     });
   });
 }
@@ -597,9 +597,9 @@ for (const dir of DIRECTIONS) {
         `another ${dialerName(dir)} is connected; only one at a time`,
       );
       expect(net.logs(second).some((l) => l.includes("busy"))).toBe(true);
-      expect(sender.connected).toBe(true);
-      expect(receiver.senderConnected).toBe(true);
-      expect([receiver.flowCount, sender.flowCount]).toEqual([1, 1]);
+      expect(sender.session.peerConnected).toBe(true);
+      expect(receiver.session.peerConnected).toBe(true);
+      expect([receiver.flows.size, sender.flows.size]).toEqual([1, 1]);
     });
 
     test(`a stale connection (silent > 1.5 keepalive) is replaced by a newly authenticated ${dialerName(dir)}`, () => {
@@ -617,10 +617,10 @@ for (const dir of DIRECTIONS) {
       net.advance(3_000); // 23 s
       const late = net.connect(acceptor, 3, second, 3);
       expect(net.of(acceptor, "accepted").map((a) => a.conn)).toEqual([1, 3]);
-      expect(second.peerConnected).toBe(true);
+      expect(second.session.peerConnected).toBe(true);
       expect(closeCodes(wire.sentBy(acceptor))).toEqual([CloseCode.Replaced]);
       expect(wire.up).toBe(false);
-      expect(acceptor.flowCount).toBe(0); // a different peer starts a new session
+      expect(acceptor.flows.size).toBe(0); // a different peer starts a new session
       if (acceptor === sender) expect(net.of(sender, "close-flow-socket").length).toBe(1);
       expect(late.up).toBe(true);
     });
@@ -644,7 +644,7 @@ for (const dir of DIRECTIONS) {
       receiver.clientDatagram("192.0.2.1", 1, utf8("lost"), net.now); // nobody to send it to
       expect(receiver.stats.drops["no-sender"]).toBe(1);
       net.advance(10_000);
-      expect(receiver.flowCount).toBe(3);
+      expect(receiver.flows.size).toBe(3);
       const w2 = net.link(dir, receiver, sender, 2);
       expect(net.of(acceptor, "accepted")).toEqual([{ kind: "accepted", conn: 2, peer: "peer-of-2", resumed: true }]);
       expect(net.of(dialer, "accepted")[0].resumed).toBe(true);
@@ -668,11 +668,11 @@ for (const dir of DIRECTIONS) {
       net.clear();
       net.cut(wire);
       net.advance(29_999);
-      expect(receiver.flowCount).toBe(3);
+      expect(receiver.flows.size).toBe(3);
       expect(net.of(sender, "close-flow-socket")).toEqual([]);
       net.advance(1);
-      expect(receiver.flowCount).toBe(0);
-      expect(sender.flowCount).toBe(0);
+      expect(receiver.flows.size).toBe(0);
+      expect(sender.flows.size).toBe(0);
       expect(net.of(sender, "close-flow-socket").length).toBe(3);
       const w2 = net.link(dir, receiver, sender, 2);
       expect(net.of(receiver, "accepted")[0].resumed).toBe(false);
@@ -689,11 +689,11 @@ for (const dir of DIRECTIONS) {
       wire.drop.add(sender);
       net.advance(45_000); // 3 x 15 s: both sides give up on the connection
       expect(wire.up).toBe(false);
-      expect(sender.flowCount).toBe(3);
-      expect(receiver.flowCount).toBe(3);
+      expect(sender.flows.size).toBe(3);
+      expect(receiver.flows.size).toBe(3);
       net.advance(30_000);
       expect(net.of(sender, "close-flow-socket").length).toBe(3);
-      expect(receiver.flowCount).toBe(0);
+      expect(receiver.flows.size).toBe(0);
     });
 
     test("when the acceptor restarted, a resuming dialer is told the session is new and drops its flows", () => {
@@ -708,12 +708,12 @@ for (const dir of DIRECTIONS) {
       const w2 = net.connect(fresh, 1, dialer, 2);
       expect(framesOfType(w2.sentBy(dialer), FrameType.Auth)[0].token.length).toBe(16); // it tried
       expect(net.of(dialer, "accepted")[0].resumed).toBe(false);
-      expect(dialer.flowCount).toBe(0);
+      expect(dialer.flows.size).toBe(0);
       expect(net.logs(dialer)).toContain(
         `info: the ${dir.acceptor} started a new session: closing 3 flows of the old one`,
       );
       if (dialer === sender) expect(net.of(sender, "close-flow-socket").length).toBe(3);
-      else expect(receiver.flowCount).toBe(0);
+      else expect(receiver.flows.size).toBe(0);
     });
 
     test("when the dialer restarted (no token), the acceptor drops the old session's flows", () => {
@@ -723,10 +723,10 @@ for (const dir of DIRECTIONS) {
       const fresh = net.add(another(dir, 7));
       net.connect(acceptor, 2, fresh, 1);
       expect(net.of(acceptor, "accepted")[0].resumed).toBe(false);
-      expect(acceptor.flowCount).toBe(0);
+      expect(acceptor.flows.size).toBe(0);
       expect(net.logs(acceptor)).toContain(`info: dropping 3 flows of the previous ${dialerName(dir)}`);
       if (acceptor === sender) expect(net.of(sender, "close-flow-socket").length).toBe(3);
-      else expect(receiver.flowCount).toBe(0);
+      else expect(receiver.flows.size).toBe(0);
     });
   });
 }
@@ -736,7 +736,7 @@ for (const dir of DIRECTIONS) {
     test("receiver: while blocked, the oldest DATA is dropped to stay within maxBufferBytes", () => {
       const { net, receiver, sender } = setup({ direction: dir, receiver: { maxBufferBytes: 2_000 } });
       openClients(net, receiver, sender, [["192.0.2.1", 1]]);
-      receiver.setBlocked(1, true);
+      receiver.session.setBlocked(1, true);
       for (let i = 0; i < 20; i++) receiver.clientDatagram("192.0.2.1", 1, new Uint8Array(200).fill(i), net.now);
       // New clients while blocked: their FLOW_OPENs are never dropped (flow state stays consistent).
       for (let i = 0; i < 100; i++) receiver.clientDatagram("203.0.113.1", 10_000 + i, new Uint8Array(10), net.now);
@@ -744,7 +744,7 @@ for (const dir of DIRECTIONS) {
       const dropped = receiver.stats.drops.backpressure;
       expect(dropped).toBeGreaterThan(0);
       expect(net.of(sender, "send-to-target").length).toBe(1); // nothing delivered while blocked
-      receiver.setBlocked(1, false);
+      receiver.session.setBlocked(1, false);
       net.pump();
       const delivered = net.of(sender, "send-to-target").slice(1);
       expect(delivered.length + dropped).toBe(120);
@@ -763,10 +763,10 @@ for (const dir of DIRECTIONS) {
       });
       const opened = openClients(net, receiver, sender, [["192.0.2.1", 1]]);
       const id = opened.get("192.0.2.1|1") as number;
-      sender.setBlocked(1, true);
+      sender.session.setBlocked(1, true);
       for (let i = 0; i < 10; i++) sender.targetDatagram(id, new Uint8Array(300), net.now);
       expect(sender.stats.drops.backpressure).toBe(7);
-      sender.setBlocked(1, false);
+      sender.session.setBlocked(1, false);
       net.pump();
       expect(net.of(receiver, "send-to-client").length).toBe(3);
     });
@@ -784,14 +784,14 @@ for (const dir of DIRECTIONS) {
       if (dir.acceptor === "receiver") {
         const raw = new RawPeer(receiver, 1).accepted();
         rawDialerHandshake(raw, { identity: testIdentity(0x66) });
-        receiver.approve(1, true, 0);
+        receiver.session.approve(1, true, 0);
         raw.read();
-        expect(receiver.senderConnected).toBe(true);
+        expect(receiver.session.peerConnected).toBe(true);
         return { receiver, raw };
       }
       const raw = new RawPeer(receiver, 1).dialed();
       rawAcceptorHandshake(raw, { identity: testIdentity(0x66) });
-      expect(receiver.senderConnected).toBe(true);
+      expect(receiver.session.peerConnected).toBe(true);
       return { receiver, raw };
     }
 

@@ -252,7 +252,7 @@ for (const dir of DIRECTIONS) {
         sender: named("dns", "ntp"),
         direction: dir,
       });
-      expect(sender.connected).toBe(true);
+      expect(sender.session.peerConnected).toBe(true);
       receiver.clientDatagram("192.0.2.1", 123, tag(0, "192.0.2.1", 123), net.now, 0); // ntp
       receiver.clientDatagram("192.0.2.1", 53, tag(1, "192.0.2.1", 53), net.now, 1); // dns
       net.pump();
@@ -263,11 +263,11 @@ for (const dir of DIRECTIONS) {
         [123, 1],
         [53, 0],
       ]);
-      expect([...sender.flowList()].map((f) => [f.client.port, f.mappingId])).toEqual([
+      expect([...sender.flows.values()].map((f) => [f.client.port, f.mappingId])).toEqual([
         [123, 1],
         [53, 0],
       ]);
-      expect([...receiver.flowList()].map((f) => [f.port, f.mappingId])).toEqual([
+      expect([...receiver.flows.values()].map((f) => [f.port, f.mappingId])).toEqual([
         [123, 0],
         [53, 1],
       ]);
@@ -305,10 +305,10 @@ for (const dir of DIRECTIONS) {
       for (const [m, address, port] of clients)
         receiver.clientDatagram(address, port, tag(m, address, port), net.now, m);
       net.pump();
-      expect(receiver.flowCount).toBe(clients.length);
-      expect(receiver.flowCountOf(0) + receiver.flowCountOf(1)).toBe(clients.length);
-      expect(receiver.flowCountOf(0)).toBe(clients.filter(([m]) => m === 0).length);
-      expect(receiver.flowCountOf(2)).toBe(0); // no such mapping
+      expect(receiver.flows.size).toBe(clients.length);
+      expect(receiver.flows.countOf(0) + receiver.flows.countOf(1)).toBe(clients.length);
+      expect(receiver.flows.countOf(0)).toBe(clients.filter(([m]) => m === 0).length);
+      expect(receiver.flows.countOf(2)).toBe(0); // no such mapping
       // Each flow's socket is opened toward the sender's mapping paired with the client's.
       const opened = net.of(sender, "open-flow-socket");
       expect(opened.length).toBe(clients.length);
@@ -354,9 +354,9 @@ for (const dir of DIRECTIONS) {
       net.pump();
       expect(receiver.nextTimeout()).toBe(1_000);
       net.advance(999);
-      expect([receiver.flowCountOf(0), receiver.flowCountOf(1)]).toEqual([3, 3]);
+      expect([receiver.flows.countOf(0), receiver.flows.countOf(1)]).toEqual([3, 3]);
       net.advance(1);
-      expect([receiver.flowCountOf(0), receiver.flowCountOf(1)]).toEqual([0, 3]);
+      expect([receiver.flows.countOf(0), receiver.flows.countOf(1)]).toEqual([0, 3]);
       const idle = framesOfType(wire.sentBy(receiver), FrameType.FlowClose);
       expect(idle.map((f) => f.reason)).toEqual([FlowCloseReason.Idle, FlowCloseReason.Idle, FlowCloseReason.Idle]);
       // The sender freed the same three (its mapping "a" is index 1).
@@ -365,12 +365,12 @@ for (const dir of DIRECTIONS) {
         .filter((o) => o.mappingId === 1)
         .map((o) => o.flowId);
       expect(net.of(sender, "close-flow-socket").map((o) => o.flowId)).toEqual(aFlows);
-      expect(sender.flowCount).toBe(3);
+      expect(sender.flows.size).toBe(3);
       net.advance(8_999);
-      expect(receiver.flowCountOf(1)).toBe(3);
+      expect(receiver.flows.countOf(1)).toBe(3);
       net.advance(1);
-      expect(receiver.flowCount).toBe(0);
-      expect(sender.flowCount).toBe(0);
+      expect(receiver.flows.size).toBe(0);
+      expect(sender.flows.size).toBe(0);
     });
 
     test("per-mapping idle timeouts on the sender (its own index), the receiver follows", () => {
@@ -386,10 +386,10 @@ for (const dir of DIRECTIONS) {
       receiver.clientDatagram("192.0.2.1", 2, utf8("x"), net.now, 1); // b
       net.pump();
       net.advance(1_000);
-      expect([receiver.flowCountOf(0), receiver.flowCountOf(1)]).toEqual([0, 1]);
-      expect([...sender.flowList()].map((f) => f.mappingId)).toEqual([0]); // "b"
+      expect([receiver.flows.countOf(0), receiver.flows.countOf(1)]).toEqual([0, 1]);
+      expect([...sender.flows.values()].map((f) => f.mappingId)).toEqual([0]); // "b"
       net.advance(9_000);
-      expect(receiver.flowCount).toBe(0);
+      expect(receiver.flows.size).toBe(0);
     });
 
     test("per-mapping maxFlows: eviction takes the oldest flow of the same mapping only", () => {
@@ -408,13 +408,13 @@ for (const dir of DIRECTIONS) {
       open(0, 3);
       open(1, 4);
       open(0, 5); // a is full: a's oldest (port 2) goes, not b's port 1
-      expect([receiver.flowCountOf(0), receiver.flowCountOf(1)]).toEqual([2, 2]);
+      expect([receiver.flows.countOf(0), receiver.flows.countOf(1)]).toEqual([2, 2]);
       const evicted = framesOfType(wire.sentBy(receiver), FrameType.FlowClose);
       expect(evicted.map((f) => f.reason)).toEqual([FlowCloseReason.Evicted]);
-      const flowOf = (port: number) => [...receiver.flowList()].find((f) => f.port === port);
+      const flowOf = (port: number) => [...receiver.flows.values()].find((f) => f.port === port);
       expect(flowOf(2)).toBeUndefined();
       expect([1, 3, 4, 5].map((p) => flowOf(p)?.mappingId)).toEqual([1, 0, 1, 0]);
-      expect(sender.flowCount).toBe(4);
+      expect(sender.flows.size).toBe(4);
       expect(receiver.stats.flowsEvicted).toBe(1);
     });
 
@@ -431,8 +431,8 @@ for (const dir of DIRECTIONS) {
       expect(framesOfType(wire.sentBy(sender), FrameType.FlowClose).map((f) => f.reason)).toEqual([
         FlowCloseReason.Evicted,
       ]);
-      expect([...receiver.flowList()].map((f) => f.port).sort()).toEqual([1, 3]);
-      expect([...sender.flowList()].map((f) => [f.client.port, f.mappingId])).toEqual([
+      expect([...receiver.flows.values()].map((f) => f.port).sort()).toEqual([1, 3]);
+      expect([...sender.flows.values()].map((f) => [f.client.port, f.mappingId])).toEqual([
         [1, 0],
         [3, 1],
       ]);
@@ -450,8 +450,8 @@ for (const dir of DIRECTIONS) {
       net.cut(wire);
       net.advance(1_000);
       net.link(dir, receiver, sender, 2);
-      expect(sender.connected).toBe(true);
-      expect([receiver.flowCountOf(0), receiver.flowCountOf(1)]).toEqual([1, 1]);
+      expect(sender.session.peerConnected).toBe(true);
+      expect([receiver.flows.countOf(0), receiver.flows.countOf(1)]).toEqual([1, 1]);
       receiver.clientDatagram("192.0.2.9", 123, utf8("new"), net.now, 1);
       net.pump();
       expect(net.of(sender, "open-flow-socket").map((o) => [o.client.port, o.mappingId])).toEqual([
@@ -469,7 +469,7 @@ describe("several mappings: hosts and hostile peers", () => {
     expect(() => receiver.clientDatagram("192.0.2.1", 1, utf8("x"), net.now, 2)).toThrow(RangeError);
     net.pump();
     expect(framesOfType(wire.sentBy(receiver), FrameType.FlowOpen)).toEqual([]);
-    expect(receiver.flowCount).toBe(0);
+    expect(receiver.flows.size).toBe(0);
   });
 
   test("FLOW_OPEN naming a mapping id past the receiver's list is refused with UNKNOWN_MAPPING", () => {
@@ -477,7 +477,7 @@ describe("several mappings: hosts and hostile peers", () => {
     const sender = new SenderMachine({ secret: SECRET, mappings: unnamed(2) }, testCrypto(2));
     const raw = new RawPeer(sender, 1).dialed();
     rawAcceptorHandshake(raw, { secret: SECRET, mappings: ["", ""] });
-    expect(sender.connected).toBe(true);
+    expect(sender.session.peerConnected).toBe(true);
     const flowOpen = (flowId: number, mappingId: number): Frame => ({
       type: FrameType.FlowOpen,
       flowId,
@@ -512,5 +512,14 @@ describe("several mappings: hosts and hostile peers", () => {
     });
     expect(raw.closeCode()).toBe(CloseCode.MappingMismatch);
     expect(framesOfType(raw.received, FrameType.Auth)).toEqual([]);
+  });
+});
+
+describe("hostile mapping names", () => {
+  test("a peer's mapping names reach the mismatch message escaped and quoted, never as raw lines", () => {
+    const hostile = "x\n2026-01-01T00:00:00.000Z mcudpt receiver: sender 203.0.113.9:4444 accepted\u001b[31m";
+    const e = thrown(() => pairMappings(["dns"], [hostile]));
+    expect(e.message).not.toMatch(/[\n\r\u001b]/);
+    expect(e.message).toContain('the sender 1 ("x\\n2026-01-01T00:00:00.000Z mcudpt receiv"… (41 more characters))');
   });
 });

@@ -210,8 +210,8 @@ describe("codec", () => {
         const receiver = new ReceiverMachine({ identity: testIdentity(4), amplificationLimit: 0 }, testCrypto(4));
         const raw = new RawPeer(receiver, 1).connect();
         rawDialerHandshake(raw);
-        receiver.approve(1, true, 0);
-        expect(receiver.senderConnected).toBe(true);
+        receiver.session.approve(1, true, 0);
+        expect(receiver.session.peerConnected).toBe(true);
         const opened = clients.slice(0, clientCount);
         for (const key of opened) {
           const [address, port] = key.split("|");
@@ -345,13 +345,13 @@ test.each(DIRECTIONS.map((d) => [d.name, d] as const))(
               break;
             case "reconnect":
               if (wire.up) break;
-              if (sender.connectionCount() > 0 || receiver.connectionCount() > 0) break;
+              if (sender.session.connectionCount > 0 || receiver.session.connectionCount > 0) break;
               conn++;
               wire = net.link(direction, receiver, sender, conn);
               break;
             case "block":
-              if (ev.receiver) receiver.setBlocked(conn, ev.on);
-              else sender.setBlocked(conn, ev.on);
+              if (ev.receiver) receiver.session.setBlocked(conn, ev.on);
+              else sender.session.setBlocked(conn, ev.on);
               break;
             case "socket-error": {
               const open = [...openSenderFlows(net, sender).keys()];
@@ -365,8 +365,8 @@ test.each(DIRECTIONS.map((d) => [d.name, d] as const))(
           net.pump();
 
           // Invariants.
-          expect(receiver.flowCount).toBeLessThanOrEqual(R_MAX);
-          expect(sender.flowCount).toBeLessThanOrEqual(S_MAX);
+          expect(receiver.flows.size).toBeLessThanOrEqual(R_MAX);
+          expect(sender.flows.size).toBeLessThanOrEqual(S_MAX);
           for (const m of [receiver, sender]) {
             const t = m.nextTimeout();
             if (t !== undefined) expect(t).toBeGreaterThanOrEqual(net.now);
@@ -394,7 +394,7 @@ test.each(DIRECTIONS.map((d) => [d.name, d] as const))(
             expect(open.get(o.flowId)).toBe(`${address}|${port}`);
           }
         }
-        expect(open.size).toBe(sender.flowCount);
+        expect(open.size).toBe(sender.flows.size);
         expect(
           net
             .outputs(receiver)
@@ -448,7 +448,7 @@ const ampEventArb: fc.Arbitrary<AmpEvent> = fc.oneof(
   { weight: 1, arbitrary: fc.record({ e: fc.constant("advance" as const), ms: fc.nat(15_000) }) },
 );
 
-test("anti-amplification: replies to a client that sent one datagram never exceed limit x its size", () => {
+test("anti-amplification: replies to a client that sent one datagram never exceed limit x its wire bytes, nor limit datagrams", () => {
   let cappedSends = 0;
   let cappedDrops = 0;
   fc.assert(
@@ -462,18 +462,21 @@ test("anti-amplification: replies to a client that sent one datagram never excee
         );
         const raw = new RawPeer(receiver, 1).connect();
         rawDialerHandshake(raw);
-        receiver.approve(1, true, 0);
-        expect(receiver.senderConnected).toBe(true);
+        receiver.session.approve(1, true, 0);
+        expect(receiver.session.peerConnected).toBe(true);
         // Per flow id (ids are not reused here): client datagrams seen, the first one's size, and the
         // bytes sent to the client while it had sent only that one.
-        const flows = new Map<number, { datagrams: number; first: number; unconfirmedBytes: number }>();
+        const flows = new Map<number, { datagrams: number; first: number; unconfirmedBytes: number; sends: number }>();
+        // Bytes on the wire, as the network carries them: the payload and the IP and UDP headers.
+        const onWire = (size: number, address: string) => size + (address.includes(":") ? 48 : 28);
         let framesSeen = 0;
         let outputsSeen = 0;
         const sync = () => {
           raw.read();
           for (; framesSeen < raw.received.length; framesSeen++) {
             const f = raw.received[framesSeen];
-            if (f.type === FrameType.FlowOpen) flows.set(f.flowId, { datagrams: 0, first: 0, unconfirmedBytes: 0 });
+            if (f.type === FrameType.FlowOpen)
+              flows.set(f.flowId, { datagrams: 0, first: 0, unconfirmedBytes: 0, sends: 0 });
             if (f.type === FrameType.Data) {
               const state = flows.get(f.flowId);
               if (state === undefined) throw new Error(`DATA for flow ${f.flowId} before its FLOW_OPEN`);
@@ -488,8 +491,10 @@ test("anti-amplification: replies to a client that sent one datagram never excee
             if (state === undefined) throw new Error(`reply on flow ${o.flow.id}, which was never opened`);
             if (state.datagrams !== 1) continue;
             cappedSends++;
-            state.unconfirmedBytes += o.payload.length;
-            expect(state.unconfirmedBytes).toBeLessThanOrEqual(limit * state.first);
+            state.unconfirmedBytes += onWire(o.payload.length, o.flow.address);
+            state.sends++;
+            expect(state.unconfirmedBytes).toBeLessThanOrEqual(limit * onWire(state.first, o.flow.address));
+            expect(state.sends).toBeLessThanOrEqual(limit);
           }
         };
         let now = 0;
@@ -501,7 +506,7 @@ test("anti-amplification: replies to a client that sent one datagram never excee
               break;
             }
             case "reply": {
-              const open = [...receiver.flowList()].map((f) => f.id);
+              const open = [...receiver.flows.values()].map((f) => f.id);
               const id = ev.known && open.length > 0 ? open[ev.pick % open.length] : 1 + (ev.pick % 20);
               raw.send({ type: FrameType.Data, flowId: id, payload: new Uint8Array(ev.size) });
               break;

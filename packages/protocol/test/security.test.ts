@@ -11,6 +11,8 @@ import {
   FrameType,
   type Output,
   PREFACE,
+  IPV4_UDP_OVERHEAD,
+  IPV6_UDP_OVERHEAD,
   RECEIVER_DEFAULTS,
   type ReceiverConfig,
   ReceiverMachine,
@@ -72,8 +74,8 @@ function pair(
   );
   const wire = net.link(direction, receiver, sender, 1);
   const { acceptor, dialer } = sides(direction, receiver, sender);
-  if (opts.approve !== false && acceptor.awaitingApproval(1)) {
-    acceptor.approve(1, true, net.now);
+  if (opts.approve !== false && acceptor.session.awaitingApproval(1)) {
+    acceptor.session.approve(1, true, net.now);
     net.pump();
   }
   return { net, receiver, sender, wire, acceptor, dialer };
@@ -92,14 +94,18 @@ for (const dir of DIRECTIONS) {
 
   describe(`key mode ${dir.name}`, () => {
     test("each side signs the transcript with the key its HELLO announced; the dialer checks the acceptor's key", () => {
-      const seen: Array<[string, string]> = [];
+      const seen: Array<[string, string, boolean]> = [];
       const { net, receiver, sender, wire, acceptor, dialer } = pair({
         direction: dir,
-        dialer: { checkPeerKey: (key, peer) => void seen.push([hex(key), peer]) },
+        dialer: { checkPeerKey: (key, peer, proven) => void seen.push([hex(key), peer, proven]) },
       });
-      expect(sender.connected).toBe(true);
-      expect(receiver.senderConnected).toBe(true);
-      expect(seen).toEqual([[hex(acceptorKey.publicKey), "peer-of-1"]]);
+      expect(sender.session.peerConnected).toBe(true);
+      expect(receiver.session.peerConnected).toBe(true);
+      // Compared with the pin at the acceptor's HELLO (claimed), remembered only once ACCEPT proved it.
+      expect(seen).toEqual([
+        [hex(acceptorKey.publicKey), "peer-of-1", false],
+        [hex(acceptorKey.publicKey), "peer-of-1", true],
+      ]);
       expect(net.of(acceptor, "authorize-peer").map((o) => hex(o.publicKey))).toEqual([hex(dialerKey.publicKey)]);
       expect(net.of(dialer, "authorize-peer")).toEqual([]);
       const [aHello, accept] = wire.sentBy(acceptor);
@@ -128,56 +134,60 @@ for (const dir of DIRECTIONS) {
       expect(net.logs(acceptor)).toContain(
         `warn: closing connection with peer-of-1: the ${dialerRole(dir)}'s signature does not match the key it announced`,
       );
-      expect(sender.connected).toBe(false);
-      expect(receiver.senderConnected).toBe(false);
+      expect(sender.session.peerConnected).toBe(false);
+      expect(receiver.session.peerConnected).toBe(false);
       expect(acceptor.stats.handshakeFailures).toBe(1);
       expect(dialer.stats.handshakeFailures).toBe(1);
     });
 
     test(`a ${dir.acceptor} (acceptor) that announces key A but signs with B: the dialer refuses with AUTH_FAILED`, () => {
-      const checked: Uint8Array[] = [];
+      const checked: boolean[] = [];
       const { net, wire, acceptor, dialer } = pair({
         direction: dir,
         acceptor: { identity: forgedIdentity(acceptorKey, testIdentity(0x78)) },
-        dialer: { checkPeerKey: (key) => void checked.push(key) },
+        dialer: { checkPeerKey: (_key, _peer, proven) => void checked.push(proven) },
       });
       expect(closeCodes(wire.sentBy(dialer))).toEqual([CloseCode.AuthFailed]);
       expect(net.of(dialer, "accepted")).toEqual([]);
-      expect(checked).toEqual([]); // the key is judged only once it proved itself
+      expect(checked).toEqual([false]); // compared at HELLO; never remembered, as it never proved itself
       expect(
         net.logs(dialer).some((l) => l.includes(`the ${dir.acceptor}'s signature`) && l.includes("impostor")),
       ).toBe(true);
       expect(dialer.stats.handshakeFailures).toBe(1);
       expect(wire.up).toBe(false);
-      expect(acceptor.peerConnected).toBe(false);
+      expect(acceptor.session.peerConnected).toBe(false);
     });
 
     test("the acceptor refuses the key with a reason: CLOSE(KEY_REJECTED) carries it to the dialer", () => {
       const { net, wire, acceptor, dialer } = pair({ direction: dir, approve: false });
-      expect(acceptor.awaitingApproval(1)).toBe(true);
+      expect(acceptor.session.awaitingApproval(1)).toBe(true);
       const reason = `${dialerRole(dir)} key SHA256:abc is not in authorized_keys`;
-      acceptor.approve(1, false, net.now, reason);
+      acceptor.session.approve(1, false, net.now, reason);
       net.pump();
       const [close] = framesOfType(wire.sentBy(acceptor), FrameType.Close);
       expect(close).toEqual({ type: FrameType.Close, code: CloseCode.KeyRejected, message: reason });
-      expect(dialer.peerConnected).toBe(false);
-      expect(net.logs(dialer)).toContain(`warn: peer-of-1 closed the connection: key not accepted (${reason})`);
+      expect(dialer.session.peerConnected).toBe(false);
+      expect(net.logs(dialer)).toContain(
+        `warn: the ${dir.acceptor} at peer-of-1 refused this side: key not accepted ("${reason}")`,
+      );
       expect(acceptor.stats.handshakeFailures).toBe(1);
-      expect(acceptor.awaitingApproval(1)).toBe(false);
+      expect(acceptor.session.awaitingApproval(1)).toBe(false);
     });
 
-    test("checkPeerKey refuses: the dialer closes with KEY_REJECTED and its message, nothing opens", () => {
+    test("checkPeerKey refuses at the acceptor's HELLO: KEY_REJECTED before any AUTH, the acceptor's host never asked", () => {
       const why = `the ${dir.acceptor}'s key changed since the last connection`;
       const { net, receiver, wire, acceptor, dialer } = pair({ direction: dir, dialer: { checkPeerKey: () => why } });
       expect(closeCodes(wire.sentBy(dialer))).toEqual([CloseCode.KeyRejected]);
+      expect(framesOfType(wire.sentBy(dialer), FrameType.Auth)).toEqual([]);
+      expect(net.of(acceptor, "authorize-peer")).toEqual([]);
       expect(framesOfType(wire.sentBy(dialer), FrameType.Close)[0].message).toBe(why);
       expect(net.of(dialer, "accepted")).toEqual([]);
-      expect(dialer.peerConnected).toBe(false);
+      expect(dialer.session.peerConnected).toBe(false);
       expect(dialer.stats.handshakeFailures).toBe(1);
-      expect(net.logs(acceptor).some((l) => l.includes(`key not accepted (${why})`))).toBe(true);
+      expect(net.logs(acceptor).some((l) => l.includes(`refused this side: key not accepted ("${why}")`))).toBe(true);
       expect(wire.up).toBe(false);
       receiver.clientDatagram("192.0.2.1", 1, utf8("x"), net.now);
-      expect(receiver.flowCount).toBe(0);
+      expect(receiver.flows.size).toBe(0);
     });
 
     test("resume with the same key and token: flows kept, nobody asked", () => {
@@ -189,8 +199,8 @@ for (const dir of DIRECTIONS) {
       net.link(dir, receiver, sender, 2);
       expect(net.of(acceptor, "authorize-peer")).toEqual([]);
       expect(net.of(acceptor, "accepted")).toEqual([{ kind: "accepted", conn: 2, peer: "peer-of-2", resumed: true }]);
-      expect(receiver.flowCount).toBe(1);
-      expect(sender.flowCount).toBe(1);
+      expect(receiver.flows.size).toBe(1);
+      expect(sender.flows.size).toBe(1);
     });
 
     test("the right token with a different key is not a resume: the host is asked, and a yes starts afresh", () => {
@@ -200,49 +210,49 @@ for (const dir of DIRECTIONS) {
       net.pump();
       const token = framesOfType(wire.sentBy(acceptor), FrameType.Accept)[0].token;
       net.cut(wire);
-      expect(acceptor.flowCount).toBe(1);
+      expect(acceptor.flows.size).toBe(1);
       // Someone else, holding the token (it crosses the wire in clear), with a key of its own.
       const thief = new RawPeer(acceptor, 2, net.now).accepted();
       rawDialerHandshake(thief, { identity: testIdentity(0x99), token });
       expect(thief.outputs.filter((o) => o.kind === "accepted")).toEqual([]);
       const asks = thief.outputs.filter((o) => o.kind === "authorize-peer");
       expect(asks.map((o) => hex(o.publicKey))).toEqual([hex(testIdentity(0x99).publicKey)]);
-      expect(acceptor.flowCount).toBe(1); // nothing dropped while the host decides
-      acceptor.approve(2, true, net.now);
+      expect(acceptor.flows.size).toBe(1); // nothing dropped while the host decides
+      acceptor.session.approve(2, true, net.now);
       thief.read();
       expect(framesOfType(thief.received, FrameType.Accept).map((f) => f.resumed)).toEqual([false]);
       expect(hex(framesOfType(thief.received, FrameType.Accept)[0].token)).not.toBe(hex(token));
       expect(thief.outputs.filter((o) => o.kind === "accepted")).toEqual([
         { kind: "accepted", conn: 2, peer: "raw-peer", resumed: false },
       ]);
-      expect(acceptor.flowCount).toBe(0); // the previous peer's flows are gone, not handed over
+      expect(acceptor.flows.size).toBe(0); // the previous peer's flows are gone, not handed over
       if (acceptor instanceof SenderMachine) {
         expect(thief.outputs.filter((o) => o.kind === "close-flow-socket").length).toBe(1);
       }
-      expect(dialer.peerConnected).toBe(false);
+      expect(dialer.session.peerConnected).toBe(false);
     });
 
     test(`one ${dialerRole(dir)} at a time: an unknown second key is judged first, and never told who is connected`, () => {
       const { net, acceptor } = pair({ direction: dir });
-      expect(acceptor.peerConnected).toBe(true);
+      expect(acceptor.session.peerConnected).toBe(true);
       const intruder = new RawPeer(acceptor, 2, net.now).accepted();
       rawDialerHandshake(intruder, { identity: testIdentity(0x99) });
       // Not "busy" before its key is decided on: that would tell a stranger a peer is connected.
       expect(intruder.closeCode()).toBeUndefined();
       expect(intruder.outputs.filter((o) => o.kind === "authorize-peer").length).toBe(1);
-      acceptor.approve(2, false, net.now, "key SHA256:x is not authorized");
+      acceptor.session.approve(2, false, net.now, "key SHA256:x is not authorized");
       intruder.read();
       expect(intruder.closeCode()).toBe(CloseCode.KeyRejected);
       expect(intruder.closeMessage()).toBe("key SHA256:x is not authorized");
-      expect(acceptor.peerConnected).toBe(true);
+      expect(acceptor.session.peerConnected).toBe(true);
       // An admitted second key hears "busy", without the first peer's address.
       const second = new RawPeer(acceptor, 3, net.now).accepted();
       rawDialerHandshake(second, { identity: testIdentity(0x98) });
-      acceptor.approve(3, true, net.now);
+      acceptor.session.approve(3, true, net.now);
       second.read();
       expect(second.closeCode()).toBe(CloseCode.Busy);
       expect(second.closeMessage()).toBe(`another ${dialerRole(dir)} is connected; only one at a time`);
-      expect(acceptor.peerConnected).toBe(true);
+      expect(acceptor.session.peerConnected).toBe(true);
     });
   });
 
@@ -263,8 +273,8 @@ for (const dir of DIRECTIONS) {
         replayer.send(PREFACE, encodeFrame(hello), encodeFrame(auth));
         expect(replayer.closeCode()).toBe(CloseCode.AuthFailed);
         expect(replayer.outputs.some((o) => o.kind === "accepted" || o.kind === "authorize-peer")).toBe(false);
-        expect(acceptor.peerConnected).toBe(false);
-        expect(acceptor.flowCount).toBe(1); // the session is intact, for its real owner
+        expect(acceptor.session.peerConnected).toBe(false);
+        expect(acceptor.flows.size).toBe(1); // the session is intact, for its real owner
       });
 
       test(`${mode}: a recorded ACCEPT replayed to the dialer on a new connection is refused`, () => {
@@ -277,27 +287,13 @@ for (const dir of DIRECTIONS) {
         impostor.send(encodeFrame(accept));
         expect(impostor.closeCode()).toBe(CloseCode.AuthFailed);
         expect(impostor.outputs.some((o) => o.kind === "accepted")).toBe(false);
-        expect(dialer.peerConnected).toBe(false);
+        expect(dialer.session.peerConnected).toBe(false);
       });
     }
   });
 }
 
-describe("key mode", () => {
-  test("SenderConfig.checkReceiverKey is still honoured (the older name of checkPeerKey)", () => {
-    const seen: string[] = [];
-    const { net, sender, wire } = pair({ sender: { checkReceiverKey: (key) => void seen.push(hex(key)) } });
-    expect(sender.connected).toBe(true);
-    expect(seen).toEqual([hex(RECEIVER_KEY.publicKey)]);
-    const refused = pair({ sender: { checkReceiverKey: () => "pinned key differs" } });
-    expect(closeCodes(refused.wire.sentBy(refused.sender))).toEqual([CloseCode.KeyRejected]);
-    // checkPeerKey, when both are given, is the one used.
-    const both = pair({ sender: { checkReceiverKey: () => "old hook", checkPeerKey: () => undefined } });
-    expect(both.sender.connected).toBe(true);
-    expect(net.of(sender, "accepted").length).toBe(1);
-    expect(wire.up).toBe(true);
-  });
-});
+describe("new-flow rate limit defaults", () => {});
 
 describe("hostile sender", () => {
   const ALLOWED: Array<Output["kind"]> = [
@@ -317,11 +313,11 @@ describe("hostile sender", () => {
     early.send(PREFACE, encodeFrame({ type: FrameType.Data, flowId: 1, payload: utf8("early") }));
     expect(early.closeCode()).toBe(CloseCode.ProtocolError);
     all.push(...early.outputs);
-    receiver.disconnected(9, 0);
+    receiver.session.disconnected(9, 0);
 
     const raw = new RawPeer(receiver, 1).connect();
     rawDialerHandshake(raw, { identity: testIdentity(0x66) });
-    receiver.approve(1, true, 0);
+    receiver.session.approve(1, true, 0);
     raw.read();
     const clients = new Set(["192.0.2.50|5353", "2001:db8::7|53"]);
     for (const key of clients) {
@@ -383,11 +379,11 @@ describe("pre-authentication limits", () => {
     const receiver = new ReceiverMachine({ identity: RECEIVER_KEY }, testCrypto(1));
     const raw = new RawPeer(receiver, 1).connect();
     rawDialerHandshake(raw);
-    expect(receiver.awaitingApproval(1)).toBe(true);
+    expect(receiver.session.awaitingApproval(1)).toBe(true);
     raw.send(header(0x80, 4096)); // even an extension, which is otherwise skipped
     expect(raw.closeCode()).toBe(CloseCode.ProtocolError);
-    receiver.approve(1, true, 0);
-    expect(receiver.senderConnected).toBe(false);
+    receiver.session.approve(1, true, 0);
+    expect(receiver.session.peerConnected).toBe(false);
 
     const sender = new SenderMachine({ identity: SENDER_KEY }, testCrypto(2));
     const fake = new RawPeer(sender, 1).connect();
@@ -415,12 +411,12 @@ describe("pre-authentication limits", () => {
     const other = new RawPeer(receiver, 6).connect("198.51.100.1");
     expect(other.closeCode()).toBeUndefined();
     // A slot frees when one of them goes, or completes the handshake.
-    receiver.disconnected(5, 0);
-    receiver.disconnected(1, 0);
+    receiver.session.disconnected(5, 0);
+    receiver.session.disconnected(1, 0);
     expect(new RawPeer(receiver, 7).connect("203.0.113.7").closeCode()).toBeUndefined();
     rawDialerHandshake(same[1]);
-    receiver.approve(2, true, 0);
-    expect(receiver.senderConnected).toBe(true);
+    receiver.session.approve(2, true, 0);
+    expect(receiver.session.peerConnected).toBe(true);
     expect(new RawPeer(receiver, 8).connect("203.0.113.7").closeCode()).toBeUndefined();
     expect(new RawPeer(receiver, 9).connect("203.0.113.7").closeCode()).toBe(CloseCode.Busy);
   });
@@ -433,10 +429,10 @@ describe("pre-authentication limits", () => {
     expect(same[4].closeMessage()).toContain("from 203.0.113.7");
     // One waiting for its operator still holds its slot; admitted, it frees it.
     rawDialerHandshake(same[0], { identity: RECEIVER_KEY });
-    expect(sender.awaitingApproval(1)).toBe(true);
+    expect(sender.session.awaitingApproval(1)).toBe(true);
     expect(new RawPeer(sender, 6).accepted("203.0.113.7").closeCode()).toBe(CloseCode.Busy);
-    sender.approve(1, true, 0);
-    expect(sender.connected).toBe(true);
+    sender.session.approve(1, true, 0);
+    expect(sender.session.peerConnected).toBe(true);
     expect(new RawPeer(sender, 7).accepted("203.0.113.7").closeCode()).toBeUndefined();
     const total = new SenderMachine({ identity: SENDER_KEY, maxPendingConnections: 2 }, testCrypto(2));
     const peers = [1, 2, 3].map((c) => new RawPeer(total, c).accepted(`192.0.2.${c}`));
@@ -459,18 +455,18 @@ describe("new-flow rate limit per source", () => {
       net.pump();
     };
     burst("203.0.113.1", 1000, 6);
-    expect(receiver.flowCount).toBe(4);
+    expect(receiver.flows.size).toBe(4);
     expect(receiver.stats.drops["rate-limited"]).toBe(2);
     expect(net.of(sender, "open-flow-socket").map((o) => o.client.port)).toEqual([1000, 1001, 1002, 1003]);
     // A flow that exists is not a new flow; another source has its own bucket.
     receiver.clientDatagram("203.0.113.1", 1000, utf8("again"), net.now);
     burst("198.51.100.2", 1, 4);
-    expect(receiver.flowCount).toBe(8);
+    expect(receiver.flows.size).toBe(8);
     expect(receiver.stats.drops["rate-limited"]).toBe(2);
     // Half a second later: one more token (2/s).
     net.advance(500);
     burst("203.0.113.1", 2000, 3);
-    expect(receiver.flowCount).toBe(9);
+    expect(receiver.flows.size).toBe(9);
     expect(receiver.stats.drops["rate-limited"]).toBe(4);
     // After a long quiet spell the bucket holds the burst (4), no more.
     net.advance(30_000);
@@ -485,63 +481,101 @@ describe("new-flow rate limit per source", () => {
     expect(RECEIVER_DEFAULTS.newFlowsPerSecond).toBe(1000);
     const limited = pair();
     for (let i = 0; i < 2050; i++) limited.receiver.clientDatagram("203.0.113.1", 10_000 + i, utf8("x"), 0);
-    expect(limited.receiver.flowCount).toBe(2000);
+    expect(limited.receiver.flows.size).toBe(2000);
     expect(limited.receiver.stats.drops["rate-limited"]).toBe(50);
     const off = pair({ receiver: { newFlowsPerSecond: 0 } });
     for (let i = 0; i < 2050; i++) off.receiver.clientDatagram("203.0.113.1", 10_000 + i, utf8("x"), 0);
-    expect(off.receiver.flowCount).toBe(2050);
+    expect(off.receiver.flows.size).toBe(2050);
     expect(off.receiver.stats.drops["rate-limited"]).toBe(0);
   });
 });
 
-describe("anti-amplification", () => {
-  function oneFlow(receiver: ReceiverConfig = {}, firstSize = 10) {
+describe("anti-amplification (budget in wire bytes and datagrams)", () => {
+  function oneFlow(receiver: ReceiverConfig = {}, firstSize = 10, address = "192.0.2.1") {
     const p = pair({ receiver });
-    p.receiver.clientDatagram("192.0.2.1", 53, new Uint8Array(firstSize), p.net.now);
+    p.receiver.clientDatagram(address, 53, new Uint8Array(firstSize), p.net.now);
     p.net.pump();
     const flowId = p.net.of(p.sender, "open-flow-socket")[0].flowId;
-    const reply = (size: number) => {
-      p.sender.targetDatagram(flowId, new Uint8Array(size), p.net.now);
+    const reply = (size: number, times = 1) => {
+      for (let i = 0; i < times; i++) p.sender.targetDatagram(flowId, new Uint8Array(size), p.net.now);
       p.net.pump();
     };
     const delivered = () => p.net.of(p.receiver, "send-to-client").map((o) => o.payload.length);
     return { ...p, reply, delivered };
   }
+  const wire4 = (sizes: number[]) => sizes.reduce((sum, size) => sum + size + IPV4_UDP_OVERHEAD, 0);
 
-  test("a 10-byte first datagram allows 100 bytes of replies; more is dropped and counted", () => {
+  test("a 10-byte first datagram (38 bytes on the wire over IPv4) allows 380 wire bytes of replies; more is dropped and counted", () => {
     expect(RECEIVER_DEFAULTS.amplificationLimit).toBe(10);
+    expect([IPV4_UDP_OVERHEAD, IPV6_UDP_OVERHEAD]).toEqual([28, 48]);
     const { receiver, reply, delivered, net } = oneFlow();
-    reply(101); // alone over the budget: dropped, and it costs nothing
-    reply(60);
-    reply(40);
+    reply(353); // 381 on the wire, alone over the budget: dropped, and it costs nothing
+    reply(324); // 352
+    reply(0); // 28: the budget is spent exactly
+    reply(0);
     reply(1);
-    expect(delivered()).toEqual([60, 40]);
-    expect(receiver.stats.drops.amplification).toBe(2);
+    expect(delivered()).toEqual([324, 0]);
+    expect(wire4(delivered())).toBe(380);
+    expect(receiver.stats.drops.amplification).toBe(3);
     expect(receiver.stats.udpOut).toBe(2);
-    expect(receiver.stats.udpOutBytes).toBe(100);
+    expect(receiver.stats.udpOutBytes).toBe(324);
     expect(net.logs(receiver).filter((l) => l.includes("amplification")).length).toBe(1);
+  });
+
+  test("empty and one-byte replies are charged their headers, and at most 10 datagrams go to an unconfirmed client", () => {
+    // One spoofed 40-byte datagram: 68 bytes on the wire, so 680 bytes and 10 datagrams at most.
+    const { receiver, reply, delivered } = oneFlow({}, 40);
+    reply(0, 2000);
+    reply(1, 400);
+    expect(delivered()).toEqual(new Array(10).fill(0));
+    expect(wire4(delivered())).toBeLessThanOrEqual(10 * (40 + IPV4_UDP_OVERHEAD));
+    expect(receiver.stats.drops.amplification).toBe(2390);
+    const ones = oneFlow({}, 40);
+    ones.reply(1, 400);
+    expect(ones.delivered()).toEqual(new Array(10).fill(1));
+  });
+
+  test("maximum-size replies: ten 65,507-byte replies to one 65,507-byte request, not eleven", () => {
+    const { receiver, reply, delivered } = oneFlow({}, 65_507);
+    reply(65_507, 11);
+    expect(delivered().length).toBe(10);
+    expect(receiver.stats.drops.amplification).toBe(1);
+  });
+
+  test("IPv6 clients are charged 48 bytes of headers per datagram; IPv4-mapped ones 28", () => {
+    const v6 = oneFlow({}, 10, "2001:db8::1"); // 58 on the wire: 580 bytes
+    v6.reply(532); // 580
+    v6.reply(0);
+    expect(v6.delivered()).toEqual([532]);
+    const mapped = oneFlow({}, 10, "::ffff:192.0.2.1"); // travels as IPv4: 38, so 380 bytes
+    mapped.reply(352);
+    mapped.reply(0);
+    expect(mapped.delivered()).toEqual([352]);
   });
 
   test("after the client's second datagram, replies are uncapped", () => {
     const { receiver, reply, delivered, net } = oneFlow();
-    reply(100);
+    reply(352);
     reply(1);
     receiver.clientDatagram("192.0.2.1", 53, new Uint8Array(1), net.now);
     reply(5000);
     reply(65_000);
-    expect(delivered()).toEqual([100, 5000, 65_000]);
+    reply(0, 50);
+    expect(delivered().slice(0, 3)).toEqual([352, 5000, 65_000]);
+    expect(delivered().length).toBe(53);
     expect(receiver.stats.drops.amplification).toBe(1);
   });
 
-  test("an empty first datagram allows only empty replies; amplificationLimit 0 disables the cap", () => {
+  test("an empty first datagram (28 bytes on the wire) allows 280 wire bytes; amplificationLimit 0 disables the cap", () => {
     const empty = oneFlow({}, 0);
+    empty.reply(252); // 280
     empty.reply(0);
-    empty.reply(1);
-    expect(empty.delivered()).toEqual([0]);
+    expect(empty.delivered()).toEqual([252]);
     const off = oneFlow({ amplificationLimit: 0 });
     off.reply(1000);
     off.reply(65_000);
-    expect(off.delivered()).toEqual([1000, 65_000]);
+    off.reply(0, 20);
+    expect(off.delivered().length).toBe(22);
     expect(off.receiver.stats.drops.amplification).toBe(0);
   });
 
@@ -549,13 +583,13 @@ describe("anti-amplification", () => {
     const { receiver, reply, delivered, net, sender } = oneFlow({ idleTimeoutMs: 1_000 });
     reply(100);
     net.advance(1_000);
-    expect(receiver.flowCount).toBe(0);
-    receiver.clientDatagram("192.0.2.1", 53, new Uint8Array(20), net.now);
+    expect(receiver.flows.size).toBe(0);
+    receiver.clientDatagram("192.0.2.1", 53, new Uint8Array(20), net.now); // 48 on the wire: 480
     net.pump();
     const second = net.of(sender, "open-flow-socket")[1].flowId;
-    sender.targetDatagram(second, new Uint8Array(200), net.now);
-    sender.targetDatagram(second, new Uint8Array(1), net.now);
+    sender.targetDatagram(second, new Uint8Array(452), net.now);
+    sender.targetDatagram(second, new Uint8Array(0), net.now);
     net.pump();
-    expect(delivered()).toEqual([100, 200]);
+    expect(delivered()).toEqual([100, 452]);
   });
 });

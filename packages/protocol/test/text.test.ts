@@ -1,5 +1,5 @@
 import { describe, expect, it } from "bun:test";
-import { PEER_TEXT_MAX, peerText, printable } from "../src/index.js";
+import { PEER_TEXT_MAX, peerText, peerWord, printable } from "../src/index.js";
 
 describe("peerText", () => {
   it("quotes and escapes newlines, escapes, quotes and backslashes", () => {
@@ -23,5 +23,15 @@ describe("printable", () => {
     const line = printable("a\nb\rc\u0000d\u001b");
     expect(line).not.toMatch(/[\n\r\u0000\u001b]/);
     expect(line).toBe("a\\nb\\rc\\x00d\\x1b");
+  });
+});
+
+describe("peerWord", () => {
+  it("shows plain names as they are and quotes anything else", () => {
+    expect(peerWord("dns")).toBe("dns");
+    expect(peerWord("game-1.eu")).toBe("game-1.eu");
+    expect(peerWord("dns\nfake")).toBe('"dns\\nfake"');
+    expect(peerWord("a b")).toBe('"a b"');
+    expect(peerWord("x".repeat(41))).toBe(`"${"x".repeat(40)}"… (1 more characters)`);
   });
 });

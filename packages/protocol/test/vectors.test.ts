@@ -249,8 +249,9 @@ describe("handshake vectors", () => {
         agent: "vector-sender",
         mappings: mappingsOf(fresh.dialerHello),
         ...(keyMode ? { identity: testIdentity(hexToBytes(fresh.dialerSeed as string)) } : {}),
-        checkPeerKey: (key) => {
-          receiverKeys.push(bytesToHex(key));
+        // Called at the acceptor's HELLO (claimed) and again after ACCEPT (proven).
+        checkPeerKey: (key, _peer, proven) => {
+          receiverKeys.push(`${proven ? "proven" : "claimed"} ${bytesToHex(key)}`);
           return undefined;
         },
       },
@@ -260,43 +261,44 @@ describe("handshake vectors", () => {
       [1, fresh],
       [2, resume],
     ] as const) {
-      receiver.connect(conn, "sender", 0);
-      sender.connect(conn, "receiver", 0);
+      receiver.session.accept(conn, "sender", 0);
+      sender.session.dial(conn, "receiver", 0);
       let toDialer = "";
       let toAcceptor = "";
       const authorize: string[] = [];
       const accepted: boolean[] = [];
       for (let round = 0; round < 4; round++) {
-        const a = receiver.takeTransmit(conn);
+        const a = receiver.session.takeTransmit(conn);
         if (a) {
           toDialer += bytesToHex(a);
-          sender.receive(conn, a.slice(), 0);
+          sender.session.receive(conn, a.slice(), 0);
         }
-        const d = sender.takeTransmit(conn);
+        const d = sender.session.takeTransmit(conn);
         if (d) {
           toAcceptor += bytesToHex(d);
-          receiver.receive(conn, d.slice(), 0);
+          receiver.session.receive(conn, d.slice(), 0);
         }
         for (let o = receiver.poll(); o; o = receiver.poll()) {
           if (o.kind === "accepted") accepted.push(o.resumed);
           // Key mode, new session: the host admits the key (here at once, as for an authorized key).
           if (o.kind === "authorize-peer") {
             authorize.push(bytesToHex(o.publicKey));
-            receiver.approve(conn, true, 0);
+            receiver.session.approve(conn, true, 0);
           }
         }
       }
       expect(toDialer).toBe(v.acceptorToDialer);
       expect(toAcceptor).toBe(v.dialerToAcceptor);
-      expect(sender.connected).toBe(true);
+      expect(sender.session.peerConnected).toBe(true);
       expect(accepted).toEqual([v.resumed]);
       // Only a new key-mode session asks the host; a resume with the same key does not.
       expect(authorize).toEqual(keyMode && !v.resumed ? [v.dialerPublicKey as string] : []);
-      receiver.disconnected(conn, 1);
-      sender.disconnected(conn, 1);
+      receiver.session.disconnected(conn, 1);
+      sender.session.disconnected(conn, 1);
     }
+    const both = (key: string) => [`claimed ${key}`, `proven ${key}`];
     expect(receiverKeys).toEqual(
-      keyMode ? [fresh.acceptorPublicKey as string, resume.acceptorPublicKey as string] : [],
+      keyMode ? [...both(fresh.acceptorPublicKey as string), ...both(resume.acceptorPublicKey as string)] : [],
     );
   }
 

@@ -37,12 +37,12 @@ export interface MappingRow extends MappingStats {
 
 function mappingRows(machine: {
   mappingStats: readonly MappingStats[];
-  flowCountOf(mappingId: number): number;
+  flows: { countOf(mappingId: number): number };
 }): MappingRow[] {
   return machine.mappingStats.map((stats, i) => ({
     ...stats,
     label: stats.name || `#${i + 1}`,
-    flows: machine.flowCountOf(i),
+    flows: machine.flows.countOf(i),
   }));
 }
 
@@ -52,12 +52,12 @@ export function observeReceiver(handle: ReceiverHandle, transport: string): Obse
     role: "receiver",
     transport,
     stats: machine.stats,
-    peerConnected: () => machine.senderConnected,
-    flowCount: () => machine.flowCount,
+    peerConnected: () => machine.session.peerConnected,
+    flowCount: () => machine.flows.size,
     reconnects: () => Math.max(0, machine.stats.accepted - 1),
     mappings: () => mappingRows(machine),
     *flows() {
-      for (const flow of machine.flowList())
+      for (const flow of machine.flows.values())
         yield {
           ...counters(flow),
           id: flow.id,
@@ -74,12 +74,12 @@ export function observeSender(handle: SenderHandle, transport: string): Observed
     role: "sender",
     transport,
     stats: machine.stats,
-    peerConnected: () => machine.connected,
-    flowCount: () => machine.flowCount,
+    peerConnected: () => machine.session.peerConnected,
+    flowCount: () => machine.flows.size,
     reconnects: () => handle.reconnects,
     mappings: () => mappingRows(machine),
     *flows() {
-      for (const flow of machine.flowList()) {
+      for (const flow of machine.flows.values()) {
         yield {
           ...counters(flow),
           id: flow.id,
@@ -97,6 +97,7 @@ function counters(flow: FlowCounters): FlowCounters {
     bytesIn: flow.bytesIn,
     datagramsOut: flow.datagramsOut,
     bytesOut: flow.bytesOut,
+    dropped: flow.dropped,
   };
 }
 

@@ -1,0 +1,118 @@
+/**
+ * What the receiver and the sender do alike at run time: check the peer's key when dialing, drive the
+ * machine, start the TCP side (listen or dial), route the machine's connection outputs to it, and the
+ * close sequence. The role brings its machine, its UDP side and its outputs.
+ */
+import type { ConnectionOutput, PeerKeyCheck, ReceiverMachine, SenderMachine } from "@mcudpt/protocol";
+import type { HostPort } from "./address.js";
+import { PeerKeyChecker } from "./dialer.js";
+import { MachineDriver, type RoleOutput } from "./driver.js";
+import type { Logger } from "./logger.js";
+import { type DialTrust, type ListenTrust, type PeerLink, startPeerLink } from "./peer-link.js";
+import type { DialerTlsOptions, ListenerTlsOptions } from "./tls-peer.js";
+import type { Transport } from "./transport.js";
+
+type Machine = ReceiverMachine | SenderMachine;
+
+/** The TCP side of a role's options, whichever way round. */
+export interface SideOptions extends ListenTrust, DialTrust {
+  transport: Transport;
+  logger: Logger;
+  /** Where to listen, or the peer to dial. */
+  tcp: HostPort;
+  /** TLS: the certificate to serve when listening, or how to check the peer's when dialing. */
+  tls?: ListenerTlsOptions | DialerTlsOptions;
+}
+
+export interface RoleSpec<M extends Machine> {
+  side: SideOptions;
+  dialing: boolean;
+  /** What the peer is ("sender" or "receiver"). */
+  peerName: string;
+  /** The flag naming the TCP address, for error messages. */
+  flag: string;
+  handshakeTimeoutMs?: number;
+  /** Makes the machine, given the key check a dialing side must use. */
+  machine(checkPeerKey: PeerKeyCheck): M;
+  /** The role's own outputs (datagrams, flow sockets). */
+  onOutput(output: Exclude<RoleOutput<M>, ConnectionOutput>): void;
+  /** After each drain: send what was batched. */
+  onDrained(): void;
+  /** Binds the role's UDP side before the TCP side starts (undone by closeLocal if that fails). */
+  openLocal?(driver: MachineDriver<M>): Promise<void>;
+  /** Closes the role's UDP side. */
+  closeLocal(): void;
+}
+
+export interface RunningRole<M extends Machine> {
+  readonly machine: M;
+  readonly driver: MachineDriver<M>;
+  readonly link: PeerLink;
+  /** Says goodbye to the peer, closes every socket. */
+  close(): Promise<void>;
+}
+
+const CONNECTION_OUTPUTS = new Set(["close-connection", "authorize-peer", "authorization-withdrawn", "accepted"]);
+
+export async function startRole<M extends Machine>(spec: RoleSpec<M>): Promise<RunningRole<M>> {
+  const { side } = spec;
+  const keyCheck = new PeerKeyChecker(spec.dialing ? side.pins : undefined, side.logger, spec.peerName);
+  const machine = spec.machine(keyCheck.check);
+  let link: PeerLink | undefined;
+  const driver = new MachineDriver<M>(
+    machine,
+    side.logger,
+    (output) => {
+      if (CONNECTION_OUTPUTS.has(output.kind)) link?.onOutput(output as ConnectionOutput);
+      else spec.onOutput(output as Exclude<RoleOutput<M>, ConnectionOutput>);
+    },
+    () => spec.onDrained(),
+  );
+  try {
+    await spec.openLocal?.(driver);
+    link = await startPeerLink({
+      transport: side.transport,
+      logger: side.logger,
+      driver,
+      peerName: spec.peerName,
+      mode: spec.dialing ? "dial" : "listen",
+      address: side.tcp,
+      flag: spec.flag,
+      handshakeTimeoutMs: spec.handshakeTimeoutMs,
+      keyCheck,
+      admission: side.admission,
+      askOperator: side.askOperator,
+      pins: side.pins,
+      reconnect: side.reconnect,
+      connectTimeoutMs: side.connectTimeoutMs,
+      tls: side.tls,
+    });
+  } catch (error) {
+    spec.closeLocal();
+    throw error;
+  }
+  const peerLink = link;
+  let closed: Promise<void> | undefined;
+  return {
+    machine,
+    driver,
+    link: peerLink,
+    close() {
+      closed ??= (async () => {
+        peerLink.close();
+        driver.guard(() => machine.shutdown());
+        driver.stop();
+        spec.closeLocal();
+        await waitFor(() => driver.openConnections === 0, 1000);
+        driver.destroyAll();
+      })();
+      return closed;
+    },
+  };
+}
+
+/** Polls `done` until it holds or `ms` pass (bounded). */
+export async function waitFor(done: () => boolean, ms: number): Promise<void> {
+  const until = Date.now() + ms;
+  while (!done() && Date.now() < until) await new Promise((r) => setTimeout(r, 10));
+}

@@ -1,0 +1,100 @@
+/** What both machines are configured with, and its defaults. */
+import { utf8 } from "./bytes.js";
+import { MAX_MAPPINGS } from "./frames.js";
+import type { Credentials, Identity } from "./link.js";
+import { checkMappings, type MappingConfig } from "./mappings.js";
+
+/**
+ * The dialer's check of the acceptor's key (key mode). Called twice: at the acceptor's HELLO
+ * (`proven` false: the key is only claimed, so refuse a key that contradicts a pin, but remember
+ * nothing), and once ACCEPT's signature proved it (`proven` true: a new key may now be remembered).
+ * Returns undefined to go on, or a short reason told to the peer in CLOSE; the host logs the details
+ * (which may name local files the peer must not learn) itself.
+ */
+export type PeerKeyCheck = (publicKey: Uint8Array, peer: string, proven: boolean) => string | undefined;
+
+export interface CommonConfig {
+  /** Shared secret (secret mode). Without one, key mode: `identity` is required. */
+  secret?: Uint8Array | string;
+  /** This side's Ed25519 key (key mode). */
+  identity?: Identity;
+  idleTimeoutMs?: number;
+  maxFlows?: number;
+  keepaliveMs?: number;
+  handshakeTimeoutMs?: number;
+  /** Bound on bytes held for a connection whose transport is not draining; DATA past it is dropped. */
+  maxBufferBytes?: number;
+  /** How long flows are kept after the connection drops, waiting for the same peer to resume. */
+  resumeGraceMs?: number;
+  /** Free text identifying the software in HELLO. */
+  agent?: string;
+  /** This side's mappings, in order (default: one unnamed mapping). */
+  mappings?: readonly MappingConfig[];
+  /** When this side accepts TCP: unauthenticated connections allowed at once, in all and per source. */
+  maxPendingConnections?: number;
+  maxPendingPerSource?: number;
+  /** When this side dials, in key mode: see PeerKeyCheck. Without it any key that proves itself is accepted. */
+  checkPeerKey?: PeerKeyCheck;
+}
+
+export const DEFAULTS = {
+  idleTimeoutMs: 60_000,
+  maxFlows: 4096,
+  keepaliveMs: 15_000,
+  handshakeTimeoutMs: 10_000,
+  maxBufferBytes: 4 * 1024 * 1024,
+  resumeGraceMs: 30_000,
+  agent: "mcudpt-ts",
+  maxPendingConnections: 16,
+  maxPendingPerSource: 4,
+} as const;
+
+/** A CommonConfig checked and with its defaults filled in. */
+export interface Settings {
+  readonly credentials: Credentials;
+  readonly secretMode: boolean;
+  readonly idleTimeoutMs: number;
+  readonly maxFlows: number;
+  readonly keepaliveMs: number;
+  readonly handshakeTimeoutMs: number;
+  readonly maxBufferBytes: number;
+  readonly resumeGraceMs: number;
+  readonly agent: string;
+  readonly mappings: readonly MappingConfig[];
+  readonly mappingNames: readonly string[];
+  readonly maxPending: number;
+  readonly maxPendingPerSource: number;
+  readonly checkPeerKey: PeerKeyCheck | undefined;
+}
+
+/** Checks `config` (RangeError on a bad value: a bug of the host, not a peer's doing). */
+export function settingsOf(config: CommonConfig): Settings {
+  const secret = typeof config.secret === "string" ? utf8(config.secret) : config.secret;
+  let credentials: Credentials;
+  if (secret && secret.length > 0) credentials = { secret };
+  else if (config.identity) credentials = { identity: config.identity };
+  else throw new RangeError("either a secret or an identity (key) is required");
+  const mappings = config.mappings ?? [{}];
+  checkMappings(mappings, MAX_MAPPINGS);
+  return {
+    credentials,
+    secretMode: "secret" in credentials,
+    idleTimeoutMs: positive("idleTimeoutMs", config.idleTimeoutMs ?? DEFAULTS.idleTimeoutMs),
+    maxFlows: positive("maxFlows", config.maxFlows ?? DEFAULTS.maxFlows),
+    keepaliveMs: positive("keepaliveMs", config.keepaliveMs ?? DEFAULTS.keepaliveMs),
+    handshakeTimeoutMs: positive("handshakeTimeoutMs", config.handshakeTimeoutMs ?? DEFAULTS.handshakeTimeoutMs),
+    maxBufferBytes: positive("maxBufferBytes", config.maxBufferBytes ?? DEFAULTS.maxBufferBytes),
+    resumeGraceMs: Math.max(0, config.resumeGraceMs ?? DEFAULTS.resumeGraceMs),
+    agent: config.agent ?? DEFAULTS.agent,
+    mappings,
+    mappingNames: mappings.map((mapping) => mapping.name ?? ""),
+    maxPending: config.maxPendingConnections ?? DEFAULTS.maxPendingConnections,
+    maxPendingPerSource: config.maxPendingPerSource ?? DEFAULTS.maxPendingPerSource,
+    checkPeerKey: config.checkPeerKey,
+  };
+}
+
+function positive(name: string, value: number): number {
+  if (!Number.isFinite(value) || value <= 0) throw new RangeError(`${name} must be a positive number, got ${value}`);
+  return value;
+}

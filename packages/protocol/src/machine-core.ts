@@ -1,0 +1,96 @@
+/**
+ * What both machines are made of, put together once: the settings, the counters, the output queue,
+ * the session (connections, handshake, resume) and the flows. The role's policy — what DATA and
+ * FLOW_OPEN mean, what a flow holds — is handed in; nothing here is overridden.
+ *
+ * Sans-I/O contract of a machine: the host feeds inputs (bytes, datagrams, the current time in ms),
+ * drains poll() for outputs, takes coalesced bytes with session.takeTransmit(), and calls tick(now) no
+ * later than nextTimeout(). Nothing reads a clock, opens a socket or sets a timer.
+ */
+import { type CommonConfig, type Settings, settingsOf } from "./config.js";
+import { type FlowBase, Flows } from "./flows.js";
+import { FlowCloseReason, type Frame, FrameType, type Role } from "./frames.js";
+import type { CryptoProvider, Link } from "./link.js";
+import { LogThrottle, OutputQueue } from "./outputs.js";
+import { Session } from "./session.js";
+import { Counters } from "./stats.js";
+
+export interface RolePolicy<F> {
+  /** A frame of an open connection that only the role understands (DATA, FLOW_OPEN). */
+  frame(link: Link, frame: Frame, now: number): void;
+  /** Frees what the role keeps for a closed flow. */
+  release(flow: F): void;
+  /** The flow as a log line names it. */
+  describe(flow: F): string;
+}
+
+export class MachineCore<F extends FlowBase, O extends { kind: string }> {
+  readonly settings: Settings;
+  readonly counters: Counters;
+  readonly out = new OutputQueue<O>();
+  /** The one throttle for repeated warnings (limits, evictions, drops). */
+  readonly throttle = new LogThrottle(this.out);
+  readonly session: Session;
+  readonly flows: Flows<F>;
+
+  constructor(role: Role, config: CommonConfig, crypto: CryptoProvider, policy: RolePolicy<F>) {
+    this.settings = settingsOf(config);
+    this.counters = new Counters(this.settings.mappingNames);
+    const flows = (): Flows<F> => this.flows;
+    this.session = new Session(role, this.settings, crypto, this.counters.stats, this.out, {
+      frame: (link, frame, now) =>
+        frame.type === FrameType.FlowClose
+          ? flows().closedByPeer(frame.flowId, frame.reason)
+          : policy.frame(link, frame, now),
+      dropAllFlows: () => flows().dropAll(),
+      get flowCount() {
+        return flows().size;
+      },
+    });
+    const host = {
+      release: (flow: F) => policy.release(flow),
+      describe: (flow: F) => policy.describe(flow),
+      tellPeer: (flowId: number, reason: number) => this.session.tellFlowClosed(flowId, reason),
+    };
+    this.flows = new Flows<F>(this.settings, this.counters, this.out, this.throttle, host, this.session.peerName);
+  }
+
+  /**
+   * The open flow a DATA frame names; or undefined for a flow this side does not have (closed here
+   * while the frame was in flight, or never opened), which is counted and answered with
+   * FLOW_CLOSE(unknown flow) so the peer frees it too.
+   */
+  dataFlow(link: Link, flowId: number, now: number): F | undefined {
+    const flow = this.flows.get(flowId);
+    if (flow === undefined) {
+      this.counters.dropped("unknown-flow", undefined);
+      if (this.session.connections.canAnswer(link)) link.writer.flowClose(flowId, FlowCloseReason.UnknownFlow);
+      return undefined;
+    }
+    this.flows.touch(flow, now);
+    return flow;
+  }
+
+  /**
+   * Whether `size` more bytes of DATA fit on `link` (see LinkTable.hasRoom); datagrams dropped to make
+   * room, and this one if it does not fit, are counted as backpressure on their flows.
+   */
+  hasRoom(link: Link, size: number, mappingId: number, flow?: F): boolean {
+    const room = this.session.connections.hasRoom(link, size, (flowId) =>
+      this.flows.droppedOutside("backpressure", { flowId }),
+    );
+    if (!room) this.counters.dropped("backpressure", mappingId, flow);
+    return room;
+  }
+
+  tick(now: number): void {
+    this.session.tick(now);
+    this.flows.expire(now, FlowCloseReason.Idle);
+  }
+
+  nextTimeout(): number | undefined {
+    const a = this.session.nextTimeout();
+    const b = this.flows.nextTimeout();
+    return a === undefined ? b : b === undefined || a < b ? a : b;
+  }
+}

@@ -50,4 +50,5 @@ export {
   type SenderVerdict,
 } from "./trust.js";
 export { UdpBatcher } from "./udp-batch.js";
+export { isPendingSocketError, MAX_UDP_SEND_ATTEMPTS, udpPayloadLimit } from "./udp-errors.js";
 export { type CertificateSpec, createCertificate } from "./x509.js";

@@ -20,9 +20,14 @@ export interface UdpSocketOptions {
    */
   onDatagram(data: Uint8Array, address: string, port: number): void;
   /**
-   * A send failed after send() had returned true (an asynchronous failure), or an ICMP error arrived
-   * (e.g. ECONNREFUSED on a connected socket whose target port is closed). A send() that returns
-   * false is not reported again here. The socket stays open and usable.
+   * Something went wrong that no return value reported, each thing once:
+   * - a send failed after send() had returned true (an asynchronous failure: node:dgram);
+   * - an ICMP error arrived for a datagram sent earlier (port unreachable: ECONNREFUSED, host
+   *   unreachable...): on a connected socket, and on any socket where the runtime asks the kernel
+   *   for them (Bun sets IP_RECVERR). It concerns that earlier datagram's destination, and is
+   *   reported once whether the kernel handed it to a receive or to a later send (see send()).
+   * A send() that returned false, or a datagram sendMany did not count, is not reported again here.
+   * The socket stays open and usable.
    */
   onError(error: Error): void;
   /**
@@ -45,15 +50,23 @@ export interface UdpSocket {
   readonly port: number;
   /**
    * Sends one datagram, to `address`:`port`, or to the connected peer when both are omitted.
-   * Returns false when it was dropped (kernel buffer full, socket closed); never throws.
+   * Returns false when this datagram was dropped on its own account: too large, an address of the
+   * wrong family or invalid, kernel buffer full, socket closed; never throws.
+   * A socket's pending error that the kernel returns from this send (an ICMP error an earlier
+   * datagram drew, possibly to another destination: see udp-errors.ts) is not this datagram's
+   * failure: the transport sends it again (a bounded number of times) and the error goes to
+   * onError once, as the earlier datagram's, never as a false return.
    * The caller must not modify `data` afterwards: a transport may send it later (Node's dgram does),
    * and copying every datagram to allow reuse would cost the hot path an allocation.
    */
   send(data: Uint8Array, port?: number, address?: string): boolean;
   /**
    * Optional: sends a batch of datagrams with as few system calls as the runtime allows (Bun: one
-   * sendmmsg). A datagram that fails does not stop the ones after it. Returns how many were sent
-   * (the rest are dropped, as with a false send()); never throws; same ownership rule as send().
+   * sendmmsg). Returns how many were sent; never throws; same ownership rule as send(). Each datagram
+   * not counted was dropped on its own account, exactly as if send() had returned false for it:
+   * when the kernel refuses datagram i, only i is concerned (the ones after it are still sent), and
+   * if the refusal was a pending socket error, not even i (it is sent again, as send() does). So a
+   * batch's count never hides an error elsewhere, and an error never costs other datagrams.
    * Callers without it loop over send().
    */
   sendMany?(batch: UdpBatch): number;

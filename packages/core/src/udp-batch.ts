@@ -22,7 +22,8 @@ export class UdpBatcher {
 
   /**
    * Sends everything added since the last flush (nothing is kept, whatever happens) and returns how
-   * many datagrams were dropped.
+   * many datagrams were dropped, each on its own account (see UdpSocket.send/sendMany: a socket's
+   * pending ICMP error is retried by the transport, never counted here as a drop).
    */
   flush(socket: UdpSocket | undefined): number {
     const batch = this.batch;

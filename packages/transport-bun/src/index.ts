@@ -8,11 +8,20 @@
  * - UDP `error` handlers are called as `error.call(socket, err)` (one argument), not `(socket, err)`
  *   as bun-types declares; without any handler, an ICMP error on a connected socket (ECONNREFUSED,
  *   reported from the error queue) is thrown as an uncaught error and ends the process.
- * - UDP `send` throws synchronously (EMSGSIZE, EAFNOSUPPORT, invalid address, closed socket); an
- *   EMSGSIZE is also reported again later through the `error` handler.
- * - UDP `sendMany` sends the whole batch with one sendmmsg. It throws, having sent nothing, when an
- *   argument is invalid (address, port, closed socket); when the kernel refuses datagram i (EMSGSIZE,
- *   EAFNOSUPPORT, EAGAIN) it returns i: the ones before were sent, the rest were not tried.
+ * - UDP sockets get IP_RECVERR (and IPV6_RECVERR on IPv6 ones); Bun reads the error queue and calls
+ *   `error` once per queued error, with `errqueue: true` and `syscall: "recv"` but no origin.
+ *   Consequence: an ICMP error (port unreachable from a client that left) also becomes the socket's
+ *   pending error, which the kernel returns from the NEXT send whatever its destination, even on an
+ *   unconnected socket (see core's udp-errors.ts). The adapter retries such a datagram.
+ * - UDP `send` throws synchronously: TypeError ERR_INVALID_ARG_TYPE (invalid address, port 0), a
+ *   plain "Socket is closed", or a syscall error (code, errno, `syscall: "send"`): EMSGSIZE,
+ *   EAFNOSUPPORT, or a pending ICMP error (ECONNREFUSED...). A local EMSGSIZE is also queued on the
+ *   error queue and so reported again through `error` (swallowed here: counted once).
+ * - UDP `sendMany` sends the whole batch with one sendmmsg (more than ~200 datagrams: several, same
+ *   semantics). It throws, having sent nothing, when an argument is invalid (TypeError) or when the
+ *   kernel refuses the first datagram (a syscall error); when the kernel refuses datagram i > 0
+ *   (EMSGSIZE, EAFNOSUPPORT, EAGAIN, a pending ICMP error) it returns i, without saying why: the
+ *   ones before were sent, the rest were not tried.
  * - TCP `socket.write` is unbuffered: it returns how many bytes the kernel took and drops the rest.
  * - TCP `socket.end()` shuts down and closes the socket at once, firing `close` synchronously inside
  *   the call; bytes already accepted by the kernel are still delivered.
@@ -24,7 +33,9 @@
 import {
   type ConnectOptions,
   DEFAULT_TLS_HANDSHAKE_TIMEOUT_MS,
+  isPendingSocketError,
   type ListenOptions,
+  MAX_UDP_SEND_ATTEMPTS,
   type TcpConnection,
   type TcpHandlers,
   type TcpServer,
@@ -34,6 +45,7 @@ import {
   type UdpBatch,
   type UdpSocket,
   type UdpSocketOptions,
+  udpPayloadLimit,
 } from "@mcudpt/core";
 
 type BunTcpSocket = import("bun").Socket<BunTcpConnection | undefined>;
@@ -42,7 +54,20 @@ function asError(value: unknown): Error {
   return value instanceof Error ? value : new Error(String(value));
 }
 
+/** A syscall's failure as Bun throws it (code, errno, syscall), as opposed to an argument error. */
+function isSyscallError(error: unknown): error is Error & { code: string } {
+  const e = error as { code?: unknown; syscall?: unknown } | null;
+  return typeof e?.code === "string" && typeof e.syscall === "string";
+}
+
 async function bindUdp(options: UdpSocketOptions): Promise<UdpSocket> {
+  /**
+   * Local EMSGSIZE failures (a datagram larger than UDP allows) already reported as a failed send:
+   * the kernel also queues each one on the error queue (IP_RECVERR), which Bun reports again through
+   * `error` as an EMSGSIZE with `errqueue: true`. That echo is swallowed, so one lost datagram counts
+   * once. An EMSGSIZE from the network (ICMP fragmentation needed) is not owed and is reported.
+   */
+  let owedLocalErrors = 0;
   const handler = {
     data(_socket: unknown, data: Uint8Array, port: number, address: string) {
       options.onDatagram(data, address, port);
@@ -50,7 +75,13 @@ async function bindUdp(options: UdpSocketOptions): Promise<UdpSocket> {
     // Mandatory: without it an ICMP error kills the process. Bun passes the error as the only
     // argument (see header), so take whichever argument is an Error.
     error(...args: unknown[]) {
-      options.onError(asError(args.find((a) => a instanceof Error) ?? args[args.length - 1]));
+      const error = asError(args.find((a) => a instanceof Error) ?? args[args.length - 1]);
+      const queued = (error as { errqueue?: unknown }).errqueue === true;
+      if (queued && owedLocalErrors > 0 && (error as { code?: unknown }).code === "EMSGSIZE") {
+        owedLocalErrors--;
+        return;
+      }
+      options.onError(error);
     },
   };
   const common = { hostname: options.host, port: options.port, binaryType: "uint8array" as const };
@@ -63,23 +94,37 @@ async function bindUdp(options: UdpSocketOptions): Promise<UdpSocket> {
       })
     : await Bun.udpSocket({ ...common, socket: handler });
   const connected = options.connect !== undefined;
+  const peerLimit = connected ? udpPayloadLimit(options.connect?.host ?? "") : 0;
   /** Batch entries per datagram: data, or data, port, address. */
   const stride = connected ? 1 : 3;
   let closed = false;
 
+  /** Larger than UDP allows toward its destination: refused on its own account, never retried. */
+  const tooLarge = (data: Uint8Array, address?: string): boolean =>
+    data.byteLength > (connected ? peerLimit : udpPayloadLimit(address ?? ""));
+
   const send = (data: Uint8Array, port?: number, address?: string): boolean => {
     if (closed) return false;
-    try {
-      // Bun sends exactly the view's bytes (byteOffset/byteLength honoured) and synchronously,
-      // so no reference to `data` outlives the call. A connected socket always sends to its peer.
-      return connected
-        ? (socket as import("bun").udp.ConnectedSocket<"uint8array">).send(data)
-        : (socket as import("bun").udp.Socket<"uint8array">).send(data, port as number, address as string);
-    } catch (error) {
-      // The contract: never throw; a false return is this datagram's failure report (onError is
-      // for failures learned later), so a lost datagram is counted once.
-      void error;
-      return false;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        // Bun sends exactly the view's bytes (byteOffset/byteLength honoured) and synchronously,
+        // so no reference to `data` outlives the call. A connected socket always sends to its peer.
+        return connected
+          ? (socket as import("bun").udp.ConnectedSocket<"uint8array">).send(data)
+          : (socket as import("bun").udp.Socket<"uint8array">).send(data, port as number, address as string);
+      } catch (error) {
+        // The contract: never throw; a false return is this datagram's failure report (onError is
+        // for failures learned later), so a lost datagram is counted once.
+        if (!isSyscallError(error)) return false;
+        if (tooLarge(data, address)) {
+          if (error.code === "EMSGSIZE") owedLocalErrors++;
+          return false;
+        }
+        // A pending socket error (an ICMP error some earlier datagram drew) is nobody's fault: the
+        // failed attempt cleared it, so go again. It is reported once, by Bun, from the error queue.
+        if (attempt < MAX_UDP_SEND_ATTEMPTS && isPendingSocketError(error)) continue;
+        return false;
+      }
     }
   };
 
@@ -105,13 +150,24 @@ async function bindUdp(options: UdpSocketOptions): Promise<UdpSocket> {
         try {
           // Slicing only after a failure: the common case hands Bun the caller's array as is.
           n = socket.sendMany((from === 0 ? batch : batch.slice(from)) as never);
-        } catch {
+        } catch (error) {
           // An invalid argument somewhere, nothing sent: one by one, each failure on its own.
-          return sent + sendEach(batch, from);
+          if (!isSyscallError(error)) return sent + sendEach(batch, from);
+          n = 0; // the kernel refused the first datagram
         }
         sent += n;
-        // Datagram n was refused (too large, wrong family, buffer full): drop it, go on after it.
-        from += (n + 1) * stride;
+        from += n * stride;
+        if (from >= batch.length) break;
+        // Datagram `from` was refused, for a reason sendmmsg does not tell: too large, wrong family,
+        // buffer full, or a pending socket error that is not its fault at all (see udp-errors.ts).
+        // It decides alone: once more through send(), which retries pending errors and counts the
+        // rest as its own failure. Then the batch goes on after it.
+        const data = batch[from] as Uint8Array;
+        const address = batch[from + 2] as string;
+        if (tooLarge(data, address))
+          owedLocalErrors++; // refused already, and queued for `error`
+        else if (send(data, batch[from + 1] as number, address)) sent++;
+        from += stride;
       }
       return sent;
     },

@@ -3,6 +3,7 @@ export { configDir, configPath } from "./config-dir.js";
 export { nodeCrypto } from "./crypto.js";
 export { MachineDriver, now } from "./driver.js";
 export { messageOf, UserError } from "./errors.js";
+export { readUdpSocketStats, readUdpSocketStatsAsync, type UdpSocketStats } from "./kernel-drops.js";
 export {
   fingerprint,
   generateKeyPair,

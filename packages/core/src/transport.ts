@@ -33,7 +33,7 @@ export interface UdpSocketOptions {
   /**
    * Requested size in bytes of the kernel's receive and send buffers (SO_RCVBUF/SO_SNDBUF), for
    * bursts. Best effort: the kernel caps it (net.core.rmem_max/wmem_max), and a runtime that cannot
-   * set it (Bun.udpSocket has no such option) keeps the system default.
+   * set it keeps the system default. UdpSocket.bufferBytes tells what the socket got.
    */
   bufferBytes?: number;
 }
@@ -48,6 +48,16 @@ export interface UdpSocket {
   /** Local address and port actually bound. */
   readonly address: string;
   readonly port: number;
+  /**
+   * Optional: the kernel's receive and send buffer sizes for this socket, as getsockopt
+   * (SO_RCVBUF/SO_SNDBUF) reports them, read when accessed; undefined when the runtime cannot tell
+   * (or the socket is closed). This is what a burst can fill: Linux doubles the size set (half is
+   * accounted as bookkeeping) and caps the request at net.core.rmem_max/wmem_max first, so a 2 MiB
+   * request reads 4 MiB where rmem_max allows it, and 425,984 (2 x 212,992) on a host left at the
+   * usual default; an untouched socket reads net.core.rmem_default/wmem_default. Compare with the
+   * requested `bufferBytes` to warn that the kernel did not grant it (receive < requested).
+   */
+  readonly bufferBytes?: { receive: number; send: number };
   /**
    * Sends one datagram, to `address`:`port`, or to the connected peer when both are omitted.
    * Returns false when this datagram was dropped on its own account: too large, an address of the

@@ -22,6 +22,9 @@
  *   kernel refuses the first datagram (a syscall error); when the kernel refuses datagram i > 0
  *   (EMSGSIZE, EAFNOSUPPORT, EAGAIN, a pending ICMP error) it returns i, without saying why: the
  *   ones before were sent, the rest were not tried.
+ * - Bun.udpSocket has no buffer-size option, but exposes its descriptor as `fd` (undeclared in
+ *   bun-types); libc's setsockopt(SO_RCVBUF/SO_SNDBUF) through bun:ffi on it works (`ss -uam`:
+ *   rb212992 before, rb4194304 after asking for 2 MiB). Bun's node:dgram sets them natively.
  * - TCP `socket.write` is unbuffered: it returns how many bytes the kernel took and drops the rest.
  * - TCP `socket.end()` shuts down and closes the socket at once, firing `close` synchronously inside
  *   the call; bytes already accepted by the kernel are still delivered.
@@ -30,6 +33,7 @@
  *   socket closes by itself. With `rejectUnauthorized: false`, `socket.authorized` still tells whether
  *   the chain and name verified against `ca`. `socket.timeout(s)` fires on a 4 s tick.
  */
+import { readFileSync } from "node:fs";
 import {
   type ConnectOptions,
   DEFAULT_TLS_HANDSHAKE_TIMEOUT_MS,
@@ -52,6 +56,95 @@ type BunTcpSocket = import("bun").Socket<BunTcpConnection | undefined>;
 
 function asError(value: unknown): Error {
   return value instanceof Error ? value : new Error(String(value));
+}
+
+/** Kernel buffer sizes as getsockopt reports them (see UdpSocket.bufferBytes). */
+interface BufferSizes {
+  receive: number;
+  send: number;
+}
+
+/**
+ * SO_RCVBUF/SO_SNDBUF through bun:ffi: Bun.udpSocket has no buffer option (Bun 1.4.5), but it
+ * exposes its descriptor (`fd`), and setsockopt/getsockopt on it from libc do the rest.
+ */
+interface SocketBuffers {
+  set(fd: number, bytes: number): void;
+  get(fd: number): BufferSizes | undefined;
+}
+
+/** SOL_SOCKET, SO_SNDBUF, SO_RCVBUF and where libc lives, per platform. */
+const SOCKOPT: Partial<Record<NodeJS.Platform, { level: number; snd: number; rcv: number; libc: string[] }>> = {
+  linux: {
+    level: 1,
+    snd: 7,
+    rcv: 8,
+    libc: ["libc.so.6", "libc.so", "libc.musl-x86_64.so.1", "libc.musl-aarch64.so.1"],
+  },
+  darwin: { level: 0xffff, snd: 0x1001, rcv: 0x1002, libc: ["libc.dylib", "/usr/lib/libSystem.B.dylib"] },
+  freebsd: { level: 0xffff, snd: 0x1001, rcv: 0x1002, libc: ["libc.so.7"] },
+};
+
+let socketBuffers: Promise<SocketBuffers | undefined> | undefined;
+/** The same once loaded, for sockets that asked for nothing (read synchronously). */
+let loadedSocketBuffers: SocketBuffers | undefined;
+
+/** Loads libc's setsockopt/getsockopt once; undefined where that is impossible (then: defaults). */
+function loadSocketBuffers(): Promise<SocketBuffers | undefined> {
+  socketBuffers ??= (async () => {
+    const opt = SOCKOPT[process.platform];
+    if (!opt) return undefined;
+    try {
+      const { dlopen, FFIType } = await import("bun:ffi");
+      const symbols = {
+        setsockopt: { args: [FFIType.i32, FFIType.i32, FFIType.i32, FFIType.ptr, FFIType.u32], returns: FFIType.i32 },
+        getsockopt: { args: [FFIType.i32, FFIType.i32, FFIType.i32, FFIType.ptr, FFIType.ptr], returns: FFIType.i32 },
+      } as const;
+      let lib: ReturnType<typeof dlopen<typeof symbols>> | undefined;
+      for (const name of opt.libc) {
+        try {
+          lib = dlopen(name, symbols);
+          break;
+        } catch {}
+      }
+      if (!lib) return undefined;
+      const { setsockopt, getsockopt } = lib.symbols;
+      const value = new Int32Array(1);
+      const length = new Uint32Array(1);
+      const read = (fd: number, name: number): number | undefined => {
+        length[0] = 4;
+        return getsockopt(fd, opt.level, name, value, length) === 0 ? value[0] : undefined;
+      };
+      return (loadedSocketBuffers = {
+        set(fd, bytes) {
+          // The kernel caps these at net.core.rmem_max/wmem_max rather than failing.
+          value[0] = Math.min(bytes, 0x7fffffff);
+          setsockopt(fd, opt.level, opt.rcv, value, 4);
+          value[0] = Math.min(bytes, 0x7fffffff);
+          setsockopt(fd, opt.level, opt.snd, value, 4);
+        },
+        get(fd) {
+          const receive = read(fd, opt.rcv);
+          const send = read(fd, opt.snd);
+          return receive === undefined || send === undefined ? undefined : { receive, send };
+        },
+      });
+    } catch {
+      return undefined; // no bun:ffi in this build
+    }
+  })();
+  return socketBuffers;
+}
+
+/** What a socket nobody resized has on Linux: the system defaults (net.core.rmem_default/wmem_default). */
+function defaultBufferSizes(): BufferSizes | undefined {
+  try {
+    const read = (name: string) => Number(readFileSync(`/proc/sys/net/core/${name}`, "latin1").trim());
+    const sizes = { receive: read("rmem_default"), send: read("wmem_default") };
+    return sizes.receive > 0 && sizes.send > 0 ? sizes : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /** A syscall's failure as Bun throws it (code, errno, syscall), as opposed to an argument error. */
@@ -93,6 +186,11 @@ async function bindUdp(options: UdpSocketOptions): Promise<UdpSocket> {
         socket: handler,
       })
     : await Bun.udpSocket({ ...common, socket: handler });
+  // Resized before any datagram can arrive: the data handler runs on a later turn of the loop.
+  const buffers = options.bufferBytes ? await loadSocketBuffers() : undefined;
+  /** Bun.udpSocket exposes its descriptor (bun-types does not declare it). */
+  const fd = (socket as unknown as { fd: number }).fd;
+  if (options.bufferBytes) buffers?.set(fd, options.bufferBytes);
   const connected = options.connect !== undefined;
   const peerLimit = connected ? udpPayloadLimit(options.connect?.host ?? "") : 0;
   /** Batch entries per datagram: data, or data, port, address. */
@@ -140,6 +238,13 @@ async function bindUdp(options: UdpSocketOptions): Promise<UdpSocket> {
   return {
     address: socket.address.address,
     port: socket.port,
+    get bufferBytes() {
+      if (closed) return undefined;
+      // Read when asked (never on the hot path). Without libc access a socket is at the defaults,
+      // unless it asked for more, which then could not be set: the defaults are the honest answer.
+      const reader = buffers ?? loadedSocketBuffers;
+      return reader ? reader.get(fd) : defaultBufferSizes();
+    },
     send,
     sendMany(batch) {
       if (closed) return 0;

@@ -164,6 +164,14 @@ async function bindUdp(options: UdpSocketOptions): Promise<UdpSocket> {
   return {
     address: local.address,
     port: local.port,
+    get bufferBytes() {
+      if (closed) return undefined;
+      try {
+        return { receive: socket.getRecvBufferSize(), send: socket.getSendBufferSize() };
+      } catch {
+        return undefined; // a runtime whose dgram cannot tell
+      }
+    },
     send: (data, port, address) => transmit(data, port, address, 1),
     close() {
       if (closed) return;

@@ -6,8 +6,16 @@
  */
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
+import { readFileSync } from "node:fs";
 import { describe, it } from "node:test";
-import type { TcpConnection, TcpHandlers, Transport, UdpSocket } from "@mcudpt/core";
+import {
+  formatHostPort,
+  readUdpSocketStats,
+  type TcpConnection,
+  type TcpHandlers,
+  type Transport,
+  type UdpSocket,
+} from "@mcudpt/core";
 import { concat, pattern, side, tcpPair } from "../helpers/tcp-side.js";
 import { availableTransports } from "../helpers/transports.js";
 
@@ -40,13 +48,19 @@ interface Datagram {
 }
 
 /** A UDP socket recording copies of what it receives and the errors it gets. */
-async function udpRecorder(transport: Transport, host = V4, connect?: { host: string; port: number }) {
+async function udpRecorder(
+  transport: Transport,
+  host = V4,
+  connect?: { host: string; port: number },
+  bufferBytes?: number,
+) {
   const received: Datagram[] = [];
   const errors: Error[] = [];
   const socket = await transport.bindUdp({
     host,
     port: 0,
     connect,
+    bufferBytes,
     // Copy: `data` is only valid during the call.
     onDatagram: (data, address, port) => received.push({ data: new Uint8Array(data), address, port }),
     onError: (error) => errors.push(error),
@@ -63,6 +77,16 @@ async function udpEcho(transport: Transport, host = V4, port = 0): Promise<UdpSo
     onError: () => {},
   });
   return echo;
+}
+
+/** The kernel's caps on socket buffers (Linux), or undefined elsewhere. */
+function kernelBufferLimits(): { rmemMax: number } | undefined {
+  try {
+    const rmemMax = Number(readFileSync("/proc/sys/net/core/rmem_max", "latin1").trim());
+    return rmemMax > 0 ? { rmemMax } : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /** A port that was free a moment ago (bound, then released). */
@@ -218,6 +242,60 @@ for (const transport of availableTransports()) {
           first.close();
         }
       });
+
+      // Issue 13: bursts need big kernel buffers. Measured, not trusted: a burst sent synchronously
+      // (the receiving socket cannot read meanwhile) fills the receive queue, and the kernel's own
+      // account of it (/proc/net/udp rx_queue, via readUdpSocketStats) is what the buffer holds.
+      it(
+        "a requested bufferBytes is granted up to rmem_max (the kernel's queue holds it), or the socket says it is not",
+        BOUNDED,
+        async (t) => {
+          const limits = kernelBufferLimits();
+          if (!limits) return t.skip("no /proc/sys/net/core (not Linux)");
+          const requested = 1 * MiB;
+          const expected = Math.min(requested, limits.rmemMax);
+          const victim = await udpRecorder(transport, V4, undefined, requested);
+          const sender = await udpRecorder(transport);
+          try {
+            const key = formatHostPort(victim.socket.address, victim.socket.port);
+            const granted = victim.socket.bufferBytes;
+            const payload = new Uint8Array(1400);
+            // Up to 4,000 datagrams of 1,400 bytes (5.6 MB), more than the 2 MiB of kernel
+            // accounting a 1 MiB request gets; once the kernel drops, the queue is full, and what
+            // it holds then is the measure.
+            let queued = 0;
+            let drops = 0;
+            for (let i = 0; i < 4000; i++) {
+              sender.socket.send(payload, victim.socket.port, V4);
+              if (i % 500 === 499) {
+                const row = readUdpSocketStats().get(key);
+                queued = row?.rxQueue ?? 0;
+                drops = row?.drops ?? 0;
+                if (drops > 0) break; // full
+              }
+            }
+            assert.ok(queued > 0, `no ${key} row in /proc/net/udp, or nothing queued`);
+            if (granted && granted.receive < expected) {
+              // A runtime that could not resize must say so, and what it says must be what the kernel shows.
+              assert.ok(
+                queued <= granted.receive + 65_536,
+                `queue of ${queued} bytes, but bufferBytes says ${granted.receive}`,
+              );
+              t.diagnostic(`${transport.name}: bufferBytes ${granted.receive} < ${expected} requested: not resized`);
+              return;
+            }
+            assert.ok(drops > 0, `the burst did not fill the queue (${queued} bytes queued)`);
+            assert.ok(
+              queued >= expected,
+              `the receive queue held ${queued} bytes when full, less than the ${expected} requested (rmem_max ${limits.rmemMax}); bufferBytes says ${JSON.stringify(granted)}`,
+            );
+            if (granted) assert.ok(granted.receive >= expected, `bufferBytes says ${JSON.stringify(granted)}`);
+          } finally {
+            victim.socket.close();
+            sender.socket.close();
+          }
+        },
+      );
 
       it("send() after close() returns false without throwing", BOUNDED, async () => {
         const socket = await transport.bindUdp({ host: V4, port: 0, onDatagram: () => {}, onError: () => {} });

@@ -44,6 +44,61 @@ function withoutSendMany(socket: UdpSocket): UdpSocket {
   return { address: socket.address, port: socket.port, send: socket.send.bind(socket), close: () => socket.close() };
 }
 
+/**
+ * A port nobody listens on: bound, noted, closed. Datagrams sent there draw an ICMP port
+ * unreachable, which Bun (IP_RECVERR) turns into a pending socket error.
+ */
+async function vanishedPort(transport: Transport): Promise<number> {
+  const gone = await transport.bindUdp({ host: V4, port: 0, onDatagram: () => {}, onError: () => {} });
+  gone.close();
+  return gone.port;
+}
+
+type Batch = Array<Uint8Array | number | string>;
+/** The three ways a batch leaves: sendMany, a loop over send(), UdpBatcher. Each returns how many were sent. */
+const sendPaths: Array<{
+  name: string;
+  send(socket: UdpSocket, batch: Batch, connected: boolean): number | undefined;
+}> = [
+  { name: "sendMany", send: (socket, batch) => socket.sendMany?.(batch) },
+  {
+    name: "send()",
+    send(socket, batch, connected) {
+      let sent = 0;
+      const stride = connected ? 1 : 3;
+      for (let i = 0; i < batch.length; i += stride) {
+        const ok = connected
+          ? socket.send(batch[i] as Uint8Array)
+          : socket.send(batch[i] as Uint8Array, batch[i + 1] as number, batch[i + 2] as string);
+        if (ok) sent++;
+      }
+      return sent;
+    },
+  },
+  {
+    name: "UdpBatcher",
+    send(socket, batch, connected) {
+      const batcher = new UdpBatcher(connected);
+      const stride = connected ? 1 : 3;
+      for (let i = 0; i < batch.length; i += stride) {
+        batcher.add(batch[i] as Uint8Array, batch[i + 1] as number, batch[i + 2] as string);
+      }
+      const count = batcher.size;
+      return count - batcher.flush(socket);
+    },
+  },
+];
+
+/**
+ * Waits (bounded) for `count` datagrams, then returns the first bytes of what arrived, sorted (a
+ * retried datagram may overtake others), for one clear assertion.
+ */
+async function arrivals(received: Uint8Array[], count: number): Promise<number[]> {
+  await waitFor(() => received.length >= count, `${count} datagrams`, 2_000).catch(() => {});
+  await sleep(20); // a late duplicate, if any, would show
+  return received.map((d) => d[0]).sort((a, b) => a - b);
+}
+
 for (const transport of availableTransports()) {
   describe(`${transport.name} transport: batched UDP sends`, () => {
     it("sendMany (when offered) sends every datagram of a batch, in order, views honoured", BOUNDED, async (t) => {
@@ -115,6 +170,135 @@ for (const transport of availableTransports()) {
         target.socket.close();
       }
     });
+
+    // Issue 12: on Bun (IP_RECVERR) the ICMP port unreachable a vanished client draws becomes a
+    // pending socket error, which the kernel returns from the NEXT send whatever its destination.
+    // That error is nobody's fault: the datagram it was returned for must still go out.
+    for (const path of sendPaths) {
+      it(
+        `a vanished client's ICMP errors cost a live client none of its datagrams (${path.name}, one interleaved batch)`,
+        BOUNDED,
+        async (t) => {
+          const live = await sink(transport);
+          const gone = await vanishedPort(transport);
+          const errors: Error[] = [];
+          const client = await transport.bindUdp({
+            host: V4,
+            port: 0,
+            onDatagram: () => {},
+            onError: (e) => errors.push(e),
+          });
+          try {
+            if (path.name === "sendMany" && !client.sendMany)
+              return t.skip(`the ${transport.name} transport has no sendMany`);
+            const batch: Batch = [];
+            for (let i = 0; i < 10; i++) batch.push(bytes(i), live.socket.port, V4, bytes(100 + i), gone, V4);
+            const sent = path.send(client, batch, false);
+            const got = await arrivals(live.received, 10);
+            assert.deepEqual(
+              got,
+              [0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
+              `the live client got ${got.length} of its 10 datagrams`,
+            );
+            assert.equal(sent, 20, "all 20 datagrams left (an ICMP error is no datagram's failure)");
+            await sleep(50);
+            // Each ICMP error is reported at most once, and none of them is charged to the live client.
+            assert.ok(errors.length <= 10, `${errors.length} errors reported for 10 datagrams to the vanished client`);
+          } finally {
+            client.close();
+            live.socket.close();
+          }
+        },
+      );
+
+      it(`an ICMP error already pending costs the next batch nothing (${path.name})`, BOUNDED, async (t) => {
+        const live = await sink(transport);
+        const gone = await vanishedPort(transport);
+        const errors: Error[] = [];
+        const client = await transport.bindUdp({
+          host: V4,
+          port: 0,
+          onDatagram: () => {},
+          onError: (e) => errors.push(e),
+        });
+        try {
+          if (path.name === "sendMany" && !client.sendMany)
+            return t.skip(`the ${transport.name} transport has no sendMany`);
+          assert.equal(client.send(bytes(99), gone, V4), true, "the datagram to the vanished client left");
+          // Same tick: on loopback its ICMP error is already pending on the socket.
+          const batch: Batch = [];
+          for (let i = 0; i < 10; i++) batch.push(bytes(i), live.socket.port, V4);
+          const sent = path.send(client, batch, false);
+          const got = await arrivals(live.received, 10);
+          assert.deepEqual(
+            got,
+            [0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
+            `the live client got ${got.length} of its 10 datagrams`,
+          );
+          assert.equal(sent, 10, "all 10 left");
+          await sleep(50);
+          assert.ok(errors.length <= 1, `${errors.length} errors reported for one datagram to the vanished client`);
+        } finally {
+          client.close();
+          live.socket.close();
+        }
+      });
+
+      it(
+        `a connected socket whose peer came back loses nothing to the ICMP error of a datagram sent while it was away (${path.name})`,
+        BOUNDED,
+        async (t) => {
+          const errors: Error[] = [];
+          // The peer's port: free now, bound again below (another process could take it in between:
+          // then try another).
+          for (let attempt = 0; ; attempt++) {
+            const port = await vanishedPort(transport);
+            const client = await transport.bindUdp({
+              host: V4,
+              port: 0,
+              connect: { host: V4, port },
+              onDatagram: () => {},
+              onError: (e) => errors.push(e),
+            });
+            let back: Awaited<ReturnType<typeof sink>> | undefined;
+            try {
+              if (path.name === "sendMany" && !client.sendMany)
+                return t.skip(`the ${transport.name} transport has no sendMany`);
+              assert.equal(client.send(bytes(99)), true, "the datagram to the absent peer left");
+              const received: Uint8Array[] = [];
+              try {
+                const socket = await transport.bindUdp({
+                  host: V4,
+                  port,
+                  onDatagram: (d) => received.push(new Uint8Array(d)),
+                  onError: () => {},
+                });
+                back = { socket, received };
+              } catch (error) {
+                if (attempt < 5) continue; // the port was taken meanwhile
+                throw error;
+              }
+              const batch: Batch = [];
+              for (let i = 0; i < 10; i++) batch.push(bytes(i));
+              const sent = path.send(client, batch, true);
+              const got = await arrivals(back.received, 10);
+              assert.deepEqual(
+                got,
+                [0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
+                `the peer got ${got.length} of the 10 datagrams sent once it was back`,
+              );
+              assert.equal(sent, 10, "all 10 left");
+              await sleep(50);
+              assert.ok(errors.length <= 1, `${errors.length} errors reported for one datagram to the absent peer`);
+              return;
+            } finally {
+              client.close();
+              back?.socket.close();
+            }
+          }
+        },
+      );
+    }
 
     for (const fallback of [false, true]) {
       it(

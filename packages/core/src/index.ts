@@ -7,6 +7,7 @@ export { nodeCrypto } from "./crypto.js";
 export { type Dialer, PeerKeyChecker } from "./dialer.js";
 export { MachineDriver, now } from "./driver.js";
 export { messageOf, UserError } from "./errors.js";
+export { readUdpSocketStats, readUdpSocketStatsAsync, type UdpSocketStats } from "./kernel-drops.js";
 export {
   FlowSockets,
   type FlowSocketEvents,
@@ -64,4 +65,5 @@ export {
   type AdmissionVerdict,
 } from "./trust.js";
 export { UdpBatcher } from "./udp-batch.js";
+export { isPendingSocketError, MAX_UDP_SEND_ATTEMPTS, udpPayloadLimit } from "./udp-errors.js";
 export { type CertificateSpec, createCertificate } from "./x509.js";

@@ -20,15 +20,20 @@ export interface UdpSocketOptions {
    */
   onDatagram(data: Uint8Array, address: string, port: number): void;
   /**
-   * A send failed after send() had returned true (an asynchronous failure), or an ICMP error arrived
-   * (e.g. ECONNREFUSED on a connected socket whose target port is closed). A send() that returns
-   * false is not reported again here. The socket stays open and usable.
+   * Something went wrong that no return value reported, each thing once:
+   * - a send failed after send() had returned true (an asynchronous failure: node:dgram);
+   * - an ICMP error arrived for a datagram sent earlier (port unreachable: ECONNREFUSED, host
+   *   unreachable...): on a connected socket, and on any socket where the runtime asks the kernel
+   *   for them (Bun sets IP_RECVERR). It concerns that earlier datagram's destination, and is
+   *   reported once whether the kernel handed it to a receive or to a later send (see send()).
+   * A send() that returned false, or a datagram sendMany did not count, is not reported again here.
+   * The socket stays open and usable.
    */
   onError(error: Error): void;
   /**
    * Requested size in bytes of the kernel's receive and send buffers (SO_RCVBUF/SO_SNDBUF), for
    * bursts. Best effort: the kernel caps it (net.core.rmem_max/wmem_max), and a runtime that cannot
-   * set it (Bun.udpSocket has no such option) keeps the system default.
+   * set it keeps the system default. UdpSocket.bufferBytes tells what the socket got.
    */
   bufferBytes?: number;
 }
@@ -44,17 +49,35 @@ export interface UdpSocket {
   readonly address: string;
   readonly port: number;
   /**
+   * Optional: the kernel's receive and send buffer sizes for this socket, as getsockopt
+   * (SO_RCVBUF/SO_SNDBUF) reports them, read when accessed; undefined when the runtime cannot tell
+   * (or the socket is closed). This is what a burst can fill: Linux doubles the size set (half is
+   * accounted as bookkeeping) and caps the request at net.core.rmem_max/wmem_max first, so a 2 MiB
+   * request reads 4 MiB where rmem_max allows it, and 425,984 (2 x 212,992) on a host left at the
+   * usual default; an untouched socket reads net.core.rmem_default/wmem_default. Compare with the
+   * requested `bufferBytes` to warn that the kernel did not grant it (receive < requested).
+   */
+  readonly bufferBytes?: { receive: number; send: number };
+  /**
    * Sends one datagram, to `address`:`port`, or to the connected peer when both are omitted.
-   * Returns false when it was dropped (kernel buffer full, socket closed); never throws.
+   * Returns false when this datagram was dropped on its own account: too large, an address of the
+   * wrong family or invalid, kernel buffer full, socket closed; never throws.
+   * A socket's pending error that the kernel returns from this send (an ICMP error an earlier
+   * datagram drew, possibly to another destination: see udp-errors.ts) is not this datagram's
+   * failure: the transport sends it again (a bounded number of times) and the error goes to
+   * onError once, as the earlier datagram's, never as a false return.
    * The caller must not modify `data` afterwards: a transport may send it later (Node's dgram does),
    * and copying every datagram to allow reuse would cost the hot path an allocation.
    */
   send(data: Uint8Array, port?: number, address?: string): boolean;
   /**
    * Optional: sends a batch of datagrams with as few system calls as the runtime allows (Bun: one
-   * sendmmsg). A datagram that fails does not stop the ones after it. Returns how many were sent
-   * (the rest are dropped, as with a false send()) and, when `failed` is given, appends the index
-   * (0-based, in datagrams) of each one that was not; never throws; same ownership rule as send().
+   * sendmmsg). Returns how many were sent and, when `failed` is given, appends the index (0-based,
+   * in datagrams) of each one that was not; never throws; same ownership rule as send(). Each datagram
+   * not sent was dropped on its own account, exactly as if send() had returned false for it: when the
+   * kernel refuses datagram i, only i is concerned (the ones after it are still sent), and if the
+   * refusal was a pending socket error, not even i (it is sent again, as send() does). So a batch's
+   * count never hides an error elsewhere, and an error never costs other datagrams.
    * Callers without it loop over send().
    */
   sendMany?(batch: UdpBatch, failed?: number[]): number;

@@ -26,7 +26,8 @@ export class UdpBatcher<R = unknown> {
 
   /**
    * Sends everything added since the last flush (nothing is kept, whatever happens), tells `onFailed`
-   * of each datagram that was not sent (its reference and size), and returns how many were not.
+   * of each datagram that was not sent (its reference and size), and returns how many were not: each
+   * on its own account (a socket's pending ICMP error is retried by the transport, never counted here).
    */
   flush(socket: UdpSocket | undefined, onFailed?: (ref: R, size: number) => void): number {
     const { batch, refs, failed } = this;

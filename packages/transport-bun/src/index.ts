@@ -8,11 +8,23 @@
  * - UDP `error` handlers are called as `error.call(socket, err)` (one argument), not `(socket, err)`
  *   as bun-types declares; without any handler, an ICMP error on a connected socket (ECONNREFUSED,
  *   reported from the error queue) is thrown as an uncaught error and ends the process.
- * - UDP `send` throws synchronously (EMSGSIZE, EAFNOSUPPORT, invalid address, closed socket); an
- *   EMSGSIZE is also reported again later through the `error` handler.
- * - UDP `sendMany` sends the whole batch with one sendmmsg. It throws, having sent nothing, when an
- *   argument is invalid (address, port, closed socket); when the kernel refuses datagram i (EMSGSIZE,
- *   EAFNOSUPPORT, EAGAIN) it returns i: the ones before were sent, the rest were not tried.
+ * - UDP sockets get IP_RECVERR (and IPV6_RECVERR on IPv6 ones); Bun reads the error queue and calls
+ *   `error` once per queued error, with `errqueue: true` and `syscall: "recv"` but no origin.
+ *   Consequence: an ICMP error (port unreachable from a client that left) also becomes the socket's
+ *   pending error, which the kernel returns from the NEXT send whatever its destination, even on an
+ *   unconnected socket (see core's udp-errors.ts). The adapter retries such a datagram.
+ * - UDP `send` throws synchronously: TypeError ERR_INVALID_ARG_TYPE (invalid address, port 0), a
+ *   plain "Socket is closed", or a syscall error (code, errno, `syscall: "send"`): EMSGSIZE,
+ *   EAFNOSUPPORT, or a pending ICMP error (ECONNREFUSED...). A local EMSGSIZE is also queued on the
+ *   error queue and so reported again through `error` (swallowed here: counted once).
+ * - UDP `sendMany` sends the whole batch with one sendmmsg (more than ~200 datagrams: several, same
+ *   semantics). It throws, having sent nothing, when an argument is invalid (TypeError) or when the
+ *   kernel refuses the first datagram (a syscall error); when the kernel refuses datagram i > 0
+ *   (EMSGSIZE, EAFNOSUPPORT, EAGAIN, a pending ICMP error) it returns i, without saying why: the
+ *   ones before were sent, the rest were not tried.
+ * - Bun.udpSocket has no buffer-size option, but exposes its descriptor as `fd` (undeclared in
+ *   bun-types); libc's setsockopt(SO_RCVBUF/SO_SNDBUF) through bun:ffi on it works (`ss -uam`:
+ *   rb212992 before, rb4194304 after asking for 2 MiB). Bun's node:dgram sets them natively.
  * - TCP `socket.write` is unbuffered: it returns how many bytes the kernel took and drops the rest.
  * - TCP `socket.end()` shuts down and closes the socket at once, firing `close` synchronously inside
  *   the call; bytes already accepted by the kernel are still delivered.
@@ -21,10 +33,13 @@
  *   socket closes by itself. With `rejectUnauthorized: false`, `socket.authorized` still tells whether
  *   the chain and name verified against `ca`. `socket.timeout(s)` fires on a 4 s tick.
  */
+import { readFileSync } from "node:fs";
 import {
   type ConnectOptions,
   DEFAULT_TLS_HANDSHAKE_TIMEOUT_MS,
+  isPendingSocketError,
   type ListenOptions,
+  MAX_UDP_SEND_ATTEMPTS,
   type TcpConnection,
   type TcpHandlers,
   type TcpServer,
@@ -34,6 +49,7 @@ import {
   type UdpBatch,
   type UdpSocket,
   type UdpSocketOptions,
+  udpPayloadLimit,
 } from "@mcudpt/core";
 
 type BunTcpSocket = import("bun").Socket<BunTcpConnection | undefined>;
@@ -42,7 +58,109 @@ function asError(value: unknown): Error {
   return value instanceof Error ? value : new Error(String(value));
 }
 
+/** Kernel buffer sizes as getsockopt reports them (see UdpSocket.bufferBytes). */
+interface BufferSizes {
+  receive: number;
+  send: number;
+}
+
+/**
+ * SO_RCVBUF/SO_SNDBUF through bun:ffi: Bun.udpSocket has no buffer option (Bun 1.4.5), but it
+ * exposes its descriptor (`fd`), and setsockopt/getsockopt on it from libc do the rest.
+ */
+interface SocketBuffers {
+  set(fd: number, bytes: number): void;
+  get(fd: number): BufferSizes | undefined;
+}
+
+/** SOL_SOCKET, SO_SNDBUF, SO_RCVBUF and where libc lives, per platform. */
+const SOCKOPT: Partial<Record<NodeJS.Platform, { level: number; snd: number; rcv: number; libc: string[] }>> = {
+  linux: {
+    level: 1,
+    snd: 7,
+    rcv: 8,
+    libc: ["libc.so.6", "libc.so", "libc.musl-x86_64.so.1", "libc.musl-aarch64.so.1"],
+  },
+  darwin: { level: 0xffff, snd: 0x1001, rcv: 0x1002, libc: ["libc.dylib", "/usr/lib/libSystem.B.dylib"] },
+  freebsd: { level: 0xffff, snd: 0x1001, rcv: 0x1002, libc: ["libc.so.7"] },
+};
+
+let socketBuffers: Promise<SocketBuffers | undefined> | undefined;
+/** The same once loaded, for sockets that asked for nothing (read synchronously). */
+let loadedSocketBuffers: SocketBuffers | undefined;
+
+/** Loads libc's setsockopt/getsockopt once; undefined where that is impossible (then: defaults). */
+function loadSocketBuffers(): Promise<SocketBuffers | undefined> {
+  socketBuffers ??= (async () => {
+    const opt = SOCKOPT[process.platform];
+    if (!opt) return undefined;
+    try {
+      const { dlopen, FFIType } = await import("bun:ffi");
+      const symbols = {
+        setsockopt: { args: [FFIType.i32, FFIType.i32, FFIType.i32, FFIType.ptr, FFIType.u32], returns: FFIType.i32 },
+        getsockopt: { args: [FFIType.i32, FFIType.i32, FFIType.i32, FFIType.ptr, FFIType.ptr], returns: FFIType.i32 },
+      } as const;
+      let lib: ReturnType<typeof dlopen<typeof symbols>> | undefined;
+      for (const name of opt.libc) {
+        try {
+          lib = dlopen(name, symbols);
+          break;
+        } catch {}
+      }
+      if (!lib) return undefined;
+      const { setsockopt, getsockopt } = lib.symbols;
+      const value = new Int32Array(1);
+      const length = new Uint32Array(1);
+      const read = (fd: number, name: number): number | undefined => {
+        length[0] = 4;
+        return getsockopt(fd, opt.level, name, value, length) === 0 ? value[0] : undefined;
+      };
+      return (loadedSocketBuffers = {
+        set(fd, bytes) {
+          // The kernel caps these at net.core.rmem_max/wmem_max rather than failing.
+          value[0] = Math.min(bytes, 0x7fffffff);
+          setsockopt(fd, opt.level, opt.rcv, value, 4);
+          value[0] = Math.min(bytes, 0x7fffffff);
+          setsockopt(fd, opt.level, opt.snd, value, 4);
+        },
+        get(fd) {
+          const receive = read(fd, opt.rcv);
+          const send = read(fd, opt.snd);
+          return receive === undefined || send === undefined ? undefined : { receive, send };
+        },
+      });
+    } catch {
+      return undefined; // no bun:ffi in this build
+    }
+  })();
+  return socketBuffers;
+}
+
+/** What a socket nobody resized has on Linux: the system defaults (net.core.rmem_default/wmem_default). */
+function defaultBufferSizes(): BufferSizes | undefined {
+  try {
+    const read = (name: string) => Number(readFileSync(`/proc/sys/net/core/${name}`, "latin1").trim());
+    const sizes = { receive: read("rmem_default"), send: read("wmem_default") };
+    return sizes.receive > 0 && sizes.send > 0 ? sizes : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** A syscall's failure as Bun throws it (code, errno, syscall), as opposed to an argument error. */
+function isSyscallError(error: unknown): error is Error & { code: string } {
+  const e = error as { code?: unknown; syscall?: unknown } | null;
+  return typeof e?.code === "string" && typeof e.syscall === "string";
+}
+
 async function bindUdp(options: UdpSocketOptions): Promise<UdpSocket> {
+  /**
+   * Local EMSGSIZE failures (a datagram larger than UDP allows) already reported as a failed send:
+   * the kernel also queues each one on the error queue (IP_RECVERR), which Bun reports again through
+   * `error` as an EMSGSIZE with `errqueue: true`. That echo is swallowed, so one lost datagram counts
+   * once. An EMSGSIZE from the network (ICMP fragmentation needed) is not owed and is reported.
+   */
+  let owedLocalErrors = 0;
   const handler = {
     data(_socket: unknown, data: Uint8Array, port: number, address: string) {
       options.onDatagram(data, address, port);
@@ -50,7 +168,13 @@ async function bindUdp(options: UdpSocketOptions): Promise<UdpSocket> {
     // Mandatory: without it an ICMP error kills the process. Bun passes the error as the only
     // argument (see header), so take whichever argument is an Error.
     error(...args: unknown[]) {
-      options.onError(asError(args.find((a) => a instanceof Error) ?? args[args.length - 1]));
+      const error = asError(args.find((a) => a instanceof Error) ?? args[args.length - 1]);
+      const queued = (error as { errqueue?: unknown }).errqueue === true;
+      if (queued && owedLocalErrors > 0 && (error as { code?: unknown }).code === "EMSGSIZE") {
+        owedLocalErrors--;
+        return;
+      }
+      options.onError(error);
     },
   };
   const common = { hostname: options.host, port: options.port, binaryType: "uint8array" as const };
@@ -62,32 +186,52 @@ async function bindUdp(options: UdpSocketOptions): Promise<UdpSocket> {
         socket: handler,
       })
     : await Bun.udpSocket({ ...common, socket: handler });
+  // Resized before any datagram can arrive: the data handler runs on a later turn of the loop.
+  const buffers = options.bufferBytes ? await loadSocketBuffers() : undefined;
+  /** Bun.udpSocket exposes its descriptor (bun-types does not declare it). */
+  const fd = (socket as unknown as { fd: number }).fd;
+  if (options.bufferBytes) buffers?.set(fd, options.bufferBytes);
   const connected = options.connect !== undefined;
+  const peerLimit = connected ? udpPayloadLimit(options.connect?.host ?? "") : 0;
   /** Batch entries per datagram: data, or data, port, address. */
   const stride = connected ? 1 : 3;
   let closed = false;
 
+  /** Larger than UDP allows toward its destination: refused on its own account, never retried. */
+  const tooLarge = (data: Uint8Array, address?: string): boolean =>
+    data.byteLength > (connected ? peerLimit : udpPayloadLimit(address ?? ""));
+
   const send = (data: Uint8Array, port?: number, address?: string): boolean => {
     if (closed) return false;
-    try {
-      // Bun sends exactly the view's bytes (byteOffset/byteLength honoured) and synchronously,
-      // so no reference to `data` outlives the call. A connected socket always sends to its peer.
-      return connected
-        ? (socket as import("bun").udp.ConnectedSocket<"uint8array">).send(data)
-        : (socket as import("bun").udp.Socket<"uint8array">).send(data, port as number, address as string);
-    } catch (error) {
-      // The contract: never throw; a false return is this datagram's failure report (onError is
-      // for failures learned later), so a lost datagram is counted once.
-      void error;
-      return false;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        // Bun sends exactly the view's bytes (byteOffset/byteLength honoured) and synchronously,
+        // so no reference to `data` outlives the call. A connected socket always sends to its peer.
+        return connected
+          ? (socket as import("bun").udp.ConnectedSocket<"uint8array">).send(data)
+          : (socket as import("bun").udp.Socket<"uint8array">).send(data, port as number, address as string);
+      } catch (error) {
+        // The contract: never throw; a false return is this datagram's failure report (onError is
+        // for failures learned later), so a lost datagram is counted once.
+        if (!isSyscallError(error)) return false;
+        if (tooLarge(data, address)) {
+          if (error.code === "EMSGSIZE") owedLocalErrors++;
+          return false;
+        }
+        // A pending socket error (an ICMP error some earlier datagram drew) is nobody's fault: the
+        // failed attempt cleared it, so go again. It is reported once, by Bun, from the error queue.
+        if (attempt < MAX_UDP_SEND_ATTEMPTS && isPendingSocketError(error)) continue;
+        return false;
+      }
     }
   };
 
   /** Sends datagrams from..end of `batch` one by one (after sendMany refused the batch). */
-  const sendEach = (batch: UdpBatch, from: number): number => {
+  const sendEach = (batch: UdpBatch, from: number, failed: number[] | undefined): number => {
     let sent = 0;
     for (let i = from; i < batch.length; i += stride) {
       if (send(batch[i] as Uint8Array, batch[i + 1] as number, batch[i + 2] as string)) sent++;
+      else failed?.push(i / stride);
     }
     return sent;
   };
@@ -95,9 +239,19 @@ async function bindUdp(options: UdpSocketOptions): Promise<UdpSocket> {
   return {
     address: socket.address.address,
     port: socket.port,
+    get bufferBytes() {
+      if (closed) return undefined;
+      // Read when asked (never on the hot path). Without libc access a socket is at the defaults,
+      // unless it asked for more, which then could not be set: the defaults are the honest answer.
+      const reader = buffers ?? loadedSocketBuffers;
+      return reader ? reader.get(fd) : defaultBufferSizes();
+    },
     send,
-    sendMany(batch) {
-      if (closed) return 0;
+    sendMany(batch, failed) {
+      if (closed) {
+        if (failed) for (let i = 0; i < batch.length / stride; i++) failed.push(i);
+        return 0;
+      }
       let sent = 0;
       let from = 0; // index into `batch` of the first datagram not yet tried
       while (from < batch.length) {
@@ -105,13 +259,26 @@ async function bindUdp(options: UdpSocketOptions): Promise<UdpSocket> {
         try {
           // Slicing only after a failure: the common case hands Bun the caller's array as is.
           n = socket.sendMany((from === 0 ? batch : batch.slice(from)) as never);
-        } catch {
+        } catch (error) {
           // An invalid argument somewhere, nothing sent: one by one, each failure on its own.
-          return sent + sendEach(batch, from);
+          if (!isSyscallError(error)) return sent + sendEach(batch, from, failed);
+          n = 0; // the kernel refused the first datagram
         }
         sent += n;
-        // Datagram n was refused (too large, wrong family, buffer full): drop it, go on after it.
-        from += (n + 1) * stride;
+        from += n * stride;
+        if (from >= batch.length) break;
+        // Datagram `from` was refused, for a reason sendmmsg does not tell: too large, wrong family,
+        // buffer full, or a pending socket error that is not its fault at all (see udp-errors.ts).
+        // It decides alone: once more through send(), which retries pending errors and counts the
+        // rest as its own failure. Then the batch goes on after it.
+        const data = batch[from] as Uint8Array;
+        const address = batch[from + 2] as string;
+        if (tooLarge(data, address)) {
+          owedLocalErrors++; // refused already, and queued for `error`
+          failed?.push(from / stride);
+        } else if (send(data, batch[from + 1] as number, address)) sent++;
+        else failed?.push(from / stride);
+        from += stride;
       }
       return sent;
     },

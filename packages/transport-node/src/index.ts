@@ -25,7 +25,9 @@ import tls from "node:tls";
 import {
   type ConnectOptions,
   DEFAULT_TLS_HANDSHAKE_TIMEOUT_MS,
+  isPendingSocketError,
   type ListenOptions,
+  MAX_UDP_SEND_ATTEMPTS,
   type TcpConnection,
   type TcpHandlers,
   type TcpServer,
@@ -34,6 +36,7 @@ import {
   tlsHandshakeFailed,
   type UdpSocket,
   type UdpSocketOptions,
+  udpPayloadLimit,
 } from "@mcudpt/core";
 
 /**
@@ -41,6 +44,9 @@ import {
  * sends, send() drops and returns false, as a full kernel buffer would.
  */
 const MAX_PENDING_DATAGRAMS = 1024;
+
+/** Running on Bun's Node compatibility layer (its node:dgram is built on Bun.udpSocket). */
+const ON_BUN = typeof process.versions.bun === "string";
 
 /**
  * Runs `start` and settles on its callback or the emitter's first 'error', whichever comes first;
@@ -96,34 +102,77 @@ async function bindUdp(options: UdpSocketOptions): Promise<UdpSocket> {
       socket.setSendBufferSize(options.bufferBytes);
     } catch {}
   }
-  // From here on every error (ICMP, asynchronous send failures) is reported, never thrown.
-  socket.on("error", (error) => options.onError(error));
-  socket.on("message", (data, remote) => options.onDatagram(data, remote.address, remote.port));
   const connected = options.connect !== undefined;
+  const peerLimit = connected ? udpPayloadLimit(options.connect?.host ?? "") : 0;
+  /**
+   * Who else reports a send failure (see core's udp-errors.ts). Node (libuv) sets no IP_RECVERR: an
+   * unconnected socket never learns of ICMP errors, a connected one learns of each from a receive
+   * (an 'error' event) or from the next send (its callback), never both. Bun's dgram sets IP_RECVERR
+   * and, on a connected socket only, also emits everything the error queue holds as 'error': each
+   * ICMP error, and a second report of each local EMSGSIZE.
+   */
+  const errorQueueReports = ON_BUN && connected;
+  /** Oversized datagrams sent while errorQueueReports: their error-queue echo is not reported. */
+  let owedLocalErrors = 0;
+  // From here on every error (ICMP, asynchronous send failures) is reported, never thrown.
+  socket.on("error", (error) => {
+    const queued = (error as { errqueue?: unknown }).errqueue === true;
+    if (queued && owedLocalErrors > 0 && (error as { code?: unknown }).code === "EMSGSIZE") {
+      owedLocalErrors--;
+      return;
+    }
+    options.onError(error);
+  });
+  socket.on("message", (data, remote) => options.onDatagram(data, remote.address, remote.port));
   let closed = false;
   socket.once("close", () => (closed = true));
-  const onSent = (error: Error | null) => {
-    if (error) options.onError(error);
-  };
   const local = socket.address();
+
+  /** One datagram, attempt `attempt`; false when it could not even be queued. */
+  const transmit = (data: Uint8Array, port: number | undefined, address: string | undefined, attempt: number) => {
+    if (closed || socket.getSendQueueCount() >= MAX_PENDING_DATAGRAMS) return false;
+    const own = data.byteLength > (connected ? peerLimit : udpPayloadLimit(address ?? ""));
+    // Counted before sending: the echo may come before or after the send callback.
+    if (own && errorQueueReports && attempt === 1) owedLocalErrors++;
+    // A closure per datagram, since the retry needs the datagram (dgram's callback does not say
+    // which one it is for); node:dgram allocates more than this per send anyway.
+    const onSent = (error: Error | null) => {
+      if (!error) return;
+      // A pending socket error, i.e. an ICMP error some earlier datagram drew, is not this
+      // datagram's failure: send it again, and report the error once (unless the runtime does).
+      if (!own && attempt < MAX_UDP_SEND_ATTEMPTS && isPendingSocketError(error)) {
+        if (transmit(data, port, address, attempt + 1)) {
+          if (!errorQueueReports) options.onError(error);
+          return;
+        }
+      }
+      options.onError(error);
+    };
+    try {
+      // A connected socket always sends to its peer (Node would throw if given an address).
+      if (connected || port === undefined) socket.send(data, onSent);
+      else socket.send(data, port, peer(address ?? ""), onSent);
+      return true;
+    } catch (error) {
+      // Synchronous argument errors (bad port, socket not running): never throw. The false return
+      // is the report (onError is for failures learned later), so a lost datagram counts once.
+      void error;
+      return false;
+    }
+  };
 
   return {
     address: local.address,
     port: local.port,
-    send(data, port, address) {
-      if (closed || socket.getSendQueueCount() >= MAX_PENDING_DATAGRAMS) return false;
+    get bufferBytes() {
+      if (closed) return undefined;
       try {
-        // A connected socket always sends to its peer (Node would throw if given an address).
-        if (connected || port === undefined) socket.send(data, onSent);
-        else socket.send(data, port, peer(address ?? ""), onSent);
-        return true;
-      } catch (error) {
-        // Synchronous argument errors (bad port, socket not running): never throw. The false return
-        // is the report (onError is for failures learned later), so a lost datagram counts once.
-        void error;
-        return false;
+        return { receive: socket.getRecvBufferSize(), send: socket.getSendBufferSize() };
+      } catch {
+        return undefined; // a runtime whose dgram cannot tell
       }
     },
+    send: (data, port, address) => transmit(data, port, address, 1),
     close() {
       if (closed) return;
       closed = true;

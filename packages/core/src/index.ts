@@ -17,6 +17,7 @@ export {
   verifyEd25519,
   writeKeyPair,
 } from "./keys.js";
+export { LOG_LINE_MAX, logLine, printableLine } from "./log-line.js";
 export { type Logger, RateLimitedLog, silentLogger, stderrLogger } from "./logger.js";
 export type { DialTrust, ListenTrust, OperatorQuestion } from "./peer-link.js";
 export {

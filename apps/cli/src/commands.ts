@@ -173,7 +173,7 @@ function sideOptions(args: RawArgs, ops: Operations, peer: PeerRole, listening: 
     // With an allowlist nobody is asked: unknown keys are refused.
     askOperator:
       keyMode && listening && args["authorized-keys"] === undefined
-        ? ops.holdingStatus(stdinApprover(peer))
+        ? ops.holdingStatus(stdinApprover(peer, { prompt: ops.prompt }))
         : undefined,
   };
 }

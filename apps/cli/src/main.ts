@@ -4,7 +4,7 @@
  * commands never end on network errors (they log them).
  */
 import "./no-color.js";
-import { messageOf, UserError } from "@mcudpt/core";
+import { logLine, messageOf, UserError } from "@mcudpt/core";
 import { type ArgsDef, type CommandDef, defineCommand, renderUsage, runCommand } from "citty";
 import pkg from "../package.json" with { type: "json" };
 import { receiverArgs, receiverCommand, senderArgs, senderCommand } from "./commands.js";
@@ -91,6 +91,11 @@ function checkArgs(args: string[], defs: ArgsDef): void {
   }
 }
 
+/** --log-format json on the command line: the lines written before a logger exists must be JSON too. */
+function jsonLogWanted(argv: string[]): boolean {
+  return argv.some((a, i) => a === "--log-format=json" || (a === "--log-format" && argv[i + 1] === "json"));
+}
+
 export async function main(argv: string[]): Promise<number> {
   // A closed pipe on stdout/stderr (`| head`, a restarted log collector) must not take the tunnel
   // down nor spin on reporting its own write errors: lines that cannot be written are dropped.
@@ -129,7 +134,13 @@ export async function main(argv: string[]): Promise<number> {
     );
     // --config FILE: the file's settings become flags after the typed ones (which win); see config-file.ts.
     if (name === "receiver" || name === "sender")
-      rest = withConfigFile(rest, { role: name, defs: { receiver: receiverArgs, sender: senderArgs } });
+      rest = withConfigFile(rest, { role: name, defs: { receiver: receiverArgs, sender: senderArgs } }, (line) =>
+        process.stderr.write(
+          jsonLogWanted(argv)
+            ? jsonRecord("mcudpt", `warning: ${line}`, { level: "warn" })
+            : `mcudpt: warning: ${logLine(line)}\n`,
+        ),
+      );
     await runCommand(command, { rawArgs: rest });
     return 0;
   } catch (error) {
@@ -138,8 +149,8 @@ export async function main(argv: string[]): Promise<number> {
       .replace(/\x1b\[[0-9;]*m/g, "")
       .replace(/\s*\n\s*/g, " ")}`;
     // With --log-format json the line a log collector most needs must be JSON too.
-    const json = argv.some((a, i) => a === "--log-format=json" || (a === "--log-format" && argv[i + 1] === "json"));
-    process.stderr.write(json ? jsonRecord("mcudpt", message, { level: "error" }) : `mcudpt: ${message}\n`);
+    const json = jsonLogWanted(argv);
+    process.stderr.write(json ? jsonRecord("mcudpt", message, { level: "error" }) : `mcudpt: ${logLine(message)}\n`);
     if (!known && process.env.MCUDPT_DEBUG) process.stderr.write(`${(error as Error)?.stack}\n`);
     return 2;
   }

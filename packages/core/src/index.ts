@@ -31,6 +31,7 @@ export {
   verifyEd25519,
   writeKeyPair,
 } from "./keys.js";
+export { LOG_LINE_MAX, logLine, printableLine } from "./log-line.js";
 export { type Logger, RateLimitedLog, silentLogger, stderrLogger } from "./logger.js";
 export type { AskOperator, DialTrust, ListenTrust, OperatorQuestion } from "./peer-link.js";
 export type { SideOptions } from "./role.js";

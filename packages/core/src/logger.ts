@@ -1,5 +1,10 @@
-/** One line per event on stderr. The protocol's log outputs and the runtime's own go through here. */
+/**
+ * One line per event on stderr. The protocol's log outputs and the runtime's own go through here.
+ * Every message is made one printable, bounded line (logLine): a peer's text cannot forge a line of
+ * its own, put terminal escapes on the operator's terminal, or make a multi-megabyte line.
+ */
 import type { LogLevel } from "@mcudpt/protocol";
+import { logLine } from "./log-line.js";
 
 export interface Logger {
   log(level: LogLevel, message: string): void;
@@ -7,15 +12,22 @@ export interface Logger {
 
 const ORDER: Record<LogLevel, number> = { debug: 0, info: 1, warn: 2, error: 3 };
 
-export function stderrLogger(options: { name: string; level?: LogLevel; timestamps?: boolean }): Logger {
+export function stderrLogger(options: {
+  name: string;
+  level?: LogLevel;
+  timestamps?: boolean;
+  /** Where lines go (default: process.stderr). */
+  stream?: { write(text: string): unknown };
+}): Logger {
   const min = ORDER[options.level ?? "info"];
   const timestamps = options.timestamps ?? true;
+  const name = logLine(options.name, 200);
   return {
     log(level, message) {
       if (ORDER[level] < min) return;
       const stamp = timestamps ? `${new Date().toISOString()} ` : "";
       const tag = level === "info" ? "" : `${level}: `;
-      process.stderr.write(`${stamp}${options.name}: ${tag}${message}\n`);
+      (options.stream ?? process.stderr).write(`${stamp}${name}: ${tag}${logLine(String(message))}\n`);
     },
   };
 }

@@ -6,8 +6,9 @@
 import type { Logger } from "@mcudpt/core";
 import type { LogLevel } from "@mcudpt/protocol";
 import pkg from "../../package.json" with { type: "json" };
+import { PromptLine } from "../approval.js";
 import { runtimeDescription } from "../runtime.js";
-import { makeLogger } from "./logging.js";
+import { type LogStream, makeLogger } from "./logging.js";
 import type { MetricsServer } from "./metrics.js";
 import type { Observed } from "./observe.js";
 import type { OpsOptions } from "./options.js";
@@ -18,28 +19,46 @@ export { type Observed, observeReceiver, observeSender } from "./observe.js";
 export { opsArgs, opsOptions } from "./options.js";
 
 export interface Operations {
-  /** The logger for the role: lines go above the status line when there is one. */
+  /** The logger for the role: lines go above the status line when there is one, never onto an open prompt. */
   readonly logger: Logger;
+  /** The operator's question line on stdout, which log lines and snapshots go around (see PromptLine). */
+  readonly prompt: PromptLine;
   start(observed: Observed): Promise<void>;
   /** Wraps the operator approval: no status line is drawn while a question waits for an answer. */
   holdingStatus<A extends unknown[], R>(ask: (...args: A) => Promise<R>): (...args: A) => Promise<R>;
   stop(): Promise<void>;
 }
 
-export function operations(name: string, level: LogLevel, options: OpsOptions): Operations {
-  const base = makeLogger(name, level, options.logFormat);
+export function operations(
+  name: string,
+  level: LogLevel,
+  options: OpsOptions,
+  io: {
+    /** The operator's question line (default: one on stdout). */
+    prompt?: PromptLine;
+    /** Where log lines and snapshots go (default: process.stderr). */
+    stderr?: LogStream;
+  } = {},
+): Operations {
+  const prompt = io.prompt ?? new PromptLine();
+  const stderr = io.stderr ?? process.stderr;
   let status: StatusLine | undefined;
   let metrics: MetricsServer | undefined;
   let removeSignal: (() => void) | undefined;
-  const logger: Logger = {
-    log(lineLevel, message) {
+  // Every line actually written (not those below the log level) goes above the status line and
+  // around an open operator question, never onto it.
+  const terminal: LogStream = {
+    write(text) {
       status?.clear();
-      base.log(lineLevel, message);
+      prompt.interrupt(() => stderr.write(text));
       status?.redraw();
+      return true;
     },
   };
+  const logger = makeLogger(name, level, options.logFormat, terminal);
   return {
     logger,
+    prompt,
     async start(observed) {
       if (options.metrics) {
         // Loaded on demand: a separate chunk of the bundle (see the file's comment).
@@ -56,11 +75,7 @@ export function operations(name: string, level: LogLevel, options: OpsOptions): 
         );
         logger.log("info", `metrics at ${metrics.url}`);
       }
-      removeSignal = onSnapshotSignal(observed, name, options.logFormat, (text) => {
-        status?.clear();
-        process.stderr.write(text);
-        status?.redraw();
-      });
+      removeSignal = onSnapshotSignal(observed, name, options.logFormat, (text) => terminal.write(text));
       if (StatusLine.wanted(process.stderr, options.quiet, options.logFormat)) {
         status = new StatusLine(observed, process.stderr);
         status.start();

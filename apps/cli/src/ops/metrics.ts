@@ -3,10 +3,14 @@
  * Bun). Every value is read from the machine's own counters when scraped (collect callbacks), so
  * nothing is added to the datagram path. Loaded only when --metrics is given (a separate chunk):
  * the other commands do not pay for parsing prom-client at start-up.
+ *
+ * Every label value goes through labelValue(): prom-client escapes only backslash, double quote and
+ * newline in label values, so a CR, an ESC or a U+2028 in a mapping name (or, later, anything a peer
+ * chose) would reach the scrape raw. labelValue makes it printable and bounded first.
  */
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
-import { formatHostPort, messageOf, UserError } from "@mcudpt/core";
+import { formatHostPort, logLine, messageOf, UserError } from "@mcudpt/core";
 import type { DropReason } from "@mcudpt/protocol";
 import { Counter, Gauge, Registry } from "prom-client";
 import type { MappingRow, Observed } from "./observe.js";
@@ -14,6 +18,35 @@ import type { MappingRow, Observed } from "./observe.js";
 export interface MetricsServer {
   readonly url: string;
   close(): Promise<void>;
+}
+
+/** Longest label value in a scrape, in characters: a label names something, it does not carry text. */
+export const LABEL_VALUE_MAX = 128;
+
+/** A label value as it may appear in a scrape: printable (no control or format characters), bounded. */
+export function labelValue(value: unknown): string {
+  return logLine(String(value), LABEL_VALUE_MAX);
+}
+
+/** Each value of `labels` through labelValue (label names are ours, and constant). */
+function labels<K extends string>(values: Record<K, unknown>): Record<K, string> {
+  const out = {} as Record<K, string>;
+  for (const key of Object.keys(values) as K[]) out[key] = labelValue(values[key]);
+  return out;
+}
+
+/**
+ * The mapping label of each row: labelValue of its name, made unique (two names alike in their
+ * first LABEL_VALUE_MAX characters would otherwise be summed into one series, or overwrite it).
+ */
+function mappingLabels(rows: readonly MappingRow[]): string[] {
+  const seen = new Set<string>();
+  return rows.map((row, i) => {
+    let label = labelValue(row.label);
+    if (seen.has(label)) label = `${logLine(String(row.label), LABEL_VALUE_MAX - 8)} (#${i + 1})`;
+    seen.add(label);
+    return label;
+  });
 }
 
 /** Builds the registry for one running role. `info` becomes labels of mcudpt_info. */
@@ -40,7 +73,7 @@ export function metricsRegistry(observed: Observed, info: Record<string, string>
       registers,
       collect() {
         this.reset();
-        for (const [key, value] of Object.entries(values())) this.inc({ [label]: key }, value);
+        for (const [key, value] of Object.entries(values())) this.inc(labels({ [label]: key }), value);
       },
     });
   const gauge = (name: string, help: string, value: () => number | undefined) =>
@@ -60,7 +93,7 @@ export function metricsRegistry(observed: Observed, info: Record<string, string>
     help: "Build and run-time information",
     labelNames: Object.keys(info),
     registers,
-  }).set(info, 1);
+  }).set(labels(info), 1);
   gauge("mcudpt_peer_connected", "1 while the peer (the sender, or the receiver) is connected and accepted", () =>
     observed.peerConnected() ? 1 : 0,
   );
@@ -95,7 +128,11 @@ export function metricsRegistry(observed: Observed, info: Record<string, string>
     registers,
     collect() {
       this.reset();
-      for (const row of observed.mappings()) this.set({ mapping: row.label }, row.flows);
+      const rows = observed.mappings();
+      const names = mappingLabels(rows);
+      rows.forEach((row, i) => {
+        this.set(labels({ mapping: names[i] }), row.flows);
+      });
     },
   });
   const perMapping = (name: string, help: string, pick: (row: MappingRow) => [number, number]) =>
@@ -106,11 +143,13 @@ export function metricsRegistry(observed: Observed, info: Record<string, string>
       registers,
       collect() {
         this.reset();
-        for (const row of observed.mappings()) {
+        const rows = observed.mappings();
+        const names = mappingLabels(rows);
+        rows.forEach((row, i) => {
           const [into, out] = pick(row);
-          this.inc({ mapping: row.label, direction: "in" }, into);
-          this.inc({ mapping: row.label, direction: "out" }, out);
-        }
+          this.inc(labels({ mapping: names[i], direction: "in" }), into);
+          this.inc(labels({ mapping: names[i], direction: "out" }), out);
+        });
       },
     });
   perMapping(

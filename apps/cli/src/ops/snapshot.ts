@@ -2,8 +2,10 @@
  * `kill -USR1 PID`: writes a snapshot of the totals and of every open flow to stderr (a table, or
  * one JSON object per line with --log-format json), without stopping anything. SIGUSR1 does not
  * exist on Windows; there the handler is simply not installed.
+ * Every line is one printable, bounded line (logLine; in JSON, jsonRecord does it): a client
+ * address or any other text shown cannot break the table or put escapes on the terminal.
  */
-import { now } from "@mcudpt/core";
+import { logLine, now } from "@mcudpt/core";
 import { jsonRecord, type LogFormat } from "./logging.js";
 import { type FlowRow, nonZeroDrops, type Observed } from "./observe.js";
 
@@ -26,12 +28,12 @@ export function snapshotText(observed: Observed, at = now()): string {
     );
   for (const flow of flows.slice(0, MAX_LISTED)) {
     lines.push(
-      `  ${String(flow.id).padStart(10)}  ${flow.client.padEnd(40)} ${String(flow.datagramsIn).padStart(10)} ${String(flow.bytesIn).padStart(12)} ` +
+      `  ${String(flow.id).padStart(10)}  ${logLine(flow.client, 60).padEnd(40)} ${String(flow.datagramsIn).padStart(10)} ${String(flow.bytesIn).padStart(12)} ` +
         `${String(flow.datagramsOut).padStart(10)} ${String(flow.bytesOut).padStart(12)}  ${idle(flow, at)}`,
     );
   }
   if (flows.length > MAX_LISTED) lines.push(`  ... and ${flows.length - MAX_LISTED} more flows`);
-  return `${lines.join("\n")}\n`;
+  return `${lines.map((line) => logLine(line)).join("\n")}\n`;
 }
 
 export function snapshotJson(observed: Observed, name: string, at = now()): string {

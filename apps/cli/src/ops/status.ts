@@ -3,7 +3,10 @@
  * whether the peer is connected, open flows, datagrams/s and bytes/s each way, drops by reason and
  * the keepalive round trip. Log lines go above it (the logger wrapper clears and redraws it).
  * Only ever drawn when stderr is a TTY: a pipe or a journal gets plain log lines and nothing else.
+ * The line is made printable (printableLine) before it is cut to the terminal's width: whatever text
+ * a part of it holds, it cannot move the cursor, change colours or break the line.
  */
+import { printableLine } from "@mcudpt/core";
 import { compact, nonZeroDrops, type Observed } from "./observe.js";
 
 export interface StatusStream {
@@ -88,10 +91,14 @@ export class StatusLine {
     parts.push(drops.length > 0 ? `drops ${drops.join(" ")}` : "drops 0");
     const rtt = o.stats.rttMs;
     parts.push(`rtt ${rtt === undefined ? "-" : `${rtt < 10 ? rtt.toFixed(1) : Math.round(rtt)} ms`}`);
-    const line = parts.join(" | ");
+    const line = printableLine(parts.join(" | "));
     // A line longer than the terminal would wrap, and \r would then only rewrite its last row.
     const width = (this.stream.columns || 80) - 1; // 0 on a pty without a window size
-    return line.length > width ? `${line.slice(0, Math.max(0, width - 1))}…` : line;
+    if (line.length <= width) return line;
+    let cut = Math.max(0, width - 1);
+    const unit = line.charCodeAt(cut);
+    if (cut > 0 && unit >= 0xdc00 && unit <= 0xdfff) cut--; // never half a surrogate pair
+    return `${line.slice(0, cut)}…`;
   }
 
   private sample(at: number): Sample {

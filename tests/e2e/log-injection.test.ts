@@ -183,11 +183,9 @@ for (const { format, runtime } of runs) {
       assert.equal(receiver.exit, undefined, receiver.stderr());
     });
 
-    // For the lead: passes once the protocol side quotes the reason with peerText where the message is
-    // built (endpoint.ts "closed the connection: …"). The sinks leave a peerText string unchanged.
-    it("shows the peer's reason quoted exactly as peerText makes it", {
-      todo: "protocol side: quote the CLOSE reason with peerText (issue 12 item 1, lead's part)",
-    }, () => {
+    // The protocol quotes the reason with peerText where the message is built (connections.ts); the
+    // sinks leave a peerText string unchanged.
+    it("shows the peer's reason quoted exactly as peerText makes it", () => {
       const line = about(forger)[0] ?? "";
       const shown = format === "json" ? JSON.parse(line).msg : line;
       assert.ok(shown.includes(peerText(REASON)), `${shown}\nshould include ${peerText(REASON)}`);

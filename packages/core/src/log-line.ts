@@ -16,13 +16,8 @@ import { printable } from "@mcudpt/protocol";
 /** Longest message written on one log line, in characters (before the timestamp and name). */
 export const LOG_LINE_MAX = 4096;
 
-const LONE_SURROGATE = /[\ud800-\udfff]/gu;
-
-/** `printable`, plus escapes for lone surrogates (well-formed text, whatever came in). */
-export function printableLine(text: string): string {
-  const escaped = printable(text);
-  return escaped.replace(LONE_SURROGATE, (c) => `\\u{${(c.codePointAt(0) ?? 0).toString(16)}}`);
-}
+/** The protocol's `printable` (which also escapes lone surrogates): one definition of "printable". */
+export const printableLine: (text: string) => string = printable;
 
 /**
  * One printable line of at most `max` characters, a "… (N more characters)" note included when the

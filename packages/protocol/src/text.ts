@@ -11,8 +11,9 @@
 export const PEER_TEXT_MAX = 120;
 
 // C0 and C1 controls, DEL, the Unicode line/paragraph separators, bidi embeddings/overrides/isolates,
-// zero-width characters and the BOM: everything that can break a line or make text lie about itself.
-const UNSAFE = /[\u0000-\u001f\u007f-\u009f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff\ufff9-\ufffb]/gu;
+// zero-width characters and the BOM: everything that can break a line or make text lie about itself;
+// and lone surrogates (what a careless decoder makes of invalid data), so the text is well-formed.
+const UNSAFE = /[\u0000-\u001f\u007f-\u009f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff\ufff9-\ufffb\ud800-\udfff]/gu;
 
 function escapeChar(char: string): string {
   switch (char) {

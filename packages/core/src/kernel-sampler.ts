@@ -227,6 +227,7 @@ export function kernelDropsWarning<W>(drops: KernelDrops<W>[], describe: (owner:
 
 /** 2097152 → "2 MiB", 262144 → "256 KiB", else bytes. */
 export function sizeText(bytes: number): string {
+  if (bytes >= 1024 ** 3 && bytes % 1024 ** 3 === 0) return `${bytes / 1024 ** 3} GiB`;
   if (bytes >= 1024 * 1024 && bytes % (1024 * 1024) === 0) return `${bytes / (1024 * 1024)} MiB`;
   if (bytes >= 1024 && bytes % 1024 === 0) return `${bytes / 1024} KiB`;
   return `${bytes} bytes`;

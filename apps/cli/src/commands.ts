@@ -27,6 +27,9 @@ import {
   operations,
   opsArgs,
   opsOptions,
+  receiverBufferArgs,
+  senderBufferArgs,
+  udpBufferOption,
 } from "./ops/index.js";
 import {
   address,
@@ -72,6 +75,7 @@ export const receiverArgs = {
     description: `Until a client sends a second datagram, replies to it total at most N × its bytes (anti-spoofing); 0 = off (default ${RECEIVER_DEFAULTS.amplificationLimit})`,
     valueHint: "N",
   },
+  ...receiverBufferArgs,
   ...tlsArgs,
   ...opsArgs,
 } satisfies ArgsDef;
@@ -103,6 +107,7 @@ export const senderArgs = {
     type: "boolean",
     description: "Prepend a PROXY protocol v2 header to each datagram sent to the target, so it sees the real client",
   },
+  ...senderBufferArgs,
   ...opsArgs,
 } satisfies ArgsDef;
 
@@ -215,6 +220,7 @@ export const receiverCommand = defineCommand({
     const dialing = tcp.swapped;
     const newFlowsPerSecond = limit(args, "new-flow-rate", RECEIVER_DEFAULTS.newFlowsPerSecond);
     const amplificationLimit = limit(args, "amplification-limit", RECEIVER_DEFAULTS.amplificationLimit, 10_000);
+    const udpBufferBytes = udpBufferOption(args);
     const ops = operations("mcudpt receiver", options.logLevel, opsOptions(args));
     const logger = ops.logger;
     const keyMode = !options.secret;
@@ -235,6 +241,7 @@ export const receiverCommand = defineCommand({
           config: { ...machineConfig(options), identity, newFlowsPerSecond, amplificationLimit },
           logger,
           ...side,
+          udpBufferBytes,
         }),
       (handle) => observeReceiver(handle, transport.name),
     );
@@ -253,6 +260,7 @@ export const senderCommand = defineCommand({
     const mappings = mappingsArg(rawArgs, "sender").map(({ name, address: target }) => ({ name, target }));
     const tcp = tcpSide(args, "tcp", "listen");
     const listening = tcp.swapped;
+    const udpBufferBytes = udpBufferOption(args);
     const ops = operations("mcudpt sender", options.logLevel, opsOptions(args));
     const logger = ops.logger;
     const keyMode = !options.secret;
@@ -275,6 +283,7 @@ export const senderCommand = defineCommand({
           logger,
           ...side,
           proxyProtocol: args["proxy-protocol"] === true,
+          udpBufferBytes,
         }),
       (handle) => observeSender(handle, transport.name),
     );

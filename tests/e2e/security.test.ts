@@ -283,12 +283,112 @@ describe("key authentication through the built CLI", () => {
             () => lines(receiver.stderr(), "key not accepted").length === 2,
             () => `the receiver logs both refusals\n${receiver.stderr()}`,
           );
+          // The peer is told a short reason; the sender's file and line stay in the sender's log (issue 18.5).
+          assert.ok(
+            !receiver.stderr().includes(knownReceivers),
+            `no local path told to the peer:\n${receiver.stderr()}`,
+          );
+          assert.ok(!receiver.stderr().includes(dir), `no local path told to the peer:\n${receiver.stderr()}`);
         } finally {
           await stop(receiver);
           echo.close();
         }
       },
     );
+  }
+
+  // Issue 17: the dialer checks the acceptor's key at its HELLO, before AUTH, so an impostor's
+  // operator is never asked about a dialer that will refuse it anyway.
+  for (const [acceptorRt, dialerRt] of PAIRS) {
+    for (const direction of ["-R", "-L"] as const) {
+      const [acceptorRole, dialerRole] = direction === "-R" ? ["receiver", "sender"] : ["sender", "receiver"];
+      it(
+        `${direction}: a ${dialerRole} (${dialerRt}) pinned to another key refuses the ${acceptorRole} (${acceptorRt}) at its HELLO: exit 1, nobody asked`,
+        TIMEOUT,
+        async () => {
+          const dir = tempDir();
+          const acceptorKey = makeKey(dir, acceptorRole);
+          const dialerKey = makeKey(dir, dialerRole);
+          const pinned = makeKey(dir, "pinned");
+          const echo = await startEcho();
+          let received = 0;
+          echo.on("message", () => received++);
+          const udp = await freePort("udp");
+          const tcp = await freePort("tcp");
+          const target = `127.0.0.1:${echo.address().port}`;
+          // No --authorized-keys and stdin open: an unknown key would be asked about at this terminal.
+          const acceptor =
+            direction === "-R"
+              ? startCli(acceptorRt, [
+                  "receiver",
+                  "--udp",
+                  `127.0.0.1:${udp}`,
+                  "--tcp",
+                  `127.0.0.1:${tcp}`,
+                  "--key",
+                  acceptorKey.path,
+                ])
+              : startCli(acceptorRt, [
+                  "sender",
+                  "--udp",
+                  target,
+                  "--listen",
+                  `127.0.0.1:${tcp}`,
+                  "--key",
+                  acceptorKey.path,
+                ]);
+          try {
+            await eventually(
+              () => /receiver listening|listening for the receiver/.test(acceptor.stderr()),
+              () => `${acceptorRole} up\n${acceptor.stderr()}`,
+            );
+            const started = Date.now();
+            const dialer =
+              direction === "-R"
+                ? startCli(dialerRt, [
+                    "sender",
+                    "--udp",
+                    target,
+                    "--tcp",
+                    `127.0.0.1:${tcp}`,
+                    "--key",
+                    dialerKey.path,
+                    "--receiver-key",
+                    pinned.fingerprint,
+                  ])
+                : startCli(dialerRt, [
+                    "receiver",
+                    "--udp",
+                    `127.0.0.1:${udp}`,
+                    "--connect",
+                    `127.0.0.1:${tcp}`,
+                    "--key",
+                    dialerKey.path,
+                    "--sender-key",
+                    pinned.fingerprint,
+                  ]);
+            assert.equal(await exitCode(dialer), 1, dialer.stderr());
+            const tookMs = Date.now() - started;
+            const errors = lines(dialer.stderr(), "error:");
+            assert.equal(errors.length, 1, dialer.stderr());
+            assert.ok(errors[0].includes(acceptorKey.fingerprint) && errors[0].includes(pinned.fingerprint), errors[0]);
+            await eventually(
+              () =>
+                lines(acceptor.stderr(), `the ${dialerRole} at 127.0.0.1:`).some((l) =>
+                  l.includes("refused this side"),
+                ),
+              () => `the ${acceptorRole} logs the peer's refusal as the peer's\n${acceptor.stderr()}`,
+            );
+            assert.equal(acceptor.stdout().includes("Accept?"), false, `nobody asked: ${acceptor.stdout()}`);
+            assert.equal(received, 0, "nothing forwarded");
+            console.log(`# ${direction} ${dialerRt} dialer refused the key at HELLO and exited 1 in ${tookMs} ms`);
+          } finally {
+            await stop(acceptor);
+            echo.close();
+          }
+        },
+      );
+    }
   }
 
   it("a changed receiver key is reported in exactly one line", async () => {

@@ -4,7 +4,7 @@
  */
 import { readFileSync } from "node:fs";
 import { type HostPort, messageOf, parseHostPort, UserError } from "@mcudpt/core";
-import { DEFAULTS, type LogLevel } from "@mcudpt/protocol";
+import { DEFAULTS, type LogLevel, MAX_MAPPING_NAME, MAX_MAPPINGS } from "@mcudpt/protocol";
 import type { ArgsDef } from "citty";
 import type { TransportChoice } from "./runtime.js";
 
@@ -151,8 +151,8 @@ export function repeated(rawArgs: readonly string[], name: string): string[] {
   return values;
 }
 
-const MAPPING_NAME = /^[A-Za-z][A-Za-z0-9_.-]{0,31}$/;
-const MAX_MAPPINGS = 32;
+/** The CLI's names are a safe subset of what the protocol carries (MAX_MAPPING_NAME bytes of UTF-8). */
+const MAPPING_NAME = new RegExp(`^[A-Za-z][A-Za-z0-9_.-]{0,${MAX_MAPPING_NAME - 1}}$`);
 
 /**
  * The --udp mappings: `[NAME=][HOST]:PORT`, one per --udp (default :1937, the original's). Names pair
@@ -173,7 +173,7 @@ export function mappingsArg(
     if (name !== undefined) {
       if (!MAPPING_NAME.test(name)) {
         throw new UserError(
-          `--udp ${text}: mapping name "${name}" must be a letter then up to 31 letters, digits, "_", "." or "-"`,
+          `--udp ${text}: mapping name "${name}" must be a letter then up to ${MAX_MAPPING_NAME - 1} letters, digits, "_", "." or "-"`,
         );
       }
       if (names.has(name)) throw new UserError(`--udp: mapping name "${name}" given twice`);

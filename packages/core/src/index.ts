@@ -36,7 +36,13 @@ export {
   pemFingerprint,
 } from "./tls.js";
 export type { ReceiverTlsOptions, SenderTlsOptions } from "./tls-peer.js";
-export { DEFAULT_TLS_HANDSHAKE_TIMEOUT_MS, tlsCertificateRefused, tlsHandshakeFailed } from "./tls-transport.js";
+export {
+  DEFAULT_TLS_HANDSHAKE_TIMEOUT_MS,
+  isPlaintextPeerError,
+  TLS_ONE_SIDE_HINT,
+  tlsCertificateRefused,
+  tlsHandshakeFailed,
+} from "./tls-transport.js";
 export * from "./transport.js";
 export {
   fileCertificatePins,

@@ -7,6 +7,7 @@ import { isIP } from "node:net";
 import { formatHostPort } from "./address.js";
 import type { RateLimitedLog } from "./logger.js";
 import { certificateFingerprint } from "./tls.js";
+import { TLS_ONE_SIDE_HINT } from "./tls-transport.js";
 import { type ClientTlsOptions, type ServerTlsOptions, type TcpConnection, TLS_CERT_REFUSED } from "./transport.js";
 
 export interface ReceiverTlsOptions {
@@ -39,7 +40,8 @@ export function receiverListenTls(
     handshakeTimeoutMs,
     onHandshakeError: (error, address, port) => {
       const peer = formatHostPort(address, port);
-      log.log("tls-handshake", "warn", `connection from ${peer}: ${error.message} (a sender without --tls?)`);
+      const hint = error.message.includes(TLS_ONE_SIDE_HINT) ? "" : " (a sender without --tls?)";
+      log.log("tls-handshake", "warn", `connection from ${peer}: ${error.message}${hint}`);
     },
   };
 }

@@ -152,10 +152,13 @@ describe("key authentication through the built CLI", () => {
   for (const runtime of available) {
     it(`${runtime}: keygen writes a 0600 key and its .pub, prints the ssh-keygen fingerprint, never overwrites`, () => {
       const dir = tempDir();
-      // Like ssh-keygen, a missing directory is an error, not created behind the user's back.
-      const missing = runCli(runtime, ["keygen", "--out", join(dir, "keys", "k")]);
-      assert.equal(missing.status, 2);
-      assert.match(missing.stderr, /directory .*keys does not exist/);
+      // A missing directory (a service's state directory before its first start) is made, mode 0700.
+      const nested = join(dir, "var", "lib", "mcudpt");
+      const missing = runCli(runtime, ["keygen", "--out", join(nested, "id_ed25519")]);
+      assert.equal(missing.status, 0, missing.stderr);
+      assert.match(missing.stdout, new RegExp(`^Created directory ${join(dir, "var")} \\(mode 700\\)\n`));
+      assert.equal(statSync(nested).mode & 0o777, 0o700, "new directory mode");
+      assert.equal(statSync(join(nested, "id_ed25519")).mode & 0o777, 0o600);
       const out = join(dir, "k");
       const made = runCli(runtime, ["keygen", "--out", out, "--comment", "e2e@test"]);
       assert.equal(made.status, 0, made.stderr);

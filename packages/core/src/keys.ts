@@ -47,19 +47,18 @@ export function generateKeyPair(comment: string): KeyPairFiles {
 }
 
 /**
- * Writes FILE (0600) and FILE.pub; refuses to overwrite an existing key. The directory is created
- * only when asked (mcudpt's own config dir); a mistyped --out is an error, as with ssh-keygen.
+ * Writes FILE (0600) and FILE.pub; refuses to overwrite an existing key. Missing directories are
+ * created with mode 0700 (the state directory of a service before its first start, the config dir);
+ * returns the top one it created, if any, so the caller can say so.
  */
-export function writeKeyPair(path: string, pair: KeyPairFiles, createDir = false): void {
+export function writeKeyPair(path: string, pair: KeyPairFiles): string | undefined {
   if (existsSync(path))
     throw new UserError(`${path} already exists: not overwriting a key (delete it first, or pick --out)`);
-  if (!createDir && !existsSync(dirname(path))) {
-    throw new UserError(`cannot write key ${path}: directory ${dirname(path)} does not exist`);
-  }
   try {
-    if (createDir) mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
+    const created = mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
     writeFileSync(path, pair.privateKeyPem, { mode: 0o600, flag: "wx" });
     writeFileSync(`${path}.pub`, `${pair.publicKeyLine}\n`, { mode: 0o644 });
+    return created;
   } catch (error) {
     throw new UserError(`cannot write key ${path}: ${messageOf(error)}`);
   }
@@ -107,7 +106,7 @@ export function loadOrCreateIdentity(
   onCreated: (identity: LoadedIdentity) => void,
 ): LoadedIdentity {
   if (!existsSync(path)) {
-    writeKeyPair(path, generateKeyPair(comment), true);
+    writeKeyPair(path, generateKeyPair(comment));
     const identity = loadIdentity(path);
     onCreated(identity);
     return identity;

@@ -65,7 +65,8 @@ async function localArgs(args: string[], secretFile: string): Promise<string[]> 
 
 /** Runs the CLI with `args` until it logs `ready`, then SIGTERM: the flags were all accepted. */
 async function runsWith(args: string[], ready: RegExp): Promise<void> {
-  const proc = startProc("node", [CLI, ...args]);
+  // The units' --tls makes a certificate: in a scratch config dir, never the real ~/.config.
+  const proc = startProc("node", [CLI, ...args], { env: { MCUDPT_CONFIG_DIR: mkdtempSync(join(scratch, "config-")) } });
   await eventually(
     () => ready.test(proc.stderr()) || proc.exitCode() !== undefined,
     () => proc.stderr(),

@@ -29,7 +29,7 @@ export const commonArgs = {
   },
   "max-flows": {
     type: "string",
-    description: `Most concurrent flows; past it the least recently active is evicted (default ${DEFAULTS.maxFlows})`,
+    description: `Most concurrent flows per --udp mapping (not in total); past it that mapping's least recently active flow is evicted (default ${DEFAULTS.maxFlows})`,
     valueHint: "N",
   },
   keepalive: {
@@ -53,7 +53,12 @@ export const commonArgs = {
     default: "auto",
     description: "Socket implementation: auto picks Bun's when running on Bun, Node's otherwise",
   },
-  verbose: { type: "boolean", alias: "v", description: "Log flow events too (debug level)" },
+  verbose: {
+    type: "boolean",
+    alias: "v",
+    description:
+      "Debug lines too: the runtime, each incoming TCP connection, flows the sender opens and flows the peer closes",
+  },
   quiet: { type: "boolean", alias: "q", description: "Log only warnings and errors" },
 } satisfies ArgsDef;
 

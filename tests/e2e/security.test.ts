@@ -183,6 +183,63 @@ describe("key authentication through the built CLI", () => {
   }
 
   for (const [rx, tx] of PAIRS) {
+    it(`receiver ${rx} admits sender ${tx} proving an OpenSSH key made by ssh-keygen (--key, its .pub listed)`, {
+      ...TIMEOUT,
+      skip: !has("ssh-keygen") && "no ssh-keygen",
+    }, async () => {
+      const dir = tempDir();
+      const key = join(dir, "id_ed25519");
+      const made = spawnSync("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-C", "ssh@e2e", "-f", key]);
+      assert.equal(made.status, 0, String(made.stderr));
+      assert.match(readFileSync(key, "utf8"), /^-----BEGIN OPENSSH PRIVATE KEY-----/);
+      const printed = spawnSync("ssh-keygen", ["-lf", `${key}.pub`], { encoding: "utf8" }).stdout.split(" ")[1];
+      writeFileSync(join(dir, "authorized_keys"), readFileSync(`${key}.pub`));
+      const echo = await startEcho();
+      const ports = await receiverPorts();
+      const receiver = await startReceiverCli(rx, ports, ["--authorized-keys", join(dir, "authorized_keys")]);
+      const sender = startSenderCli(tx, echo.address().port, ports, ["--key", key]);
+      try {
+        assert.equal(await udpRequest(ports.udp, "openssh key"), "openssh key");
+        assert.equal(lines(sender.stderr(), `sender key ${printed} `).length, 1, sender.stderr());
+        assert.equal(lines(receiver.stderr(), `${printed}: listed in`).length, 1, receiver.stderr());
+      } finally {
+        await stop(sender);
+        await stop(receiver);
+        echo.close();
+      }
+    });
+  }
+
+  for (const runtime of available) {
+    it(`${runtime}: a key --key cannot use is one line saying what to do (passphrase, RSA, a .pub)`, {
+      ...TIMEOUT,
+      skip: !has("ssh-keygen") && "no ssh-keygen",
+    }, () => {
+      const dir = tempDir();
+      const keygen = (name: string, args: string[]) => {
+        const made = spawnSync("ssh-keygen", ["-q", ...args, "-C", "", "-f", join(dir, name)]);
+        assert.equal(made.status, 0, String(made.stderr));
+        return join(dir, name);
+      };
+      const cases: Array<[string, RegExp]> = [
+        [
+          keygen("with-passphrase", ["-t", "ed25519", "-N", "secret words"]),
+          /protected by a passphrase.*ssh-keygen -p -N ''/,
+        ],
+        [keygen("rsa", ["-t", "rsa", "-b", "2048", "-N", ""]), /holds a key of type ssh-rsa; mcudpt uses Ed25519 keys/],
+        [`${keygen("public", ["-t", "ed25519", "-N", ""])}.pub`, /is a public key: give the private key/],
+      ];
+      for (const [file, expected] of cases) {
+        const result = runCli(runtime, ["sender", "--key", file, "--tcp", "127.0.0.1:1"]);
+        assert.equal(result.status, 2, result.stderr);
+        assert.equal(result.stderr.trim().split("\n").length, 1, result.stderr);
+        assert.match(result.stderr, expected);
+        assert.doesNotMatch(result.stderr, /OPENSSL|routines|at \w+ \(/);
+      }
+    });
+  }
+
+  for (const [rx, tx] of PAIRS) {
     it(`receiver ${rx} with --authorized-keys admits sender ${tx} without a prompt`, TIMEOUT, async () => {
       const dir = tempDir();
       const senderKey = makeKey(dir, "sender");
@@ -340,7 +397,7 @@ describe("key authentication through the built CLI", () => {
         { args: ["receiver", "--authorized-keys", join(dir, "missing")], says: /cannot read .*missing/ },
         { args: ["receiver", "--authorized-keys", garbageKeys], says: /not_keys line 1: not an "ssh-ed25519/ },
         { args: ["receiver", "--key", join(dir, "missing")], says: /cannot read key .*missing/ },
-        { args: ["receiver", "--key", `${key.path}.pub`], says: /is not a private key/ },
+        { args: ["receiver", "--key", `${key.path}.pub`], says: /is a public key: give the private key/ },
         { args: ["receiver", "--new-flow-rate", "-1"], says: /--new-flow-rate: "-1" is not a whole number/ },
         { args: ["receiver", "--amplification-limit", "lots"], says: /--amplification-limit: "lots"/ },
       ];

@@ -27,7 +27,8 @@ export const DEFAULT_KEY_NAME = "id_ed25519";
 export const keyArgs = {
   key: {
     type: "string",
-    description: "This side's Ed25519 private key (default: ~/.config/mcudpt/id_ed25519, created on first run)",
+    description:
+      "This side's Ed25519 private key: PKCS#8 PEM (mcudpt keygen) or unencrypted OpenSSH (ssh-keygen -t ed25519 -N '') (default: ~/.config/mcudpt/id_ed25519, created on first run)",
     valueHint: "FILE",
   },
 } satisfies ArgsDef;

@@ -167,7 +167,8 @@ function openSshPrivateKey(pem: string, path: string): KeyObject {
     );
   }
   const section = new SshReader(reader.bytes(), bad);
-  if (section.u32() !== section.u32()) bad(); // the two check integers: equal unless mangled
+  const check = section.u32();
+  if (section.u32() !== check) bad(); // the two check integers: equal unless mangled
   if (section.text() !== KEY_TYPE) bad();
   const publicKey = section.bytes();
   const secret = section.bytes(); // seed (32) then the public key (32)

@@ -161,7 +161,8 @@ export function stdinApprover(
       if (cancelled.aborted) {
         // The machine says why (the peer closed the connection, perhaps refusing this side's key).
         const reason = cancelled.reason;
-        const why = typeof reason === "string" ? logLine(reason, 200) : `${peerName} ${peer} went away before an answer`;
+        const why =
+          typeof reason === "string" ? logLine(reason, 200) : `${peerName} ${peer} went away before an answer`;
         prompt.end(`\n(question withdrawn: ${why})\n`);
         return false;
       }

@@ -56,7 +56,7 @@ export class ReceiverMachine extends MachineCore<ClientFlow, ReceiverOutput> {
     Object.assign(policy, <RolePolicy<ClientFlow>>{
       frame: (link, frame, now) => this.onFrame(link, frame, now),
       release: (flow) => this.flowsByKey.delete(flow.key),
-      describe: (flow) => `${flow.address}:${flow.port}`,
+      describe: (flow) => `client ${flow.address}:${flow.port}`,
     });
     const rate = config.newFlowsPerSecond ?? RECEIVER_DEFAULTS.newFlowsPerSecond;
     this.newFlowLimiter =

@@ -98,7 +98,6 @@ export class SenderMachine extends MachineCore<TargetFlow, SenderOutput> {
     this.flows.makeRoom(mappingId, now, FlowCloseReason.Evicted);
     const client = { ...frame.client };
     this.flows.add({ id: frame.flowId, mappingId, client, lastActive: now, ...zeroCounters() });
-    this.out.log("debug", `flow ${frame.flowId} opened for client ${client.address}:${client.port}`);
     this.out.push({ kind: "open-flow-socket", flowId: frame.flowId, mappingId, client });
   }
 }

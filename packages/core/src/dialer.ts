@@ -19,7 +19,12 @@ import type { TcpConnection, Transport } from "./transport.js";
 import type { PeerPins } from "./trust.js";
 
 /** CLOSE codes that mean the two sides are configured differently: a person must change one. */
-const CONFIG_MISMATCH = new Set<number>([CloseCode.AuthMismatch, CloseCode.RoleConflict, CloseCode.MappingMismatch]);
+const CONFIG_MISMATCH = new Set<number>([
+  CloseCode.AuthMismatch,
+  CloseCode.AuthFailed,
+  CloseCode.RoleConflict,
+  CloseCode.MappingMismatch,
+]);
 
 export interface DialerOptions {
   transport: Transport;

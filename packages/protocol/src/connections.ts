@@ -271,6 +271,7 @@ export class LinkTable {
       this.withdraw(link, `the ${this.io.peerName} at ${link.peer} ${peerSaid}`);
     }
     if (link.pending) this.stats.handshakeFailures++;
+    link.peerCloseCode = code;
     link.enter("close");
     this.out.push({ kind: "close-connection", conn: link.id, code, byPeer: true });
   }

@@ -121,7 +121,7 @@ describe("the launcher, re-running the CLI on Bun", { skip: !has("bun") && "no b
       assert.deepEqual(await exited(launcher), { code: 0, signal: null }, launcher.stderr());
       assert.match(launcher.stderr(), /SIGTERM: shutting down/);
       await eventually(
-        () => /closed the connection: normal \(receiver shutting down\)/.test(sender.stderr()),
+        () => /closed the connection: normal \("receiver shutting down"\)/.test(sender.stderr()),
         () => `the sender hears the receiver's goodbye\n${sender.stderr()}`,
       );
       assert.equal(alive(cli), false, "no orphaned CLI");
@@ -199,7 +199,7 @@ describe("the launcher when its package runner exits", () => {
         assert.match(runner.stderr(), /SIGTERM: shutting down/);
         assert.equal(alive(launcherPid), false);
         await eventually(
-          () => /closed the connection: normal \(receiver shutting down\)/.test(sender.stderr()),
+          () => /closed the connection: normal \("receiver shutting down"\)/.test(sender.stderr()),
           () => `the sender hears the receiver's goodbye\n${sender.stderr()}`,
         );
       } finally {

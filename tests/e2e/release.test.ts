@@ -111,7 +111,7 @@ describe("packed tarballs in an empty folder", () => {
         await run.allGone();
         assert.match(run.stderr(), /SIGTERM: shutting down/);
         await eventually(
-          () => /closed the connection: normal \(receiver shutting down\)/.test(run.sender.stderr()),
+          () => /closed the connection: normal \("receiver shutting down"\)/.test(run.sender.stderr()),
           () => run.sender.stderr(),
         );
       } finally {
@@ -131,7 +131,7 @@ describe("packed tarballs in an empty folder", () => {
         await run.allGone();
         assert.match(run.stderr(), /SIGTERM: shutting down/, `after ${signal} to bunx`);
         await eventually(
-          () => /closed the connection: normal \(receiver shutting down\)/.test(run.sender.stderr()),
+          () => /closed the connection: normal \("receiver shutting down"\)/.test(run.sender.stderr()),
           () => run.sender.stderr(),
         );
       } finally {

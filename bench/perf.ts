@@ -201,20 +201,17 @@ function ensureTools(): { hyperfine: boolean } {
 /** Builds the CLI when asked or missing, then copies it: other people may rebuild dist mid-run. */
 function snapshotCli(dir: string): { path: string; sha256: string } {
   const given = argv.find((a) => a.startsWith("--cli="))?.slice(6);
-  if (given) {
-    const path = join(dir, "mcudpt.js");
-    copyFileSync(resolve(given), path);
-    return { path, sha256: createHash("sha256").update(readFileSync(path)).digest("hex").slice(0, 16) };
-  }
-  if (argv.includes("--build") || !existsSync(DIST)) {
+  if (given === undefined && (argv.includes("--build") || !existsSync(DIST))) {
     log("building the CLI (bun run build)");
     const r = spawnSync("bun", ["run", "build"], { cwd: ROOT, stdio: "inherit", timeout: 300_000 });
     if (r.status !== 0 || !existsSync(DIST)) throw new Error("bun run build failed");
   }
-  // The bundle is split (the metrics code is a lazily loaded chunk): copy every file of dist/.
+  // The bundle is split (the metrics code is a lazily loaded chunk): copy every file of its folder
+  // (dist/, or the folder of the --cli bundle).
+  const from = dirname(given === undefined ? DIST : resolve(given));
   const hash = createHash("sha256");
-  for (const name of readdirSync(dirname(DIST)).sort()) {
-    copyFileSync(join(dirname(DIST), name), join(dir, name));
+  for (const name of readdirSync(from).sort()) {
+    copyFileSync(join(from, name), join(dir, name));
     hash.update(name).update(readFileSync(join(dir, name)));
   }
   return { path: join(dir, "mcudpt.js"), sha256: hash.digest("hex").slice(0, 16) };

@@ -1,13 +1,15 @@
 /**
  * Writes docs/cli.md from the commands' citty argument definitions, the same source `--help` renders,
- * so the two cannot disagree. `bun run docs:cli` after adding or changing a flag;
- * tests/ops/cli-docs.test.ts fails while docs/cli.md is stale. `--check` only compares.
+ * so the two cannot disagree: every command `mcudpt --help` lists is here. `bun run docs:cli` after
+ * adding or changing a flag or a command; tests/ops/units.test.ts fails while docs/cli.md is stale.
+ * `--check` only compares.
  */
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { ArgDef, ArgsDef } from "citty";
 import { receiverCommand, senderCommand } from "../apps/cli/src/commands.ts";
 import { demoCommand } from "../apps/cli/src/demo.ts";
+import { keygenCommand } from "../apps/cli/src/identity.ts";
 
 export const CLI_DOC = join(import.meta.dirname, "..", "docs", "cli.md");
 
@@ -16,10 +18,12 @@ interface Described {
   args?: unknown;
 }
 
-const COMMANDS: Array<[string, Described, string]> = [
+/** Every command of `mcudpt --help`, in its order (tests/ops/units.test.ts checks the two agree). */
+export const COMMANDS: Array<[string, Described, string]> = [
   ["receiver", receiverCommand as Described, "mcudpt receiver --udp [HOST]:PORT --tcp [HOST]:PORT [options]"],
   ["sender", senderCommand as Described, "mcudpt sender --udp HOST:PORT --tcp HOST:PORT [options]"],
   ["demo", demoCommand as Described, "mcudpt demo [options]"],
+  ["keygen", keygenCommand as Described, "mcudpt keygen [--out FILE] [--comment TEXT]"],
 ];
 
 function flag(name: string, def: ArgDef): string {
@@ -95,6 +99,10 @@ export function renderCliDoc(): string {
     "|---|---|",
     "| `SIGINT`, `SIGTERM` | say goodbye to the peer, close the sockets, exit 0 (a second one exits at once) |",
     "| `SIGUSR1` | print a snapshot of the totals and of every open flow to stderr (JSON lines with `--log-format json`) |",
+    "",
+    "The npm package's `mcudpt` launcher passes `SIGINT`, `SIGTERM`, `SIGHUP`, `SIGUSR1` and `SIGUSR2` sent",
+    "to its pid on when it runs the CLI in a child (under `bunx`); `npx` and `bunx` themselves do not",
+    "pass them all on: see [operations.md](operations.md#signals-and-package-runners).",
     "",
   );
   return out.join("\n");

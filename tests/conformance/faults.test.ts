@@ -337,7 +337,7 @@ for (const transport of availableTransports()) {
         const before = drops();
         send(new Uint8Array(65_527));
         send(new Uint8Array(65_508));
-        await eventually(() => sender.machine.stats.udpOut >= 3, "both large datagrams reached the sender");
+        // A send that failed is taken back from udpOut (the machine counts what left): wait for the drops.
         await eventually(
           () => drops() >= before + 2,
           `both counted (drops ${JSON.stringify(sender.machine.stats.drops)})`,

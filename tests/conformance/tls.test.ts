@@ -16,6 +16,8 @@ import { eventually, LOOPBACK, sleep, startClient, startEcho, text } from "../he
 const YEAR_MS = 365 * 24 * 60 * 60 * 1000;
 const utf8 = (value: string) => new TextEncoder().encode(value);
 const BOUNDED = { timeout: 60_000 };
+/** The hint both ends of a TLS/plaintext mismatch log, whichever of them dials. */
+const ONE_SIDE_ONLY = /TLS (handshake failed|alert|handshake \().*is TLS enabled on one side only\?/;
 
 interface Identity {
   cert: string;
@@ -261,6 +263,13 @@ for (const listener of transports) {
             "receiver logs the failed handshake",
             10_000,
           );
+          // Both ends say what is wrong, the plaintext dialing side too (it sees the TLS alert).
+          await eventually(
+            () => plainSender.senderLog.saw(ONE_SIDE_ONLY),
+            "the plaintext sender names TLS on one side only",
+            10_000,
+          );
+          assert.ok(plainSender.receiverLog.saw(ONE_SIDE_ONLY), plainSender.receiverLog.lines.join("\n"));
           await eventually(() => plainSender.senderLog.saw(/reconnecting/), "sender keeps retrying", 10_000);
           assert.equal(plainSender.receiver.machine.session.peerConnected, false);
         } finally {
@@ -274,6 +283,13 @@ for (const listener of transports) {
           await eventually(
             () => plainReceiver.senderLog.saw(/TLS handshake failed/),
             "sender logs the failed handshake",
+            10_000,
+          );
+          assert.ok(plainReceiver.senderLog.saw(ONE_SIDE_ONLY), plainReceiver.senderLog.lines.join("\n"));
+          assert.ok(!plainReceiver.senderLog.saw(/\n|SSL routines/), "one line, OpenSSL's reason only");
+          await eventually(
+            () => plainReceiver.receiverLog.saw(ONE_SIDE_ONLY),
+            "the plaintext receiver names TLS on one side only",
             10_000,
           );
           await eventually(() => plainReceiver.senderLog.saw(/reconnecting/), "sender keeps retrying", 10_000);

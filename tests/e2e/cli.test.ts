@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { type ChildProcess, execFileSync, spawn, spawnSync } from "node:child_process";
 import { createSocket } from "node:dgram";
-import { existsSync, mkdtempSync } from "node:fs";
+import { chmodSync, existsSync, mkdtempSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
@@ -149,6 +149,8 @@ describe("the built CLI", () => {
     });
 
     it(`${runtime}: bad command lines end with one clear line and a non-zero exit`, async () => {
+      const blankSecret = join(mkdtempSync(join(tmpdir(), "mcudpt-e2e-")), "secret");
+      writeFileSync(blankSecret, "\n  \n", { mode: 0o600 });
       const busy = createSocket("udp4");
       await new Promise<void>((r) => busy.bind(0, "127.0.0.1", r));
       const busyPort = busy.address().port;
@@ -173,6 +175,10 @@ describe("the built CLI", () => {
             new RegExp(`UDP 127\\.0\\.0\\.1:${busyPort}`),
           ],
           [["sender", "--transport", "carrier-pigeon"], /carrier-pigeon/],
+          [["receiver", "--udp", "21243"], /--udp: "21243" is a port alone; write ":21243" \(or HOST:21243\)/],
+          [["receiver", "--proxy-protocol"], /--proxy-protocol is a sender setting: the receiver does not take it/],
+          [["sender", "--new-flow-rate=5"], /--new-flow-rate is a receiver setting: the sender does not take it/],
+          [["receiver", "--secret-file", blankSecret], /holds no secret \(only blank lines\)/],
         ];
         for (const [args, pattern] of cases) {
           const result = runCli(runtime, args);
@@ -184,6 +190,71 @@ describe("the built CLI", () => {
         }
       } finally {
         busy.close();
+      }
+    });
+
+    it(`${runtime}: no command, only -v: the notice that it runs as a receiver on :1937, then the flags' verdict`, () => {
+      // --verbose alone would listen on :1937; a missing --secret-file stops it right after the notice.
+      const result = runCli(runtime, ["--verbose", "--secret-file", join(tmpdir(), "mcudpt-no-such-file")]);
+      assert.equal(result.status, 2);
+      const lines = result.stderr.trim().split("\n");
+      assert.equal(lines[0], "mcudpt: no command given: running as receiver on :1937 (see mcudpt --help)");
+      assert.match(lines[1], /--secret-file: cannot read/);
+      // The original's command line says what it means: no notice.
+      const original = runCli(runtime, ["-udp", "21243", "-tcp", ":1"]);
+      assert.doesNotMatch(original.stderr, /no command given/);
+    });
+
+    it(`${runtime}: a --secret-file others can read is used (first non-blank line) with a warning`, async () => {
+      const dir = mkdtempSync(join(tmpdir(), "mcudpt-e2e-"));
+      const file = join(dir, "secret");
+      writeFileSync(file, "\nshared-by-file\n", { mode: 0o644 });
+      chmodSync(file, 0o644);
+      const echo = await startEcho();
+      const udp = await freePort("udp");
+      const tcp = await freePort("tcp");
+      const receiver = startCli(runtime, [
+        "receiver",
+        "--udp",
+        `127.0.0.1:${udp}`,
+        "--tcp",
+        `127.0.0.1:${tcp}`,
+        "--secret-file",
+        file,
+      ]);
+      const sender = startCli(runtime, [
+        "sender",
+        "--udp",
+        `127.0.0.1:${echo.address().port}`,
+        "--tcp",
+        `127.0.0.1:${tcp}`,
+        "--secret",
+        "shared-by-file",
+      ]);
+      try {
+        assert.equal(await udpRequest(udp, "from the second line"), "from the second line");
+        assert.match(
+          receiver.stderr(),
+          new RegExp(`warn: --secret-file ${file} can be read by other users: chmod 600`),
+        );
+        chmodSync(file, 0o600);
+        const quiet = startCli(runtime, [
+          "receiver",
+          "--udp",
+          `127.0.0.1:${await freePort("udp")}`,
+          "--tcp",
+          `127.0.0.1:${await freePort("tcp")}`,
+          "--secret-file",
+          file,
+        ]);
+        await eventually(() => /receiver listening/.test(quiet.stderr()), "the second receiver listening");
+        assert.doesNotMatch(quiet.stderr(), /can be read by other users/);
+        await stop(quiet);
+      } finally {
+        sender.child.kill("SIGTERM");
+        receiver.child.kill("SIGTERM");
+        await Promise.all([sender.exited, receiver.exited]);
+        echo.close();
       }
     });
 

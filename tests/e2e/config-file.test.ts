@@ -312,8 +312,8 @@ describe("--config: the built CLI", () => {
     ]);
     try {
       await eventually(
-        () => /connected to receiver/.test(sender.stderr()),
-        () => `sender connected\nreceiver: ${receiver.stderr()}\nsender: ${sender.stderr()}`,
+        () => /accepted by receiver/.test(sender.stderr()),
+        () => `sender accepted\nreceiver: ${receiver.stderr()}\nsender: ${sender.stderr()}`,
       );
       // Passing needs the file's secret-file on both sides: without a secret the receiver would
       // wait for an operator's approval that never comes (stdin is closed).

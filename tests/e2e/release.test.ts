@@ -6,7 +6,7 @@
  * through receiver and sender processes, and its metrics endpoint counts while traffic flows.
  */
 import assert from "node:assert/strict";
-import { execFileSync, spawnSync } from "node:child_process";
+import { execFileSync, spawn, spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
@@ -98,7 +98,104 @@ describe("packed tarballs in an empty folder", () => {
     });
     assert.match(forced.out, /transport: node/);
   });
+
+  it(
+    "`npx mcudpt receiver`: SIGTERM to npx ends the CLI with a goodbye; nothing is left running",
+    TIMEOUT,
+    async () => {
+      const run = await receiverThroughRunner("npx", ["--offline", "mcudpt"], folder);
+      try {
+        // npm passes SIGTERM to its `sh -c`, which dies of it without passing it on: the launcher sees
+        // the runner gone and stops the CLI as SIGTERM does.
+        run.runner.kill("SIGTERM");
+        await run.allGone();
+        assert.match(run.stderr(), /SIGTERM: shutting down/);
+        await eventually(
+          () => /closed the connection: normal \("receiver shutting down"\)/.test(run.sender.stderr()),
+          () => run.sender.stderr(),
+        );
+      } finally {
+        await run.close();
+      }
+    },
+  );
+
+  it("`bunx mcudpt receiver`: SIGTERM passes through; SIGUSR1, which kills bunx, leaves no orphan", {
+    ...TIMEOUT,
+    skip: !has("bunx") && "no bunx",
+  }, async () => {
+    for (const signal of ["SIGTERM", "SIGUSR1"] as const) {
+      const run = await receiverThroughRunner("bunx", ["mcudpt"], folder);
+      try {
+        run.runner.kill(signal);
+        await run.allGone();
+        assert.match(run.stderr(), /SIGTERM: shutting down/, `after ${signal} to bunx`);
+        await eventually(
+          () => /closed the connection: normal \("receiver shutting down"\)/.test(run.sender.stderr()),
+          () => run.sender.stderr(),
+        );
+      } finally {
+        await run.close();
+      }
+    }
+  });
 });
+
+/**
+ * A package runner (`npx`, `bunx`) running `mcudpt receiver` with a sender connected to it; `closed`
+ * settles once every process holding its output pipes has exited, the CLI included.
+ */
+async function receiverThroughRunner(command: string, args: string[], cwd: string) {
+  const echo = await startEcho();
+  const udp = await freePort("udp");
+  const tcp = await freePort("tcp");
+  const secret = "runner-secret";
+  const runner = spawn(
+    command,
+    [...args, "receiver", "--udp", `127.0.0.1:${udp}`, "--tcp", `127.0.0.1:${tcp}`, "--secret", secret],
+    { cwd, stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, MCUDPT_SECRET: "" } },
+  );
+  let stderr = "";
+  runner.stderr?.on("data", (d) => (stderr += d));
+  runner.stdout?.on("data", () => {});
+  const closed = new Promise<void>((resolve) => runner.on("close", () => resolve()));
+  await eventually(
+    () => /receiver listening/.test(stderr),
+    () => stderr,
+    30_000,
+  );
+  const sender = startProc("node", [
+    CLI,
+    "sender",
+    "--udp",
+    `127.0.0.1:${echo.address().port}`,
+    "--tcp",
+    `127.0.0.1:${tcp}`,
+    "--secret",
+    secret,
+  ]);
+  await eventually(
+    () => /accepted by receiver/.test(sender.stderr()),
+    () => sender.stderr(),
+  );
+  return {
+    runner,
+    stderr: () => stderr,
+    sender,
+    /** Waits (bounded) until no process of the runner's tree is left; throws if one is. */
+    async allGone(): Promise<void> {
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      const late = new Promise<"late">((resolve) => (timer = setTimeout(() => resolve("late"), 20_000)));
+      const result = await Promise.race([closed, late]);
+      clearTimeout(timer);
+      assert.notEqual(result, "late", `a process of ${command} is still running:\n${stderr}`);
+    },
+    async close(): Promise<void> {
+      await stopProc(sender);
+      echo.close();
+    },
+  };
+}
 
 describe("the standalone binary (bun build --compile)", () => {
   before(() => {

@@ -152,10 +152,13 @@ describe("key authentication through the built CLI", () => {
   for (const runtime of available) {
     it(`${runtime}: keygen writes a 0600 key and its .pub, prints the ssh-keygen fingerprint, never overwrites`, () => {
       const dir = tempDir();
-      // Like ssh-keygen, a missing directory is an error, not created behind the user's back.
-      const missing = runCli(runtime, ["keygen", "--out", join(dir, "keys", "k")]);
-      assert.equal(missing.status, 2);
-      assert.match(missing.stderr, /directory .*keys does not exist/);
+      // A missing directory (a service's state directory before its first start) is made, mode 0700.
+      const nested = join(dir, "var", "lib", "mcudpt");
+      const missing = runCli(runtime, ["keygen", "--out", join(nested, "id_ed25519")]);
+      assert.equal(missing.status, 0, missing.stderr);
+      assert.match(missing.stdout, new RegExp(`^Created directory ${join(dir, "var")} \\(mode 700\\)\n`));
+      assert.equal(statSync(nested).mode & 0o777, 0o700, "new directory mode");
+      assert.equal(statSync(join(nested, "id_ed25519")).mode & 0o777, 0o600);
       const out = join(dir, "k");
       const made = runCli(runtime, ["keygen", "--out", out, "--comment", "e2e@test"]);
       assert.equal(made.status, 0, made.stderr);
@@ -176,6 +179,63 @@ describe("key authentication through the built CLI", () => {
       assert.equal(again.stderr.trim().split("\n").length, 1, again.stderr);
       assert.match(again.stderr, /already exists: not overwriting/);
       assert.equal(readFileSync(out, "utf8"), before, "the key is untouched");
+    });
+  }
+
+  for (const [rx, tx] of PAIRS) {
+    it(`receiver ${rx} admits sender ${tx} proving an OpenSSH key made by ssh-keygen (--key, its .pub listed)`, {
+      ...TIMEOUT,
+      skip: !has("ssh-keygen") && "no ssh-keygen",
+    }, async () => {
+      const dir = tempDir();
+      const key = join(dir, "id_ed25519");
+      const made = spawnSync("ssh-keygen", ["-q", "-t", "ed25519", "-N", "", "-C", "ssh@e2e", "-f", key]);
+      assert.equal(made.status, 0, String(made.stderr));
+      assert.match(readFileSync(key, "utf8"), /^-----BEGIN OPENSSH PRIVATE KEY-----/);
+      const printed = spawnSync("ssh-keygen", ["-lf", `${key}.pub`], { encoding: "utf8" }).stdout.split(" ")[1];
+      writeFileSync(join(dir, "authorized_keys"), readFileSync(`${key}.pub`));
+      const echo = await startEcho();
+      const ports = await receiverPorts();
+      const receiver = await startReceiverCli(rx, ports, ["--authorized-keys", join(dir, "authorized_keys")]);
+      const sender = startSenderCli(tx, echo.address().port, ports, ["--key", key]);
+      try {
+        assert.equal(await udpRequest(ports.udp, "openssh key"), "openssh key");
+        assert.equal(lines(sender.stderr(), `sender key ${printed} `).length, 1, sender.stderr());
+        assert.equal(lines(receiver.stderr(), `${printed}: listed in`).length, 1, receiver.stderr());
+      } finally {
+        await stop(sender);
+        await stop(receiver);
+        echo.close();
+      }
+    });
+  }
+
+  for (const runtime of available) {
+    it(`${runtime}: a key --key cannot use is one line saying what to do (passphrase, RSA, a .pub)`, {
+      ...TIMEOUT,
+      skip: !has("ssh-keygen") && "no ssh-keygen",
+    }, () => {
+      const dir = tempDir();
+      const keygen = (name: string, args: string[]) => {
+        const made = spawnSync("ssh-keygen", ["-q", ...args, "-C", "", "-f", join(dir, name)]);
+        assert.equal(made.status, 0, String(made.stderr));
+        return join(dir, name);
+      };
+      const cases: Array<[string, RegExp]> = [
+        [
+          keygen("with-passphrase", ["-t", "ed25519", "-N", "secret words"]),
+          /protected by a passphrase.*ssh-keygen -p -N ''/,
+        ],
+        [keygen("rsa", ["-t", "rsa", "-b", "2048", "-N", ""]), /holds a key of type ssh-rsa; mcudpt uses Ed25519 keys/],
+        [`${keygen("public", ["-t", "ed25519", "-N", ""])}.pub`, /is a public key: give the private key/],
+      ];
+      for (const [file, expected] of cases) {
+        const result = runCli(runtime, ["sender", "--key", file, "--tcp", "127.0.0.1:1"]);
+        assert.equal(result.status, 2, result.stderr);
+        assert.equal(result.stderr.trim().split("\n").length, 1, result.stderr);
+        assert.match(result.stderr, expected);
+        assert.doesNotMatch(result.stderr, /OPENSSL|routines|at \w+ \(/);
+      }
     });
   }
 
@@ -283,12 +343,112 @@ describe("key authentication through the built CLI", () => {
             () => lines(receiver.stderr(), "key not accepted").length === 2,
             () => `the receiver logs both refusals\n${receiver.stderr()}`,
           );
+          // The peer is told a short reason; the sender's file and line stay in the sender's log (issue 18.5).
+          assert.ok(
+            !receiver.stderr().includes(knownReceivers),
+            `no local path told to the peer:\n${receiver.stderr()}`,
+          );
+          assert.ok(!receiver.stderr().includes(dir), `no local path told to the peer:\n${receiver.stderr()}`);
         } finally {
           await stop(receiver);
           echo.close();
         }
       },
     );
+  }
+
+  // Issue 17: the dialer checks the acceptor's key at its HELLO, before AUTH, so an impostor's
+  // operator is never asked about a dialer that will refuse it anyway.
+  for (const [acceptorRt, dialerRt] of PAIRS) {
+    for (const direction of ["-R", "-L"] as const) {
+      const [acceptorRole, dialerRole] = direction === "-R" ? ["receiver", "sender"] : ["sender", "receiver"];
+      it(
+        `${direction}: a ${dialerRole} (${dialerRt}) pinned to another key refuses the ${acceptorRole} (${acceptorRt}) at its HELLO: exit 1, nobody asked`,
+        TIMEOUT,
+        async () => {
+          const dir = tempDir();
+          const acceptorKey = makeKey(dir, acceptorRole);
+          const dialerKey = makeKey(dir, dialerRole);
+          const pinned = makeKey(dir, "pinned");
+          const echo = await startEcho();
+          let received = 0;
+          echo.on("message", () => received++);
+          const udp = await freePort("udp");
+          const tcp = await freePort("tcp");
+          const target = `127.0.0.1:${echo.address().port}`;
+          // No --authorized-keys and stdin open: an unknown key would be asked about at this terminal.
+          const acceptor =
+            direction === "-R"
+              ? startCli(acceptorRt, [
+                  "receiver",
+                  "--udp",
+                  `127.0.0.1:${udp}`,
+                  "--tcp",
+                  `127.0.0.1:${tcp}`,
+                  "--key",
+                  acceptorKey.path,
+                ])
+              : startCli(acceptorRt, [
+                  "sender",
+                  "--udp",
+                  target,
+                  "--listen",
+                  `127.0.0.1:${tcp}`,
+                  "--key",
+                  acceptorKey.path,
+                ]);
+          try {
+            await eventually(
+              () => /receiver listening|listening for the receiver/.test(acceptor.stderr()),
+              () => `${acceptorRole} up\n${acceptor.stderr()}`,
+            );
+            const started = Date.now();
+            const dialer =
+              direction === "-R"
+                ? startCli(dialerRt, [
+                    "sender",
+                    "--udp",
+                    target,
+                    "--tcp",
+                    `127.0.0.1:${tcp}`,
+                    "--key",
+                    dialerKey.path,
+                    "--receiver-key",
+                    pinned.fingerprint,
+                  ])
+                : startCli(dialerRt, [
+                    "receiver",
+                    "--udp",
+                    `127.0.0.1:${udp}`,
+                    "--connect",
+                    `127.0.0.1:${tcp}`,
+                    "--key",
+                    dialerKey.path,
+                    "--sender-key",
+                    pinned.fingerprint,
+                  ]);
+            assert.equal(await exitCode(dialer), 1, dialer.stderr());
+            const tookMs = Date.now() - started;
+            const errors = lines(dialer.stderr(), "error:");
+            assert.equal(errors.length, 1, dialer.stderr());
+            assert.ok(errors[0].includes(acceptorKey.fingerprint) && errors[0].includes(pinned.fingerprint), errors[0]);
+            await eventually(
+              () =>
+                lines(acceptor.stderr(), `the ${dialerRole} at 127.0.0.1:`).some((l) =>
+                  l.includes("refused this side"),
+                ),
+              () => `the ${acceptorRole} logs the peer's refusal as the peer's\n${acceptor.stderr()}`,
+            );
+            assert.equal(acceptor.stdout().includes("Accept?"), false, `nobody asked: ${acceptor.stdout()}`);
+            assert.equal(received, 0, "nothing forwarded");
+            console.log(`# ${direction} ${dialerRt} dialer refused the key at HELLO and exited 1 in ${tookMs} ms`);
+          } finally {
+            await stop(acceptor);
+            echo.close();
+          }
+        },
+      );
+    }
   }
 
   it("a changed receiver key is reported in exactly one line", async () => {
@@ -337,7 +497,7 @@ describe("key authentication through the built CLI", () => {
         { args: ["receiver", "--authorized-keys", join(dir, "missing")], says: /cannot read .*missing/ },
         { args: ["receiver", "--authorized-keys", garbageKeys], says: /not_keys line 1: not an "ssh-ed25519/ },
         { args: ["receiver", "--key", join(dir, "missing")], says: /cannot read key .*missing/ },
-        { args: ["receiver", "--key", `${key.path}.pub`], says: /is not a private key/ },
+        { args: ["receiver", "--key", `${key.path}.pub`], says: /is a public key: give the private key/ },
         { args: ["receiver", "--new-flow-rate", "-1"], says: /--new-flow-rate: "-1" is not a whole number/ },
         { args: ["receiver", "--amplification-limit", "lots"], says: /--amplification-limit: "lots"/ },
       ];

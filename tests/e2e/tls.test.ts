@@ -132,6 +132,50 @@ describe("mcudpt --tls (built CLI)", () => {
     });
   }
 
+  // Issue 18 item 1: trust on first use needs a writable known_receivers; when it cannot be written
+  // the sender must exit 1 with one line (it used to log an "unexpected rejection" and sit idle forever).
+  const asNobody = spawnSync("setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", "true"]).status === 0;
+  for (const runtime of runtimes) {
+    it(`${runtime}: a sender --tls whose config dir cannot be written exits 1 with one line`, {
+      ...TIMEOUT,
+      skip: asNobody ? false : "needs root and setpriv (runs the sender as uid 65534)",
+    }, async () => {
+      const [udpPort, tcpPort] = [await freePort("udp"), await freePort("tcp")];
+      const { receiver } = await startTlsReceiver(runtime, udpPort, tcpPort);
+      const unwritable = join(configDir, "root-only");
+      spawnSync("install", ["-d", "-m", "0700", unwritable]);
+      const sender = spawnSync(
+        "setpriv",
+        [
+          "--reuid=65534",
+          "--regid=65534",
+          "--clear-groups",
+          runtime,
+          CLI,
+          "sender",
+          "--tls",
+          "--udp",
+          "127.0.0.1:9",
+          "--tcp",
+          `127.0.0.1:${tcpPort}`,
+          "--secret",
+          "e2e",
+        ],
+        {
+          encoding: "utf8",
+          timeout: 20_000,
+          env: { ...process.env, HOME: "/", MCUDPT_CONFIG_DIR: join(unwritable, "mcudpt") },
+        },
+      );
+      assert.equal(sender.status, 1, sender.stderr);
+      const errors = sender.stderr.split("\n").filter((line) => line.includes("error:"));
+      assert.equal(errors.length, 1, sender.stderr);
+      assert.match(errors[0], /cannot write .*known_receivers: EACCES/);
+      assert.doesNotMatch(sender.stderr, /unexpected|please report|\n\s+at /);
+      await stopWith(receiver, "SIGTERM");
+    });
+  }
+
   it("refuses inconsistent TLS flags with one line and exit code 2", TIMEOUT, () => {
     const cases: Array<[string[], RegExp]> = [
       [["receiver", "--tls-cert", "c.pem"], /--tls-cert needs --tls/],

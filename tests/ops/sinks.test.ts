@@ -21,6 +21,7 @@ import {
   type LogLevel,
   PREFACE,
   type Stats,
+  zeroDrops,
 } from "@mcudpt/protocol";
 import { PromptLine, stdinApprover } from "../../apps/cli/src/approval.ts";
 import { operations } from "../../apps/cli/src/ops/index.ts";
@@ -253,7 +254,10 @@ describe("operator prompt sink (approval.ts)", () => {
       lines.some((line) => line.endsWith("Accept? [yes/no] \\x1b[31mmaybe")),
       JSON.stringify(lines),
     );
-    assert.ok(lines.includes("(sender c\\r\\nd went away before an answer)"), JSON.stringify(lines));
+    assert.ok(
+      lines.includes("(question withdrawn: sender c\\r\\nd went away before an answer)"),
+      JSON.stringify(lines),
+    );
   });
 
   it("issue 18 item 9: a log line while the prompt is open starts on its own line, and the prompt is re-printed", async () => {
@@ -305,6 +309,7 @@ function fakeStats(drops: Record<string, number> = {}): Stats {
     accepted: 1,
     handshakeFailures: 0,
     drops: { backpressure: 0, ...drops } as Stats["drops"],
+    dropsWithoutMapping: zeroDrops(),
     rttMs: 2,
   };
 }
@@ -319,6 +324,7 @@ function hostileObserved(hostile: string, mappings: MappingRow[] = []): Observed
       bytesIn: 2,
       datagramsOut: 3,
       bytesOut: 4,
+      dropped: 0,
       lastActive: 0,
     },
   ];
@@ -389,7 +395,17 @@ function parseSample(line: string): { name: string; labels: Record<string, strin
 }
 
 function mappingRow(name: string): MappingRow {
-  return { name, label: name, flows: 1, flowsOpened: 2, udpIn: 3, udpInBytes: 4, udpOut: 5, udpOutBytes: 6 };
+  return {
+    name,
+    label: name,
+    flows: 1,
+    flowsOpened: 2,
+    udpIn: 3,
+    udpInBytes: 4,
+    udpOut: 5,
+    udpOutBytes: 6,
+    drops: zeroDrops(),
+  };
 }
 
 describe("metrics label sink (metrics.ts labelValue)", () => {

@@ -5,14 +5,17 @@
  */
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
+import { join } from "node:path";
 import { describe, it } from "node:test";
 import { type Stats, zeroDrops } from "@mcudpt/protocol";
 import type { Observed } from "../../apps/cli/src/ops/observe.ts";
 import { opsOptions, parseMetricsAddress } from "../../apps/cli/src/ops/options.ts";
 import { snapshotText } from "../../apps/cli/src/ops/snapshot.ts";
 import { StatusLine } from "../../apps/cli/src/ops/status.ts";
-import { CLI_DOC, renderCliDoc } from "../../scripts/cli-docs.ts";
+import { CLI_DOC, COMMANDS, renderCliDoc } from "../../scripts/cli-docs.ts";
 import { publishedManifest } from "../../scripts/pack.ts";
+
+const ROOT = join(import.meta.dirname, "..", "..");
 
 function fakeObserved(stats: Partial<Stats> = {}): Observed {
   const full: Stats = {
@@ -153,6 +156,20 @@ describe("published manifests", () => {
 describe("docs/cli.md", () => {
   it("is what `bun run docs:cli` writes from the flag definitions (run it after changing a flag)", () => {
     assert.equal(readFileSync(CLI_DOC, "utf8"), renderCliDoc(), "docs/cli.md is stale: run `bun run docs:cli`");
+  });
+
+  it("has a section for every command the CLI has (it says it documents every command)", () => {
+    const main = readFileSync(join(ROOT, "apps", "cli", "src", "main.ts"), "utf8");
+    const table = /const subCommands[^=]*= \{([^}]*)\}/.exec(main)?.[1] ?? "";
+    const commands = [...table.matchAll(/^\s*(\w+):/gm)].map((m) => m[1]);
+    assert.deepEqual(commands, ["receiver", "sender", "demo", "keygen"]);
+    assert.deepEqual(
+      COMMANDS.map(([name]) => name),
+      commands,
+    );
+    const doc = readFileSync(CLI_DOC, "utf8");
+    for (const name of commands) assert.match(doc, new RegExp(`^## mcudpt ${name}$`, "m"));
+    assert.match(doc, /\| `--out FILE` \|/, "keygen's flags");
   });
 });
 

@@ -159,7 +159,11 @@ export function stdinApprover(
       );
       const line = await read(input, cancelled);
       if (cancelled.aborted) {
-        prompt.end(`\n(${peerName} ${peer} went away before an answer)\n`);
+        // The machine says why (the peer closed the connection, perhaps refusing this side's key).
+        const reason = cancelled.reason;
+        const why =
+          typeof reason === "string" ? logLine(reason, 200) : `${peerName} ${peer} went away before an answer`;
+        prompt.end(`\n(question withdrawn: ${why})\n`);
         return false;
       }
       if (line === undefined) {

@@ -120,6 +120,7 @@ function tcpSide(args: RawArgs, flag: "tcp", swap: "connect" | "listen"): { addr
 
 /** Settings that work but surprise: say so once at start-up. */
 function warnAboutSettings(logger: Logger, options: CommonOptions): void {
+  for (const warning of options.warnings) logger.log("warn", warning);
   if (options.idleTimeoutMs < options.keepaliveMs * 3) {
     logger.log(
       "warn",

@@ -27,7 +27,8 @@ export const DEFAULT_KEY_NAME = "id_ed25519";
 export const keyArgs = {
   key: {
     type: "string",
-    description: "This side's Ed25519 private key (default: ~/.config/mcudpt/id_ed25519, created on first run)",
+    description:
+      "This side's Ed25519 private key: PKCS#8 PEM (mcudpt keygen) or unencrypted OpenSSH (ssh-keygen -t ed25519 -N '') (default: ~/.config/mcudpt/id_ed25519, created on first run)",
     valueHint: "FILE",
   },
 } satisfies ArgsDef;
@@ -116,7 +117,8 @@ export const keygenCommand = defineCommand({
   args: {
     out: {
       type: "string",
-      description: "Where to write the private key (default: ~/.config/mcudpt/id_ed25519)",
+      description:
+        "Where to write the private key, creating missing directories (mode 700) (default: ~/.config/mcudpt/id_ed25519)",
       valueHint: "FILE",
     },
     comment: {
@@ -126,12 +128,12 @@ export const keygenCommand = defineCommand({
     },
   },
   run({ args }) {
-    const given = stringArg(args, "out");
-    const out = given ?? configPath(DEFAULT_KEY_NAME);
+    const out = stringArg(args, "out") ?? configPath(DEFAULT_KEY_NAME);
     const pair = generateKeyPair(stringArg(args, "comment") ?? `mcudpt@${hostname()}`);
-    writeKeyPair(out, pair, given === undefined);
+    const created = writeKeyPair(out, pair);
     process.stdout.write(
-      `Wrote ${out} (private, mode 600) and ${out}.pub\n` +
+      (created ? `Created directory ${created} (mode 700)\n` : "") +
+        `Wrote ${out} (private, mode 600) and ${out}.pub\n` +
         `Fingerprint: ${pair.fingerprint}\n` +
         `Public key (for the receiver's --authorized-keys file):\n${pair.publicKeyLine}\n`,
     );

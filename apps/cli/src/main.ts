@@ -60,11 +60,36 @@ function longFlagNames(): Set<string> {
   return names;
 }
 
+/** Flag names and aliases (without dashes) of a command's definitions. */
+function flagNames(defs: ArgsDef): Set<string> {
+  const names = new Set<string>();
+  for (const [name, def] of Object.entries(defs)) {
+    names.add(name);
+    const aliases = "alias" in def && def.alias ? (Array.isArray(def.alias) ? def.alias : [def.alias]) : [];
+    for (const alias of aliases) names.add(alias);
+  }
+  return names;
+}
+
+/**
+ * A flag this command does not know: another command's (said as the config loader says it of a key
+ * of the other role), or none at all.
+ */
+function unknownFlag(arg: string, name: string, command: string): UserError {
+  const flag = arg.split("=")[0];
+  const owners = Object.entries(subCommands)
+    .filter(([other, def]) => other !== command && flagNames((def.args ?? {}) as ArgsDef).has(name))
+    .map(([other]) => other);
+  if (owners.length === 0) return new UserError(`unknown flag "${flag}" (see --help)`);
+  const who = command === "receiver" || command === "sender" ? `the ${command}` : `mcudpt ${command}`;
+  return new UserError(`${flag} is a ${owners.join(" and ")} setting: ${who} does not take it (see --help)`);
+}
+
 /**
  * citty ignores flags it does not know and keeps the last of repeated ones; a typo or a duplicate
  * must not silently run with other settings than the user wrote.
  */
-function checkArgs(args: string[], defs: ArgsDef): void {
+function checkArgs(args: string[], defs: ArgsDef, command: string): void {
   const known = new Map<string, { name: string; type: string | undefined }>();
   for (const [name, def] of Object.entries(defs)) {
     known.set(name, { name, type: def.type });
@@ -78,7 +103,7 @@ function checkArgs(args: string[], defs: ArgsDef): void {
     if (!match || arg === "-" || arg === "--") throw new UserError(`unexpected argument "${arg}"`);
     const [, name, inline] = match;
     const flag = known.get(name);
-    if (!flag) throw new UserError(`unknown flag "${arg.split("=")[0]}" (see --help)`);
+    if (!flag) throw unknownFlag(arg, name, command);
     if (seen.has(flag.name) && !REPEATABLE.has(flag.name)) throw new UserError(`--${flag.name} given more than once`);
     seen.add(flag.name);
     if ((flag.type === "string" || flag.type === "enum") && inline === undefined) {
@@ -110,6 +135,7 @@ export async function main(argv: string[]): Promise<number> {
       return 0;
     }
     let [name, ...rest] = args;
+    let defaultedToReceiver = false;
     if (name === undefined || name.startsWith("-")) {
       if (wantsHelp) {
         process.stdout.write(`${HELP}\n`);
@@ -118,8 +144,9 @@ export async function main(argv: string[]): Promise<number> {
       // The original's behaviour: no mode means receiver, with :1937 defaults.
       rest = args;
       name = "receiver";
-      if (args.length === 0)
-        process.stderr.write("mcudpt: no command given: running as receiver on :1937 (see mcudpt --help)\n");
+      // Said whenever the defaults decide everything (`mcudpt`, `mcudpt -v`), not for the original's
+      // `mcudpt -udp :53 -tcp :5353`, whose addresses say what is meant; once the flags are checked.
+      defaultedToReceiver = !args.some((a) => /^--(udp|tcp|connect|config)(=|$)/.test(a));
     }
     const command = subCommands[name];
     if (!command)
@@ -131,6 +158,7 @@ export async function main(argv: string[]): Promise<number> {
     checkArgs(
       rest.filter((a) => a !== "--help" && a !== "-h"),
       (command.args ?? {}) as ArgsDef,
+      name,
     );
     // --config FILE: the file's settings become flags after the typed ones (which win); see config-file.ts.
     if (name === "receiver" || name === "sender")
@@ -141,6 +169,8 @@ export async function main(argv: string[]): Promise<number> {
             : `mcudpt: warning: ${logLine(line)}\n`,
         ),
       );
+    if (defaultedToReceiver)
+      process.stderr.write("mcudpt: no command given: running as receiver on :1937 (see mcudpt --help)\n");
     await runCommand(command, { rawArgs: rest });
     return 0;
   } catch (error) {

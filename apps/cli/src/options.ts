@@ -3,8 +3,8 @@
  * Every bad value becomes a UserError naming the flag and the value: one line, no stack.
  */
 import { readFileSync } from "node:fs";
-import { type HostPort, messageOf, parseHostPort, UserError } from "@mcudpt/core";
-import { DEFAULTS, type LogLevel } from "@mcudpt/protocol";
+import { type HostPort, isKeyFileExposed, messageOf, parseHostPort, UserError } from "@mcudpt/core";
+import { DEFAULTS, type LogLevel, MAX_MAPPING_NAME, MAX_MAPPINGS } from "@mcudpt/protocol";
 import type { ArgsDef } from "citty";
 import type { TransportChoice } from "./runtime.js";
 
@@ -19,7 +19,8 @@ export const commonArgs = {
   },
   "secret-file": {
     type: "string",
-    description: "Read the shared secret from a file (first line), keeping it out of `ps`",
+    description:
+      "Read the shared secret from a file (its first non-blank line), keeping it out of `ps`; warns unless only its owner can read it",
     valueHint: "FILE",
   },
   "idle-timeout": {
@@ -29,7 +30,7 @@ export const commonArgs = {
   },
   "max-flows": {
     type: "string",
-    description: `Most concurrent flows; past it the least recently active is evicted (default ${DEFAULTS.maxFlows})`,
+    description: `Most concurrent flows per --udp mapping (not in total); past it that mapping's least recently active flow is evicted (default ${DEFAULTS.maxFlows})`,
     valueHint: "N",
   },
   keepalive: {
@@ -53,7 +54,12 @@ export const commonArgs = {
     default: "auto",
     description: "Socket implementation: auto picks Bun's when running on Bun, Node's otherwise",
   },
-  verbose: { type: "boolean", alias: "v", description: "Log flow events too (debug level)" },
+  verbose: {
+    type: "boolean",
+    alias: "v",
+    description:
+      "Debug lines too: the runtime, each incoming TCP connection, every flow opened and closed (with the reason)",
+  },
   quiet: { type: "boolean", alias: "q", description: "Log only warnings and errors" },
 } satisfies ArgsDef;
 
@@ -66,6 +72,8 @@ export interface CommonOptions {
   maxBufferBytes: number;
   transport: TransportChoice;
   logLevel: LogLevel;
+  /** Said once at start-up, through the logger (a --secret-file others can read). */
+  warnings: string[];
 }
 
 export type RawArgs = Record<string, unknown>;
@@ -151,8 +159,8 @@ export function repeated(rawArgs: readonly string[], name: string): string[] {
   return values;
 }
 
-const MAPPING_NAME = /^[A-Za-z][A-Za-z0-9_.-]{0,31}$/;
-const MAX_MAPPINGS = 32;
+/** The CLI's names are a safe subset of what the protocol carries (MAX_MAPPING_NAME bytes of UTF-8). */
+const MAPPING_NAME = new RegExp(`^[A-Za-z][A-Za-z0-9_.-]{0,${MAX_MAPPING_NAME - 1}}$`);
 
 /**
  * The --udp mappings: `[NAME=][HOST]:PORT`, one per --udp (default :1937, the original's). Names pair
@@ -173,7 +181,7 @@ export function mappingsArg(
     if (name !== undefined) {
       if (!MAPPING_NAME.test(name)) {
         throw new UserError(
-          `--udp ${text}: mapping name "${name}" must be a letter then up to 31 letters, digits, "_", "." or "-"`,
+          `--udp ${text}: mapping name "${name}" must be a letter then up to ${MAX_MAPPING_NAME - 1} letters, digits, "_", "." or "-"`,
         );
       }
       if (names.has(name)) throw new UserError(`--udp: mapping name "${name}" given twice`);
@@ -202,13 +210,24 @@ function readSecret(args: RawArgs): string | undefined {
   } catch (error) {
     throw new UserError(`--secret-file: cannot read ${file}: ${messageOf(error)}`);
   }
-  const secret = text.split(/\r?\n/)[0];
-  if (!secret) throw new UserError(`--secret-file: ${file} is empty`);
+  // The first line that is not blank (a leading empty line is a slip, not an empty secret).
+  const secret = text.split(/\r?\n/).find((line) => line.trim() !== "");
+  if (secret === undefined) {
+    throw new UserError(`--secret-file: ${file} holds no secret (${text === "" ? "it is empty" : "only blank lines"})`);
+  }
   return secret;
+}
+
+/** The warning for a --secret-file other users can read (as ssh warns about key files), or none. */
+function secretFileWarnings(args: RawArgs): string[] {
+  const file = stringArg(args, "secret-file");
+  if (file === undefined || !isKeyFileExposed(file)) return [];
+  return [`--secret-file ${file} can be read by other users: chmod 600 ${file}`];
 }
 
 export function commonOptions(args: RawArgs): CommonOptions {
   const secret = readSecret(args);
+  const warnings = secretFileWarnings(args);
   if (args.verbose && args.quiet) throw new UserError("--verbose and --quiet contradict each other");
   return {
     secret,
@@ -219,5 +238,6 @@ export function commonOptions(args: RawArgs): CommonOptions {
     maxBufferBytes: byteSize(args, "max-buffer", DEFAULTS.maxBufferBytes),
     transport: (args.transport as TransportChoice | undefined) ?? "auto",
     logLevel: args.verbose ? "debug" : args.quiet ? "warn" : "info",
+    warnings,
   };
 }

@@ -20,7 +20,12 @@ export function parseHostPort(text: string, flag: string, options: { allowPortZe
     if (ipFamily(host) !== 6) throw new UserError(`${flag}: "${host}" in "${text}" is not an IPv6 address`);
   } else {
     const colon = value.lastIndexOf(":");
-    if (colon < 0) throw new UserError(`${flag}: "${text}" has no port; write HOST:PORT or :PORT`);
+    if (colon < 0) {
+      // A bare number is a port without its colon (`--udp 21243`): say how to write it.
+      if (/^\d{1,5}$/.test(value))
+        throw new UserError(`${flag}: "${text}" is a port alone; write ":${value}" (or HOST:${value})`);
+      throw new UserError(`${flag}: "${text}" has no port; write HOST:PORT or :PORT`);
+    }
     host = value.slice(0, colon);
     portText = value.slice(colon + 1);
     if (host.includes(":"))

@@ -19,7 +19,12 @@ import type { TcpConnection, Transport } from "./transport.js";
 import type { PeerPins } from "./trust.js";
 
 /** CLOSE codes that mean the two sides are configured differently: a person must change one. */
-const CONFIG_MISMATCH = new Set<number>([CloseCode.AuthMismatch, CloseCode.RoleConflict, CloseCode.MappingMismatch]);
+const CONFIG_MISMATCH = new Set<number>([
+  CloseCode.AuthMismatch,
+  CloseCode.AuthFailed,
+  CloseCode.RoleConflict,
+  CloseCode.MappingMismatch,
+]);
 
 export interface DialerOptions {
   transport: Transport;
@@ -174,8 +179,11 @@ export function dial(options: DialerOptions): Dialer {
     try {
       refused = tls && (await tls.check(connection, remoteText));
     } catch (error) {
+      // Decided before destroy(): a transport may report the close (and arm a retry) inside it.
+      if (error instanceof UserError) giveUp(error.message);
+      else scheduleRetry(`internal error while checking the ${peerName}'s certificate: ${messageOf(error)}`);
       connection.destroy();
-      throw error;
+      return;
     }
     if (refused) giveUp(refused);
     if (stopping) return connection.destroy();

@@ -78,8 +78,14 @@ export {
   parseFingerprint,
   pemFingerprint,
 } from "./tls.js";
-export type { ListenerTlsOptions, DialerTlsOptions } from "./tls-peer.js";
-export { DEFAULT_TLS_HANDSHAKE_TIMEOUT_MS, tlsCertificateRefused, tlsHandshakeFailed } from "./tls-transport.js";
+export type { DialerTlsOptions, ListenerTlsOptions } from "./tls-peer.js";
+export {
+  DEFAULT_TLS_HANDSHAKE_TIMEOUT_MS,
+  isPlaintextPeerError,
+  TLS_ONE_SIDE_HINT,
+  tlsCertificateRefused,
+  tlsHandshakeFailed,
+} from "./tls-transport.js";
 export * from "./transport.js";
 export {
   fileCertificatePins,

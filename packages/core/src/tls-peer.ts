@@ -8,6 +8,7 @@ import { isIP } from "node:net";
 import { formatHostPort } from "./address.js";
 import type { RateLimitedLog } from "./logger.js";
 import { certificateFingerprint } from "./tls.js";
+import { TLS_ONE_SIDE_HINT } from "./tls-transport.js";
 import { type ClientTlsOptions, type ServerTlsOptions, type TcpConnection, TLS_CERT_REFUSED } from "./transport.js";
 
 export interface ListenerTlsOptions {
@@ -41,7 +42,8 @@ export function listenerTls(
     handshakeTimeoutMs,
     onHandshakeError: (error, address, port) => {
       const peer = formatHostPort(address, port);
-      log.log("tls-handshake", "warn", `connection from ${peer}: ${error.message} (a ${peerName} without --tls?)`);
+      const hint = error.message.includes(TLS_ONE_SIDE_HINT) ? "" : ` (a ${peerName} without --tls?)`;
+      log.log("tls-handshake", "warn", `connection from ${peer}: ${error.message}${hint}`);
     },
   };
 }

@@ -266,8 +266,12 @@ export class LinkTable {
     const who = link.pending && refusedUs ? `the ${this.io.peerName} at ${link.peer}` : link.peer;
     const line = refusedUs ? `${who} refused this side: ${why}${said}` : `${who} closed the connection: ${why}${said}`;
     this.out.log(code === CloseCode.Normal ? "info" : "warn", line);
-    if (link.state === "approval") this.withdraw(link, `the ${this.io.peerName} closed the connection`);
+    if (link.state === "approval") {
+      const peerSaid = refusedUs ? `refused this side (${why})` : `closed the connection (${why})`;
+      this.withdraw(link, `the ${this.io.peerName} at ${link.peer} ${peerSaid}`);
+    }
     if (link.pending) this.stats.handshakeFailures++;
+    link.peerCloseCode = code;
     link.enter("close");
     this.out.push({ kind: "close-connection", conn: link.id, code, byPeer: true });
   }

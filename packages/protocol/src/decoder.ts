@@ -291,6 +291,9 @@ function parseBody(type: number, body: Uint8Array): Frame {
   }
 }
 
+/** TLS record content types 20-23, as describeStranger names them. */
+const TLS_RECORDS = ["a TLS change-cipher-spec record", "a TLS alert", "a TLS handshake", "TLS application data"];
+
 /** Names what a stranger on the TCP port sent instead of the preface, for a log line an operator can act on. */
 export function describeStranger(bytes: Uint8Array): string {
   const text = String.fromCharCode(...bytes);
@@ -305,7 +308,11 @@ export function describeStranger(bytes: Uint8Array): string {
     return `JSON (${shown}): the original Go mcudpt speaks JSON frames; upgrade both sides to this mcudpt`;
   }
   if (text.startsWith("SSH-")) return `an SSH banner (${shown}), not mcudpt`;
-  if (bytes[0] === 0x16 && bytes[1] === 0x03) return `a TLS handshake (${shown}); is TLS enabled on one side only?`;
+  // A TLS record header: content type 20-23, version 3.0-3.4 (SSL 3.0 to TLS 1.3's legacy value).
+  if (bytes.length >= 2 && bytes[0] >= 0x14 && bytes[0] <= 0x17 && bytes[1] === 0x03 && (bytes[2] ?? 0) <= 0x04) {
+    const record = TLS_RECORDS[bytes[0] - 0x14];
+    return `${record} (${shown}); is TLS enabled on one side only?`;
+  }
   if (text.startsWith("MCUDPT\0") && bytes.length >= 8) {
     return `mcudpt wire version ${bytes[7]}, but this side speaks version ${WIRE_VERSION}`;
   }

@@ -69,13 +69,17 @@ export class Flows<F extends FlowBase> {
   add(flow: F): void {
     this.table.add(flow);
     this.counters.flowOpened(flow.mappingId);
+    this.out.log("debug", `flow ${flow.id} opened for ${this.host.describe(flow)}`);
   }
 
+  /** Closes `flow`; `tellPeer` when this side decided it (idle, evicted, socket error). */
   close(flow: F, reason: number, tellPeer: boolean): void {
     this.table.delete(flow);
     this.counters.stats.flowsClosed++;
     this.host.release(flow);
-    if (tellPeer) this.host.tellPeer(flow.id, reason);
+    if (!tellPeer) return;
+    this.out.log("debug", `flow ${flow.id} (${this.host.describe(flow)}) closed: ${reasonName(reason)}`);
+    this.host.tellPeer(flow.id, reason);
   }
 
   /** Every flow goes, without telling the peer (a new session, or the old one ended). */
@@ -89,8 +93,10 @@ export class Flows<F extends FlowBase> {
   closedByPeer(flowId: number, reason: number): void {
     const flow = this.table.get(flowId);
     if (!flow) return;
-    const why = FLOW_CLOSE_REASON_NAMES[reason as keyof typeof FLOW_CLOSE_REASON_NAMES] ?? `reason ${reason}`;
-    this.out.log("debug", `flow ${flow.id} (${this.host.describe(flow)}) closed by the ${this.peerName}: ${why}`);
+    this.out.log(
+      "debug",
+      `flow ${flow.id} (${this.host.describe(flow)}) closed by the ${this.peerName}: ${reasonName(reason)}`,
+    );
     this.close(flow, reason, false);
   }
 
@@ -180,4 +186,8 @@ export class Flows<F extends FlowBase> {
     const name = this.settings.mappingNames[mappingId];
     return name ? name : `#${mappingId + 1}`;
   }
+}
+
+function reasonName(reason: number): string {
+  return FLOW_CLOSE_REASON_NAMES[reason as keyof typeof FLOW_CLOSE_REASON_NAMES] ?? `reason ${reason}`;
 }

@@ -16,14 +16,7 @@ export {
   withProxyHeader,
 } from "./proxy-v2.js";
 export { type RateLimitConfig, SourceRateLimiter } from "./rate-limit.js";
-export {
-  type ClientFlow,
-  type ConnectionOutput,
-  type LogLevel,
-  type Output,
-  type ReceiverOutput,
-  type SenderOutput,
-} from "./outputs.js";
+export type { ClientFlow, ConnectionOutput, LogLevel, Output, ReceiverOutput, SenderOutput } from "./outputs.js";
 export {
   IPV4_UDP_OVERHEAD,
   IPV6_UDP_OVERHEAD,

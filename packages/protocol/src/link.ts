@@ -77,6 +77,8 @@ export class Link {
   blocked = false;
   /** A "transmit" output was emitted and the host has not taken the bytes yet. */
   transmitPending = false;
+  /** The CLOSE code the peer ended this connection with, if it did. */
+  peerCloseCode: number | undefined;
   /** The peer's IP address (acceptor), for per-source limits on unauthenticated connections. */
   source = "";
   /**

@@ -1,7 +1,8 @@
 /**
  * What both machines are made of, put together once: the settings, the counters, the output queue,
- * the session (connections, handshake, resume) and the flows. The role's policy — what DATA and
- * FLOW_OPEN mean, what a flow holds — is handed in; nothing here is overridden.
+ * the session (connections, handshake, resume) and the flows, and the surface hosts drive. Each
+ * role's machine is this plus its policy — what DATA and FLOW_OPEN mean, what a flow holds — handed
+ * in as an object; nothing here is abstract or overridden.
  *
  * Sans-I/O contract of a machine: the host feeds inputs (bytes, datagrams, the current time in ms),
  * drains poll() for outputs, takes coalesced bytes with session.takeTransmit(), and calls tick(now) no
@@ -13,7 +14,7 @@ import { FlowCloseReason, type Frame, FrameType, type Role } from "./frames.js";
 import type { CryptoProvider, Link } from "./link.js";
 import { LogThrottle, OutputQueue } from "./outputs.js";
 import { Session } from "./session.js";
-import { Counters } from "./stats.js";
+import { Counters, type MappingStats, type Stats } from "./stats.js";
 
 export interface RolePolicy<F> {
   /** A frame of an open connection that only the role understands (DATA, FLOW_OPEN). */
@@ -25,14 +26,20 @@ export interface RolePolicy<F> {
 }
 
 export class MachineCore<F extends FlowBase, O extends { kind: string }> {
-  readonly settings: Settings;
-  readonly counters: Counters;
-  readonly out = new OutputQueue<O>();
-  /** The one throttle for repeated warnings (limits, evictions, drops). */
-  readonly throttle = new LogThrottle(this.out);
+  /** Connections, handshake, resume: accept(), dial(), receive(), approve(), takeTransmit()… */
   readonly session: Session;
+  /** The flows, and the outcomes the host reports for them (sendFailed, droppedOutside). */
   readonly flows: Flows<F>;
+  protected readonly settings: Settings;
+  protected readonly counters: Counters;
+  protected readonly out = new OutputQueue<O>();
+  /** The one throttle for repeated warnings (limits, evictions, drops). */
+  protected readonly throttle = new LogThrottle(this.out);
 
+  /**
+   * `policy` may be filled in after this constructor returns (the role's methods need the role's
+   * fields): it is only called later, from inputs.
+   */
   constructor(role: Role, config: CommonConfig, crypto: CryptoProvider, policy: RolePolicy<F>) {
     this.settings = settingsOf(config);
     this.counters = new Counters(this.settings.mappingNames);
@@ -60,7 +67,7 @@ export class MachineCore<F extends FlowBase, O extends { kind: string }> {
    * while the frame was in flight, or never opened), which is counted and answered with
    * FLOW_CLOSE(unknown flow) so the peer frees it too.
    */
-  dataFlow(link: Link, flowId: number, now: number): F | undefined {
+  protected dataFlow(link: Link, flowId: number, now: number): F | undefined {
     const flow = this.flows.get(flowId);
     if (flow === undefined) {
       this.counters.dropped("unknown-flow", undefined);
@@ -75,7 +82,7 @@ export class MachineCore<F extends FlowBase, O extends { kind: string }> {
    * Whether `size` more bytes of DATA fit on `link` (see LinkTable.hasRoom); datagrams dropped to make
    * room, and this one if it does not fit, are counted as backpressure on their flows.
    */
-  hasRoom(link: Link, size: number, mappingId: number, flow?: F): boolean {
+  protected hasRoom(link: Link, size: number, mappingId: number, flow?: F): boolean {
     const room = this.session.connections.hasRoom(link, size, (flowId) =>
       this.flows.droppedOutside("backpressure", { flowId }),
     );
@@ -83,14 +90,35 @@ export class MachineCore<F extends FlowBase, O extends { kind: string }> {
     return room;
   }
 
+  get stats(): Stats {
+    return this.counters.stats;
+  }
+
+  /** Per-mapping counters, by this side's mapping index. */
+  get mappingStats(): readonly MappingStats[] {
+    return this.counters.mappings;
+  }
+
+  /** Next output, or undefined when the queue is empty. */
+  poll(): O | undefined {
+    return this.out.poll();
+  }
+
+  /** Runs the timers that are due. */
   tick(now: number): void {
     this.session.tick(now);
     this.flows.expire(now, FlowCloseReason.Idle);
   }
 
+  /** Earliest time at which tick() has work, or undefined when nothing is scheduled. */
   nextTimeout(): number | undefined {
     const a = this.session.nextTimeout();
     const b = this.flows.nextTimeout();
     return a === undefined ? b : b === undefined || a < b ? a : b;
+  }
+
+  /** Says goodbye on every connection; flows are dropped (and their sockets released). */
+  shutdown(reason = `${this.session.peerName === "sender" ? "receiver" : "sender"} shutting down`): void {
+    this.session.closeAll(reason);
   }
 }

@@ -7,7 +7,7 @@
  */
 import { ipFamily } from "./address.js";
 import type { CommonConfig } from "./config.js";
-import { MachineCore } from "./machine-core.js";
+import { MachineCore, type RolePolicy } from "./machine-core.js";
 import { FlowCloseReason, type Frame, FrameType, HEADER_SIZE, MAX_DATAGRAM, ProtocolError, Role } from "./frames.js";
 import type { CryptoProvider, Link } from "./link.js";
 import type { ClientFlow, ReceiverOutput } from "./outputs.js";
@@ -43,18 +43,20 @@ const DATA_OVERHEAD = HEADER_SIZE + 4;
 /** Largest FLOW_OPEN (IPv6) plus a FLOW_CLOSE for an evicted flow. */
 const NEW_FLOW_OVERHEAD = HEADER_SIZE + 25 + HEADER_SIZE + 5;
 
-export class ReceiverMachine {
-  private readonly core: MachineCore<ClientFlow, ReceiverOutput>;
+export class ReceiverMachine extends MachineCore<ClientFlow, ReceiverOutput> {
   private readonly flowsByKey = new Map<string, ClientFlow>();
   private nextFlowId = 1;
   private readonly newFlowLimiter: SourceRateLimiter | undefined;
   private readonly amplificationLimit: number;
 
   constructor(config: ReceiverConfig, crypto: CryptoProvider) {
-    this.core = new MachineCore(Role.Receiver, config, crypto, {
+    // Filled in below: the role's methods need `this`, which exists only once super() returned.
+    const policy = {} as RolePolicy<ClientFlow>;
+    super(Role.Receiver, config, crypto, policy);
+    Object.assign(policy, <RolePolicy<ClientFlow>>{
       frame: (link, frame, now) => this.onFrame(link, frame, now),
       release: (flow) => this.flowsByKey.delete(flow.key),
-      describe: (flow) => `${flow.address}:${flow.port}`,
+      describe: (flow) => `client ${flow.address}:${flow.port}`,
     });
     const rate = config.newFlowsPerSecond ?? RECEIVER_DEFAULTS.newFlowsPerSecond;
     this.newFlowLimiter =
@@ -62,54 +64,17 @@ export class ReceiverMachine {
     this.amplificationLimit = Math.max(0, config.amplificationLimit ?? RECEIVER_DEFAULTS.amplificationLimit);
   }
 
-  /** Connections, handshake, resume: accept(), dial(), receive(), approve(), takeTransmit()… */
-  get session() {
-    return this.core.session;
-  }
-
-  /** The clients' flows, and the outcomes the host reports for them (sendFailed, droppedOutside). */
-  get flows() {
-    return this.core.flows;
-  }
-
-  get stats() {
-    return this.core.counters.stats;
-  }
-
-  /** Per-mapping counters, by mapping id. */
-  get mappingStats() {
-    return this.core.counters.mappings;
-  }
-
-  poll(): ReceiverOutput | undefined {
-    return this.core.out.poll();
-  }
-
-  tick(now: number): void {
-    this.core.tick(now);
-  }
-
-  nextTimeout(): number | undefined {
-    return this.core.nextTimeout();
-  }
-
-  /** Says goodbye to every connection. Flows are dropped. */
-  shutdown(reason = "receiver shutting down"): void {
-    this.core.session.closeAll(reason);
-  }
-
   /** A datagram from a UDP client, on the public port of mapping `mappingId`. */
   clientDatagram(address: string, port: number, payload: Uint8Array, now: number, mappingId = 0): void {
-    const core = this.core;
-    const counters = core.counters;
-    if (mappingId >= core.settings.mappings.length || mappingId < 0) throw new RangeError(`no mapping ${mappingId}`);
+    const counters = this.counters;
+    if (mappingId >= this.settings.mappings.length || mappingId < 0) throw new RangeError(`no mapping ${mappingId}`);
     counters.received(mappingId, payload.length);
     // A link already closed (CLOSE sent or received, keepalive timeout) but not yet reported
     // disconnected takes nothing more: frames after a CLOSE are never read.
-    const link = core.session.openLink;
+    const link = this.session.openLink;
     if (link === undefined) {
       counters.dropped("no-sender", mappingId);
-      core.throttle.note("no-sender", now, (n) => `dropped ${n} datagram(s) from clients: no sender connected`);
+      this.throttle.note("no-sender", now, (n) => `dropped ${n} datagram(s) from clients: no sender connected`);
       return;
     }
     if (payload.length > MAX_DATAGRAM) {
@@ -121,7 +86,7 @@ export class ReceiverMachine {
     if (flow === undefined) {
       if (this.newFlowLimiter !== undefined && !this.newFlowLimiter.allow(address, now)) {
         counters.dropped("rate-limited", mappingId);
-        core.throttle.note(
+        this.throttle.note(
           "rate-limited",
           now,
           (n) => `new-flow rate limit reached for some sources (raise --new-flow-rate): dropped ${n} datagram(s)`,
@@ -130,7 +95,7 @@ export class ReceiverMachine {
       }
       // FLOW_OPEN (and an eviction's FLOW_CLOSE) count against the buffer bound too, so a flood of new
       // source addresses cannot grow the buffer of a blocked connection.
-      if (!core.hasRoom(link, NEW_FLOW_OVERHEAD + DATA_OVERHEAD + payload.length, mappingId)) return;
+      if (!this.hasRoom(link, NEW_FLOW_OVERHEAD + DATA_OVERHEAD + payload.length, mappingId)) return;
       flow = this.openFlow(link, mappingId, key, address, port, payload.length, now);
       if (flow === undefined) return;
     } else {
@@ -138,12 +103,12 @@ export class ReceiverMachine {
       // replies are no longer capped (a spoofer rarely keeps up a conversation it cannot see).
       flow.replyBudget = Number.POSITIVE_INFINITY;
       flow.replyDatagrams = Number.POSITIVE_INFINITY;
-      core.flows.touch(flow, now);
-      if (!core.hasRoom(link, DATA_OVERHEAD + payload.length, mappingId, flow)) return;
+      this.flows.touch(flow, now);
+      if (!this.hasRoom(link, DATA_OVERHEAD + payload.length, mappingId, flow)) return;
     }
     counters.forwarded(flow, payload.length);
     link.writer.data(flow.id, payload);
-    core.session.connections.notify(link);
+    this.session.connections.notify(link);
   }
 
   private openFlow(
@@ -157,10 +122,10 @@ export class ReceiverMachine {
   ): ClientFlow | undefined {
     const family = ipFamily(address);
     if (family === undefined) {
-      this.core.out.log("warn", `ignoring datagram from unparseable address ${address}`);
+      this.out.log("warn", `ignoring datagram from unparseable address ${address}`);
       return undefined;
     }
-    this.core.flows.makeRoom(mappingId, now, FlowCloseReason.Evicted);
+    this.flows.makeRoom(mappingId, now, FlowCloseReason.Evicted);
     const limit = this.amplificationLimit;
     const flow: ClientFlow = {
       id: this.allocateFlowId(),
@@ -174,7 +139,7 @@ export class ReceiverMachine {
       replyDatagrams: limit > 0 ? limit : Number.POSITIVE_INFINITY,
       ...zeroCounters(),
     };
-    this.core.flows.add(flow);
+    this.flows.add(flow);
     this.flowsByKey.set(key, flow);
     link.writer.flowOpen(flow.id, flow.mappingId, flow);
     return flow;
@@ -185,7 +150,7 @@ export class ReceiverMachine {
     for (;;) {
       const id = this.nextFlowId;
       this.nextFlowId = id === 0xffffffff ? 1 : id + 1;
-      if (!this.core.flows.has(id)) return id;
+      if (!this.flows.has(id)) return id;
     }
   }
 
@@ -194,10 +159,10 @@ export class ReceiverMachine {
       throw new ProtocolError("unexpected-frame", "the sender may not open flows (FLOW_OPEN is receiver-only)");
     if (frame.type !== FrameType.Data) return;
     // Only ever to a client that opened the flow: a forged id reaches no one (no reflection).
-    const flow = this.core.dataFlow(link, frame.flowId, now);
+    const flow = this.dataFlow(link, frame.flowId, now);
     if (flow === undefined || !this.withinBudget(flow, frame.payload.length, now)) return;
-    this.core.counters.sent(flow, frame.payload.length);
-    this.core.out.push({ kind: "send-to-client", flow, payload: frame.payload });
+    this.counters.sent(flow, frame.payload.length);
+    this.out.push({ kind: "send-to-client", flow, payload: frame.payload });
   }
 
   /**
@@ -212,9 +177,9 @@ export class ReceiverMachine {
       flow.replyDatagrams--;
       return true;
     }
-    this.core.counters.dropped("amplification", flow.mappingId, flow);
+    this.counters.dropped("amplification", flow.mappingId, flow);
     const limit = this.amplificationLimit;
-    this.core.throttle.note(
+    this.throttle.note(
       "amplification",
       now,
       (n) =>

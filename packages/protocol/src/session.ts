@@ -318,6 +318,14 @@ export class Session implements LinkIo {
     if (!session || !session.links.includes(link)) return;
     session.links = session.links.filter((other) => other !== link);
     if (session.links.length > 0) return;
+    if (link.peerCloseCode === CloseCode.Normal) {
+      // A deliberate goodbye (the peer shut down): nobody will resume this session.
+      const count = this.owner.flowCount;
+      if (count > 0) this.out.log("info", `the ${this.peerName} said goodbye: closing ${flows(count)}`);
+      this.owner.dropAllFlows();
+      this.peer = undefined;
+      return;
+    }
     session.lostAt = now;
     const count = this.owner.flowCount;
     if (count > 0 && this.settings.resumeGraceMs > 0) {

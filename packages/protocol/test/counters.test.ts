@@ -119,3 +119,21 @@ for (const dir of [R, L]) {
     });
   });
 }
+
+describe("drop warnings", () => {
+  test("the first no-sender drop of a quiet period is logged at once, the rest summed at most every 10 s", () => {
+    const net = new Net();
+    const receiver = net.add(new ReceiverMachine({ identity: RECEIVER_KEY }, testCrypto(3)));
+    const warnings = () => net.logs(receiver).filter((line) => line.includes("no sender connected"));
+    receiver.clientDatagram("192.0.2.1", 1, utf8("a"), 0);
+    net.pump();
+    expect(warnings()).toEqual(["warn: dropped 1 datagram(s) from clients: no sender connected"]);
+    for (let i = 0; i < 5; i++) receiver.clientDatagram("192.0.2.1", 1, utf8("b"), 1_000 + i);
+    net.pump();
+    expect(warnings().length).toBe(1); // within 10 s: counted, not logged
+    receiver.clientDatagram("192.0.2.1", 1, utf8("c"), 10_000);
+    net.pump();
+    expect(warnings().at(-1)).toBe("warn: dropped 6 datagram(s) from clients: no sender connected");
+    expect(receiver.stats.drops["no-sender"]).toBe(7);
+  });
+});

@@ -509,7 +509,7 @@ function connectTcp(options: ConnectOptions): Promise<TcpConnection> {
       close(socket: BunTcpSocket, error?: Error) {
         if (socket.data) return socket.data.onSocketClose(error);
         // Closed before the handshake completed (e.g. a plaintext peer that hung up).
-        settle(tlsHandshakeFailed(error ?? "the peer closed the connection (is it using TLS?)"));
+        settle(tlsHandshakeFailed(error));
       },
     };
     Bun.connect<BunTcpConnection | undefined>({

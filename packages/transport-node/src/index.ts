@@ -26,6 +26,7 @@ import {
   type ConnectOptions,
   DEFAULT_TLS_HANDSHAKE_TIMEOUT_MS,
   isPendingSocketError,
+  isPlaintextPeerError,
   type ListenOptions,
   MAX_UDP_SEND_ATTEMPTS,
   type TcpConnection,
@@ -221,6 +222,9 @@ class NodeTcpConnection implements TcpConnection {
   }
 }
 
+/** A TLS record: alert (21), version 3.1, length 2, level fatal (2), protocol_version (70). */
+const PROTOCOL_VERSION_ALERT = Buffer.from([0x15, 0x03, 0x01, 0x00, 0x02, 0x02, 0x46]);
+
 async function listenTcp(options: ListenOptions): Promise<TcpServer> {
   const onSocket = (socket: net.Socket) => {
     socket.setNoDelay(true);
@@ -250,7 +254,13 @@ async function listenTcp(options: ListenOptions): Promise<TcpServer> {
     // A handshake timeout only emits this (the socket would stay open), so destroy here.
     server.on("tlsClientError", (error, socket) => {
       secure.onHandshakeError?.(tlsHandshakeFailed(error), socket.remoteAddress ?? "", socket.remotePort ?? 0);
-      socket.destroy();
+      // OpenSSL hangs up on a client that speaks no TLS without a word; BoringSSL (the Bun transport)
+      // answers with a fatal protocol_version alert. Send that alert too, on the TCP socket under the
+      // TLS one, so a plaintext mcudpt sees a TLS record and can say "TLS on one side only" itself.
+      const raw = (socket as unknown as { _parent?: net.Socket | null })._parent;
+      if (raw && !raw.destroyed && isPlaintextPeerError(error))
+        raw.write(PROTOCOL_VERSION_ALERT, () => socket.destroy());
+      else socket.destroy();
     });
   }
   await settle(server, (done) => server.listen({ host: options.host, port: options.port }, done));
@@ -301,7 +311,7 @@ function connectTcp(options: ConnectOptions): Promise<TcpConnection> {
     socket.once("connect", () => (tcpConnected = true));
     const onError = (error: Error) => fail(secure && tcpConnected ? tlsHandshakeFailed(error) : error);
     // A plaintext peer may just hang up: no 'error', only 'close'.
-    const onClose = () => fail(tlsHandshakeFailed("the peer closed the connection (is it using TLS?)"));
+    const onClose = () => fail(tlsHandshakeFailed(undefined));
     socket.once("error", onError);
     if (secure) socket.once("close", onClose);
     socket.once(secure ? "secureConnect" : "connect", () => {

@@ -12,6 +12,11 @@
  *                                             (system default, 208 KiB), and/or 14 MiB (what
  *                                             wireguard-go ≥ 0.0.20230223 sets itself: 7 MiB, SO_RCVBUFFORCE)
  *   --cli=PATH                                measure this bundled CLI instead of apps/cli/dist/mcudpt.js
+ *   --base-cli=PATH                           also measure this one (rows "Bun (base)", "Node (base)"), interleaved:
+ *                                             an A/B against an older build in the same run
+ *   --udp-buffer=BYTES                        pass --udp-buffer to both mcudpt sides (e.g. 64k: make the kernel
+ *                                             drop at mcudpt's own sockets, to see them counted)
+ *   --label=NAME                              results go to bench/results/wireguard-NAME.{json,md}
  *
  * Layout. wireguard-go starts in the root namespace (so its UDP sockets are on 127.0.0.1 with
  * mcudpt's), then each tun interface is moved into its own namespace (A: 198.18.13.1, B:
@@ -23,7 +28,11 @@
  * Loss. iperf3's lost datagrams (UDP) against what mcudpt counted (its drops, every reason, both
  * sides, from --metrics; kernel-queue is read every 5 s, so the scrape waits 6 s), and where the
  * kernel dropped the rest: A's tun queue (iperf3 → wireguard-go), WireGuard's UDP sockets (/proc/net/udp
- * drops), iperf3's server socket in B.
+ * drops), iperf3's server socket in B, the per-CPU input backlog (/proc/net/softnet_stat: tun writes
+ * land there). "at mcudpt's sockets" reads the same kernel counters for mcudpt's public and flow
+ * sockets directly: it must equal what mcudpt counted as kernel-queue. Other processes' CPU use during
+ * each measurement is recorded (the machine is shared); a measurement disturbed by more than 15 % of
+ * the CPUs is repeated once, keeping the less disturbed.
  *
  * Root only (namespaces, tun devices); without root it says so and exits 0. Every process runs under
  * `timeout -s KILL` and is killed by pid at the end, on exit, on SIGINT/SIGTERM/SIGHUP, on an
@@ -45,7 +54,20 @@ import os from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseUdpTable } from "../packages/core/src/kernel-drops.ts";
-import { freePort, has, killAll, type Proc, sleep, start, stderrOf, stdoutOf, stop, waitFor } from "./perf-lib/proc.js";
+import {
+  freePort,
+  has,
+  killAll,
+  othersShare,
+  othersTicks,
+  type Proc,
+  sleep,
+  start,
+  stderrOf,
+  stdoutOf,
+  stop,
+  waitFor,
+} from "./perf-lib/proc.js";
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const ROOT = resolve(HERE, "..");
@@ -56,7 +78,14 @@ const argv = process.argv.slice(2);
 const opt = (name: string) => argv.find((a) => a.startsWith(`--${name}=`))?.slice(name.length + 3);
 const SECONDS = Number(opt("seconds") ?? 10);
 const TRIALS = Number(opt("trials") ?? 2);
-const CONFIGS = ["direct", ...(opt("configs") ?? "bun,node").split(",").filter((c) => c !== "direct")] as Config[];
+const BASE_CLI = opt("base-cli");
+const UDP_BUFFER = opt("udp-buffer");
+const LABEL = opt("label");
+const CONFIGS = [
+  "direct",
+  ...(opt("configs") ?? "bun,node").split(",").filter((c) => c !== "direct"),
+  ...(BASE_CLI ? ["bun-base", "node-base"] : []),
+] as Config[];
 const WG_BUFFERS = (opt("wg-buffer") ?? "stock,14m").split(",") as WgBuffer[];
 const UDP_RATE = "100M";
 /** What wireguard-go ≥ 0.0.20230223 gets: 7 MiB through SO_RCVBUFFORCE, which Linux doubles. */
@@ -66,7 +95,12 @@ const ADDR_A = "198.18.13.1";
 const ADDR_B = "198.18.13.2";
 const IPERF_PORT = 5201;
 
-type Config = "direct" | "bun" | "node";
+type Config = "direct" | "bun" | "node" | "bun-base" | "node-base";
+const runtimeOf = (config: Config) => (config.startsWith("bun") ? "bun" : "node");
+const configName = (config: Config) =>
+  config === "direct"
+    ? "direct"
+    : `mcudpt on ${runtimeOf(config) === "bun" ? "Bun" : "Node"}${config.endsWith("-base") ? " (base)" : ""}`;
 type WgBuffer = "stock" | "14m";
 
 const log = (text: string) => process.stderr.write(`[wireguard] ${text}\n`);
@@ -223,12 +257,13 @@ interface Tunnel {
   metrics: { receiver: string; sender: string };
 }
 
-function snapshotCli(dir: string): string {
-  const given = opt("cli");
-  const cliDir = join(dir, "cli");
+/** Copies a built CLI (the whole split bundle, so a rebuild mid-run changes nothing measured). */
+function snapshotCli(dir: string, given: string | undefined, name: string): string {
+  const cliDir = join(dir, name);
   mkdirSync(cliDir);
   if (given) {
-    copyFileSync(resolve(given), join(cliDir, "mcudpt.js"));
+    const from = dirname(resolve(given));
+    for (const file of readdirSync(from)) if (file.endsWith(".js")) copyFileSync(join(from, file), join(cliDir, file));
     return join(cliDir, "mcudpt.js");
   }
   if (!existsSync(DIST)) {
@@ -245,6 +280,7 @@ async function startTunnel(dir: string, cli: string, runtime: "bun" | "node", ta
   const tcpPort = await freePort("tcp");
   const [mr, ms] = [await freePort("tcp"), await freePort("tcp")];
   const common = ["--secret", "wireguard-bench", "--transport", runtime];
+  if (UDP_BUFFER && !cli.includes("/base/")) common.push("--udp-buffer", UDP_BUFFER);
   const sender = await start(
     dir,
     `sender-${runtime}`,
@@ -330,7 +366,11 @@ interface Measurement {
   /** mcudpt's drops during the UDP run, both sides: kernel-queue, and all reasons. */
   counted?: { kernelQueue: number; total: number; receiver: Record<string, number>; sender: Record<string, number> };
   /** Kernel drops during the UDP run at the other sockets and queues on the way. */
-  elsewhere: { tunA: number; wgA: number; wgB: number; iperfServer: number; tunB: number };
+  elsewhere: { tunA: number; wgA: number; wgB: number; iperfServer: number; tunB: number; backlog: number };
+  /** The kernel's drop counters of mcudpt's own sockets (public port, flow sockets), read by this script. */
+  atMcudpt?: number;
+  /** Share of the CPUs other processes used during the TCP and UDP runs. */
+  others: { tcp: number; udp: number };
 }
 
 interface Get {
@@ -353,17 +393,24 @@ function pick(run: Get): Pick<Measurement, "tcpMbps" | "tcpRetransmits" | "udpSe
 async function measure(dir: string, cli: string, wg: Wg, config: Config, wgBuffer: WgBuffer, trial: number) {
   let tunnel: Tunnel | undefined;
   try {
-    if (config !== "direct") tunnel = await startTunnel(dir, cli, config, wg.portB);
+    if (config !== "direct") tunnel = await startTunnel(dir, cli, runtimeOf(config), wg.portB);
     const endpoint = `127.0.0.1:${tunnel ? tunnel.publicPort : wg.portB}`;
     must("wg", ["set", IF_A, "peer", wg.pubB, "endpoint", endpoint]);
     // Direct, B's reply endpoint must leave a previous tunnel's flow socket; through the tunnel B
     // learns the sender's flow socket from the first packet that arrives.
     if (!tunnel) must("wg", ["set", IF_B, "peer", wg.pubA, "endpoint", `127.0.0.1:${wg.portA}`]);
     const id = `${wgBuffer}-${config}-${trial}`;
+    const cpus = os.cpus().length;
+    let ticks = othersTicks();
     const tcp = await iperf(dir, `iperf-tcp-${id}`, false);
-    await sleep(1000);
+    const othersTcp = othersShare(ticks, othersTicks(), SECONDS, cpus);
+    // What the TCP run made the kernel drop at mcudpt's sockets is reported at the next sample (every
+    // 5 s): let it pass, so that the UDP run's figures start clean.
+    await sleep(tunnel ? 6500 : 1000);
     const before = await lossSites(wg, tunnel);
+    ticks = othersTicks();
     const udp = await iperf(dir, `iperf-udp-${id}`, true);
+    const othersUdp = othersShare(ticks, othersTicks(), SECONDS, cpus);
     // kernel-queue is sampled every 5 s: let one more sample pass before reading the counters.
     if (tunnel) await sleep(6500);
     const after = await lossSites(wg, tunnel);
@@ -378,7 +425,10 @@ async function measure(dir: string, cli: string, wg: Wg, config: Config, wgBuffe
         wgB: after.wgB - before.wgB,
         iperfServer: after.iperfServer - before.iperfServer,
         tunB: after.tunB - before.tunB,
+        backlog: after.backlog - before.backlog,
       },
+      atMcudpt: tunnel ? after.atMcudpt - before.atMcudpt : undefined,
+      others: { tcp: othersTcp, udp: othersUdp },
     };
     if (tunnel && before.receiver && after.receiver && before.sender && after.sender) {
       const delta = (a: Record<string, number>, b: Record<string, number>) =>
@@ -399,7 +449,8 @@ async function measure(dir: string, cli: string, wg: Wg, config: Config, wgBuffe
     log(
       `${id}: TCP ${m.tcpMbps.toFixed(0)} Mbit/s (${m.tcpRetransmits} retr), UDP lost ${m.udpLost}/${m.udpSent} ` +
         `(${m.udpLostPercent.toFixed(2)} %), mcudpt counted ${m.counted ? `${m.counted.total} (kernel-queue ${m.counted.kernelQueue})` : "-"}, ` +
-        `elsewhere ${JSON.stringify(m.elsewhere)}`,
+        `at mcudpt's sockets ${m.atMcudpt ?? "-"}, elsewhere ${JSON.stringify(m.elsewhere)}, ` +
+        `others' CPU ${(100 * othersTcp).toFixed(0)} % / ${(100 * othersUdp).toFixed(0)} %`,
     );
     return m;
   } finally {
@@ -410,10 +461,31 @@ async function measure(dir: string, cli: string, wg: Wg, config: Config, wgBuffe
   }
 }
 
+/** Packets dropped from the per-CPU input backlogs (second column of /proc/net/softnet_stat), all CPUs. */
+function backlogDrops(): number {
+  let total = 0;
+  for (const line of readFileSync("/proc/net/softnet_stat", "latin1").trim().split("\n"))
+    total += Number.parseInt(line.split(/\s+/)[1], 16);
+  return total;
+}
+
+/** The kernel's drops at mcudpt's sockets: its public port and its flow sockets (connected to B's port). */
+function mcudptSocketDrops(wg: Wg, tunnel: Tunnel): number {
+  let total = 0;
+  for (const table of ["/proc/net/udp", "/proc/net/udp6"]) {
+    for (const row of parseUdpTable(readFileSync(table, "latin1")).values()) {
+      if (row.port === tunnel.publicPort || row.remote === `127.0.0.1:${wg.portB}`) total += row.drops;
+    }
+  }
+  return total;
+}
+
 async function lossSites(wg: Wg, tunnel: Tunnel | undefined) {
   const root = udpRows(undefined);
   const b = udpRows(NS_B);
   return {
+    backlog: backlogDrops(),
+    atMcudpt: tunnel ? mcudptSocketDrops(wg, tunnel) : 0,
     tunA: linkDrops(NS_A, IF_A).tx,
     tunB: linkDrops(NS_B, IF_B).rx,
     wgA: root.get(wg.portA)?.drops ?? 0,
@@ -437,8 +509,8 @@ const median = (values: number[]) => {
 
 function report(results: Measurement[], meta: Record<string, unknown>): string {
   const lines = [
-    "| WireGuard socket buffer | path | TCP Mbit/s | ratio to direct | UDP 100 Mbit/s: iperf3 lost | mcudpt counted (kernel-queue) | counted / lost | lost at WireGuard's socket B | at A's tun | at iperf3's socket |",
-    "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    "| WireGuard socket buffer | path | TCP Mbit/s | ratio to direct | UDP 100 Mbit/s: iperf3 lost | mcudpt counted (kernel-queue) | kernel drops at mcudpt's sockets | counted / lost | lost at WireGuard's socket B | at A's tun, backlog, iperf3's socket | others' CPU |",
+    "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
   ];
   for (const wgBuffer of WG_BUFFERS) {
     const direct = median(
@@ -454,12 +526,15 @@ function report(results: Measurement[], meta: Record<string, unknown>): string {
       const kq = rows.reduce((a, r) => a + (r.counted?.kernelQueue ?? 0), 0);
       const trials = (f: (r: Measurement) => string) => rows.map(f).join(" / ");
       lines.push(
-        `| ${wgBuffer === "stock" ? "208 KiB (Debian's wireguard-go)" : "14 MiB (wireguard-go ≥ 0.0.20230223)"} | ${config === "direct" ? "direct" : `mcudpt on ${config === "bun" ? "Bun" : "Node"}`} ` +
+        `| ${wgBuffer === "stock" ? "208 KiB (Debian's wireguard-go)" : "14 MiB (wireguard-go ≥ 0.0.20230223)"} | ${configName(config)} ` +
           `| ${tcp.toFixed(0)} (${trials((r) => r.tcpMbps.toFixed(0))}) | ${config === "direct" ? "1" : `${(tcp / direct).toFixed(2)}×`} ` +
           `| ${lostPct.toFixed(2)} % (${trials((r) => `${r.udpLost}/${r.udpSent}`)}) ` +
           `| ${config === "direct" ? "—" : `${trials((r) => String(r.counted?.total ?? 0))} (${kq})`} ` +
+          `| ${config === "direct" ? "—" : trials((r) => String(r.atMcudpt ?? 0))} ` +
           `| ${config === "direct" || lost === 0 ? "—" : `${((100 * counted) / lost).toFixed(0)} %`} ` +
-          `| ${trials((r) => String(r.elsewhere.wgB))} | ${trials((r) => String(r.elsewhere.tunA))} | ${trials((r) => String(r.elsewhere.iperfServer))} |`,
+          `| ${trials((r) => String(r.elsewhere.wgB))} ` +
+          `| ${trials((r) => `${r.elsewhere.tunA}, ${r.elsewhere.backlog}, ${r.elsewhere.iperfServer}`)} ` +
+          `| ${trials((r) => `${(100 * Math.max(r.others.tcp, r.others.udp)).toFixed(0)} %`)} |`,
       );
     }
   }
@@ -508,7 +583,8 @@ async function main(): Promise<void> {
     return;
   }
   runDir = mkdtempSync(join(os.tmpdir(), "mcudpt-wg-"));
-  const cli = snapshotCli(runDir);
+  const cli = snapshotCli(runDir, opt("cli"), "cli");
+  const baseCli = BASE_CLI ? snapshotCli(runDir, BASE_CLI, "base") : undefined;
   log(`run directory ${runDir}`);
   const results: Measurement[] = [];
   const wgVersion = sh("wireguard-go", ["--version"]).out.split("\n")[0];
@@ -530,8 +606,19 @@ async function main(): Promise<void> {
       "iperf3's server",
     );
     try {
-      for (let trial = 1; trial <= TRIALS; trial++)
-        for (const config of CONFIGS) results.push(await measure(runDir, cli, wg, config, wgBuffer, trial));
+      for (let trial = 1; trial <= TRIALS; trial++) {
+        for (const config of CONFIGS) {
+          const which = config.endsWith("-base") ? (baseCli as string) : cli;
+          let m = await measure(runDir, which, wg, config, wgBuffer, trial);
+          const disturbed = (x: Measurement) => Math.max(x.others.tcp, x.others.udp);
+          if (disturbed(m) > 0.15) {
+            log(`${config}: others used ${(100 * disturbed(m)).toFixed(0)} % of the CPUs: measuring again`);
+            const again = await measure(runDir, which, wg, config, wgBuffer, trial);
+            if (disturbed(again) < disturbed(m)) m = again;
+          }
+          results.push(m);
+        }
+      }
     } finally {
       await stop(server, "SIGTERM", 2000);
       await tearDownWireGuard(wg);
@@ -542,6 +629,8 @@ async function main(): Promise<void> {
     commit: sh("git", ["-C", ROOT, "rev-parse", "--short", "HEAD"]).out.trim(),
     machine: `${os.cpus().length} CPUs, Linux ${os.release()}`,
     tools: `${wgVersion}; ${iperfVersion}; bun ${sh("bun", ["--version"]).out.trim()}; node ${sh("node", ["--version"]).out.trim()}`,
+    "mcudpt flags": `--secret, --transport matching the runtime${UDP_BUFFER ? `, --udp-buffer ${UDP_BUFFER}` : " (defaults: --udp-buffer 2m on the receiver, 256k per flow socket on the sender)"}; -L as in the README (receiver --connect, sender --listen)`,
+    ...(BASE_CLI ? { "base CLI": BASE_CLI } : {}),
     "iperf3 runs": `${SECONDS} s each, TCP then UDP at ${UDP_RATE}bit/s, ${TRIALS} trial(s) per path interleaved (median shown, trials in parentheses)`,
     "WireGuard B's socket buffer (ss rb)": Object.entries(buffers)
       .map(([k, v]) => `${k}: ${v}`)
@@ -554,8 +643,9 @@ async function main(): Promise<void> {
   const md = report(results, meta);
   console.log(md);
   mkdirSync(RESULTS, { recursive: true });
-  writeFileSync(join(RESULTS, "wireguard.json"), `${JSON.stringify({ meta, results }, null, 2)}\n`);
-  writeFileSync(join(RESULTS, "wireguard.md"), md);
+  const stem = LABEL ? `wireguard-${LABEL}` : "wireguard";
+  writeFileSync(join(RESULTS, `${stem}.json`), `${JSON.stringify({ meta, results }, null, 2)}\n`);
+  writeFileSync(join(RESULTS, `${stem}.md`), md);
 }
 
 const watchdog = setTimeout(() => {

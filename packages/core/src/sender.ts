@@ -37,7 +37,7 @@ export interface SenderOptions extends SideOptions {
   proxyProtocol?: boolean;
   /**
    * Kernel buffer size requested for each flow's UDP socket (--udp-buffer; default 256 KiB), for
-   * bursts from the target. Capped so that max-flows × size stays within FLOW_BUFFERS_TOTAL.
+   * bursts from the target. Capped so that (max-flows × mappings) × size stays within FLOW_BUFFERS_TOTAL.
    */
   udpBufferBytes?: number;
 }
@@ -74,8 +74,8 @@ export const MIN_FLOW_SOCKET_BUFFER = 128 * 1024;
 
 /**
  * The buffer each flow socket asks for: `requested` (default FLOW_SOCKET_BUFFER), capped at
- * FLOW_BUFFERS_TOTAL / maxFlows; undefined (the system default) when that cap is below
- * MIN_FLOW_SOCKET_BUFFER.
+ * FLOW_BUFFERS_TOTAL / maxFlows (the flows of every mapping together); undefined (the system
+ * default) when that cap is below MIN_FLOW_SOCKET_BUFFER.
  */
 export function flowSocketBuffer(
   requested: number | undefined,
@@ -99,14 +99,18 @@ export async function startSender(options: SenderOptions): Promise<SenderHandle>
   });
   let machine!: SenderMachine;
   let driver!: MachineDriver<SenderMachine>;
-  const maxFlows = options.config.maxFlows ?? DEFAULTS.maxFlows;
+  // --max-flows bounds each mapping's flows: all of them together may hold a socket each.
+  const maxFlows = mappings.reduce(
+    (total, mapping) => total + (mapping.maxFlows ?? options.config.maxFlows ?? DEFAULTS.maxFlows),
+    0,
+  );
   const buffer = flowSocketBuffer(options.udpBufferBytes, maxFlows);
   if (buffer.capped) {
     const asked = sizeText(options.udpBufferBytes ?? FLOW_SOCKET_BUFFER);
     const got = buffer.bytes === undefined ? "keep the system default" : `ask for ${sizeText(buffer.bytes)}`;
     logger.log(
       options.udpBufferBytes === undefined ? "debug" : "warn",
-      `--udp-buffer ${asked} × --max-flows ${maxFlows} is over ${sizeText(FLOW_BUFFERS_TOTAL)} of kernel buffers: flow sockets ${got}`,
+      `--udp-buffer ${asked} × ${maxFlows} flows at most (--max-flows × mappings) is over ${sizeText(FLOW_BUFFERS_TOTAL)} of kernel buffers: flow sockets ${got}`,
     );
   }
   const mappingLabel = (mappingId: number) => {

@@ -2,7 +2,7 @@
  * `--udp-buffer BYTES`: the kernel buffer (SO_RCVBUF/SO_SNDBUF) requested for the UDP sockets the
  * role opens, so a burst waits in the kernel instead of being dropped there while the process is busy:
  * the receiver's public sockets (default 2 MiB) and the sender's flow sockets (default 256 KiB each,
- * capped so that --max-flows × size stays within 1 GiB). The kernel caps it at net.core.rmem_max.
+ * capped so that --max-flows × mappings × size stays within 1 GiB). The kernel caps it at net.core.rmem_max.
  */
 import { FLOW_BUFFERS_TOTAL, FLOW_SOCKET_BUFFER } from "@mcudpt/core";
 import type { ArgsDef } from "citty";
@@ -22,7 +22,7 @@ export const receiverBufferArgs = {
 export const senderBufferArgs = {
   "udp-buffer": {
     type: "string",
-    description: `Kernel buffer of each flow's UDP socket, for bursts from the target (default ${FLOW_SOCKET_BUFFER / 1024}k; total up to --max-flows × this, capped at ${GIB}g in all; the kernel caps it at net.core.rmem_max)`,
+    description: `Kernel buffer of each flow's UDP socket, for bursts from the target (default ${FLOW_SOCKET_BUFFER / 1024}k; total up to --max-flows × mappings × this, capped at ${GIB}g in all; the kernel caps it at net.core.rmem_max)`,
     valueHint: "BYTES",
   },
 } satisfies ArgsDef;

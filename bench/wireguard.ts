@@ -84,7 +84,12 @@ const LABEL = opt("label");
 const CONFIGS = [
   "direct",
   ...(opt("configs") ?? "bun,node").split(",").filter((c) => c !== "direct"),
-  ...(BASE_CLI ? ["bun-base", "node-base"] : []),
+  ...(BASE_CLI
+    ? (opt("configs") ?? "bun,node")
+        .split(",")
+        .filter((c) => c === "bun" || c === "node")
+        .map((c) => `${c}-base`)
+    : []),
 ] as Config[];
 const WG_BUFFERS = (opt("wg-buffer") ?? "stock,14m").split(",") as WgBuffer[];
 const UDP_RATE = "100M";
@@ -369,6 +374,8 @@ interface Measurement {
   elsewhere: { tunA: number; wgA: number; wgB: number; iperfServer: number; tunB: number; backlog: number };
   /** The kernel's drop counters of mcudpt's own sockets (public port, flow sockets), read by this script. */
   atMcudpt?: number;
+  /** The TCP run's drops: what mcudpt counted (every reason), and the kernel's counters at its sockets. */
+  tcpRun?: { counted: number; atMcudpt: number };
   /** Share of the CPUs other processes used during the TCP and UDP runs. */
   others: { tcp: number; udp: number };
 }
@@ -402,6 +409,7 @@ async function measure(dir: string, cli: string, wg: Wg, config: Config, wgBuffe
     const id = `${wgBuffer}-${config}-${trial}`;
     const cpus = os.cpus().length;
     let ticks = othersTicks();
+    const preTcp = await lossSites(wg, tunnel);
     const tcp = await iperf(dir, `iperf-tcp-${id}`, false);
     const othersTcp = othersShare(ticks, othersTicks(), SECONDS, cpus);
     // What the TCP run made the kernel drop at mcudpt's sockets is reported at the next sample (every
@@ -428,6 +436,16 @@ async function measure(dir: string, cli: string, wg: Wg, config: Config, wgBuffe
         backlog: after.backlog - before.backlog,
       },
       atMcudpt: tunnel ? after.atMcudpt - before.atMcudpt : undefined,
+      tcpRun: tunnel
+        ? {
+            counted:
+              sum(before.receiver ?? {}) +
+              sum(before.sender ?? {}) -
+              sum(preTcp.receiver ?? {}) -
+              sum(preTcp.sender ?? {}),
+            atMcudpt: before.atMcudpt - preTcp.atMcudpt,
+          }
+        : undefined,
       others: { tcp: othersTcp, udp: othersUdp },
     };
     if (tunnel && before.receiver && after.receiver && before.sender && after.sender) {
@@ -449,7 +467,7 @@ async function measure(dir: string, cli: string, wg: Wg, config: Config, wgBuffe
     log(
       `${id}: TCP ${m.tcpMbps.toFixed(0)} Mbit/s (${m.tcpRetransmits} retr), UDP lost ${m.udpLost}/${m.udpSent} ` +
         `(${m.udpLostPercent.toFixed(2)} %), mcudpt counted ${m.counted ? `${m.counted.total} (kernel-queue ${m.counted.kernelQueue})` : "-"}, ` +
-        `at mcudpt's sockets ${m.atMcudpt ?? "-"}, elsewhere ${JSON.stringify(m.elsewhere)}, ` +
+        `at mcudpt's sockets ${m.atMcudpt ?? "-"}, TCP run: counted ${m.tcpRun?.counted ?? "-"} / at mcudpt's sockets ${m.tcpRun?.atMcudpt ?? "-"}, elsewhere ${JSON.stringify(m.elsewhere)}, ` +
         `others' CPU ${(100 * othersTcp).toFixed(0)} % / ${(100 * othersUdp).toFixed(0)} %`,
     );
     return m;
@@ -509,8 +527,8 @@ const median = (values: number[]) => {
 
 function report(results: Measurement[], meta: Record<string, unknown>): string {
   const lines = [
-    "| WireGuard socket buffer | path | TCP Mbit/s | ratio to direct | UDP 100 Mbit/s: iperf3 lost | mcudpt counted (kernel-queue) | kernel drops at mcudpt's sockets | counted / lost | lost at WireGuard's socket B | at A's tun, backlog, iperf3's socket | others' CPU |",
-    "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    "| WireGuard socket buffer | path | TCP Mbit/s | ratio to direct | UDP 100 Mbit/s: iperf3 lost | mcudpt counted (kernel-queue) | kernel drops at mcudpt's sockets | counted / lost | lost at WireGuard's socket B | at A's tun, backlog, iperf3's socket | TCP run: mcudpt counted / kernel drops at its sockets | others' CPU |",
+    "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
   ];
   for (const wgBuffer of WG_BUFFERS) {
     const direct = median(
@@ -534,6 +552,7 @@ function report(results: Measurement[], meta: Record<string, unknown>): string {
           `| ${config === "direct" || lost === 0 ? "—" : `${((100 * counted) / lost).toFixed(0)} %`} ` +
           `| ${trials((r) => String(r.elsewhere.wgB))} ` +
           `| ${trials((r) => `${r.elsewhere.tunA}, ${r.elsewhere.backlog}, ${r.elsewhere.iperfServer}`)} ` +
+          `| ${config === "direct" ? "—" : trials((r) => `${r.tcpRun?.counted ?? 0} / ${r.tcpRun?.atMcudpt ?? 0}`)} ` +
           `| ${trials((r) => `${(100 * Math.max(r.others.tcp, r.others.udp)).toFixed(0)} %`)} |`,
       );
     }

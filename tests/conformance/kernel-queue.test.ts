@@ -19,7 +19,6 @@ import {
   readUdpSocketStats,
   startReceiver,
   startSender,
-  type Transport,
 } from "@mcudpt/core";
 import { availableTransports } from "../helpers/transports.js";
 import { eventually, LOOPBACK, memoryLogger, startClient, startEcho } from "../helpers/tunnel.js";

@@ -569,7 +569,7 @@ function report(results: Measurement[], meta: Record<string, unknown>): string {
           `| ${config === "direct" || lost === 0 ? "—" : `${((100 * counted) / lost).toFixed(0)} %`} ` +
           `| ${trials((r) => String(r.elsewhere.wgB))} ` +
           `| ${trials((r) => `${r.elsewhere.tunA}, ${r.elsewhere.backlog}, ${r.elsewhere.iperfServer}`)} ` +
-          `| ${config === "direct" ? "—" : rows.map((r) => `${r.tcpRun?.counted ?? 0} / ${r.tcpRun?.atMcudpt ?? 0}`).join("; ")} ` +
+          `| ${config === "direct" ? "—" : rows.map((r) => (r.tcpRun ? `${r.tcpRun.counted} / ${r.tcpRun.atMcudpt}` : "not measured")).join("; ")} ` +
           `| ${trials((r) => `${(100 * Math.max(r.others.tcp, r.others.udp)).toFixed(0)} %`)} |`,
       );
     }

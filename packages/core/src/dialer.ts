@@ -6,14 +6,14 @@
  * `fatal`, never in a process that stays up doing nothing.
  */
 import { CloseCode } from "@mcudpt/protocol";
-import { formatHostPort, type HostPort } from "./address.js";
+import type { HostPort } from "./address.js";
 import { Backoff } from "./backoff.js";
+import { type CarrierOptions, dialCarrier } from "./carrier.js";
 import { type Clock, systemClock } from "./clock.js";
 import { type MachineDriver, now } from "./driver.js";
 import { messageOf, UserError } from "./errors.js";
 import { fingerprint } from "./keys.js";
 import type { Logger } from "./logger.js";
-import { Resolver } from "./resolve.js";
 import { type DialerTlsOptions, DialerTlsPolicy } from "./tls-peer.js";
 import type { TcpConnection, Transport } from "./transport.js";
 import type { PeerPins } from "./trust.js";
@@ -34,6 +34,8 @@ export interface DialerOptions {
   remote: HostPort;
   keyCheck: PeerKeyChecker;
   tls?: DialerTlsOptions;
+  /** How connections reach the peer (WebSocket, a proxy); default plain TCP through `transport`. */
+  carrier?: CarrierOptions;
   /** First retry delay and its cap (ms). */
   reconnect?: { initialMs?: number; maxMs?: number };
   connectTimeoutMs?: number;
@@ -93,9 +95,9 @@ export function dial(options: DialerOptions): Dialer {
   const { transport, logger, driver, peerName, keyCheck } = options;
   const clock = options.clock ?? systemClock;
   const session = driver.machine.session;
-  const resolver = new Resolver();
   const host = options.remote.host === "" ? "127.0.0.1" : options.remote.host;
-  const remoteText = formatHostPort(host, options.remote.port);
+  const carrier = dialCarrier(transport, options.remote, options.carrier);
+  const remoteText = carrier.remote;
   const backoff = new Backoff(options.reconnect);
   const tls = options.tls && new DialerTlsPolicy(options.tls, host, peerName);
   let connections = 0;
@@ -143,21 +145,13 @@ export function dial(options: DialerOptions): Dialer {
 
   const connect = async (): Promise<void> => {
     if (stopping) return;
-    let address: string;
-    try {
-      address = (await resolver.resolve(host)).address;
-    } catch (error) {
-      return scheduleRetry(`cannot resolve ${peerName} "${host}": ${messageOf(error)}`);
-    }
     const conn = driver.reserveId();
     const handlers = driver.handlersFor(conn);
     // Bytes that arrive before the machine knows the connection are replayed once it does.
     let early: Uint8Array[] | undefined = [];
     let connection: TcpConnection;
     try {
-      connection = await transport.connectTcp({
-        host: address,
-        port: options.remote.port,
+      connection = await carrier.connect({
         timeoutMs: options.connectTimeoutMs ?? 10_000,
         tls: tls?.connectOptions,
         handlers: {
@@ -190,7 +184,7 @@ export function dial(options: DialerOptions): Dialer {
     connections++;
     current = conn;
     driver.bind(conn, connection);
-    logger.log("info", `connected to ${peerName} ${remoteText}`);
+    logger.log("info", `connected to ${peerName} ${remoteText}${carrier.via}`);
     driver.guard(() => session.dial(conn, remoteText, now()));
     const replay = early;
     early = undefined;

@@ -9,6 +9,14 @@ import { type HostPort, type Logger, startReceiver, startSender, UserError } fro
 import { RECEIVER_DEFAULTS } from "@mcudpt/protocol";
 import { type ArgsDef, defineCommand } from "citty";
 import { stdinApprover } from "./approval.js";
+import {
+  type CarrierAddress,
+  carrierAddressArg,
+  carrierArgs,
+  carrierFor,
+  defaultCarrierAddress,
+  tlsArgsFor,
+} from "./carrier-options.js";
 import { configArgs } from "./config-file.js";
 import {
   dialPinsFor,
@@ -28,16 +36,7 @@ import {
   opsArgs,
   opsOptions,
 } from "./ops/index.js";
-import {
-  address,
-  type CommonOptions,
-  commonArgs,
-  commonOptions,
-  limit,
-  mappingsArg,
-  optionalAddress,
-  type RawArgs,
-} from "./options.js";
+import { type CommonOptions, commonArgs, commonOptions, limit, mappingsArg, type RawArgs } from "./options.js";
 import { pickTransport, runtimeDescription } from "./runtime.js";
 import { dialTls, listenTls, tlsArgs } from "./tls-options.js";
 
@@ -50,13 +49,15 @@ export const receiverArgs = {
   },
   tcp: {
     type: "string",
-    description: "TCP address to listen on for the sender (default :1937, all interfaces)",
-    valueHint: "[HOST]:PORT",
+    description:
+      "TCP address to listen on for the sender (default :1937, all interfaces); ws://[HOST]:PORT/PATH serves the WebSocket carrier there (behind nginx or a CDN), wss:// the same over TLS",
+    valueHint: "[HOST]:PORT|ws://…",
   },
   connect: {
     type: "string",
-    description: "Dial the sender at this address instead of listening (ssh -L style: the sender runs with --listen)",
-    valueHint: "HOST:PORT",
+    description:
+      "Dial the sender at this address instead of listening (ssh -L style: the sender runs with --listen); ws:// or wss://HOST[:PORT]/PATH for the WebSocket carrier",
+    valueHint: "HOST:PORT|ws://…",
   },
   ...configArgs,
   ...commonArgs,
@@ -73,6 +74,7 @@ export const receiverArgs = {
     valueHint: "N",
   },
   ...tlsArgs,
+  ...carrierArgs,
   ...opsArgs,
 } satisfies ArgsDef;
 
@@ -85,20 +87,22 @@ export const senderArgs = {
   },
   tcp: {
     type: "string",
-    description: "Receiver's TCP address to dial (default :1937, this machine)",
-    valueHint: "HOST:PORT",
+    description:
+      "Receiver's TCP address to dial (default :1937, this machine); ws:// or wss://HOST[:PORT]/PATH dials it over the WebSocket carrier (through nginx, a CDN, a proxy)",
+    valueHint: "HOST:PORT|ws://…",
   },
   listen: {
     type: "string",
     description:
-      "Listen on this TCP address for the receiver instead of dialing it (ssh -L style: the receiver runs with --connect)",
-    valueHint: "[HOST]:PORT",
+      "Listen on this TCP address for the receiver instead of dialing it (ssh -L style: the receiver runs with --connect); ws://[HOST]:PORT/PATH for the WebSocket carrier",
+    valueHint: "[HOST]:PORT|ws://…",
   },
   ...configArgs,
   ...commonArgs,
   ...keyArgs,
   ...trustArgs("receiver"),
   ...tlsArgs,
+  ...carrierArgs,
   "proxy-protocol": {
     type: "boolean",
     description: "Prepend a PROXY protocol v2 header to each datagram sent to the target, so it sees the real client",
@@ -106,11 +110,20 @@ export const senderArgs = {
   ...opsArgs,
 } satisfies ArgsDef;
 
-/** The TCP side this end takes: `flag` is the default direction's flag, `swap` the other one. */
-function tcpSide(args: RawArgs, flag: "tcp", swap: "connect" | "listen"): { address: HostPort; swapped: boolean } {
-  const swapped = optionalAddress(args, swap);
+/**
+ * The TCP side this end takes: `flag` is the default direction's flag, `swap` the other one;
+ * `tcpListens`: whether --tcp is the listening address (the receiver's) or the one to dial (the sender's).
+ */
+function tcpSide(
+  args: RawArgs,
+  flag: "tcp",
+  swap: "connect" | "listen",
+  tcpListens: boolean,
+): { address: HostPort; carrier: CarrierAddress; swapped: boolean } {
+  const swapped = carrierAddressArg(args, swap, !tcpListens);
   if (swapped && args[flag] !== undefined) throw new UserError(`give --${flag} or --${swap}, not both`);
-  return swapped ? { address: swapped, swapped: true } : { address: address(args, flag), swapped: false };
+  const carrier = swapped ?? carrierAddressArg(args, flag, tcpListens) ?? defaultCarrierAddress();
+  return { address: carrier.address, carrier, swapped: swapped !== undefined };
 }
 
 /** Settings that work but surprise: say so once at start-up. */
@@ -163,10 +176,27 @@ async function runUntilSignal(logger: Logger, close: () => Promise<void>): Promi
   });
 }
 
-/** Trust, key pins, TLS and the operator prompt for the TCP side this end takes. */
-function sideOptions(args: RawArgs, ops: Operations, peer: PeerRole, listening: boolean, keyMode: boolean) {
+/** Trust, key pins, TLS, the carrier and the operator prompt for the TCP side this end takes. */
+function sideOptions(
+  givenArgs: RawArgs,
+  rawArgs: readonly string[],
+  address: CarrierAddress,
+  ops: Operations,
+  peer: PeerRole,
+  listening: boolean,
+  keyMode: boolean,
+) {
   const logger = ops.logger;
+  const carrier = carrierFor(
+    givenArgs,
+    rawArgs,
+    address,
+    !listening,
+    listening ? `listens for the ${peer}` : `dials the ${peer}`,
+  );
+  const args = tlsArgsFor(givenArgs, address);
   return {
+    carrier,
     admission: keyMode && listening ? listenTrustFor(args, peer) : undefined,
     pins: keyMode && !listening ? dialPinsFor(args, peer) : undefined,
     // Flag errors before files are created: a bad command line leaves nothing behind.
@@ -212,7 +242,7 @@ export const receiverCommand = defineCommand({
   async run({ args, rawArgs }) {
     const options = commonOptions(args);
     const mappings = mappingsArg(rawArgs, "receiver").map(({ name, address: udp }) => ({ name, udp }));
-    const tcp = tcpSide(args, "tcp", "connect");
+    const tcp = tcpSide(args, "tcp", "connect", true);
     const dialing = tcp.swapped;
     const newFlowsPerSecond = limit(args, "new-flow-rate", RECEIVER_DEFAULTS.newFlowsPerSecond);
     const amplificationLimit = limit(args, "amplification-limit", RECEIVER_DEFAULTS.amplificationLimit, 10_000);
@@ -220,7 +250,7 @@ export const receiverCommand = defineCommand({
     const logger = ops.logger;
     const keyMode = !options.secret;
     if (!keyMode) rejectKeyFlagsWithSecret(args, "sender");
-    const side = sideOptions(args, ops, "sender", !dialing, keyMode);
+    const side = sideOptions(args, rawArgs, tcp.carrier, ops, "sender", !dialing, keyMode);
     const identity = keyMode ? identityFor(args, logger) : undefined;
     warnAboutSettings(logger, options);
     const transport = pickTransport(options.transport);
@@ -252,13 +282,13 @@ export const senderCommand = defineCommand({
   async run({ args, rawArgs }) {
     const options = commonOptions(args);
     const mappings = mappingsArg(rawArgs, "sender").map(({ name, address: target }) => ({ name, target }));
-    const tcp = tcpSide(args, "tcp", "listen");
+    const tcp = tcpSide(args, "tcp", "listen", false);
     const listening = tcp.swapped;
     const ops = operations("mcudpt sender", options.logLevel, opsOptions(args));
     const logger = ops.logger;
     const keyMode = !options.secret;
     if (!keyMode) rejectKeyFlagsWithSecret(args, "receiver");
-    const side = sideOptions(args, ops, "receiver", listening, keyMode);
+    const side = sideOptions(args, rawArgs, tcp.carrier, ops, "receiver", listening, keyMode);
     const identity = keyMode ? identityFor(args, logger) : undefined;
     if (identity) logger.log("info", `sender key ${identity.fingerprint} (public key in ${identity.path}.pub)`);
     warnAboutSettings(logger, options);

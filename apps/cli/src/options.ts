@@ -140,7 +140,7 @@ export function optionalAddress(args: RawArgs, name: string): HostPort | undefin
 }
 
 /** Flags that may be given more than once (each --udp is one mapping). */
-export const REPEATABLE = new Set(["udp"]);
+export const REPEATABLE = new Set(["udp", "ws-header"]);
 
 /** Every value of a repeatable flag, in order (citty keeps only the last). */
 export function repeated(rawArgs: readonly string[], name: string): string[] {

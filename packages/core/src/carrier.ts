@@ -46,7 +46,16 @@ export interface DialCarrier {
    * One connection (resolving names first: the peer's, or the proxy's when there is one, which then
    * resolves the peer's itself). Rejects with one line; a TLS refusal keeps its TLS_CERT_REFUSED code.
    */
-  connect(options: { timeoutMs: number; handlers: TcpHandlers; tls?: ClientTlsOptions }): Promise<TcpConnection>;
+  connect(options: {
+    timeoutMs: number;
+    handlers: TcpHandlers;
+    tls?: ClientTlsOptions;
+    /**
+     * Called on the (TLS) connection before anything is sent over it: false ends the attempt (the
+     * connection is destroyed and connect rejects). Where the dialer checks a pinned certificate.
+     */
+    verify?: (connection: TcpConnection) => Promise<boolean>;
+  }): Promise<TcpConnection>;
 }
 
 export interface ListenCarrier {
@@ -99,15 +108,23 @@ export function dialCarrier(transport: Transport, remote: HostPort, options: Car
   return {
     remote: remoteText,
     via: proxy ? ` through proxy ${proxy.text}` : "",
-    async connect({ timeoutMs, handlers, tls }) {
+    async connect({ timeoutMs, handlers, tls, verify }) {
       const started = Date.now();
       const serverName = ws?.host ? hostName(ws.host) : undefined;
       const tlsOptions = tls && serverName ? { ...tls, serverName } : tls;
-      if (!ws) return open(handlers, timeoutMs, tlsOptions);
+      const checked = async (inner: TcpHandlers) => {
+        const connection = await open(inner, timeoutMs, tlsOptions);
+        if (verify && !(await verify(connection))) {
+          connection.destroy();
+          throw new Error("the peer's certificate was refused");
+        }
+        return connection;
+      };
+      if (!ws) return checked(handlers);
       const hostHeader =
         ws.host ?? (remote.port === defaultPort(secure) ? bracketed(host) : formatHostPort(host, remote.port));
       return connectWebSocket(
-        (inner) => open(inner, timeoutMs, tlsOptions),
+        checked,
         { host: hostHeader, path: ws.path, secure, headers: ws.headers },
         handlers,
         Math.max(1, timeoutMs - (Date.now() - started)),

@@ -149,11 +149,29 @@ export function dial(options: DialerOptions): Dialer {
     const handlers = driver.handlersFor(conn);
     // Bytes that arrive before the machine knows the connection are replayed once it does.
     let early: Uint8Array[] | undefined = [];
+    // The certificate is checked on the TLS connection before anything else is said over it (a
+    // WebSocket upgrade request would carry the operator's headers to an impostor).
+    const verify =
+      tls &&
+      (async (secured: TcpConnection): Promise<boolean> => {
+        let refused: string | undefined;
+        try {
+          refused = await tls.check(secured, remoteText);
+        } catch (error) {
+          // Decided before the carrier destroys it: a transport may report the close (and arm a retry) inside it.
+          if (error instanceof UserError) giveUp(error.message);
+          else scheduleRetry(`internal error while checking the ${peerName}'s certificate: ${messageOf(error)}`);
+          return false;
+        }
+        if (refused) giveUp(refused);
+        return !stopping;
+      });
     let connection: TcpConnection;
     try {
       connection = await carrier.connect({
         timeoutMs: options.connectTimeoutMs ?? 10_000,
         tls: tls?.connectOptions,
+        verify,
         handlers: {
           onData: (data) => (early ? early.push(data.slice()) : handlers.onData(data)),
           onDrain: handlers.onDrain,
@@ -165,21 +183,11 @@ export function dial(options: DialerOptions): Dialer {
         },
       });
     } catch (error) {
+      if (stopping) return; // refused while checking the certificate, or stopped meanwhile
       const refused = tls?.refusal(error, remoteText);
       if (refused) return giveUp(refused);
       return scheduleRetry(`cannot connect to ${peerName} ${remoteText}: ${messageOf(error)}`);
     }
-    let refused: string | undefined;
-    try {
-      refused = tls && (await tls.check(connection, remoteText));
-    } catch (error) {
-      // Decided before destroy(): a transport may report the close (and arm a retry) inside it.
-      if (error instanceof UserError) giveUp(error.message);
-      else scheduleRetry(`internal error while checking the ${peerName}'s certificate: ${messageOf(error)}`);
-      connection.destroy();
-      return;
-    }
-    if (refused) giveUp(refused);
     if (stopping) return connection.destroy();
     connections++;
     current = conn;

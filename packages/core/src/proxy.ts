@@ -68,7 +68,7 @@ export function proxyFromEnvironment(target: HostPort, env: NodeJS.ProcessEnv = 
   for (const name of ["https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"]) {
     const value = env[name]?.trim();
     if (!value) continue;
-    if (bypassesProxy(target, env.no_proxy ?? env.NO_PROXY ?? "")) return undefined;
+    if (bypassesProxy(target, env.no_proxy || env.NO_PROXY || "")) return undefined;
     return parseProxyUrl(value, `the environment's ${name}`);
   }
   return undefined;
@@ -201,7 +201,7 @@ function httpConnect(proxy: ProxySpec, target: HostPort): TunnelHandshake & { re
       if (status < 200 || status > 299) {
         const reason = match[2] ? ` ${peerText(match[2], 60)}` : "";
         const hint =
-          status === 407
+          status === 407 || status === 401
             ? proxy.username === undefined
               ? " (it wants credentials: http://USER:PASS@HOST:PORT)"
               : " (it refused the credentials)"

@@ -181,6 +181,7 @@ export async function connectWebSocket(
     connection.onOpen = resolve;
     connection.onFailedUpgrade = reject;
   });
+  upgraded.catch(() => {}); // awaited below, unless `open` fails first
   const inner = await open(connection.innerHandlers);
   connection.inner = inner;
   let timer: ReturnType<typeof setTimeout> | undefined;

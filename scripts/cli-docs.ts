@@ -91,6 +91,8 @@ export function renderCliDoc(): string {
     "| `MCUDPT_CONFIG_DIR` | where keys, known_senders/known_receivers and the TLS certificate live (default `$XDG_CONFIG_HOME/mcudpt`, else `~/.config/mcudpt`) |",
     "| `MCUDPT_RUNTIME=node` | under `bunx`, keep Node instead of re-running the CLI on Bun |",
     "| `MCUDPT_DEBUG=1` | print the stack trace of an unexpected error |",
+    "| `https_proxy`, `HTTPS_PROXY`, then `all_proxy`, `ALL_PROXY` | dialing a `ws://` or `wss://` address: the proxy to go through (`http://…` for HTTP CONNECT, `socks5://…`), unless `--proxy` is given |",
+    "| `no_proxy`, `NO_PROXY` | hosts dialed directly despite the above: `*`, `example.com` (and its subdomains), IP addresses, CIDR ranges, `HOST:PORT` |",
     "| `NO_COLOR` | no colours in `--help` (set automatically when stdout is not a terminal) |",
     "",
     "## Signals",

@@ -8,10 +8,12 @@
  */
 import assert from "node:assert/strict";
 import { generateKeyPairSync } from "node:crypto";
+import { spawnSync } from "node:child_process";
 import { createSocket } from "node:dgram";
 import { after, describe, it } from "node:test";
 import { createCertificate, pemFingerprint } from "@mcudpt/core";
 import {
+  CLI,
   type CliProcess,
   eventually,
   freePort,
@@ -401,4 +403,44 @@ describe("dialing through tinyproxy (built CLI)", { skip: tinyproxy.skip }, () =
       },
     );
   }
+});
+
+describe("ws://, --proxy, --ws-header, --ws-host on the command line (built CLI)", () => {
+  const cases: Array<[string[], RegExp]> = [
+    [["sender", "--tcp", "ws://h:1/x", "--ws-header", "Host: a"], /--ws-header Host: use --ws-host NAME/],
+    [["sender", "--tcp", "ws://h:1/x", "--ws-header", "X-A: b\u0007"], /the value must be printable ASCII/],
+    [["sender", "--tcp", "ws://h:1/x", "--ws-header", "no colon"], /is not 'NAME: VALUE'/],
+    [["sender", "--tcp", "ws://h:1/x", "--ws-header", "Sec-WebSocket-Key: x"], /sets this header itself/],
+    [["sender", "--tcp", "h:1", "--ws-host", "cdn.example"], /--ws-host needs a ws:\/\/ or wss:\/\/ address/],
+    [["sender", "--tcp", "ws://h:1/x", "--ws-host", "a b"], /--ws-host: "a b" is not a host name/],
+    [["sender", "--tcp", "ws://h:1/x", "--tls"], /--tls with a ws:\/\/ address: write wss:\/\//],
+    [["sender", "--tcp", "ws://:1/x"], /names no host to dial/],
+    [["sender", "--tcp", "ftp://h:1"], /only ws:\/\/ and wss:\/\/ URLs/],
+    [["sender", "--tcp", "ws://h:1/x", "--proxy", "https://p:1"], /--proxy: proxy scheme "https" is not supported/],
+    [
+      ["receiver", "--tcp", "ws://:1/x", "--proxy", "http://p:1"],
+      /--proxy is for the dialing side: this end listens for the sender/,
+    ],
+    [["receiver", "--tcp", "ws://:1/x?q=1"], /a listening address has no query/],
+    [["receiver", "--tcp", "ws://:99999/x"], /port 99999 .* is out of range/],
+  ];
+  for (const [args, pattern] of cases) {
+    it(`${args.join(" ")}: one line, exit 2`, () => {
+      const result = spawnSync("node", [CLI, ...args, "--secret", "s"], { encoding: "utf8", timeout: 20_000 });
+      assert.equal(result.status, 2, result.stderr);
+      assert.match(result.stderr, pattern);
+      assert.equal(result.stderr.trim().split("\n").length, 1, result.stderr);
+    });
+  }
+
+  it("a bad HTTPS_PROXY is one line at start-up", () => {
+    const result = spawnSync("node", [CLI, "sender", "--tcp", "ws://127.0.0.1:1/x", "--secret", "s"], {
+      encoding: "utf8",
+      timeout: 20_000,
+      env: { ...process.env, ...NO_PROXY_ENV, HTTPS_PROXY: "gopher://p:1" },
+    });
+    assert.notEqual(result.status, 0);
+    assert.match(result.stderr, /the environment's HTTPS_PROXY: proxy scheme "gopher" is not supported/);
+    assert.doesNotMatch(result.stderr, /^\s+at /m);
+  });
 });

@@ -27,8 +27,6 @@ export interface ListenerOptions {
 export interface Listener {
   readonly address: string;
   readonly port: number;
-  /** How the listening address reads in log lines ("TCP HOST:PORT", "ws://HOST:PORT/PATH"). */
-  readonly text: string;
   close(): void;
 }
 
@@ -60,7 +58,8 @@ export async function listen(options: ListenerOptions): Promise<Listener> {
   } catch (error) {
     throw new UserError(`cannot listen on TCP ${formatHostPort(host, options.listen.port)}: ${messageOf(error)}`);
   }
-  const text = carrier.describe(bound, server.port);
-  if (options.carrier?.webSocket) logger.log("info", `WebSocket carrier: upgrading ${text} (any other request: 404)`);
-  return { address: bound, port: server.port, text, close: () => server.close() };
+  if (options.carrier?.webSocket) {
+    logger.log("info", `WebSocket carrier: upgrading ${carrier.describe(bound, server.port)} (any other request: 404)`);
+  }
+  return { address: bound, port: server.port, close: () => server.close() };
 }

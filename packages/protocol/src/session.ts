@@ -102,6 +102,18 @@ export class Session implements LinkIo {
     this.connections.notify(link);
   }
 
+  /**
+   * Where the connection side stands, for status displays: "open" (a peer is admitted), "waiting"
+   * (this dialer proved itself and waits for the acceptor's decision, perhaps its operator's),
+   * "connecting" (a handshake is under way), or "down".
+   */
+  get phase(): "open" | "waiting" | "connecting" | "down" {
+    if (this.openLink) return "open";
+    const dialing = this.dialing;
+    if (dialing?.state === "auth" && dialing.handshakeDeadline === undefined) return "waiting";
+    return this.connections.pendingCount("").pending > 0 ? "connecting" : "down";
+  }
+
   /** The connection data goes out on: the session's first open one. */
   get openLink(): Link | undefined {
     for (const link of this.peer?.links ?? []) if (link.state === "open") return link;
@@ -318,6 +330,7 @@ export class Session implements LinkIo {
     if (!session || !session.links.includes(link)) return;
     session.links = session.links.filter((other) => other !== link);
     if (session.links.length > 0) return;
+    this.stats.rttMs = undefined; // no connection, no round-trip time: a stale figure would mislead
     if (link.peerCloseCode === CloseCode.Normal) {
       // A deliberate goodbye (the peer shut down): nobody will resume this session.
       const count = this.owner.flowCount;

@@ -357,6 +357,72 @@ describe("key authentication through the built CLI", () => {
     );
   }
 
+  // ssh's from="…" option on an authorized_keys line: the key is admitted from those sources only.
+  it(
+    'from="…" on an authorized key: admitted from a listed source (IPv4 and IPv6 literals), refused from another',
+    TIMEOUT,
+    async () => {
+      const [rx, tx] = PAIRS[0];
+      const dir = tempDir();
+      const senderKey = makeKey(dir, "sender");
+      const echo = await startEcho();
+      const authorized = join(dir, "authorized_keys");
+      for (const [from, connectVia, admitted] of [
+        ["127.0.0.2", "127.0.0.1", false],
+        ["127.0.0.1", "127.0.0.1", true],
+        ["::1", "[::1]", true],
+        ["127.0.0.0/8,!127.0.0.1", "127.0.0.1", false],
+      ] as const) {
+        writeFileSync(authorized, `from="${from}" ${senderKey.publicKeyLine}\n`);
+        const tcp = await freePort("tcp");
+        const receiver = startCli(rx, [
+          "receiver",
+          "--udp",
+          `127.0.0.1:${await freePort("udp")}`,
+          "--tcp",
+          `[::]:${tcp}`,
+          "--authorized-keys",
+          authorized,
+        ]);
+        try {
+          await eventually(
+            () => receiver.stderr().includes("receiver listening"),
+            () => receiver.stderr(),
+          );
+          const sender = startCli(tx, [
+            "sender",
+            "--udp",
+            `127.0.0.1:${echo.address().port}`,
+            "--tcp",
+            `${connectVia}:${tcp}`,
+            "--key",
+            senderKey.path,
+          ]);
+          try {
+            if (admitted) {
+              await eventually(
+                () => sender.stderr().includes("accepted by receiver"),
+                () => `${from} via ${connectVia}\n${sender.stderr()}\n${receiver.stderr()}`,
+              );
+            } else {
+              await eventually(
+                () => lines(receiver.stderr(), `key ${senderKey.fingerprint} may not connect from `).length > 0,
+                () => `${from} via ${connectVia}: refused\n${receiver.stderr()}`,
+              );
+              assert.ok(lines(receiver.stderr(), `(from= in ${authorized} line 1)`).length > 0, receiver.stderr());
+              assert.ok(!sender.stderr().includes("accepted by receiver"), sender.stderr());
+            }
+          } finally {
+            await stop(sender);
+          }
+        } finally {
+          await stop(receiver);
+        }
+      }
+      echo.close();
+    },
+  );
+
   // Issue 11: every refusal names the right side and file, in -L too (a listening sender that admits
   // receivers by its own --authorized-keys).
   for (const [senderRt, receiverRt] of PAIRS) {

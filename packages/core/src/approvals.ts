@@ -54,12 +54,12 @@ export class Approvals {
   constructor(private readonly options: ApprovalsOptions) {}
 
   /** The machine's `authorize-peer` output. */
-  authorize(conn: number, peer: string, publicKey: Uint8Array): void {
+  authorize(conn: number, peer: string, publicKey: Uint8Array, source?: string): void {
     const { logger, peerName, clock } = this.options;
     const print = fingerprint(publicKey);
     let verdict: AdmissionVerdict;
     try {
-      verdict = this.options.admission?.check(publicKey) ?? { verdict: "unknown" };
+      verdict = this.options.admission?.check(publicKey, source) ?? { verdict: "unknown" };
     } catch (error) {
       logger.log("error", `cannot check ${peerName} key ${print}: ${messageOf(error)}`);
       verdict = { verdict: "refused", reason: "the list of trusted keys could not be read" };

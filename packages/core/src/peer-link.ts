@@ -117,7 +117,8 @@ export async function startPeerLink(options: PeerLinkOptions): Promise<PeerLink>
     fatal: new Promise<string>(() => {}),
     reconnects: 0,
     onOutput: (output) => {
-      if (output.kind === "authorize-peer") approvals.authorize(output.conn, output.peer, output.publicKey);
+      if (output.kind === "authorize-peer")
+        approvals.authorize(output.conn, output.peer, output.publicKey, output.source);
       else if (output.kind === "authorization-withdrawn") approvals.withdraw(output.conn, output.why);
     },
     close: () => listener.close(),

@@ -35,10 +35,11 @@ export type ConnectionOutput =
    */
   | { kind: "close-connection"; conn: number; code: number; byPeer: boolean }
   /**
-   * The peer that dialed in on `conn` proved it holds `publicKey` (key mode). Decide whether to admit
-   * it (authorized keys, known keys, the operator) and call approve(), now or later.
+   * The peer that dialed in on `conn` (from IP address `source`) proved it holds `publicKey` (key
+   * mode). Decide whether to admit it (authorized keys, known keys, the operator) and call approve(),
+   * now or later.
    */
-  | { kind: "authorize-peer"; conn: number; peer: string; publicKey: Uint8Array }
+  | { kind: "authorize-peer"; conn: number; peer: string; source: string; publicKey: Uint8Array }
   /** The connection that waited for a decision went away (or the peer refused us): stop asking. */
   | { kind: "authorization-withdrawn"; conn: number; why: string }
   /** The peer on `conn` passed the handshake. */

@@ -185,7 +185,8 @@ export class Session implements LinkIo {
     // nothing about who is connected, and an unknown key is judged on its own.
     link.enter("ask-host");
     link.handshakeDeadline = undefined; // the host may ask a human: no deadline
-    this.out.push({ kind: "authorize-peer", conn: link.id, peer: link.peer, publicKey: link.peerKey });
+    const { id: conn, peer, source, peerKey: publicKey } = link;
+    this.out.push({ kind: "authorize-peer", conn, peer, source, publicKey });
   }
 
   private canResume(link: Link): boolean {

@@ -162,7 +162,7 @@ describe("docs/cli.md", () => {
     const main = readFileSync(join(ROOT, "apps", "cli", "src", "main.ts"), "utf8");
     const table = /const subCommands[^=]*= \{([^}]*)\}/.exec(main)?.[1] ?? "";
     const commands = [...table.matchAll(/^\s*(\w+):/gm)].map((m) => m[1]);
-    assert.deepEqual(commands, ["receiver", "sender", "demo", "keygen"]);
+    assert.deepEqual(commands, ["receiver", "sender", "check", "demo", "keygen"]);
     assert.deepEqual(
       COMMANDS.map(([name]) => name),
       commands,

@@ -107,14 +107,26 @@ export const senderArgs = {
 } satisfies ArgsDef;
 
 /** The TCP side this end takes: `flag` is the default direction's flag, `swap` the other one. */
-function tcpSide(args: RawArgs, flag: "tcp", swap: "connect" | "listen"): { address: HostPort; swapped: boolean } {
+export function tcpSide(
+  args: RawArgs,
+  flag: "tcp",
+  swap: "connect" | "listen",
+): { address: HostPort; swapped: boolean } {
   const swapped = optionalAddress(args, swap);
   if (swapped && args[flag] !== undefined) throw new UserError(`give --${flag} or --${swap}, not both`);
   return swapped ? { address: swapped, swapped: true } : { address: address(args, flag), swapped: false };
 }
 
+/** The receiver's per-client limits. */
+export function receiverLimits(args: RawArgs): { newFlowsPerSecond: number; amplificationLimit: number } {
+  return {
+    newFlowsPerSecond: limit(args, "new-flow-rate", RECEIVER_DEFAULTS.newFlowsPerSecond),
+    amplificationLimit: limit(args, "amplification-limit", RECEIVER_DEFAULTS.amplificationLimit, 10_000),
+  };
+}
+
 /** Settings that work but surprise: say so once at start-up. */
-function warnAboutSettings(logger: Logger, options: CommonOptions): void {
+export function warnAboutSettings(logger: Logger, options: CommonOptions): void {
   for (const warning of options.warnings) logger.log("warn", warning);
   if (options.idleTimeoutMs < options.keepaliveMs * 3) {
     logger.log(
@@ -214,8 +226,7 @@ export const receiverCommand = defineCommand({
     const mappings = mappingsArg(rawArgs, "receiver").map(({ name, address: udp }) => ({ name, udp }));
     const tcp = tcpSide(args, "tcp", "connect");
     const dialing = tcp.swapped;
-    const newFlowsPerSecond = limit(args, "new-flow-rate", RECEIVER_DEFAULTS.newFlowsPerSecond);
-    const amplificationLimit = limit(args, "amplification-limit", RECEIVER_DEFAULTS.amplificationLimit, 10_000);
+    const { newFlowsPerSecond, amplificationLimit } = receiverLimits(args);
     const ops = operations("mcudpt receiver", options.logLevel, opsOptions(args));
     const logger = ops.logger;
     const keyMode = !options.secret;

@@ -39,7 +39,6 @@ for (let f = 0; f < flows; f++) {
 const start = performance.now();
 const interval = 1000 / rate;
 let seq = 0;
-const payload = Buffer.alloc(64, 0x61);
 await new Promise((resolve) => {
   // Spread the flows over the interval so they do not all fire in the same millisecond.
   let tick = 0;
@@ -56,6 +55,8 @@ await new Promise((resolve) => {
     while (tick <= due) {
       const f = tick % flows;
       const s = seq++;
+      // A fresh buffer per datagram: node:dgram reads it after send() returns.
+      const payload = Buffer.alloc(64, 0x61);
       payload.writeUInt32BE(s, 0);
       pending[f].set(s, performance.now());
       sockets[f].send(payload, port, host);

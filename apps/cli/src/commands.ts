@@ -133,6 +133,7 @@ function machineConfig(options: CommonOptions) {
     keepaliveMs: options.keepaliveMs,
     handshakeTimeoutMs: options.handshakeTimeoutMs,
     maxBufferBytes: options.maxBufferBytes,
+    nudgeMs: options.nudgeMs,
   };
 }
 

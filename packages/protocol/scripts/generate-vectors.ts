@@ -356,6 +356,12 @@ add(
   extension(0x80, ""),
   "skipped by a peer that does not know it",
 );
+add(
+  "pad-nudge",
+  { type: "EXTENSION", extensionType: 0x80, body: "" },
+  extension(0x80, ""),
+  "PAD (extension 0x80, empty): the tail-loss nudge, sent 1 ms after the last DATA of a burst; every peer skips it (§10.1)",
+);
 add("extension-ff", { type: "EXTENSION", extensionType: 0xff, body: "0102030405" }, extension(0xff, "0102030405"));
 add(
   "extension-max",

@@ -35,6 +35,12 @@ export interface CommonConfig {
   maxPendingPerSource?: number;
   /** When this side dials, in key mode: see PeerKeyCheck. Without it any key that proves itself is accepted. */
   checkPeerKey?: PeerKeyCheck;
+  /**
+   * Tail-loss nudge (PROTOCOL.md §10.1): this long after the last DATA written on a connection, if
+   * nothing else followed, a 5-byte PAD frame is sent so that a lost last segment is repaired by the
+   * kernel's fast recovery instead of its retransmission timeout (≥ 200 ms). 0 turns nudges off.
+   */
+  nudgeMs?: number;
 }
 
 export const DEFAULTS = {
@@ -47,6 +53,7 @@ export const DEFAULTS = {
   agent: "mcudpt-ts",
   maxPendingConnections: 16,
   maxPendingPerSource: 4,
+  nudgeMs: 1,
 } as const;
 
 /** A CommonConfig checked and with its defaults filled in. */
@@ -65,6 +72,7 @@ export interface Settings {
   readonly maxPending: number;
   readonly maxPendingPerSource: number;
   readonly checkPeerKey: PeerKeyCheck | undefined;
+  readonly nudgeMs: number;
 }
 
 /** Checks `config` (RangeError on a bad value: a bug of the host, not a peer's doing). */
@@ -91,7 +99,13 @@ export function settingsOf(config: CommonConfig): Settings {
     maxPending: config.maxPendingConnections ?? DEFAULTS.maxPendingConnections,
     maxPendingPerSource: config.maxPendingPerSource ?? DEFAULTS.maxPendingPerSource,
     checkPeerKey: config.checkPeerKey,
+    nudgeMs: nonNegative("nudgeMs", config.nudgeMs ?? DEFAULTS.nudgeMs),
   };
+}
+
+function nonNegative(name: string, value: number): number {
+  if (!Number.isFinite(value) || value < 0) throw new RangeError(`${name} must be 0 or more, got ${value}`);
+  return value;
 }
 
 function positive(name: string, value: number): number {

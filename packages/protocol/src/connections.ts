@@ -15,7 +15,7 @@ import {
 } from "./frames.js";
 import { type CryptoProvider, Link, type LinkState, type Side } from "./link.js";
 import type { OutputSink } from "./outputs.js";
-import type { Stats } from "./stats.js";
+import type { LaneTotals, Stats } from "./stats.js";
 import { peerText } from "./text.js";
 
 /** Missed keepalive intervals after which a silent connection is declared dead. */
@@ -38,6 +38,7 @@ export class LinkTable {
     private readonly stats: Stats,
     private readonly out: OutputSink,
     private readonly io: LinkIo,
+    private readonly totals: LaneTotals,
   ) {}
 
   get size(): number {
@@ -169,7 +170,38 @@ export class LinkTable {
         link.nextPingAt = now + keepalive;
         this.notify(link);
       }
+      if (now >= link.nudgeAt) this.nudge(link, now);
     }
+  }
+
+  /**
+   * DATA (or a flow frame) was queued on `link` at `now`: have it written this turn, and arm the
+   * tail-loss nudge. Each write pushes the nudge back, so while traffic flows none is sent (the next
+   * write is the segment that reveals a loss); one follows the last write of a burst.
+   */
+  queued(link: Link, now: number): void {
+    this.notify(link);
+    const delay = this.settings.nudgeMs;
+    if (delay > 0) link.nudgeAt = now + delay;
+  }
+
+  /**
+   * The tail-loss nudge (PROTOCOL.md §10.1): a 5-byte PAD behind the last segment, so that if that
+   * segment was lost the peer's TCP sees a later one, acknowledges out of order, and ours repairs the
+   * loss by fast recovery within about a round trip instead of waiting for its retransmission timeout.
+   * While bytes are still queued here (the transport is backed up, or they go out this turn) they
+   * are the tail: the nudge waits for them.
+   */
+  private nudge(link: Link, now: number): void {
+    if (link.blocked || link.writer.length > 0) {
+      link.nudgeAt = now + this.settings.nudgeMs;
+      return;
+    }
+    link.nudgeAt = Number.POSITIVE_INFINITY;
+    link.writer.pad();
+    link.counters.nudgesSent++;
+    this.totals.nudgesSent++;
+    this.notify(link);
   }
 
   /** Earliest time at which tick() has work, or undefined when nothing is scheduled. */
@@ -179,7 +211,10 @@ export class LinkTable {
     for (const link of this.links.values()) {
       if (link.state === "closed") continue;
       if (link.handshakeDeadline !== undefined) next = earliest(next, link.handshakeDeadline);
-      if (link.state === "open") next = earliest(earliest(next, link.nextPingAt), link.lastReceived + dead);
+      if (link.state === "open") {
+        next = earliest(earliest(next, link.nextPingAt), link.lastReceived + dead);
+        if (link.nudgeAt !== Number.POSITIVE_INFINITY) next = earliest(next, link.nudgeAt);
+      }
     }
     return next;
   }

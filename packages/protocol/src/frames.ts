@@ -29,6 +29,13 @@ export type FrameType = (typeof FrameType)[keyof typeof FrameType];
 /** Types 0x80..0xFF are extensions: a peer that does not know one skips it (room to grow). */
 export const FIRST_EXTENSION_TYPE = 0x80;
 
+/**
+ * PAD: the first extension type, defined as "ignore me" (any body, usually empty). Sent as the
+ * tail-loss nudge (PROTOCOL.md §10.1). Every conforming peer skips extension frames, so it needs no
+ * capability: a peer of an earlier version skips it too.
+ */
+export const PAD_TYPE = 0x80;
+
 /** Which side listens for UDP clients. Independent of who dials TCP. */
 export const Role = { Receiver: 1, Sender: 2 } as const;
 export type Role = (typeof Role)[keyof typeof Role];

@@ -72,6 +72,10 @@ export class Link {
   handshakeDeadline: number | undefined;
   lastReceived: number;
   nextPingAt = Number.POSITIVE_INFINITY;
+  /** When to send the tail-loss nudge (PAD) if nothing else is written first; Infinity when none is due. */
+  nudgeAt = Number.POSITIVE_INFINITY;
+  /** Traffic of this connection (one lane of the session), for status and metrics. */
+  readonly counters = { datagramsSent: 0, datagramsReceived: 0, nudgesSent: 0 };
   rttMs: number | undefined;
   /** The transport reported backpressure: keep bytes here (bounded) until it drains. */
   blocked = false;

@@ -14,7 +14,7 @@ import { FlowCloseReason, type Frame, FrameType, type Role } from "./frames.js";
 import type { CryptoProvider, Link } from "./link.js";
 import { LogThrottle, OutputQueue } from "./outputs.js";
 import { Session } from "./session.js";
-import { Counters, type MappingStats, type Stats } from "./stats.js";
+import { Counters, type LaneTotals, type MappingStats, type Stats } from "./stats.js";
 
 export interface RolePolicy<F> {
   /** A frame of an open connection that only the role understands (DATA, FLOW_OPEN). */
@@ -44,8 +44,8 @@ export class MachineCore<F extends FlowBase, O extends { kind: string }> {
     this.settings = settingsOf(config);
     this.counters = new Counters(this.settings.mappingNames);
     const flows = (): Flows<F> => this.flows;
-    this.session = new Session(role, this.settings, crypto, this.counters.stats, this.out, {
-      frame: (link, frame, now) =>
+    const owner = {
+      frame: (link: Link, frame: Frame, now: number) =>
         frame.type === FrameType.FlowClose
           ? flows().closedByPeer(frame.flowId, frame.reason)
           : policy.frame(link, frame, now),
@@ -53,7 +53,8 @@ export class MachineCore<F extends FlowBase, O extends { kind: string }> {
       get flowCount() {
         return flows().size;
       },
-    });
+    };
+    this.session = new Session(role, this.settings, crypto, this.counters.stats, this.out, owner, this.counters.lanes);
     const host = {
       release: (flow: F) => policy.release(flow),
       describe: (flow: F) => policy.describe(flow),
@@ -92,6 +93,11 @@ export class MachineCore<F extends FlowBase, O extends { kind: string }> {
 
   get stats(): Stats {
     return this.counters.stats;
+  }
+
+  /** Nudges, lanes, redundancy: totals over the session's connections (per lane: session.lanes()). */
+  get laneTotals(): LaneTotals {
+    return this.counters.lanes;
   }
 
   /** Per-mapping counters, by this side's mapping index. */

@@ -108,7 +108,7 @@ export class ReceiverMachine extends MachineCore<ClientFlow, ReceiverOutput> {
     }
     counters.forwarded(flow, payload.length);
     link.writer.data(flow.id, payload);
-    this.session.connections.notify(link);
+    this.session.connections.queued(link, now);
   }
 
   private openFlow(

@@ -52,7 +52,7 @@ export class SenderMachine extends MachineCore<TargetFlow, SenderOutput> {
     if (!this.hasRoom(link, DATA_OVERHEAD + payload.length, flow.mappingId, flow)) return;
     this.counters.forwarded(flow, payload.length);
     link.writer.data(flowId, payload);
-    this.session.connections.notify(link);
+    this.session.connections.queued(link, now);
   }
 
   /**

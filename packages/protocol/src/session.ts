@@ -18,7 +18,7 @@ import { acceptorHelloStep, checkPeerHello, flows, unexpected } from "./handshak
 import { Capability, CloseCode, type Frame, FrameType, ProtocolError, Role, TOKEN_SIZE } from "./frames.js";
 import type { CryptoProvider, Link } from "./link.js";
 import type { OutputSink } from "./outputs.js";
-import type { Stats } from "./stats.js";
+import type { LaneTotals, Stats } from "./stats.js";
 
 const CAPABILITIES = Capability.Resume;
 
@@ -57,9 +57,10 @@ export class Session implements LinkIo {
     private readonly stats: Stats,
     private readonly out: OutputSink,
     private readonly owner: SessionOwner,
+    private readonly totals: LaneTotals,
   ) {
     this.peerName = role === Role.Receiver ? "sender" : "receiver";
-    this.connections = new LinkTable(settings, stats, out, this);
+    this.connections = new LinkTable(settings, stats, out, this, totals);
   }
 
   /** True while an admitted peer is connected. */

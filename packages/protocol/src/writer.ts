@@ -18,6 +18,7 @@ import {
   MAX_MAPPING_NAME,
   MAX_MAPPINGS,
   NONCE_SIZE,
+  PAD_TYPE,
   PREFACE,
   ProtocolError,
   PUBLIC_KEY_SIZE,
@@ -237,6 +238,11 @@ export class FrameWriter {
     const at = this.header(FrameType.FlowClose, 5);
     this.view.setUint32(at, flowId);
     this.buf[at + 4] = reason;
+  }
+
+  /** PAD (extension 0x80) with an empty body: 5 bytes, ignored by the peer (the tail-loss nudge). */
+  pad(): void {
+    this.header(PAD_TYPE, 0);
   }
 
   extension(type: number, body: Uint8Array): void {

@@ -53,6 +53,16 @@ export const commonArgs = {
     description: `Tail-loss nudge: a 5-byte frame ${DEFAULTS.nudgeMs} ms after the last datagram of a burst, so a lost last TCP segment is repaired at once instead of after TCP's 200 ms timeout; "off" for links billed per packet, or a delay like 2ms (default on)`,
     valueHint: "on|off|MS",
   },
+  lanes: {
+    type: "string",
+    description: `Dialing side: keep N TCP connections (lanes) to the peer in one session; flows are spread over them, and a lane that dies moves its flows to the others (default ${DEFAULTS.lanes})`,
+    valueHint: "N",
+  },
+  "max-lanes": {
+    type: "string",
+    description: `Listening side: most lanes one session may hold (default ${DEFAULTS.maxLanes}; 1 takes no lanes)`,
+    valueHint: "N",
+  },
   transport: {
     type: "enum",
     options: ["auto", "bun", "node"],
@@ -254,6 +264,19 @@ export function millis(args: RawArgs, name: string, max = 3_600_000): number {
     throw new UserError(`--${name}: "${text}" is not off or a duration like 250ms or 1s (at most ${max / 1000} s)`);
   }
   return value;
+}
+
+/** `--lanes` belongs to the dialing side, `--max-lanes` to the listening one. */
+export function laneOptions(args: RawArgs, dialing: boolean): { lanes?: number; maxLanes?: number } {
+  if (dialing && args["max-lanes"] !== undefined) {
+    throw new UserError("--max-lanes is for the listening side; this side dials (it opens --lanes)");
+  }
+  if (!dialing && args.lanes !== undefined) {
+    throw new UserError("--lanes is for the dialing side; this side listens (it takes up to --max-lanes)");
+  }
+  return dialing
+    ? { lanes: count(args, "lanes", DEFAULTS.lanes, 64) }
+    : { maxLanes: count(args, "max-lanes", DEFAULTS.maxLanes, 64) };
 }
 
 export function commonOptions(args: RawArgs): CommonOptions {

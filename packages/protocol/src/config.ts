@@ -41,6 +41,10 @@ export interface CommonConfig {
    * kernel's fast recovery instead of its retransmission timeout (≥ 200 ms). 0 turns nudges off.
    */
   nudgeMs?: number;
+  /** When this side dials: TCP connections (lanes) to keep to the peer, all in one session (default 1). */
+  lanes?: number;
+  /** When this side accepts: most lanes one session may hold (default 8); 1 refuses every JOIN. */
+  maxLanes?: number;
 }
 
 export const DEFAULTS = {
@@ -54,6 +58,8 @@ export const DEFAULTS = {
   maxPendingConnections: 16,
   maxPendingPerSource: 4,
   nudgeMs: 1,
+  lanes: 1,
+  maxLanes: 8,
 } as const;
 
 /** A CommonConfig checked and with its defaults filled in. */
@@ -73,6 +79,8 @@ export interface Settings {
   readonly maxPendingPerSource: number;
   readonly checkPeerKey: PeerKeyCheck | undefined;
   readonly nudgeMs: number;
+  readonly lanes: number;
+  readonly maxLanes: number;
 }
 
 /** Checks `config` (RangeError on a bad value: a bug of the host, not a peer's doing). */
@@ -100,7 +108,15 @@ export function settingsOf(config: CommonConfig): Settings {
     maxPendingPerSource: config.maxPendingPerSource ?? DEFAULTS.maxPendingPerSource,
     checkPeerKey: config.checkPeerKey,
     nudgeMs: nonNegative("nudgeMs", config.nudgeMs ?? DEFAULTS.nudgeMs),
+    lanes: whole("lanes", config.lanes ?? DEFAULTS.lanes),
+    maxLanes: whole("maxLanes", config.maxLanes ?? DEFAULTS.maxLanes),
   };
+}
+
+function whole(name: string, value: number): number {
+  if (!Number.isInteger(value) || value < 1 || value > 64)
+    throw new RangeError(`${name} must be 1 to 64, got ${value}`);
+  return value;
 }
 
 function nonNegative(name: string, value: number): number {

@@ -45,6 +45,13 @@ export class LinkTable {
     return this.links.size;
   }
 
+  /** Connections (not yet reported gone) that satisfy `test`. */
+  count(test: (link: Link) => boolean): number {
+    let n = 0;
+    for (const link of this.links.values()) if (test(link)) n++;
+    return n;
+  }
+
   get(conn: number): Link | undefined {
     return this.links.get(conn);
   }

@@ -257,6 +257,11 @@ function parseBody(type: number, body: Uint8Array): Frame {
       expectLength("AUTH", body, end);
       return { type, proof, token };
     }
+    case FrameType.Join: {
+      const { proof, token, end } = proofAndToken("JOIN", body);
+      expectLength("JOIN", body, end);
+      return { type, proof, token };
+    }
     case FrameType.Accept: {
       const { proof, token, end } = proofAndToken("ACCEPT", body);
       expectLength("ACCEPT", body, end + 1);

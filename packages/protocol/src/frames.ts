@@ -20,6 +20,8 @@ export const FrameType = {
   Close: 0x04,
   Ping: 0x05,
   Pong: 0x06,
+  /** Dialer → acceptor instead of AUTH: this connection joins an open session as another lane (§16). */
+  Join: 0x08,
   FlowOpen: 0x10,
   FlowClose: 0x11,
   Data: 0x12,
@@ -52,6 +54,8 @@ export type AuthMode = (typeof AuthMode)[keyof typeof AuthMode];
 export const Capability = {
   /** Flows survive a reconnect that presents the previous session's token. */
   Resume: 1 << 0,
+  /** A session may hold several connections (lanes): later ones JOIN the session of the first (§16). */
+  Lanes: 1 << 1,
 } as const;
 
 /** Why a connection ends (CLOSE frame). */
@@ -128,6 +132,8 @@ export type Frame =
     }
   /** `proof`: HMAC (secret mode) or Ed25519 signature (key mode) over the handshake transcript. */
   | { type: typeof FrameType.Auth; proof: Uint8Array; token: Uint8Array }
+  /** `proof`: over the join transcript (PROTOCOL.md §16.1); `token`: the session joined. */
+  | { type: typeof FrameType.Join; proof: Uint8Array; token: Uint8Array }
   | { type: typeof FrameType.Accept; proof: Uint8Array; token: Uint8Array; resumed: boolean }
   | { type: typeof FrameType.Close; code: number; message: string }
   | { type: typeof FrameType.Ping; payload: Uint8Array }
@@ -149,6 +155,7 @@ export function maxBodyLength(type: number): number | undefined {
         1 + 1 + 4 + NONCE_SIZE + 1 + PUBLIC_KEY_SIZE + 1 + MAX_MAPPINGS * (1 + MAX_MAPPING_NAME) + 1 + MAX_AGENT_LENGTH
       );
     case FrameType.Auth:
+    case FrameType.Join:
       return 1 + SIGNATURE_SIZE + 1 + TOKEN_SIZE;
     case FrameType.Accept:
       return 1 + SIGNATURE_SIZE + 1 + TOKEN_SIZE + 1;
@@ -175,6 +182,7 @@ export const FRAME_TYPE_NAMES: Record<number, string> = {
   [FrameType.Close]: "CLOSE",
   [FrameType.Ping]: "PING",
   [FrameType.Pong]: "PONG",
+  [FrameType.Join]: "JOIN",
   [FrameType.FlowOpen]: "FLOW_OPEN",
   [FrameType.FlowClose]: "FLOW_CLOSE",
   [FrameType.Data]: "DATA",

@@ -76,6 +76,7 @@ export class MachineCore<F extends FlowBase, O extends { kind: string }> {
       return undefined;
     }
     this.flows.touch(flow, now);
+    link.counters.datagramsReceived++;
     return flow;
   }
 

@@ -12,6 +12,7 @@ import { FlowCloseReason, type Frame, FrameType, HEADER_SIZE, MAX_DATAGRAM, Prot
 import type { CryptoProvider, Link } from "./link.js";
 import type { ClientFlow, ReceiverOutput } from "./outputs.js";
 import { SourceRateLimiter } from "./rate-limit.js";
+import type { Laned } from "./session.js";
 import { zeroCounters } from "./stats.js";
 
 export interface ReceiverConfig extends CommonConfig {
@@ -71,8 +72,8 @@ export class ReceiverMachine extends MachineCore<ClientFlow, ReceiverOutput> {
     counters.received(mappingId, payload.length);
     // A link already closed (CLOSE sent or received, keepalive timeout) but not yet reported
     // disconnected takes nothing more: frames after a CLOSE are never read.
-    const link = this.session.openLink;
-    if (link === undefined) {
+    const first = this.session.openLink;
+    if (first === undefined) {
       counters.dropped("no-sender", mappingId);
       this.throttle.note("no-sender", now, (n) => `dropped ${n} datagram(s) from clients: no sender connected`);
       return;
@@ -83,6 +84,7 @@ export class ReceiverMachine extends MachineCore<ClientFlow, ReceiverOutput> {
     }
     const key = mappingId === 0 ? address + "|" + port : mappingId + "|" + address + "|" + port;
     let flow = this.flowsByKey.get(key);
+    let link: Link;
     if (flow === undefined) {
       if (this.newFlowLimiter !== undefined && !this.newFlowLimiter.allow(address, now)) {
         counters.dropped("rate-limited", mappingId);
@@ -93,6 +95,8 @@ export class ReceiverMachine extends MachineCore<ClientFlow, ReceiverOutput> {
         );
         return;
       }
+      const lane: Laned = {};
+      link = (this.session.laneFor(lane) as { link: Link }).link;
       // FLOW_OPEN (and an eviction's FLOW_CLOSE) count against the buffer bound too, so a flood of new
       // source addresses cannot grow the buffer of a blocked connection.
       if (!this.hasRoom(link, NEW_FLOW_OVERHEAD + DATA_OVERHEAD + payload.length, mappingId)) return;
@@ -104,10 +108,17 @@ export class ReceiverMachine extends MachineCore<ClientFlow, ReceiverOutput> {
       flow.replyBudget = Number.POSITIVE_INFINITY;
       flow.replyDatagrams = Number.POSITIVE_INFINITY;
       this.flows.touch(flow, now);
-      if (!this.hasRoom(link, DATA_OVERHEAD + payload.length, mappingId, flow)) return;
+      const chosen = this.session.laneFor(flow) as { link: Link; moved: boolean };
+      link = chosen.link;
+      const overhead = chosen.moved ? NEW_FLOW_OVERHEAD + DATA_OVERHEAD : DATA_OVERHEAD;
+      if (!this.hasRoom(link, overhead + payload.length, mappingId, flow)) return;
+      // Its lane closed or stalled: announce the flow on the new lane before its data (the FLOW_OPEN
+      // on the old one may never have arrived); the sender keeps a flow it already has (§16.3).
+      if (chosen.moved) link.writer.flowOpen(flow.id, flow.mappingId, flow);
     }
     counters.forwarded(flow, payload.length);
     link.writer.data(flow.id, payload);
+    link.counters.datagramsSent++;
     this.session.connections.queued(link, now);
   }
 
@@ -139,6 +150,7 @@ export class ReceiverMachine extends MachineCore<ClientFlow, ReceiverOutput> {
       replyDatagrams: limit > 0 ? limit : Number.POSITIVE_INFINITY,
       ...zeroCounters(),
     };
+    flow.lane = link;
     this.flows.add(flow);
     this.flowsByKey.set(key, flow);
     link.writer.flowOpen(flow.id, flow.mappingId, flow);

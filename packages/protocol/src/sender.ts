@@ -19,6 +19,8 @@ export interface TargetFlow extends FlowCounters {
   readonly mappingId: number;
   readonly client: WireAddress;
   lastActive: number;
+  /** The connection (lane) its datagrams go out on (§16.3). */
+  lane?: Link;
 }
 
 const DATA_OVERHEAD = HEADER_SIZE + 4;
@@ -44,7 +46,7 @@ export class SenderMachine extends MachineCore<TargetFlow, SenderOutput> {
     }
     this.counters.received(flow.mappingId, payload.length);
     this.flows.touch(flow, now);
-    const link = this.session.openLink;
+    const link = this.session.laneFor(flow)?.link;
     if (link === undefined) {
       this.counters.dropped("not-connected", flow.mappingId, flow);
       return;
@@ -52,6 +54,7 @@ export class SenderMachine extends MachineCore<TargetFlow, SenderOutput> {
     if (!this.hasRoom(link, DATA_OVERHEAD + payload.length, flow.mappingId, flow)) return;
     this.counters.forwarded(flow, payload.length);
     link.writer.data(flowId, payload);
+    link.counters.datagramsSent++;
     this.session.connections.queued(link, now);
   }
 
@@ -94,10 +97,17 @@ export class SenderMachine extends MachineCore<TargetFlow, SenderOutput> {
       return;
     }
     const existing = this.flows.get(frame.flowId);
+    // The receiver re-announces a flow on the lane it moved to (§16.3): the same flow, kept as it is.
+    if (existing && existing.mappingId === mappingId && sameAddress(existing.client, frame.client)) return;
     if (existing) this.flows.close(existing, FlowCloseReason.Closed, false);
     this.flows.makeRoom(mappingId, now, FlowCloseReason.Evicted);
     const client = { ...frame.client };
-    this.flows.add({ id: frame.flowId, mappingId, client, lastActive: now, ...zeroCounters() });
+    // Replies go back on the lane the flow was opened on, while it lasts.
+    this.flows.add({ id: frame.flowId, mappingId, client, lastActive: now, lane: link, ...zeroCounters() });
     this.out.push({ kind: "open-flow-socket", flowId: frame.flowId, mappingId, client });
   }
+}
+
+function sameAddress(a: WireAddress, b: WireAddress): boolean {
+  return a.family === b.family && a.port === b.port && a.address === b.address;
 }

@@ -20,7 +20,29 @@ import type { CryptoProvider, Link } from "./link.js";
 import type { OutputSink } from "./outputs.js";
 import type { LaneTotals, Stats } from "./stats.js";
 
-const CAPABILITIES = Capability.Resume;
+/** What this side announces: Resume always; Lanes when it would use them (dialing several, or accepting several). */
+function capabilitiesOf(settings: Settings, side: "acceptor" | "dialer"): number {
+  const lanes = side === "dialer" ? settings.lanes > 1 : settings.maxLanes > 1;
+  return Capability.Resume | (lanes ? Capability.Lanes : 0);
+}
+
+/** One lane of the session, for status lines and metrics. */
+export interface LaneInfo {
+  readonly conn: number;
+  readonly peer: string;
+  readonly open: boolean;
+  /** The transport is backed up: new datagrams go to another lane while one is free. */
+  readonly stalled: boolean;
+  readonly rttMs: number | undefined;
+  readonly datagramsSent: number;
+  readonly datagramsReceived: number;
+  readonly nudgesSent: number;
+}
+
+/** What a flow keeps of its lane: the connection its datagrams go out on. */
+export interface Laned {
+  lane?: Link;
+}
 
 /** What the session needs from the machine that owns it: its flows. */
 export interface SessionOwner {
@@ -40,13 +62,20 @@ interface PeerSession {
   links: Link[];
   /** When the last connection was lost; flows are kept until lostAt + resumeGraceMs. */
   lostAt: number | undefined;
+  /**
+   * The acceptor's proof in the ACCEPT that started the session (not a resumed one): what a JOIN
+   * proof is bound to (§16.1).
+   */
+  binding: Uint8Array;
 }
 
 export class Session implements LinkIo {
   readonly connections: LinkTable;
   private peer: PeerSession | undefined;
-  /** The dialer's current connection attempt (one at a time). */
-  private dialing: Link | undefined;
+  /** The dialer's connection attempts still in their handshake. */
+  private readonly dialing = new Set<Link>();
+  /** Round-robin position for the next flow's lane. */
+  private nextLane = 0;
   /** What the other side is ("sender" or "receiver"), for log lines and reasons. */
   readonly peerName: string;
 
@@ -103,10 +132,57 @@ export class Session implements LinkIo {
     this.connections.notify(link);
   }
 
-  /** The connection data goes out on: the session's first open one. */
+  /** The session's first open connection (control frames that belong to no flow go there). */
   get openLink(): Link | undefined {
     for (const link of this.peer?.links ?? []) if (link.state === "open") return link;
     return undefined;
+  }
+
+  /** The session's open connections (lanes), in the order they opened. */
+  openLanes(): Link[] {
+    return (this.peer?.links ?? []).filter((link) => link.state === "open");
+  }
+
+  /** Lanes the dialer keeps (settings.lanes); the acceptor takes up to settings.maxLanes. */
+  get lanesWanted(): number {
+    return this.settings.lanes;
+  }
+
+  /** Every connection of the session, for status lines and metrics. */
+  lanes(): LaneInfo[] {
+    return (this.peer?.links ?? []).map((link) => ({
+      conn: link.id,
+      peer: link.peer,
+      open: link.state === "open",
+      stalled: link.blocked,
+      rttMs: link.rttMs,
+      datagramsSent: link.counters.datagramsSent,
+      datagramsReceived: link.counters.datagramsReceived,
+      nudgesSent: link.counters.nudgesSent,
+    }));
+  }
+
+  /**
+   * The lane `flow`'s datagrams go out on (§16.3): the one it has while that is open and not backed
+   * up, so its order is kept; else the next open lane, round robin (a backed-up lane only when every
+   * lane is). `moved` says the flow had another lane before (the receiver re-announces FLOW_OPEN).
+   * Undefined when no lane is open.
+   */
+  laneFor(flow: Laned): { link: Link; moved: boolean } | undefined {
+    const current = flow.lane;
+    if (current !== undefined && current.state === "open" && !current.blocked) return { link: current, moved: false };
+    const lanes = this.openLanes();
+    if (lanes.length === 0) return undefined;
+    if (current !== undefined && current.state === "open" && lanes.every((lane) => lane.blocked)) {
+      return { link: current, moved: false };
+    }
+    const free = lanes.filter((lane) => !lane.blocked);
+    const pool = free.length > 0 ? free : lanes;
+    const link = pool[this.nextLane++ % pool.length];
+    const moved = current !== undefined && current !== link;
+    if (moved) this.totals.flowsMoved++;
+    flow.lane = link;
+    return { link, moved };
   }
 
   // ---- the accepting side ----
@@ -117,7 +193,15 @@ export class Session implements LinkIo {
    */
   accept(conn: number, peer: string, now: number, source = peer): void {
     const { pending, fromSource } = this.connections.pendingCount(source);
-    const link = this.connections.open(conn, peer, "acceptor", this.role, CAPABILITIES, now, this.crypto);
+    const link = this.connections.open(
+      conn,
+      peer,
+      "acceptor",
+      this.role,
+      capabilitiesOf(this.settings, "acceptor"),
+      now,
+      this.crypto,
+    );
     link.source = source;
     if (pending >= this.settings.maxPending) {
       this.stats.handshakeFailures++;
@@ -156,6 +240,9 @@ export class Session implements LinkIo {
 
   private acceptorHandshake(link: Link, frame: Frame, now: number): void {
     if (acceptorHelloStep(link, frame, this.settings, this.role)) return;
+    if (frame.type === FrameType.Join && (link.sharedCapabilities & Capability.Lanes) !== 0) {
+      return this.acceptJoin(link, frame.proof, frame.token, now);
+    }
     if (frame.type !== FrameType.Auth) throw unexpected(frame, "AUTH");
     link.offeredToken = frame.token.slice();
     if (!link.verifyPeer(this.crypto, frame.proof, frame.token)) {
@@ -175,6 +262,40 @@ export class Session implements LinkIo {
     link.enter("ask-host");
     link.handshakeDeadline = undefined; // the host may ask a human: no deadline
     this.out.push({ kind: "authorize-peer", conn: link.id, peer: link.peer, publicKey: link.peerKey });
+  }
+
+  /**
+   * JOIN (§16.1): another lane for the open session. It must name the session (token), prove the
+   * credentials over this connection's fresh HELLOs and the session's binding (in key mode, with the
+   * key the session was admitted with), and fit under maxLanes. Every refusal says the same to the
+   * peer as to a stranger: nothing about which sessions exist.
+   */
+  private acceptJoin(link: Link, proof: Uint8Array, token: Uint8Array, now: number): void {
+    const session = this.peer;
+    const named = session !== undefined && token.length === TOKEN_SIZE && bytesEqual(session.token, token);
+    if (!session || !named || !link.verifyJoin(this.crypto, proof, token, session.binding, session.peerKey)) {
+      this.stats.handshakeFailures++;
+      this.totals.joinsRefused++;
+      this.connections.fail(
+        link,
+        CloseCode.AuthFailed,
+        "cannot join: unknown session, or a proof that does not verify",
+      );
+      return;
+    }
+    const open = session.links.filter((other) => other.state === "open").length;
+    if (open >= this.settings.maxLanes) {
+      this.stats.handshakeFailures++;
+      this.totals.joinsRefused++;
+      this.connections.fail(link, CloseCode.Busy, `the session has ${open} lanes, the most this side takes`);
+      return;
+    }
+    link.offeredToken = token.slice();
+    session.links.push(link);
+    session.lostAt = undefined;
+    this.totals.lanesJoined++;
+    link.writer.accept(link.prove(this.crypto, session.token, true), session.token, true);
+    this.opened(link, now, true, true);
   }
 
   private canResume(link: Link): boolean {
@@ -221,21 +342,32 @@ export class Session implements LinkIo {
         peerKey: link.peerKey,
         links: [link],
         lostAt: undefined,
+        binding: new Uint8Array(0),
       };
     }
     const token = this.peer.token;
-    link.writer.accept(link.prove(this.crypto, token, resumed), token, resumed);
+    const proof = link.prove(this.crypto, token, resumed);
+    if (!resumed) this.peer.binding = proof;
+    link.writer.accept(proof, token, resumed);
     this.opened(link, now, resumed);
   }
 
   // ---- the dialing side ----
 
-  /** The TCP connection to the peer is up (one attempt at a time). */
+  /**
+   * The TCP connection to the peer is up. Several may be (lanes): while the session has an open
+   * lane, a new connection joins it (JOIN); otherwise it authenticates (AUTH, offering the token).
+   */
   dial(conn: number, peer: string, now: number): void {
-    if (this.dialing && this.dialing.state !== "closed") {
-      throw new Error("dial: the previous connection was not reported disconnected");
+    if (this.connections.get(conn) !== undefined) throw new Error(`dial: connection ${conn} is already known`);
+    if (this.connections.count((link) => link.side === "dialer") >= this.settings.lanes) {
+      const lanes = this.settings.lanes;
+      throw new Error(
+        `dial: ${lanes === 1 ? "the previous connection was" : `${lanes} connections were`} not reported disconnected`,
+      );
     }
-    this.dialing = this.connections.open(conn, peer, "dialer", this.role, CAPABILITIES, now, this.crypto);
+    const capabilities = capabilitiesOf(this.settings, "dialer");
+    this.dialing.add(this.connections.open(conn, peer, "dialer", this.role, capabilities, now, this.crypto));
   }
 
   private dialerHandshake(link: Link, frame: Frame, now: number): void {
@@ -253,14 +385,34 @@ export class Session implements LinkIo {
     if (frame.resumed && link.offeredToken.length === 0) {
       throw new ProtocolError("bad-resume", "ACCEPT claims a resumed session that was never offered");
     }
+    this.dialing.delete(link);
+    if (link.joining) return this.joined(link, frame.token, frame.resumed, now);
     if (!frame.resumed) {
       const count = this.owner.flowCount;
       if (count > 0)
         this.out.log("info", `the ${this.peerName} started a new session: closing ${flows(count)} of the old one`);
       this.owner.dropAllFlows();
     }
-    this.peer = { token: frame.token.slice(), peerKey: link.peerKey, links: [link], lostAt: undefined };
+    const previous = this.peer;
+    // A resumed session keeps its binding; a new one is bound to this ACCEPT's proof.
+    const binding = frame.resumed && previous ? previous.binding : frame.proof.slice();
+    // The acceptor replaced every other lane of ours (§7); they are closing.
+    for (const other of previous?.links ?? [])
+      if (other !== link) this.connections.close(other, CloseCode.Replaced, "");
+    this.peer = { token: frame.token.slice(), peerKey: link.peerKey, links: [link], lostAt: undefined, binding };
     this.opened(link, now, frame.resumed);
+  }
+
+  /** Dialer: the acceptor took this connection as another lane of the session. */
+  private joined(link: Link, token: Uint8Array, resumed: boolean, now: number): void {
+    const session = this.peer;
+    if (!resumed || !session || !bytesEqual(session.token, token)) {
+      throw new ProtocolError("bad-join", "ACCEPT of a JOIN names another session, or a new one");
+    }
+    session.links.push(link);
+    session.lostAt = undefined;
+    this.totals.lanesJoined++;
+    this.opened(link, now, true, true);
   }
 
   /** The acceptor's HELLO: its key is checked against the pin before this side proves anything. */
@@ -269,9 +421,22 @@ export class Session implements LinkIo {
     link.enter("peer-hello");
     if (this.refuseKey(link, false)) return;
     const session = this.peer;
-    const resume = (link.sharedCapabilities & Capability.Resume) !== 0 && session !== undefined;
-    link.offeredToken = resume ? session.token : new Uint8Array(0);
-    link.writer.auth(link.prove(this.crypto, link.offeredToken), link.offeredToken);
+    const lanes = (link.sharedCapabilities & Capability.Lanes) !== 0;
+    const live = session !== undefined && session.links.some((other) => other.state === "open");
+    if (live && !lanes) {
+      // An acceptor that takes one connection per session: AUTH would replace the open lane.
+      this.connections.close(link, CloseCode.Busy, "this side keeps one connection: the peer takes no lanes");
+      return;
+    }
+    if (live && session !== undefined) {
+      link.joining = true;
+      link.offeredToken = session.token;
+      link.writer.join(link.proveJoin(this.crypto, session.token, session.binding), session.token);
+    } else {
+      const resume = (link.sharedCapabilities & Capability.Resume) !== 0 && session !== undefined;
+      link.offeredToken = resume ? session.token : new Uint8Array(0);
+      link.writer.auth(link.prove(this.crypto, link.offeredToken), link.offeredToken);
+    }
     // In key mode the acceptor's operator may be asked about this key: wait as long as that takes.
     if (!this.settings.secretMode) link.handshakeDeadline = undefined;
   }
@@ -288,12 +453,14 @@ export class Session implements LinkIo {
 
   // ---- both ----
 
-  private opened(link: Link, now: number, resumed: boolean): void {
+  private opened(link: Link, now: number, resumed: boolean, lane = false): void {
     link.markOpen(now, this.settings.keepaliveMs);
     this.stats.accepted++;
     const name = this.peerName;
     const what = link.side === "acceptor" ? `${name} ${link.peer} accepted` : `accepted by ${name} ${link.peer}`;
-    this.out.log("info", `${what}${resumed ? ` (resumed ${flows(this.owner.flowCount)})` : ""}`);
+    const lanes = this.peer?.links.filter((other) => other.state === "open").length ?? 1;
+    const how = lane ? ` (lane ${lanes} of the session)` : resumed ? ` (resumed ${flows(this.owner.flowCount)})` : "";
+    this.out.log("info", `${what}${how}`);
     this.out.push({ kind: "accepted", conn: link.id, peer: link.peer, resumed });
     this.connections.notify(link);
   }
@@ -311,7 +478,7 @@ export class Session implements LinkIo {
 
   /** LinkIo: the connection is gone (reported by the host). */
   gone(link: Link, now: number): void {
-    if (this.dialing === link) this.dialing = undefined;
+    this.dialing.delete(link);
     const session = this.peer;
     // Only a connection of the session starts the grace period, including one already "closed"
     // (CLOSE received, keepalive timeout) before the host reported it. A failed attempt to reconnect

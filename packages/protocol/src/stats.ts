@@ -103,7 +103,7 @@ export interface Stats {
 }
 
 /**
- * What the connections of a session do about loss and lanes (PROTOCOL.md §10.1, §15, §16), totals
+ * What the connections of a session do about loss and lanes (PROTOCOL.md §10.1, §16, §17), totals
  * over every lane; the per-lane figures are Session.lanes().
  */
 export interface LaneTotals {

@@ -187,6 +187,13 @@ export class FrameWriter {
     this.proofAndToken(at, proof, token);
   }
 
+  join(proof: Uint8Array, token: Uint8Array): void {
+    checkLength("proof", proof, PROOF_LENGTHS);
+    checkLength("token", token, [0, TOKEN_SIZE]);
+    const at = this.header(FrameType.Join, 2 + proof.length + token.length);
+    this.proofAndToken(at, proof, token);
+  }
+
   accept(proof: Uint8Array, token: Uint8Array, resumed: boolean): void {
     checkLength("proof", proof, PROOF_LENGTHS);
     checkLength("token", token, [0, TOKEN_SIZE]);
@@ -271,6 +278,8 @@ export class FrameWriter {
         );
       case FrameType.Auth:
         return this.auth(frame.proof, frame.token);
+      case FrameType.Join:
+        return this.join(frame.proof, frame.token);
       case FrameType.Accept:
         return this.accept(frame.proof, frame.token, frame.resumed);
       case FrameType.Close:

@@ -36,7 +36,9 @@ for (const dir of DIRECTIONS) {
       net.pump();
       expect(pads(wire.sentBy(receiver)).length).toBe(0);
       net.advance(1);
-      expect(pads(wire.sentBy(receiver))).toEqual([{ type: "extension", extensionType: 0x80, body: new Uint8Array(0) }]);
+      expect(pads(wire.sentBy(receiver))).toEqual([
+        { type: "extension", extensionType: 0x80, body: new Uint8Array(0) },
+      ]);
       expect(receiver.laneTotals.nudgesSent).toBe(1);
       // The sender answers: its reply gets its own nudge.
       const flowId = net.of(sender, "open-flow-socket")[0].flowId;

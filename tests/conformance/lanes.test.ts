@@ -45,9 +45,10 @@ async function startLaneTunnel(
   direction: "R" | "L",
   lanes: number,
   maxLanes?: number,
+  redundant = false,
 ): Promise<LaneTunnel> {
   const echo = await startEcho(transport);
-  const dialer = { secret: SECRET, lanes };
+  const dialer = { secret: SECRET, lanes, redundant };
   const acceptor = { secret: SECRET, ...(maxLanes ? { maxLanes } : {}) };
   let receiver: ReceiverHandle;
   let sender: SenderHandle;
@@ -153,6 +154,35 @@ for (const transport of availableTransports()) {
           }
         },
       );
+
+      it("--redundant: a lane reset mid-stream loses no datagram, and none arrives twice", TIMEOUT, async () => {
+        const t = await startLaneTunnel(transport, direction, 2, undefined, true);
+        const client = await startClient(transport, t.receiver.udpPort);
+        try {
+          await eventually(() => openLanes(t.receiver) === 2 && openLanes(t.sender) === 2, "two lanes");
+          assert.equal(text(await client.request("warm-up", 10_000)), "warm-up");
+          const before = client.replies.length;
+          const n = 300;
+          for (let i = 0; i < n; i++) {
+            client.send(`seq-${i}`);
+            if (i === 150) assert.ok(t.proxy.cutOne(), "a lane to reset");
+            if (i % 10 === 9) await new Promise((r) => setTimeout(r, 5));
+          }
+          await eventually(() => client.replies.length - before >= n, `${n} replies`, 15_000);
+          await new Promise((r) => setTimeout(r, 200)); // a duplicate would arrive by now
+          const got = client.replies.slice(before).map((reply) => text(reply));
+          assert.equal(got.length, n, "no datagram delivered twice");
+          assert.deepEqual(new Set(got).size, n);
+          const totals = [t.receiver.machine.laneTotals, t.sender.machine.laneTotals];
+          assert.ok(
+            totals.every((x) => x.duplicatesSuppressed > 0),
+            "copies were suppressed on both sides",
+          );
+        } finally {
+          client.close();
+          await t.close();
+        }
+      });
 
       it("--max-lanes 2 against --lanes 3: two lanes, the tunnel works", TIMEOUT, async () => {
         const t = await startLaneTunnel(transport, direction, 3, 2);

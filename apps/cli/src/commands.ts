@@ -135,6 +135,8 @@ function machineConfig(options: CommonOptions) {
     handshakeTimeoutMs: options.handshakeTimeoutMs,
     maxBufferBytes: options.maxBufferBytes,
     nudgeMs: options.nudgeMs,
+    redundant: options.redundant,
+    maxDelayMs: options.maxDelayMs,
   };
 }
 

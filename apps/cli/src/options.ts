@@ -63,6 +63,17 @@ export const commonArgs = {
     description: `Listening side: most lanes one session may hold (default ${DEFAULTS.maxLanes}; 1 takes no lanes)`,
     valueHint: "N",
   },
+  redundant: {
+    type: "boolean",
+    description:
+      "Send every datagram on two lanes (needs --lanes 2 or more on the dialing side); the first copy to arrive wins, duplicates are dropped. Given on the dialing side, the peer answers the same way",
+  },
+  "max-delay": {
+    type: "string",
+    description:
+      "Drop a datagram that waited longer than this in a send queue (the TCP side backed up) instead of delivering it late, e.g. 250ms (default off)",
+    valueHint: "DURATION",
+  },
   transport: {
     type: "enum",
     options: ["auto", "bun", "node"],
@@ -86,6 +97,8 @@ export interface CommonOptions {
   handshakeTimeoutMs: number;
   maxBufferBytes: number;
   nudgeMs: number;
+  redundant: boolean;
+  maxDelayMs: number;
   transport: TransportChoice;
   logLevel: LogLevel;
   /** Said once at start-up, through the logger (a --secret-file others can read). */
@@ -291,6 +304,8 @@ export function commonOptions(args: RawArgs): CommonOptions {
     handshakeTimeoutMs: seconds(args, "handshake-timeout", DEFAULTS.handshakeTimeoutMs),
     maxBufferBytes: byteSize(args, "max-buffer", DEFAULTS.maxBufferBytes),
     nudgeMs: nudgeArg(args),
+    redundant: args.redundant === true,
+    maxDelayMs: millis(args, "max-delay"),
     transport: (args.transport as TransportChoice | undefined) ?? "auto",
     logLevel: args.verbose ? "debug" : args.quiet ? "warn" : "info",
     warnings,

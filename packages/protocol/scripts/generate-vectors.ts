@@ -933,6 +933,36 @@ add(
 bad("too-large-join", "JOIN body of 83 (max 82)", false, "0800000053", "frame-too-large");
 bad("join-no-token-length", "JOIN body ends after the HMAC", false, frameHex(0x08, "20" + MAC), "bad-length");
 
+// ---- redundancy: sequenced DATA (§17) -----------------------------------------------------------
+const sdata = (flowId: number, seq: number, payload: string) => frameHex(0x14, h32(flowId) + h32(seq) + payload);
+add(
+  "sdata-small",
+  { type: "SDATA", flowId: 7, seq: 41, payload: "68656c6c6f0a" },
+  sdata(7, 41, "68656c6c6f0a"),
+  "SDATA (0x14): flow 7, sequence number 41, one datagram; sent on two lanes, the first copy delivered",
+);
+add(
+  "sdata-wrap",
+  { type: "SDATA", flowId: 7, seq: 0xffffffff, payload: "" },
+  sdata(7, 0xffffffff, ""),
+  "the last sequence number before the wrap (the next is 0), an empty datagram",
+);
+add(
+  "sdata-65535",
+  { type: "SDATA", flowId: 1, seq: 0, payload: { repeat: 0xcd, length: 65535 } },
+  [h8(0x14) + h32(8 + 65535) + h32(1) + h32(0), { repeat: 0xcd, length: 65535 }],
+  "largest datagram: body length 65543",
+);
+bad("too-large-sdata", "SDATA body of 65544 (max 65543)", false, "1400010008", "frame-too-large");
+bad(
+  "sdata-short",
+  "SDATA body of 7 bytes: no room for the sequence number",
+  false,
+  frameHex(0x14, "00000001000000"),
+  "bad-length",
+);
+bad("sdata-flow-zero", "SDATA for flow id 0", false, sdata(0, 1, "00"), "bad-flow-id");
+
 // ---- cross-check with the codec, then write ---------------------------------------------------
 const file: VectorFile = {
   format: 1,
@@ -949,6 +979,7 @@ const file: VectorFile = {
     FLOW_OPEN: 16,
     FLOW_CLOSE: 17,
     DATA: 18,
+    SDATA: 20,
     EXTENSION: 128,
   },
   frames,

@@ -45,6 +45,15 @@ export interface CommonConfig {
   lanes?: number;
   /** When this side accepts: most lanes one session may hold (default 8); 1 refuses every JOIN. */
   maxLanes?: number;
+  /**
+   * Redundancy (§17): send every datagram of every mapping on two lanes (with a sequence number; the
+   * peer delivers the first copy), and ask the peer to do the same. Per mapping: MappingConfig.redundant.
+   */
+  redundant?: boolean;
+  /** Only datagrams up to this size are sent twice (default: all). */
+  redundantMaxBytes?: number;
+  /** A datagram that waited longer than this in a connection's send queue is dropped (`stale`); 0: off. */
+  maxDelayMs?: number;
 }
 
 export const DEFAULTS = {
@@ -60,6 +69,8 @@ export const DEFAULTS = {
   nudgeMs: 1,
   lanes: 1,
   maxLanes: 8,
+  redundantMaxBytes: 65_535,
+  maxDelayMs: 0,
 } as const;
 
 /** A CommonConfig checked and with its defaults filled in. */
@@ -81,6 +92,9 @@ export interface Settings {
   readonly nudgeMs: number;
   readonly lanes: number;
   readonly maxLanes: number;
+  readonly redundant: boolean;
+  readonly redundantMaxBytes: number;
+  readonly maxDelayMs: number;
 }
 
 /** Checks `config` (RangeError on a bad value: a bug of the host, not a peer's doing). */
@@ -110,6 +124,9 @@ export function settingsOf(config: CommonConfig): Settings {
     nudgeMs: nonNegative("nudgeMs", config.nudgeMs ?? DEFAULTS.nudgeMs),
     lanes: whole("lanes", config.lanes ?? DEFAULTS.lanes),
     maxLanes: whole("maxLanes", config.maxLanes ?? DEFAULTS.maxLanes),
+    redundant: config.redundant === true,
+    redundantMaxBytes: nonNegative("redundantMaxBytes", config.redundantMaxBytes ?? DEFAULTS.redundantMaxBytes),
+    maxDelayMs: nonNegative("maxDelayMs", config.maxDelayMs ?? DEFAULTS.maxDelayMs),
   };
 }
 

@@ -28,6 +28,8 @@ export interface LinkIo {
   openFrame(link: Link, frame: Frame, now: number): void;
   /** The host reported the connection gone. */
   gone(link: Link, now: number): void;
+  /** A queued DATA frame of flow `flowId` waited past maxDelayMs and was dropped. */
+  stale(flowId: number): void;
 }
 
 export class LinkTable {
@@ -109,7 +111,10 @@ export class LinkTable {
     const link = this.links.get(conn);
     if (!link) return;
     link.blocked = blocked;
-    if (!blocked) this.notify(link);
+    if (!blocked) {
+      link.queueMarks.length = 0; // everything queued goes out now
+      this.notify(link);
+    }
   }
 
   /** Bytes arrived on connection `conn`. */
@@ -178,7 +183,25 @@ export class LinkTable {
         this.notify(link);
       }
       if (now >= link.nudgeAt) this.nudge(link, now);
+      if (link.queueMarks.length > 0) this.dropStale(link, now);
     }
+  }
+
+  /**
+   * --max-delay (§10): DATA that has waited in this side's queue for longer than maxDelayMs (the
+   * transport backed up) is dropped and counted `stale`, not delivered late; control frames stay.
+   */
+  private dropStale(link: Link, now: number): void {
+    const marks = link.queueMarks;
+    const limit = now - this.settings.maxDelayMs;
+    let last = -1;
+    while (last + 1 < marks.length && marks[last + 1].at <= limit) last++;
+    if (last < 0) return;
+    const writer = link.writer;
+    const before = writer.length;
+    writer.dropOldestData(Number.POSITIVE_INFINITY, (flowId) => this.io.stale(flowId), marks[last].length);
+    const freed = before - writer.length;
+    link.queueMarks = marks.slice(last + 1).map((mark) => ({ at: mark.at, length: mark.length - freed }));
   }
 
   /**
@@ -188,6 +211,12 @@ export class LinkTable {
    */
   queued(link: Link, now: number): void {
     this.notify(link);
+    if (link.blocked && this.settings.maxDelayMs > 0) {
+      const marks = link.queueMarks;
+      const last = marks[marks.length - 1];
+      if (last !== undefined && last.at === now) last.length = link.writer.length;
+      else marks.push({ at: now, length: link.writer.length });
+    }
     const delay = this.settings.nudgeMs;
     if (delay > 0) link.nudgeAt = now + delay;
   }
@@ -221,6 +250,8 @@ export class LinkTable {
       if (link.state === "open") {
         next = earliest(earliest(next, link.nextPingAt), link.lastReceived + dead);
         if (link.nudgeAt !== Number.POSITIVE_INFINITY) next = earliest(next, link.nudgeAt);
+        const oldest = link.queueMarks[0];
+        if (oldest !== undefined) next = earliest(next, oldest.at + this.settings.maxDelayMs);
       }
     }
     return next;

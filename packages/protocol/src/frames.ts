@@ -25,6 +25,8 @@ export const FrameType = {
   FlowOpen: 0x10,
   FlowClose: 0x11,
   Data: 0x12,
+  /** DATA with a per-flow sequence number, for redundancy: the receiving side drops duplicates (§17). */
+  Sdata: 0x14,
 } as const;
 export type FrameType = (typeof FrameType)[keyof typeof FrameType];
 
@@ -56,6 +58,10 @@ export const Capability = {
   Resume: 1 << 0,
   /** A session may hold several connections (lanes): later ones JOIN the session of the first (§16). */
   Lanes: 1 << 1,
+  /** Understands SDATA (sequenced DATA) and drops duplicate copies (§17). */
+  Sequenced: 1 << 2,
+  /** A request: send every datagram on two lanes, as this side does (§17). */
+  Redundant: 1 << 3,
 } as const;
 
 /** Why a connection ends (CLOSE frame). */
@@ -141,6 +147,7 @@ export type Frame =
   | { type: typeof FrameType.FlowOpen; flowId: number; mappingId: number; client: WireAddress }
   | { type: typeof FrameType.FlowClose; flowId: number; reason: number }
   | { type: typeof FrameType.Data; flowId: number; payload: Uint8Array }
+  | { type: typeof FrameType.Sdata; flowId: number; seq: number; payload: Uint8Array }
   /** An extension frame (type 0x80..0xFF) this version does not interpret. */
   | { type: "extension"; extensionType: number; body: Uint8Array };
 
@@ -170,6 +177,8 @@ export function maxBodyLength(type: number): number | undefined {
       return 5;
     case FrameType.Data:
       return 4 + MAX_DATAGRAM;
+    case FrameType.Sdata:
+      return 8 + MAX_DATAGRAM;
     default:
       return type >= FIRST_EXTENSION_TYPE ? MAX_DATAGRAM : undefined;
   }
@@ -186,6 +195,7 @@ export const FRAME_TYPE_NAMES: Record<number, string> = {
   [FrameType.FlowOpen]: "FLOW_OPEN",
   [FrameType.FlowClose]: "FLOW_CLOSE",
   [FrameType.Data]: "DATA",
+  [FrameType.Sdata]: "SDATA",
 };
 
 export const CLOSE_CODE_NAMES: Record<number, string> = {

@@ -91,6 +91,11 @@ export class Link {
    * both HELLOs); set once the peer's HELLO is checked.
    */
   mappingPairs: number[] = [];
+  /**
+   * While the transport is backed up: when DATA was queued, and how many untaken bytes there were
+   * then (oldest first), so that what waited past --max-delay can be dropped (§10).
+   */
+  queueMarks: Array<{ at: number; length: number }> = [];
   /** Dialer: this connection sent JOIN (another lane of the open session), not AUTH. */
   joining = false;
 

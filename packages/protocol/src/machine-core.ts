@@ -13,7 +13,8 @@ import { type FlowBase, Flows } from "./flows.js";
 import { FlowCloseReason, type Frame, FrameType, type Role } from "./frames.js";
 import type { CryptoProvider, Link } from "./link.js";
 import { LogThrottle, OutputQueue } from "./outputs.js";
-import { Session } from "./session.js";
+import { DuplicateWindow } from "./dedupe.js";
+import { type Laned, Session } from "./session.js";
 import { Counters, type LaneTotals, type MappingStats, type Stats } from "./stats.js";
 
 export interface RolePolicy<F> {
@@ -50,6 +51,7 @@ export class MachineCore<F extends FlowBase, O extends { kind: string }> {
           ? flows().closedByPeer(frame.flowId, frame.reason)
           : policy.frame(link, frame, now),
       dropAllFlows: () => flows().dropAll(),
+      stale: (flowId: number) => flows().droppedOutside("stale", { flowId }),
       get flowCount() {
         return flows().size;
       },
@@ -78,6 +80,21 @@ export class MachineCore<F extends FlowBase, O extends { kind: string }> {
     this.flows.touch(flow, now);
     link.counters.datagramsReceived++;
     return flow;
+  }
+
+  /**
+   * Whether an SDATA copy of `flow` with number `seq` is the first to arrive (deliver it) or a
+   * duplicate or a copy behind the window (dropped and counted, §17). The flow is answered the same
+   * way from now on.
+   */
+  protected firstCopy(flow: F & Laned, seq: number): boolean {
+    flow.mirror = true;
+    flow.rx ??= new DuplicateWindow();
+    const verdict = flow.rx.check(seq);
+    if (verdict === "new") return true;
+    if (verdict === "duplicate") this.counters.lanes.duplicatesSuppressed++;
+    else this.counters.lanes.lateCopies++;
+    return false;
   }
 
   /**

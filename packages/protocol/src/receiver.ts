@@ -84,7 +84,6 @@ export class ReceiverMachine extends MachineCore<ClientFlow, ReceiverOutput> {
     }
     const key = mappingId === 0 ? address + "|" + port : mappingId + "|" + address + "|" + port;
     let flow = this.flowsByKey.get(key);
-    let link: Link;
     if (flow === undefined) {
       if (this.newFlowLimiter !== undefined && !this.newFlowLimiter.allow(address, now)) {
         counters.dropped("rate-limited", mappingId);
@@ -96,7 +95,7 @@ export class ReceiverMachine extends MachineCore<ClientFlow, ReceiverOutput> {
         return;
       }
       const lane: Laned = {};
-      link = (this.session.laneFor(lane) as { link: Link }).link;
+      const link = (this.session.laneFor(lane) as { link: Link }).link;
       // FLOW_OPEN (and an eviction's FLOW_CLOSE) count against the buffer bound too, so a flood of new
       // source addresses cannot grow the buffer of a blocked connection.
       if (!this.hasRoom(link, NEW_FLOW_OVERHEAD + DATA_OVERHEAD + payload.length, mappingId)) return;
@@ -108,18 +107,39 @@ export class ReceiverMachine extends MachineCore<ClientFlow, ReceiverOutput> {
       flow.replyBudget = Number.POSITIVE_INFINITY;
       flow.replyDatagrams = Number.POSITIVE_INFINITY;
       this.flows.touch(flow, now);
-      const chosen = this.session.laneFor(flow) as { link: Link; moved: boolean };
-      link = chosen.link;
-      const overhead = chosen.moved ? NEW_FLOW_OVERHEAD + DATA_OVERHEAD : DATA_OVERHEAD;
-      if (!this.hasRoom(link, overhead + payload.length, mappingId, flow)) return;
-      // Its lane closed or stalled: announce the flow on the new lane before its data (the FLOW_OPEN
-      // on the old one may never have arrived); the sender keeps a flow it already has (§16.3).
-      if (chosen.moved) link.writer.flowOpen(flow.id, flow.mappingId, flow);
     }
+    const out = this.session.sendLanes(flow, mappingId, payload.length) as { links: Link[]; moved: boolean };
+    const [primary, second] = out.links;
+    // Its lane closed or stalled: announce the flow on the new lane before its data (the FLOW_OPEN
+    // on the old one may never have arrived); the sender keeps a flow it already has (§16.3). A
+    // second copy's lane must know the flow too.
+    const announce = (link: Link, again: boolean) => {
+      if (!again) return 0;
+      link.writer.flowOpen(flow.id, flow.mappingId, flow);
+      return NEW_FLOW_OVERHEAD;
+    };
+    const secondNew = second !== undefined && second !== flow.lane && !(flow.announcedOn ?? []).includes(second);
+    const extra = (second ? 4 : 0) + (out.moved ? NEW_FLOW_OVERHEAD : 0);
+    if (!this.hasRoom(primary, DATA_OVERHEAD + extra + payload.length, mappingId, flow)) return;
+    announce(primary, out.moved);
     counters.forwarded(flow, payload.length);
-    link.writer.data(flow.id, payload);
-    link.counters.datagramsSent++;
-    this.session.connections.queued(link, now);
+    if (second === undefined) {
+      primary.writer.data(flow.id, payload);
+    } else {
+      const seq = (flow.txSeq = ((flow.txSeq ?? -1) + 1) >>> 0);
+      primary.writer.sdata(flow.id, seq, payload);
+      if (this.hasRoom(second, DATA_OVERHEAD + 4 + payload.length + (secondNew ? NEW_FLOW_OVERHEAD : 0), mappingId)) {
+        if (secondNew) {
+          announce(second, true);
+          flow.announcedOn = [...(flow.announcedOn ?? []).filter((l) => l.state === "open"), second];
+        }
+        second.writer.sdata(flow.id, seq, payload);
+        second.counters.datagramsSent++;
+        this.session.connections.queued(second, now);
+      }
+    }
+    primary.counters.datagramsSent++;
+    this.session.connections.queued(primary, now);
   }
 
   private openFlow(
@@ -169,10 +189,12 @@ export class ReceiverMachine extends MachineCore<ClientFlow, ReceiverOutput> {
   private onFrame(link: Link, frame: Frame, now: number): void {
     if (frame.type === FrameType.FlowOpen)
       throw new ProtocolError("unexpected-frame", "the sender may not open flows (FLOW_OPEN is receiver-only)");
-    if (frame.type !== FrameType.Data) return;
+    if (frame.type !== FrameType.Data && frame.type !== FrameType.Sdata) return;
     // Only ever to a client that opened the flow: a forged id reaches no one (no reflection).
     const flow = this.dataFlow(link, frame.flowId, now);
-    if (flow === undefined || !this.withinBudget(flow, frame.payload.length, now)) return;
+    if (flow === undefined) return;
+    if (frame.type === FrameType.Sdata && !this.firstCopy(flow, frame.seq)) return;
+    if (!this.withinBudget(flow, frame.payload.length, now)) return;
     this.counters.sent(flow, frame.payload.length);
     this.out.push({ kind: "send-to-client", flow, payload: frame.payload });
   }

@@ -16,6 +16,7 @@ import type { Settings } from "./config.js";
 import { type LinkIo, LinkTable } from "./connections.js";
 import { acceptorHelloStep, checkPeerHello, flows, unexpected } from "./handshake.js";
 import { Capability, CloseCode, type Frame, FrameType, ProtocolError, Role, TOKEN_SIZE } from "./frames.js";
+import type { DuplicateWindow } from "./dedupe.js";
 import type { CryptoProvider, Link } from "./link.js";
 import type { OutputSink } from "./outputs.js";
 import type { LaneTotals, Stats } from "./stats.js";
@@ -23,7 +24,9 @@ import type { LaneTotals, Stats } from "./stats.js";
 /** What this side announces: Resume always; Lanes when it would use them (dialing several, or accepting several). */
 function capabilitiesOf(settings: Settings, side: "acceptor" | "dialer"): number {
   const lanes = side === "dialer" ? settings.lanes > 1 : settings.maxLanes > 1;
-  return Capability.Resume | (lanes ? Capability.Lanes : 0);
+  // Sequenced (SDATA) and Redundant only matter with lanes: a side without them announces Resume alone.
+  if (!lanes) return Capability.Resume;
+  return Capability.Resume | Capability.Lanes | Capability.Sequenced | (settings.redundant ? Capability.Redundant : 0);
 }
 
 /** One lane of the session, for status lines and metrics. */
@@ -39,9 +42,17 @@ export interface LaneInfo {
   readonly nudgesSent: number;
 }
 
-/** What a flow keeps of its lane: the connection its datagrams go out on. */
+/** What a flow keeps of its lanes: the connection its datagrams go out on, and redundancy (§17). */
 export interface Laned {
   lane?: Link;
+  /** Sequence number of the last SDATA sent (u32, wraps). */
+  txSeq?: number;
+  /** Duplicate window for the SDATA received. */
+  rx?: DuplicateWindow;
+  /** The peer sends this flow redundantly: answer it the same way. */
+  mirror?: boolean;
+  /** Receiver: lanes this flow was announced on (FLOW_OPEN) besides its own. */
+  announcedOn?: Link[];
 }
 
 /** What the session needs from the machine that owns it: its flows. */
@@ -51,6 +62,8 @@ export interface SessionOwner {
   /** The peer's flows are gone: a new session started (not a resume), or the old one ended for good. */
   dropAllFlows(): void;
   readonly flowCount: number;
+  /** A queued datagram of flow `flowId` was dropped for waiting too long (--max-delay). */
+  stale(flowId: number): void;
 }
 
 interface PeerSession {
@@ -160,6 +173,40 @@ export class Session implements LinkIo {
       datagramsReceived: link.counters.datagramsReceived,
       nudgesSent: link.counters.nudgesSent,
     }));
+  }
+
+  /**
+   * The lanes a datagram of `flow` (mapping `mappingId`, `size` bytes) goes out on: its own lane and,
+   * when redundancy applies (§17) and another open lane speaks SDATA, a second one. Undefined when no
+   * lane is open.
+   */
+  sendLanes(flow: Laned, mappingId: number, size: number): { links: Link[]; moved: boolean } | undefined {
+    const chosen = this.laneFor(flow);
+    if (chosen === undefined) return undefined;
+    const link = chosen.link;
+    if (!this.redundancyFor(flow, mappingId, size) || (link.sharedCapabilities & Capability.Sequenced) === 0) {
+      return { links: [link], moved: chosen.moved };
+    }
+    const lanes = this.openLanes();
+    const start = lanes.indexOf(link);
+    for (let i = 1; i < lanes.length; i++) {
+      const other = lanes[(start + i) % lanes.length];
+      if (other.blocked || (other.sharedCapabilities & Capability.Sequenced) === 0) continue;
+      this.totals.redundantCopies++;
+      return { links: [link, other], moved: chosen.moved };
+    }
+    return { links: [link], moved: chosen.moved };
+  }
+
+  private redundancyFor(flow: Laned, mappingId: number, size: number): boolean {
+    const s = this.settings;
+    if (size > s.redundantMaxBytes) return false;
+    if (s.redundant || flow.mirror || s.mappings[mappingId]?.redundant) return true;
+    // The peer asked for it (its HELLO set Redundant).
+    for (const link of this.peer?.links ?? []) {
+      if (link.state === "open" && ((link.peerHello?.capabilities ?? 0) & Capability.Redundant) !== 0) return true;
+    }
+    return false;
   }
 
   /**
@@ -474,6 +521,11 @@ export class Session implements LinkIo {
   /** LinkIo: a frame of an open connection. */
   openFrame(link: Link, frame: Frame, now: number): void {
     this.owner.frame(link, frame, now);
+  }
+
+  /** LinkIo: a queued datagram waited too long. */
+  stale(flowId: number): void {
+    this.owner.stale(flowId);
   }
 
   /** LinkIo: the connection is gone (reported by the host). */

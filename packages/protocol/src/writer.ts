@@ -76,8 +76,10 @@ export class FrameWriter {
    * Returns how many DATA frames were dropped, and tells `dropped` the flow id and payload size of
    * each. O(untaken bytes): callers free a good share at once.
    */
-  dropOldestData(bytes: number, dropped?: (flowId: number, size: number) => void): number {
+  dropOldestData(bytes: number, dropped?: (flowId: number, size: number) => void, within = Infinity): number {
     if (this.prefaceUntaken) return 0;
+    /** Only frames that start in the first `within` untaken bytes are candidates (--max-delay). */
+    const limit = this.start + within;
     const buf = this.buf;
     let read = this.start;
     let write = this.start;
@@ -85,10 +87,11 @@ export class FrameWriter {
     let count = 0;
     while (read < this.end) {
       const size = HEADER_SIZE + this.view.getUint32(read + 1);
-      if (buf[read] === FrameType.Data && freed < bytes) {
+      const type = buf[read];
+      if ((type === FrameType.Data || type === FrameType.Sdata) && freed < bytes && read < limit) {
         freed += size;
         count++;
-        dropped?.(this.view.getUint32(read + HEADER_SIZE), size - HEADER_SIZE - 4);
+        dropped?.(this.view.getUint32(read + HEADER_SIZE), size - HEADER_SIZE - (type === FrameType.Data ? 4 : 8));
       } else {
         if (write !== read) buf.copyWithin(write, read, read + size);
         write += size;
@@ -136,6 +139,17 @@ export class FrameWriter {
     const at = this.header(FrameType.Data, 4 + payload.length);
     this.view.setUint32(at, flowId);
     this.buf.set(payload, at + 4);
+  }
+
+  /** DATA with the flow's sequence number (redundancy, §17). */
+  sdata(flowId: number, seq: number, payload: Uint8Array): void {
+    if (payload.length > MAX_DATAGRAM) {
+      throw new ProtocolError("datagram-too-large", `datagram of ${payload.length} bytes exceeds ${MAX_DATAGRAM}`);
+    }
+    const at = this.header(FrameType.Sdata, 8 + payload.length);
+    this.view.setUint32(at, flowId);
+    this.view.setUint32(at + 4, seq >>> 0);
+    this.buf.set(payload, at + 8);
   }
 
   hello(
@@ -294,6 +308,8 @@ export class FrameWriter {
         return this.flowClose(frame.flowId, frame.reason);
       case FrameType.Data:
         return this.data(frame.flowId, frame.payload);
+      case FrameType.Sdata:
+        return this.sdata(frame.flowId, frame.seq, frame.payload);
     }
   }
 }

@@ -132,6 +132,7 @@ const TYPE_CODES: Record<string, number> = {
   FLOW_OPEN: 0x10,
   FLOW_CLOSE: 0x11,
   DATA: 0x12,
+  SDATA: 0x14,
 };
 
 /** The codec Frame the JSON fields describe. */
@@ -175,6 +176,8 @@ export function frameFromFields(f: Record<string, unknown>): Frame {
       return { type: 0x11, flowId: n("flowId"), reason: n("reason") };
     case "DATA":
       return { type: 0x12, flowId: n("flowId"), payload: b("payload") };
+    case "SDATA":
+      return { type: 0x14, flowId: n("flowId"), seq: n("seq"), payload: b("payload") };
     case "EXTENSION":
       return { type: "extension", extensionType: n("extensionType"), body: b("body") };
     default:

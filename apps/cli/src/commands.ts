@@ -33,6 +33,7 @@ import {
   type CommonOptions,
   commonArgs,
   commonOptions,
+  laneOptions,
   limit,
   mappingsArg,
   optionalAddress,
@@ -145,6 +146,9 @@ function machineConfig(options: CommonOptions) {
     keepaliveMs: options.keepaliveMs,
     handshakeTimeoutMs: options.handshakeTimeoutMs,
     maxBufferBytes: options.maxBufferBytes,
+    nudgeMs: options.nudgeMs,
+    redundant: options.redundant,
+    maxDelayMs: options.maxDelayMs,
   };
 }
 
@@ -244,7 +248,13 @@ export const receiverCommand = defineCommand({
           mappings,
           tcp: tcp.address,
           tcpMode: dialing ? "dial" : "listen",
-          config: { ...machineConfig(options), identity, newFlowsPerSecond, amplificationLimit },
+          config: {
+            ...machineConfig(options),
+            ...laneOptions(args, dialing),
+            identity,
+            newFlowsPerSecond,
+            amplificationLimit,
+          },
           logger,
           ...side,
         }),
@@ -283,7 +293,7 @@ export const senderCommand = defineCommand({
           mappings,
           tcp: tcp.address,
           tcpMode: listening ? "listen" : "dial",
-          config: { ...machineConfig(options), identity },
+          config: { ...machineConfig(options), ...laneOptions(args, !listening), identity },
           logger,
           ...side,
           proxyProtocol: args["proxy-protocol"] === true,

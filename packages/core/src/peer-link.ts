@@ -87,7 +87,7 @@ export async function startPeerLink(options: PeerLinkOptions): Promise<PeerLink>
         return dialer.reconnects;
       },
       onOutput: (output) => {
-        if (output.kind === "accepted") dialer.accepted();
+        if (output.kind === "accepted") dialer.accepted(output.conn);
         else if (output.kind === "close-connection") dialer.closed(output.conn, output.code);
       },
       close: () => dialer.stop(),

@@ -247,6 +247,7 @@ describe("handshake", () => {
     const receiver = new ReceiverMachine({ secret: SECRET }, testCrypto(1));
     receiver.session.dial(1, "a", 0);
     expect(() => receiver.session.dial(2, "b", 0)).toThrow("not reported disconnected");
+    expect(() => receiver.session.dial(1, "a", 0)).toThrow("already known");
     receiver.session.disconnected(1, 0);
     expect(() => receiver.session.dial(2, "b", 0)).not.toThrow();
   });

@@ -27,6 +27,9 @@ import {
   operations,
   opsArgs,
   opsOptions,
+  receiverBufferArgs,
+  senderBufferArgs,
+  udpBufferOption,
 } from "./ops/index.js";
 import {
   address,
@@ -73,6 +76,7 @@ export const receiverArgs = {
     description: `Until a client sends a second datagram, replies to it total at most N × its bytes (anti-spoofing); 0 = off (default ${RECEIVER_DEFAULTS.amplificationLimit})`,
     valueHint: "N",
   },
+  ...receiverBufferArgs,
   ...tlsArgs,
   ...opsArgs,
 } satisfies ArgsDef;
@@ -104,6 +108,7 @@ export const senderArgs = {
     type: "boolean",
     description: "Prepend a PROXY protocol v2 header to each datagram sent to the target, so it sees the real client",
   },
+  ...senderBufferArgs,
   ...opsArgs,
 } satisfies ArgsDef;
 
@@ -231,6 +236,7 @@ export const receiverCommand = defineCommand({
     const tcp = tcpSide(args, "tcp", "connect");
     const dialing = tcp.swapped;
     const { newFlowsPerSecond, amplificationLimit } = receiverLimits(args);
+    const udpBufferBytes = udpBufferOption(args);
     const ops = operations("mcudpt receiver", options.logLevel, opsOptions(args));
     const logger = ops.logger;
     const keyMode = !options.secret;
@@ -257,6 +263,7 @@ export const receiverCommand = defineCommand({
           },
           logger,
           ...side,
+          udpBufferBytes,
         }),
       (handle) => observeReceiver(handle, transport.name),
     );
@@ -275,6 +282,7 @@ export const senderCommand = defineCommand({
     const mappings = mappingsArg(rawArgs, "sender").map(({ name, address: target }) => ({ name, target }));
     const tcp = tcpSide(args, "tcp", "listen");
     const listening = tcp.swapped;
+    const udpBufferBytes = udpBufferOption(args);
     const ops = operations("mcudpt sender", options.logLevel, opsOptions(args));
     const logger = ops.logger;
     const keyMode = !options.secret;
@@ -297,6 +305,7 @@ export const senderCommand = defineCommand({
           logger,
           ...side,
           proxyProtocol: args["proxy-protocol"] === true,
+          udpBufferBytes,
         }),
       (handle) => observeSender(handle, transport.name),
     );

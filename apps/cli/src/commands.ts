@@ -35,8 +35,19 @@ import {
   operations,
   opsArgs,
   opsOptions,
+  receiverBufferArgs,
+  senderBufferArgs,
+  udpBufferOption,
 } from "./ops/index.js";
-import { type CommonOptions, commonArgs, commonOptions, limit, mappingsArg, type RawArgs } from "./options.js";
+import {
+  type CommonOptions,
+  commonArgs,
+  commonOptions,
+  laneOptions,
+  limit,
+  mappingsArg,
+  type RawArgs,
+} from "./options.js";
 import { pickTransport, runtimeDescription } from "./runtime.js";
 import { dialTls, listenTls, tlsArgs } from "./tls-options.js";
 
@@ -73,6 +84,7 @@ export const receiverArgs = {
     description: `Until a client sends a second datagram, replies to it total at most N × its bytes (anti-spoofing); 0 = off (default ${RECEIVER_DEFAULTS.amplificationLimit})`,
     valueHint: "N",
   },
+  ...receiverBufferArgs,
   ...tlsArgs,
   ...carrierArgs,
   ...opsArgs,
@@ -107,27 +119,36 @@ export const senderArgs = {
     type: "boolean",
     description: "Prepend a PROXY protocol v2 header to each datagram sent to the target, so it sees the real client",
   },
+  ...senderBufferArgs,
   ...opsArgs,
 } satisfies ArgsDef;
 
 /**
- * The TCP side this end takes: `flag` is the default direction's flag, `swap` the other one;
- * `tcpListens`: whether --tcp is the listening address (the receiver's) or the one to dial (the sender's).
+ * The TCP side this end takes: `flag` is the default direction's flag, `swap` the other one. --tcp
+ * is the receiver's listening address (its swap is --connect) and the sender's to dial (--listen).
  */
-function tcpSide(
+export function tcpSide(
   args: RawArgs,
   flag: "tcp",
   swap: "connect" | "listen",
-  tcpListens: boolean,
 ): { address: HostPort; carrier: CarrierAddress; swapped: boolean } {
+  const tcpListens = swap === "connect";
   const swapped = carrierAddressArg(args, swap, !tcpListens);
   if (swapped && args[flag] !== undefined) throw new UserError(`give --${flag} or --${swap}, not both`);
   const carrier = swapped ?? carrierAddressArg(args, flag, tcpListens) ?? defaultCarrierAddress();
   return { address: carrier.address, carrier, swapped: swapped !== undefined };
 }
 
+/** The receiver's per-client limits. */
+export function receiverLimits(args: RawArgs): { newFlowsPerSecond: number; amplificationLimit: number } {
+  return {
+    newFlowsPerSecond: limit(args, "new-flow-rate", RECEIVER_DEFAULTS.newFlowsPerSecond),
+    amplificationLimit: limit(args, "amplification-limit", RECEIVER_DEFAULTS.amplificationLimit, 10_000),
+  };
+}
+
 /** Settings that work but surprise: say so once at start-up. */
-function warnAboutSettings(logger: Logger, options: CommonOptions): void {
+export function warnAboutSettings(logger: Logger, options: CommonOptions): void {
   for (const warning of options.warnings) logger.log("warn", warning);
   if (options.idleTimeoutMs < options.keepaliveMs * 3) {
     logger.log(
@@ -146,6 +167,9 @@ function machineConfig(options: CommonOptions) {
     keepaliveMs: options.keepaliveMs,
     handshakeTimeoutMs: options.handshakeTimeoutMs,
     maxBufferBytes: options.maxBufferBytes,
+    nudgeMs: options.nudgeMs,
+    redundant: options.redundant,
+    maxDelayMs: options.maxDelayMs,
   };
 }
 
@@ -242,10 +266,10 @@ export const receiverCommand = defineCommand({
   async run({ args, rawArgs }) {
     const options = commonOptions(args);
     const mappings = mappingsArg(rawArgs, "receiver").map(({ name, address: udp }) => ({ name, udp }));
-    const tcp = tcpSide(args, "tcp", "connect", true);
+    const tcp = tcpSide(args, "tcp", "connect");
     const dialing = tcp.swapped;
-    const newFlowsPerSecond = limit(args, "new-flow-rate", RECEIVER_DEFAULTS.newFlowsPerSecond);
-    const amplificationLimit = limit(args, "amplification-limit", RECEIVER_DEFAULTS.amplificationLimit, 10_000);
+    const { newFlowsPerSecond, amplificationLimit } = receiverLimits(args);
+    const udpBufferBytes = udpBufferOption(args);
     const ops = operations("mcudpt receiver", options.logLevel, opsOptions(args));
     const logger = ops.logger;
     const keyMode = !options.secret;
@@ -263,9 +287,16 @@ export const receiverCommand = defineCommand({
           mappings,
           tcp: tcp.address,
           tcpMode: dialing ? "dial" : "listen",
-          config: { ...machineConfig(options), identity, newFlowsPerSecond, amplificationLimit },
+          config: {
+            ...machineConfig(options),
+            ...laneOptions(args, dialing),
+            identity,
+            newFlowsPerSecond,
+            amplificationLimit,
+          },
           logger,
           ...side,
+          udpBufferBytes,
         }),
       (handle) => observeReceiver(handle, transport.name),
     );
@@ -282,8 +313,9 @@ export const senderCommand = defineCommand({
   async run({ args, rawArgs }) {
     const options = commonOptions(args);
     const mappings = mappingsArg(rawArgs, "sender").map(({ name, address: target }) => ({ name, target }));
-    const tcp = tcpSide(args, "tcp", "listen", false);
+    const tcp = tcpSide(args, "tcp", "listen");
     const listening = tcp.swapped;
+    const udpBufferBytes = udpBufferOption(args);
     const ops = operations("mcudpt sender", options.logLevel, opsOptions(args));
     const logger = ops.logger;
     const keyMode = !options.secret;
@@ -302,10 +334,11 @@ export const senderCommand = defineCommand({
           mappings,
           tcp: tcp.address,
           tcpMode: listening ? "listen" : "dial",
-          config: { ...machineConfig(options), identity },
+          config: { ...machineConfig(options), ...laneOptions(args, !listening), identity },
           logger,
           ...side,
           proxyProtocol: args["proxy-protocol"] === true,
+          udpBufferBytes,
         }),
       (handle) => observeSender(handle, transport.name),
     );

@@ -7,6 +7,7 @@
  */
 import { FlowCloseReason, proxyV2Header, type WireAddress, withProxyHeader } from "@mcudpt/protocol";
 import type { Clock } from "./clock.js";
+import { bufferShortfall, type KernelSampler } from "./kernel-sampler.js";
 import type { ResolvedAddress } from "./resolve.js";
 import type { Transport, UdpSocket } from "./transport.js";
 import { UdpBatcher } from "./udp-batch.js";
@@ -14,6 +15,11 @@ import { UdpBatcher } from "./udp-batch.js";
 /** Datagrams held per flow while its socket opens, and in all (a burst must not lose most of itself). */
 export const MAX_PENDING_PER_FLOW = 1024;
 export const MAX_PENDING_BYTES = 16 * 1024 * 1024;
+/**
+ * What one held datagram costs besides its payload (the copy's object and its slot in the list): the
+ * budget is in memory, not in payload bytes, or a flood of empty datagrams would be free.
+ */
+export const PENDING_DATAGRAM_OVERHEAD = 96;
 /**
  * How long a closed flow's socket stays bound, discarding what arrives, before its port is released:
  * otherwise the kernel can hand the port straight to the next flow's socket, and the target's late
@@ -56,6 +62,16 @@ export interface FlowSocketsOptions {
   maxLingering: number;
   clock: Clock;
   events: FlowSocketEvents;
+  /** Kernel buffer size requested for each flow's socket (bursts from the target); none: the system default. */
+  bufferBytes?: number;
+  /** Counts the kernel's drops at each flow's socket: by flow, and by mapping while it lingers. */
+  sampler?: KernelSampler<DropSite>;
+}
+
+/** Where the kernel's drops at a flow socket are counted (droppedOutside's `where`). */
+export interface DropSite {
+  flowId?: number;
+  mappingId: number;
 }
 
 interface FlowSocket {
@@ -79,6 +95,8 @@ export class FlowSockets {
   private readonly batched: FlowSocket[] = [];
   private readonly lingering: Array<{ socket: UdpSocket; until: number }> = [];
   private lingerTimer: unknown;
+  /** The first flow socket's buffer was compared with the request (once: they are all alike). */
+  private bufferChecked = false;
 
   constructor(private readonly options: FlowSocketsOptions) {}
 
@@ -120,9 +138,12 @@ export class FlowSockets {
       if (data === undefined) return this.options.events.unsent(entry, payload.length, "too-large");
       if (entry.out.size === 0) this.batched.push(entry);
       entry.out.add(data, undefined, undefined, entry);
-    } else if (entry.pending.length < MAX_PENDING_PER_FLOW && this.pendingBytes + payload.length <= MAX_PENDING_BYTES) {
+    } else if (
+      entry.pending.length < MAX_PENDING_PER_FLOW &&
+      this.pendingBytes + payload.length + PENDING_DATAGRAM_OVERHEAD <= MAX_PENDING_BYTES
+    ) {
       entry.pending.push(payload.slice()); // the payload is a view into the TCP chunk
-      this.pendingBytes += payload.length;
+      this.pendingBytes += payload.length + PENDING_DATAGRAM_OVERHEAD;
     } else {
       this.options.events.unsent(entry, payload.length, "backpressure");
       this.options.events.warn(
@@ -156,14 +177,14 @@ export class FlowSockets {
     this.discardPending(entry);
     entry.closed = true;
     this.flows.delete(flowId);
-    if (entry.socket) this.linger(entry.socket);
+    if (entry.socket) this.linger(entry.socket, entry.mappingId);
   }
 
   /** Closes every socket now, lingering ones too. */
   closeAll(): void {
     for (const entry of this.flows.values()) {
       entry.closed = true;
-      entry.socket?.close();
+      if (entry.socket) this.closeSocket(entry.socket);
     }
     this.flows.clear();
     this.pendingBytes = 0;
@@ -202,6 +223,8 @@ export class FlowSockets {
     }
     if (entry.closed) return this.linger(socket);
     entry.socket = socket;
+    this.options.sampler?.watch(socket, { flowId: entry.id, mappingId: entry.mappingId });
+    this.checkBuffer(socket, target);
     // Source: the receiver's client; destination: the target address this socket is connected to.
     if (this.options.proxyProtocol)
       entry.header = proxyV2Header(client, { address: resolved.address, port: target.port });
@@ -217,6 +240,7 @@ export class FlowSockets {
       host: resolved.family === 6 ? "::" : "0.0.0.0",
       port: 0,
       connect: { host: resolved.address, port: target.port },
+      bufferBytes: this.options.bufferBytes,
       // After close the socket lingers: what still arrives belongs to no flow.
       onDatagram: (data) => {
         if (!entry.closed) events.datagram(entry.id, data);
@@ -235,13 +259,29 @@ export class FlowSockets {
   }
 
   private discardPending(entry: FlowSocket): void {
-    for (const payload of entry.pending) this.pendingBytes -= payload.length;
+    for (const payload of entry.pending) this.pendingBytes -= payload.length + PENDING_DATAGRAM_OVERHEAD;
     entry.pending = [];
   }
 
-  private linger(socket: UdpSocket): void {
+  private checkBuffer(socket: UdpSocket, target: Target): void {
+    const requested = this.options.bufferBytes;
+    if (this.bufferChecked || requested === undefined) return;
+    this.bufferChecked = true;
+    const shortfall = bufferShortfall(socket, requested, `flow sockets toward ${target.text}`);
+    if (shortfall) this.options.events.warn("flow-buffer", shortfall);
+  }
+
+  /** Closes a socket for good (it is no longer sampled). */
+  private closeSocket(socket: UdpSocket): void {
+    this.options.sampler?.unwatch(socket);
+    socket.close();
+  }
+
+  private linger(socket: UdpSocket, mappingId?: number): void {
+    // What the kernel still drops there while it lingers is the mapping's (the flow is gone).
+    if (mappingId !== undefined) this.options.sampler?.watch(socket, { mappingId });
     this.lingering.push({ socket, until: this.options.clock.now() + LINGER_MS });
-    while (this.lingering.length > this.options.maxLingering) this.lingering.shift()?.socket.close();
+    while (this.lingering.length > this.options.maxLingering) this.closeLingering(this.lingering.shift());
     this.scheduleRelease();
   }
 
@@ -252,7 +292,7 @@ export class FlowSockets {
       () => {
         this.lingerTimer = undefined;
         const now = clock.now();
-        while (this.lingering.length > 0 && this.lingering[0].until <= now) this.lingering.shift()?.socket.close();
+        while (this.lingering.length > 0 && this.lingering[0].until <= now) this.closeLingering(this.lingering.shift());
         this.scheduleRelease();
       },
       Math.max(0, this.lingering[0].until - clock.now()),
@@ -262,6 +302,10 @@ export class FlowSockets {
   private releaseLingering(): void {
     if (this.lingerTimer !== undefined) this.options.clock.clearTimeout(this.lingerTimer);
     this.lingerTimer = undefined;
-    for (const { socket } of this.lingering.splice(0)) socket.close();
+    for (const { socket } of this.lingering.splice(0)) this.closeSocket(socket);
+  }
+
+  private closeLingering(lingering: { socket: UdpSocket } | undefined): void {
+    if (lingering) this.closeSocket(lingering.socket);
   }
 }

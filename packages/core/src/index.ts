@@ -15,8 +15,25 @@ export { nodeCrypto } from "./crypto.js";
 export { type Dialer, PeerKeyChecker } from "./dialer.js";
 export { MachineDriver, now } from "./driver.js";
 export { messageOf, UserError } from "./errors.js";
-export { readUdpSocketStats, readUdpSocketStatsAsync, type UdpSocketStats } from "./kernel-drops.js";
 export {
+  kernelDropCountersAvailable,
+  readUdpSocketStats,
+  readUdpSocketStatsAsync,
+  type UdpSocketStats,
+} from "./kernel-drops.js";
+export {
+  bufferShortfall,
+  KERNEL_SAMPLE_MAX_MS,
+  KERNEL_SAMPLE_MS,
+  KERNEL_SAMPLE_SOCKETS,
+  type KernelDrops,
+  KernelSampler,
+  type KernelSamplerOptions,
+  kernelDropsWarning,
+  type SocketStatsReader,
+} from "./kernel-sampler.js";
+export {
+  type DropSite,
   FlowSockets,
   type FlowSocketEvents,
   type FlowSocketsOptions,
@@ -47,6 +64,7 @@ export {
   type ReceiverHandle,
   type ReceiverMapping,
   type ReceiverOptions,
+  CLIENT_SOCKET_BUFFER,
   startReceiver,
   waitFor,
 } from "./receiver.js";
@@ -59,7 +77,16 @@ export {
   proxyHandshake,
 } from "./proxy.js";
 export { type ResolvedAddress, Resolver } from "./resolve.js";
-export { type SenderHandle, type SenderMapping, type SenderOptions, startSender } from "./sender.js";
+export {
+  FLOW_BUFFERS_TOTAL,
+  FLOW_SOCKET_BUFFER,
+  flowSocketBuffer,
+  MIN_FLOW_SOCKET_BUFFER,
+  type SenderHandle,
+  type SenderMapping,
+  type SenderOptions,
+  startSender,
+} from "./sender.js";
 export {
   type CertificateFiles,
   certificateFingerprint,

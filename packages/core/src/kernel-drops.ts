@@ -21,7 +21,7 @@
  * Where /proc is missing (macOS, Windows, a sandbox) both readers return an empty map; they never
  * throw.
  */
-import { promises as fsp, readdirSync, readFileSync, readlinkSync } from "node:fs";
+import { existsSync, promises as fsp, readdirSync, readFileSync, readlinkSync } from "node:fs";
 import { formatHostPort } from "./address.js";
 
 export interface UdpSocketStats {
@@ -175,6 +175,15 @@ export function parseUdpTable(text: string): Map<number, Row> {
   const rows = new Map<number, Row>();
   for (const [inode, line] of lines) rows.set(inode, decode(line));
   return rows;
+}
+
+/** Whether this system shows the kernel's per-socket UDP counters (Linux with /proc mounted). */
+export function kernelDropCountersAvailable(): boolean {
+  try {
+    return existsSync(TABLES[0]) && existsSync(FD_DIR);
+  } catch {
+    return false;
+  }
 }
 
 /** fd name -> inode of the socket it was seen to be (0: not a socket), so a scan readlinks only news. */

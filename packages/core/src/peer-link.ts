@@ -91,7 +91,7 @@ export async function startPeerLink(options: PeerLinkOptions): Promise<PeerLink>
         return dialer.reconnects;
       },
       onOutput: (output) => {
-        if (output.kind === "accepted") dialer.accepted();
+        if (output.kind === "accepted") dialer.accepted(output.conn);
         else if (output.kind === "close-connection") dialer.closed(output.conn, output.code);
       },
       close: () => dialer.stop(),
@@ -122,7 +122,8 @@ export async function startPeerLink(options: PeerLinkOptions): Promise<PeerLink>
     fatal: new Promise<string>(() => {}),
     reconnects: 0,
     onOutput: (output) => {
-      if (output.kind === "authorize-peer") approvals.authorize(output.conn, output.peer, output.publicKey);
+      if (output.kind === "authorize-peer")
+        approvals.authorize(output.conn, output.peer, output.publicKey, output.source);
       else if (output.kind === "authorization-withdrawn") approvals.withdraw(output.conn, output.why);
     },
     close: () => listener.close(),

@@ -6,9 +6,12 @@
 import { type ClientFlow, type ReceiverConfig, ReceiverMachine, type ReceiverOutput } from "@mcudpt/protocol";
 import { formatHostPort, type HostPort } from "./address.js";
 import { bindAddress, withIPv4Fallback } from "./bind.js";
+import { systemClock } from "./clock.js";
 import { nodeCrypto } from "./crypto.js";
 import { type MachineDriver, now } from "./driver.js";
 import { messageOf, UserError } from "./errors.js";
+import { kernelDropCountersAvailable, readUdpSocketStatsAsync } from "./kernel-drops.js";
+import { bufferShortfall, KernelSampler, kernelDropsWarning, sizeText } from "./kernel-sampler.js";
 import { fingerprint } from "./keys.js";
 import { RateLimitedLog } from "./logger.js";
 import { Resolver } from "./resolve.js";
@@ -35,6 +38,11 @@ export interface ReceiverOptions extends SideOptions {
   /** "listen" (ssh -R, the default: the sender dials in at `tcp`) or "dial" (ssh -L: dial the sender at `tcp`). */
   tcpMode?: "listen" | "dial";
   config: ReceiverConfig;
+  /**
+   * Kernel buffer size requested for each public UDP socket (--udp-buffer; default 2 MiB): what a
+   * burst can queue while the process is busy. The kernel caps it at net.core.rmem_max.
+   */
+  udpBufferBytes?: number;
 }
 
 export interface ReceiverHandle {
@@ -47,6 +55,11 @@ export interface ReceiverHandle {
   readonly tcpPort: number;
   /** Resolves with the reason when dialing stopped for good; never while listening. */
   readonly fatal: Promise<string>;
+  /**
+   * Reads the kernel's drop counters of the public sockets now and reports what is new as drops
+   * "kernel-queue" (they are also read every few seconds on a timer, on Linux).
+   */
+  sampleKernelDrops(): Promise<void>;
   /** Says goodbye to the sender, closes every port. */
   close(): Promise<void>;
 }
@@ -56,7 +69,7 @@ export interface ReceiverHandle {
  * 300 small datagrams counting the kernel's per-datagram overhead) overflows in a burst while the
  * process is busy writing to TCP. A limit, not an allocation; the kernel caps it at rmem_max.
  */
-const CLIENT_SOCKET_BUFFER = 2 * 1024 * 1024;
+export const CLIENT_SOCKET_BUFFER = 2 * 1024 * 1024;
 
 export async function startReceiver(options: ReceiverOptions): Promise<ReceiverHandle> {
   const { transport, logger } = options;
@@ -69,8 +82,33 @@ export async function startReceiver(options: ReceiverOptions): Promise<ReceiverH
   let machine!: ReceiverMachine;
   /** Replies to clients produced by one drain go out together, per public port (one sendmmsg on Bun). */
   const replies = mappings.map(() => new UdpBatcher<ClientFlow>(false));
+  const bufferBytes = options.udpBufferBytes ?? CLIENT_SOCKET_BUFFER;
+  const mappingText = (mappingId: number) => {
+    const name = mappings[mappingId]?.name;
+    return `the public port of mapping ${name ? `"${name}"` : `#${mappingId + 1}`}`;
+  };
+  /** The kernel's drops at the public ports, by mapping (every client of a port shares its queue). */
+  let sampleDriver: MachineDriver<ReceiverMachine> | undefined;
+  const sampler = new KernelSampler<number>({
+    clock: systemClock,
+    read: readUdpSocketStatsAsync,
+    report: (mappingId, count) =>
+      sampleDriver?.guard(() => machine.flows.droppedOutside("kernel-queue", { mappingId }, count)),
+    found: (drops) =>
+      rateLimited.log(
+        "kernel-queue",
+        "warn",
+        kernelDropsWarning(
+          drops,
+          mappingText,
+          `raise --udp-buffer (now ${sizeText(bufferBytes)}; try ${sizeText(bufferBytes * 2)}) and, if the kernel caps it, ` +
+            `net.core.rmem_max (sysctl -w net.core.rmem_max=${bufferBytes * 2})`,
+        ),
+      ),
+  });
 
   const bindPublic = async (driver: MachineDriver<ReceiverMachine>): Promise<void> => {
+    sampleDriver = driver;
     for (const [mappingId, mapping] of mappings.entries()) {
       const host = await bindAddress(resolver, mapping.udp.host, "--udp");
       let boundHost = host;
@@ -80,7 +118,7 @@ export async function startReceiver(options: ReceiverOptions): Promise<ReceiverH
           return transport.bindUdp({
             host: tryHost,
             port: mapping.udp.port,
-            bufferBytes: CLIENT_SOCKET_BUFFER,
+            bufferBytes,
             onDatagram: (data, address, port) =>
               driver.guard(() => machine.clientDatagram(address, port, data, now(), mappingId)),
             onError: (error) => {
@@ -91,6 +129,9 @@ export async function startReceiver(options: ReceiverOptions): Promise<ReceiverH
           });
         });
         sockets.push(socket);
+        sampler.watch(socket, mappingId);
+        const shortfall = bufferShortfall(socket, bufferBytes, `UDP ${formatHostPort(boundHost, socket.port)}`);
+        if (shortfall) logger.log("warn", shortfall);
         bound.push(`${mapping.name ? `${mapping.name}=` : ""}${formatHostPort(boundHost, socket.port)}`);
       } catch (error) {
         throw new UserError(`cannot listen on UDP ${formatHostPort(host, mapping.udp.port)}: ${messageOf(error)}`);
@@ -128,9 +169,12 @@ export async function startReceiver(options: ReceiverOptions): Promise<ReceiverH
     onDrained: sendReplies,
     openLocal: bindPublic,
     closeLocal: () => {
+      sampler.close();
       for (const socket of sockets) socket.close();
     },
   });
+  if (kernelDropCountersAvailable()) sampler.start();
+  else logger.log("debug", "no /proc/net/udp here: datagrams the kernel drops at the public ports are not counted");
   const tcpText = !dialing
     ? `TCP ${formatHostPort(role.link.address, role.link.tcpPort)}`
     : `dialing the sender at ${formatHostPort(options.tcp.host || "127.0.0.1", options.tcp.port)}`;
@@ -145,6 +189,7 @@ export async function startReceiver(options: ReceiverOptions): Promise<ReceiverH
     udpPorts: sockets.map((socket) => socket.port),
     tcpPort: role.link.tcpPort,
     fatal: role.link.fatal,
+    sampleKernelDrops: () => sampler.sample(),
     close: () => role.close(),
   };
 }

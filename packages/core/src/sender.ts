@@ -9,7 +9,9 @@ import { systemClock } from "./clock.js";
 import { nodeCrypto } from "./crypto.js";
 import { type MachineDriver, now } from "./driver.js";
 import { messageOf, UserError } from "./errors.js";
-import { FlowSockets, type Target } from "./flow-sockets.js";
+import { type DropSite, FlowSockets, type Target } from "./flow-sockets.js";
+import { kernelDropCountersAvailable, readUdpSocketStatsAsync } from "./kernel-drops.js";
+import { KernelSampler, kernelDropsWarning, sizeText } from "./kernel-sampler.js";
 import { fingerprint } from "./keys.js";
 import { RateLimitedLog } from "./logger.js";
 import { Resolver } from "./resolve.js";
@@ -33,6 +35,11 @@ export interface SenderOptions extends SideOptions {
   config: SenderConfig;
   /** Prepend a PROXY protocol v2 header (client → target) to every datagram sent to the target. */
   proxyProtocol?: boolean;
+  /**
+   * Kernel buffer size requested for each flow's UDP socket (--udp-buffer; default 256 KiB), for
+   * bursts from the target. Capped so that (max-flows × mappings) × size stays within FLOW_BUFFERS_TOTAL.
+   */
+  udpBufferBytes?: number;
 }
 
 export interface SenderHandle {
@@ -45,11 +52,40 @@ export interface SenderHandle {
   readonly reconnects: number;
   /** The listening TCP port (0 when dialing). */
   readonly tcpPort: number;
+  /** The kernel buffer each flow socket asks for (undefined: the system default). */
+  readonly udpBufferBytes: number | undefined;
+  /**
+   * Reads the kernel's drop counters of the flow sockets now and reports what is new as drops
+   * "kernel-queue" (they are also read every few seconds on a timer, on Linux).
+   */
+  sampleKernelDrops(): Promise<void>;
   close(): Promise<void>;
 }
 
 /** At least this many closed flow sockets may linger (and at least --max-flows); on EMFILE they go first. */
 const MIN_LINGERING = 1024;
+
+/** What each flow socket asks the kernel for by default: a burst of ~200 small datagrams, or 4 of 64 KiB. */
+export const FLOW_SOCKET_BUFFER = 256 * 1024;
+/** max-flows × the flow sockets' buffer stays within this (a limit, not an allocation: it is what full queues could hold). */
+export const FLOW_BUFFERS_TOTAL = 1024 * 1024 * 1024;
+/** Capped below this, a flow socket keeps the system default instead (usually 208 KiB). */
+export const MIN_FLOW_SOCKET_BUFFER = 128 * 1024;
+
+/**
+ * The buffer each flow socket asks for: `requested` (default FLOW_SOCKET_BUFFER), capped at
+ * FLOW_BUFFERS_TOTAL / maxFlows (the flows of every mapping together); undefined (the system
+ * default) when that cap is below MIN_FLOW_SOCKET_BUFFER.
+ */
+export function flowSocketBuffer(
+  requested: number | undefined,
+  maxFlows: number,
+): { bytes: number | undefined; capped: boolean } {
+  const want = requested ?? FLOW_SOCKET_BUFFER;
+  const cap = Math.floor(FLOW_BUFFERS_TOTAL / Math.max(1, maxFlows));
+  if (want <= cap) return { bytes: want, capped: false };
+  return { bytes: cap >= MIN_FLOW_SOCKET_BUFFER ? cap : undefined, capped: true };
+}
 
 export async function startSender(options: SenderOptions): Promise<SenderHandle> {
   const { transport, logger } = options;
@@ -63,6 +99,45 @@ export async function startSender(options: SenderOptions): Promise<SenderHandle>
   });
   let machine!: SenderMachine;
   let driver!: MachineDriver<SenderMachine>;
+  // --max-flows bounds each mapping's flows: all of them together may hold a socket each.
+  const maxFlows = mappings.reduce(
+    (total, mapping) => total + (mapping.maxFlows ?? options.config.maxFlows ?? DEFAULTS.maxFlows),
+    0,
+  );
+  const buffer = flowSocketBuffer(options.udpBufferBytes, maxFlows);
+  if (buffer.capped) {
+    const asked = sizeText(options.udpBufferBytes ?? FLOW_SOCKET_BUFFER);
+    const got = buffer.bytes === undefined ? "keep the system default" : `ask for ${sizeText(buffer.bytes)}`;
+    logger.log(
+      options.udpBufferBytes === undefined ? "debug" : "warn",
+      `--udp-buffer ${asked} × ${maxFlows} flows at most (--max-flows × mappings) is over ${sizeText(FLOW_BUFFERS_TOTAL)} of kernel buffers: flow sockets ${got}`,
+    );
+  }
+  const mappingLabel = (mappingId: number) => {
+    const name = mappings[mappingId]?.name;
+    return name ? `"${name}"` : `#${mappingId + 1}`;
+  };
+  const sampler = new KernelSampler<DropSite>({
+    clock: systemClock,
+    read: readUdpSocketStatsAsync,
+    report: (site, count) => driver?.guard(() => machine.flows.droppedOutside("kernel-queue", site, count)),
+    found: (drops) =>
+      rateLimited.log(
+        "kernel-queue",
+        "warn",
+        kernelDropsWarning(
+          drops,
+          (site) =>
+            site.flowId === undefined
+              ? `a closed flow's socket, mapping ${mappingLabel(site.mappingId)}`
+              : `flow ${site.flowId}'s socket toward ${targets[site.mappingId]?.text ?? "its target"}`,
+          buffer.bytes === undefined
+            ? `flow sockets keep the system default buffer (net.core.rmem_default): lower --max-flows so that --udp-buffer fits in ${sizeText(FLOW_BUFFERS_TOTAL)}, or raise net.core.rmem_default`
+            : `raise --udp-buffer (now ${sizeText(buffer.bytes)} per flow socket, at most ${sizeText(FLOW_BUFFERS_TOTAL)} / --max-flows) and, if the kernel caps it, ` +
+                `net.core.rmem_max (sysctl -w net.core.rmem_max=${buffer.bytes * 2})`,
+        ),
+      ),
+  });
   const sockets = new FlowSockets({
     transport,
     resolve: (host) => resolver.resolve(host),
@@ -70,6 +145,8 @@ export async function startSender(options: SenderOptions): Promise<SenderHandle>
     proxyProtocol: options.proxyProtocol,
     maxLingering: Math.max(MIN_LINGERING, options.config.maxFlows ?? DEFAULTS.maxFlows),
     clock: systemClock,
+    bufferBytes: buffer.bytes,
+    sampler,
     events: {
       datagram: (flowId, data) => driver.guard(() => machine.targetDatagram(flowId, data, now())),
       socketError: (flowId, error, target) => {
@@ -121,9 +198,14 @@ export async function startSender(options: SenderOptions): Promise<SenderHandle>
       else sockets.close(output.flowId);
     },
     onDrained: () => sockets.flush(),
-    closeLocal: () => sockets.closeAll(),
+    closeLocal: () => {
+      sampler.close();
+      sockets.closeAll();
+    },
   });
   driver = role.driver;
+  if (kernelDropCountersAvailable()) sampler.start();
+  else logger.log("debug", "no /proc/net/udp here: datagrams the kernel drops at flow sockets are not counted");
   if (listening) {
     const address = formatHostPort(role.link.address, role.link.tcpPort);
     logger.log(
@@ -141,6 +223,8 @@ export async function startSender(options: SenderOptions): Promise<SenderHandle>
     get reconnects() {
       return role.link.reconnects;
     },
+    udpBufferBytes: buffer.bytes,
+    sampleKernelDrops: () => sampler.sample(),
     close: () => role.close(),
   };
 }

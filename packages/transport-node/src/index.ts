@@ -252,12 +252,18 @@ async function listenTcp(options: ListenOptions): Promise<TcpServer> {
     : net.createServer(onSocket);
   if (secure) {
     // A handshake timeout only emits this (the socket would stay open), so destroy here.
+    // The peer's address as accepted: once a handshake failed the TLS socket may no longer know it.
+    const peers = new WeakMap<net.Socket, { address: string; port: number }>();
+    server.on("connection", (raw: net.Socket) =>
+      peers.set(raw, { address: raw.remoteAddress ?? "", port: raw.remotePort ?? 0 }),
+    );
     server.on("tlsClientError", (error, socket) => {
-      secure.onHandshakeError?.(tlsHandshakeFailed(error), socket.remoteAddress ?? "", socket.remotePort ?? 0);
+      const raw = (socket as unknown as { _parent?: net.Socket | null })._parent;
+      const peer = (raw && peers.get(raw)) ?? { address: socket.remoteAddress ?? "", port: socket.remotePort ?? 0 };
+      secure.onHandshakeError?.(tlsHandshakeFailed(error), peer.address, peer.port);
       // OpenSSL hangs up on a client that speaks no TLS without a word; BoringSSL (the Bun transport)
       // answers with a fatal protocol_version alert. Send that alert too, on the TCP socket under the
       // TLS one, so a plaintext mcudpt sees a TLS record and can say "TLS on one side only" itself.
-      const raw = (socket as unknown as { _parent?: net.Socket | null })._parent;
       if (raw && !raw.destroyed && isPlaintextPeerError(error))
         raw.write(PROTOCOL_VERSION_ALERT, () => socket.destroy());
       else socket.destroy();

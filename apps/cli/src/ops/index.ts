@@ -103,3 +103,4 @@ export function operations(
     },
   };
 }
+export { receiverBufferArgs, senderBufferArgs, udpBufferOption } from "./udp-buffer.js";

@@ -162,6 +162,20 @@ export function metricsRegistry(observed: Observed, info: Record<string, string>
     "UDP payload bytes per mapping, directions as mcudpt_datagrams_total",
     (row) => [row.udpInBytes, row.udpOutBytes],
   );
+  new Counter({
+    name: "mcudpt_mapping_drops_total",
+    help: "Datagrams dropped per mapping, by reason (kernel-queue: by the kernel at this side's sockets)",
+    labelNames: ["mapping", "reason"],
+    registers,
+    collect() {
+      this.reset();
+      const rows = observed.mappings();
+      const names = mappingLabels(rows);
+      rows.forEach((row, i) => {
+        for (const [reason, value] of Object.entries(row.drops)) this.inc(labels({ mapping: names[i], reason }), value);
+      });
+    },
+  });
   total("mcudpt_accepted_connections_total", "Connections that completed the handshake", () => stats.accepted);
   total("mcudpt_reconnects_total", "Connections to the peer after the first one", () => observed.reconnects());
   total("mcudpt_handshake_failures_total", "Handshakes refused, failed or timed out", () => stats.handshakeFailures);

@@ -167,6 +167,31 @@ for (const runtime of RUNTIMES) {
       refused(check(runtime, ["sender", "--tcp", "[::1:5353"]), /^mcudpt: --tcp: "\[::1:5353" is not \[IPv6\]:PORT$/);
     });
 
+    it("the WebSocket carrier: wss:// stands for --tls; the carrier flags are checked like a start checks them", () => {
+      const good = check(runtime, [
+        "sender",
+        "--tcp",
+        "wss://tunnel.example.com/mcudpt",
+        "--tls-fingerprint",
+        "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU",
+        "--ws-header",
+        "Authorization: Bearer x",
+        "--proxy",
+        "http://alice:pw@proxy.corp:3128",
+        "--secret",
+        "s",
+      ]);
+      assert.equal(good.status, 0, good.lines.join("\n"));
+      refused(
+        check(runtime, ["receiver", "--tcp", "ws://127.0.0.1:1/mcudpt", "--proxy", "http://p:1", "--secret", "s"]),
+        /^mcudpt: --proxy is for the dialing side: this end listens for the sender$/,
+      );
+      refused(
+        check(runtime, ["sender", "--tcp", "ws://h/x", "--tls", "--secret", "s"]),
+        /^mcudpt: --tls with a ws:\/\/ address: write wss:\/\/ for WebSocket over TLS$/,
+      );
+    });
+
     it("an unreadable file", () => {
       const missing = join(dir, "no-such-file");
       refused(

@@ -10,6 +10,7 @@
 import assert from "node:assert/strict";
 import { generateKeyPairSync } from "node:crypto";
 import { connect as netConnect, createServer } from "node:net";
+import { createServer as createTlsServer } from "node:tls";
 import { after, before, describe, it } from "node:test";
 import {
   type CarrierOptions,
@@ -332,6 +333,48 @@ for (const listener of transports) {
           assert.equal(upgraded, 0);
         } finally {
           tcp.close();
+        }
+      });
+
+      it("sends --ws-host as the Host header and the TLS server name, and the extra headers", BOUNDED, async () => {
+        const cert = selfSigned();
+        let servername: string | false | undefined;
+        let head = "";
+        const server = createTlsServer({ cert: cert.cert, key: cert.key }, (socket) => {
+          servername = (socket as unknown as { servername?: string | false }).servername;
+          socket.on("error", () => {});
+          socket.on("data", (data) => {
+            head += data.toString("latin1");
+            if (head.includes("\r\n\r\n")) socket.end("HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n");
+          });
+        });
+        await new Promise<void>((resolve) => server.listen(0, LOOPBACK, resolve));
+        const port = (server.address() as { port: number }).port;
+        try {
+          const carrier = dialCarrier(
+            connector,
+            { host: LOOPBACK, port },
+            {
+              webSocket: {
+                path: "/edge?token=1",
+                secure: true,
+                host: "cdn.example:8443",
+                headers: [["X-Token", "abc"]],
+              },
+              env: {},
+            },
+          );
+          assert.equal(carrier.remote, `wss://127.0.0.1:${port}/edge?token=1`);
+          await assert.rejects(
+            carrier.connect({ timeoutMs: 5000, handlers: side().handlers, tls: {} }),
+            /WebSocket upgrade refused: HTTP 403/,
+          );
+          assert.equal(servername, "cdn.example");
+          assert.match(head, /^GET \/edge\?token=1 HTTP\/1\.1\r\n/);
+          assert.match(head, /\r\nHost: cdn\.example:8443\r\n/);
+          assert.match(head, /\r\nX-Token: abc\r\n/);
+        } finally {
+          server.close();
         }
       });
 

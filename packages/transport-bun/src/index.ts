@@ -30,7 +30,9 @@
  *   the call; bytes already accepted by the kernel are still delivered.
  * - TLS: with a `handshake` handler, `open` fires at TCP connect/accept (writes then return 0) and
  *   Bun.connect resolves there too; `handshake(socket, success, error)` follows, and on failure the
- *   socket closes by itself. With `rejectUnauthorized: false`, `socket.authorized` still tells whether
+ *   socket closes by itself. A client's `success` is also false when only the certificate did not
+ *   verify (self-signed, or not for the serverName asked), rejectUnauthorized off or not; then the
+ *   socket stays open and works. With `rejectUnauthorized: false`, `socket.authorized` still tells whether
  *   the chain and name verified against `ca`. `socket.timeout(s)` fires on a 4 s tick.
  */
 import { readFileSync } from "node:fs";
@@ -504,7 +506,9 @@ function connectTcp(options: ConnectOptions): Promise<TcpConnection> {
           settle(tlsCertificateRefused(error ?? socket.getAuthorizationError()));
           return socket.end();
         }
-        if (!success) return settle(tlsHandshakeFailed(error)); // Bun closes the socket itself
+        // Without a CA the core pins the certificate: a failed verification (self-signed, another
+        // name) is no failure here, as long as the handshake produced the peer's certificate.
+        if (!success && !verificationOnly(tls, socket)) return settle(tlsHandshakeFailed(error)); // Bun closes the socket itself
         const raw = socket.getPeerCertificate()?.raw;
         settle(attach(socket, raw ? new Uint8Array(raw) : undefined));
       },
@@ -541,6 +545,18 @@ function connectTcp(options: ConnectOptions): Promise<TcpConnection> {
       (error) => settle(asError(error)),
     );
   });
+}
+
+/**
+ * Whether a client handshake that Bun reports as unsuccessful failed only the certificate's
+ * verification, which is not this side's test without a CA (the core pins the certificate): Bun
+ * reports `success` false for a certificate whose chain or name does not verify even with
+ * rejectUnauthorized off (then the connection works, and the certificate is there).
+ */
+function verificationOnly(tls: NonNullable<ConnectOptions["tls"]>, socket: BunTcpSocket): boolean {
+  return (
+    tls.ca === undefined && socket.getAuthorizationError() !== null && socket.getPeerCertificate()?.raw !== undefined
+  );
 }
 
 /**
@@ -592,7 +608,7 @@ function connectThroughTunnel(options: ConnectOptions, tunnel: TunnelHandshake):
               settle(tlsCertificateRefused(error ?? tlsSocket.getAuthorizationError()));
               return tlsSocket.end();
             }
-            if (!success) {
+            if (!success && !verificationOnly(clientTls, tlsSocket)) {
               settle(tlsHandshakeFailed(error));
               return tlsSocket.end();
             }

@@ -9,6 +9,9 @@
  *   --build                       rebuild the CLI first (otherwise only when apps/cli/dist is missing)
  *   --only=dns10,tp64             run only these workloads (ids below); results go to perf-only.{json,md}
  *   --configs=bun,node            only these tunnels (and direct); results go to perf-only.{json,md}
+ *   --carrier ws                  also measure the WebSocket carrier (Bun/Bun and Node/Node over ws://,
+ *                                 configs bun-ws and node-ws) beside plain TCP: the cost of message
+ *                                 framing and masking
  *   --cli=PATH                    measure this bundled CLI instead of apps/cli/dist/mcudpt.js (A/B runs)
  *   --wait-quiet=SECONDS          wait up to this long (default 180) for other processes to leave the
  *                                 CPUs idle before starting (and up to 30 s before each workload; a
@@ -94,15 +97,24 @@ interface Config {
   label: string;
   receiver?: Runtime;
   sender?: Runtime;
+  /** The tunnel's carrier: plain TCP unless "ws" (ws://127.0.0.1:PORT/tunnel on both sides). */
+  carrier?: "ws";
 }
+/** `--carrier ws` (or `--carrier=ws`) adds the WebSocket configurations. */
+const CARRIER_WS =
+  argv.includes("--carrier=ws") || argv.some((a, i) => a === "--carrier" && argv[i + 1] === "ws");
 const ALL_CONFIGS: Config[] = [
   { id: "direct", label: "direct" },
   { id: "bun", label: "Bun/Bun", receiver: "bun", sender: "bun" },
   { id: "node", label: "Node/Node", receiver: "node", sender: "node" },
   { id: "bun-node", label: "Bun recv/Node send", receiver: "bun", sender: "node" },
   { id: "node-bun", label: "Node recv/Bun send", receiver: "node", sender: "bun" },
+  { id: "bun-ws", label: "Bun/Bun ws", receiver: "bun", sender: "bun", carrier: "ws" },
+  { id: "node-ws", label: "Node/Node ws", receiver: "node", sender: "node", carrier: "ws" },
 ];
-const CONFIGS = ALL_CONFIGS.filter((c) => !CONFIG_IDS || c.id === "direct" || CONFIG_IDS.includes(c.id));
+const CONFIGS = ALL_CONFIGS.filter((c) =>
+  CONFIG_IDS ? c.id === "direct" || CONFIG_IDS.includes(c.id) : !c.carrier || CARRIER_WS,
+);
 const TUNNELS = CONFIGS.filter((c) => c.receiver);
 
 type Metrics = Record<string, number | string | undefined>;
@@ -389,6 +401,7 @@ async function startTunnel(
   const udp = await freePort("udp");
   const tcp = await freePort("tcp");
   const common = ["--secret", SECRET, "--max-flows", MAX_FLOWS];
+  const tcpAddress = config.carrier === "ws" ? `ws://127.0.0.1:${tcp}/tunnel` : `127.0.0.1:${tcp}`;
   const receiver = await start(
     runDir,
     `receiver-${receiverRt}`,
@@ -400,7 +413,7 @@ async function startTunnel(
       "--udp",
       `127.0.0.1:${udp}`,
       "--tcp",
-      `127.0.0.1:${tcp}`,
+      tcpAddress,
       "--transport",
       receiverRt,
       // Every benchmark client is 127.0.0.1: the per-source new-flow limit (anti-spoofing) would
@@ -423,9 +436,10 @@ async function startTunnel(
       "--udp",
       `127.0.0.1:${targetPort}`,
       "--tcp",
-      `127.0.0.1:${tcp}`,
+      tcpAddress,
       "--transport",
       senderRt,
+      ...(config.carrier === "ws" ? ["--proxy", "none"] : []),
       ...common,
     ],
     cap,

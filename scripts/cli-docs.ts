@@ -7,6 +7,7 @@
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import type { ArgDef, ArgsDef } from "citty";
+import { checkCommand } from "../apps/cli/src/check.ts";
 import { receiverCommand, senderCommand } from "../apps/cli/src/commands.ts";
 import { demoCommand } from "../apps/cli/src/demo.ts";
 import { keygenCommand } from "../apps/cli/src/identity.ts";
@@ -22,11 +23,13 @@ interface Described {
 export const COMMANDS: Array<[string, Described, string]> = [
   ["receiver", receiverCommand as Described, "mcudpt receiver --udp [HOST]:PORT --tcp [HOST]:PORT [options]"],
   ["sender", senderCommand as Described, "mcudpt sender --udp HOST:PORT --tcp HOST:PORT [options]"],
+  ["check", checkCommand as Described, "mcudpt check [receiver|sender] [--bind] [the role's options]"],
   ["demo", demoCommand as Described, "mcudpt demo [options]"],
   ["keygen", keygenCommand as Described, "mcudpt keygen [--out FILE] [--comment TEXT]"],
 ];
 
 function flag(name: string, def: ArgDef): string {
+  if (def.type === "positional") return `\`${name.toUpperCase()}\``;
   const aliases = "alias" in def && def.alias ? (Array.isArray(def.alias) ? def.alias : [def.alias]) : [];
   const value =
     def.type === "enum" && "options" in def && def.options
@@ -91,6 +94,8 @@ export function renderCliDoc(): string {
     "| `MCUDPT_CONFIG_DIR` | where keys, known_senders/known_receivers and the TLS certificate live (default `$XDG_CONFIG_HOME/mcudpt`, else `~/.config/mcudpt`) |",
     "| `MCUDPT_RUNTIME=node` | under `bunx`, keep Node instead of re-running the CLI on Bun |",
     "| `MCUDPT_DEBUG=1` | print the stack trace of an unexpected error |",
+    "| `https_proxy`, `HTTPS_PROXY`, then `all_proxy`, `ALL_PROXY` | dialing a `ws://` or `wss://` address: the proxy to go through (`http://…` for HTTP CONNECT, `socks5://…`), unless `--proxy` is given |",
+    "| `no_proxy`, `NO_PROXY` | hosts dialed directly despite the above: `*`, `example.com` (and its subdomains), IP addresses, CIDR ranges, `HOST:PORT` |",
     "| `NO_COLOR` | no colours in `--help` (set automatically when stdout is not a terminal) |",
     "",
     "## Signals",

@@ -13,8 +13,8 @@
  * Then `npm pack` (offline) packs the stage. Prints the tarball paths, one per line.
  */
 import { execFileSync } from "node:child_process";
-import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
-import { join, relative } from "node:path";
+import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, realpathSync, rmSync, writeFileSync } from "node:fs";
+import { dirname, join, relative } from "node:path";
 
 const ROOT = join(import.meta.dirname, "..");
 const OUT = join(ROOT, "build", "pack");
@@ -114,6 +114,49 @@ export function pack(): string[] {
       stdio: ["ignore", "pipe", "pipe"],
     });
     tarballs.push(join(OUT, (JSON.parse(output) as Array<{ filename: string }>)[0].filename));
+  }
+  return tarballs;
+}
+
+/** The installed folder of package `name` as Node would find it from `from` (node_modules upwards). */
+function installedPackage(name: string, from: string): string {
+  for (let dir = from; ; dir = dirname(dir)) {
+    const candidate = join(dir, "node_modules", name);
+    if (existsSync(join(candidate, "package.json"))) return realpathSync(candidate);
+    if (dirname(dir) === dir) throw new Error(`${name} is not installed (run bun install first)`);
+  }
+}
+
+/**
+ * The registry packages the published libraries depend on (websocket-driver and its own
+ * dependencies, transitively), packed from node_modules as installed: with pack()'s tarballs they
+ * install offline into an empty folder, as the release test does. Not published by release.ts
+ * (they are already on the registry). Call after pack(), which empties build/pack/.
+ */
+export function packDependencies(): string[] {
+  const out = join(OUT, "deps");
+  mkdirSync(out, { recursive: true });
+  const seen = new Set<string>();
+  const queue = workspaceFolders()
+    .filter((dir) => readManifest(dir).name !== "mcudpt")
+    .flatMap((dir) =>
+      Object.entries(readManifest(dir).dependencies ?? {})
+        .filter(([, range]) => !range.startsWith("workspace:"))
+        .map(([name]) => ({ name, from: dir })),
+    );
+  const tarballs: string[] = [];
+  while (queue.length > 0) {
+    const { name, from } = queue.shift() as { name: string; from: string };
+    const dir = installedPackage(name, from);
+    if (seen.has(dir)) continue;
+    seen.add(dir);
+    const output = execFileSync(
+      "npm",
+      ["pack", dir, "--json", "--offline", "--ignore-scripts", "--pack-destination", out],
+      { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] },
+    );
+    tarballs.push(join(out, (JSON.parse(output) as Array<{ filename: string }>)[0].filename));
+    for (const dependency of Object.keys(readManifest(dir).dependencies ?? {})) queue.push({ name: dependency, from: dir });
   }
   return tarballs;
 }

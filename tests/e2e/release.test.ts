@@ -12,7 +12,7 @@ import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { nodeTransport } from "@mcudpt/transport-node";
-import { pack } from "../../scripts/pack.ts";
+import { pack, packDependencies } from "../../scripts/pack.ts";
 import { CLI, eventually, freePort, has, ROOT, sleep, startEcho } from "../helpers/cli-process.js";
 import { killProcs, metricsUrl, type Proc, sample, scrape, startProc, stopProc } from "../helpers/ops.js";
 import { startClient, text } from "../helpers/tunnel.js";
@@ -36,7 +36,8 @@ function run(command: string, args: string[], options: { cwd?: string; env?: Nod
 describe("packed tarballs in an empty folder", () => {
   before(() => {
     assert.ok(existsSync(CLI), "needs `bun run build` first");
-    const tarballs = pack();
+    // The libraries' registry dependencies (websocket-driver…) come packed from node_modules.
+    const tarballs = [...pack(), ...packDependencies()];
     folder = mkdtempSync(join(tmpdir(), "mcudpt-install-"));
     writeFileSync(join(folder, "package.json"), '{ "private": true }\n');
     // --offline: every dependency is one of the tarballs (the CLI bundles its own).
@@ -44,7 +45,7 @@ describe("packed tarballs in an empty folder", () => {
       cwd: folder,
       stdio: ["ignore", "ignore", "pipe"],
     });
-  });
+  }, TIMEOUT);
 
   it("ships no TypeScript sources, no workspace: ranges, and .d.ts next to the ESM", TIMEOUT, () => {
     for (const name of [...LIBRARIES, "mcudpt"]) {

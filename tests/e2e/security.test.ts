@@ -357,6 +357,145 @@ describe("key authentication through the built CLI", () => {
     );
   }
 
+  // ssh's from="…" option on an authorized_keys line: the key is admitted from those sources only.
+  it(
+    'from="…" on an authorized key: admitted from a listed source (IPv4 and IPv6 literals), refused from another',
+    TIMEOUT,
+    async () => {
+      const [rx, tx] = PAIRS[0];
+      const dir = tempDir();
+      const senderKey = makeKey(dir, "sender");
+      const echo = await startEcho();
+      const authorized = join(dir, "authorized_keys");
+      for (const [from, connectVia, admitted] of [
+        ["127.0.0.2", "127.0.0.1", false],
+        ["127.0.0.1", "127.0.0.1", true],
+        ["::1", "[::1]", true],
+        ["127.0.0.0/8,!127.0.0.1", "127.0.0.1", false],
+      ] as const) {
+        writeFileSync(authorized, `from="${from}" ${senderKey.publicKeyLine}\n`);
+        const tcp = await freePort("tcp");
+        const receiver = startCli(rx, [
+          "receiver",
+          "--udp",
+          `127.0.0.1:${await freePort("udp")}`,
+          "--tcp",
+          `[::]:${tcp}`,
+          "--authorized-keys",
+          authorized,
+        ]);
+        try {
+          await eventually(
+            () => receiver.stderr().includes("receiver listening"),
+            () => receiver.stderr(),
+          );
+          const sender = startCli(tx, [
+            "sender",
+            "--udp",
+            `127.0.0.1:${echo.address().port}`,
+            "--tcp",
+            `${connectVia}:${tcp}`,
+            "--key",
+            senderKey.path,
+          ]);
+          try {
+            if (admitted) {
+              await eventually(
+                () => sender.stderr().includes("accepted by receiver"),
+                () => `${from} via ${connectVia}\n${sender.stderr()}\n${receiver.stderr()}`,
+              );
+            } else {
+              await eventually(
+                () => lines(receiver.stderr(), `key ${senderKey.fingerprint} may not connect from `).length > 0,
+                () => `${from} via ${connectVia}: refused\n${receiver.stderr()}`,
+              );
+              assert.ok(lines(receiver.stderr(), `(from= in ${authorized} line 1)`).length > 0, receiver.stderr());
+              assert.ok(!sender.stderr().includes("accepted by receiver"), sender.stderr());
+            }
+          } finally {
+            await stop(sender);
+          }
+        } finally {
+          await stop(receiver);
+        }
+      }
+      echo.close();
+    },
+  );
+
+  // Issue 11: every refusal names the right side and file, in -L too (a listening sender that admits
+  // receivers by its own --authorized-keys).
+  for (const [senderRt, receiverRt] of PAIRS) {
+    it(
+      `-L: a listening sender (${senderRt}) refuses an unlisted receiver (${receiverRt}), naming its own file`,
+      TIMEOUT,
+      async () => {
+        const dir = tempDir();
+        const senderKey = makeKey(dir, "sender");
+        const stranger = makeKey(dir, "stranger");
+        const listed = makeKey(dir, "listed");
+        const authorized = join(dir, "authorized_receivers");
+        writeFileSync(authorized, `${listed.publicKeyLine}\n`);
+        const echo = await startEcho();
+        const tcp = await freePort("tcp");
+        const udp = await freePort("udp");
+        const sender = startCli(senderRt, [
+          "sender",
+          "--udp",
+          `127.0.0.1:${echo.address().port}`,
+          "--listen",
+          `127.0.0.1:${tcp}`,
+          "--key",
+          senderKey.path,
+          "--authorized-keys",
+          authorized,
+        ]);
+        try {
+          await eventually(
+            () => sender.stderr().includes("listening for the receiver"),
+            () => sender.stderr(),
+          );
+          const receiver = startCli(receiverRt, [
+            "receiver",
+            "--udp",
+            `127.0.0.1:${udp}`,
+            "--connect",
+            `127.0.0.1:${tcp}`,
+            "--key",
+            stranger.path,
+          ]);
+          try {
+            await eventually(
+              () => lines(receiver.stderr(), "refused this side").length > 0,
+              () => `the receiver hears the refusal\n${receiver.stderr()}\n${sender.stderr()}`,
+            );
+            const refusal = lines(sender.stderr(), "refusing receiver 127.0.0.1:");
+            assert.ok(refusal.length > 0, sender.stderr());
+            assert.ok(refusal[0].endsWith(`: key ${stranger.fingerprint} is not in ${authorized}`), refusal[0]);
+            assert.ok(
+              !sender.stderr().includes("receiver's authorized keys"),
+              "no false sentence about the receiver's file",
+            );
+            const heard = lines(receiver.stderr(), "refused this side")[0];
+            assert.ok(
+              heard.includes(
+                `the sender at 127.0.0.1:${tcp} refused this side: key not accepted ("key ${stranger.fingerprint} is not authorized here")`,
+              ),
+              heard,
+            );
+            assert.ok(!receiver.stderr().includes(dir), "the sender's file is not told to the receiver");
+            assert.equal(sender.stdout().includes("Accept?"), false, "nobody is asked with an allowlist");
+          } finally {
+            await stop(receiver);
+          }
+        } finally {
+          await stop(sender);
+          echo.close();
+        }
+      },
+    );
+  }
+
   // Issue 17: the dialer checks the acceptor's key at its HELLO, before AUTH, so an impostor's
   // operator is never asked about a dialer that will refuse it anyway.
   for (const [acceptorRt, dialerRt] of PAIRS) {

@@ -4,7 +4,7 @@
  *   reads frames in tiny pieces;
  * - "coalesce": holds bytes for a few milliseconds and forwards them as one large chunk;
  * - "delay": forwards each chunk `delayMs` (default 30) after it arrived, in order (a long path);
- * - cut(): resets every proxied connection (a crashed middlebox);
+ * - cut(): resets every proxied connection (a crashed middlebox); cutOne(): only the oldest one still up;
  * - stall: stops forwarding without closing (a silent blackhole), until resumed.
  * Built on node:net so it is the same under every transport being tested.
  */
@@ -21,6 +21,8 @@ export interface FaultProxy {
   /** Connections accepted so far. */
   accepted: number;
   cut(): void;
+  /** Resets the oldest proxied connection still up (both of its sockets); false when there is none. */
+  cutOne(): boolean;
   close(): Promise<void>;
 }
 
@@ -30,6 +32,7 @@ export async function startProxy(
   options: { delayMs?: number } = {},
 ): Promise<FaultProxy> {
   const sockets = new Set<Socket>();
+  const pairs: Array<[Socket, Socket]> = [];
   const proxy: FaultProxy = {
     port: 0,
     mode,
@@ -39,6 +42,12 @@ export async function startProxy(
     cut() {
       for (const socket of sockets) socket.resetAndDestroy();
       sockets.clear();
+    },
+    cutOne() {
+      const pair = pairs.find(([a, b]) => !a.destroyed && !b.destroyed);
+      if (!pair) return false;
+      for (const socket of pair) socket.resetAndDestroy();
+      return true;
     },
     close() {
       proxy.cut();
@@ -109,6 +118,7 @@ export async function startProxy(
     upstream.setNoDelay(true);
     sockets.add(client);
     sockets.add(upstream);
+    pairs.push([client, upstream]);
     client.on("close", () => sockets.delete(client));
     upstream.on("close", () => sockets.delete(upstream));
     pipe(client, upstream);

@@ -4,6 +4,7 @@
  */
 import assert from "node:assert/strict";
 import {
+  type CarrierOptions,
   type ReceiverHandle,
   type ReceiverOptions,
   type ListenerTlsOptions,
@@ -47,6 +48,8 @@ export async function startTunnel(
      * and `receiverTls` go to the listening side, `senderTls` to the dialing side.
      */
     direction?: "R" | "L";
+    /** Carriers (WebSocket, a proxy) of the listening and the dialing side; default plain TCP. */
+    carrier?: { listen?: CarrierOptions; dial?: CarrierOptions };
   } = {},
 ): Promise<Tunnel> {
   const receiverLog = memoryLogger();
@@ -74,6 +77,7 @@ export async function startTunnel(
       admission: options.trust,
       askOperator: options.askOperator,
       tls: options.receiverTls,
+      carrier: options.carrier?.listen,
     });
     const tcpPort = options.viaPort ? await options.viaPort(sender.tcpPort) : sender.tcpPort;
     receiver = await startReceiver({
@@ -82,6 +86,7 @@ export async function startTunnel(
       tcpMode: "dial",
       reconnect: { initialMs: 50, maxMs: 500 },
       tls: options.senderTls,
+      carrier: options.carrier?.dial,
     });
   } else {
     receiver = await startReceiver({
@@ -90,6 +95,7 @@ export async function startTunnel(
       admission: options.trust,
       askOperator: options.askOperator,
       tls: options.receiverTls,
+      carrier: options.carrier?.listen,
     });
     const tcpPort = options.viaPort ? await options.viaPort(receiver.tcpPort) : receiver.tcpPort;
     sender = await startSender({
@@ -97,6 +103,7 @@ export async function startTunnel(
       tcp: { host: LOOPBACK, port: tcpPort },
       reconnect: { initialMs: 50, maxMs: 500 },
       tls: options.senderTls,
+      carrier: options.carrier?.dial,
     });
   }
   if (options.waitConnected !== false) {

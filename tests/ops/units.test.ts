@@ -91,6 +91,20 @@ describe("status line", () => {
     const narrow = new StatusLine(observed, { isTTY: true, columns: 40, write() {} });
     assert.equal(narrow.render(start, start).length, 39);
   });
+
+  it("says so when this side waits for the peer to admit its key, and shows no stale RTT", () => {
+    const waiting: Observed = {
+      ...fakeObserved({ rttMs: undefined }),
+      role: "sender",
+      peerConnected: () => false,
+      phase: () => "waiting",
+    };
+    const line = new StatusLine(waiting, { isTTY: true, columns: 200, write() {} });
+    const start = { at: 0, udpIn: 0, udpInBytes: 0, udpOut: 0, udpOutBytes: 0 };
+    const text = line.render(start, { ...start, at: 1000 });
+    assert.match(text, /^receiver connected, waiting for the receiver to admit this key \(its operator\?\) \| /);
+    assert.match(text, /rtt -$/);
+  });
 });
 
 describe("--metrics address", () => {
@@ -162,7 +176,7 @@ describe("docs/cli.md", () => {
     const main = readFileSync(join(ROOT, "apps", "cli", "src", "main.ts"), "utf8");
     const table = /const subCommands[^=]*= \{([^}]*)\}/.exec(main)?.[1] ?? "";
     const commands = [...table.matchAll(/^\s*(\w+):/gm)].map((m) => m[1]);
-    assert.deepEqual(commands, ["receiver", "sender", "demo", "keygen"]);
+    assert.deepEqual(commands, ["receiver", "sender", "check", "demo", "keygen"]);
     assert.deepEqual(
       COMMANDS.map(([name]) => name),
       commands,

@@ -9,6 +9,14 @@ import { type HostPort, type Logger, startReceiver, startSender, UserError } fro
 import { RECEIVER_DEFAULTS } from "@mcudpt/protocol";
 import { type ArgsDef, defineCommand } from "citty";
 import { stdinApprover } from "./approval.js";
+import {
+  type CarrierAddress,
+  carrierAddressArg,
+  carrierArgs,
+  carrierFor,
+  defaultCarrierAddress,
+  tlsArgsFor,
+} from "./carrier-options.js";
 import { configArgs } from "./config-file.js";
 import {
   dialPinsFor,
@@ -32,13 +40,12 @@ import {
   udpBufferOption,
 } from "./ops/index.js";
 import {
-  address,
   type CommonOptions,
   commonArgs,
   commonOptions,
+  laneOptions,
   limit,
   mappingsArg,
-  optionalAddress,
   type RawArgs,
 } from "./options.js";
 import { pickTransport, runtimeDescription } from "./runtime.js";
@@ -53,13 +60,15 @@ export const receiverArgs = {
   },
   tcp: {
     type: "string",
-    description: "TCP address to listen on for the sender (default :1937, all interfaces)",
-    valueHint: "[HOST]:PORT",
+    description:
+      "TCP address to listen on for the sender (default :1937, all interfaces); ws://[HOST]:PORT/PATH serves the WebSocket carrier there (behind nginx or a CDN), wss:// the same over TLS",
+    valueHint: "[HOST]:PORT|ws://…",
   },
   connect: {
     type: "string",
-    description: "Dial the sender at this address instead of listening (ssh -L style: the sender runs with --listen)",
-    valueHint: "HOST:PORT",
+    description:
+      "Dial the sender at this address instead of listening (ssh -L style: the sender runs with --listen); ws:// or wss://HOST[:PORT]/PATH for the WebSocket carrier",
+    valueHint: "HOST:PORT|ws://…",
   },
   ...configArgs,
   ...commonArgs,
@@ -77,6 +86,7 @@ export const receiverArgs = {
   },
   ...receiverBufferArgs,
   ...tlsArgs,
+  ...carrierArgs,
   ...opsArgs,
 } satisfies ArgsDef;
 
@@ -89,20 +99,22 @@ export const senderArgs = {
   },
   tcp: {
     type: "string",
-    description: "Receiver's TCP address to dial (default :1937, this machine)",
-    valueHint: "HOST:PORT",
+    description:
+      "Receiver's TCP address to dial (default :1937, this machine); ws:// or wss://HOST[:PORT]/PATH dials it over the WebSocket carrier (through nginx, a CDN, a proxy)",
+    valueHint: "HOST:PORT|ws://…",
   },
   listen: {
     type: "string",
     description:
-      "Listen on this TCP address for the receiver instead of dialing it (ssh -L style: the receiver runs with --connect)",
-    valueHint: "[HOST]:PORT",
+      "Listen on this TCP address for the receiver instead of dialing it (ssh -L style: the receiver runs with --connect); ws://[HOST]:PORT/PATH for the WebSocket carrier",
+    valueHint: "[HOST]:PORT|ws://…",
   },
   ...configArgs,
   ...commonArgs,
   ...keyArgs,
   ...trustArgs("receiver"),
   ...tlsArgs,
+  ...carrierArgs,
   "proxy-protocol": {
     type: "boolean",
     description: "Prepend a PROXY protocol v2 header to each datagram sent to the target, so it sees the real client",
@@ -111,15 +123,32 @@ export const senderArgs = {
   ...opsArgs,
 } satisfies ArgsDef;
 
-/** The TCP side this end takes: `flag` is the default direction's flag, `swap` the other one. */
-function tcpSide(args: RawArgs, flag: "tcp", swap: "connect" | "listen"): { address: HostPort; swapped: boolean } {
-  const swapped = optionalAddress(args, swap);
+/**
+ * The TCP side this end takes: `flag` is the default direction's flag, `swap` the other one. --tcp
+ * is the receiver's listening address (its swap is --connect) and the sender's to dial (--listen).
+ */
+export function tcpSide(
+  args: RawArgs,
+  flag: "tcp",
+  swap: "connect" | "listen",
+): { address: HostPort; carrier: CarrierAddress; swapped: boolean } {
+  const tcpListens = swap === "connect";
+  const swapped = carrierAddressArg(args, swap, !tcpListens);
   if (swapped && args[flag] !== undefined) throw new UserError(`give --${flag} or --${swap}, not both`);
-  return swapped ? { address: swapped, swapped: true } : { address: address(args, flag), swapped: false };
+  const carrier = swapped ?? carrierAddressArg(args, flag, tcpListens) ?? defaultCarrierAddress();
+  return { address: carrier.address, carrier, swapped: swapped !== undefined };
+}
+
+/** The receiver's per-client limits. */
+export function receiverLimits(args: RawArgs): { newFlowsPerSecond: number; amplificationLimit: number } {
+  return {
+    newFlowsPerSecond: limit(args, "new-flow-rate", RECEIVER_DEFAULTS.newFlowsPerSecond),
+    amplificationLimit: limit(args, "amplification-limit", RECEIVER_DEFAULTS.amplificationLimit, 10_000),
+  };
 }
 
 /** Settings that work but surprise: say so once at start-up. */
-function warnAboutSettings(logger: Logger, options: CommonOptions): void {
+export function warnAboutSettings(logger: Logger, options: CommonOptions): void {
   for (const warning of options.warnings) logger.log("warn", warning);
   if (options.idleTimeoutMs < options.keepaliveMs * 3) {
     logger.log(
@@ -138,6 +167,9 @@ function machineConfig(options: CommonOptions) {
     keepaliveMs: options.keepaliveMs,
     handshakeTimeoutMs: options.handshakeTimeoutMs,
     maxBufferBytes: options.maxBufferBytes,
+    nudgeMs: options.nudgeMs,
+    redundant: options.redundant,
+    maxDelayMs: options.maxDelayMs,
   };
 }
 
@@ -168,10 +200,27 @@ async function runUntilSignal(logger: Logger, close: () => Promise<void>): Promi
   });
 }
 
-/** Trust, key pins, TLS and the operator prompt for the TCP side this end takes. */
-function sideOptions(args: RawArgs, ops: Operations, peer: PeerRole, listening: boolean, keyMode: boolean) {
+/** Trust, key pins, TLS, the carrier and the operator prompt for the TCP side this end takes. */
+function sideOptions(
+  givenArgs: RawArgs,
+  rawArgs: readonly string[],
+  address: CarrierAddress,
+  ops: Operations,
+  peer: PeerRole,
+  listening: boolean,
+  keyMode: boolean,
+) {
   const logger = ops.logger;
+  const carrier = carrierFor(
+    givenArgs,
+    rawArgs,
+    address,
+    !listening,
+    listening ? `listens for the ${peer}` : `dials the ${peer}`,
+  );
+  const args = tlsArgsFor(givenArgs, address);
   return {
+    carrier,
     admission: keyMode && listening ? listenTrustFor(args, peer) : undefined,
     pins: keyMode && !listening ? dialPinsFor(args, peer) : undefined,
     // Flag errors before files are created: a bad command line leaves nothing behind.
@@ -219,14 +268,13 @@ export const receiverCommand = defineCommand({
     const mappings = mappingsArg(rawArgs, "receiver").map(({ name, address: udp }) => ({ name, udp }));
     const tcp = tcpSide(args, "tcp", "connect");
     const dialing = tcp.swapped;
-    const newFlowsPerSecond = limit(args, "new-flow-rate", RECEIVER_DEFAULTS.newFlowsPerSecond);
-    const amplificationLimit = limit(args, "amplification-limit", RECEIVER_DEFAULTS.amplificationLimit, 10_000);
+    const { newFlowsPerSecond, amplificationLimit } = receiverLimits(args);
     const udpBufferBytes = udpBufferOption(args);
     const ops = operations("mcudpt receiver", options.logLevel, opsOptions(args));
     const logger = ops.logger;
     const keyMode = !options.secret;
     if (!keyMode) rejectKeyFlagsWithSecret(args, "sender");
-    const side = sideOptions(args, ops, "sender", !dialing, keyMode);
+    const side = sideOptions(args, rawArgs, tcp.carrier, ops, "sender", !dialing, keyMode);
     const identity = keyMode ? identityFor(args, logger) : undefined;
     warnAboutSettings(logger, options);
     const transport = pickTransport(options.transport);
@@ -239,7 +287,13 @@ export const receiverCommand = defineCommand({
           mappings,
           tcp: tcp.address,
           tcpMode: dialing ? "dial" : "listen",
-          config: { ...machineConfig(options), identity, newFlowsPerSecond, amplificationLimit },
+          config: {
+            ...machineConfig(options),
+            ...laneOptions(args, dialing),
+            identity,
+            newFlowsPerSecond,
+            amplificationLimit,
+          },
           logger,
           ...side,
           udpBufferBytes,
@@ -266,7 +320,7 @@ export const senderCommand = defineCommand({
     const logger = ops.logger;
     const keyMode = !options.secret;
     if (!keyMode) rejectKeyFlagsWithSecret(args, "receiver");
-    const side = sideOptions(args, ops, "receiver", listening, keyMode);
+    const side = sideOptions(args, rawArgs, tcp.carrier, ops, "receiver", listening, keyMode);
     const identity = keyMode ? identityFor(args, logger) : undefined;
     if (identity) logger.log("info", `sender key ${identity.fingerprint} (public key in ${identity.path}.pub)`);
     warnAboutSettings(logger, options);
@@ -280,7 +334,7 @@ export const senderCommand = defineCommand({
           mappings,
           tcp: tcp.address,
           tcpMode: listening ? "listen" : "dial",
-          config: { ...machineConfig(options), identity },
+          config: { ...machineConfig(options), ...laneOptions(args, !listening), identity },
           logger,
           ...side,
           proxyProtocol: args["proxy-protocol"] === true,

@@ -31,7 +31,7 @@ export const configArgs = {
 export const REPEATABLE_FLAGS: ReadonlySet<string> = REPEATABLE;
 
 /** Settings that exclude each other: one given on the command line overrides the file's others too. */
-const EXCLUSIVE: ReadonlyArray<readonly string[]> = [
+export const EXCLUSIVE: ReadonlyArray<readonly string[]> = [
   ["secret", "secret-file"],
   ["verbose", "quiet"],
 ];

@@ -135,7 +135,7 @@ export const keygenCommand = defineCommand({
       (created ? `Created directory ${created} (mode 700)\n` : "") +
         `Wrote ${out} (private, mode 600) and ${out}.pub\n` +
         `Fingerprint: ${pair.fingerprint}\n` +
-        `Public key (for the receiver's --authorized-keys file):\n${pair.publicKeyLine}\n`,
+        `Public key (for the --authorized-keys file of the side that listens for this one):\n${pair.publicKeyLine}\n`,
     );
   },
 });

@@ -7,6 +7,7 @@ import "./no-color.js";
 import { logLine, messageOf, UserError } from "@mcudpt/core";
 import { type ArgsDef, type CommandDef, defineCommand, renderUsage, runCommand } from "citty";
 import pkg from "../package.json" with { type: "json" };
+import { checkCommand, checkTarget } from "./check.js";
 import { receiverArgs, receiverCommand, senderArgs, senderCommand } from "./commands.js";
 import { explainConfigError, withConfigFile } from "./config-file.js";
 import { demoCommand } from "./demo.js";
@@ -20,6 +21,7 @@ const VERSION: string = pkg.version;
 const subCommands: Record<string, CommandDef<ArgsDef>> = {
   receiver: receiverCommand as unknown as CommandDef<ArgsDef>,
   sender: senderCommand as unknown as CommandDef<ArgsDef>,
+  check: checkCommand as unknown as CommandDef<ArgsDef>,
   demo: demoCommand as unknown as CommandDef<ArgsDef>,
   keygen: keygenCommand as unknown as CommandDef<ArgsDef>,
 };
@@ -35,6 +37,7 @@ Usage:
   mcudpt receiver --udp [HOST]:PORT --tcp [HOST]:PORT [options]   public side
   mcudpt sender   --udp HOST:PORT   --tcp HOST:PORT   [options]   private side
   mcudpt demo [--clients N] [--duration SECONDS]                  see it work on loopback
+  mcudpt check [receiver|sender] [--bind] [options]               validate settings without starting
   mcudpt keygen [--out FILE]                                      make an Ed25519 key pair
 
 Example, forwarding DNS:
@@ -150,15 +153,17 @@ export async function main(argv: string[]): Promise<number> {
     }
     const command = subCommands[name];
     if (!command)
-      throw new UserError(`unknown command "${name}": expected receiver, sender, demo or keygen (see --help)`);
+      throw new UserError(`unknown command "${name}": expected receiver, sender, check, demo or keygen (see --help)`);
     if (wantsHelp) {
       process.stdout.write(`${await renderUsage(command, mainCommand as unknown as CommandDef<ArgsDef>)}\n`);
       return 0;
     }
+    // `check ROLE …` takes ROLE's flags: they are checked as ROLE's are.
+    const target = name === "check" ? checkTarget(rest) : { role: name, flags: rest, defs: command.args ?? {} };
     checkArgs(
-      rest.filter((a) => a !== "--help" && a !== "-h"),
-      (command.args ?? {}) as ArgsDef,
-      name,
+      target.flags.filter((a) => a !== "--help" && a !== "-h"),
+      target.defs as ArgsDef,
+      target.role,
     );
     // --config FILE: the file's settings become flags after the typed ones (which win); see config-file.ts.
     if (name === "receiver" || name === "sender")

@@ -48,6 +48,32 @@ export const commonArgs = {
     description: "Bytes held for a slow TCP connection before datagrams are dropped, e.g. 4m, 512k (default 4m)",
     valueHint: "BYTES",
   },
+  nudge: {
+    type: "string",
+    description: `Tail-loss nudge: a 5-byte frame ${DEFAULTS.nudgeMs} ms after the last datagram of a burst, so a lost last TCP segment is repaired at once instead of after TCP's 200 ms timeout; "off" for links billed per packet, or a delay like 2ms (default on)`,
+    valueHint: "on|off|MS",
+  },
+  lanes: {
+    type: "string",
+    description: `Dialing side: keep N TCP connections (lanes) to the peer in one session; flows are spread over them, and a lane that dies moves its flows to the others (default ${DEFAULTS.lanes})`,
+    valueHint: "N",
+  },
+  "max-lanes": {
+    type: "string",
+    description: `Listening side: most lanes one session may hold (default ${DEFAULTS.maxLanes}; 1 takes no lanes)`,
+    valueHint: "N",
+  },
+  redundant: {
+    type: "boolean",
+    description:
+      "Send every datagram on two lanes (needs --lanes 2 or more on the dialing side); the first copy to arrive wins, duplicates are dropped. Given on the dialing side, the peer answers the same way",
+  },
+  "max-delay": {
+    type: "string",
+    description:
+      "Drop a datagram that waited longer than this in a send queue (the TCP side backed up) instead of delivering it late, e.g. 250ms (default off)",
+    valueHint: "DURATION",
+  },
   transport: {
     type: "enum",
     options: ["auto", "bun", "node"],
@@ -70,6 +96,9 @@ export interface CommonOptions {
   keepaliveMs: number;
   handshakeTimeoutMs: number;
   maxBufferBytes: number;
+  nudgeMs: number;
+  redundant: boolean;
+  maxDelayMs: number;
   transport: TransportChoice;
   logLevel: LogLevel;
   /** Said once at start-up, through the logger (a --secret-file others can read). */
@@ -140,7 +169,7 @@ export function optionalAddress(args: RawArgs, name: string): HostPort | undefin
 }
 
 /** Flags that may be given more than once (each --udp is one mapping). */
-export const REPEATABLE = new Set(["udp"]);
+export const REPEATABLE = new Set(["udp", "ws-header"]);
 
 /** Every value of a repeatable flag, in order (citty keeps only the last). */
 export function repeated(rawArgs: readonly string[], name: string): string[] {
@@ -225,6 +254,44 @@ function secretFileWarnings(args: RawArgs): string[] {
   return [`--secret-file ${file} can be read by other users: chmod 600 ${file}`];
 }
 
+/** `--nudge on|off|MS` (a delay in milliseconds, "ms" optional, from 0.1 to 1000). */
+function nudgeArg(args: RawArgs): number {
+  const text = stringArg(args, "nudge");
+  if (text === undefined || text === "on") return DEFAULTS.nudgeMs;
+  if (text === "off") return 0;
+  const match = /^(\d+(?:\.\d+)?)\s*(ms)?$/.exec(text.trim());
+  const value = match ? Number(match[1]) : Number.NaN;
+  if (!(value >= 0.1 && value <= 1000)) {
+    throw new UserError(`--nudge: "${text}" is not on, off or a delay from 0.1ms to 1000ms`);
+  }
+  return value;
+}
+
+/** A duration in milliseconds written as 250ms, 0.5s or a plain number of milliseconds; "off" is 0. */
+export function millis(args: RawArgs, name: string, max = 3_600_000): number {
+  const text = stringArg(args, name);
+  if (text === undefined || text === "off") return 0;
+  const match = /^(\d+(?:\.\d+)?)\s*(ms|s)?$/.exec(text.trim());
+  const value = match ? Number(match[1]) * (match[2] === "s" ? 1000 : 1) : Number.NaN;
+  if (!(value > 0 && value <= max)) {
+    throw new UserError(`--${name}: "${text}" is not off or a duration like 250ms or 1s (at most ${max / 1000} s)`);
+  }
+  return value;
+}
+
+/** `--lanes` belongs to the dialing side, `--max-lanes` to the listening one. */
+export function laneOptions(args: RawArgs, dialing: boolean): { lanes?: number; maxLanes?: number } {
+  if (dialing && args["max-lanes"] !== undefined) {
+    throw new UserError("--max-lanes is for the listening side; this side dials (it opens --lanes)");
+  }
+  if (!dialing && args.lanes !== undefined) {
+    throw new UserError("--lanes is for the dialing side; this side listens (it takes up to --max-lanes)");
+  }
+  return dialing
+    ? { lanes: count(args, "lanes", DEFAULTS.lanes, 64) }
+    : { maxLanes: count(args, "max-lanes", DEFAULTS.maxLanes, 64) };
+}
+
 export function commonOptions(args: RawArgs): CommonOptions {
   const secret = readSecret(args);
   const warnings = secretFileWarnings(args);
@@ -236,6 +303,9 @@ export function commonOptions(args: RawArgs): CommonOptions {
     keepaliveMs: seconds(args, "keepalive", DEFAULTS.keepaliveMs, 1),
     handshakeTimeoutMs: seconds(args, "handshake-timeout", DEFAULTS.handshakeTimeoutMs),
     maxBufferBytes: byteSize(args, "max-buffer", DEFAULTS.maxBufferBytes),
+    nudgeMs: nudgeArg(args),
+    redundant: args.redundant === true,
+    maxDelayMs: millis(args, "max-delay"),
     transport: (args.transport as TransportChoice | undefined) ?? "auto",
     logLevel: args.verbose ? "debug" : args.quiet ? "warn" : "info",
     warnings,

@@ -4,6 +4,7 @@
  * reconnecting peer does not re-ask at every backoff step; a question whose peer left (or refused us)
  * is withdrawn. The peer is told a short reason; the local log gets the details (file names).
  */
+import { printable } from "@mcudpt/protocol";
 import type { Clock } from "./clock.js";
 import { messageOf } from "./errors.js";
 import { fingerprint } from "./keys.js";
@@ -53,12 +54,12 @@ export class Approvals {
   constructor(private readonly options: ApprovalsOptions) {}
 
   /** The machine's `authorize-peer` output. */
-  authorize(conn: number, peer: string, publicKey: Uint8Array): void {
+  authorize(conn: number, peer: string, publicKey: Uint8Array, source?: string): void {
     const { logger, peerName, clock } = this.options;
     const print = fingerprint(publicKey);
     let verdict: AdmissionVerdict;
     try {
-      verdict = this.options.admission?.check(publicKey) ?? { verdict: "unknown" };
+      verdict = this.options.admission?.check(publicKey, source) ?? { verdict: "unknown" };
     } catch (error) {
       logger.log("error", `cannot check ${peerName} key ${print}: ${messageOf(error)}`);
       verdict = { verdict: "refused", reason: "the list of trusted keys could not be read" };
@@ -89,7 +90,14 @@ export class Approvals {
   /** The machine's `authorization-withdrawn` output: stop asking about `conn`. */
   withdraw(conn: number, why: string): void {
     const index = this.queue.findIndex((q) => q.conn === conn);
-    if (index >= 0) this.queue.splice(index, 1);
+    if (index >= 0) {
+      const [queued] = this.queue.splice(index, 1);
+      const { logger, peerName } = this.options;
+      logger.log(
+        "info",
+        `question about ${peerName} ${queued.peer} key ${fingerprint(queued.publicKey)} withdrawn: ${why}`,
+      );
+    }
     if (this.asking?.conn === conn) this.asking.cancel?.abort(why);
   }
 
@@ -141,10 +149,9 @@ export class Approvals {
   private remember(question: Question, print: string): void {
     const { logger, peerName } = this.options;
     try {
-      this.options.admission?.remember(
-        question.publicKey,
-        `approved ${new Date().toISOString().slice(0, 10)} from ${question.peer}`,
-      );
+      // The comment goes into a trust file: one printable line whatever the address text holds.
+      const comment = printable(`approved ${new Date().toISOString().slice(0, 10)} from ${question.peer}`);
+      this.options.admission?.remember(question.publicKey, comment);
       logger.log("info", `${peerName} key ${print} remembered: it will be accepted without asking`);
     } catch (error) {
       logger.log("warn", `could not remember ${peerName} key ${print}: ${messageOf(error)}`);

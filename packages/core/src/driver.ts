@@ -151,13 +151,16 @@ export class MachineDriver<M extends Machine = Machine> {
     if (at === undefined || at >= this.timerAt) return;
     if (this.timer) clearTimeout(this.timer);
     this.timerAt = at;
+    // Whole milliseconds, rounded up: a timer asked for 0.3 ms may fire at once (Bun), and re-arming
+    // it for what is left would spin until the deadline (the tail-loss nudge is due 1 ms after a write).
+    const delay = at - now();
     this.timer = setTimeout(
       () => {
         this.timer = undefined;
         this.timerAt = Number.POSITIVE_INFINITY;
         this.guard(() => this.machine.tick(now()));
       },
-      Math.min(Math.max(0, at - now()), 2_147_483_647),
+      delay <= 0 ? 0 : Math.min(Math.ceil(delay), 2_147_483_647),
     );
   }
 

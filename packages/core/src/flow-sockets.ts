@@ -16,6 +16,11 @@ import { UdpBatcher } from "./udp-batch.js";
 export const MAX_PENDING_PER_FLOW = 1024;
 export const MAX_PENDING_BYTES = 16 * 1024 * 1024;
 /**
+ * What one held datagram costs besides its payload (the copy's object and its slot in the list): the
+ * budget is in memory, not in payload bytes, or a flood of empty datagrams would be free.
+ */
+export const PENDING_DATAGRAM_OVERHEAD = 96;
+/**
  * How long a closed flow's socket stays bound, discarding what arrives, before its port is released:
  * otherwise the kernel can hand the port straight to the next flow's socket, and the target's late
  * reply to the old client would reach the new one.
@@ -133,9 +138,12 @@ export class FlowSockets {
       if (data === undefined) return this.options.events.unsent(entry, payload.length, "too-large");
       if (entry.out.size === 0) this.batched.push(entry);
       entry.out.add(data, undefined, undefined, entry);
-    } else if (entry.pending.length < MAX_PENDING_PER_FLOW && this.pendingBytes + payload.length <= MAX_PENDING_BYTES) {
+    } else if (
+      entry.pending.length < MAX_PENDING_PER_FLOW &&
+      this.pendingBytes + payload.length + PENDING_DATAGRAM_OVERHEAD <= MAX_PENDING_BYTES
+    ) {
       entry.pending.push(payload.slice()); // the payload is a view into the TCP chunk
-      this.pendingBytes += payload.length;
+      this.pendingBytes += payload.length + PENDING_DATAGRAM_OVERHEAD;
     } else {
       this.options.events.unsent(entry, payload.length, "backpressure");
       this.options.events.warn(
@@ -251,7 +259,7 @@ export class FlowSockets {
   }
 
   private discardPending(entry: FlowSocket): void {
-    for (const payload of entry.pending) this.pendingBytes -= payload.length;
+    for (const payload of entry.pending) this.pendingBytes -= payload.length + PENDING_DATAGRAM_OVERHEAD;
     entry.pending = [];
   }
 

@@ -1,6 +1,14 @@
 export { formatHostPort, type HostPort, parseHostPort } from "./address.js";
 export { Approvals, type ApprovalsOptions, REFUSAL_MEMORY_MS } from "./approvals.js";
 export { Backoff, type BackoffOptions } from "./backoff.js";
+export {
+  type CarrierOptions,
+  type DialCarrier,
+  dialCarrier,
+  type ListenCarrier,
+  listenCarrier,
+  type WebSocketCarrier,
+} from "./carrier.js";
 export { type Clock, systemClock } from "./clock.js";
 export { configDir, configPath } from "./config-dir.js";
 export { nodeCrypto } from "./crypto.js";
@@ -60,6 +68,14 @@ export {
   startReceiver,
   waitFor,
 } from "./receiver.js";
+export {
+  bypassesProxy,
+  PROXY_REPLY_LIMIT,
+  type ProxySpec,
+  parseProxyUrl,
+  proxyFromEnvironment,
+  proxyHandshake,
+} from "./proxy.js";
 export { type ResolvedAddress, Resolver } from "./resolve.js";
 export {
   FLOW_BUFFERS_TOTAL,
@@ -100,4 +116,12 @@ export {
 } from "./trust.js";
 export { UdpBatcher } from "./udp-batch.js";
 export { isPendingSocketError, MAX_UDP_SEND_ATTEMPTS, udpPayloadLimit } from "./udp-errors.js";
+export {
+  acceptWebSocket,
+  connectWebSocket,
+  WEBSOCKET_HEAD_LIMIT,
+  WEBSOCKET_MAX_MESSAGE,
+  WEBSOCKET_SEND_CHUNK,
+  type WebSocketClientOptions,
+} from "./websocket.js";
 export { type CertificateSpec, createCertificate } from "./x509.js";

@@ -5,6 +5,7 @@ import { messageOf, UserError } from "./errors.js";
 import type { Logger } from "./logger.js";
 import { RateLimitedLog } from "./logger.js";
 import { bindAddress, withIPv4Fallback } from "./bind.js";
+import { type CarrierOptions, listenCarrier } from "./carrier.js";
 import { Resolver } from "./resolve.js";
 import { type ListenerTlsOptions, listenerTls } from "./tls-peer.js";
 import type { TcpServer, Transport } from "./transport.js";
@@ -19,6 +20,8 @@ export interface ListenerOptions {
   flag: string;
   handshakeTimeoutMs?: number;
   tls?: ListenerTlsOptions;
+  /** What accepted connections carry (WebSocket); default plain TCP. */
+  carrier?: CarrierOptions;
 }
 
 export interface Listener {
@@ -34,12 +37,13 @@ export async function listen(options: ListenerOptions): Promise<Listener> {
   const host = await bindAddress(resolver, options.listen.host, options.flag);
   const tls =
     options.tls && listenerTls(options.tls, options.handshakeTimeoutMs, new RateLimitedLog(logger), options.peerName);
+  const carrier = listenCarrier(transport, options.carrier, logger, options.handshakeTimeoutMs);
   let bound = host;
   let server: TcpServer;
   try {
     server = await withIPv4Fallback(host, (tryHost) => {
       bound = tryHost;
-      return transport.listenTcp({
+      return carrier.listen({
         host: tryHost,
         port: options.listen.port,
         tls,
@@ -53,6 +57,9 @@ export async function listen(options: ListenerOptions): Promise<Listener> {
     });
   } catch (error) {
     throw new UserError(`cannot listen on TCP ${formatHostPort(host, options.listen.port)}: ${messageOf(error)}`);
+  }
+  if (options.carrier?.webSocket) {
+    logger.log("info", `WebSocket carrier: upgrading ${carrier.describe(bound, server.port)} (any other request: 404)`);
   }
   return { address: bound, port: server.port, close: () => server.close() };
 }

@@ -12,6 +12,7 @@ import { type MachineDriver, now } from "./driver.js";
 import { UserError } from "./errors.js";
 import { listen } from "./listener.js";
 import type { Logger } from "./logger.js";
+import type { CarrierOptions } from "./carrier.js";
 import type { DialerTlsOptions, ListenerTlsOptions } from "./tls-peer.js";
 import type { Transport } from "./transport.js";
 import type { PeerAdmission, PeerPins } from "./trust.js";
@@ -61,6 +62,8 @@ export interface PeerLinkOptions extends ListenTrust, DialTrust {
   flag: string;
   handshakeTimeoutMs?: number;
   tls?: ListenerTlsOptions | DialerTlsOptions;
+  /** WebSocket, a proxy: how connections reach the peer (default plain TCP). */
+  carrier?: CarrierOptions;
   keyCheck: PeerKeyChecker;
 }
 
@@ -76,6 +79,7 @@ export async function startPeerLink(options: PeerLinkOptions): Promise<PeerLink>
       remote: options.address,
       keyCheck: options.keyCheck,
       tls: tlsFor(options.tls, false),
+      carrier: options.carrier,
       reconnect: options.reconnect,
       connectTimeoutMs: options.connectTimeoutMs,
     });
@@ -87,7 +91,7 @@ export async function startPeerLink(options: PeerLinkOptions): Promise<PeerLink>
         return dialer.reconnects;
       },
       onOutput: (output) => {
-        if (output.kind === "accepted") dialer.accepted();
+        if (output.kind === "accepted") dialer.accepted(output.conn);
         else if (output.kind === "close-connection") dialer.closed(output.conn, output.code);
       },
       close: () => dialer.stop(),
@@ -110,6 +114,7 @@ export async function startPeerLink(options: PeerLinkOptions): Promise<PeerLink>
     flag: options.flag,
     handshakeTimeoutMs: options.handshakeTimeoutMs,
     tls: tlsFor(options.tls, true),
+    carrier: options.carrier,
   });
   return {
     address: listener.address,
@@ -117,7 +122,8 @@ export async function startPeerLink(options: PeerLinkOptions): Promise<PeerLink>
     fatal: new Promise<string>(() => {}),
     reconnects: 0,
     onOutput: (output) => {
-      if (output.kind === "authorize-peer") approvals.authorize(output.conn, output.peer, output.publicKey);
+      if (output.kind === "authorize-peer")
+        approvals.authorize(output.conn, output.peer, output.publicKey, output.source);
       else if (output.kind === "authorization-withdrawn") approvals.withdraw(output.conn, output.why);
     },
     close: () => listener.close(),

@@ -9,6 +9,7 @@ import { PeerKeyChecker } from "./dialer.js";
 import { MachineDriver, type RoleOutput } from "./driver.js";
 import type { Logger } from "./logger.js";
 import { type DialTrust, type ListenTrust, type PeerLink, startPeerLink } from "./peer-link.js";
+import type { CarrierOptions } from "./carrier.js";
 import type { DialerTlsOptions, ListenerTlsOptions } from "./tls-peer.js";
 import type { Transport } from "./transport.js";
 
@@ -22,6 +23,8 @@ export interface SideOptions extends ListenTrust, DialTrust {
   tcp: HostPort;
   /** TLS: the certificate to serve when listening, or how to check the peer's when dialing. */
   tls?: ListenerTlsOptions | DialerTlsOptions;
+  /** How connections reach the peer: WebSocket, a proxy (default plain TCP). */
+  carrier?: CarrierOptions;
 }
 
 export interface RoleSpec<M extends Machine> {
@@ -86,6 +89,7 @@ export async function startRole<M extends Machine>(spec: RoleSpec<M>): Promise<R
       reconnect: side.reconnect,
       connectTimeoutMs: side.connectTimeoutMs,
       tls: side.tls,
+      carrier: side.carrier,
     });
   } catch (error) {
     spec.closeLocal();

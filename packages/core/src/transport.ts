@@ -155,7 +155,26 @@ export interface ClientTlsOptions {
  */
 export const TLS_CERT_REFUSED = "ERR_MCUDPT_TLS_CERT_REFUSED";
 
+/**
+ * A proxy's handshake, run by connectTcp on the plain TCP connection before TLS and before the
+ * connection is handed over (an HTTP CONNECT or SOCKS5 exchange: see core's proxy.ts). Sans-I/O:
+ * the transport only moves the bytes.
+ */
+export interface TunnelHandshake {
+  /** Sent as soon as TCP is connected. */
+  readonly request: Uint8Array;
+  /**
+   * Bytes from the proxy, in order. Returns undefined while its reply is incomplete; once the tunnel
+   * stands, the bytes that followed the reply (the peer's first bytes, often empty), which the
+   * transport delivers as the connection's first data (plain) or rejects (before TLS, where the
+   * peer cannot have spoken). Throws an Error (one line) when the proxy refused or spoke nonsense:
+   * connectTcp rejects with it.
+   */
+  receive(data: Uint8Array): Uint8Array | undefined;
+}
+
 export interface ConnectOptions {
+  /** The address to connect to: the peer's, or the proxy's when `tunnel` is given. */
   host: string;
   port: number;
   /** Give up connecting after this long (the promise rejects). */
@@ -164,6 +183,8 @@ export interface ConnectOptions {
   handlers: TcpHandlers;
   /** Speak TLS; the promise resolves only once the handshake completed (the timeout covers it). */
   tls?: ClientTlsOptions;
+  /** Reach the peer through a proxy at host:port: this exchange runs first (the timeout covers it), TLS after it. */
+  tunnel?: TunnelHandshake;
 }
 
 export interface Transport {

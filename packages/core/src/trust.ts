@@ -12,6 +12,7 @@ import { appendFileSync, existsSync, mkdirSync, readFileSync } from "node:fs";
 import { dirname } from "node:path";
 import { messageOf, UserError } from "./errors.js";
 import { fingerprint, parsePublicKeyLine, publicKeyLine } from "./keys.js";
+import { sourceMatcher } from "./source-match.js";
 import { parseFingerprint } from "./tls.js";
 
 export type AdmissionVerdict =
@@ -21,7 +22,8 @@ export type AdmissionVerdict =
   | { verdict: "unknown" };
 
 export interface PeerAdmission {
-  check(publicKey: Uint8Array): AdmissionVerdict;
+  /** `source`: the IP address the peer connected from (for `from="…"` options). */
+  check(publicKey: Uint8Array, source?: string): AdmissionVerdict;
   /** The operator said yes: remember the key so the peer reconnects without asking. */
   remember(publicKey: Uint8Array, comment: string): void;
 }
@@ -39,12 +41,20 @@ export function fileAdmission(files: AdmissionFiles): PeerAdmission {
   if (files.authorizedKeys !== undefined) readKeyFile(files.authorizedKeys, true);
   else readKeyFile(files.knownSenders, false);
   return {
-    check(publicKey) {
+    check(publicKey, source) {
       const print = fingerprint(publicKey);
       if (files.authorizedKeys !== undefined) {
-        if (readKeyFile(files.authorizedKeys, true).has(print))
-          return { verdict: "trusted", why: `listed in ${files.authorizedKeys}` };
-        return { verdict: "refused", reason: `key ${print} is not in ${files.authorizedKeys}` };
+        const entry = readKeyFile(files.authorizedKeys, true).get(print);
+        if (entry === undefined)
+          return { verdict: "refused", reason: `key ${print} is not in ${files.authorizedKeys}` };
+        if (entry.from && (source === undefined || !entry.from(source))) {
+          const where = `${files.authorizedKeys} line ${entry.line}`;
+          return {
+            verdict: "refused",
+            reason: `key ${print} may not connect from ${source ?? "an unknown address"} (from= in ${where})`,
+          };
+        }
+        return { verdict: "trusted", why: `listed in ${files.authorizedKeys}` };
       }
       if (readKeyFile(files.knownSenders, false).has(print))
         return { verdict: "trusted", why: `known ${files.peerName ?? "sender"} (${files.knownSenders})` };
@@ -56,26 +66,77 @@ export function fileAdmission(files: AdmissionFiles): PeerAdmission {
   };
 }
 
-/** Fingerprints of the keys in an authorized_keys-style file. Unparseable lines are errors, not silently skipped. */
-function readKeyFile(path: string, mustExist: boolean): Set<string> {
-  const prints = new Set<string>();
-  if (!mustExist && !existsSync(path)) return prints;
+interface KeyEntry {
+  /** 1-based line number, for messages. */
+  line: number;
+  /** The `from="…"` option: which source addresses may use the key. */
+  from?: (address: string) => boolean;
+}
+
+/**
+ * The keys of an authorized_keys-style file, by fingerprint, with their options. ssh's syntax: an
+ * optional comma-separated option list before the key (`from="198.51.100.0/24,!198.51.100.9"`).
+ * Unparseable lines and unknown options are errors, never silently skipped or ignored.
+ */
+function readKeyFile(path: string, mustExist: boolean): Map<string, KeyEntry> {
+  const keys = new Map<string, KeyEntry>();
+  if (!mustExist && !existsSync(path)) return keys;
   let text: string;
   try {
     text = readFileSync(path, "utf8");
   } catch (error) {
     throw new UserError(`cannot read ${path}: ${messageOf(error)}`);
   }
-  text.split(/\r?\n/).forEach((line, index) => {
-    if (line.trim() === "" || line.trimStart().startsWith("#")) return;
+  text.split(/\r?\n/).forEach((raw, index) => {
+    const line = raw.trim();
+    if (line === "" || line.startsWith("#")) return;
+    const at = `${path} line ${index + 1}`;
+    const split = splitOptions(line);
     // A pinned key of a peer this side dials (`HOST:PORT ssh-ed25519 …`, `HOST:PORT tls …`) shares
     // the file of that peer role; it is not an approval.
-    if (/^\s*\S+\s+(ssh-ed25519|tls)\s/.test(line) && !line.trimStart().startsWith("ssh-ed25519")) return;
-    const parsed = parsePublicKeyLine(line);
-    if (!parsed) throw new UserError(`${path} line ${index + 1}: not an "ssh-ed25519 AAAA… comment" public key line`);
-    prints.add(fingerprint(parsed.publicKey));
+    if (split === undefined) return;
+    const parsed = parsePublicKeyLine(split.key);
+    if (!parsed) throw new UserError(`${at}: not an "ssh-ed25519 AAAA… comment" public key line`);
+    const entry: KeyEntry = { line: index + 1 };
+    for (const { name, value } of split.options) {
+      if (name !== "from" || value === undefined) {
+        throw new UserError(
+          `${at}: option ${name}${value === undefined ? "" : "=…"} is not supported (only from="ADDRESSES")`,
+        );
+      }
+      try {
+        entry.from = sourceMatcher(value);
+      } catch (error) {
+        throw new UserError(`${at}: from=: ${messageOf(error)}`);
+      }
+    }
+    keys.set(fingerprint(parsed.publicKey), entry);
   });
-  return prints;
+  return keys;
+}
+
+const OPTION = /^([A-Za-z][A-Za-z0-9-]*)(?:="((?:[^"\\]|\\.)*)")?/;
+
+/**
+ * Splits `[options ]ssh-ed25519 AAAA… comment` into its options and the key part, or undefined for a
+ * line that is a pin (`HOST:PORT ssh-ed25519 …`, `HOST:PORT tls …`) rather than an approval.
+ */
+function splitOptions(line: string): { options: Array<{ name: string; value?: string }>; key: string } | undefined {
+  if (line.startsWith("ssh-ed25519")) return { options: [], key: line };
+  if (/^\S+\s+(ssh-ed25519|tls)\s/.test(line) && !/^[A-Za-z][A-Za-z0-9-]*(="|,|\s)/.test(line)) return undefined;
+  const options: Array<{ name: string; value?: string }> = [];
+  let rest = line;
+  for (;;) {
+    const match = OPTION.exec(rest);
+    if (!match) return { options, key: rest };
+    options.push({ name: match[1], value: match[2]?.replace(/\\(.)/g, "$1") });
+    rest = rest.slice(match[0].length);
+    if (rest.startsWith(",")) {
+      rest = rest.slice(1);
+      continue;
+    }
+    return { options, key: rest.trimStart() };
+  }
 }
 
 export type PinVerdict =

@@ -9,6 +9,7 @@ import {
   FlowSockets,
   LINGER_MS,
   MAX_PENDING_BYTES,
+  PENDING_DATAGRAM_OVERHEAD,
   MAX_PENDING_PER_FLOW,
   type Target,
 } from "../src/flow-sockets.ts";
@@ -204,7 +205,7 @@ describe("FlowSockets: opening", () => {
     const ctx = setup({ resolve: () => Promise.reject(lookupError) });
     ctx.sockets.open(4, 1, CLIENT);
     ctx.sockets.send(4, datagram(1, 100));
-    expect(ctx.sockets.pendingTotal).toBe(100);
+    expect(ctx.sockets.pendingTotal).toBe(100 + PENDING_DATAGRAM_OVERHEAD);
     await settle();
     expect(ctx.transport.binds).toHaveLength(0);
     expect(ctx.recorded.failed).toEqual([
@@ -252,7 +253,7 @@ describe("FlowSockets: datagrams waiting for the socket", () => {
     ctx.sockets.send(1, chunk.subarray(2, 5));
     ctx.sockets.send(1, chunk.subarray(5, 6));
     ctx.sockets.flush(); // the drain ends: nothing to send yet
-    expect(ctx.sockets.pendingTotal).toBe(6);
+    expect(ctx.sockets.pendingTotal).toBe(6 + 3 * PENDING_DATAGRAM_OVERHEAD); // memory held, not payload only
     chunk.fill(0xee); // the runtime reuses the chunk
     await settle();
     const socket = ctx.transport.binds[0].open();
@@ -278,7 +279,9 @@ describe("FlowSockets: datagrams waiting for the socket", () => {
     // The bound is per flow: another opening flow still holds its datagrams.
     ctx.sockets.send(2, datagram(7, 5));
     expect(ctx.recorded.unsent).toHaveLength(1);
-    expect(ctx.sockets.pendingTotal).toBe(MAX_PENDING_PER_FLOW + 5);
+    expect(ctx.sockets.pendingTotal).toBe(
+      MAX_PENDING_PER_FLOW * (1 + PENDING_DATAGRAM_OVERHEAD) + 5 + PENDING_DATAGRAM_OVERHEAD,
+    );
     await settle();
     const socket = ctx.transport.binds[0].open();
     await settle();
@@ -288,8 +291,8 @@ describe("FlowSockets: datagrams waiting for the socket", () => {
 
   test("at most MAX_PENDING_BYTES in all flows: past it, backpressure", async () => {
     const ctx = setup();
-    const size = 64 * 1024;
-    const fits = MAX_PENDING_BYTES / size; // 256 datagrams of 64 KiB fill the budget exactly
+    const size = 64 * 1024 - PENDING_DATAGRAM_OVERHEAD; // each held datagram costs its payload and its overhead
+    const fits = MAX_PENDING_BYTES / (size + PENDING_DATAGRAM_OVERHEAD); // 256 such datagrams fill the budget exactly
     ctx.sockets.open(1, 0, CLIENT);
     ctx.sockets.open(2, 0, CLIENT);
     const payload = new Uint8Array(size);
@@ -304,14 +307,27 @@ describe("FlowSockets: datagrams waiting for the socket", () => {
     expect(ctx.sockets.pendingTotal).toBe(MAX_PENDING_BYTES / 2);
     ctx.sockets.send(2, new Uint8Array(1));
     expect(ctx.recorded.unsent).toHaveLength(1);
-    expect(ctx.sockets.pendingTotal).toBe(MAX_PENDING_BYTES / 2 + 1);
+    expect(ctx.sockets.pendingTotal).toBe(MAX_PENDING_BYTES / 2 + 1 + PENDING_DATAGRAM_OVERHEAD);
+  });
+
+  test("empty datagrams are not free: the budget counts each one's overhead", async () => {
+    const ctx = setup();
+    const flows = Math.ceil(MAX_PENDING_BYTES / PENDING_DATAGRAM_OVERHEAD / MAX_PENDING_PER_FLOW) + 1;
+    let unsent = 0;
+    for (let flow = 1; flow <= flows; flow++) {
+      ctx.sockets.open(flow, 0, CLIENT);
+      for (let i = 0; i < MAX_PENDING_PER_FLOW; i++) ctx.sockets.send(flow, new Uint8Array(0));
+    }
+    unsent = ctx.recorded.unsent.length;
+    expect(unsent).toBeGreaterThan(0);
+    expect(ctx.sockets.pendingTotal).toBeLessThanOrEqual(MAX_PENDING_BYTES);
   });
 
   test("the pending budget is given back when the socket opens", async () => {
     const ctx = setup();
     ctx.sockets.open(1, 0, CLIENT);
     ctx.sockets.send(1, datagram(1, 1000));
-    expect(ctx.sockets.pendingTotal).toBe(1000);
+    expect(ctx.sockets.pendingTotal).toBe(1000 + PENDING_DATAGRAM_OVERHEAD);
     await settle();
     ctx.transport.binds[0].open();
     await settle();

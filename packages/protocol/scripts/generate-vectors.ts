@@ -19,6 +19,7 @@ import {
   type HandshakeVector,
   type HexSpec,
   type MalformedVector,
+  type JoinVector,
   type VectorFile,
 } from "../test/vector-format.ts";
 
@@ -355,6 +356,12 @@ add(
   { type: "EXTENSION", extensionType: 0x80, body: "" },
   extension(0x80, ""),
   "skipped by a peer that does not know it",
+);
+add(
+  "pad-nudge",
+  { type: "EXTENSION", extensionType: 0x80, body: "" },
+  extension(0x80, ""),
+  "PAD (extension 0x80, empty): the tail-loss nudge, sent 1 ms after the last DATA of a burst; every peer skips it (§10.1)",
 );
 add("extension-ff", { type: "EXTENSION", extensionType: 0xff, body: "0102030405" }, extension(0xff, "0102030405"));
 add(
@@ -828,6 +835,134 @@ const handshakes: HandshakeVector[] = [
   ),
 ];
 
+// ---- lanes: a connection joining an open session (§16.1) ---------------------------------------
+const JOIN_LABEL = utf8Hex("mcudpt/1 lane join");
+const joinFrameHex = (proof: string, token: string) => frameHex(0x08, proofToken(proof, token));
+
+function laneJoin(
+  name: string,
+  description: string,
+  of: HandshakeVector,
+  acceptorNonce: string,
+  dialerNonce: string,
+): JoinVector {
+  const key = of.mode === "key";
+  const authMode = key ? 1 : 2;
+  const acceptorKey = key ? publicKeyOf(ACCEPTOR_SEED) : "";
+  const dialerKey = key ? publicKeyOf(DIALER_SEED) : "";
+  const acceptorMappings = of.acceptorHello.fields.mappings as string[];
+  const dialerMappings = of.dialerHello.fields.mappings as string[];
+  const caps = 3; // Resume | Lanes
+  const aHello = hello(1, authMode, caps, acceptorNonce, acceptorKey, acceptorMappings, "vector-receiver");
+  const dHello = hello(2, authMode, caps, dialerNonce, dialerKey, dialerMappings, "vector-sender");
+  const helloFields = (role: number, nonce: string, publicKey: string, mappings: string[], agent: string) => ({
+    type: "HELLO",
+    role,
+    auth: authMode,
+    capabilities: caps,
+    nonce,
+    publicKey,
+    mappings,
+    agent,
+  });
+  const token = of.sessionToken;
+  const binding = of.acceptorProof;
+  const joinTranscript = JOIN_LABEL + aHello + dHello + token + binding;
+  const joinProof = key ? ed25519(DIALER_SEED, joinTranscript) : hmac(SECRET, joinTranscript);
+  const acceptorTranscript = ACCEPTOR_LABEL + aHello + dHello + token + "01";
+  const acceptorProof = key ? ed25519(ACCEPTOR_SEED, acceptorTranscript) : hmac(SECRET, acceptorTranscript);
+  return {
+    name,
+    description,
+    mode: of.mode,
+    ...(key ? { dialerSeed: DIALER_SEED, acceptorSeed: ACCEPTOR_SEED } : { secret: SECRET }),
+    session: of.name,
+    sessionToken: token,
+    binding,
+    acceptorHello: {
+      name: "acceptor-hello",
+      fields: helloFields(1, acceptorNonce, acceptorKey, acceptorMappings, "vector-receiver"),
+      hex: aHello,
+    },
+    dialerHello: {
+      name: "dialer-hello",
+      fields: helloFields(2, dialerNonce, dialerKey, dialerMappings, "vector-sender"),
+      hex: dHello,
+    },
+    joinTranscript,
+    joinProof,
+    joinFrame: { name: "join", fields: { type: "JOIN", proof: joinProof, token }, hex: joinFrameHex(joinProof, token) },
+    acceptorTranscript,
+    acceptorProof,
+    acceptFrame: {
+      name: "accept",
+      fields: { type: "ACCEPT", proof: acceptorProof, token, resumed: true },
+      hex: accept(acceptorProof, token, true),
+    },
+  };
+}
+
+const joins: JoinVector[] = [
+  laneJoin(
+    "secret-join",
+    "a second lane joins the session of secret-new-session: JOIN's HMAC covers this connection's HELLOs, the token and that session's binding (its first ACCEPT proof)",
+    handshakes[0],
+    seq(0xb0, 32),
+    seq(0xe0, 32),
+  ),
+  laneJoin(
+    "key-join",
+    "a second lane joins the session of key-new-session, signed by the key the session was admitted with",
+    handshakes[2],
+    seq(0x90, 32),
+    seq(0x50, 32),
+  ),
+];
+add(
+  "join-secret",
+  joins[0].joinFrame.fields,
+  joins[0].joinFrame.hex,
+  "JOIN (0x08): a lane joining a session, secret mode",
+);
+add(
+  "join-key",
+  joins[1].joinFrame.fields,
+  joins[1].joinFrame.hex,
+  "JOIN with an Ed25519 signature: the largest JOIN (body 82)",
+);
+bad("too-large-join", "JOIN body of 83 (max 82)", false, "0800000053", "frame-too-large");
+bad("join-no-token-length", "JOIN body ends after the HMAC", false, frameHex(0x08, "20" + MAC), "bad-length");
+
+// ---- redundancy: sequenced DATA (§17) -----------------------------------------------------------
+const sdata = (flowId: number, seq: number, payload: string) => frameHex(0x14, h32(flowId) + h32(seq) + payload);
+add(
+  "sdata-small",
+  { type: "SDATA", flowId: 7, seq: 41, payload: "68656c6c6f0a" },
+  sdata(7, 41, "68656c6c6f0a"),
+  "SDATA (0x14): flow 7, sequence number 41, one datagram; sent on two lanes, the first copy delivered",
+);
+add(
+  "sdata-wrap",
+  { type: "SDATA", flowId: 7, seq: 0xffffffff, payload: "" },
+  sdata(7, 0xffffffff, ""),
+  "the last sequence number before the wrap (the next is 0), an empty datagram",
+);
+add(
+  "sdata-65535",
+  { type: "SDATA", flowId: 1, seq: 0, payload: { repeat: 0xcd, length: 65535 } },
+  [h8(0x14) + h32(8 + 65535) + h32(1) + h32(0), { repeat: 0xcd, length: 65535 }],
+  "largest datagram: body length 65543",
+);
+bad("too-large-sdata", "SDATA body of 65544 (max 65543)", false, "1400010008", "frame-too-large");
+bad(
+  "sdata-short",
+  "SDATA body of 7 bytes: no room for the sequence number",
+  false,
+  frameHex(0x14, "00000001000000"),
+  "bad-length",
+);
+bad("sdata-flow-zero", "SDATA for flow id 0", false, sdata(0, 1, "00"), "bad-flow-id");
+
 // ---- cross-check with the codec, then write ---------------------------------------------------
 const file: VectorFile = {
   format: 1,
@@ -840,20 +975,24 @@ const file: VectorFile = {
     CLOSE: 4,
     PING: 5,
     PONG: 6,
+    JOIN: 8,
     FLOW_OPEN: 16,
     FLOW_CLOSE: 17,
     DATA: 18,
+    SDATA: 20,
     EXTENSION: 128,
   },
   frames,
   malformed,
   handshakes,
+  joins,
 };
 
 const problems: string[] = [];
 const allFrames = [
   ...frames,
   ...handshakes.flatMap((h) => [h.acceptorHello, h.dialerHello, h.authFrame, h.acceptFrame]),
+  ...joins.flatMap((j) => [j.acceptorHello, j.dialerHello, j.joinFrame, j.acceptFrame]),
 ];
 for (const v of allFrames) {
   const encoded = bytesToHex(encodeFrame(frameFromFields(v.fields)));

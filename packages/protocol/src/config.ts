@@ -35,6 +35,25 @@ export interface CommonConfig {
   maxPendingPerSource?: number;
   /** When this side dials, in key mode: see PeerKeyCheck. Without it any key that proves itself is accepted. */
   checkPeerKey?: PeerKeyCheck;
+  /**
+   * Tail-loss nudge (PROTOCOL.md §10.1): this long after the last DATA written on a connection, if
+   * nothing else followed, a 5-byte PAD frame is sent so that a lost last segment is repaired by the
+   * kernel's fast recovery instead of its retransmission timeout (≥ 200 ms). 0 turns nudges off.
+   */
+  nudgeMs?: number;
+  /** When this side dials: TCP connections (lanes) to keep to the peer, all in one session (default 1). */
+  lanes?: number;
+  /** When this side accepts: most lanes one session may hold (default 8); 1 refuses every JOIN. */
+  maxLanes?: number;
+  /**
+   * Redundancy (§17): send every datagram of every mapping on two lanes (with a sequence number; the
+   * peer delivers the first copy), and ask the peer to do the same. Per mapping: MappingConfig.redundant.
+   */
+  redundant?: boolean;
+  /** Only datagrams up to this size are sent twice (default: all). */
+  redundantMaxBytes?: number;
+  /** A datagram that waited longer than this in a connection's send queue is dropped (`stale`); 0: off. */
+  maxDelayMs?: number;
 }
 
 export const DEFAULTS = {
@@ -47,6 +66,11 @@ export const DEFAULTS = {
   agent: "mcudpt-ts",
   maxPendingConnections: 16,
   maxPendingPerSource: 4,
+  nudgeMs: 1,
+  lanes: 1,
+  maxLanes: 8,
+  redundantMaxBytes: 65_535,
+  maxDelayMs: 0,
 } as const;
 
 /** A CommonConfig checked and with its defaults filled in. */
@@ -65,6 +89,12 @@ export interface Settings {
   readonly maxPending: number;
   readonly maxPendingPerSource: number;
   readonly checkPeerKey: PeerKeyCheck | undefined;
+  readonly nudgeMs: number;
+  readonly lanes: number;
+  readonly maxLanes: number;
+  readonly redundant: boolean;
+  readonly redundantMaxBytes: number;
+  readonly maxDelayMs: number;
 }
 
 /** Checks `config` (RangeError on a bad value: a bug of the host, not a peer's doing). */
@@ -91,7 +121,24 @@ export function settingsOf(config: CommonConfig): Settings {
     maxPending: config.maxPendingConnections ?? DEFAULTS.maxPendingConnections,
     maxPendingPerSource: config.maxPendingPerSource ?? DEFAULTS.maxPendingPerSource,
     checkPeerKey: config.checkPeerKey,
+    nudgeMs: nonNegative("nudgeMs", config.nudgeMs ?? DEFAULTS.nudgeMs),
+    lanes: whole("lanes", config.lanes ?? DEFAULTS.lanes),
+    maxLanes: whole("maxLanes", config.maxLanes ?? DEFAULTS.maxLanes),
+    redundant: config.redundant === true,
+    redundantMaxBytes: nonNegative("redundantMaxBytes", config.redundantMaxBytes ?? DEFAULTS.redundantMaxBytes),
+    maxDelayMs: nonNegative("maxDelayMs", config.maxDelayMs ?? DEFAULTS.maxDelayMs),
   };
+}
+
+function whole(name: string, value: number): number {
+  if (!Number.isInteger(value) || value < 1 || value > 64)
+    throw new RangeError(`${name} must be 1 to 64, got ${value}`);
+  return value;
+}
+
+function nonNegative(name: string, value: number): number {
+  if (!Number.isFinite(value) || value < 0) throw new RangeError(`${name} must be 0 or more, got ${value}`);
+  return value;
 }
 
 function positive(name: string, value: number): number {

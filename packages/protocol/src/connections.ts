@@ -15,7 +15,7 @@ import {
 } from "./frames.js";
 import { type CryptoProvider, Link, type LinkState, type Side } from "./link.js";
 import type { OutputSink } from "./outputs.js";
-import type { Stats } from "./stats.js";
+import type { LaneTotals, Stats } from "./stats.js";
 import { peerText } from "./text.js";
 
 /** Missed keepalive intervals after which a silent connection is declared dead. */
@@ -28,6 +28,8 @@ export interface LinkIo {
   openFrame(link: Link, frame: Frame, now: number): void;
   /** The host reported the connection gone. */
   gone(link: Link, now: number): void;
+  /** A queued DATA frame of flow `flowId` waited past maxDelayMs and was dropped. */
+  stale(flowId: number): void;
 }
 
 export class LinkTable {
@@ -38,10 +40,18 @@ export class LinkTable {
     private readonly stats: Stats,
     private readonly out: OutputSink,
     private readonly io: LinkIo,
+    private readonly totals: LaneTotals,
   ) {}
 
   get size(): number {
     return this.links.size;
+  }
+
+  /** Connections (not yet reported gone) that satisfy `test`. */
+  count(test: (link: Link) => boolean): number {
+    let n = 0;
+    for (const link of this.links.values()) if (test(link)) n++;
+    return n;
   }
 
   get(conn: number): Link | undefined {
@@ -101,7 +111,10 @@ export class LinkTable {
     const link = this.links.get(conn);
     if (!link) return;
     link.blocked = blocked;
-    if (!blocked) this.notify(link);
+    if (!blocked) {
+      link.queueMarks.length = 0; // everything queued goes out now
+      this.notify(link);
+    }
   }
 
   /** Bytes arrived on connection `conn`. */
@@ -169,7 +182,62 @@ export class LinkTable {
         link.nextPingAt = now + keepalive;
         this.notify(link);
       }
+      if (now >= link.nudgeAt) this.nudge(link, now);
+      if (link.queueMarks.length > 0) this.dropStale(link, now);
     }
+  }
+
+  /**
+   * --max-delay (§10): DATA that has waited in this side's queue for longer than maxDelayMs (the
+   * transport backed up) is dropped and counted `stale`, not delivered late; control frames stay.
+   */
+  private dropStale(link: Link, now: number): void {
+    const marks = link.queueMarks;
+    const limit = now - this.settings.maxDelayMs;
+    let last = -1;
+    while (last + 1 < marks.length && marks[last + 1].at <= limit) last++;
+    if (last < 0) return;
+    const writer = link.writer;
+    const before = writer.length;
+    writer.dropOldestData(Number.POSITIVE_INFINITY, (flowId) => this.io.stale(flowId), marks[last].length);
+    const freed = before - writer.length;
+    link.queueMarks = marks.slice(last + 1).map((mark) => ({ at: mark.at, length: mark.length - freed }));
+  }
+
+  /**
+   * DATA (or a flow frame) was queued on `link` at `now`: have it written this turn, and arm the
+   * tail-loss nudge. Each write pushes the nudge back, so while traffic flows none is sent (the next
+   * write is the segment that reveals a loss); one follows the last write of a burst.
+   */
+  queued(link: Link, now: number): void {
+    this.notify(link);
+    if (link.blocked && this.settings.maxDelayMs > 0) {
+      const marks = link.queueMarks;
+      const last = marks[marks.length - 1];
+      if (last !== undefined && last.at === now) last.length = link.writer.length;
+      else marks.push({ at: now, length: link.writer.length });
+    }
+    const delay = this.settings.nudgeMs;
+    if (delay > 0) link.nudgeAt = now + delay;
+  }
+
+  /**
+   * The tail-loss nudge (PROTOCOL.md §10.1): a 5-byte PAD behind the last segment, so that if that
+   * segment was lost the peer's TCP sees a later one, acknowledges out of order, and ours repairs the
+   * loss by fast recovery within about a round trip instead of waiting for its retransmission timeout.
+   * While bytes are still queued here (the transport is backed up, or they go out this turn) they
+   * are the tail: the nudge waits for them.
+   */
+  private nudge(link: Link, now: number): void {
+    if (link.blocked || link.writer.length > 0) {
+      link.nudgeAt = now + this.settings.nudgeMs;
+      return;
+    }
+    link.nudgeAt = Number.POSITIVE_INFINITY;
+    link.writer.pad();
+    link.counters.nudgesSent++;
+    this.totals.nudgesSent++;
+    this.notify(link);
   }
 
   /** Earliest time at which tick() has work, or undefined when nothing is scheduled. */
@@ -179,7 +247,12 @@ export class LinkTable {
     for (const link of this.links.values()) {
       if (link.state === "closed") continue;
       if (link.handshakeDeadline !== undefined) next = earliest(next, link.handshakeDeadline);
-      if (link.state === "open") next = earliest(earliest(next, link.nextPingAt), link.lastReceived + dead);
+      if (link.state === "open") {
+        next = earliest(earliest(next, link.nextPingAt), link.lastReceived + dead);
+        if (link.nudgeAt !== Number.POSITIVE_INFINITY) next = earliest(next, link.nudgeAt);
+        const oldest = link.queueMarks[0];
+        if (oldest !== undefined) next = earliest(next, oldest.at + this.settings.maxDelayMs);
+      }
     }
     return next;
   }

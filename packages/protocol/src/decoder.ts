@@ -201,6 +201,9 @@ function parseBody(type: number, body: Uint8Array): Frame {
     case FrameType.Data:
       if (body.length < 4) bad("bad-length", `DATA body of ${body.length} bytes has no flow id`);
       return { type, flowId: flowIdOf("DATA", body), payload: body.subarray(4) };
+    case FrameType.Sdata:
+      if (body.length < 8) bad("bad-length", `SDATA body of ${body.length} bytes has no flow id and sequence number`);
+      return { type, flowId: flowIdOf("SDATA", body), seq: readU32(body, 4), payload: body.subarray(8) };
     case FrameType.Ping:
       expectLength("PING", body, 8);
       return { type, payload: body };
@@ -255,6 +258,11 @@ function parseBody(type: number, body: Uint8Array): Frame {
     case FrameType.Auth: {
       const { proof, token, end } = proofAndToken("AUTH", body);
       expectLength("AUTH", body, end);
+      return { type, proof, token };
+    }
+    case FrameType.Join: {
+      const { proof, token, end } = proofAndToken("JOIN", body);
+      expectLength("JOIN", body, end);
       return { type, proof, token };
     }
     case FrameType.Accept: {

@@ -20,14 +20,25 @@ export const FrameType = {
   Close: 0x04,
   Ping: 0x05,
   Pong: 0x06,
+  /** Dialer → acceptor instead of AUTH: this connection joins an open session as another lane (§16). */
+  Join: 0x08,
   FlowOpen: 0x10,
   FlowClose: 0x11,
   Data: 0x12,
+  /** DATA with a per-flow sequence number, for redundancy: the receiving side drops duplicates (§17). */
+  Sdata: 0x14,
 } as const;
 export type FrameType = (typeof FrameType)[keyof typeof FrameType];
 
 /** Types 0x80..0xFF are extensions: a peer that does not know one skips it (room to grow). */
 export const FIRST_EXTENSION_TYPE = 0x80;
+
+/**
+ * PAD: the first extension type, defined as "ignore me" (any body, usually empty). Sent as the
+ * tail-loss nudge (PROTOCOL.md §10.1). Every conforming peer skips extension frames, so it needs no
+ * capability: a peer of an earlier version skips it too.
+ */
+export const PAD_TYPE = 0x80;
 
 /** Which side listens for UDP clients. Independent of who dials TCP. */
 export const Role = { Receiver: 1, Sender: 2 } as const;
@@ -45,6 +56,12 @@ export type AuthMode = (typeof AuthMode)[keyof typeof AuthMode];
 export const Capability = {
   /** Flows survive a reconnect that presents the previous session's token. */
   Resume: 1 << 0,
+  /** A session may hold several connections (lanes): later ones JOIN the session of the first (§16). */
+  Lanes: 1 << 1,
+  /** Understands SDATA (sequenced DATA) and drops duplicate copies (§17). */
+  Sequenced: 1 << 2,
+  /** A request: send every datagram on two lanes, as this side does (§17). */
+  Redundant: 1 << 3,
 } as const;
 
 /** Why a connection ends (CLOSE frame). */
@@ -121,6 +138,8 @@ export type Frame =
     }
   /** `proof`: HMAC (secret mode) or Ed25519 signature (key mode) over the handshake transcript. */
   | { type: typeof FrameType.Auth; proof: Uint8Array; token: Uint8Array }
+  /** `proof`: over the join transcript (PROTOCOL.md §16.1); `token`: the session joined. */
+  | { type: typeof FrameType.Join; proof: Uint8Array; token: Uint8Array }
   | { type: typeof FrameType.Accept; proof: Uint8Array; token: Uint8Array; resumed: boolean }
   | { type: typeof FrameType.Close; code: number; message: string }
   | { type: typeof FrameType.Ping; payload: Uint8Array }
@@ -128,6 +147,7 @@ export type Frame =
   | { type: typeof FrameType.FlowOpen; flowId: number; mappingId: number; client: WireAddress }
   | { type: typeof FrameType.FlowClose; flowId: number; reason: number }
   | { type: typeof FrameType.Data; flowId: number; payload: Uint8Array }
+  | { type: typeof FrameType.Sdata; flowId: number; seq: number; payload: Uint8Array }
   /** An extension frame (type 0x80..0xFF) this version does not interpret. */
   | { type: "extension"; extensionType: number; body: Uint8Array };
 
@@ -142,6 +162,7 @@ export function maxBodyLength(type: number): number | undefined {
         1 + 1 + 4 + NONCE_SIZE + 1 + PUBLIC_KEY_SIZE + 1 + MAX_MAPPINGS * (1 + MAX_MAPPING_NAME) + 1 + MAX_AGENT_LENGTH
       );
     case FrameType.Auth:
+    case FrameType.Join:
       return 1 + SIGNATURE_SIZE + 1 + TOKEN_SIZE;
     case FrameType.Accept:
       return 1 + SIGNATURE_SIZE + 1 + TOKEN_SIZE + 1;
@@ -156,6 +177,8 @@ export function maxBodyLength(type: number): number | undefined {
       return 5;
     case FrameType.Data:
       return 4 + MAX_DATAGRAM;
+    case FrameType.Sdata:
+      return 8 + MAX_DATAGRAM;
     default:
       return type >= FIRST_EXTENSION_TYPE ? MAX_DATAGRAM : undefined;
   }
@@ -168,9 +191,11 @@ export const FRAME_TYPE_NAMES: Record<number, string> = {
   [FrameType.Close]: "CLOSE",
   [FrameType.Ping]: "PING",
   [FrameType.Pong]: "PONG",
+  [FrameType.Join]: "JOIN",
   [FrameType.FlowOpen]: "FLOW_OPEN",
   [FrameType.FlowClose]: "FLOW_CLOSE",
   [FrameType.Data]: "DATA",
+  [FrameType.Sdata]: "SDATA",
 };
 
 export const CLOSE_CODE_NAMES: Record<number, string> = {

@@ -31,9 +31,11 @@ export {
   type DropReason,
   type Drops,
   type FlowCounters,
+  type LaneTotals,
   type MappingStats,
   type Stats,
   zeroDrops,
+  zeroLaneTotals,
 } from "./stats.js";
 export { PEER_TEXT_MAX, peerText, peerWord, printable } from "./text.js";
 export { encodeFrame, FrameWriter } from "./writer.js";

@@ -59,6 +59,7 @@ const TRANSITIONS: Record<LinkEvent, { from: readonly LinkState[]; to: LinkState
 
 const DIALER_LABEL = utf8("mcudpt/1 dialer proof");
 const ACCEPTOR_LABEL = utf8("mcudpt/1 acceptor proof");
+const JOIN_LABEL = utf8("mcudpt/1 lane join");
 
 export class Link {
   private current: LinkState = "hello";
@@ -72,6 +73,10 @@ export class Link {
   handshakeDeadline: number | undefined;
   lastReceived: number;
   nextPingAt = Number.POSITIVE_INFINITY;
+  /** When to send the tail-loss nudge (PAD) if nothing else is written first; Infinity when none is due. */
+  nudgeAt = Number.POSITIVE_INFINITY;
+  /** Traffic of this connection (one lane of the session), for status and metrics. */
+  readonly counters = { datagramsSent: 0, datagramsReceived: 0, nudgesSent: 0 };
   rttMs: number | undefined;
   /** The transport reported backpressure: keep bytes here (bounded) until it drains. */
   blocked = false;
@@ -86,6 +91,13 @@ export class Link {
    * both HELLOs); set once the peer's HELLO is checked.
    */
   mappingPairs: number[] = [];
+  /**
+   * While the transport is backed up: when DATA was queued, and how many untaken bytes there were
+   * then (oldest first), so that what waited past --max-delay can be dropped (§10).
+   */
+  queueMarks: Array<{ at: number; length: number }> = [];
+  /** Dialer: this connection sent JOIN (another lane of the open session), not AUTH. */
+  joining = false;
 
   constructor(
     readonly id: number,
@@ -172,6 +184,45 @@ export class Link {
     return "secret" in credentials
       ? crypto.hmacSha256(credentials.secret, transcript)
       : credentials.identity.sign(transcript);
+  }
+
+  /**
+   * The join transcript (PROTOCOL.md §16.1): this connection's two HELLOs (fresh nonces: a recorded
+   * JOIN is useless on another connection), the session token, and the session's binding — the
+   * acceptor's proof in the ACCEPT that started the session, which only the two ends of that
+   * handshake (and whoever watched it) ever saw. A proof for another session, or one made without
+   * this session's first handshake, does not verify.
+   */
+  private joinTranscript(token: Uint8Array, binding: Uint8Array): Uint8Array {
+    const peerHello = this.peerHello as HelloFrame;
+    const acceptorHello = this.side === "acceptor" ? this.localHello : peerHello;
+    const dialerHello = this.side === "dialer" ? this.localHello : peerHello;
+    return concatBytes(JOIN_LABEL, encodeFrame(acceptorHello), encodeFrame(dialerHello), token, binding);
+  }
+
+  /** The dialer's JOIN proof: HMAC with the shared secret, or a signature with its key. */
+  proveJoin(crypto: CryptoProvider, token: Uint8Array, binding: Uint8Array): Uint8Array {
+    const transcript = this.joinTranscript(token, binding);
+    const credentials = this.credentials;
+    return "secret" in credentials
+      ? crypto.hmacSha256(credentials.secret, transcript)
+      : credentials.identity.sign(transcript);
+  }
+
+  /** The acceptor checks a JOIN proof against the secret, or the key the session was admitted with. */
+  verifyJoin(
+    crypto: CryptoProvider,
+    proof: Uint8Array,
+    token: Uint8Array,
+    binding: Uint8Array,
+    sessionKey: Uint8Array,
+  ): boolean {
+    const transcript = this.joinTranscript(token, binding);
+    const credentials = this.credentials;
+    if ("secret" in credentials) return bytesEqual(crypto.hmacSha256(credentials.secret, transcript), proof);
+    const key = this.peerKey;
+    if (key.length !== PUBLIC_KEY_SIZE || proof.length !== SIGNATURE_SIZE || !bytesEqual(key, sessionKey)) return false;
+    return crypto.verifyEd25519(key, transcript, proof);
   }
 
   /** Checks the peer's proof (against the shared secret, or the key its HELLO announced). */

@@ -13,8 +13,9 @@ import { type FlowBase, Flows } from "./flows.js";
 import { FlowCloseReason, type Frame, FrameType, type Role } from "./frames.js";
 import type { CryptoProvider, Link } from "./link.js";
 import { LogThrottle, OutputQueue } from "./outputs.js";
-import { Session } from "./session.js";
-import { Counters, type MappingStats, type Stats } from "./stats.js";
+import { DuplicateWindow } from "./dedupe.js";
+import { type Laned, Session } from "./session.js";
+import { Counters, type LaneTotals, type MappingStats, type Stats } from "./stats.js";
 
 export interface RolePolicy<F> {
   /** A frame of an open connection that only the role understands (DATA, FLOW_OPEN). */
@@ -44,16 +45,18 @@ export class MachineCore<F extends FlowBase, O extends { kind: string }> {
     this.settings = settingsOf(config);
     this.counters = new Counters(this.settings.mappingNames);
     const flows = (): Flows<F> => this.flows;
-    this.session = new Session(role, this.settings, crypto, this.counters.stats, this.out, {
-      frame: (link, frame, now) =>
+    const owner = {
+      frame: (link: Link, frame: Frame, now: number) =>
         frame.type === FrameType.FlowClose
           ? flows().closedByPeer(frame.flowId, frame.reason)
           : policy.frame(link, frame, now),
       dropAllFlows: () => flows().dropAll(),
+      stale: (flowId: number) => flows().droppedOutside("stale", { flowId }),
       get flowCount() {
         return flows().size;
       },
-    });
+    };
+    this.session = new Session(role, this.settings, crypto, this.counters.stats, this.out, owner, this.counters.lanes);
     const host = {
       release: (flow: F) => policy.release(flow),
       describe: (flow: F) => policy.describe(flow),
@@ -75,7 +78,23 @@ export class MachineCore<F extends FlowBase, O extends { kind: string }> {
       return undefined;
     }
     this.flows.touch(flow, now);
+    link.counters.datagramsReceived++;
     return flow;
+  }
+
+  /**
+   * Whether an SDATA copy of `flow` with number `seq` is the first to arrive (deliver it) or a
+   * duplicate or a copy behind the window (dropped and counted, §17). The flow is answered the same
+   * way from now on.
+   */
+  protected firstCopy(flow: F & Laned, seq: number): boolean {
+    flow.mirror = true;
+    flow.rx ??= new DuplicateWindow();
+    const verdict = flow.rx.check(seq);
+    if (verdict === "new") return true;
+    if (verdict === "duplicate") this.counters.lanes.duplicatesSuppressed++;
+    else this.counters.lanes.lateCopies++;
+    return false;
   }
 
   /**
@@ -92,6 +111,11 @@ export class MachineCore<F extends FlowBase, O extends { kind: string }> {
 
   get stats(): Stats {
     return this.counters.stats;
+  }
+
+  /** Nudges, lanes, redundancy: totals over the session's connections (per lane: session.lanes()). */
+  get laneTotals(): LaneTotals {
+    return this.counters.lanes;
   }
 
   /** Per-mapping counters, by this side's mapping index. */

@@ -15,6 +15,8 @@ export interface MappingConfig {
   idleTimeoutMs?: number;
   /** Flow limit for this mapping (default: the endpoint's). */
   maxFlows?: number;
+  /** Send this mapping's datagrams on two lanes (§17), as `redundant` does for every mapping. */
+  redundant?: boolean;
 }
 
 /** For each receiver mapping id, the sender's mapping index; throws `mapping-mismatch`. */

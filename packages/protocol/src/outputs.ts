@@ -3,6 +3,8 @@
  * (ReceiverOutput, SenderOutput), so a host's switch is exhaustive without casts.
  */
 import type { WireAddress } from "./frames.js";
+import type { DuplicateWindow } from "./dedupe.js";
+import type { Link } from "./link.js";
 import type { FlowCounters } from "./stats.js";
 
 export type LogLevel = "debug" | "info" | "warn" | "error";
@@ -23,6 +25,13 @@ export interface ClientFlow extends FlowCounters {
    */
   replyBudget: number;
   replyDatagrams: number;
+  /** The connection (lane) its datagrams go out on (§16.3). */
+  lane?: Link;
+  /** Redundancy (§17): last sequence number sent, the duplicate window, answer in kind, lanes announced on. */
+  txSeq?: number;
+  rx?: DuplicateWindow;
+  mirror?: boolean;
+  announcedOn?: Link[];
 }
 
 /** Outputs of the connection side, the same for both roles. */
@@ -35,10 +44,11 @@ export type ConnectionOutput =
    */
   | { kind: "close-connection"; conn: number; code: number; byPeer: boolean }
   /**
-   * The peer that dialed in on `conn` proved it holds `publicKey` (key mode). Decide whether to admit
-   * it (authorized keys, known keys, the operator) and call approve(), now or later.
+   * The peer that dialed in on `conn` (from IP address `source`) proved it holds `publicKey` (key
+   * mode). Decide whether to admit it (authorized keys, known keys, the operator) and call approve(),
+   * now or later.
    */
-  | { kind: "authorize-peer"; conn: number; peer: string; publicKey: Uint8Array }
+  | { kind: "authorize-peer"; conn: number; peer: string; source: string; publicKey: Uint8Array }
   /** The connection that waited for a decision went away (or the peer refused us): stop asking. */
   | { kind: "authorization-withdrawn"; conn: number; why: string }
   /** The peer on `conn` passed the handshake. */

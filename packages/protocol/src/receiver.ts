@@ -12,6 +12,7 @@ import { FlowCloseReason, type Frame, FrameType, HEADER_SIZE, MAX_DATAGRAM, Prot
 import type { CryptoProvider, Link } from "./link.js";
 import type { ClientFlow, ReceiverOutput } from "./outputs.js";
 import { SourceRateLimiter } from "./rate-limit.js";
+import type { Laned } from "./session.js";
 import { zeroCounters } from "./stats.js";
 
 export interface ReceiverConfig extends CommonConfig {
@@ -71,8 +72,8 @@ export class ReceiverMachine extends MachineCore<ClientFlow, ReceiverOutput> {
     counters.received(mappingId, payload.length);
     // A link already closed (CLOSE sent or received, keepalive timeout) but not yet reported
     // disconnected takes nothing more: frames after a CLOSE are never read.
-    const link = this.session.openLink;
-    if (link === undefined) {
+    const first = this.session.openLink;
+    if (first === undefined) {
       counters.dropped("no-sender", mappingId);
       this.throttle.note("no-sender", now, (n) => `dropped ${n} datagram(s) from clients: no sender connected`);
       return;
@@ -93,6 +94,8 @@ export class ReceiverMachine extends MachineCore<ClientFlow, ReceiverOutput> {
         );
         return;
       }
+      const lane: Laned = {};
+      const link = (this.session.laneFor(lane) as { link: Link }).link;
       // FLOW_OPEN (and an eviction's FLOW_CLOSE) count against the buffer bound too, so a flood of new
       // source addresses cannot grow the buffer of a blocked connection.
       if (!this.hasRoom(link, NEW_FLOW_OVERHEAD + DATA_OVERHEAD + payload.length, mappingId)) return;
@@ -104,11 +107,39 @@ export class ReceiverMachine extends MachineCore<ClientFlow, ReceiverOutput> {
       flow.replyBudget = Number.POSITIVE_INFINITY;
       flow.replyDatagrams = Number.POSITIVE_INFINITY;
       this.flows.touch(flow, now);
-      if (!this.hasRoom(link, DATA_OVERHEAD + payload.length, mappingId, flow)) return;
     }
+    const out = this.session.sendLanes(flow, mappingId, payload.length) as { links: Link[]; moved: boolean };
+    const [primary, second] = out.links;
+    // Its lane closed or stalled: announce the flow on the new lane before its data (the FLOW_OPEN
+    // on the old one may never have arrived); the sender keeps a flow it already has (§16.3). A
+    // second copy's lane must know the flow too.
+    const announce = (link: Link, again: boolean) => {
+      if (!again) return 0;
+      link.writer.flowOpen(flow.id, flow.mappingId, flow);
+      return NEW_FLOW_OVERHEAD;
+    };
+    const secondNew = second !== undefined && second !== flow.lane && !(flow.announcedOn ?? []).includes(second);
+    const extra = (second ? 4 : 0) + (out.moved ? NEW_FLOW_OVERHEAD : 0);
+    if (!this.hasRoom(primary, DATA_OVERHEAD + extra + payload.length, mappingId, flow)) return;
+    announce(primary, out.moved);
     counters.forwarded(flow, payload.length);
-    link.writer.data(flow.id, payload);
-    this.session.connections.notify(link);
+    if (second === undefined) {
+      primary.writer.data(flow.id, payload);
+    } else {
+      const seq = (flow.txSeq = ((flow.txSeq ?? -1) + 1) >>> 0);
+      primary.writer.sdata(flow.id, seq, payload);
+      if (this.hasRoom(second, DATA_OVERHEAD + 4 + payload.length + (secondNew ? NEW_FLOW_OVERHEAD : 0), mappingId)) {
+        if (secondNew) {
+          announce(second, true);
+          flow.announcedOn = [...(flow.announcedOn ?? []).filter((l) => l.state === "open"), second];
+        }
+        second.writer.sdata(flow.id, seq, payload);
+        second.counters.datagramsSent++;
+        this.session.connections.queued(second, now);
+      }
+    }
+    primary.counters.datagramsSent++;
+    this.session.connections.queued(primary, now);
   }
 
   private openFlow(
@@ -139,6 +170,7 @@ export class ReceiverMachine extends MachineCore<ClientFlow, ReceiverOutput> {
       replyDatagrams: limit > 0 ? limit : Number.POSITIVE_INFINITY,
       ...zeroCounters(),
     };
+    flow.lane = link;
     this.flows.add(flow);
     this.flowsByKey.set(key, flow);
     link.writer.flowOpen(flow.id, flow.mappingId, flow);
@@ -157,10 +189,12 @@ export class ReceiverMachine extends MachineCore<ClientFlow, ReceiverOutput> {
   private onFrame(link: Link, frame: Frame, now: number): void {
     if (frame.type === FrameType.FlowOpen)
       throw new ProtocolError("unexpected-frame", "the sender may not open flows (FLOW_OPEN is receiver-only)");
-    if (frame.type !== FrameType.Data) return;
+    if (frame.type !== FrameType.Data && frame.type !== FrameType.Sdata) return;
     // Only ever to a client that opened the flow: a forged id reaches no one (no reflection).
     const flow = this.dataFlow(link, frame.flowId, now);
-    if (flow === undefined || !this.withinBudget(flow, frame.payload.length, now)) return;
+    if (flow === undefined) return;
+    if (frame.type === FrameType.Sdata && !this.firstCopy(flow, frame.seq)) return;
+    if (!this.withinBudget(flow, frame.payload.length, now)) return;
     this.counters.sent(flow, frame.payload.length);
     this.out.push({ kind: "send-to-client", flow, payload: frame.payload });
   }

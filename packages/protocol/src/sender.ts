@@ -5,6 +5,7 @@
  * default) or accepts it (ssh -L) is the session's business.
  */
 import type { CommonConfig } from "./config.js";
+import type { DuplicateWindow } from "./dedupe.js";
 import { FlowCloseReason, type Frame, FrameType, HEADER_SIZE, Role, type WireAddress } from "./frames.js";
 import type { CryptoProvider, Link } from "./link.js";
 import { MachineCore, type RolePolicy } from "./machine-core.js";
@@ -19,6 +20,11 @@ export interface TargetFlow extends FlowCounters {
   readonly mappingId: number;
   readonly client: WireAddress;
   lastActive: number;
+  /** The connection (lane) its datagrams go out on (§16.3). */
+  lane?: Link;
+  txSeq?: number;
+  rx?: DuplicateWindow;
+  mirror?: boolean;
 }
 
 const DATA_OVERHEAD = HEADER_SIZE + 4;
@@ -44,15 +50,28 @@ export class SenderMachine extends MachineCore<TargetFlow, SenderOutput> {
     }
     this.counters.received(flow.mappingId, payload.length);
     this.flows.touch(flow, now);
-    const link = this.session.openLink;
-    if (link === undefined) {
+    const out = this.session.sendLanes(flow, flow.mappingId, payload.length);
+    if (out === undefined) {
       this.counters.dropped("not-connected", flow.mappingId, flow);
       return;
     }
-    if (!this.hasRoom(link, DATA_OVERHEAD + payload.length, flow.mappingId, flow)) return;
+    const [link, second] = out.links;
+    if (!this.hasRoom(link, DATA_OVERHEAD + (second ? 4 : 0) + payload.length, flow.mappingId, flow)) return;
     this.counters.forwarded(flow, payload.length);
-    link.writer.data(flowId, payload);
-    this.session.connections.notify(link);
+    if (second === undefined) {
+      link.writer.data(flowId, payload);
+    } else {
+      // Redundancy (§17): the same datagram, numbered, on two lanes; the receiver keeps the first.
+      const seq = (flow.txSeq = ((flow.txSeq ?? -1) + 1) >>> 0);
+      link.writer.sdata(flowId, seq, payload);
+      if (this.hasRoom(second, DATA_OVERHEAD + 4 + payload.length, flow.mappingId)) {
+        second.writer.sdata(flowId, seq, payload);
+        second.counters.datagramsSent++;
+        this.session.connections.queued(second, now);
+      }
+    }
+    link.counters.datagramsSent++;
+    this.session.connections.queued(link, now);
   }
 
   /**
@@ -76,9 +95,10 @@ export class SenderMachine extends MachineCore<TargetFlow, SenderOutput> {
   }
 
   private onFrame(link: Link, frame: Frame, now: number): void {
-    if (frame.type === FrameType.Data) {
+    if (frame.type === FrameType.Data || frame.type === FrameType.Sdata) {
       const flow = this.dataFlow(link, frame.flowId, now);
       if (flow === undefined) return;
+      if (frame.type === FrameType.Sdata && !this.firstCopy(flow, frame.seq)) return;
       this.counters.sent(flow, frame.payload.length);
       this.out.push({ kind: "send-to-target", flowId: flow.id, payload: frame.payload });
       return;
@@ -94,10 +114,17 @@ export class SenderMachine extends MachineCore<TargetFlow, SenderOutput> {
       return;
     }
     const existing = this.flows.get(frame.flowId);
+    // The receiver re-announces a flow on the lane it moved to (§16.3): the same flow, kept as it is.
+    if (existing && existing.mappingId === mappingId && sameAddress(existing.client, frame.client)) return;
     if (existing) this.flows.close(existing, FlowCloseReason.Closed, false);
     this.flows.makeRoom(mappingId, now, FlowCloseReason.Evicted);
     const client = { ...frame.client };
-    this.flows.add({ id: frame.flowId, mappingId, client, lastActive: now, ...zeroCounters() });
+    // Replies go back on the lane the flow was opened on, while it lasts.
+    this.flows.add({ id: frame.flowId, mappingId, client, lastActive: now, lane: link, ...zeroCounters() });
     this.out.push({ kind: "open-flow-socket", flowId: frame.flowId, mappingId, client });
   }
+}
+
+function sameAddress(a: WireAddress, b: WireAddress): boolean {
+  return a.family === b.family && a.port === b.port && a.address === b.address;
 }

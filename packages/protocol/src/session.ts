@@ -16,11 +16,44 @@ import type { Settings } from "./config.js";
 import { type LinkIo, LinkTable } from "./connections.js";
 import { acceptorHelloStep, checkPeerHello, flows, unexpected } from "./handshake.js";
 import { Capability, CloseCode, type Frame, FrameType, ProtocolError, Role, TOKEN_SIZE } from "./frames.js";
+import type { DuplicateWindow } from "./dedupe.js";
 import type { CryptoProvider, Link } from "./link.js";
 import type { OutputSink } from "./outputs.js";
-import type { Stats } from "./stats.js";
+import type { LaneTotals, Stats } from "./stats.js";
 
-const CAPABILITIES = Capability.Resume;
+/** What this side announces: Resume always; Lanes when it would use them (dialing several, or accepting several). */
+function capabilitiesOf(settings: Settings, side: "acceptor" | "dialer"): number {
+  const lanes = side === "dialer" ? settings.lanes > 1 : settings.maxLanes > 1;
+  // Sequenced (SDATA) and Redundant only matter with lanes: a side without them announces Resume alone.
+  if (!lanes) return Capability.Resume;
+  return Capability.Resume | Capability.Lanes | Capability.Sequenced | (settings.redundant ? Capability.Redundant : 0);
+}
+
+/** One lane of the session, for status lines and metrics. */
+export interface LaneInfo {
+  readonly conn: number;
+  readonly peer: string;
+  readonly open: boolean;
+  /** The transport is backed up: new datagrams go to another lane while one is free. */
+  readonly stalled: boolean;
+  readonly rttMs: number | undefined;
+  readonly datagramsSent: number;
+  readonly datagramsReceived: number;
+  readonly nudgesSent: number;
+}
+
+/** What a flow keeps of its lanes: the connection its datagrams go out on, and redundancy (§17). */
+export interface Laned {
+  lane?: Link;
+  /** Sequence number of the last SDATA sent (u32, wraps). */
+  txSeq?: number;
+  /** Duplicate window for the SDATA received. */
+  rx?: DuplicateWindow;
+  /** The peer sends this flow redundantly: answer it the same way. */
+  mirror?: boolean;
+  /** Receiver: lanes this flow was announced on (FLOW_OPEN) besides its own. */
+  announcedOn?: Link[];
+}
 
 /** What the session needs from the machine that owns it: its flows. */
 export interface SessionOwner {
@@ -29,6 +62,8 @@ export interface SessionOwner {
   /** The peer's flows are gone: a new session started (not a resume), or the old one ended for good. */
   dropAllFlows(): void;
   readonly flowCount: number;
+  /** A queued datagram of flow `flowId` was dropped for waiting too long (--max-delay). */
+  stale(flowId: number): void;
 }
 
 interface PeerSession {
@@ -40,13 +75,20 @@ interface PeerSession {
   links: Link[];
   /** When the last connection was lost; flows are kept until lostAt + resumeGraceMs. */
   lostAt: number | undefined;
+  /**
+   * The acceptor's proof in the ACCEPT that started the session (not a resumed one): what a JOIN
+   * proof is bound to (§16.1).
+   */
+  binding: Uint8Array;
 }
 
 export class Session implements LinkIo {
   readonly connections: LinkTable;
   private peer: PeerSession | undefined;
-  /** The dialer's current connection attempt (one at a time). */
-  private dialing: Link | undefined;
+  /** The dialer's connection attempts still in their handshake. */
+  private readonly dialing = new Set<Link>();
+  /** Round-robin position for the next flow's lane. */
+  private nextLane = 0;
   /** What the other side is ("sender" or "receiver"), for log lines and reasons. */
   readonly peerName: string;
 
@@ -57,9 +99,10 @@ export class Session implements LinkIo {
     private readonly stats: Stats,
     private readonly out: OutputSink,
     private readonly owner: SessionOwner,
+    private readonly totals: LaneTotals,
   ) {
     this.peerName = role === Role.Receiver ? "sender" : "receiver";
-    this.connections = new LinkTable(settings, stats, out, this);
+    this.connections = new LinkTable(settings, stats, out, this, totals);
   }
 
   /** True while an admitted peer is connected. */
@@ -102,10 +145,104 @@ export class Session implements LinkIo {
     this.connections.notify(link);
   }
 
-  /** The connection data goes out on: the session's first open one. */
+  /**
+   * Where the connection side stands, for status displays: "open" (a peer is admitted), "waiting"
+   * (this dialer proved itself and waits for the acceptor's decision, perhaps its operator's),
+   * "connecting" (a handshake is under way), or "down".
+   */
+  get phase(): "open" | "waiting" | "connecting" | "down" {
+    if (this.openLink) return "open";
+    for (const link of this.dialing) {
+      if (link.state === "auth" && link.handshakeDeadline === undefined) return "waiting";
+    }
+    return this.connections.pendingCount("").pending > 0 ? "connecting" : "down";
+  }
+
+  /** The session's first open connection (control frames that belong to no flow go there). */
   get openLink(): Link | undefined {
     for (const link of this.peer?.links ?? []) if (link.state === "open") return link;
     return undefined;
+  }
+
+  /** The session's open connections (lanes), in the order they opened. */
+  openLanes(): Link[] {
+    return (this.peer?.links ?? []).filter((link) => link.state === "open");
+  }
+
+  /** Lanes the dialer keeps (settings.lanes); the acceptor takes up to settings.maxLanes. */
+  get lanesWanted(): number {
+    return this.settings.lanes;
+  }
+
+  /** Every connection of the session, for status lines and metrics. */
+  lanes(): LaneInfo[] {
+    return (this.peer?.links ?? []).map((link) => ({
+      conn: link.id,
+      peer: link.peer,
+      open: link.state === "open",
+      stalled: link.blocked,
+      rttMs: link.rttMs,
+      datagramsSent: link.counters.datagramsSent,
+      datagramsReceived: link.counters.datagramsReceived,
+      nudgesSent: link.counters.nudgesSent,
+    }));
+  }
+
+  /**
+   * The lanes a datagram of `flow` (mapping `mappingId`, `size` bytes) goes out on: its own lane and,
+   * when redundancy applies (§17) and another open lane speaks SDATA, a second one. Undefined when no
+   * lane is open.
+   */
+  sendLanes(flow: Laned, mappingId: number, size: number): { links: Link[]; moved: boolean } | undefined {
+    const chosen = this.laneFor(flow);
+    if (chosen === undefined) return undefined;
+    const link = chosen.link;
+    if (!this.redundancyFor(flow, mappingId, size) || (link.sharedCapabilities & Capability.Sequenced) === 0) {
+      return { links: [link], moved: chosen.moved };
+    }
+    const lanes = this.openLanes();
+    const start = lanes.indexOf(link);
+    for (let i = 1; i < lanes.length; i++) {
+      const other = lanes[(start + i) % lanes.length];
+      if (other.blocked || (other.sharedCapabilities & Capability.Sequenced) === 0) continue;
+      this.totals.redundantCopies++;
+      return { links: [link, other], moved: chosen.moved };
+    }
+    return { links: [link], moved: chosen.moved };
+  }
+
+  private redundancyFor(flow: Laned, mappingId: number, size: number): boolean {
+    const s = this.settings;
+    if (size > s.redundantMaxBytes) return false;
+    if (s.redundant || flow.mirror || s.mappings[mappingId]?.redundant) return true;
+    // The peer asked for it (its HELLO set Redundant).
+    for (const link of this.peer?.links ?? []) {
+      if (link.state === "open" && ((link.peerHello?.capabilities ?? 0) & Capability.Redundant) !== 0) return true;
+    }
+    return false;
+  }
+
+  /**
+   * The lane `flow`'s datagrams go out on (§16.3): the one it has while that is open and not backed
+   * up, so its order is kept; else the next open lane, round robin (a backed-up lane only when every
+   * lane is). `moved` says the flow had another lane before (the receiver re-announces FLOW_OPEN).
+   * Undefined when no lane is open.
+   */
+  laneFor(flow: Laned): { link: Link; moved: boolean } | undefined {
+    const current = flow.lane;
+    if (current !== undefined && current.state === "open" && !current.blocked) return { link: current, moved: false };
+    const lanes = this.openLanes();
+    if (lanes.length === 0) return undefined;
+    if (current !== undefined && current.state === "open" && lanes.every((lane) => lane.blocked)) {
+      return { link: current, moved: false };
+    }
+    const free = lanes.filter((lane) => !lane.blocked);
+    const pool = free.length > 0 ? free : lanes;
+    const link = pool[this.nextLane++ % pool.length];
+    const moved = current !== undefined && current !== link;
+    if (moved) this.totals.flowsMoved++;
+    flow.lane = link;
+    return { link, moved };
   }
 
   // ---- the accepting side ----
@@ -116,7 +253,15 @@ export class Session implements LinkIo {
    */
   accept(conn: number, peer: string, now: number, source = peer): void {
     const { pending, fromSource } = this.connections.pendingCount(source);
-    const link = this.connections.open(conn, peer, "acceptor", this.role, CAPABILITIES, now, this.crypto);
+    const link = this.connections.open(
+      conn,
+      peer,
+      "acceptor",
+      this.role,
+      capabilitiesOf(this.settings, "acceptor"),
+      now,
+      this.crypto,
+    );
     link.source = source;
     if (pending >= this.settings.maxPending) {
       this.stats.handshakeFailures++;
@@ -155,6 +300,9 @@ export class Session implements LinkIo {
 
   private acceptorHandshake(link: Link, frame: Frame, now: number): void {
     if (acceptorHelloStep(link, frame, this.settings, this.role)) return;
+    if (frame.type === FrameType.Join && (link.sharedCapabilities & Capability.Lanes) !== 0) {
+      return this.acceptJoin(link, frame.proof, frame.token, now);
+    }
     if (frame.type !== FrameType.Auth) throw unexpected(frame, "AUTH");
     link.offeredToken = frame.token.slice();
     if (!link.verifyPeer(this.crypto, frame.proof, frame.token)) {
@@ -173,7 +321,42 @@ export class Session implements LinkIo {
     // nothing about who is connected, and an unknown key is judged on its own.
     link.enter("ask-host");
     link.handshakeDeadline = undefined; // the host may ask a human: no deadline
-    this.out.push({ kind: "authorize-peer", conn: link.id, peer: link.peer, publicKey: link.peerKey });
+    const { id: conn, peer, source, peerKey: publicKey } = link;
+    this.out.push({ kind: "authorize-peer", conn, peer, source, publicKey });
+  }
+
+  /**
+   * JOIN (§16.1): another lane for the open session. It must name the session (token), prove the
+   * credentials over this connection's fresh HELLOs and the session's binding (in key mode, with the
+   * key the session was admitted with), and fit under maxLanes. Every refusal says the same to the
+   * peer as to a stranger: nothing about which sessions exist.
+   */
+  private acceptJoin(link: Link, proof: Uint8Array, token: Uint8Array, now: number): void {
+    const session = this.peer;
+    const named = session !== undefined && token.length === TOKEN_SIZE && bytesEqual(session.token, token);
+    if (!session || !named || !link.verifyJoin(this.crypto, proof, token, session.binding, session.peerKey)) {
+      this.stats.handshakeFailures++;
+      this.totals.joinsRefused++;
+      this.connections.fail(
+        link,
+        CloseCode.AuthFailed,
+        "cannot join: unknown session, or a proof that does not verify",
+      );
+      return;
+    }
+    const open = session.links.filter((other) => other.state === "open").length;
+    if (open >= this.settings.maxLanes) {
+      this.stats.handshakeFailures++;
+      this.totals.joinsRefused++;
+      this.connections.fail(link, CloseCode.Busy, `the session has ${open} lanes, the most this side takes`);
+      return;
+    }
+    link.offeredToken = token.slice();
+    session.links.push(link);
+    session.lostAt = undefined;
+    this.totals.lanesJoined++;
+    link.writer.accept(link.prove(this.crypto, session.token, true), session.token, true);
+    this.opened(link, now, true, true);
   }
 
   private canResume(link: Link): boolean {
@@ -220,21 +403,32 @@ export class Session implements LinkIo {
         peerKey: link.peerKey,
         links: [link],
         lostAt: undefined,
+        binding: new Uint8Array(0),
       };
     }
     const token = this.peer.token;
-    link.writer.accept(link.prove(this.crypto, token, resumed), token, resumed);
+    const proof = link.prove(this.crypto, token, resumed);
+    if (!resumed) this.peer.binding = proof;
+    link.writer.accept(proof, token, resumed);
     this.opened(link, now, resumed);
   }
 
   // ---- the dialing side ----
 
-  /** The TCP connection to the peer is up (one attempt at a time). */
+  /**
+   * The TCP connection to the peer is up. Several may be (lanes): while the session has an open
+   * lane, a new connection joins it (JOIN); otherwise it authenticates (AUTH, offering the token).
+   */
   dial(conn: number, peer: string, now: number): void {
-    if (this.dialing && this.dialing.state !== "closed") {
-      throw new Error("dial: the previous connection was not reported disconnected");
+    if (this.connections.get(conn) !== undefined) throw new Error(`dial: connection ${conn} is already known`);
+    if (this.connections.count((link) => link.side === "dialer") >= this.settings.lanes) {
+      const lanes = this.settings.lanes;
+      throw new Error(
+        `dial: ${lanes === 1 ? "the previous connection was" : `${lanes} connections were`} not reported disconnected`,
+      );
     }
-    this.dialing = this.connections.open(conn, peer, "dialer", this.role, CAPABILITIES, now, this.crypto);
+    const capabilities = capabilitiesOf(this.settings, "dialer");
+    this.dialing.add(this.connections.open(conn, peer, "dialer", this.role, capabilities, now, this.crypto));
   }
 
   private dialerHandshake(link: Link, frame: Frame, now: number): void {
@@ -252,14 +446,34 @@ export class Session implements LinkIo {
     if (frame.resumed && link.offeredToken.length === 0) {
       throw new ProtocolError("bad-resume", "ACCEPT claims a resumed session that was never offered");
     }
+    this.dialing.delete(link);
+    if (link.joining) return this.joined(link, frame.token, frame.resumed, now);
     if (!frame.resumed) {
       const count = this.owner.flowCount;
       if (count > 0)
         this.out.log("info", `the ${this.peerName} started a new session: closing ${flows(count)} of the old one`);
       this.owner.dropAllFlows();
     }
-    this.peer = { token: frame.token.slice(), peerKey: link.peerKey, links: [link], lostAt: undefined };
+    const previous = this.peer;
+    // A resumed session keeps its binding; a new one is bound to this ACCEPT's proof.
+    const binding = frame.resumed && previous ? previous.binding : frame.proof.slice();
+    // The acceptor replaced every other lane of ours (§7); they are closing.
+    for (const other of previous?.links ?? [])
+      if (other !== link) this.connections.close(other, CloseCode.Replaced, "");
+    this.peer = { token: frame.token.slice(), peerKey: link.peerKey, links: [link], lostAt: undefined, binding };
     this.opened(link, now, frame.resumed);
+  }
+
+  /** Dialer: the acceptor took this connection as another lane of the session. */
+  private joined(link: Link, token: Uint8Array, resumed: boolean, now: number): void {
+    const session = this.peer;
+    if (!resumed || !session || !bytesEqual(session.token, token)) {
+      throw new ProtocolError("bad-join", "ACCEPT of a JOIN names another session, or a new one");
+    }
+    session.links.push(link);
+    session.lostAt = undefined;
+    this.totals.lanesJoined++;
+    this.opened(link, now, true, true);
   }
 
   /** The acceptor's HELLO: its key is checked against the pin before this side proves anything. */
@@ -268,9 +482,22 @@ export class Session implements LinkIo {
     link.enter("peer-hello");
     if (this.refuseKey(link, false)) return;
     const session = this.peer;
-    const resume = (link.sharedCapabilities & Capability.Resume) !== 0 && session !== undefined;
-    link.offeredToken = resume ? session.token : new Uint8Array(0);
-    link.writer.auth(link.prove(this.crypto, link.offeredToken), link.offeredToken);
+    const lanes = (link.sharedCapabilities & Capability.Lanes) !== 0;
+    const live = session !== undefined && session.links.some((other) => other.state === "open");
+    if (live && !lanes) {
+      // An acceptor that takes one connection per session: AUTH would replace the open lane.
+      this.connections.close(link, CloseCode.Busy, "this side keeps one connection: the peer takes no lanes");
+      return;
+    }
+    if (live && session !== undefined) {
+      link.joining = true;
+      link.offeredToken = session.token;
+      link.writer.join(link.proveJoin(this.crypto, session.token, session.binding), session.token);
+    } else {
+      const resume = (link.sharedCapabilities & Capability.Resume) !== 0 && session !== undefined;
+      link.offeredToken = resume ? session.token : new Uint8Array(0);
+      link.writer.auth(link.prove(this.crypto, link.offeredToken), link.offeredToken);
+    }
     // In key mode the acceptor's operator may be asked about this key: wait as long as that takes.
     if (!this.settings.secretMode) link.handshakeDeadline = undefined;
   }
@@ -287,12 +514,14 @@ export class Session implements LinkIo {
 
   // ---- both ----
 
-  private opened(link: Link, now: number, resumed: boolean): void {
+  private opened(link: Link, now: number, resumed: boolean, lane = false): void {
     link.markOpen(now, this.settings.keepaliveMs);
     this.stats.accepted++;
     const name = this.peerName;
     const what = link.side === "acceptor" ? `${name} ${link.peer} accepted` : `accepted by ${name} ${link.peer}`;
-    this.out.log("info", `${what}${resumed ? ` (resumed ${flows(this.owner.flowCount)})` : ""}`);
+    const lanes = this.peer?.links.filter((other) => other.state === "open").length ?? 1;
+    const how = lane ? ` (lane ${lanes} of the session)` : resumed ? ` (resumed ${flows(this.owner.flowCount)})` : "";
+    this.out.log("info", `${what}${how}`);
     this.out.push({ kind: "accepted", conn: link.id, peer: link.peer, resumed });
     this.connections.notify(link);
   }
@@ -308,9 +537,14 @@ export class Session implements LinkIo {
     this.owner.frame(link, frame, now);
   }
 
+  /** LinkIo: a queued datagram waited too long. */
+  stale(flowId: number): void {
+    this.owner.stale(flowId);
+  }
+
   /** LinkIo: the connection is gone (reported by the host). */
   gone(link: Link, now: number): void {
-    if (this.dialing === link) this.dialing = undefined;
+    this.dialing.delete(link);
     const session = this.peer;
     // Only a connection of the session starts the grace period, including one already "closed"
     // (CLOSE received, keepalive timeout) before the host reported it. A failed attempt to reconnect
@@ -318,6 +552,7 @@ export class Session implements LinkIo {
     if (!session || !session.links.includes(link)) return;
     session.links = session.links.filter((other) => other !== link);
     if (session.links.length > 0) return;
+    this.stats.rttMs = undefined; // no connection, no round-trip time: a stale figure would mislead
     if (link.peerCloseCode === CloseCode.Normal) {
       // A deliberate goodbye (the peer shut down): nobody will resume this session.
       const count = this.owner.flowCount;

@@ -24,7 +24,9 @@ export type DropReason =
   /** Receiver: a reply to an unconfirmed client over --amplification-limit. */
   | "amplification"
   /** The kernel dropped datagrams at one of our sockets (its receive queue was full). */
-  | "kernel-queue";
+  | "kernel-queue"
+  /** Waited longer than --max-delay in a connection's send queue: dropped rather than delivered late. */
+  | "stale";
 
 export const DROP_REASONS: readonly DropReason[] = [
   "no-sender",
@@ -36,6 +38,7 @@ export const DROP_REASONS: readonly DropReason[] = [
   "rate-limited",
   "amplification",
   "kernel-queue",
+  "stale",
 ];
 
 export type Drops = Record<DropReason, number>;
@@ -99,7 +102,39 @@ export interface Stats {
   rttMs: number | undefined;
 }
 
+/**
+ * What the connections of a session do about loss and lanes (PROTOCOL.md §10.1, §16, §17), totals
+ * over every lane; the per-lane figures are Session.lanes().
+ */
+export interface LaneTotals {
+  /** PAD frames sent as tail-loss nudges. */
+  nudgesSent: number;
+  /** Second copies of a datagram (redundancy) recognised by their sequence number and dropped. */
+  duplicatesSuppressed: number;
+  /** Sequenced copies that arrived behind the duplicate window: dropped, never delivered (their twin may have been). */
+  lateCopies: number;
+  /** Extra copies this side sent (redundancy): one per datagram sent on two lanes. */
+  redundantCopies: number;
+  /** Flows moved to another lane because theirs closed or stalled. */
+  flowsMoved: number;
+  /** Lane connections that joined a session (after its first connection). */
+  lanesJoined: number;
+  /** Join attempts refused (wrong session, bad proof, too many lanes). */
+  joinsRefused: number;
+}
+
+export const zeroLaneTotals = (): LaneTotals => ({
+  nudgesSent: 0,
+  duplicatesSuppressed: 0,
+  lateCopies: 0,
+  redundantCopies: 0,
+  flowsMoved: 0,
+  lanesJoined: 0,
+  joinsRefused: 0,
+});
+
 export class Counters {
+  readonly lanes: LaneTotals = zeroLaneTotals();
   readonly stats: Stats = {
     udpIn: 0,
     udpInBytes: 0,

@@ -18,6 +18,7 @@ import {
   MAX_MAPPING_NAME,
   MAX_MAPPINGS,
   NONCE_SIZE,
+  PAD_TYPE,
   PREFACE,
   ProtocolError,
   PUBLIC_KEY_SIZE,
@@ -75,8 +76,10 @@ export class FrameWriter {
    * Returns how many DATA frames were dropped, and tells `dropped` the flow id and payload size of
    * each. O(untaken bytes): callers free a good share at once.
    */
-  dropOldestData(bytes: number, dropped?: (flowId: number, size: number) => void): number {
+  dropOldestData(bytes: number, dropped?: (flowId: number, size: number) => void, within = Infinity): number {
     if (this.prefaceUntaken) return 0;
+    /** Only frames that start in the first `within` untaken bytes are candidates (--max-delay). */
+    const limit = this.start + within;
     const buf = this.buf;
     let read = this.start;
     let write = this.start;
@@ -84,10 +87,11 @@ export class FrameWriter {
     let count = 0;
     while (read < this.end) {
       const size = HEADER_SIZE + this.view.getUint32(read + 1);
-      if (buf[read] === FrameType.Data && freed < bytes) {
+      const type = buf[read];
+      if ((type === FrameType.Data || type === FrameType.Sdata) && freed < bytes && read < limit) {
         freed += size;
         count++;
-        dropped?.(this.view.getUint32(read + HEADER_SIZE), size - HEADER_SIZE - 4);
+        dropped?.(this.view.getUint32(read + HEADER_SIZE), size - HEADER_SIZE - (type === FrameType.Data ? 4 : 8));
       } else {
         if (write !== read) buf.copyWithin(write, read, read + size);
         write += size;
@@ -137,6 +141,17 @@ export class FrameWriter {
     this.buf.set(payload, at + 4);
   }
 
+  /** DATA with the flow's sequence number (redundancy, §17). */
+  sdata(flowId: number, seq: number, payload: Uint8Array): void {
+    if (payload.length > MAX_DATAGRAM) {
+      throw new ProtocolError("datagram-too-large", `datagram of ${payload.length} bytes exceeds ${MAX_DATAGRAM}`);
+    }
+    const at = this.header(FrameType.Sdata, 8 + payload.length);
+    this.view.setUint32(at, flowId);
+    this.view.setUint32(at + 4, seq >>> 0);
+    this.buf.set(payload, at + 8);
+  }
+
   hello(
     role: number,
     auth: number,
@@ -183,6 +198,13 @@ export class FrameWriter {
     checkLength("proof", proof, PROOF_LENGTHS);
     checkLength("token", token, [0, TOKEN_SIZE]);
     const at = this.header(FrameType.Auth, 2 + proof.length + token.length);
+    this.proofAndToken(at, proof, token);
+  }
+
+  join(proof: Uint8Array, token: Uint8Array): void {
+    checkLength("proof", proof, PROOF_LENGTHS);
+    checkLength("token", token, [0, TOKEN_SIZE]);
+    const at = this.header(FrameType.Join, 2 + proof.length + token.length);
     this.proofAndToken(at, proof, token);
   }
 
@@ -239,6 +261,11 @@ export class FrameWriter {
     this.buf[at + 4] = reason;
   }
 
+  /** PAD (extension 0x80) with an empty body: 5 bytes, ignored by the peer (the tail-loss nudge). */
+  pad(): void {
+    this.header(PAD_TYPE, 0);
+  }
+
   extension(type: number, body: Uint8Array): void {
     if (!(type >= FIRST_EXTENSION_TYPE && type <= 0xff) || body.length > MAX_DATAGRAM) {
       const what = `extension type 0x${type.toString(16)} with ${body.length} bytes`;
@@ -265,6 +292,8 @@ export class FrameWriter {
         );
       case FrameType.Auth:
         return this.auth(frame.proof, frame.token);
+      case FrameType.Join:
+        return this.join(frame.proof, frame.token);
       case FrameType.Accept:
         return this.accept(frame.proof, frame.token, frame.resumed);
       case FrameType.Close:
@@ -279,6 +308,8 @@ export class FrameWriter {
         return this.flowClose(frame.flowId, frame.reason);
       case FrameType.Data:
         return this.data(frame.flowId, frame.payload);
+      case FrameType.Sdata:
+        return this.sdata(frame.flowId, frame.seq, frame.payload);
     }
   }
 }

@@ -6,6 +6,7 @@
 import { createHmac, createPrivateKey, createPublicKey, sign, verify } from "node:crypto";
 import {
   AuthMode,
+  type CommonConfig,
   type CryptoProvider,
   concatBytes,
   encodeFrame,
@@ -15,9 +16,11 @@ import {
   type Identity,
   type Output,
   PREFACE,
+  type ReceiverConfig,
   ReceiverMachine,
   Role,
-  type SenderMachine,
+  type SenderConfig,
+  SenderMachine,
   utf8,
 } from "../src/index.ts";
 
@@ -489,4 +492,44 @@ export function rawAcceptorHandshake(raw: RawPeer, options: RawAcceptorOptions =
   const accept: Frame = { type: FrameType.Accept, proof, token, resumed };
   raw.send(accept);
   return { hello, accept };
+}
+
+/**
+ * A receiver and a sender on one wire, connected in `direction` (-R by default); key mode unless
+ * `secret`. The acceptor's host says yes at once unless `approve: false`. `acceptor`/`dialer` config is
+ * merged into whichever role takes that side.
+ */
+export function pair(
+  opts: {
+    secret?: string;
+    receiver?: ReceiverConfig;
+    sender?: SenderConfig;
+    acceptor?: CommonConfig;
+    dialer?: CommonConfig;
+    approve?: boolean;
+    direction?: Direction;
+  } = {},
+) {
+  const direction = opts.direction ?? R;
+  const byRole = (role: "receiver" | "sender") => (direction.acceptor === role ? opts.acceptor : opts.dialer);
+  const net = new Net();
+  const receiver = net.add(
+    new ReceiverMachine(
+      { secret: opts.secret, identity: RECEIVER_KEY, ...byRole("receiver"), ...opts.receiver },
+      testCrypto(1),
+    ),
+  );
+  const sender = net.add(
+    new SenderMachine(
+      { secret: opts.secret, identity: SENDER_KEY, ...byRole("sender"), ...opts.sender },
+      testCrypto(2),
+    ),
+  );
+  const wire = net.link(direction, receiver, sender, 1);
+  const { acceptor, dialer } = sides(direction, receiver, sender);
+  if (opts.approve !== false && acceptor.session.awaitingApproval(1)) {
+    acceptor.session.approve(1, true, net.now);
+    net.pump();
+  }
+  return { net, receiver, sender, wire, acceptor, dialer };
 }

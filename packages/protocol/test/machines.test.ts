@@ -123,7 +123,7 @@ for (const dir of DIRECTIONS) {
       const { net, receiver, sender, acceptor, dialer } = setup({ secret: null, direction: dir });
       const asks = net.of(acceptor, "authorize-peer");
       expect(asks).toEqual([
-        { kind: "authorize-peer", conn: 1, peer: "peer-of-1", publicKey: dialerKey(dir).publicKey },
+        { kind: "authorize-peer", conn: 1, peer: "peer-of-1", source: "peer-of-1", publicKey: dialerKey(dir).publicKey },
       ]);
       expect(net.of(dialer, "authorize-peer")).toEqual([]); // the dialer pins, it does not ask
       expect(acceptor.session.awaitingApproval(1)).toBe(true);
@@ -247,6 +247,7 @@ describe("handshake", () => {
     const receiver = new ReceiverMachine({ secret: SECRET }, testCrypto(1));
     receiver.session.dial(1, "a", 0);
     expect(() => receiver.session.dial(2, "b", 0)).toThrow("not reported disconnected");
+    expect(() => receiver.session.dial(1, "a", 0)).toThrow("already known");
     receiver.session.disconnected(1, 0);
     expect(() => receiver.session.dial(2, "b", 0)).not.toThrow();
   });

@@ -1,7 +1,7 @@
 /** Session lifetime across connections: what survives a lost connection, and what a goodbye ends. */
 import { describe, expect, test } from "bun:test";
 import { ReceiverMachine, SenderMachine, utf8 } from "../src/index.ts";
-import { DIRECTIONS, Net, testCrypto } from "./harness.ts";
+import { DIRECTIONS, Net, R, RECEIVER_KEY, SENDER_KEY, testCrypto } from "./harness.ts";
 
 for (const dir of DIRECTIONS) {
   describe(`a deliberate goodbye ${dir.name}`, () => {
@@ -32,3 +32,24 @@ for (const dir of DIRECTIONS) {
     });
   });
 }
+
+describe("phase, for status displays", () => {
+  test("a key-mode dialer waiting for the acceptor's operator says so; open; down with no stale RTT", () => {
+    const net = new Net();
+    const receiver = net.add(new ReceiverMachine({ identity: RECEIVER_KEY }, testCrypto(1)));
+    const sender = net.add(new SenderMachine({ identity: SENDER_KEY }, testCrypto(2)));
+    expect(sender.session.phase).toBe("down");
+    const wire = net.link(R, receiver, sender, 1);
+    expect(receiver.session.awaitingApproval(1)).toBe(true);
+    expect(sender.session.phase).toBe("waiting");
+    expect(receiver.session.phase).toBe("connecting");
+    receiver.session.approve(1, true, net.now);
+    net.pump();
+    expect([sender.session.phase, receiver.session.phase]).toEqual(["open", "open"]);
+    net.advance(15_000); // a keepalive round trip gives an RTT
+    expect(sender.stats.rttMs).toBeDefined();
+    net.cut(wire);
+    expect(sender.session.phase).toBe("down");
+    expect(sender.stats.rttMs).toBeUndefined();
+  });
+});

@@ -58,6 +58,32 @@ export interface HandshakeVector {
   acceptorToDialer: string;
 }
 
+/**
+ * A lane joining an open session (PROTOCOL.md §16.1): a new connection's HELLOs (both with the Lanes
+ * capability), the dialer's JOIN proof over the join transcript — bound to `binding`, the acceptor's
+ * proof in the ACCEPT that started the session — and the acceptor's ACCEPT (resumed).
+ */
+export interface JoinVector {
+  name: string;
+  description: string;
+  mode: "secret" | "key";
+  secret?: string;
+  dialerSeed?: string;
+  acceptorSeed?: string;
+  /** The handshake vector whose session is joined. */
+  session: string;
+  sessionToken: string;
+  binding: string;
+  acceptorHello: FrameVector;
+  dialerHello: FrameVector;
+  joinTranscript: string;
+  joinProof: string;
+  joinFrame: FrameVector;
+  acceptorTranscript: string;
+  acceptorProof: string;
+  acceptFrame: FrameVector;
+}
+
 export interface VectorFile {
   format: number;
   wireVersion: number;
@@ -66,6 +92,7 @@ export interface VectorFile {
   frames: FrameVector[];
   malformed: MalformedVector[];
   handshakes: HandshakeVector[];
+  joins?: JoinVector[];
 }
 
 export function hexToBytes(hex: string): Uint8Array {
@@ -101,9 +128,11 @@ const TYPE_CODES: Record<string, number> = {
   CLOSE: 0x04,
   PING: 0x05,
   PONG: 0x06,
+  JOIN: 0x08,
   FLOW_OPEN: 0x10,
   FLOW_CLOSE: 0x11,
   DATA: 0x12,
+  SDATA: 0x14,
 };
 
 /** The codec Frame the JSON fields describe. */
@@ -124,6 +153,8 @@ export function frameFromFields(f: Record<string, unknown>): Frame {
       };
     case "AUTH":
       return { type: 0x02, proof: b("proof"), token: b("token") };
+    case "JOIN":
+      return { type: 0x08, proof: b("proof"), token: b("token") };
     case "ACCEPT":
       return { type: 0x03, proof: b("proof"), token: b("token"), resumed: f.resumed as boolean };
     case "CLOSE":
@@ -145,6 +176,8 @@ export function frameFromFields(f: Record<string, unknown>): Frame {
       return { type: 0x11, flowId: n("flowId"), reason: n("reason") };
     case "DATA":
       return { type: 0x12, flowId: n("flowId"), payload: b("payload") };
+    case "SDATA":
+      return { type: 0x14, flowId: n("flowId"), seq: n("seq"), payload: b("payload") };
     case "EXTENSION":
       return { type: "extension", extensionType: n("extensionType"), body: b("body") };
     default:

@@ -229,7 +229,9 @@ describe("handshake vectors", () => {
   /** Runs the handshakes of `pair` (new session, then resume) between two machines, byte for byte. */
   function replay(pair: typeof hs, keyMode: boolean) {
     const [fresh, resume] = pair;
-    const config = keyMode ? { keepaliveMs: 15_000 } : { secret: fresh.secretText, keepaliveMs: 15_000 };
+    // maxLanes 1: the vectors' acceptor announces Resume only (one that takes lanes adds the Lanes bit).
+    const base = { keepaliveMs: 15_000, maxLanes: 1 };
+    const config = keyMode ? base : { secret: fresh.secretText, ...base };
     // Each side's mappings as its HELLO lists them.
     const mappingsOf = (hello: typeof fresh.acceptorHello) =>
       (hello.fields.mappings as string[]).map((name) => (name ? { name } : {}));
@@ -321,4 +323,55 @@ describe("handshake vectors", () => {
     // (not toContain: a failure would print the whole document)
     expect(shown.filter((hex) => !doc.includes(hex))).toEqual([]);
   });
+});
+
+describe("lane join vectors (PROTOCOL.md §16.1)", () => {
+  const joins = vectors.joins ?? [];
+  test("a secret-mode and a key-mode join", () => {
+    expect(joins.map((j) => j.mode).sort()).toEqual(["key", "secret"]);
+  });
+  for (const j of joins) {
+    test(`${j.name}: transcript, binding, proofs and frames`, () => {
+      const session = vectors.handshakes.find((h) => h.name === j.session);
+      expect(session).toBeDefined();
+      // Bound to the joined session: its token, and its first ACCEPT's proof.
+      expect(j.sessionToken).toBe(session?.sessionToken as string);
+      expect(j.binding).toBe(session?.acceptorProof as string);
+      const label = bytesToHex(new TextEncoder().encode("mcudpt/1 lane join"));
+      expect(j.joinTranscript).toBe(
+        label +
+          bytesToHex(bytesOf(j.acceptorHello.hex)) +
+          bytesToHex(bytesOf(j.dialerHello.hex)) +
+          j.sessionToken +
+          j.binding,
+      );
+      // Fresh nonces: not the session's own HELLOs.
+      expect(j.acceptorHello.hex).not.toBe(session?.acceptorHello.hex);
+      expect(j.acceptorHello.fields.capabilities).toBe(3);
+      const transcript = hexToBytes(j.joinTranscript);
+      const acceptorTranscript = hexToBytes(j.acceptorTranscript);
+      if (j.mode === "secret") {
+        const mac = (data: Uint8Array) =>
+          createHmac("sha256", hexToBytes(j.secret as string))
+            .update(data)
+            .digest("hex");
+        expect(j.joinProof).toBe(mac(transcript));
+        expect(j.acceptorProof).toBe(mac(acceptorTranscript));
+      } else {
+        const dialerKey = session?.dialerPublicKey as string;
+        const acceptorKey = session?.acceptorPublicKey as string;
+        expect(verifyEd25519(hexToBytes(dialerKey), transcript, hexToBytes(j.joinProof))).toBe(true);
+        expect(verifyEd25519(hexToBytes(acceptorKey), acceptorTranscript, hexToBytes(j.acceptorProof))).toBe(true);
+        // Another session's binding: the same signature does not cover it.
+        const other = hexToBytes(j.joinTranscript.slice(0, -2) + "00");
+        expect(verifyEd25519(hexToBytes(dialerKey), other, hexToBytes(j.joinProof))).toBe(false);
+      }
+      for (const frame of [j.acceptorHello, j.dialerHello, j.joinFrame, j.acceptFrame]) {
+        expect(bytesToHex(encodeFrame(frameFromFields(frame.fields)))).toBe(bytesToHex(bytesOf(frame.hex)));
+        const decoder = new FrameDecoder();
+        decoder.push(bytesOf(frame.hex));
+        expect(normalize(decoder.read() as Frame)).toEqual(normalize(frameFromFields(frame.fields)));
+      }
+    });
+  }
 });

@@ -30,7 +30,9 @@
  *   the call; bytes already accepted by the kernel are still delivered.
  * - TLS: with a `handshake` handler, `open` fires at TCP connect/accept (writes then return 0) and
  *   Bun.connect resolves there too; `handshake(socket, success, error)` follows, and on failure the
- *   socket closes by itself. With `rejectUnauthorized: false`, `socket.authorized` still tells whether
+ *   socket closes by itself. A client's `success` is also false when only the certificate did not
+ *   verify (self-signed, or not for the serverName asked), rejectUnauthorized off or not; then the
+ *   socket stays open and works. With `rejectUnauthorized: false`, `socket.authorized` still tells whether
  *   the chain and name verified against `ca`. `socket.timeout(s)` fires on a 4 s tick.
  */
 import { readFileSync } from "node:fs";
@@ -44,6 +46,7 @@ import {
   type TcpHandlers,
   type TcpServer,
   type Transport,
+  type TunnelHandshake,
   tlsCertificateRefused,
   tlsHandshakeFailed,
   type UdpBatch,
@@ -465,6 +468,7 @@ async function listenTcp(options: ListenOptions): Promise<TcpServer> {
 }
 
 function connectTcp(options: ConnectOptions): Promise<TcpConnection> {
+  if (options.tunnel) return connectThroughTunnel(options, options.tunnel);
   return new Promise((resolve, reject) => {
     const tls = options.tls;
     let timedOut = false;
@@ -502,7 +506,9 @@ function connectTcp(options: ConnectOptions): Promise<TcpConnection> {
           settle(tlsCertificateRefused(error ?? socket.getAuthorizationError()));
           return socket.end();
         }
-        if (!success) return settle(tlsHandshakeFailed(error)); // Bun closes the socket itself
+        // Without a CA the core pins the certificate: a failed verification (self-signed, another
+        // name) is no failure here, as long as the handshake produced the peer's certificate.
+        if (!success && !verificationOnly(tls, socket)) return settle(tlsHandshakeFailed(error)); // Bun closes the socket itself
         const raw = socket.getPeerCertificate()?.raw;
         settle(attach(socket, raw ? new Uint8Array(raw) : undefined));
       },
@@ -536,6 +542,151 @@ function connectTcp(options: ConnectOptions): Promise<TcpConnection> {
       (socket) => {
         if (!tls && !timedOut && socket.data) settle(socket.data);
       },
+      (error) => settle(asError(error)),
+    );
+  });
+}
+
+/**
+ * Whether a client handshake that Bun reports as unsuccessful failed only the certificate's
+ * verification, which is not this side's test without a CA (the core pins the certificate): Bun
+ * reports `success` false for a certificate whose chain or name does not verify even with
+ * rejectUnauthorized off (then the connection works, and the certificate is there).
+ */
+function verificationOnly(tls: NonNullable<ConnectOptions["tls"]>, socket: BunTcpSocket): boolean {
+  return (
+    tls.ca === undefined && socket.getAuthorizationError() !== null && socket.getPeerCertificate()?.raw !== undefined
+  );
+}
+
+/**
+ * connectTcp through a proxy: plain TCP to the proxy, its handshake (`tunnel`), then, with TLS,
+ * upgradeTLS on the same socket. After upgradeTLS Bun still calls the raw socket's handlers (with
+ * the TLS records, and its close): past the tunnel phase they leave everything to the TLS socket's.
+ */
+function connectThroughTunnel(options: ConnectOptions, tunnel: TunnelHandshake): Promise<TcpConnection> {
+  return new Promise((resolve, reject) => {
+    const tls = options.tls;
+    let phase: "tunnel" | "tls" | "open" = "tunnel";
+    let timedOut = false;
+    let settled = false;
+    const settle = (result: BunTcpConnection | Error) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      if (result instanceof Error) reject(result);
+      else resolve(result);
+    };
+    const timer =
+      options.timeoutMs === undefined
+        ? undefined
+        : setTimeout(() => {
+            timedOut = true;
+            settle(
+              Object.assign(new Error(`connect ETIMEDOUT ${options.host}:${options.port}`), { code: "ETIMEDOUT" }),
+            );
+            raw?.end();
+          }, options.timeoutMs);
+    let raw: BunTcpSocket | undefined;
+    const attach = (socket: BunTcpSocket, peerCertificate?: Uint8Array) => {
+      const connection = new BunTcpConnection(socket, peerCertificate);
+      connection.handlers = options.handlers;
+      socket.data = connection;
+      return connection;
+    };
+    const upgrade = (socket: BunTcpSocket, clientTls: NonNullable<ConnectOptions["tls"]>) => {
+      phase = "tls";
+      socket.upgradeTLS<BunTcpConnection | undefined>({
+        data: undefined,
+        tls: { ca: clientTls.ca, serverName: clientTls.serverName, rejectUnauthorized: false },
+        socket: {
+          ...tcpHandlers,
+          open() {},
+          handshake(tlsSocket: BunTcpSocket, success: boolean, error: Error | null) {
+            if (timedOut) return tlsSocket.end();
+            if (clientTls.ca !== undefined && !tlsSocket.authorized) {
+              settle(tlsCertificateRefused(error ?? tlsSocket.getAuthorizationError()));
+              return tlsSocket.end();
+            }
+            if (!success && !verificationOnly(clientTls, tlsSocket)) {
+              settle(tlsHandshakeFailed(error));
+              return tlsSocket.end();
+            }
+            const der = tlsSocket.getPeerCertificate()?.raw;
+            phase = "open";
+            settle(attach(tlsSocket, der ? new Uint8Array(der) : undefined));
+          },
+          close(tlsSocket: BunTcpSocket, error?: Error) {
+            if (tlsSocket.data) return tlsSocket.data.onSocketClose(error);
+            settle(tlsHandshakeFailed(error));
+          },
+        },
+      });
+    };
+    Bun.connect<BunTcpConnection | undefined>({
+      hostname: options.host,
+      port: options.port,
+      data: undefined,
+      socket: {
+        binaryType: "uint8array",
+        open(socket) {
+          raw = socket;
+          if (timedOut) {
+            socket.end();
+            return;
+          }
+          socket.setNoDelay(true);
+          // A few hundred bytes into an empty socket buffer: the kernel takes them whole.
+          if (socket.write(tunnel.request) < tunnel.request.length) {
+            settle(new Error("could not send the proxy request"));
+            socket.end();
+          }
+        },
+        data(socket, data) {
+          if (phase === "open") {
+            socket.data?.handlers?.onData(data);
+            return;
+          }
+          if (phase !== "tunnel" || settled) return; // TLS records: the TLS socket's
+          let rest: Uint8Array | undefined;
+          try {
+            rest = tunnel.receive(data);
+          } catch (error) {
+            settle(asError(error));
+            socket.end();
+            return;
+          }
+          if (rest === undefined) return;
+          if (tls) {
+            if (rest.length > 0) {
+              settle(new Error("the proxy sent bytes of the peer's before TLS started"));
+              socket.end();
+              return;
+            }
+            upgrade(socket, tls);
+            return;
+          }
+          phase = "open";
+          const connection = attach(socket);
+          settle(connection);
+          // After the promise settled: a dialer keeps data that comes before it saw the connection.
+          if (rest.length > 0) connection.handlers?.onData(rest);
+        },
+        drain(socket) {
+          if (phase === "open") socket.data?.flush();
+        },
+        close(socket, error) {
+          if (phase === "open") return socket.data?.onSocketClose(error);
+          if (phase === "tunnel") settle(error ?? new Error("the proxy closed the connection"));
+        },
+        error(socket, error) {
+          if (phase === "open") return socket.data?.fail(asError(error));
+          if (phase === "tunnel") settle(asError(error));
+        },
+        connectError() {},
+      },
+    }).then(
+      () => {},
       (error) => settle(asError(error)),
     );
   });

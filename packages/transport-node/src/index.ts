@@ -252,12 +252,18 @@ async function listenTcp(options: ListenOptions): Promise<TcpServer> {
     : net.createServer(onSocket);
   if (secure) {
     // A handshake timeout only emits this (the socket would stay open), so destroy here.
+    // The peer's address as accepted: once a handshake failed the TLS socket may no longer know it.
+    const peers = new WeakMap<net.Socket, { address: string; port: number }>();
+    server.on("connection", (raw: net.Socket) =>
+      peers.set(raw, { address: raw.remoteAddress ?? "", port: raw.remotePort ?? 0 }),
+    );
     server.on("tlsClientError", (error, socket) => {
-      secure.onHandshakeError?.(tlsHandshakeFailed(error), socket.remoteAddress ?? "", socket.remotePort ?? 0);
+      const raw = (socket as unknown as { _parent?: net.Socket | null })._parent;
+      const peer = (raw && peers.get(raw)) ?? { address: socket.remoteAddress ?? "", port: socket.remotePort ?? 0 };
+      secure.onHandshakeError?.(tlsHandshakeFailed(error), peer.address, peer.port);
       // OpenSSL hangs up on a client that speaks no TLS without a word; BoringSSL (the Bun transport)
       // answers with a fatal protocol_version alert. Send that alert too, on the TCP socket under the
       // TLS one, so a plaintext mcudpt sees a TLS record and can say "TLS on one side only" itself.
-      const raw = (socket as unknown as { _parent?: net.Socket | null })._parent;
       if (raw && !raw.destroyed && isPlaintextPeerError(error))
         raw.write(PROTOCOL_VERSION_ALERT, () => socket.destroy());
       else socket.destroy();
@@ -280,20 +286,24 @@ async function listenTcp(options: ListenOptions): Promise<TcpServer> {
 function connectTcp(options: ConnectOptions): Promise<TcpConnection> {
   return new Promise((resolve, reject) => {
     const secure = options.tls;
+    const tunnel = options.tunnel;
     // rejectUnauthorized is off so that a pinned self-signed certificate can pass; with a CA the
     // verdict is checked below. servername: SNI and the name the certificate must match.
-    const socket = secure
-      ? tls.connect({
-          host: options.host,
-          port: options.port,
-          ca: secure.ca,
-          servername: secure.serverName,
-          rejectUnauthorized: false,
-        })
-      : net.connect({ host: options.host, port: options.port });
+    const tlsOptions = { ca: secure?.ca, servername: secure?.serverName, rejectUnauthorized: false };
+    // Through a proxy: plain TCP to the proxy, its handshake, then TLS over that same socket.
+    const raw =
+      secure && !tunnel
+        ? tls.connect({ host: options.host, port: options.port, ...tlsOptions })
+        : net.connect({ host: options.host, port: options.port });
+    /** The socket the connection will be: `raw`, or the TLS socket over it. */
+    let socket: net.Socket = raw;
+    let settled = false;
     const fail = (error: Error) => {
+      if (settled) return;
+      settled = true;
       clearTimeout(timer);
       socket.destroy();
+      raw.destroy();
       reject(error);
     };
     const timer =
@@ -306,18 +316,18 @@ function connectTcp(options: ConnectOptions): Promise<TcpConnection> {
               ),
             options.timeoutMs,
           );
-    // A TCP-level error (ECONNREFUSED) is reported as is; one after the TCP connect is the handshake's.
+    // A TCP-level error (ECONNREFUSED) is reported as is; one after TLS started is the handshake's.
+    let tlsStarted = secure !== undefined && !tunnel;
     let tcpConnected = false;
-    socket.once("connect", () => (tcpConnected = true));
-    const onError = (error: Error) => fail(secure && tcpConnected ? tlsHandshakeFailed(error) : error);
+    raw.once("connect", () => (tcpConnected = true));
+    const onError = (error: Error) => fail(tlsStarted && tcpConnected ? tlsHandshakeFailed(error) : error);
     // A plaintext peer may just hang up: no 'error', only 'close'.
-    const onClose = () => fail(tlsHandshakeFailed(undefined));
-    socket.once("error", onError);
-    if (secure) socket.once("close", onClose);
-    socket.once(secure ? "secureConnect" : "connect", () => {
-      clearTimeout(timer);
-      socket.off("error", onError);
-      socket.off("close", onClose);
+    const onClose = () =>
+      fail(tlsStarted ? tlsHandshakeFailed(undefined) : new Error("the proxy closed the connection"));
+    raw.on("error", onError);
+    raw.on("close", onClose);
+    const done = (rest?: Uint8Array) => {
+      if (settled) return;
       let peerCertificate: Uint8Array | undefined;
       if (secure) {
         const tlsSocket = socket as tls.TLSSocket;
@@ -326,10 +336,47 @@ function connectTcp(options: ConnectOptions): Promise<TcpConnection> {
         }
         peerCertificate = tlsSocket.getPeerCertificate().raw;
       }
-      socket.setNoDelay(true);
+      settled = true;
+      clearTimeout(timer);
+      for (const s of new Set([raw, socket])) {
+        s.off("error", onError);
+        s.off("close", onClose);
+      }
+      // Under TLS the TLS socket reports what happens to the one below it.
+      if (socket !== raw) raw.on("error", () => {});
+      raw.setNoDelay(true);
+      // The bytes that followed the proxy's reply come first, once 'data' has a listener.
+      if (rest && rest.length > 0) socket.unshift(rest);
       // Handlers go in before this tick ends; 'data' cannot fire earlier (no listener, paused).
       resolve(new NodeTcpConnection(socket, options.handlers, peerCertificate));
-    });
+    };
+    const startTls = () => {
+      tlsStarted = true;
+      socket = tls.connect({ socket: raw, ...tlsOptions });
+      socket.on("error", onError);
+      socket.on("close", onClose);
+      socket.once("secureConnect", () => done());
+    };
+    if (!tunnel) {
+      raw.once(secure ? "secureConnect" : "connect", () => done());
+      return;
+    }
+    raw.once("connect", () => raw.write(tunnel.request));
+    const onData = (data: Buffer) => {
+      let rest: Uint8Array | undefined;
+      try {
+        rest = tunnel.receive(data);
+      } catch (error) {
+        return fail(error as Error);
+      }
+      if (rest === undefined) return;
+      // The connection's own 'data' listener goes in synchronously, in done(): nothing is missed.
+      raw.off("data", onData);
+      if (!secure) return done(rest);
+      if (rest.length > 0) return fail(new Error("the proxy sent bytes of the peer's before TLS started"));
+      startTls();
+    };
+    raw.on("data", onData);
   });
 }
 

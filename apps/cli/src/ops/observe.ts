@@ -21,6 +21,8 @@ export interface Observed {
   stats: Stats;
   /** Receiver: an accepted sender is connected. Sender: accepted by the receiver. */
   peerConnected(): boolean;
+  /** Where the connection side stands (open, waiting for the peer's decision, connecting, down). */
+  phase?(): "open" | "waiting" | "connecting" | "down";
   flowCount(): number;
   /** Connections to the peer after the first one. */
   reconnects(): number;
@@ -53,6 +55,7 @@ export function observeReceiver(handle: ReceiverHandle, transport: string): Obse
     transport,
     stats: machine.stats,
     peerConnected: () => machine.session.peerConnected,
+    phase: () => machine.session.phase,
     flowCount: () => machine.flows.size,
     reconnects: () => Math.max(0, machine.stats.accepted - 1),
     mappings: () => mappingRows(machine),
@@ -75,6 +78,7 @@ export function observeSender(handle: SenderHandle, transport: string): Observed
     transport,
     stats: machine.stats,
     peerConnected: () => machine.session.peerConnected,
+    phase: () => machine.session.phase,
     flowCount: () => machine.flows.size,
     reconnects: () => handle.reconnects,
     mappings: () => mappingRows(machine),

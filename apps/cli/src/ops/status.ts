@@ -82,7 +82,7 @@ export class StatusLine {
     const rate = (a: number, b: number) => compact((b - a) / seconds);
     const peer = o.role === "receiver" ? "sender" : "receiver";
     const parts = [
-      `${peer} ${o.peerConnected() ? "up" : o.role === "receiver" ? "down" : "connecting"}`,
+      `${peer} ${peerState(o, peer)}`,
       `${o.flowCount()} flows`,
       `in ${rate(previous.udpIn, current.udpIn)} dg/s ${rate(previous.udpInBytes, current.udpInBytes)}B/s`,
       `out ${rate(previous.udpOut, current.udpOut)} dg/s ${rate(previous.udpOutBytes, current.udpOutBytes)}B/s`,
@@ -105,4 +105,13 @@ export class StatusLine {
     const s = this.observed.stats;
     return { at, udpIn: s.udpIn, udpInBytes: s.udpInBytes, udpOut: s.udpOut, udpOutBytes: s.udpOutBytes };
   }
+}
+
+/** "up", "down", "connecting", or — a dialer that proved itself — waiting for the peer to admit its key. */
+function peerState(o: Observed, peer: string): string {
+  const phase = o.phase?.() ?? (o.peerConnected() ? "open" : "down");
+  if (phase === "open") return "up";
+  if (phase === "waiting") return `connected, waiting for the ${peer} to admit this key (its operator?)`;
+  if (phase === "connecting") return "connecting";
+  return o.role === "receiver" ? "down" : "connecting";
 }

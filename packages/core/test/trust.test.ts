@@ -1,0 +1,55 @@
+import { afterAll, describe, expect, test } from "bun:test";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileAdmission, generateKeyPair } from "../src/index.ts";
+
+const dir = mkdtempSync(join(tmpdir(), "mcudpt-trust-"));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+const keyOf = (pair: ReturnType<typeof generateKeyPair>) => pair.publicKeyLine;
+const rawKey = (pair: ReturnType<typeof generateKeyPair>) =>
+  new Uint8Array(Buffer.from(pair.publicKeyLine.split(" ")[1], "base64").subarray(19));
+
+describe("authorized keys with ssh-style options", () => {
+  const a = generateKeyPair("a");
+  const b = generateKeyPair("b");
+  const c = generateKeyPair("c");
+
+  test('from="…" admits the key from those sources only; a plain line from anywhere; pins are skipped', () => {
+    const file = join(dir, "authorized_keys");
+    writeFileSync(
+      file,
+      [
+        `from="127.0.0.2,::1" ${keyOf(a)}`,
+        keyOf(b),
+        `127.0.0.1:4000 ${keyOf(c)}`, // a pin of a dialed peer sharing the file: not an approval
+        "",
+      ].join("\n"),
+    );
+    const admission = fileAdmission({ authorizedKeys: file, knownSenders: join(dir, "known") });
+    expect(admission.check(rawKey(a), "127.0.0.2").verdict).toBe("trusted");
+    expect(admission.check(rawKey(a), "::1").verdict).toBe("trusted");
+    expect(admission.check(rawKey(a), "::ffff:127.0.0.2").verdict).toBe("trusted");
+    const refused = admission.check(rawKey(a), "127.0.0.3");
+    expect(refused).toEqual({
+      verdict: "refused",
+      reason: `key ${a.fingerprint} may not connect from 127.0.0.3 (from= in ${file} line 1)`,
+    });
+    expect(admission.check(rawKey(b), "203.0.113.9").verdict).toBe("trusted");
+    expect(admission.check(rawKey(c), "127.0.0.1").verdict).toBe("refused");
+  });
+
+  test("an unknown option, a bad from= list and a broken key line are one-line errors at start", () => {
+    const cases: Array<[string, RegExp]> = [
+      [`no-pty ${keyOf(a)}`, /line 1: option no-pty is not supported \(only from="ADDRESSES"\)/],
+      [`mappings="dns" ${keyOf(a)}`, /line 1: option mappings=… is not supported/],
+      [`from="example.com" ${keyOf(a)}`, /line 1: from=: "example.com" is not an IP address or CIDR block/],
+      [`from="10.0.0.0/8" ssh-ed25519 AAAA`, /line 1: not an "ssh-ed25519 AAAA… comment" public key line/],
+    ];
+    for (const [line, message] of cases) {
+      const file = join(dir, "bad");
+      writeFileSync(file, `${line}\n`);
+      expect(() => fileAdmission({ authorizedKeys: file, knownSenders: join(dir, "known") })).toThrow(message);
+    }
+  });
+});

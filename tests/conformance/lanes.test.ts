@@ -1,0 +1,205 @@
+/**
+ * Lanes over real TCP (PROTOCOL.md §16), for every transport and both TCP directions: the dialer keeps
+ * N connections in one session, flows spread over them, a lane whose TCP connection is reset moves its
+ * flows to the others (no flow reopened, the session stays) and is re-opened by the dialer; the
+ * acceptor's --max-lanes caps them. The dialer reaches the acceptor through the fault proxy so one
+ * lane can be reset. node:test + node:assert only (runs under bun test and, bundled, node --test).
+ */
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import {
+  type ReceiverHandle,
+  type SenderHandle,
+  startReceiver,
+  startSender,
+  type Transport,
+  type UdpSocket,
+} from "@mcudpt/core";
+import { type FaultProxy, startProxy } from "../helpers/proxy.js";
+import { availableTransports } from "../helpers/transports.js";
+import {
+  eventually,
+  LOOPBACK,
+  memoryLogger,
+  startClient,
+  startEcho,
+  type TestClient,
+  text,
+} from "../helpers/tunnel.js";
+
+const SECRET = "lanes-secret";
+const TIMEOUT = { timeout: 60_000 };
+const RECONNECT = { initialMs: 50, maxMs: 300 };
+
+interface LaneTunnel {
+  receiver: ReceiverHandle;
+  sender: SenderHandle;
+  proxy: FaultProxy;
+  echo: UdpSocket;
+  close(): Promise<void>;
+}
+
+/** A tunnel whose dialing side (the sender with -R, the receiver with -L) keeps `lanes` lanes through a proxy. */
+async function startLaneTunnel(
+  transport: Transport,
+  direction: "R" | "L",
+  lanes: number,
+  maxLanes?: number,
+  redundant = false,
+): Promise<LaneTunnel> {
+  const echo = await startEcho(transport);
+  const dialer = { secret: SECRET, lanes, redundant };
+  const acceptor = { secret: SECRET, ...(maxLanes ? { maxLanes } : {}) };
+  let receiver: ReceiverHandle;
+  let sender: SenderHandle;
+  let proxy: FaultProxy;
+  if (direction === "R") {
+    receiver = await startReceiver({
+      transport,
+      udp: { host: LOOPBACK, port: 0 },
+      tcp: { host: LOOPBACK, port: 0 },
+      config: acceptor,
+      logger: memoryLogger(),
+    });
+    proxy = await startProxy(receiver.tcpPort);
+    sender = await startSender({
+      transport,
+      target: { host: LOOPBACK, port: echo.port },
+      tcp: { host: LOOPBACK, port: proxy.port },
+      config: dialer,
+      logger: memoryLogger(),
+      reconnect: RECONNECT,
+    });
+  } else {
+    sender = await startSender({
+      transport,
+      target: { host: LOOPBACK, port: echo.port },
+      tcp: { host: LOOPBACK, port: 0 },
+      tcpMode: "listen",
+      config: acceptor,
+      logger: memoryLogger(),
+    });
+    proxy = await startProxy(sender.tcpPort);
+    receiver = await startReceiver({
+      transport,
+      udp: { host: LOOPBACK, port: 0 },
+      tcp: { host: LOOPBACK, port: proxy.port },
+      tcpMode: "dial",
+      config: dialer,
+      logger: memoryLogger(),
+      reconnect: RECONNECT,
+    });
+  }
+  return {
+    receiver,
+    sender,
+    proxy,
+    echo,
+    close: async () => {
+      await sender.close();
+      await receiver.close();
+      await proxy.close();
+      echo.close();
+    },
+  };
+}
+
+const openLanes = (handle: ReceiverHandle | SenderHandle) =>
+  handle.machine.session.lanes().filter((lane) => lane.open).length;
+
+async function requestAll(clients: TestClient[], tag: string): Promise<void> {
+  await Promise.all(
+    clients.map(async (client, i) => {
+      const reply = await client.request(`${tag}-${i}`, 10_000);
+      assert.equal(text(reply), `${tag}-${i}`);
+    }),
+  );
+}
+
+for (const transport of availableTransports()) {
+  for (const direction of ["R", "L"] as const) {
+    describe(`lanes over ${transport.name}, -${direction}`, () => {
+      it(
+        "three lanes join one session; flows spread over them; a reset lane moves its flows and comes back",
+        TIMEOUT,
+        async () => {
+          const t = await startLaneTunnel(transport, direction, 3);
+          const clients: TestClient[] = [];
+          try {
+            await eventually(
+              () => openLanes(t.receiver) === 3 && openLanes(t.sender) === 3,
+              "three lanes on both sides",
+            );
+            assert.equal(t.receiver.machine.laneTotals.lanesJoined, 2);
+            for (let i = 0; i < 12; i++) clients.push(await startClient(transport, t.receiver.udpPort));
+            await requestAll(clients, "first");
+            const used = t.receiver.machine.session.lanes().filter((lane) => lane.datagramsSent > 0).length;
+            assert.ok(used >= 2, `flows on ${used} lane(s)`);
+            const flowsOpened = t.receiver.machine.stats.flowsOpened;
+            const socketsBefore = t.sender.machine.flows.size;
+            assert.equal(flowsOpened, 12);
+
+            assert.ok(t.proxy.cutOne(), "a lane to reset");
+            await eventually(() => openLanes(t.receiver) === 2 || openLanes(t.receiver) === 3, "the lane noticed");
+            await requestAll(clients, "after-reset");
+            // The same flows, the same sockets on the sender: nothing was reopened, the session stayed.
+            assert.equal(t.receiver.machine.stats.flowsOpened, flowsOpened);
+            assert.equal(t.sender.machine.flows.size, socketsBefore);
+            assert.equal(t.receiver.machine.stats.drops["no-sender"], 0);
+            await eventually(() => openLanes(t.receiver) === 3 && openLanes(t.sender) === 3, "the lane re-opened");
+            await requestAll(clients, "third");
+          } finally {
+            for (const client of clients) client.close();
+            await t.close();
+          }
+        },
+      );
+
+      it("--redundant: a lane reset mid-stream loses no datagram, and none arrives twice", TIMEOUT, async () => {
+        const t = await startLaneTunnel(transport, direction, 2, undefined, true);
+        const client = await startClient(transport, t.receiver.udpPort);
+        try {
+          await eventually(() => openLanes(t.receiver) === 2 && openLanes(t.sender) === 2, "two lanes");
+          assert.equal(text(await client.request("warm-up", 10_000)), "warm-up");
+          const before = client.replies.length;
+          const n = 300;
+          for (let i = 0; i < n; i++) {
+            client.send(`seq-${i}`);
+            if (i === 150) assert.ok(t.proxy.cutOne(), "a lane to reset");
+            if (i % 10 === 9) await new Promise((r) => setTimeout(r, 5));
+          }
+          await eventually(() => client.replies.length - before >= n, `${n} replies`, 15_000);
+          await new Promise((r) => setTimeout(r, 200)); // a duplicate would arrive by now
+          const got = client.replies.slice(before).map((reply) => text(reply));
+          assert.equal(got.length, n, "no datagram delivered twice");
+          assert.deepEqual(new Set(got).size, n);
+          const totals = [t.receiver.machine.laneTotals, t.sender.machine.laneTotals];
+          assert.ok(
+            totals.every((x) => x.duplicatesSuppressed > 0),
+            "copies were suppressed on both sides",
+          );
+        } finally {
+          client.close();
+          await t.close();
+        }
+      });
+
+      it("--max-lanes 2 against --lanes 3: two lanes, the tunnel works", TIMEOUT, async () => {
+        const t = await startLaneTunnel(transport, direction, 3, 2);
+        const client = await startClient(transport, t.receiver.udpPort);
+        try {
+          await eventually(() => openLanes(t.receiver) === 2 && openLanes(t.sender) === 2, "two lanes");
+          await eventually(
+            () => (direction === "R" ? t.receiver : t.sender).machine.laneTotals.joinsRefused >= 1,
+            "a JOIN refused",
+          );
+          assert.equal(text(await client.request("capped", 10_000)), "capped");
+          assert.equal(openLanes(t.receiver), 2);
+        } finally {
+          client.close();
+          await t.close();
+        }
+      });
+    });
+  }
+}

@@ -12,10 +12,9 @@ import { type MachineDriver, now } from "./driver.js";
 import { messageOf, UserError } from "./errors.js";
 import { kernelDropCountersAvailable, readUdpSocketStatsAsync } from "./kernel-drops.js";
 import { bufferShortfall, KernelSampler, kernelDropsWarning, sizeText } from "./kernel-sampler.js";
-import { fingerprint } from "./keys.js";
 import { RateLimitedLog } from "./logger.js";
 import { Resolver } from "./resolve.js";
-import { type SideOptions, startRole, waitFor } from "./role.js";
+import { authDescription, mappingsOf, type SideOptions, startRole, waitFor } from "./role.js";
 import type { UdpSocket } from "./transport.js";
 import { UdpBatcher } from "./udp-batch.js";
 
@@ -73,7 +72,11 @@ export const CLIENT_SOCKET_BUFFER = 2 * 1024 * 1024;
 
 export async function startReceiver(options: ReceiverOptions): Promise<ReceiverHandle> {
   const { transport, logger } = options;
-  const mappings = receiverMappings(options);
+  const mappings = mappingsOf(
+    options.mappings,
+    options.udp && { udp: options.udp },
+    "the receiver needs a UDP address (--udp)",
+  );
   const dialing = options.tcpMode === "dial";
   const resolver = new Resolver();
   const rateLimited = new RateLimitedLog(logger);
@@ -156,11 +159,8 @@ export async function startReceiver(options: ReceiverOptions): Promise<ReceiverH
     peerName: "sender",
     flag: "--tcp",
     handshakeTimeoutMs: options.config.handshakeTimeoutMs,
-    machine: (checkPeerKey) => {
-      const config = mappings.map(({ name, idleTimeoutMs, maxFlows }) => ({ name, idleTimeoutMs, maxFlows }));
-      machine = new ReceiverMachine({ checkPeerKey, mappings: config, ...options.config }, nodeCrypto);
-      return machine;
-    },
+    mappings,
+    machine: (base) => (machine = new ReceiverMachine({ ...base, ...options.config }, nodeCrypto)),
     onOutput: (output: Extract<ReceiverOutput, { kind: "send-to-client" }>) => {
       // The payload is a view into the TCP chunk being decoded: sent before this drain returns.
       const flow = output.flow;
@@ -181,7 +181,7 @@ export async function startReceiver(options: ReceiverOptions): Promise<ReceiverH
   const tls = options.tls ? ", TLS" : "";
   logger.log(
     "info",
-    `receiver listening: UDP ${bound.join(", ")}, ${tcpText} (transport: ${transport.name}, auth: ${authDescription(options)}${tls})`,
+    `receiver listening: UDP ${bound.join(", ")}, ${tcpText} (transport: ${transport.name}, auth: ${authDescription(options, options.tcpMode === "dial", "sender")}${tls})`,
   );
   return {
     machine,
@@ -192,17 +192,4 @@ export async function startReceiver(options: ReceiverOptions): Promise<ReceiverH
     sampleKernelDrops: () => sampler.sample(),
     close: () => role.close(),
   };
-}
-
-function receiverMappings(options: ReceiverOptions): ReceiverMapping[] {
-  if (options.mappings && options.mappings.length > 0) return options.mappings;
-  if (!options.udp) throw new UserError("the receiver needs a UDP address (--udp)");
-  return [{ udp: options.udp }];
-}
-
-function authDescription(options: ReceiverOptions): string {
-  if (options.config.secret) return "shared secret";
-  const key = options.config.identity ? `key ${fingerprint(options.config.identity.publicKey)}` : "key";
-  if (options.tcpMode === "dial") return `${key}; the sender's key ${options.pins ? "is pinned" : "is not checked"}`;
-  return `${key}; senders: ${options.askOperator ? "known keys or the operator's approval" : "known keys only"}`;
 }

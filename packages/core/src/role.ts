@@ -3,9 +3,11 @@
  * machine, start the TCP side (listen or dial), route the machine's connection outputs to it, and the
  * close sequence. The role brings its machine, its UDP side and its outputs.
  */
-import type { ConnectionOutput, PeerKeyCheck, ReceiverMachine, SenderMachine } from "@mcudpt/protocol";
+import type { ConnectionOutput, MappingConfig, PeerKeyCheck, ReceiverMachine, SenderMachine } from "@mcudpt/protocol";
 import type { HostPort } from "./address.js";
 import { PeerKeyChecker } from "./dialer.js";
+import { UserError } from "./errors.js";
+import { fingerprint } from "./keys.js";
 import { MachineDriver, type RoleOutput } from "./driver.js";
 import type { Logger } from "./logger.js";
 import { type DialTrust, type ListenTrust, type PeerLink, startPeerLink } from "./peer-link.js";
@@ -35,8 +37,10 @@ export interface RoleSpec<M extends Machine> {
   /** The flag naming the TCP address, for error messages. */
   flag: string;
   handshakeTimeoutMs?: number;
-  /** Makes the machine, given the key check a dialing side must use. */
-  machine(checkPeerKey: PeerKeyCheck): M;
+  /** The role's mappings (names and per-mapping limits) as the machine takes them. */
+  mappings: ReadonlyArray<{ name?: string; idleTimeoutMs?: number; maxFlows?: number }>;
+  /** Makes the machine from the part of its config the role runner adds (key check, mappings). */
+  machine(base: { checkPeerKey: PeerKeyCheck; mappings: MappingConfig[] }): M;
   /** The role's own outputs (datagrams, flow sockets). */
   onOutput(output: Exclude<RoleOutput<M>, ConnectionOutput>): void;
   /** After each drain: send what was batched. */
@@ -60,7 +64,8 @@ const CONNECTION_OUTPUTS = new Set(["close-connection", "authorize-peer", "autho
 export async function startRole<M extends Machine>(spec: RoleSpec<M>): Promise<RunningRole<M>> {
   const { side } = spec;
   const keyCheck = new PeerKeyChecker(spec.dialing ? side.pins : undefined, side.logger, spec.peerName);
-  const machine = spec.machine(keyCheck.check);
+  const mappings = spec.mappings.map(({ name, idleTimeoutMs, maxFlows }) => ({ name, idleTimeoutMs, maxFlows }));
+  const machine = spec.machine({ checkPeerKey: keyCheck.check, mappings });
   let link: PeerLink | undefined;
   const driver = new MachineDriver<M>(
     machine,
@@ -119,4 +124,24 @@ export async function startRole<M extends Machine>(spec: RoleSpec<M>): Promise<R
 export async function waitFor(done: () => boolean, ms: number): Promise<void> {
   const until = Date.now() + ms;
   while (!done() && Date.now() < until) await new Promise((r) => setTimeout(r, 10));
+}
+
+/** How this side authenticates and whom it trusts, for the start-up line. */
+export function authDescription(
+  options: SideOptions & { config: { secret?: unknown; identity?: { publicKey: Uint8Array } } },
+  dialing: boolean,
+  peerName: string,
+): string {
+  if (options.config.secret) return "shared secret";
+  const key = options.config.identity ? `key ${fingerprint(options.config.identity.publicKey)}` : "key";
+  if (dialing) return `${key}; the ${peerName}'s key ${options.pins ? "is pinned" : "is not checked"}`;
+  const admitted = options.askOperator ? "known keys or the operator's approval" : "known keys only";
+  return `${key}; ${peerName}s: ${admitted}`;
+}
+
+/** A role's mappings: the list given, or the one mapping of the single-address option; `missing` if neither. */
+export function mappingsOf<M>(mappings: M[] | undefined, single: M | undefined, missing: string): M[] {
+  if (mappings && mappings.length > 0) return mappings;
+  if (single === undefined) throw new UserError(missing);
+  return [single];
 }

@@ -8,14 +8,13 @@ import { formatHostPort, type HostPort } from "./address.js";
 import { systemClock } from "./clock.js";
 import { nodeCrypto } from "./crypto.js";
 import { type MachineDriver, now } from "./driver.js";
-import { messageOf, UserError } from "./errors.js";
+import { messageOf } from "./errors.js";
 import { type DropSite, FlowSockets, type Target } from "./flow-sockets.js";
 import { kernelDropCountersAvailable, readUdpSocketStatsAsync } from "./kernel-drops.js";
 import { KernelSampler, kernelDropsWarning, sizeText } from "./kernel-sampler.js";
-import { fingerprint } from "./keys.js";
 import { RateLimitedLog } from "./logger.js";
 import { Resolver } from "./resolve.js";
-import { type SideOptions, startRole } from "./role.js";
+import { authDescription, mappingsOf, type SideOptions, startRole } from "./role.js";
 
 /** One target and, optionally, the name that pairs it with the receiver's public port. */
 export interface SenderMapping {
@@ -89,7 +88,11 @@ export function flowSocketBuffer(
 
 export async function startSender(options: SenderOptions): Promise<SenderHandle> {
   const { transport, logger } = options;
-  const mappings = senderMappings(options);
+  const mappings = mappingsOf(
+    options.mappings,
+    options.target && { target: options.target },
+    "the sender needs a target UDP address (--udp)",
+  );
   const listening = options.tcpMode === "listen";
   const resolver = new Resolver();
   const rateLimited = new RateLimitedLog(logger);
@@ -173,7 +176,7 @@ export async function startSender(options: SenderOptions): Promise<SenderHandle>
   const targetList = mappings
     .map((mapping, i) => `${mapping.name ? `${mapping.name}=` : ""}${targets[i].text}`)
     .join(", ");
-  const auth = `auth: ${authDescription(options)}${options.tls ? ", TLS" : ""}`;
+  const auth = `auth: ${authDescription(options, options.tcpMode !== "listen", "receiver")}${options.tls ? ", TLS" : ""}`;
   if (!listening) {
     const remote = formatHostPort(options.tcp.host || "127.0.0.1", options.tcp.port);
     logger.log(
@@ -187,11 +190,8 @@ export async function startSender(options: SenderOptions): Promise<SenderHandle>
     peerName: "receiver",
     flag: "--listen",
     handshakeTimeoutMs: options.config.handshakeTimeoutMs,
-    machine: (checkPeerKey) => {
-      const config = mappings.map(({ name, idleTimeoutMs, maxFlows }) => ({ name, idleTimeoutMs, maxFlows }));
-      machine = new SenderMachine({ checkPeerKey, mappings: config, ...options.config }, nodeCrypto);
-      return machine;
-    },
+    mappings,
+    machine: (base) => (machine = new SenderMachine({ ...base, ...options.config }, nodeCrypto)),
     onOutput: (output: Exclude<SenderOutput, { kind: "transmit" | "log" } | { conn: number }>) => {
       if (output.kind === "send-to-target") sockets.send(output.flowId, output.payload);
       else if (output.kind === "open-flow-socket") sockets.open(output.flowId, output.mappingId, output.client);
@@ -227,18 +227,4 @@ export async function startSender(options: SenderOptions): Promise<SenderHandle>
     sampleKernelDrops: () => sampler.sample(),
     close: () => role.close(),
   };
-}
-
-function senderMappings(options: SenderOptions): SenderMapping[] {
-  if (options.mappings && options.mappings.length > 0) return options.mappings;
-  if (!options.target) throw new UserError("the sender needs a target UDP address (--udp)");
-  return [{ target: options.target }];
-}
-
-function authDescription(options: SenderOptions): string {
-  if (options.config.secret) return "shared secret";
-  const key = options.config.identity ? `key ${fingerprint(options.config.identity.publicKey)}` : "key";
-  if (options.tcpMode === "listen")
-    return `${key}; receivers: ${options.askOperator ? "known keys or the operator's approval" : "known keys only"}`;
-  return `${key}; the receiver's key ${options.pins ? "is pinned" : "is not checked"}`;
 }

@@ -28,7 +28,11 @@ import {
   Role,
   utf8,
 } from "@mcudpt/protocol";
+import { createPrivateKey, generateKeyPairSync } from "node:crypto";
+import { createCertificate, pemFingerprint } from "@mcudpt/core";
+import { memoryTrust, testIdentity } from "../helpers/keys.js";
 import { type FaultProxy, startProxy } from "../helpers/proxy.js";
+import { startTunnel } from "../helpers/scenarios.js";
 import { isFrame, rawConnect, recordingProxy } from "../helpers/raw-peer.js";
 import { createHmac } from "node:crypto";
 import { availableTransports } from "../helpers/transports.js";
@@ -341,4 +345,57 @@ for (const transport of availableTransports()) {
       }
     });
   });
+}
+
+/** A self-signed certificate for 127.0.0.1 (the listening side's TLS). */
+function certificate(): { cert: string; key: string; fingerprint: string } {
+  const { privateKey, publicKey } = generateKeyPairSync("ec", { namedCurve: "P-256" });
+  const cert = createCertificate({
+    commonName: "mcudpt lanes test",
+    publicKey,
+    issuerKey: createPrivateKey(privateKey.export({ type: "pkcs8", format: "pem" }) as string),
+    altNames: ["localhost", "127.0.0.1"],
+    notAfter: new Date(Date.now() + 86_400_000),
+  });
+  return {
+    cert,
+    key: privateKey.export({ type: "pkcs8", format: "pem" }) as string,
+    fingerprint: pemFingerprint(cert),
+  };
+}
+
+for (const transport of availableTransports()) {
+  for (const direction of ["R", "L"] as const) {
+    it(
+      `lanes in key mode inside TLS over ${transport.name}, -${direction}: every lane its own TLS and proof`,
+      TIMEOUT,
+      async () => {
+        const echo = await startEcho(transport);
+        const receiverKey = testIdentity("lanes-receiver");
+        const senderKey = testIdentity("lanes-sender");
+        const listenerIsReceiver = direction === "R";
+        const tls = certificate();
+        const tunnel = await startTunnel(transport, echo.port, {
+          direction,
+          receiverConfig: { identity: receiverKey, ...(listenerIsReceiver ? {} : { lanes: 3 }) },
+          senderConfig: { identity: senderKey, ...(listenerIsReceiver ? { lanes: 3 } : {}) },
+          trust: memoryTrust(listenerIsReceiver ? senderKey : receiverKey),
+          receiverTls: { cert: tls.cert, key: tls.key },
+          senderTls: { fingerprint: tls.fingerprint },
+        });
+        const client = await startClient(transport, tunnel.receiver.udpPort);
+        try {
+          await eventually(() => openLanes(tunnel.receiver) === 3 && openLanes(tunnel.sender) === 3, "three lanes");
+          const clients = [client];
+          for (let i = 0; i < 5; i++) clients.push(await startClient(transport, tunnel.receiver.udpPort));
+          await requestAll(clients, "keys-tls");
+          for (const extra of clients.slice(1)) extra.close();
+        } finally {
+          client.close();
+          await tunnel.close();
+          echo.close();
+        }
+      },
+    );
+  }
 }

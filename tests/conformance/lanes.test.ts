@@ -203,6 +203,27 @@ for (const transport of availableTransports()) {
         }
       });
 
+      it(
+        "an acceptor that takes no lanes (an earlier version, or --max-lanes 1): one connection, no churn",
+        TIMEOUT,
+        async () => {
+          const t = await startLaneTunnel(transport, direction, 3, 1);
+          const client = await startClient(transport, t.receiver.udpPort);
+          try {
+            assert.equal(text(await client.request("single", 10_000)), "single");
+            await new Promise((r) => setTimeout(r, 800)); // several reconnect periods of the test tunnels
+            assert.equal(openLanes(t.receiver), 1);
+            assert.equal(openLanes(t.sender), 1);
+            // The first connection, and at most one try per extra lane: the dialer saw the HELLO and stopped.
+            assert.ok(t.proxy.accepted <= 3, `${t.proxy.accepted} connections`);
+            assert.equal(text(await client.request("still-single", 10_000)), "still-single");
+          } finally {
+            client.close();
+            await t.close();
+          }
+        },
+      );
+
       it("--max-lanes 2 against --lanes 3: two lanes, the tunnel works", TIMEOUT, async () => {
         const t = await startLaneTunnel(transport, direction, 3, 2);
         const client = await startClient(transport, t.receiver.udpPort);

@@ -156,6 +156,15 @@ export class Session implements LinkIo {
     return (this.peer?.links ?? []).filter((link) => link.state === "open");
   }
 
+  /**
+   * False when the session's open lane is to a peer that takes no lanes (its HELLO lacks Lanes): a
+   * dialer then keeps one connection. True while unknown (no lane open).
+   */
+  get peerTakesLanes(): boolean {
+    const link = this.openLink;
+    return link === undefined || (link.sharedCapabilities & Capability.Lanes) !== 0;
+  }
+
   /** Lanes the dialer keeps (settings.lanes); the acceptor takes up to settings.maxLanes. */
   get lanesWanted(): number {
     return this.settings.lanes;

@@ -420,3 +420,35 @@ for (const transport of availableTransports()) {
     );
   }
 }
+
+// Mixed runtime pairings (under Bun, where both transports exist): Bun receiver with Node sender, and
+// the other way round, with lanes and redundancy.
+const transports = availableTransports();
+if (transports.length === 2) {
+  for (const [receiverTransport, senderTransport] of [transports, [...transports].reverse()]) {
+    it(
+      `--lanes 2 --redundant, ${receiverTransport.name} receiver with ${senderTransport.name} sender`,
+      TIMEOUT,
+      async () => {
+        const echo = await startEcho(senderTransport);
+        const tunnel = await startTunnel(receiverTransport, echo.port, {
+          senderTransport,
+          receiverConfig: { secret: SECRET },
+          senderConfig: { secret: SECRET, lanes: 2, redundant: true },
+        });
+        const clients: TestClient[] = [];
+        try {
+          await eventually(() => openLanes(tunnel.receiver) === 2 && openLanes(tunnel.sender) === 2, "two lanes");
+          for (let i = 0; i < 6; i++) clients.push(await startClient(receiverTransport, tunnel.receiver.udpPort));
+          await requestAll(clients, "mixed");
+          assert.ok(tunnel.receiver.machine.laneTotals.duplicatesSuppressed > 0);
+          assert.ok(tunnel.sender.machine.laneTotals.duplicatesSuppressed > 0);
+        } finally {
+          for (const client of clients) client.close();
+          await tunnel.close();
+          echo.close();
+        }
+      },
+    );
+  }
+}

@@ -287,9 +287,12 @@ export function laneOptions(args: RawArgs, dialing: boolean): { lanes?: number; 
   if (!dialing && args.lanes !== undefined) {
     throw new UserError("--lanes is for the dialing side; this side listens (it takes up to --max-lanes)");
   }
-  return dialing
-    ? { lanes: count(args, "lanes", DEFAULTS.lanes, 64) }
-    : { maxLanes: count(args, "max-lanes", DEFAULTS.maxLanes, 64) };
+  if (!dialing) return { maxLanes: count(args, "max-lanes", DEFAULTS.maxLanes, 64) };
+  const lanes = count(args, "lanes", DEFAULTS.lanes, 64);
+  if (args.redundant === true && lanes < 2) {
+    throw new UserError("--redundant sends every datagram on two lanes: give --lanes 2 or more");
+  }
+  return { lanes };
 }
 
 export function commonOptions(args: RawArgs): CommonOptions {

@@ -139,6 +139,13 @@ export function dial(options: DialerOptions): Dialer {
   const scheduleRetry = (slot: LaneSlot, why: string): void => {
     if (stopping || slot.retryTimer !== undefined) return;
     if (keyCheck.refused) return giveUp(keyCheck.refused);
+    if (slot.index > 0 && session.peerConnected && !session.peerTakesLanes) {
+      if (!slot.waiting)
+        logger.log("info", `${label(slot)}the ${peerName} takes one connection per session: not opened`);
+      slot.waiting = true; // until the first lane reconnects (the peer may have changed)
+      slot.lastCode = undefined;
+      return;
+    }
     const backoff = slot.backoff;
     // Two sides configured differently stay so until someone changes one: retry at the slowest pace
     // instead of filling the log every backoff step (the reason was logged with the CLOSE). So does
@@ -165,8 +172,9 @@ export function dial(options: DialerOptions): Dialer {
 
   /** One connection attempt; whatever it throws ends up as a retry or, if it would repeat, as fatal. */
   const attempt = async (slot: LaneSlot): Promise<void> => {
-    if (slot.index > 0 && !session.peerConnected) {
-      slot.waiting = true; // dialed once a lane is open (accepted())
+    if (slot.index > 0 && (!session.peerConnected || !session.peerTakesLanes)) {
+      // Dialed once a lane is open (accepted()); a peer that takes no lanes gets one connection.
+      slot.waiting = true;
       return;
     }
     slot.waiting = false;

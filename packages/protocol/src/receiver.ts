@@ -12,7 +12,6 @@ import { FlowCloseReason, type Frame, FrameType, HEADER_SIZE, MAX_DATAGRAM, Prot
 import type { CryptoProvider, Link } from "./link.js";
 import type { ClientFlow, ReceiverOutput } from "./outputs.js";
 import { SourceRateLimiter } from "./rate-limit.js";
-import type { Laned } from "./session.js";
 import { zeroCounters } from "./stats.js";
 
 export interface ReceiverConfig extends CommonConfig {
@@ -94,8 +93,7 @@ export class ReceiverMachine extends MachineCore<ClientFlow, ReceiverOutput> {
         );
         return;
       }
-      const lane: Laned = {};
-      const link = (this.session.laneFor(lane) as { link: Link }).link;
+      const link = this.session.newFlowLane() as Link;
       // FLOW_OPEN (and an eviction's FLOW_CLOSE) count against the buffer bound too, so a flood of new
       // source addresses cannot grow the buffer of a blocked connection.
       if (!this.hasRoom(link, NEW_FLOW_OVERHEAD + DATA_OVERHEAD + payload.length, mappingId)) return;
@@ -108,38 +106,45 @@ export class ReceiverMachine extends MachineCore<ClientFlow, ReceiverOutput> {
       flow.replyDatagrams = Number.POSITIVE_INFINITY;
       this.flows.touch(flow, now);
     }
-    const out = this.session.sendLanes(flow, mappingId, payload.length) as { links: Link[]; moved: boolean };
-    const [primary, second] = out.links;
+    const session = this.session;
+    const primary = session.sendLanes(flow, mappingId, payload.length) as Link;
+    const second = session.second;
+    const moved = session.moved;
     // Its lane closed or stalled: announce the flow on the new lane before its data (the FLOW_OPEN
     // on the old one may never have arrived); the sender keeps a flow it already has (§16.3). A
     // second copy's lane must know the flow too.
-    const announce = (link: Link, again: boolean) => {
-      if (!again) return 0;
-      link.writer.flowOpen(flow.id, flow.mappingId, flow);
-      return NEW_FLOW_OVERHEAD;
-    };
-    const secondNew = second !== undefined && second !== flow.lane && !(flow.announcedOn ?? []).includes(second);
-    const extra = (second ? 4 : 0) + (out.moved ? NEW_FLOW_OVERHEAD : 0);
+    const extra = (second ? 4 : 0) + (moved ? NEW_FLOW_OVERHEAD : 0);
     if (!this.hasRoom(primary, DATA_OVERHEAD + extra + payload.length, mappingId, flow)) return;
-    announce(primary, out.moved);
+    if (moved) primary.writer.flowOpen(flow.id, flow.mappingId, flow);
     counters.forwarded(flow, payload.length);
-    if (second === undefined) {
-      primary.writer.data(flow.id, payload);
-    } else {
-      const seq = (flow.txSeq = ((flow.txSeq ?? -1) + 1) >>> 0);
-      primary.writer.sdata(flow.id, seq, payload);
-      if (this.hasRoom(second, DATA_OVERHEAD + 4 + payload.length + (secondNew ? NEW_FLOW_OVERHEAD : 0), mappingId)) {
-        if (secondNew) {
-          announce(second, true);
-          flow.announcedOn = [...(flow.announcedOn ?? []).filter((l) => l.state === "open"), second];
-        }
-        second.writer.sdata(flow.id, seq, payload);
-        second.counters.datagramsSent++;
-        this.session.connections.queued(second, now);
-      }
-    }
+    if (second === undefined) primary.writer.data(flow.id, payload);
+    else this.sendCopies(flow, primary, second, payload, mappingId, now);
     primary.counters.datagramsSent++;
-    this.session.connections.queued(primary, now);
+    session.connections.queued(primary, now);
+  }
+
+  /** Redundancy (§17): the datagram, numbered, on its lane and on `second` (announced there first). */
+  private sendCopies(
+    flow: ClientFlow,
+    primary: Link,
+    second: Link,
+    payload: Uint8Array,
+    mappingId: number,
+    now: number,
+  ): void {
+    const seq = (flow.txSeq = ((flow.txSeq ?? -1) + 1) >>> 0);
+    primary.writer.sdata(flow.id, seq, payload);
+    const unknown = !(flow.announcedOn ?? []).includes(second);
+    if (!this.hasRoom(second, DATA_OVERHEAD + 4 + payload.length + (unknown ? NEW_FLOW_OVERHEAD : 0), mappingId)) {
+      return;
+    }
+    if (unknown) {
+      second.writer.flowOpen(flow.id, flow.mappingId, flow);
+      flow.announcedOn = [...(flow.announcedOn ?? []).filter((link) => link.state === "open"), second];
+    }
+    second.writer.sdata(flow.id, seq, payload);
+    second.counters.datagramsSent++;
+    this.session.connections.queued(second, now);
   }
 
   private openFlow(

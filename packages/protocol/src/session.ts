@@ -169,6 +169,15 @@ export class Session implements LinkIo {
     return (this.peer?.links ?? []).filter((link) => link.state === "open");
   }
 
+  /**
+   * False when the session's open lane is to a peer that takes no lanes (its HELLO lacks Lanes): a
+   * dialer then keeps one connection. True while unknown (no lane open).
+   */
+  get peerTakesLanes(): boolean {
+    const link = this.openLink;
+    return link === undefined || (link.sharedCapabilities & Capability.Lanes) !== 0;
+  }
+
   /** Lanes the dialer keeps (settings.lanes); the acceptor takes up to settings.maxLanes. */
   get lanesWanted(): number {
     return this.settings.lanes;
@@ -189,60 +198,74 @@ export class Session implements LinkIo {
   }
 
   /**
-   * The lanes a datagram of `flow` (mapping `mappingId`, `size` bytes) goes out on: its own lane and,
-   * when redundancy applies (§17) and another open lane speaks SDATA, a second one. Undefined when no
-   * lane is open.
+   * What the last laneFor() or sendLanes() decided besides the lane it returned (fields, not a fresh
+   * object: this runs once per datagram): `moved`, the flow had another lane before (the receiver
+   * re-announces FLOW_OPEN); `second`, the lane of the redundant copy, if any.
    */
-  sendLanes(flow: Laned, mappingId: number, size: number): { links: Link[]; moved: boolean } | undefined {
-    const chosen = this.laneFor(flow);
-    if (chosen === undefined) return undefined;
-    const link = chosen.link;
-    if (!this.redundancyFor(flow, mappingId, size) || (link.sharedCapabilities & Capability.Sequenced) === 0) {
-      return { links: [link], moved: chosen.moved };
-    }
-    const lanes = this.openLanes();
+  moved = false;
+  second: Link | undefined;
+  /** Some open lane's peer set Redundant in its HELLO (recomputed when lanes open or close). */
+  private peerAsksRedundancy = false;
+
+  /**
+   * The lane a datagram of `flow` (mapping `mappingId`, `size` bytes) goes out on, and in `second`,
+   * when redundancy applies (§17) and another open lane speaks SDATA, the lane of its copy. Undefined
+   * when no lane is open.
+   */
+  sendLanes(flow: Laned, mappingId: number, size: number): Link | undefined {
+    this.second = undefined;
+    const link = this.laneFor(flow);
+    if (link === undefined || !this.redundancyFor(flow, mappingId, size)) return link;
+    if ((link.sharedCapabilities & Capability.Sequenced) === 0) return link;
+    const lanes = this.peer?.links ?? [];
     const start = lanes.indexOf(link);
     for (let i = 1; i < lanes.length; i++) {
       const other = lanes[(start + i) % lanes.length];
-      if (other.blocked || (other.sharedCapabilities & Capability.Sequenced) === 0) continue;
+      if (other.state !== "open" || other.blocked || (other.sharedCapabilities & Capability.Sequenced) === 0) continue;
       this.totals.redundantCopies++;
-      return { links: [link, other], moved: chosen.moved };
+      this.second = other;
+      break;
     }
-    return { links: [link], moved: chosen.moved };
+    return link;
   }
 
   private redundancyFor(flow: Laned, mappingId: number, size: number): boolean {
     const s = this.settings;
     if (size > s.redundantMaxBytes) return false;
-    if (s.redundant || flow.mirror || s.mappings[mappingId]?.redundant) return true;
-    // The peer asked for it (its HELLO set Redundant).
-    for (const link of this.peer?.links ?? []) {
-      if (link.state === "open" && ((link.peerHello?.capabilities ?? 0) & Capability.Redundant) !== 0) return true;
-    }
-    return false;
+    return s.redundant || this.peerAsksRedundancy || flow.mirror === true || s.mappings[mappingId]?.redundant === true;
+  }
+
+  private lanesChanged(): void {
+    this.peerAsksRedundancy = (this.peer?.links ?? []).some(
+      (link) => link.state === "open" && ((link.peerHello?.capabilities ?? 0) & Capability.Redundant) !== 0,
+    );
+  }
+
+  /** The lane for a flow about to open (round robin over the open lanes); undefined when none is open. */
+  newFlowLane(): Link | undefined {
+    const scratch: Laned = {};
+    return this.laneFor(scratch);
   }
 
   /**
    * The lane `flow`'s datagrams go out on (§16.3): the one it has while that is open and not backed
    * up, so its order is kept; else the next open lane, round robin (a backed-up lane only when every
-   * lane is). `moved` says the flow had another lane before (the receiver re-announces FLOW_OPEN).
-   * Undefined when no lane is open.
+   * lane is). Sets `moved`. Undefined when no lane is open.
    */
-  laneFor(flow: Laned): { link: Link; moved: boolean } | undefined {
+  laneFor(flow: Laned): Link | undefined {
+    this.moved = false;
     const current = flow.lane;
-    if (current !== undefined && current.state === "open" && !current.blocked) return { link: current, moved: false };
+    if (current !== undefined && current.state === "open" && !current.blocked) return current;
     const lanes = this.openLanes();
     if (lanes.length === 0) return undefined;
-    if (current !== undefined && current.state === "open" && lanes.every((lane) => lane.blocked)) {
-      return { link: current, moved: false };
-    }
+    if (current !== undefined && current.state === "open" && lanes.every((lane) => lane.blocked)) return current;
     const free = lanes.filter((lane) => !lane.blocked);
     const pool = free.length > 0 ? free : lanes;
     const link = pool[this.nextLane++ % pool.length];
-    const moved = current !== undefined && current !== link;
-    if (moved) this.totals.flowsMoved++;
+    this.moved = current !== undefined && current !== link;
+    if (this.moved) this.totals.flowsMoved++;
     flow.lane = link;
-    return { link, moved };
+    return link;
   }
 
   // ---- the accepting side ----
@@ -516,6 +539,7 @@ export class Session implements LinkIo {
 
   private opened(link: Link, now: number, resumed: boolean, lane = false): void {
     link.markOpen(now, this.settings.keepaliveMs);
+    this.lanesChanged();
     this.stats.accepted++;
     const name = this.peerName;
     const what = link.side === "acceptor" ? `${name} ${link.peer} accepted` : `accepted by ${name} ${link.peer}`;
@@ -551,6 +575,7 @@ export class Session implements LinkIo {
     // (never the session's) does not restart it.
     if (!session || !session.links.includes(link)) return;
     session.links = session.links.filter((other) => other !== link);
+    this.lanesChanged();
     if (session.links.length > 0) return;
     this.stats.rttMs = undefined; // no connection, no round-trip time: a stale figure would mislead
     if (link.peerCloseCode === CloseCode.Normal) {

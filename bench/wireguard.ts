@@ -16,6 +16,8 @@
  *                                             an A/B against an older build in the same run
  *   --udp-buffer=BYTES                        pass --udp-buffer to both mcudpt sides (e.g. 64k: make the kernel
  *                                             drop at mcudpt's own sockets, to see them counted)
+ *   --sender-udp-buffer=BYTES                 --udp-buffer for the sender only (its flow sockets)
+ *   --report=FILE                             re-render the table of a results file (wireguard*.json)
  *   --label=NAME                              results go to bench/results/wireguard-NAME.{json,md}
  *
  * Layout. wireguard-go starts in the root namespace (so its UDP sockets are on 127.0.0.1 with
@@ -80,6 +82,8 @@ const SECONDS = Number(opt("seconds") ?? 10);
 const TRIALS = Number(opt("trials") ?? 2);
 const BASE_CLI = opt("base-cli");
 const UDP_BUFFER = opt("udp-buffer");
+/** --sender-udp-buffer=BYTES: the sender's flow sockets only (the receiver keeps its default). */
+const SENDER_UDP_BUFFER = opt("sender-udp-buffer");
 const LABEL = opt("label");
 const CONFIGS = [
   "direct",
@@ -286,6 +290,7 @@ async function startTunnel(dir: string, cli: string, runtime: "bun" | "node", ta
   const [mr, ms] = [await freePort("tcp"), await freePort("tcp")];
   const common = ["--secret", "wireguard-bench", "--transport", runtime];
   if (UDP_BUFFER && !cli.includes("/base/")) common.push("--udp-buffer", UDP_BUFFER);
+  const senderOnly = SENDER_UDP_BUFFER && !cli.includes("/base/") ? ["--udp-buffer", SENDER_UDP_BUFFER] : [];
   const sender = await start(
     dir,
     `sender-${runtime}`,
@@ -300,6 +305,7 @@ async function startTunnel(dir: string, cli: string, runtime: "bun" | "node", ta
       "--metrics",
       `127.0.0.1:${ms}`,
       ...common,
+      ...senderOnly,
     ],
     WATCHDOG_S,
   );
@@ -332,7 +338,16 @@ async function startTunnel(dir: string, cli: string, runtime: "bun" | "node", ta
 
 /** mcudpt_drops_total by reason, from one side's metrics. */
 async function drops(url: string): Promise<Record<string, number>> {
-  const text = await (await fetch(url)).text();
+  let text = "";
+  for (let attempt = 1; ; attempt++) {
+    try {
+      text = await (await fetch(url)).text();
+      break;
+    } catch (error) {
+      if (attempt >= 5) throw new Error(`${url}: ${(error as Error).message}`);
+      await sleep(200);
+    }
+  }
   const out: Record<string, number> = {};
   for (const m of text.matchAll(/^mcudpt_drops_total\{reason="([^"]+)"\} (\d+)$/gm)) out[m[1]] = Number(m[2]);
   return out;
@@ -526,15 +541,17 @@ const median = (values: number[]) => {
 };
 
 function report(results: Measurement[], meta: Record<string, unknown>): string {
+  const configs = [...new Set(results.map((r) => r.config))];
+  const wgBuffers = [...new Set(results.map((r) => r.wgBuffer))];
   const lines = [
     "| WireGuard socket buffer | path | TCP Mbit/s | ratio to direct | UDP 100 Mbit/s: iperf3 lost | mcudpt counted (kernel-queue) | kernel drops at mcudpt's sockets | counted / lost | lost at WireGuard's socket B | at A's tun, backlog, iperf3's socket | TCP run: mcudpt counted / kernel drops at its sockets | others' CPU |",
     "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
   ];
-  for (const wgBuffer of WG_BUFFERS) {
+  for (const wgBuffer of wgBuffers) {
     const direct = median(
       results.filter((r) => r.wgBuffer === wgBuffer && r.config === "direct").map((r) => r.tcpMbps),
     );
-    for (const config of CONFIGS) {
+    for (const config of configs) {
       const rows = results.filter((r) => r.wgBuffer === wgBuffer && r.config === config);
       if (rows.length === 0) continue;
       const tcp = median(rows.map((r) => r.tcpMbps));
@@ -552,7 +569,7 @@ function report(results: Measurement[], meta: Record<string, unknown>): string {
           `| ${config === "direct" || lost === 0 ? "—" : `${((100 * counted) / lost).toFixed(0)} %`} ` +
           `| ${trials((r) => String(r.elsewhere.wgB))} ` +
           `| ${trials((r) => `${r.elsewhere.tunA}, ${r.elsewhere.backlog}, ${r.elsewhere.iperfServer}`)} ` +
-          `| ${config === "direct" ? "—" : trials((r) => `${r.tcpRun?.counted ?? 0} / ${r.tcpRun?.atMcudpt ?? 0}`)} ` +
+          `| ${config === "direct" ? "—" : rows.map((r) => (r.tcpRun ? `${r.tcpRun.counted} / ${r.tcpRun.atMcudpt}` : "not measured")).join("; ")} ` +
           `| ${trials((r) => `${(100 * Math.max(r.others.tcp, r.others.udp)).toFixed(0)} %`)} |`,
       );
     }
@@ -566,6 +583,13 @@ function report(results: Measurement[], meta: Record<string, unknown>): string {
 // --- main ----------------------------------------------------------------------------------------
 
 async function main(): Promise<void> {
+  const rerender = opt("report");
+  if (rerender) {
+    // Re-renders the table from a results file (no measurement, no root needed).
+    const { meta, results } = JSON.parse(readFileSync(rerender, "utf8"));
+    console.log(report(results, meta));
+    return;
+  }
   if (process.getuid?.() !== 0) {
     console.log(
       "bench/wireguard.ts: skipped: it needs root (network namespaces, tun devices). Run: sudo bun bench/wireguard.ts",
@@ -628,12 +652,20 @@ async function main(): Promise<void> {
       for (let trial = 1; trial <= TRIALS; trial++) {
         for (const config of CONFIGS) {
           const which = config.endsWith("-base") ? (baseCli as string) : cli;
-          let m = await measure(runDir, which, wg, config, wgBuffer, trial);
+          // A measurement that fails (a port taken by someone else meanwhile, a process that died on a
+          // machine shared with other work) is tried once more, then left out.
+          const attempt = () =>
+            measure(runDir as string, which, wg, config, wgBuffer, trial).catch((error: Error) => {
+              log(`${config} trial ${trial} failed: ${error.message}`);
+              return undefined;
+            });
+          let m = (await attempt()) ?? (await attempt());
+          if (m === undefined) continue;
           const disturbed = (x: Measurement) => Math.max(x.others.tcp, x.others.udp);
           if (disturbed(m) > 0.15) {
             log(`${config}: others used ${(100 * disturbed(m)).toFixed(0)} % of the CPUs: measuring again`);
-            const again = await measure(runDir, which, wg, config, wgBuffer, trial);
-            if (disturbed(again) < disturbed(m)) m = again;
+            const again = await attempt();
+            if (again && disturbed(again) < disturbed(m)) m = again;
           }
           results.push(m);
         }

@@ -12,9 +12,7 @@ import { type MachineDriver, now } from "./driver.js";
 import { messageOf, UserError } from "./errors.js";
 import { kernelDropCountersAvailable, readUdpSocketStatsAsync } from "./kernel-drops.js";
 import { bufferShortfall, KernelSampler, kernelDropsWarning, sizeText } from "./kernel-sampler.js";
-import { RateLimitedLog } from "./logger.js";
-import { Resolver } from "./resolve.js";
-import { authDescription, mappingsOf, type SideOptions, startRole, waitFor } from "./role.js";
+import { authDescription, mappingsOf, roleTools, type SideOptions, startRole, waitFor } from "./role.js";
 import type { UdpSocket } from "./transport.js";
 import { UdpBatcher } from "./udp-batch.js";
 
@@ -71,15 +69,13 @@ export interface ReceiverHandle {
 export const CLIENT_SOCKET_BUFFER = 2 * 1024 * 1024;
 
 export async function startReceiver(options: ReceiverOptions): Promise<ReceiverHandle> {
-  const { transport, logger } = options;
+  const { transport, logger, resolver, rateLimited } = roleTools(options);
+  const dialing = options.tcpMode === "dial";
   const mappings = mappingsOf(
     options.mappings,
     options.udp && { udp: options.udp },
     "the receiver needs a UDP address (--udp)",
   );
-  const dialing = options.tcpMode === "dial";
-  const resolver = new Resolver();
-  const rateLimited = new RateLimitedLog(logger);
   const sockets: UdpSocket[] = [];
   const bound: string[] = [];
   let machine!: ReceiverMachine;

@@ -8,6 +8,8 @@ import type { HostPort } from "./address.js";
 import { PeerKeyChecker } from "./dialer.js";
 import { UserError } from "./errors.js";
 import { fingerprint } from "./keys.js";
+import { RateLimitedLog } from "./logger.js";
+import { Resolver } from "./resolve.js";
 import { MachineDriver, type RoleOutput } from "./driver.js";
 import type { Logger } from "./logger.js";
 import { type DialTrust, type ListenTrust, type PeerLink, startPeerLink } from "./peer-link.js";
@@ -144,4 +146,9 @@ export function mappingsOf<M>(mappings: M[] | undefined, single: M | undefined, 
   if (mappings && mappings.length > 0) return mappings;
   if (single === undefined) throw new UserError(missing);
   return [single];
+}
+
+/** What every role's start needs besides its options: a resolver and a rate-limited log. */
+export function roleTools(options: SideOptions) {
+  return { ...options, resolver: new Resolver(), rateLimited: new RateLimitedLog(options.logger) };
 }

@@ -12,9 +12,7 @@ import { messageOf } from "./errors.js";
 import { type DropSite, FlowSockets, type Target } from "./flow-sockets.js";
 import { kernelDropCountersAvailable, readUdpSocketStatsAsync } from "./kernel-drops.js";
 import { KernelSampler, kernelDropsWarning, sizeText } from "./kernel-sampler.js";
-import { RateLimitedLog } from "./logger.js";
-import { Resolver } from "./resolve.js";
-import { authDescription, mappingsOf, type SideOptions, startRole } from "./role.js";
+import { authDescription, mappingsOf, roleTools, type SideOptions, startRole } from "./role.js";
 
 /** One target and, optionally, the name that pairs it with the receiver's public port. */
 export interface SenderMapping {
@@ -87,15 +85,13 @@ export function flowSocketBuffer(
 }
 
 export async function startSender(options: SenderOptions): Promise<SenderHandle> {
-  const { transport, logger } = options;
+  const { transport, logger, resolver, rateLimited } = roleTools(options);
+  const listening = options.tcpMode === "listen";
   const mappings = mappingsOf(
     options.mappings,
     options.target && { target: options.target },
     "the sender needs a target UDP address (--udp)",
   );
-  const listening = options.tcpMode === "listen";
-  const resolver = new Resolver();
-  const rateLimited = new RateLimitedLog(logger);
   const targets: Target[] = mappings.map(({ target }) => {
     const host = target.host === "" ? "127.0.0.1" : target.host;
     return { host, port: target.port, text: formatHostPort(host, target.port) };

@@ -14,7 +14,8 @@ import { FlowCloseReason, type Frame, FrameType, type Role } from "./frames.js";
 import type { CryptoProvider, Link } from "./link.js";
 import { LogThrottle, OutputQueue } from "./outputs.js";
 import { DuplicateWindow } from "./dedupe.js";
-import { type Laned, Session } from "./session.js";
+import type { Laned } from "./lanes.js";
+import { Session } from "./session.js";
 import { Counters, type LaneTotals, type MappingStats, type Stats } from "./stats.js";
 
 export interface RolePolicy<F> {

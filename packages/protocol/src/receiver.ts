@@ -93,7 +93,7 @@ export class ReceiverMachine extends MachineCore<ClientFlow, ReceiverOutput> {
         );
         return;
       }
-      const link = this.session.newFlowLane() as Link;
+      const link = this.session.picker.newFlowLane() as Link;
       // FLOW_OPEN (and an eviction's FLOW_CLOSE) count against the buffer bound too, so a flood of new
       // source addresses cannot grow the buffer of a blocked connection.
       if (!this.hasRoom(link, NEW_FLOW_OVERHEAD + DATA_OVERHEAD + payload.length, mappingId)) return;
@@ -107,9 +107,9 @@ export class ReceiverMachine extends MachineCore<ClientFlow, ReceiverOutput> {
       this.flows.touch(flow, now);
     }
     const session = this.session;
-    const primary = session.sendLanes(flow, mappingId, payload.length) as Link;
-    const second = session.second;
-    const moved = session.moved;
+    const primary = session.picker.sendLanes(flow, mappingId, payload.length) as Link;
+    const second = session.picker.second;
+    const moved = session.picker.moved;
     // Its lane closed or stalled: announce the flow on the new lane before its data (the FLOW_OPEN
     // on the old one may never have arrived); the sender keeps a flow it already has (§16.3). A
     // second copy's lane must know the flow too.

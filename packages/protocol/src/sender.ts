@@ -50,12 +50,12 @@ export class SenderMachine extends MachineCore<TargetFlow, SenderOutput> {
     }
     this.counters.received(flow.mappingId, payload.length);
     this.flows.touch(flow, now);
-    const link = this.session.sendLanes(flow, flow.mappingId, payload.length);
+    const link = this.session.picker.sendLanes(flow, flow.mappingId, payload.length);
     if (link === undefined) {
       this.counters.dropped("not-connected", flow.mappingId, flow);
       return;
     }
-    const second = this.session.second;
+    const second = this.session.picker.second;
     if (!this.hasRoom(link, DATA_OVERHEAD + (second ? 4 : 0) + payload.length, flow.mappingId, flow)) return;
     this.counters.forwarded(flow, payload.length);
     if (second === undefined) {

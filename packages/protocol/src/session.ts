@@ -16,7 +16,7 @@ import type { Settings } from "./config.js";
 import { type LinkIo, LinkTable } from "./connections.js";
 import { acceptorHelloStep, checkPeerHello, flows, unexpected } from "./handshake.js";
 import { Capability, CloseCode, type Frame, FrameType, ProtocolError, Role, TOKEN_SIZE } from "./frames.js";
-import type { DuplicateWindow } from "./dedupe.js";
+import { type LaneInfo, LanePicker } from "./lanes.js";
 import type { CryptoProvider, Link } from "./link.js";
 import type { OutputSink } from "./outputs.js";
 import type { LaneTotals, Stats } from "./stats.js";
@@ -27,32 +27,6 @@ function capabilitiesOf(settings: Settings, side: "acceptor" | "dialer"): number
   // Sequenced (SDATA) and Redundant only matter with lanes: a side without them announces Resume alone.
   if (!lanes) return Capability.Resume;
   return Capability.Resume | Capability.Lanes | Capability.Sequenced | (settings.redundant ? Capability.Redundant : 0);
-}
-
-/** One lane of the session, for status lines and metrics. */
-export interface LaneInfo {
-  readonly conn: number;
-  readonly peer: string;
-  readonly open: boolean;
-  /** The transport is backed up: new datagrams go to another lane while one is free. */
-  readonly stalled: boolean;
-  readonly rttMs: number | undefined;
-  readonly datagramsSent: number;
-  readonly datagramsReceived: number;
-  readonly nudgesSent: number;
-}
-
-/** What a flow keeps of its lanes: the connection its datagrams go out on, and redundancy (§17). */
-export interface Laned {
-  lane?: Link;
-  /** Sequence number of the last SDATA sent (u32, wraps). */
-  txSeq?: number;
-  /** Duplicate window for the SDATA received. */
-  rx?: DuplicateWindow;
-  /** The peer sends this flow redundantly: answer it the same way. */
-  mirror?: boolean;
-  /** Receiver: lanes this flow was announced on (FLOW_OPEN) besides its own. */
-  announcedOn?: Link[];
 }
 
 /** What the session needs from the machine that owns it: its flows. */
@@ -87,8 +61,8 @@ export class Session implements LinkIo {
   private peer: PeerSession | undefined;
   /** The dialer's connection attempts still in their handshake. */
   private readonly dialing = new Set<Link>();
-  /** Round-robin position for the next flow's lane. */
-  private nextLane = 0;
+  /** Which lane each datagram goes out on (§16.3, §17). */
+  readonly picker: LanePicker;
   /** What the other side is ("sender" or "receiver"), for log lines and reasons. */
   readonly peerName: string;
 
@@ -103,6 +77,7 @@ export class Session implements LinkIo {
   ) {
     this.peerName = role === Role.Receiver ? "sender" : "receiver";
     this.connections = new LinkTable(settings, stats, out, this, totals);
+    this.picker = new LanePicker(() => this.peer?.links ?? [], settings, totals);
   }
 
   /** True while an admitted peer is connected. */
@@ -164,11 +139,6 @@ export class Session implements LinkIo {
     return undefined;
   }
 
-  /** The session's open connections (lanes), in the order they opened. */
-  openLanes(): Link[] {
-    return (this.peer?.links ?? []).filter((link) => link.state === "open");
-  }
-
   /**
    * False when the session's open lane is to a peer that takes no lanes (its HELLO lacks Lanes): a
    * dialer then keeps one connection. True while unknown (no lane open).
@@ -185,87 +155,7 @@ export class Session implements LinkIo {
 
   /** Every connection of the session, for status lines and metrics. */
   lanes(): LaneInfo[] {
-    return (this.peer?.links ?? []).map((link) => ({
-      conn: link.id,
-      peer: link.peer,
-      open: link.state === "open",
-      stalled: link.blocked,
-      rttMs: link.rttMs,
-      datagramsSent: link.counters.datagramsSent,
-      datagramsReceived: link.counters.datagramsReceived,
-      nudgesSent: link.counters.nudgesSent,
-    }));
-  }
-
-  /**
-   * What the last laneFor() or sendLanes() decided besides the lane it returned (fields, not a fresh
-   * object: this runs once per datagram): `moved`, the flow had another lane before (the receiver
-   * re-announces FLOW_OPEN); `second`, the lane of the redundant copy, if any.
-   */
-  moved = false;
-  second: Link | undefined;
-  /** Some open lane's peer set Redundant in its HELLO (recomputed when lanes open or close). */
-  private peerAsksRedundancy = false;
-
-  /**
-   * The lane a datagram of `flow` (mapping `mappingId`, `size` bytes) goes out on, and in `second`,
-   * when redundancy applies (§17) and another open lane speaks SDATA, the lane of its copy. Undefined
-   * when no lane is open.
-   */
-  sendLanes(flow: Laned, mappingId: number, size: number): Link | undefined {
-    this.second = undefined;
-    const link = this.laneFor(flow);
-    if (link === undefined || !this.redundancyFor(flow, mappingId, size)) return link;
-    if ((link.sharedCapabilities & Capability.Sequenced) === 0) return link;
-    const lanes = this.peer?.links ?? [];
-    const start = lanes.indexOf(link);
-    for (let i = 1; i < lanes.length; i++) {
-      const other = lanes[(start + i) % lanes.length];
-      if (other.state !== "open" || other.blocked || (other.sharedCapabilities & Capability.Sequenced) === 0) continue;
-      this.totals.redundantCopies++;
-      this.second = other;
-      break;
-    }
-    return link;
-  }
-
-  private redundancyFor(flow: Laned, mappingId: number, size: number): boolean {
-    const s = this.settings;
-    if (size > s.redundantMaxBytes) return false;
-    return s.redundant || this.peerAsksRedundancy || flow.mirror === true || s.mappings[mappingId]?.redundant === true;
-  }
-
-  private lanesChanged(): void {
-    this.peerAsksRedundancy = (this.peer?.links ?? []).some(
-      (link) => link.state === "open" && ((link.peerHello?.capabilities ?? 0) & Capability.Redundant) !== 0,
-    );
-  }
-
-  /** The lane for a flow about to open (round robin over the open lanes); undefined when none is open. */
-  newFlowLane(): Link | undefined {
-    const scratch: Laned = {};
-    return this.laneFor(scratch);
-  }
-
-  /**
-   * The lane `flow`'s datagrams go out on (§16.3): the one it has while that is open and not backed
-   * up, so its order is kept; else the next open lane, round robin (a backed-up lane only when every
-   * lane is). Sets `moved`. Undefined when no lane is open.
-   */
-  laneFor(flow: Laned): Link | undefined {
-    this.moved = false;
-    const current = flow.lane;
-    if (current !== undefined && current.state === "open" && !current.blocked) return current;
-    const lanes = this.openLanes();
-    if (lanes.length === 0) return undefined;
-    if (current !== undefined && current.state === "open" && lanes.every((lane) => lane.blocked)) return current;
-    const free = lanes.filter((lane) => !lane.blocked);
-    const pool = free.length > 0 ? free : lanes;
-    const link = pool[this.nextLane++ % pool.length];
-    this.moved = current !== undefined && current !== link;
-    if (this.moved) this.totals.flowsMoved++;
-    flow.lane = link;
-    return link;
+    return this.picker.info();
   }
 
   // ---- the accepting side ----
@@ -539,7 +429,7 @@ export class Session implements LinkIo {
 
   private opened(link: Link, now: number, resumed: boolean, lane = false): void {
     link.markOpen(now, this.settings.keepaliveMs);
-    this.lanesChanged();
+    this.picker.lanesChanged();
     this.stats.accepted++;
     const name = this.peerName;
     const what = link.side === "acceptor" ? `${name} ${link.peer} accepted` : `accepted by ${name} ${link.peer}`;
@@ -575,7 +465,7 @@ export class Session implements LinkIo {
     // (never the session's) does not restart it.
     if (!session || !session.links.includes(link)) return;
     session.links = session.links.filter((other) => other !== link);
-    this.lanesChanged();
+    this.picker.lanesChanged();
     if (session.links.length > 0) return;
     this.stats.rttMs = undefined; // no connection, no round-trip time: a stale figure would mislead
     if (link.peerCloseCode === CloseCode.Normal) {

@@ -472,6 +472,11 @@ async function measure(dir: string, config: Config, runtime: Runtime | "-", loss
         : workload === "dns"
           ? await dnsperf(dir, port)
           : await flows(dir, port);
+    // A target that died or stopped answering (ICMP unreachable toward it) spoils the measurement.
+    if (target.done) throw new Error("the target exited during the measurement");
+    if (tunnel && /target .*ECONNREFUSED/.test(stderrOf(tunnel.sender))) {
+      throw new Error("the target stopped answering during the measurement (ICMP port unreachable)");
+    }
     if (tunnel) {
       Object.assign(metrics, readTcpCounters());
       const carrier = readCounters();

@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, it } from "node:test";
-import { type Stats, zeroDrops } from "@mcudpt/protocol";
+import { type Stats, zeroDrops, zeroLaneTotals } from "@mcudpt/protocol";
 import type { Observed } from "../../apps/cli/src/ops/observe.ts";
 import { opsOptions, parseMetricsAddress } from "../../apps/cli/src/ops/options.ts";
 import { snapshotText } from "../../apps/cli/src/ops/snapshot.ts";
@@ -90,6 +90,22 @@ describe("status line", () => {
     );
     const narrow = new StatusLine(observed, { isTTY: true, columns: 40, write() {} });
     assert.equal(narrow.render(start, start).length, 39);
+  });
+
+  it("shows the lanes open of those kept, and duplicates suppressed, when there is more than one", () => {
+    const laned: Observed = {
+      ...fakeObserved(),
+      lanes: () => ({ open: 1, wanted: 2 }),
+      laneTotals: () => ({ ...zeroLaneTotals(), duplicatesSuppressed: 1500 }),
+    };
+    const line = new StatusLine(laned, { isTTY: true, columns: 200, write() {} });
+    const start = { at: 0, udpIn: 0, udpInBytes: 0, udpOut: 0, udpOutBytes: 0 };
+    assert.match(line.render(start, { ...start, at: 1000 }), / \| lanes 1\/2 dup 1\.5k \| /);
+    const single: Observed = { ...fakeObserved(), lanes: () => ({ open: 1, wanted: 1 }) };
+    assert.doesNotMatch(
+      new StatusLine(single, { isTTY: true, columns: 200, write() {} }).render(start, start),
+      /lanes/,
+    );
   });
 
   it("says so when this side waits for the peer to admit its key, and shows no stale RTT", () => {

@@ -11,7 +11,7 @@
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { formatHostPort, logLine, messageOf, UserError } from "@mcudpt/core";
-import type { DropReason } from "@mcudpt/protocol";
+import type { DropReason, LaneTotals } from "@mcudpt/protocol";
 import { Counter, Gauge, Registry } from "prom-client";
 import type { MappingRow, Observed } from "./observe.js";
 
@@ -114,6 +114,12 @@ export function metricsRegistry(observed: Observed, info: Record<string, string>
     in: stats.udpInBytes,
     out: stats.udpOutBytes,
   }));
+  gauge("mcudpt_lanes_open", "TCP connections (lanes) of the session that are open", () => observed.lanes?.().open);
+  const lane = (key: keyof LaneTotals) => () => observed.laneTotals?.()[key] ?? 0;
+  total("mcudpt_nudges_sent_total", "Tail-loss nudges (PAD frames) sent", lane("nudgesSent"));
+  total("mcudpt_duplicates_suppressed_total", "Redundant copies received and dropped", lane("duplicatesSuppressed"));
+  total("mcudpt_redundant_copies_total", "Second copies sent on another lane (--redundant)", lane("redundantCopies"));
+  total("mcudpt_flows_moved_total", "Flows moved to another lane", lane("flowsMoved"));
   byLabel(
     "mcudpt_drops_total",
     "Datagrams dropped, by reason",

@@ -4,7 +4,7 @@
  * here is on the datagram path.
  */
 import { formatHostPort, type ReceiverHandle, type SenderHandle } from "@mcudpt/core";
-import type { FlowCounters, MappingStats, Stats } from "@mcudpt/protocol";
+import type { FlowCounters, LaneTotals, MappingStats, Stats } from "@mcudpt/protocol";
 
 export type Role = "receiver" | "sender";
 
@@ -21,6 +21,10 @@ export interface Observed {
   stats: Stats;
   /** Receiver: an accepted sender is connected. Sender: accepted by the receiver. */
   peerConnected(): boolean;
+  /** Lanes (TCP connections of the session): open, and how many this side keeps or takes. */
+  lanes?(): { open: number; wanted: number };
+  /** Nudges, redundancy and lane totals (see LaneTotals). */
+  laneTotals?(): LaneTotals;
   /** Where the connection side stands (open, waiting for the peer's decision, connecting, down). */
   phase?(): "open" | "waiting" | "connecting" | "down";
   flowCount(): number;
@@ -56,6 +60,8 @@ export function observeReceiver(handle: ReceiverHandle, transport: string): Obse
     stats: machine.stats,
     peerConnected: () => machine.session.peerConnected,
     phase: () => machine.session.phase,
+    lanes: () => lanesOf(machine.session),
+    laneTotals: () => machine.laneTotals,
     flowCount: () => machine.flows.size,
     reconnects: () => Math.max(0, machine.stats.accepted - 1),
     mappings: () => mappingRows(machine),
@@ -79,6 +85,8 @@ export function observeSender(handle: SenderHandle, transport: string): Observed
     stats: machine.stats,
     peerConnected: () => machine.session.peerConnected,
     phase: () => machine.session.phase,
+    lanes: () => lanesOf(machine.session),
+    laneTotals: () => machine.laneTotals,
     flowCount: () => machine.flows.size,
     reconnects: () => handle.reconnects,
     mappings: () => mappingRows(machine),
@@ -124,4 +132,9 @@ export function compact(value: number): string {
     unit = u;
   }
   return `${v < 10 ? v.toFixed(1) : Math.round(v)}${unit}`;
+}
+
+function lanesOf(session: { lanes(): Array<{ open: boolean }>; lanesWanted: number }) {
+  const lanes = session.lanes();
+  return { open: lanes.filter((lane) => lane.open).length, wanted: Math.max(session.lanesWanted, lanes.length) };
 }

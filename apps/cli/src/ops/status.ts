@@ -87,6 +87,12 @@ export class StatusLine {
       `in ${rate(previous.udpIn, current.udpIn)} dg/s ${rate(previous.udpInBytes, current.udpInBytes)}B/s`,
       `out ${rate(previous.udpOut, current.udpOut)} dg/s ${rate(previous.udpOutBytes, current.udpOutBytes)}B/s`,
     ];
+    const lanes = o.lanes?.();
+    if (lanes && lanes.wanted > 1) {
+      const totals = o.laneTotals?.();
+      const dup = totals && totals.duplicatesSuppressed > 0 ? ` dup ${compact(totals.duplicatesSuppressed)}` : "";
+      parts.push(`lanes ${lanes.open}/${lanes.wanted}${dup}`);
+    }
     const drops = nonZeroDrops(o.stats);
     parts.push(drops.length > 0 ? `drops ${drops.join(" ")}` : "drops 0");
     const rtt = o.stats.rttMs;

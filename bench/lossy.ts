@@ -28,7 +28,18 @@ import { existsSync, mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
-import { killAll, type Proc, run, sleep, start, stderrOf, stdoutOf, stop, waitFor } from "./perf-lib/proc.js";
+import {
+  dnsmasqArgs,
+  killAll,
+  type Proc,
+  run,
+  sleep,
+  start,
+  stderrOf,
+  stdoutOf,
+  stop,
+  waitFor,
+} from "./perf-lib/proc.js";
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const ROOT = resolve(HERE, "..");
@@ -243,25 +254,7 @@ async function startTarget(dir: string, kind: TargetKind, port: number, cap: num
     await waitFor(proc, () => stdoutOf(proc).includes("ready"), 10_000, "echo ready");
     return proc;
   }
-  const proc = await nsStart(
-    dir,
-    "dnsmasq",
-    "dnsmasq",
-    [
-      "-k",
-      "--conf-file=/dev/null",
-      `--port=${port}`,
-      "--listen-address=127.0.0.1",
-      "--bind-interfaces",
-      "--no-resolv",
-      "--no-hosts",
-      "--address=/mcudpt.test/192.0.2.53",
-      "--pid-file=",
-      "--user=root",
-      "--cache-size=1000",
-    ],
-    cap,
-  );
+  const proc = await nsStart(dir, "dnsmasq", "dnsmasq", dnsmasqArgs(port), cap);
   await waitFor(
     proc,
     () =>

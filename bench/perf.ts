@@ -39,7 +39,9 @@ import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { type ProfileSummary, summarize } from "./perf-lib/cpuprofile.js";
 import {
+  cleanupOnExit,
   cpuSeconds,
+  dnsmasqArgs,
   freePort,
   has,
   killAll,
@@ -101,8 +103,7 @@ interface Config {
   carrier?: "ws";
 }
 /** `--carrier ws` (or `--carrier=ws`) adds the WebSocket configurations. */
-const CARRIER_WS =
-  argv.includes("--carrier=ws") || argv.some((a, i) => a === "--carrier" && argv[i + 1] === "ws");
+const CARRIER_WS = argv.includes("--carrier=ws") || argv.some((a, i) => a === "--carrier" && argv[i + 1] === "ws");
 const ALL_CONFIGS: Config[] = [
   { id: "direct", label: "direct" },
   { id: "bun", label: "Bun/Bun", receiver: "bun", sender: "bun" },
@@ -308,25 +309,7 @@ async function startTarget(kind: TargetKind, cap: number): Promise<Target> {
   let proc: Proc;
   switch (kind) {
     case "dns":
-      proc = await start(
-        runDir,
-        "dnsmasq",
-        "dnsmasq",
-        [
-          "-k",
-          "--conf-file=/dev/null",
-          `--port=${port}`,
-          "--listen-address=127.0.0.1",
-          "--bind-interfaces",
-          "--no-resolv",
-          "--no-hosts",
-          "--address=/mcudpt.test/192.0.2.53",
-          "--pid-file=",
-          "--user=root",
-          "--cache-size=1000",
-        ],
-        cap,
-      );
+      proc = await start(runDir, "dnsmasq", "dnsmasq", dnsmasqArgs(port), cap);
       await waitFor(
         proc,
         () => {
@@ -1268,19 +1251,9 @@ async function main(): Promise<void> {
     return;
   }
   const startedAt = new Date();
-  const watchdog = setTimeout(() => {
-    log(`watchdog: ${WATCHDOG_S} s elapsed, killing everything`);
-    killAll();
-    process.exit(3);
-  }, WATCHDOG_S * 1000);
-  watchdog.unref?.();
-  for (const sig of ["SIGINT", "SIGTERM", "SIGHUP"] as const) {
-    process.on(sig, () => {
-      killAll();
-      process.exit(130);
-    });
-  }
-  process.on("exit", () => killAll());
+  const watchdog = cleanupOnExit(killAll, WATCHDOG_S * 1000, () =>
+    log(`watchdog: ${WATCHDOG_S} s elapsed, killing everything`),
+  );
 
   const tools = ensureTools();
   mkdirSync(RESULTS, { recursive: true });

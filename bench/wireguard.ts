@@ -57,6 +57,7 @@ import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseUdpTable } from "../packages/core/src/kernel-drops.ts";
 import {
+  cleanupOnExit,
   freePort,
   has,
   killAll,
@@ -699,19 +700,7 @@ async function main(): Promise<void> {
   writeFileSync(join(RESULTS, `${stem}.md`), md);
 }
 
-const watchdog = setTimeout(() => {
-  log(`watchdog: ${WATCHDOG_S} s elapsed, cleaning up`);
-  cleanup();
-  process.exit(3);
-}, WATCHDOG_S * 1000);
-watchdog.unref?.();
-for (const sig of ["SIGINT", "SIGTERM", "SIGHUP"] as const) {
-  process.on(sig, () => {
-    cleanup();
-    process.exit(130);
-  });
-}
-process.on("exit", () => cleanup());
+const watchdog = cleanupOnExit(cleanup, WATCHDOG_S * 1000, () => log(`watchdog: ${WATCHDOG_S} s elapsed, cleaning up`));
 process.on("uncaughtException", (error) => {
   log(`error: ${error?.stack ?? error}`);
   cleanup();

@@ -253,3 +253,49 @@ export function othersShare(
   for (const [pid, t] of after) ticks += t - (before.get(pid) ?? 0);
   return Math.max(0, ticks / 100 / seconds / cpus);
 }
+
+/**
+ * Arguments for a dnsmasq that answers one local name (mcudpt.test → 192.0.2.53) from memory on
+ * 127.0.0.1:`port`, in the foreground, with no upstream: the DNS target every bench uses.
+ */
+export function dnsmasqArgs(port: number): string[] {
+  return [
+    "-k",
+    "--conf-file=/dev/null",
+    `--port=${port}`,
+    "--listen-address=127.0.0.1",
+    "--bind-interfaces",
+    "--no-resolv",
+    "--no-hosts",
+    "--address=/mcudpt.test/192.0.2.53",
+    "--pid-file=",
+    "--user=root",
+    "--cache-size=1000",
+  ];
+}
+
+/**
+ * Runs `cleanup` on every exit path of a bench (normal exit, SIGINT/SIGTERM/SIGHUP with exit 130, and
+ * a watchdog after `watchdogMs` with exit `watchdogCode`). Returns the watchdog, to clear on success.
+ */
+export function cleanupOnExit(
+  cleanup: () => void,
+  watchdogMs: number,
+  onWatchdog: () => void,
+  watchdogCode = 3,
+): ReturnType<typeof setTimeout> {
+  const watchdog = setTimeout(() => {
+    onWatchdog();
+    cleanup();
+    process.exit(watchdogCode);
+  }, watchdogMs);
+  watchdog.unref?.();
+  for (const sig of ["SIGINT", "SIGTERM", "SIGHUP"] as const) {
+    process.on(sig, () => {
+      cleanup();
+      process.exit(130);
+    });
+  }
+  process.on("exit", () => cleanup());
+  return watchdog;
+}

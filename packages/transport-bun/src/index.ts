@@ -467,39 +467,59 @@ async function listenTcp(options: ListenOptions): Promise<TcpServer> {
   };
 }
 
+/**
+ * One connect attempt's settlement: the first result wins, the connect timeout (if any) is armed and
+ * cleared here, and `timedOut` tells late callbacks to close what they got.
+ */
+function connectAttempt(
+  options: ConnectOptions,
+  resolve: (connection: TcpConnection) => void,
+  reject: (error: Error) => void,
+  onTimeout?: () => void,
+) {
+  const attempt = {
+    timedOut: false,
+    settled: false,
+    settle(result: BunTcpConnection | Error) {
+      if (attempt.settled) return;
+      attempt.settled = true;
+      clearTimeout(timer);
+      if (result instanceof Error) reject(result);
+      else resolve(result);
+    },
+  };
+  const timer =
+    options.timeoutMs === undefined
+      ? undefined
+      : setTimeout(() => {
+          attempt.timedOut = true;
+          const error = new Error(`connect ETIMEDOUT ${options.host}:${options.port}`);
+          attempt.settle(Object.assign(error, { code: "ETIMEDOUT" }));
+          onTimeout?.();
+        }, options.timeoutMs);
+  return attempt;
+}
+
+/** Wraps a connected Bun socket for the contract and installs the caller's handlers. */
+function attachConnection(socket: BunTcpSocket, handlers: TcpHandlers, peerCertificate?: Uint8Array) {
+  const connection = new BunTcpConnection(socket, peerCertificate);
+  connection.handlers = handlers;
+  socket.data = connection;
+  return connection;
+}
+
 function connectTcp(options: ConnectOptions): Promise<TcpConnection> {
   if (options.tunnel) return connectThroughTunnel(options, options.tunnel);
   return new Promise((resolve, reject) => {
     const tls = options.tls;
-    let timedOut = false;
-    let settled = false;
-    const settle = (result: BunTcpConnection | Error) => {
-      if (settled) return;
-      settled = true;
-      clearTimeout(timer);
-      if (result instanceof Error) reject(result);
-      else resolve(result);
-    };
-    const timer =
-      options.timeoutMs === undefined
-        ? undefined
-        : setTimeout(() => {
-            // Bun.connect cannot be cancelled: a late success is closed in open()/handshake() below,
-            // a late failure is ignored.
-            timedOut = true;
-            settle(
-              Object.assign(new Error(`connect ETIMEDOUT ${options.host}:${options.port}`), { code: "ETIMEDOUT" }),
-            );
-          }, options.timeoutMs);
-    const attach = (socket: BunTcpSocket, peerCertificate?: Uint8Array) => {
-      const connection = new BunTcpConnection(socket, peerCertificate);
-      connection.handlers = options.handlers;
-      socket.data = connection;
-      return connection;
-    };
+    // Bun.connect cannot be cancelled: a late success is closed where it shows up, a late failure ignored.
+    const attempt = connectAttempt(options, resolve, reject);
+    const settle = attempt.settle;
+    const attach = (socket: BunTcpSocket, peerCertificate?: Uint8Array) =>
+      attachConnection(socket, options.handlers, peerCertificate);
     const tlsHandlers = tls && {
       handshake(socket: BunTcpSocket, success: boolean, error: Error | null) {
-        if (timedOut) return socket.end();
+        if (attempt.timedOut) return socket.end();
         // rejectUnauthorized is off (so that a pinned self-signed certificate can pass): with a CA,
         // `authorized` is the verdict on chain and name.
         if (tls.ca !== undefined && !socket.authorized) {
@@ -527,7 +547,7 @@ function connectTcp(options: ConnectOptions): Promise<TcpConnection> {
         ...tcpHandlers,
         ...tlsHandlers,
         open(socket) {
-          if (timedOut) {
+          if (attempt.timedOut) {
             socket.end();
             return;
           }
@@ -540,7 +560,7 @@ function connectTcp(options: ConnectOptions): Promise<TcpConnection> {
       },
     }).then(
       (socket) => {
-        if (!tls && !timedOut && socket.data) settle(socket.data);
+        if (!tls && !attempt.timedOut && socket.data) settle(socket.data);
       },
       (error) => settle(asError(error)),
     );
@@ -568,32 +588,12 @@ function connectThroughTunnel(options: ConnectOptions, tunnel: TunnelHandshake):
   return new Promise((resolve, reject) => {
     const tls = options.tls;
     let phase: "tunnel" | "tls" | "open" = "tunnel";
-    let timedOut = false;
-    let settled = false;
-    const settle = (result: BunTcpConnection | Error) => {
-      if (settled) return;
-      settled = true;
-      clearTimeout(timer);
-      if (result instanceof Error) reject(result);
-      else resolve(result);
-    };
-    const timer =
-      options.timeoutMs === undefined
-        ? undefined
-        : setTimeout(() => {
-            timedOut = true;
-            settle(
-              Object.assign(new Error(`connect ETIMEDOUT ${options.host}:${options.port}`), { code: "ETIMEDOUT" }),
-            );
-            raw?.end();
-          }, options.timeoutMs);
+    // Bun.connect cannot be cancelled: a late success is closed where it shows up, a late failure ignored.
+    const attempt = connectAttempt(options, resolve, reject, () => raw?.end());
+    const settle = attempt.settle;
     let raw: BunTcpSocket | undefined;
-    const attach = (socket: BunTcpSocket, peerCertificate?: Uint8Array) => {
-      const connection = new BunTcpConnection(socket, peerCertificate);
-      connection.handlers = options.handlers;
-      socket.data = connection;
-      return connection;
-    };
+    const attach = (socket: BunTcpSocket, peerCertificate?: Uint8Array) =>
+      attachConnection(socket, options.handlers, peerCertificate);
     const upgrade = (socket: BunTcpSocket, clientTls: NonNullable<ConnectOptions["tls"]>) => {
       phase = "tls";
       socket.upgradeTLS<BunTcpConnection | undefined>({
@@ -603,7 +603,7 @@ function connectThroughTunnel(options: ConnectOptions, tunnel: TunnelHandshake):
           ...tcpHandlers,
           open() {},
           handshake(tlsSocket: BunTcpSocket, success: boolean, error: Error | null) {
-            if (timedOut) return tlsSocket.end();
+            if (attempt.timedOut) return tlsSocket.end();
             if (clientTls.ca !== undefined && !tlsSocket.authorized) {
               settle(tlsCertificateRefused(error ?? tlsSocket.getAuthorizationError()));
               return tlsSocket.end();
@@ -631,7 +631,7 @@ function connectThroughTunnel(options: ConnectOptions, tunnel: TunnelHandshake):
         binaryType: "uint8array",
         open(socket) {
           raw = socket;
-          if (timedOut) {
+          if (attempt.timedOut) {
             socket.end();
             return;
           }
@@ -647,7 +647,7 @@ function connectThroughTunnel(options: ConnectOptions, tunnel: TunnelHandshake):
             socket.data?.handlers?.onData(data);
             return;
           }
-          if (phase !== "tunnel" || settled) return; // TLS records: the TLS socket's
+          if (phase !== "tunnel" || attempt.settled) return; // TLS records: the TLS socket's
           let rest: Uint8Array | undefined;
           try {
             rest = tunnel.receive(data);

@@ -65,10 +65,12 @@ async function startLaneTunnel(
   lanes: number,
   maxLanes?: number,
   redundant = false,
+  keepaliveMs?: number,
 ): Promise<LaneTunnel> {
   const echo = await startEcho(transport);
-  const dialer = { secret: SECRET, lanes, redundant };
-  const acceptor = { secret: SECRET, ...(maxLanes ? { maxLanes } : {}) };
+  const keepalive = keepaliveMs ? { keepaliveMs } : {};
+  const dialer = { secret: SECRET, lanes, redundant, ...keepalive };
+  const acceptor = { secret: SECRET, ...(maxLanes ? { maxLanes } : {}), ...keepalive };
   let receiver: ReceiverHandle;
   let sender: SenderHandle;
   let proxy: FaultProxy;
@@ -173,6 +175,20 @@ for (const transport of availableTransports()) {
           }
         },
       );
+
+      it("each lane measures its own round trip with its keepalive pings", TIMEOUT, async () => {
+        const t = await startLaneTunnel(transport, direction, 2, undefined, false, 400);
+        try {
+          for (const side of [t.receiver, t.sender]) {
+            await eventually(() => {
+              const lanes = side.machine.session.lanes().filter((lane) => lane.open);
+              return lanes.length === 2 && lanes.every((lane) => lane.rttMs !== undefined && lane.rttMs >= 0);
+            }, "an RTT on both lanes");
+          }
+        } finally {
+          await t.close();
+        }
+      });
 
       it("--redundant: a lane reset mid-stream loses no datagram, and none arrives twice", TIMEOUT, async () => {
         const t = await startLaneTunnel(transport, direction, 2, undefined, true);

@@ -21,6 +21,16 @@ export function snapshotText(observed: Observed, at = now()): string {
       `drops ${nonZeroDrops(s).join(" ") || "0"}, rtt ${s.rttMs === undefined ? "-" : `${s.rttMs.toFixed(1)} ms`}, ` +
       `reconnects ${observed.reconnects()}, handshake failures ${s.handshakeFailures}`,
   ];
+  const lanes = observed.laneRows?.() ?? [];
+  if (lanes.length > 1) {
+    lanes.forEach((lane, i) => {
+      const rtt = lane.rttMs === undefined ? "-" : `${lane.rttMs.toFixed(1)} ms`;
+      lines.push(
+        `  lane ${i + 1}: ${logLine(lane.peer, 60)} ${lane.open ? (lane.stalled ? "stalled" : "open") : "closing"}, rtt ${rtt}, ` +
+          `out ${lane.datagramsSent} dg, in ${lane.datagramsReceived} dg, nudges ${lane.nudgesSent}`,
+      );
+    });
+  }
   const flows = [...observed.flows()].sort((a, b) => b.bytesIn + b.bytesOut - (a.bytesIn + a.bytesOut));
   if (flows.length > 0)
     lines.push(
@@ -49,6 +59,9 @@ export function snapshotJson(observed: Observed, name: string, at = now()): stri
     rttMs: s.rttMs ?? null,
     reconnects: observed.reconnects(),
     handshakeFailures: s.handshakeFailures,
+  });
+  (observed.laneRows?.() ?? []).forEach((lane, i) => {
+    out += jsonRecord(name, "lane", { lane: i + 1, ...lane, rttMs: lane.rttMs ?? null });
   });
   let listed = 0;
   for (const flow of observed.flows()) {

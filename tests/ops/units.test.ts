@@ -19,8 +19,26 @@ const ROOT = join(import.meta.dirname, "..", "..");
 
 /** Two lanes of one session: the first open with an RTT, the second stalled. */
 const TWO_LANES: LaneInfo[] = [
-  { conn: 1, peer: "127.0.0.1:4000", open: true, stalled: false, rttMs: 0.5, datagramsSent: 10, datagramsReceived: 9, nudgesSent: 3 },
-  { conn: 2, peer: "127.0.0.1:4001", open: true, stalled: true, rttMs: 12.6, datagramsSent: 5, datagramsReceived: 4, nudgesSent: 0 },
+  {
+    conn: 1,
+    peer: "127.0.0.1:4000",
+    open: true,
+    stalled: false,
+    rttMs: 0.5,
+    datagramsSent: 10,
+    datagramsReceived: 9,
+    nudgesSent: 3,
+  },
+  {
+    conn: 2,
+    peer: "127.0.0.1:4001",
+    open: true,
+    stalled: true,
+    rttMs: 12.6,
+    datagramsSent: 5,
+    datagramsReceived: 4,
+    nudgesSent: 0,
+  },
 ];
 
 function fakeObserved(stats: Partial<Stats> = {}): Observed {

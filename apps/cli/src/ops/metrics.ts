@@ -243,7 +243,7 @@ export async function startMetricsServer(registry: Registry, host: string, port:
  */
 function laneMetrics(registers: Registry[], rows: () => LaneInfo[]): void {
   const each = (collect: (row: LaneInfo, lane: string) => void) => {
-    rows().forEach((row, i) => collect(row, String(i + 1)));
+    for (const [i, row] of rows().entries()) collect(row, String(i + 1));
   };
   new Gauge({
     name: "mcudpt_lane_rtt_seconds",
@@ -252,7 +252,9 @@ function laneMetrics(registers: Registry[], rows: () => LaneInfo[]): void {
     registers,
     collect() {
       this.reset();
-      each((row, lane) => row.rttMs !== undefined && this.set({ lane }, row.rttMs / 1000));
+      each((row, lane) => {
+        if (row.rttMs !== undefined) this.set({ lane }, row.rttMs / 1000);
+      });
     },
   });
   new Gauge({

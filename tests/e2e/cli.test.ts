@@ -189,6 +189,18 @@ describe("the built CLI", () => {
           ],
           [["sender", "--secret", "s", "--redundant-max-bytes", "512"], /limits --redundant or --redundant-mappings/],
           [
+            ["receiver", "--secret", "s", "--ws-trusted-proxy", "127.0.0.1"],
+            /--ws-trusted-proxy needs a ws:\/\/ or wss:\/\/ address/,
+          ],
+          [
+            ["receiver", "--secret", "s", "--tcp", "ws://127.0.0.1:9/t", "--ws-trusted-proxy", "nginx.lan"],
+            /--ws-trusted-proxy: "nginx\.lan" is not an IP address or CIDR block/,
+          ],
+          [
+            ["sender", "--secret", "s", "--tcp", "ws://127.0.0.1:9/t", "--ws-trusted-proxy", "127.0.0.1"],
+            /--ws-trusted-proxy is for the listening side/,
+          ],
+          [
             ["sender", "--secret", "s", "--lanes", "2", "--redundant", "--redundant-max-bytes", "70000"],
             /--redundant-max-bytes: "70000" is not a datagram size/,
           ],

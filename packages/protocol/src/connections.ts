@@ -88,6 +88,7 @@ export class LinkTable {
       s.credentials,
       capabilities,
       s.mappingNames,
+      s.mappingPorts,
       s.agent,
       crypto,
       now,

@@ -52,7 +52,16 @@ import {
 } from "./identity.js";
 import { opsOptions } from "./ops/index.js";
 import { jsonRecord } from "./ops/logging.js";
-import { type CommonOptions, commonOptions, mappingsArg, type RawArgs, repeated, stringArg } from "./options.js";
+import {
+  type CommonOptions,
+  commonOptions,
+  type MappingArg,
+  mappingLabel,
+  mappingsArg,
+  type RawArgs,
+  repeated,
+  stringArg,
+} from "./options.js";
 import { pickTransport } from "./runtime.js";
 import { dialTls, listenTls } from "./tls-options.js";
 
@@ -311,6 +320,8 @@ interface Port {
   what: string;
   protocol: "UDP" | "TCP";
   address: HostPort;
+  /** A UDP port range: this many ports from address.port (default 1), reported in one line. */
+  ports?: number;
 }
 
 /** Binds every port with the transport a start would use, all held at once, then releases them. */
@@ -318,7 +329,7 @@ async function bindPorts(transport: Transport, ports: Port[], problems: Problems
   const resolver = new Resolver();
   const release: Array<() => void> = [];
   try {
-    for (const { what, protocol, address } of ports) {
+    for (const { what, protocol, address, ports: count = 1 } of ports) {
       let host: string;
       try {
         host = await bindHost(resolver, address.host);
@@ -326,28 +337,42 @@ async function bindPorts(transport: Transport, ports: Port[], problems: Problems
         problems.add(new UserError(`${what}: cannot resolve "${address.host}": ${messageOf(error)}`));
         continue;
       }
-      try {
-        if (protocol === "UDP") {
-          const socket = await withIPv4Fallback(host, (tryHost) =>
-            transport.bindUdp({ host: tryHost, port: address.port, onDatagram() {}, onError() {} }),
-          );
-          release.push(() => socket.close());
-        } else {
-          const server = await withIPv4Fallback(host, (tryHost) =>
-            transport.listenTcp({
-              host: tryHost,
-              port: address.port,
-              onConnection: (connection) => {
-                connection.destroy();
-                return { onData() {}, onDrain() {}, onClose() {} };
-              },
-            }),
-          );
-          release.push(() => server.close());
+      if (protocol === "UDP") {
+        // Every port of a range, held at once; one line for the range however many fail.
+        const failed: Array<{ port: number; error: unknown }> = [];
+        for (let port = address.port; port < address.port + count; port++) {
+          try {
+            const socket = await withIPv4Fallback(host, (tryHost) =>
+              transport.bindUdp({ host: tryHost, port, onDatagram() {}, onError() {} }),
+            );
+            release.push(() => socket.close());
+          } catch (error) {
+            failed.push({ port, error });
+          }
         }
+        if (failed.length > 0) {
+          const [first] = failed;
+          const more = failed.length > 1 ? ` (and ${failed.length - 1} more of its ${count} ports)` : "";
+          const where = formatHostPort(host, first.port);
+          problems.add(new UserError(`${what}: cannot listen on UDP ${where}${more}: ${messageOf(first.error)}`));
+        }
+        continue;
+      }
+      try {
+        const server = await withIPv4Fallback(host, (tryHost) =>
+          transport.listenTcp({
+            host: tryHost,
+            port: address.port,
+            onConnection: (connection) => {
+              connection.destroy();
+              return { onData() {}, onDrain() {}, onClose() {} };
+            },
+          }),
+        );
+        release.push(() => server.close());
       } catch (error) {
         const where = formatHostPort(host, address.port);
-        problems.add(new UserError(`${what}: cannot listen on ${protocol} ${where}: ${messageOf(error)}`));
+        problems.add(new UserError(`${what}: cannot listen on TCP ${where}: ${messageOf(error)}`));
       }
     }
   } finally {
@@ -359,10 +384,6 @@ async function bindPorts(transport: Transport, ports: Port[], problems: Problems
       }
     }
   }
-}
-
-function label(mapping: { name?: string; address: HostPort }): string {
-  return `${mapping.name ? `${mapping.name}=` : ""}${formatHostPort(mapping.address.host, mapping.address.port)}`;
 }
 
 /** Checks `mcudpt check …`'s arguments (after "check"); writes the summary or the problems; the exit code. */
@@ -453,7 +474,12 @@ async function checkRole(
     const ports: Port[] = [];
     if (role === "receiver" && mappings) {
       for (const mapping of mappings)
-        ports.push({ what: `--udp ${label(mapping)}`, protocol: "UDP", address: mapping.address });
+        ports.push({
+          what: `--udp ${mappingLabel(mapping)}`,
+          protocol: "UDP",
+          address: mapping.address,
+          ports: mapping.ports,
+        });
     }
     if (listening && tcp.clean && tcp.value) {
       const flag = role === "receiver" ? "--tcp" : "--listen";
@@ -476,7 +502,7 @@ async function checkRole(
   const where = formatHostPort(host || (listening ? "" : "127.0.0.1"), port);
   const parts = [
     `${role} settings OK`,
-    `${role === "receiver" ? "UDP" : "targets"} ${mappings.map(label).join(", ")}`,
+    `${role === "receiver" ? "UDP" : "targets"} ${mappings.map(mappingLabel).join(", ")}`,
     listening ? `TCP listen ${where}` : `dials the ${peer} at ${where}`,
     keyMode ? [key ?? "key", ...trust].join(", ") : "shared secret",
     ...(tls ? [tls] : []),

@@ -1,4 +1,11 @@
-export { formatHostPort, type HostPort, parseHostPort } from "./address.js";
+export {
+  formatHostPort,
+  formatHostPorts,
+  type HostPort,
+  type HostPortRange,
+  parseHostPort,
+  parseHostPortRange,
+} from "./address.js";
 export { Approvals, type ApprovalsOptions, REFUSAL_MEMORY_MS } from "./approvals.js";
 export { Backoff, type BackoffOptions } from "./backoff.js";
 export {

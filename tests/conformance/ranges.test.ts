@@ -27,6 +27,7 @@ async function rangeClient(transport: Transport, host: string) {
   });
   return {
     replies,
+    send: (data: string, port: number) => void socket.send(new TextEncoder().encode(data), port, host),
     /** Sends until the reply to `data` arrives (the first may be lost while the flow opens), bounded. */
     async request(data: string, port: number): Promise<{ data: string; from: number }> {
       for (let attempt = 0; attempt < 40; attempt++) {
@@ -147,9 +148,6 @@ for (const transport of availableTransports()) {
             );
             assert.equal(receiver.machine.flows.countOf(0), PORTS);
             assert.equal(sender.flowSockets, PORTS + 1);
-            for (const client of clients) {
-              assert.ok(client.replies.every((r) => !r.data.includes("@") || r.from !== 0));
-            }
           } finally {
             for (const client of clients) client.close();
             await sender.close();
@@ -199,7 +197,10 @@ for (const transport of availableTransports()) {
           try {
             const expected = /port ranges differ: mapping game has 16 ports on the receiver, 8 ports on the sender/;
             await eventually(() => receiverLog.saw(expected) && senderLog.saw(expected), "both ends name the sizes");
-            await assert.rejects(client.request("nobody home", base), /no reply/);
+            for (let i = 0; i < 5; i++) client.send("nobody home", base + i);
+            await sleep(300);
+            assert.deepEqual(client.replies, []);
+            assert.equal(receiver.machine.flows.size, 0);
             assert.equal(receiver.machine.session.peerConnected, false);
             assert.equal(sender.machine.session.peerConnected, false);
           } finally {

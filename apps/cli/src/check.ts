@@ -27,12 +27,15 @@ import {
   messageOf,
   pemFingerprint,
   Resolver,
+  type TcpConnection,
   type Transport,
+  tcpBufferGranted,
+  tcpBufferUnsupported,
   UserError,
 } from "@mcudpt/core";
 import { MAX_MAPPINGS } from "@mcudpt/protocol";
 import { type ArgsDef, defineCommand, parseArgs } from "citty";
-import { carrierFor, tlsArgsFor } from "./carrier-options.js";
+import { carrierFor, tcpBufferOption, tlsArgsFor } from "./carrier-options.js";
 import { receiverArgs, receiverLimits, senderArgs, tcpSide, warnAboutSettings } from "./commands.js";
 import {
   commandLineFlags,
@@ -386,6 +389,76 @@ async function bindPorts(transport: Transport, ports: Port[], problems: Problems
   }
 }
 
+/**
+ * --tcp-buffer as a start would apply it, and what the kernel grants for it: read back with
+ * getsockopt on a loopback connection made for the purpose (127.0.0.1, an ephemeral port, both
+ * ends sized as the tunnel's would be), then closed. On a transport that cannot set it, the
+ * warning a start would log.
+ */
+async function checkTcpBuffer(
+  transport: Transport,
+  args: RawArgs,
+  problems: Problems,
+  logger: Logger,
+): Promise<string | undefined> {
+  const bytes = collect(problems, args, tcpBufferOption).value;
+  if (bytes === undefined) return undefined;
+  if (!transport.setsTcpBuffers) {
+    logger.log("warn", tcpBufferUnsupported(transport, bytes));
+    return `TCP buffers not sized (${transport.name} transport)`;
+  }
+  let granted: TcpConnection["bufferBytes"];
+  try {
+    granted = await probeTcpBuffers(transport, bytes);
+  } catch (error) {
+    problems.add(new UserError(`--tcp-buffer: could not try it on a loopback connection: ${messageOf(error)}`));
+    return undefined;
+  }
+  const { level, message, summary } = tcpBufferGranted(bytes, granted);
+  if (level === "warn") logger.log("warn", message);
+  return summary;
+}
+
+/** The accepted end's buffer sizes on a loopback connection whose both ends asked for `bytes`. */
+async function probeTcpBuffers(transport: Transport, bytes: number): Promise<TcpConnection["bufferBytes"]> {
+  const quiet = { onData() {}, onDrain() {}, onClose() {} };
+  let accepted: (connection: TcpConnection) => void = () => {};
+  const arrived = new Promise<TcpConnection>((resolve) => {
+    accepted = resolve;
+  });
+  const server = await transport.listenTcp({
+    host: "127.0.0.1",
+    port: 0,
+    bufferBytes: bytes,
+    onConnection: (connection) => {
+      accepted(connection);
+      return quiet;
+    },
+  });
+  let dialed: TcpConnection | undefined;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  try {
+    dialed = await transport.connectTcp({
+      host: "127.0.0.1",
+      port: server.port,
+      timeoutMs: 5000,
+      bufferBytes: bytes,
+      handlers: quiet,
+    });
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error("the loopback connection was not accepted within 5 s")), 5000);
+    });
+    const connection = await Promise.race([arrived, timeout]);
+    const sizes = connection.bufferBytes;
+    connection.destroy();
+    return sizes;
+  } finally {
+    clearTimeout(timer);
+    dialed?.destroy();
+    server.close();
+  }
+}
+
 /** Checks `mcudpt check …`'s arguments (after "check"); writes the summary or the problems; the exit code. */
 export async function runCheck(rest: readonly string[]): Promise<number> {
   const { role, flags } = checkTarget(rest);
@@ -469,6 +542,8 @@ async function checkRole(
   if (options) warnAboutSettings(logger, options);
   const transport = options ? collect(problems, args, () => pickTransport(options.transport)).value : undefined;
 
+  const tcpBuffer = transport ? await checkTcpBuffer(transport, args, problems, logger) : undefined;
+
   const bind = args.bind === true;
   if (bind && transport) {
     const ports: Port[] = [];
@@ -506,6 +581,7 @@ async function checkRole(
     listening ? `TCP listen ${where}` : `dials the ${peer} at ${where}`,
     keyMode ? [key ?? "key", ...trust].join(", ") : "shared secret",
     ...(tls ? [tls] : []),
+    ...(tcpBuffer ? [tcpBuffer] : []),
     ...(ops.value?.metrics ? [`metrics ${formatHostPort(ops.value.metrics.host, ops.value.metrics.port)}`] : []),
     bind ? "ports bindable" : "ports not tried (--bind tries them)",
   ];

@@ -17,6 +17,7 @@ export {
   type WebSocketCarrier,
 } from "./carrier.js";
 export { type Clock, systemClock } from "./clock.js";
+export { TcpBufferReport, tcpBufferGranted, tcpBufferUnsupported } from "./tcp-buffer.js";
 export { configDir, configPath } from "./config-dir.js";
 export { nodeCrypto } from "./crypto.js";
 export { type Dialer, PeerKeyChecker } from "./dialer.js";

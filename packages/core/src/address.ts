@@ -63,6 +63,9 @@ export function parseHostPortRange(
 ): HostPortRange {
   const range = /^(.*:)(\d{1,5})-(\d{1,5})$/.exec(text.trim());
   if (!range) return { ...parseHostPort(text, flag, options), ports: 1 };
+  // Port 0 asks the kernel for any free port: n of them would not be consecutive.
+  if (Number(range[2]) === 0)
+    throw new UserError(`${flag}: the range "${text}" starts at port 0; a range needs real ports`);
   const first = parseHostPort(range[1] + range[2], flag);
   const last = Number(range[3]);
   if (last > 65535) throw new UserError(`${flag}: port ${last} in "${text}" is out of range (1-65535)`);

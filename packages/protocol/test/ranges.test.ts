@@ -15,6 +15,7 @@ import {
   MAX_MAPPING_PORTS,
   type MappingConfig,
   MappingIds,
+  PREFACE,
   ProtocolError,
   ReceiverMachine,
   SenderMachine,
@@ -273,4 +274,28 @@ test("FLOW_OPEN with an id past the receiver's last port is refused with UNKNOWN
   expect(framesOfType(raw.received, FrameType.FlowClose)).toEqual([
     expect.objectContaining({ flowId: 3, reason: FlowCloseReason.UnknownMapping }),
   ]);
+});
+
+test("a peer from before port ranges refuses the range entry as a long name: the log line says what that means", () => {
+  const sender = new SenderMachine({ secret: SECRET, mappings: [{ ports: 4 }] }, testCrypto(2));
+  const raw = new RawPeer(sender, 1).dialed();
+  // What such a receiver's decoder says of the entry 0x80 (an empty name, then the count): 128 bytes.
+  raw.send(PREFACE, {
+    type: FrameType.Close,
+    code: CloseCode.ProtocolError,
+    message: "HELLO mapping name of 128 bytes, at most 32",
+  });
+  const logs = raw.outputs.filter((o) => o.kind === "log").map((o) => (o as { message: string }).message);
+  expect(logs.some((l) => l.includes("mapping name of 128 bytes") && l.includes("upgrade the peer"))).toBe(true);
+  // Without ranges of its own, nothing is added: the peer's words stand alone.
+  const plain = new SenderMachine({ secret: SECRET }, testCrypto(3));
+  const raw2 = new RawPeer(plain, 1).dialed();
+  raw2.send(PREFACE, {
+    type: FrameType.Close,
+    code: CloseCode.ProtocolError,
+    message: "HELLO mapping name of 128 bytes, at most 32",
+  });
+  const plainLogs = raw2.outputs.filter((o) => o.kind === "log").map((o) => (o as { message: string }).message);
+  expect(plainLogs.some((l) => l.includes("upgrade the peer"))).toBe(false);
+  expect(plainLogs.some((l) => l.includes("mapping name of 128 bytes"))).toBe(true);
 });

@@ -246,6 +246,47 @@ describe("mcudpt check and port ranges, --tcp-buffer", () => {
     );
 
     it(
+      `${runtime}: --peer-config: ranges of other sizes, or mappings that do not pair, are one line; pairing ones pass`,
+      TIMEOUT,
+      () => {
+        const dir = tempDir();
+        const peer = (name: string, udp: string[]) => {
+          const path = join(dir, name);
+          writeFileSync(path, `udp = [${udp.map((u) => JSON.stringify(u)).join(", ")}]\n`, { mode: 0o600 });
+          return path;
+        };
+        const ours = ["receiver", "--secret", "s", "--udp", "game=:27015-27030", "--udp", "dns=:53"];
+        const pairs = check(runtime, [
+          ...ours,
+          "--peer-config",
+          peer("ok.toml", ["dns=10.0.0.5:53", "game=10.0.0.5:37015-37030"]),
+        ]);
+        assert.equal(pairs.status, 0, pairs.lines.join("\n"));
+        assert.match(pairs.stdout, /; mappings pair with .*ok\.toml;/);
+        const shorter = peer("short.toml", ["game=10.0.0.5:27015-27018", "dns=10.0.0.5:53"]);
+        const sizes = check(runtime, [...ours, "--peer-config", shorter]);
+        assert.equal(sizes.status, 2);
+        assert.deepEqual(sizes.lines, [
+          `mcudpt: --peer-config ${shorter}: port ranges differ: mapping game has 16 ports on the receiver, 4 ports on the sender; give both sides ranges of the same size`,
+        ]);
+        // From the sender's side, with the receiver's file.
+        const receiverFile = peer("receiver.toml", ["game=:27015-27030", "dns=:53"]);
+        const fromSender = check(runtime, [
+          "sender",
+          "--secret",
+          "s",
+          "--udp",
+          "game=10.0.0.5:27015-27022",
+          "--peer-config",
+          receiverFile,
+        ]);
+        assert.equal(fromSender.status, 2);
+        assert.equal(fromSender.lines.length, 1, fromSender.lines.join("\n"));
+        assert.match(fromSender.lines[0], /mappings differ: the receiver has 2 \(game, dns\), the sender 1 \(game\)/);
+      },
+    );
+
+    it(
       `${runtime}: --tcp-buffer: check shows what the kernel grants, or that this runtime cannot set it`,
       TIMEOUT,
       () => {

@@ -33,7 +33,7 @@ import {
   tcpBufferUnsupported,
   UserError,
 } from "@mcudpt/core";
-import { MAX_MAPPINGS } from "@mcudpt/protocol";
+import { checkPairedPorts, MAX_MAPPINGS, pairMappings } from "@mcudpt/protocol";
 import { type ArgsDef, defineCommand, parseArgs } from "citty";
 import { carrierFor, tcpBufferOption, tlsArgsFor } from "./carrier-options.js";
 import { receiverArgs, receiverLimits, senderArgs, tcpSide, warnAboutSettings } from "./commands.js";
@@ -78,6 +78,12 @@ export const checkFlags = {
     type: "boolean",
     description:
       "Also bind the UDP and TCP ports this side would listen on (and --metrics's), all at once, then release them",
+  },
+  "peer-config": {
+    type: "string",
+    description:
+      "Also pair this side's --udp mappings with those in the other side's --config FILE, as the handshake would (names or order, port range sizes)",
+    valueHint: "FILE",
   },
 } satisfies ArgsDef;
 
@@ -262,6 +268,38 @@ function checkMappings(argv: string[], role: Role, problems: Problems) {
     }
   }
   return undefined;
+}
+
+/**
+ * --peer-config: the other side's --udp mappings, read from its config file as its start would read
+ * them, paired with ours by the handshake's own rules (pairMappings, then the range sizes), so a
+ * mismatch is found before both sides refuse each other. One line for what does not pair.
+ */
+function checkPairing(ours: MappingArg[], role: Role, file: string, problems: Problems): string | undefined {
+  const peerRole: Role = role === "receiver" ? "sender" : "receiver";
+  // The handshake's own words (a ProtocolError's message, without its code); a read error without --config's name.
+  const fail = (error: unknown) => {
+    const text = (error instanceof Error ? error.message : messageOf(error)).replace(/^--config: /, "");
+    problems.add(new UserError(`--peer-config ${file}: ${text}`));
+  };
+  let theirs: MappingArg[];
+  try {
+    const settings = readConfigFile(file, () => {});
+    const udp = settings.udp === undefined ? {} : { udp: settings.udp };
+    theirs = mappingsArg(settingsToArgv(udp, file, { role: peerRole, defs: ROLE_ARGS }).get("udp") ?? [], peerRole);
+  } catch (error) {
+    fail(error);
+    return undefined;
+  }
+  const side = (list: MappingArg[]) => ({ names: list.map((m) => m.name ?? ""), ports: list.map((m) => m.ports) });
+  const [receiver, sender] = role === "receiver" ? [side(ours), side(theirs)] : [side(theirs), side(ours)];
+  try {
+    checkPairedPorts(pairMappings(receiver.names, sender.names), receiver, sender);
+  } catch (error) {
+    fail(error);
+    return undefined;
+  }
+  return `mappings pair with ${file}`;
 }
 
 /** The key a start would use, without creating it (said when a start would). */
@@ -504,6 +542,8 @@ async function checkRole(
   const common = collect(problems, args, commonOptions);
   const options: CommonOptions | undefined = common.value;
   const mappings = checkMappings(argv, role, problems);
+  const peerConfig = stringArg(args, "peer-config");
+  const paired = mappings && peerConfig !== undefined ? checkPairing(mappings, role, peerConfig, problems) : undefined;
   const tcp = collect(problems, args, (a) => tcpSide(a, "tcp", role === "receiver" ? "connect" : "listen"));
   if (role === "receiver") collect(problems, args, receiverLimits);
   const ops = collect(problems, args, opsOptions);
@@ -578,6 +618,7 @@ async function checkRole(
   const parts = [
     `${role} settings OK`,
     `${role === "receiver" ? "UDP" : "targets"} ${mappings.map(mappingLabel).join(", ")}`,
+    ...(paired ? [paired] : []),
     listening ? `TCP listen ${where}` : `dials the ${peer} at ${where}`,
     keyMode ? [key ?? "key", ...trust].join(", ") : "shared secret",
     ...(tls ? [tls] : []),

@@ -44,6 +44,26 @@ async function rangeClient(transport: Transport, host: string) {
   };
 }
 
+type ReceiverSide = Omit<Parameters<typeof startReceiver>[0], "tcp">;
+type SenderSide = Omit<Parameters<typeof startSender>[0], "tcp">;
+
+/** Receiver and sender in `direction`: -R (the receiver listens) or -L (the sender listens). */
+async function startPair(direction: "R" | "L", receiverSide: ReceiverSide, senderSide: SenderSide) {
+  if (direction === "R") {
+    const receiver = await startReceiver({ ...receiverSide, tcp: { host: LOOPBACK, port: 0 } });
+    const sender = await startSender({ ...senderSide, tcp: { host: LOOPBACK, port: receiver.tcpPort } });
+    return { receiver, sender };
+  }
+  const sender = await startSender({ ...senderSide, tcpMode: "listen", tcp: { host: LOOPBACK, port: 0 } });
+  const receiver = await startReceiver({
+    ...receiverSide,
+    tcpMode: "dial",
+    tcp: { host: LOOPBACK, port: sender.tcpPort },
+    reconnect: { initialMs: 50, maxMs: 500 },
+  });
+  return { receiver, sender };
+}
+
 for (const transport of availableTransports()) {
   for (const direction of ["R", "L"] as const) {
     const how = direction === "R" ? "-R" : "-L";
@@ -87,20 +107,7 @@ for (const transport of availableTransports()) {
             logger: senderLog,
             reconnect: { initialMs: 50, maxMs: 500 },
           };
-          let receiver: Awaited<ReturnType<typeof startReceiver>>;
-          let sender: Awaited<ReturnType<typeof startSender>>;
-          if (direction === "R") {
-            receiver = await startReceiver({ ...receiverSide, tcp: { host: LOOPBACK, port: 0 } });
-            sender = await startSender({ ...senderSide, tcp: { host: LOOPBACK, port: receiver.tcpPort } });
-          } else {
-            sender = await startSender({ ...senderSide, tcpMode: "listen", tcp: { host: LOOPBACK, port: 0 } });
-            receiver = await startReceiver({
-              ...receiverSide,
-              tcpMode: "dial",
-              tcp: { host: LOOPBACK, port: sender.tcpPort },
-              reconnect: { initialMs: 50, maxMs: 500 },
-            });
-          }
+          const { receiver, sender } = await startPair(direction, receiverSide, senderSide);
           const clients: Array<Awaited<ReturnType<typeof rangeClient>>> = [];
           try {
             await eventually(
@@ -179,20 +186,7 @@ for (const transport of availableTransports()) {
             logger: senderLog,
             reconnect: { initialMs: 50, maxMs: 500 },
           };
-          let receiver: Awaited<ReturnType<typeof startReceiver>>;
-          let sender: Awaited<ReturnType<typeof startSender>>;
-          if (direction === "R") {
-            receiver = await startReceiver({ ...receiverSide, tcp: { host: LOOPBACK, port: 0 } });
-            sender = await startSender({ ...senderSide, tcp: { host: LOOPBACK, port: receiver.tcpPort } });
-          } else {
-            sender = await startSender({ ...senderSide, tcpMode: "listen", tcp: { host: LOOPBACK, port: 0 } });
-            receiver = await startReceiver({
-              ...receiverSide,
-              tcpMode: "dial",
-              tcp: { host: LOOPBACK, port: sender.tcpPort },
-              reconnect: { initialMs: 50, maxMs: 500 },
-            });
-          }
+          const { receiver, sender } = await startPair(direction, receiverSide, senderSide);
           const client = await rangeClient(transport, publicHost);
           try {
             const expected = /port ranges differ: mapping game has 16 ports on the receiver, 8 ports on the sender/;

@@ -109,7 +109,10 @@ export class SenderMachine extends MachineCore<TargetFlow, SenderOutput> {
     // A range of n ports is n consecutive mapping ids: the id names the receiver's mapping and the port.
     const at = link.receiverIds.locate(frame.mappingId);
     const mappingId = at && link.mappingPairs[at.mapping];
-    if (at === undefined || mappingId === undefined || mappingId < 0) {
+    // The sizes were compared at the HELLO; checked again so that no pairing rule can ever make
+    // this side write past its own configured range.
+    const ports = mappingId === undefined ? 0 : (this.settings.mappings[mappingId]?.ports ?? 1);
+    if (at === undefined || mappingId === undefined || mappingId < 0 || at.offset >= ports) {
       this.out.log(
         "warn",
         `receiver opened a flow for mapping ${frame.mappingId}, which this sender has no target for`,

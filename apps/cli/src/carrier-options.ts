@@ -2,7 +2,8 @@
  * The carrier part of the command line: a ws:// or wss:// address in --tcp, --connect or --listen
  * (the WebSocket carrier), --ws-header and --ws-host for the dialing side's upgrade request, and
  * --proxy (HTTP CONNECT or SOCKS5) for the dialing side. wss:// is TLS under the WebSocket: it takes
- * the --tls options (and needs no --tls of its own).
+ * the --tls options (and needs no --tls of its own). --tcp-buffer sizes the kernel buffers of the
+ * tunnel's TCP connections, on either side.
  */
 import {
   type CarrierOptions,
@@ -15,7 +16,7 @@ import {
   type WebSocketCarrier,
 } from "@mcudpt/core";
 import type { ArgsDef } from "citty";
-import { ORIGINAL_DEFAULT_ADDRESS, type RawArgs, repeated, stringArg } from "./options.js";
+import { byteSize, ORIGINAL_DEFAULT_ADDRESS, type RawArgs, repeated, stringArg } from "./options.js";
 
 export const carrierArgs = {
   proxy: {
@@ -29,6 +30,12 @@ export const carrierArgs = {
     description:
       "Dialing a ws:// or wss:// address: an extra header for the upgrade request; repeatable (--ws-header 'Authorization: Bearer …')",
     valueHint: "'NAME: VALUE'",
+  },
+  "tcp-buffer": {
+    type: "string",
+    description:
+      "Kernel send and receive buffer (SO_SNDBUF/SO_RCVBUF) of each tunnel TCP connection, dialed or accepted, e.g. 4m; turns the kernel's autotuning off for them (default: autotuned; the kernel caps it at net.core.wmem_max/rmem_max; the node transport cannot set it)",
+    valueHint: "BYTES",
   },
   "ws-host": {
     type: "string",
@@ -162,7 +169,8 @@ export function carrierFor(
       : proxyText.toLowerCase() === "none"
         ? ("none" as const)
         : parseProxyUrl(proxyText, "--proxy");
-  if (!address.webSocket && proxy === undefined) return undefined;
+  const tcpBufferBytes = tcpBufferOption(args);
+  if (!address.webSocket && proxy === undefined && tcpBufferBytes === undefined) return undefined;
   const webSocket: WebSocketCarrier | undefined = address.webSocket && {
     path: address.webSocket.path,
     secure: address.webSocket.secure,
@@ -170,7 +178,12 @@ export function carrierFor(
     headers: headers.map(parseHeader),
     trustedProxies,
   };
-  return { webSocket, proxy };
+  return { webSocket, proxy, tcpBufferBytes };
+}
+
+/** The --tcp-buffer value in bytes (64k to 1g), or undefined for the kernel's autotuned sizes. */
+export function tcpBufferOption(args: RawArgs): number | undefined {
+  return stringArg(args, "tcp-buffer") === undefined ? undefined : byteSize(args, "tcp-buffer", 0);
 }
 
 /** wss:// means TLS; --tls with ws:// is a contradiction worth a line. */

@@ -56,8 +56,8 @@ export const receiverArgs = {
   udp: {
     type: "string",
     description:
-      "Public UDP address clients send to (default :1937, all interfaces); repeat for several mappings, optionally named: --udp dns=:53 --udp ntp=:123",
-    valueHint: "[NAME=][HOST]:PORT",
+      "Public UDP address clients send to (default :1937, all interfaces); repeat for several mappings, optionally named: --udp dns=:53 --udp ntp=:123; a port range (FIRST-LAST, at most 4096 ports in all) maps each port to the sender's target port at the same offset: --udp game=:27015-27030",
+    valueHint: "[NAME=][HOST]:PORT[-LAST]",
   },
   tcp: {
     type: "string",
@@ -95,8 +95,8 @@ export const senderArgs = {
   udp: {
     type: "string",
     description:
-      "Target UDP service the flows are forwarded to (default :1937, this machine); repeat for several mappings, in the receiver's order or by the same names",
-    valueHint: "[NAME=]HOST:PORT",
+      "Target UDP service the flows are forwarded to (default :1937, this machine); repeat for several mappings, in the receiver's order or by the same names; a port range (HOST:FIRST-LAST) as long as the receiver's sends each of its ports to the port at the same offset: --udp game=10.0.0.5:27015-27030",
+    valueHint: "[NAME=]HOST:PORT[-LAST]",
   },
   tcp: {
     type: "string",
@@ -269,7 +269,7 @@ export const receiverCommand = defineCommand({
     const options = commonOptions(args);
     const mappings = withRedundancy(
       args,
-      mappingsArg(rawArgs, "receiver").map(({ name, address: udp }) => ({ name, udp })),
+      mappingsArg(rawArgs, "receiver").map(({ name, address: udp, ports }) => ({ name, udp, ports })),
     );
     const tcp = tcpSide(args, "tcp", "connect");
     const dialing = tcp.swapped;
@@ -319,7 +319,11 @@ export const senderCommand = defineCommand({
     const options = commonOptions(args);
     const mappings = withRedundancy(
       args,
-      mappingsArg(rawArgs, "sender").map(({ name, address: target }) => ({ name, target })),
+      mappingsArg(rawArgs, "sender").map(({ name, address: target, ports }) => ({
+      name,
+      target,
+      ports,
+    })),
     );
     const tcp = tcpSide(args, "tcp", "listen");
     const listening = tcp.swapped;

@@ -3,8 +3,16 @@
  * Every bad value becomes a UserError naming the flag and the value: one line, no stack.
  */
 import { readFileSync } from "node:fs";
-import { type HostPort, isKeyFileExposed, messageOf, parseHostPort, UserError } from "@mcudpt/core";
-import { DEFAULTS, type LogLevel, MAX_DATAGRAM, MAX_MAPPING_NAME, MAX_MAPPINGS } from "@mcudpt/protocol";
+import {
+  formatHostPorts,
+  type HostPort,
+  isKeyFileExposed,
+  messageOf,
+  parseHostPort,
+  parseHostPortRange,
+  UserError,
+} from "@mcudpt/core";
+import { DEFAULTS, type LogLevel, MAX_DATAGRAM, MAX_MAPPING_NAME, MAX_MAPPING_PORTS, MAX_MAPPINGS } from "@mcudpt/protocol";
 import type { ArgsDef } from "citty";
 import type { TransportChoice } from "./runtime.js";
 
@@ -205,19 +213,25 @@ export function repeated(rawArgs: readonly string[], name: string): string[] {
 /** The CLI's names are a safe subset of what the protocol carries (MAX_MAPPING_NAME bytes of UTF-8). */
 const MAPPING_NAME = new RegExp(`^[A-Za-z][A-Za-z0-9_.-]{0,${MAX_MAPPING_NAME - 1}}$`);
 
+/** One --udp mapping: its name, its address, and how many ports from it (a port range; 1 for one port). */
+export interface MappingArg {
+  name?: string;
+  address: HostPort;
+  ports: number;
+}
+
 /**
- * The --udp mappings: `[NAME=][HOST]:PORT`, one per --udp (default :1937, the original's). Names pair
- * the receiver's public ports with the sender's targets; without names they pair by order.
+ * The --udp mappings: `[NAME=][HOST]:PORT` or `[NAME=][HOST]:FIRST-LAST` (a port range), one per
+ * --udp (default :1937, the original's). Names pair the receiver's public ports with the sender's
+ * targets; without names they pair by order. All of them cover at most MAX_MAPPING_PORTS ports.
  */
-export function mappingsArg(
-  rawArgs: readonly string[],
-  role: "receiver" | "sender",
-): Array<{ name?: string; address: HostPort }> {
+export function mappingsArg(rawArgs: readonly string[], role: "receiver" | "sender"): MappingArg[] {
   const texts = repeated(rawArgs, "udp");
   if (texts.length === 0) texts.push(ORIGINAL_DEFAULT_ADDRESS);
   if (texts.length > MAX_MAPPINGS) throw new UserError(`at most ${MAX_MAPPINGS} --udp mappings, not ${texts.length}`);
   const names = new Set<string>();
-  const addresses = new Set<string>();
+  const taken: MappingArg[] = [];
+  let total = 0;
   return texts.map((text) => {
     const eq = text.indexOf("=");
     const name = eq > 0 ? text.slice(0, eq) : undefined;
@@ -231,15 +245,36 @@ export function mappingsArg(
       names.add(name);
     }
     if (eq === 0) throw new UserError(`--udp ${text}: the mapping name before "=" is empty`);
-    const hostPort = parseHostPort(eq > 0 ? text.slice(eq + 1) : text, `--udp`);
-    const where = `${hostPort.host}|${hostPort.port}`;
-    if (role === "receiver" && addresses.has(where)) {
-      throw new UserError(`--udp: ${text} given twice (each public port is one mapping)`);
+    const { ports, ...hostPort } = parseHostPortRange(eq > 0 ? text.slice(eq + 1) : text, `--udp`);
+    const mapping = { name, address: hostPort, ports };
+    const other = role === "receiver" ? taken.find((before) => overlap(before, mapping)) : undefined;
+    if (other) {
+      const again = other.ports === 1 && ports === 1;
+      throw new UserError(
+        again
+          ? `--udp: ${text} given twice (each public port is one mapping)`
+          : `--udp ${text} overlaps --udp ${mappingLabel(other)} (each public port belongs to one mapping)`,
+      );
     }
-    addresses.add(where);
+    taken.push(mapping);
+    total += ports;
+    if (total > MAX_MAPPING_PORTS)
+      throw new UserError(`--udp ${text}: the mappings cover ${total} ports in all; at most ${MAX_MAPPING_PORTS}`);
     if (role === "sender" && hostPort.port === 0) throw new UserError(`--udp ${text}: the target needs a port`);
-    return { name, address: hostPort };
+    return mapping;
   });
+}
+
+/** "game=:27015-27030", as a --udp value. */
+export function mappingLabel(mapping: MappingArg): string {
+  const { host, port } = mapping.address;
+  return `${mapping.name ? `${mapping.name}=` : ""}${formatHostPorts(host, port, mapping.ports)}`;
+}
+
+/** Two public ports or ranges on the same host text that share a port. */
+function overlap(a: MappingArg, b: MappingArg): boolean {
+  if (a.address.host !== b.address.host) return false;
+  return a.address.port < b.address.port + b.ports && b.address.port < a.address.port + a.ports;
 }
 
 function readSecret(args: RawArgs): string | undefined {

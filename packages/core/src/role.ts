@@ -66,10 +66,11 @@ const CONNECTION_OUTPUTS = new Set(["close-connection", "authorize-peer", "autho
 export async function startRole<M extends Machine>(spec: RoleSpec<M>): Promise<RunningRole<M>> {
   const { side } = spec;
   const keyCheck = new PeerKeyChecker(spec.dialing ? side.pins : undefined, side.logger, spec.peerName);
-  const mappings = spec.mappings.map(({ name, idleTimeoutMs, maxFlows, redundant }) => ({
+  const mappings = spec.mappings.map(({ name, idleTimeoutMs, maxFlows, ports, redundant }) => ({
     name,
     idleTimeoutMs,
     maxFlows,
+    ports,
     redundant,
   }));
   const machine = spec.machine({ checkPeerKey: keyCheck.check, mappings });

@@ -2,7 +2,7 @@
 import { utf8 } from "./bytes.js";
 import { MAX_MAPPINGS } from "./frames.js";
 import type { Credentials, Identity } from "./link.js";
-import { checkMappings, type MappingConfig } from "./mappings.js";
+import { checkMappings, type MappingConfig, MappingIds } from "./mappings.js";
 
 /**
  * The dialer's check of the acceptor's key (key mode). Called twice: at the acceptor's HELLO
@@ -86,6 +86,10 @@ export interface Settings {
   readonly agent: string;
   readonly mappings: readonly MappingConfig[];
   readonly mappingNames: readonly string[];
+  /** Ports of each mapping, as HELLO lists them: undefined when every mapping is one port. */
+  readonly mappingPorts: readonly number[] | undefined;
+  /** This side's mapping ids as a receiver numbers them (one per port). */
+  readonly mappingIds: MappingIds;
   readonly maxPending: number;
   readonly maxPendingPerSource: number;
   readonly checkPeerKey: PeerKeyCheck | undefined;
@@ -118,6 +122,10 @@ export function settingsOf(config: CommonConfig): Settings {
     agent: config.agent ?? DEFAULTS.agent,
     mappings,
     mappingNames: mappings.map((mapping) => mapping.name ?? ""),
+    mappingPorts: mappings.some((mapping) => (mapping.ports ?? 1) > 1)
+      ? mappings.map((mapping) => mapping.ports ?? 1)
+      : undefined,
+    mappingIds: new MappingIds(mappings.map((mapping) => mapping.ports ?? 1)),
     maxPending: config.maxPendingConnections ?? DEFAULTS.maxPendingConnections,
     maxPendingPerSource: config.maxPendingPerSource ?? DEFAULTS.maxPendingPerSource,
     checkPeerKey: config.checkPeerKey,

@@ -5,6 +5,7 @@
 import { bytesEqual, concatBytes, utf8 } from "./bytes.js";
 import { FrameDecoder } from "./decoder.js";
 import { AuthMode, type Frame, FrameType, NONCE_SIZE, PUBLIC_KEY_SIZE, type Role, SIGNATURE_SIZE } from "./frames.js";
+import { MappingIds } from "./mappings.js";
 import { encodeFrame, FrameWriter } from "./writer.js";
 
 /** Randomness, HMAC and signature checks come from the host runtime: the protocol imports no crypto. */
@@ -91,6 +92,8 @@ export class Link {
    * both HELLOs); set once the peer's HELLO is checked.
    */
   mappingPairs: number[] = [];
+  /** The receiver's mapping ids (one per port of its ranges), from the receiver's HELLO; set with mappingPairs. */
+  receiverIds: MappingIds = new MappingIds([]);
   /**
    * While the transport is backed up: when DATA was queued, and how many untaken bytes there were
    * then (oldest first), so that what waited past --max-delay can be dropped (§10).
@@ -107,6 +110,7 @@ export class Link {
     private readonly credentials: Credentials,
     capabilities: number,
     mappings: readonly string[],
+    mappingPorts: readonly number[] | undefined,
     agent: string,
     crypto: CryptoProvider,
     now: number,
@@ -122,6 +126,7 @@ export class Link {
       nonce: crypto.randomBytes(NONCE_SIZE),
       publicKey: keyMode ? credentials.identity.publicKey : new Uint8Array(0),
       mappings: [...mappings],
+      ...(mappingPorts ? { mappingPorts: [...mappingPorts] } : {}),
       agent,
     };
     this.writer.preface();

@@ -76,10 +76,15 @@ export class ReceiverMachine extends MachineCore<ClientFlow, ReceiverOutput> {
     this.amplificationLimit = Math.max(0, config.amplificationLimit ?? RECEIVER_DEFAULTS.amplificationLimit);
   }
 
-  /** A datagram from a UDP client, on the public port of mapping `mappingId`. */
-  clientDatagram(address: string, port: number, payload: Uint8Array, now: number, mappingId = 0): void {
+  /**
+   * A datagram from a UDP client, on the public port of mapping `mappingId` (port `portOffset` of
+   * its range: the flow's target port is at the same offset on the sender).
+   */
+  clientDatagram(address: string, port: number, payload: Uint8Array, now: number, mappingId = 0, portOffset = 0): void {
     const counters = this.counters;
     if (mappingId >= this.settings.mappings.length || mappingId < 0) throw new RangeError(`no mapping ${mappingId}`);
+    const ports = this.settings.mappings[mappingId].ports ?? 1;
+    if (!(portOffset >= 0 && portOffset < ports)) throw new RangeError(`no port ${portOffset} in mapping ${mappingId}`);
     counters.received(mappingId, payload.length);
     // A link already closed (CLOSE sent or received, keepalive timeout) but not yet reported
     // disconnected takes nothing more: frames after a CLOSE are never read.
@@ -93,7 +98,9 @@ export class ReceiverMachine extends MachineCore<ClientFlow, ReceiverOutput> {
       counters.dropped("too-large", mappingId);
       return;
     }
-    const key = mappingId === 0 ? address + "|" + port : mappingId + "|" + address + "|" + port;
+    // One flow per client address and public port: the wire's mapping id names both.
+    const wireId = this.settings.mappingIds.idOf(mappingId, portOffset);
+    const key = wireId === 0 ? address + "|" + port : wireId + "|" + address + "|" + port;
     let flow = this.flowsByKey.get(key);
     if (flow === undefined) {
       if (this.newFlowLimiter !== undefined && !this.newFlowLimiter.allow(address, now)) {
@@ -109,7 +116,7 @@ export class ReceiverMachine extends MachineCore<ClientFlow, ReceiverOutput> {
       // FLOW_OPEN (and an eviction's FLOW_CLOSE) count against the buffer bound too, so a flood of new
       // source addresses cannot grow the buffer of a blocked connection.
       if (!this.hasRoom(link, NEW_FLOW_OVERHEAD + DATA_OVERHEAD + payload.length, mappingId)) return;
-      flow = this.openFlow(link, mappingId, key, address, port, payload.length, now);
+      flow = this.openFlow(link, mappingId, portOffset, key, address, port, payload.length, now);
       if (flow === undefined) return;
       if (looksLikeWireGuard(payload)) flow.wireguard = true;
     } else {
@@ -128,7 +135,7 @@ export class ReceiverMachine extends MachineCore<ClientFlow, ReceiverOutput> {
     // second copy's lane must know the flow too.
     const extra = (second ? 4 : 0) + (moved ? NEW_FLOW_OVERHEAD : 0);
     if (!this.hasRoom(primary, DATA_OVERHEAD + extra + payload.length, mappingId, flow)) return;
-    if (moved) primary.writer.flowOpen(flow.id, flow.mappingId, flow);
+    if (moved) primary.writer.flowOpen(flow.id, this.wireId(flow), flow);
     counters.forwarded(flow, payload.length);
     if (second === undefined) primary.writer.data(flow.id, payload);
     else this.sendCopies(flow, primary, second, payload, mappingId, now);
@@ -152,7 +159,7 @@ export class ReceiverMachine extends MachineCore<ClientFlow, ReceiverOutput> {
       return;
     }
     if (unknown) {
-      second.writer.flowOpen(flow.id, flow.mappingId, flow);
+      second.writer.flowOpen(flow.id, this.wireId(flow), flow);
       flow.announcedOn = [...(flow.announcedOn ?? []).filter((link) => link.state === "open"), second];
     }
     second.writer.sdata(flow.id, seq, payload);
@@ -163,6 +170,7 @@ export class ReceiverMachine extends MachineCore<ClientFlow, ReceiverOutput> {
   private openFlow(
     link: Link,
     mappingId: number,
+    portOffset: number,
     key: string,
     address: string,
     port: number,
@@ -179,6 +187,7 @@ export class ReceiverMachine extends MachineCore<ClientFlow, ReceiverOutput> {
     const flow: ClientFlow = {
       id: this.allocateFlowId(),
       mappingId,
+      portOffset,
       address,
       port,
       family,
@@ -191,8 +200,13 @@ export class ReceiverMachine extends MachineCore<ClientFlow, ReceiverOutput> {
     flow.lane = link;
     this.flows.add(flow);
     this.flowsByKey.set(key, flow);
-    link.writer.flowOpen(flow.id, flow.mappingId, flow);
+    link.writer.flowOpen(flow.id, this.wireId(flow), flow);
     return flow;
+  }
+
+  /** FLOW_OPEN's mapping id: the mapping's first id plus the flow's port offset (§8.6). */
+  private wireId(flow: ClientFlow): number {
+    return this.settings.mappingIds.idOf(flow.mappingId, flow.portOffset);
   }
 
   private allocateFlowId(): number {

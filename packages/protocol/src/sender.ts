@@ -18,6 +18,8 @@ export interface TargetFlow extends FlowCounters {
   readonly id: number;
   /** This side's mapping index (paired with the receiver's mapping id at the handshake). */
   readonly mappingId: number;
+  /** The port of the mapping's range it was opened on (0 for a single-port mapping): the target port's offset. */
+  readonly portOffset: number;
   readonly client: WireAddress;
   lastActive: number;
   /** The connection (lane) its datagrams go out on (§16.3). */
@@ -104,8 +106,13 @@ export class SenderMachine extends MachineCore<TargetFlow, SenderOutput> {
       return;
     }
     if (frame.type !== FrameType.FlowOpen) return;
-    const mappingId = link.mappingPairs[frame.mappingId];
-    if (mappingId === undefined) {
+    // A range of n ports is n consecutive mapping ids: the id names the receiver's mapping and the port.
+    const at = link.receiverIds.locate(frame.mappingId);
+    const mappingId = at && link.mappingPairs[at.mapping];
+    // The sizes were compared at the HELLO; checked again so that no pairing rule can ever make
+    // this side write past its own configured range.
+    const ports = mappingId === undefined ? 0 : (this.settings.mappings[mappingId]?.ports ?? 1);
+    if (at === undefined || mappingId === undefined || mappingId < 0 || at.offset >= ports) {
       this.out.log(
         "warn",
         `receiver opened a flow for mapping ${frame.mappingId}, which this sender has no target for`,
@@ -115,13 +122,20 @@ export class SenderMachine extends MachineCore<TargetFlow, SenderOutput> {
     }
     const existing = this.flows.get(frame.flowId);
     // The receiver re-announces a flow on the lane it moved to (§16.3): the same flow, kept as it is.
-    if (existing && existing.mappingId === mappingId && sameAddress(existing.client, frame.client)) return;
+    const portOffset = at.offset;
+    if (
+      existing &&
+      existing.mappingId === mappingId &&
+      existing.portOffset === portOffset &&
+      sameAddress(existing.client, frame.client)
+    )
+      return;
     if (existing) this.flows.close(existing, FlowCloseReason.Closed, false);
     this.flows.makeRoom(mappingId, now, FlowCloseReason.Evicted);
     const client = { ...frame.client };
     // Replies go back on the lane the flow was opened on, while it lasts.
-    this.flows.add({ id: frame.flowId, mappingId, client, lastActive: now, lane: link, ...zeroCounters() });
-    this.out.push({ kind: "open-flow-socket", flowId: frame.flowId, mappingId, client });
+    this.flows.add({ id: frame.flowId, mappingId, portOffset, client, lastActive: now, lane: link, ...zeroCounters() });
+    this.out.push({ kind: "open-flow-socket", flowId: frame.flowId, mappingId, portOffset, client });
   }
 }
 

@@ -12,6 +12,7 @@ import { messageOf } from "./errors.js";
 import { type DropSite, FlowSockets, type Target } from "./flow-sockets.js";
 import { kernelDropCountersAvailable, readUdpSocketStatsAsync } from "./kernel-drops.js";
 import { KernelSampler, kernelDropsWarning, sizeText } from "./kernel-sampler.js";
+import { diffMappings, type MappingKey, refuseMappingSetChange, type RoleReload } from "./reload.js";
 import { authDescription, mappingsOf, roleTools, type SideOptions, startRole } from "./role.js";
 
 /** One target and, optionally, the name that pairs it with the receiver's public port. */
@@ -39,6 +40,16 @@ export interface SenderOptions extends SideOptions {
   udpBufferBytes?: number;
 }
 
+/** What a running sender takes from a reload (see RoleReload). */
+export interface SenderReload extends RoleReload {
+  /**
+   * The --udp mappings as re-read: the same set (others need a restart), each perhaps with another
+   * target. New flows of a mapping go to its new target; its open flows keep their socket to the old
+   * one until they end (idle, evicted, closed), so a conversation in progress is not cut in two.
+   */
+  mappings?: SenderMapping[];
+}
+
 export interface SenderHandle {
   readonly machine: SenderMachine;
   /** Open flow sockets (for tests and status). */
@@ -56,7 +67,15 @@ export interface SenderHandle {
    * "kernel-queue" (they are also read every few seconds on a timer, on Linux).
    */
   sampleKernelDrops(): Promise<void>;
+  /** Applies a reload (see SenderReload); UserError, nothing changed, for a mapping added or removed. */
+  reload(update: SenderReload): Promise<string[]>;
   close(): Promise<void>;
+}
+
+/** A sender target as configured ("" is this machine), and as a reload compares it. */
+function targetOf({ target }: SenderMapping): Target {
+  const host = target.host === "" ? "127.0.0.1" : target.host;
+  return { host, port: target.port, text: formatHostPort(host, target.port) };
 }
 
 /** At least this many closed flow sockets may linger (and at least --max-flows); on EMFILE they go first. */
@@ -92,9 +111,13 @@ export async function startSender(options: SenderOptions): Promise<SenderHandle>
     options.target && { target: options.target },
     "the sender needs a target UDP address (--udp)",
   );
-  const targets: Target[] = mappings.map(({ target }) => {
-    const host = target.host === "" ? "127.0.0.1" : target.host;
-    return { host, port: target.port, text: formatHostPort(host, target.port) };
+  // Replaced in place by a reload: FlowSockets reads a mapping's target when it opens a flow's socket.
+  const targets: Target[] = mappings.map(targetOf);
+  let configured = mappings;
+  const keyOf = (mapping: SenderMapping, index: number): MappingKey & { index: number } => ({
+    name: mapping.name,
+    where: targetOf(mapping).text,
+    index,
   });
   let machine!: SenderMachine;
   let driver!: MachineDriver<SenderMachine>;
@@ -221,6 +244,26 @@ export async function startSender(options: SenderOptions): Promise<SenderHandle>
     },
     udpBufferBytes: buffer.bytes,
     sampleKernelDrops: () => sampler.sample(),
+    async reload(update) {
+      const next = update.mappings;
+      const before = configured.map(keyOf);
+      const diff = next ? diffMappings(before, next.map(keyOf)) : undefined;
+      if (diff) refuseMappingSetChange(before, diff, undefined);
+      const done = await role.reload(update);
+      for (const { before: old, after } of diff?.changed ?? []) {
+        const mappingId = old.index;
+        targets[mappingId] = targetOf((next as SenderMapping[])[after.index]);
+        let open = 0;
+        for (const flow of machine.flows.values()) if (flow.mappingId === mappingId) open++;
+        const stay = open > 0 ? ` (its ${open} open flow${open === 1 ? "" : "s"} stay with ${old.where} until they end)` : "";
+        done.push(`mapping ${mappingLabel(mappingId)}: new flows go to ${targets[mappingId].text}${stay}`);
+      }
+      if (next && diff) configured = configured.map((mapping, i) => {
+        const moved = diff.changed.find((change) => change.before.index === i);
+        return moved ? next[moved.after.index] : mapping;
+      });
+      return done;
+    },
     close: () => role.close(),
   };
 }

@@ -153,12 +153,12 @@ export class MachineCore<F extends FlowBase, O extends { kind: string }> {
   }
 
   /**
-   * Ends the session of a peer whose key this side no longer admits (`stillAdmitted` false: its key
-   * left the authorized keys at a reload), telling it why (CLOSE 11); see Session.withdraw.
-   * Returns how many sessions ended.
+   * Ends the session of a peer whose key this side no longer admits: `refusal` returns the reason
+   * told to the peer (CLOSE 11), or undefined to keep it; see Session.withdraw. Returns how many
+   * sessions ended.
    */
-  withdrawPeers(stillAdmitted: (publicKey: Uint8Array, source: string | undefined) => boolean, reason: string): number {
-    return this.session.withdraw(stillAdmitted, reason);
+  withdrawPeers(refusal: (publicKey: Uint8Array, source: string) => string | undefined): number {
+    return this.session.withdraw(refusal);
   }
 
   /** Says goodbye on every connection; flows are dropped (and their sockets released). */

@@ -491,20 +491,20 @@ export class Session implements LinkIo {
 
   /**
    * The acceptor's host no longer admits some keys (they left its authorized keys at a reload). A
-   * session whose key `stillAdmitted` refuses ends at once: CLOSE(11) with `reason` on each of its
+   * session whose key `refusal` gives a reason for (told to the peer) ends at once: CLOSE(11) on each of its
    * connections, its flows dropped, nothing left to resume — a key that was admitted once must not
    * stay in by resuming. A session in its grace period (no connection) is forgotten the same way.
-   * Key mode, acceptor side only (the dialer admits nobody). Returns how many sessions ended.
+   * Key mode, acceptor side only (the dialer admits nobody). Returns how many sessions ended; the
+   * host, which knows why the key is no longer admitted, logs it.
    */
-  withdraw(stillAdmitted: (publicKey: Uint8Array, source: string | undefined) => boolean, reason: string): number {
+  withdraw(refusal: (publicKey: Uint8Array, source: string) => string | undefined): number {
     const session = this.peer;
     if (!session || this.settings.secretMode || session.source === undefined) return 0;
-    if (stillAdmitted(session.peerKey, session.source)) return 0;
+    const reason = refusal(session.peerKey, session.source);
+    if (reason === undefined) return 0;
     for (const link of session.links) {
       if (link.state !== "closed") this.connections.close(link, CloseCode.KeyRejected, reason);
     }
-    const count = this.owner.flowCount;
-    this.out.log("warn", `ending the ${this.peerName}'s session: ${reason}${count > 0 ? ` (closing ${flows(count)})` : ""}`);
     this.owner.dropAllFlows();
     this.peer = undefined;
     this.picker.lanesChanged();

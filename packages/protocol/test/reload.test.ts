@@ -122,13 +122,13 @@ for (const dir of DIRECTIONS) {
       receiver.clientDatagram("192.0.2.1", 1, new Uint8Array([1]), net.now);
       net.pump();
       expect(sender.flows.size).toBe(1);
-      const seen: Array<[string, string | undefined]> = [];
+      const seen: Array<[string, string]> = [];
       // Still admitted: nothing happens.
-      expect(acceptor.withdrawPeers(() => true, "unused")).toBe(0);
+      expect(acceptor.withdrawPeers(() => undefined)).toBe(0);
       const ended = acceptor.withdrawPeers((key, source) => {
         seen.push([hex(key), source]);
-        return false;
-      }, "key no longer authorized");
+        return "key no longer authorized";
+      });
       net.pump();
       expect(ended).toBe(1);
       expect(seen).toEqual([[hex((dialer === sender ? SENDER_KEY : RECEIVER_KEY).publicKey), "peer-of-1"]]);
@@ -144,10 +144,10 @@ for (const dir of DIRECTIONS) {
 
     test("the dialer withdraws nobody; nor does a side in secret mode", () => {
       const keyed = pair({ direction: dir });
-      expect(keyed.dialer.withdrawPeers(() => false, "x")).toBe(0);
+      expect(keyed.dialer.withdrawPeers(() => "x")).toBe(0);
       expect(keyed.dialer.session.peerConnected).toBe(true);
       const secret = pair({ direction: dir, secret: "s" });
-      expect(secret.acceptor.withdrawPeers(() => false, "x")).toBe(0);
+      expect(secret.acceptor.withdrawPeers(() => "x")).toBe(0);
       expect(secret.acceptor.session.peerConnected).toBe(true);
     });
   });

@@ -255,7 +255,8 @@ export async function startSender(options: SenderOptions): Promise<SenderHandle>
         targets[mappingId] = targetOf((next as SenderMapping[])[after.index]);
         let open = 0;
         for (const flow of machine.flows.values()) if (flow.mappingId === mappingId) open++;
-        const stay = open > 0 ? ` (its ${open} open flow${open === 1 ? "" : "s"} stay with ${old.where} until they end)` : "";
+        const stay =
+          open === 0 ? "" : ` (its ${open === 1 ? "1 open flow stays" : `${open} open flows stay`} with ${old.where} until ${open === 1 ? "it ends" : "they end"})`;
         done.push(`mapping ${mappingLabel(mappingId)}: new flows go to ${targets[mappingId].text}${stay}`);
       }
       if (next && diff) configured = configured.map((mapping, i) => {

@@ -192,11 +192,13 @@ function refuseRestartOnlyChanges(spec: ReloadSpec, args: RawArgs): void {
 
 /** The reloadable scalar flags whose value changed, as "--idle-timeout 60 → 30". */
 function changedValues(spec: ReloadSpec, args: RawArgs): string[] {
-  const shown = (value: unknown) => (value === undefined ? "(default)" : value === true ? "on" : String(value));
+  const defs = spec.defs[spec.role];
+  const shown = (name: string, value: unknown) =>
+    defs[name]?.type === "boolean" ? (value ? "on" : "off") : value === undefined ? "(default)" : String(value);
   return [...reloadableFlags(spec.role, spec.listening)]
     .filter((name) => name !== "udp" && name !== "config")
-    .filter((name) => JSON.stringify(spec.args[name]) !== JSON.stringify(args[name]))
-    .map((name) => `--${name} ${shown(spec.args[name])} → ${shown(args[name])}`);
+    .filter((name) => JSON.stringify(spec.args[name] ?? false) !== JSON.stringify(args[name] ?? false))
+    .map((name) => `--${name} ${shown(name, spec.args[name])} → ${shown(name, args[name])}`);
 }
 
 /** The warnings of `logger`: a reload's own line says what was read (no "TLS certificate …" info line). */

@@ -121,53 +121,65 @@ for (const listener of transports) {
         }
       });
 
-      it("a key removed from --authorized-keys ends its session at once; a key added is admitted", BOUNDED, async () => {
-        const dir = mkdtempSync(join(tmpdir(), "mcudpt-reload-"));
-        const authorizedKeys = join(dir, "authorized_keys");
-        const knownSenders = join(dir, "known_senders");
-        const senderKey = testIdentity("sender");
-        writeFileSync(authorizedKeys, `${publicKeyLine(senderKey.publicKey, "sender")}\n`);
-        const tunnel = await startTunnel(listener, echo.port, {
-          senderTransport: connector,
-          receiverConfig: { identity: testIdentity("receiver") },
-          senderConfig: { identity: senderKey },
-          trust: fileAdmission({ authorizedKeys, knownSenders }),
-        });
-        const client = await startClient(connector, tunnel.receiver.udpPort);
-        try {
-          assert.equal(text(await client.request("in")), "in");
-          // Unchanged file: the session stays.
-          assert.deepEqual(await tunnel.receiver.reload({ admission: fileAdmission({ authorizedKeys, knownSenders }) }), []);
-          assert.equal(tunnel.receiver.machine.session.peerConnected, true);
-          writeFileSync(authorizedKeys, "# nobody\n");
-          const done = await tunnel.receiver.reload({ admission: fileAdmission({ authorizedKeys, knownSenders }) });
-          assert.deepEqual(done, ["1 sender session ended (key no longer admitted)"]);
-          assert.equal(tunnel.receiver.machine.session.peerConnected, false);
-          assert.equal(tunnel.receiver.machine.flows.size, 0);
-          assert.ok(
-            tunnel.receiverLog.lines.some((l) => l.includes(`key ${senderKey.fingerprint} is not in ${authorizedKeys}`)),
-          );
-          await eventually(
-            () => tunnel.senderLog.lines.some((l) => l.includes(`key ${senderKey.fingerprint} is no longer authorized here`)),
-            "the sender told why",
-          );
-          // Its reconnection is refused; put back in the file, it is admitted on the next one.
-          await eventually(
-            () => tunnel.receiverLog.lines.filter((l) => l.includes("refusing sender")).length > 0,
-            "the reconnection refused",
-            10_000,
-          );
-          assert.equal(tunnel.receiver.machine.session.peerConnected, false);
-          writeFileSync(authorizedKeys, `${publicKeyLine(senderKey.publicKey, "sender, again")}\n`);
-          await tunnel.receiver.reload({ admission: fileAdmission({ authorizedKeys, knownSenders }) });
-          await eventually(() => tunnel.receiver.machine.session.peerConnected, "the key admitted again", 10_000);
-          assert.equal(text(await client.request("back")), "back");
-        } finally {
-          client.close();
-          await tunnel.close();
-          rmSync(dir, { recursive: true, force: true });
-        }
-      });
+      it(
+        "a key removed from --authorized-keys ends its session at once; a key added is admitted",
+        BOUNDED,
+        async () => {
+          const dir = mkdtempSync(join(tmpdir(), "mcudpt-reload-"));
+          const authorizedKeys = join(dir, "authorized_keys");
+          const knownSenders = join(dir, "known_senders");
+          const senderKey = testIdentity("sender");
+          writeFileSync(authorizedKeys, `${publicKeyLine(senderKey.publicKey, "sender")}\n`);
+          const tunnel = await startTunnel(listener, echo.port, {
+            senderTransport: connector,
+            receiverConfig: { identity: testIdentity("receiver") },
+            senderConfig: { identity: senderKey },
+            trust: fileAdmission({ authorizedKeys, knownSenders }),
+          });
+          const client = await startClient(connector, tunnel.receiver.udpPort);
+          try {
+            assert.equal(text(await client.request("in")), "in");
+            // Unchanged file: the session stays.
+            assert.deepEqual(
+              await tunnel.receiver.reload({ admission: fileAdmission({ authorizedKeys, knownSenders }) }),
+              [],
+            );
+            assert.equal(tunnel.receiver.machine.session.peerConnected, true);
+            writeFileSync(authorizedKeys, "# nobody\n");
+            const done = await tunnel.receiver.reload({ admission: fileAdmission({ authorizedKeys, knownSenders }) });
+            assert.deepEqual(done, ["1 sender session ended (key no longer admitted)"]);
+            assert.equal(tunnel.receiver.machine.session.peerConnected, false);
+            assert.equal(tunnel.receiver.machine.flows.size, 0);
+            assert.ok(
+              tunnel.receiverLog.lines.some((l) =>
+                l.includes(`key ${senderKey.fingerprint} is not in ${authorizedKeys}`),
+              ),
+            );
+            await eventually(
+              () =>
+                tunnel.senderLog.lines.some((l) =>
+                  l.includes(`key ${senderKey.fingerprint} is no longer authorized here`),
+                ),
+              "the sender told why",
+            );
+            // Its reconnection is refused; put back in the file, it is admitted on the next one.
+            await eventually(
+              () => tunnel.receiverLog.lines.filter((l) => l.includes("refusing sender")).length > 0,
+              "the reconnection refused",
+              10_000,
+            );
+            assert.equal(tunnel.receiver.machine.session.peerConnected, false);
+            writeFileSync(authorizedKeys, `${publicKeyLine(senderKey.publicKey, "sender, again")}\n`);
+            await tunnel.receiver.reload({ admission: fileAdmission({ authorizedKeys, knownSenders }) });
+            await eventually(() => tunnel.receiver.machine.session.peerConnected, "the key admitted again", 10_000);
+            assert.equal(text(await client.request("back")), "back");
+          } finally {
+            client.close();
+            await tunnel.close();
+            rmSync(dir, { recursive: true, force: true });
+          }
+        },
+      );
 
       it("new limits apply at once: a lowered --max-flows evicts, the flows under it carry on", BOUNDED, async () => {
         const tunnel = await startTunnel(listener, echo.port, { senderTransport: connector });
@@ -187,28 +199,32 @@ for (const listener of transports) {
         }
       });
 
-      it("a sender mapping's new target: new flows go there, an open flow stays with the old one", BOUNDED, async () => {
-        const other = await startEcho(connector);
-        const tunnel = await startTunnel(listener, echo.port, { senderTransport: connector });
-        const early = await startClient(connector, tunnel.receiver.udpPort);
-        const late = await startClient(connector, tunnel.receiver.udpPort);
-        try {
-          assert.equal(text(await early.request("one")), "one");
-          const atFirst = echo.received;
-          const done = await tunnel.sender.reload({ mappings: [{ target: { host: LOOPBACK, port: other.port } }] });
-          assert.equal(done.length, 1);
-          assert.match(done[0], new RegExp(`new flows go to 127\\.0\\.0\\.1:${other.port} \\(its 1 open flow stays`));
-          assert.equal(text(await late.request("two")), "two");
-          assert.equal(other.received, 1);
-          assert.equal(text(await early.request("three")), "three");
-          assert.equal(echo.received, atFirst + 1);
-        } finally {
-          early.close();
-          late.close();
-          other.close();
-          await tunnel.close();
-        }
-      });
+      it(
+        "a sender mapping's new target: new flows go there, an open flow stays with the old one",
+        BOUNDED,
+        async () => {
+          const other = await startEcho(connector);
+          const tunnel = await startTunnel(listener, echo.port, { senderTransport: connector });
+          const early = await startClient(connector, tunnel.receiver.udpPort);
+          const late = await startClient(connector, tunnel.receiver.udpPort);
+          try {
+            assert.equal(text(await early.request("one")), "one");
+            const atFirst = echo.received;
+            const done = await tunnel.sender.reload({ mappings: [{ target: { host: LOOPBACK, port: other.port } }] });
+            assert.equal(done.length, 1);
+            assert.match(done[0], new RegExp(`new flows go to 127\\.0\\.0\\.1:${other.port} \\(its 1 open flow stays`));
+            assert.equal(text(await late.request("two")), "two");
+            assert.equal(other.received, 1);
+            assert.equal(text(await early.request("three")), "three");
+            assert.equal(echo.received, atFirst + 1);
+          } finally {
+            early.close();
+            late.close();
+            other.close();
+            await tunnel.close();
+          }
+        },
+      );
 
       it("adding or removing a mapping is refused with one line and changes nothing", BOUNDED, async () => {
         const tunnel = await startTunnel(listener, echo.port, { senderTransport: connector });
@@ -217,7 +233,8 @@ for (const listener of transports) {
           await assert.rejects(
             tunnel.sender.reload({ mappings: [{ target }, { target }], limits: limits({ maxFlows: 1 }) }),
             (error: unknown) =>
-              error instanceof UserError && /^adding or removing mappings needs a restart \(added #2/.test(error.message),
+              error instanceof UserError &&
+              /^adding or removing mappings needs a restart \(added #2/.test(error.message),
           );
           const udp = { host: LOOPBACK, port: 0 };
           await assert.rejects(

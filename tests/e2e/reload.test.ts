@@ -84,8 +84,18 @@ function servedFingerprint(port: number): Promise<string> {
 /** A TOML config file: `settings` as key = value lines (strings quoted, lists of strings). */
 function writeConfig(path: string, settings: Record<string, string | number | boolean | string[]>): void {
   const value = (v: string | number | boolean | string[]): string =>
-    Array.isArray(v) ? `[${v.map((s) => JSON.stringify(s)).join(", ")}]` : typeof v === "string" ? JSON.stringify(v) : String(v);
-  writeFileSync(path, Object.entries(settings).map(([k, v]) => `${k} = ${value(v)}\n`).join(""), { mode: 0o600 });
+    Array.isArray(v)
+      ? `[${v.map((s) => JSON.stringify(s)).join(", ")}]`
+      : typeof v === "string"
+        ? JSON.stringify(v)
+        : String(v);
+  writeFileSync(
+    path,
+    Object.entries(settings)
+      .map(([k, v]) => `${k} = ${value(v)}\n`)
+      .join(""),
+    { mode: 0o600 },
+  );
 }
 
 /** Waits for the `n`th line matching `pattern` in a process's stderr. */
@@ -143,194 +153,223 @@ class Load {
 
 for (const runtime of runtimes) {
   describe(`reload (SIGHUP), ${runtime}`, () => {
-    it("under a 20-client load: renewed certificate, added key, new limit, moved target; 0 lost on game", TIMEOUT, async () => {
-      const dir = workDir();
-      const receiverKey = makeKey(dir, "receiver");
-      const senderA = makeKey(dir, "sender-a");
-      const senderB = makeKey(dir, "sender-b");
-      writeFileSync(join(dir, "keys-a"), `${senderA.line}\n`);
-      writeFileSync(join(dir, "keys-ab"), `${senderA.line}\n${senderB.line}\n`);
-      const firstCert = writeCertificate(dir);
-      const [game, dns, tcp] = [await freePort("udp"), await freePort("udp"), await freePort("tcp")];
-      const [gameTarget, dnsTarget, dnsMoved] = [await startEcho(), await startEcho(), await startEcho()];
-      let movedHits = 0;
-      let dnsHits = 0;
-      dnsMoved.on("message", () => movedHits++);
-      dnsTarget.on("message", () => dnsHits++);
-      const receiverConfig = join(dir, "receiver.toml");
-      const receiverSettings = {
-        udp: [`game=127.0.0.1:${game}`, `dns=127.0.0.1:${dns}`],
-        tcp: `127.0.0.1:${tcp}`,
-        key: "receiver",
-        "authorized-keys": "keys-a",
-        tls: true,
-        "tls-cert": "cert.pem",
-        "tls-key": "key.pem",
-        "idle-timeout": 60,
-        metrics: "127.0.0.1:0",
-      };
-      writeConfig(receiverConfig, receiverSettings);
-      const senderConfig = join(dir, "sender.toml");
-      const target = (port: number) => `127.0.0.1:${port}`;
-      const senderSettings = {
-        udp: [`game=${target(gameTarget.address().port)}`, `dns=${target(dnsTarget.address().port)}`],
-        tcp: `127.0.0.1:${tcp}`,
-        key: "sender-a",
-        tls: true,
-      };
-      writeConfig(senderConfig, senderSettings);
-      const receiver = startCli(runtime, ["receiver", "--config", receiverConfig]);
-      await logged(receiver, /receiver listening/);
-      const sender = startCli(runtime, ["sender", "--config", senderConfig]);
-      await logged(receiver, /sender .* accepted/);
-      assert.equal(await udpRequest(dns, "dns-before"), "dns-before");
+    it(
+      "under a 20-client load: renewed certificate, added key, new limit, moved target; 0 lost on game",
+      TIMEOUT,
+      async () => {
+        const dir = workDir();
+        const receiverKey = makeKey(dir, "receiver");
+        const senderA = makeKey(dir, "sender-a");
+        const senderB = makeKey(dir, "sender-b");
+        writeFileSync(join(dir, "keys-a"), `${senderA.line}\n`);
+        writeFileSync(join(dir, "keys-ab"), `${senderA.line}\n${senderB.line}\n`);
+        const firstCert = writeCertificate(dir);
+        const [game, dns, tcp] = [await freePort("udp"), await freePort("udp"), await freePort("tcp")];
+        const [gameTarget, dnsTarget, dnsMoved] = [await startEcho(), await startEcho(), await startEcho()];
+        let movedHits = 0;
+        let dnsHits = 0;
+        dnsMoved.on("message", () => movedHits++);
+        dnsTarget.on("message", () => dnsHits++);
+        const receiverConfig = join(dir, "receiver.toml");
+        const receiverSettings = {
+          udp: [`game=127.0.0.1:${game}`, `dns=127.0.0.1:${dns}`],
+          tcp: `127.0.0.1:${tcp}`,
+          key: "receiver",
+          "authorized-keys": "keys-a",
+          tls: true,
+          "tls-cert": "cert.pem",
+          "tls-key": "key.pem",
+          "idle-timeout": 60,
+          metrics: "127.0.0.1:0",
+        };
+        writeConfig(receiverConfig, receiverSettings);
+        const senderConfig = join(dir, "sender.toml");
+        const target = (port: number) => `127.0.0.1:${port}`;
+        const senderSettings = {
+          udp: [`game=${target(gameTarget.address().port)}`, `dns=${target(dnsTarget.address().port)}`],
+          tcp: `127.0.0.1:${tcp}`,
+          key: "sender-a",
+          tls: true,
+        };
+        writeConfig(senderConfig, senderSettings);
+        const receiver = startCli(runtime, ["receiver", "--config", receiverConfig]);
+        await logged(receiver, /receiver listening/);
+        const sender = startCli(runtime, ["sender", "--config", senderConfig]);
+        await logged(receiver, /sender .* accepted/);
+        assert.equal(await udpRequest(dns, "dns-before"), "dns-before");
 
-      const load = await Load.start(game, 20);
-      await sleep(1000);
-      // Mid-load: a renewed certificate (same files), a new authorized-keys file, a new idle timeout.
-      const renewedCert = writeCertificate(dir);
-      writeConfig(receiverConfig, { ...receiverSettings, "authorized-keys": "keys-ab", "idle-timeout": 45 });
-      receiver.child.kill("SIGHUP");
-      // And the sender's dns mapping to another target.
-      writeConfig(senderConfig, {
-        ...senderSettings,
-        udp: [`game=${target(gameTarget.address().port)}`, `dns=${target(dnsMoved.address().port)}`],
-      });
-      sender.child.kill("SIGHUP");
-      await logged(receiver, /reloaded the configuration \(SIGHUP\)/);
-      await logged(sender, /reloaded the configuration \(SIGHUP\)/);
-      await sleep(1000);
-      const totals = await load.stop();
-      console.log(
-        `reload e2e (${runtime}): game mapping ${totals.sent} datagrams sent by 20 clients, ${totals.echoed} echoed, ${totals.lost} lost`,
-      );
-      assert.ok(totals.sent >= 20 * 50, `a steady load (${totals.sent} datagrams)`);
-      assert.equal(totals.lost, 0, "no datagram of the untouched mapping lost across the reloads");
-
-      const receiverLine = receiver.stderr().split("\n").find((l) => l.includes("reloaded the configuration")) ?? "";
-      assert.match(receiverLine, /--idle-timeout 60 → 45/);
-      assert.match(receiverLine, /--authorized-keys .*keys-a → .*keys-ab/);
-      assert.ok(receiverLine.includes(`TLS certificate ${renewedCert} (was ${firstCert})`), receiverLine);
-      // A new connection sees the renewed certificate; the sender's connection was never replaced.
-      assert.equal(await servedFingerprint(tcp), renewedCert);
-      assert.equal(receiver.count(/sender .* accepted/), 1);
-      // The sender's dns: a new flow goes to the new target; the flow opened before stays with the old.
-      const senderLine = sender.stderr().split("\n").find((l) => l.includes("reloaded the configuration")) ?? "";
-      assert.match(senderLine, new RegExp(`mapping "dns": new flows go to 127\\.0\\.0\\.1:${dnsMoved.address().port}`));
-      assert.equal(await udpRequest(dns, "dns-after"), "dns-after");
-      assert.equal(movedHits >= 1 && dnsHits >= 1, true, `old target ${dnsHits}, new target ${movedHits}`);
-      // The added key is admitted (then told another sender is connected: one at a time).
-      const other = startCli(runtime, [
-        "sender",
-        "--udp",
-        `game=${target(gameTarget.address().port)}`,
-        "--udp",
-        `dns=${target(dnsMoved.address().port)}`,
-        "--tcp",
-        `127.0.0.1:${tcp}`,
-        "--key",
-        senderB.path,
-        "--tls",
-      ]);
-      await logged(receiver, new RegExp(`key ${escape(senderB.fingerprint)}: listed in .*keys-ab`));
-      await logged(receiver, /refusing sender .* is connected \(one sender at a time\)/);
-      await stopWith(other, "SIGTERM");
-      const metrics = await scrape(metricsUrl(receiver.stderr()) as string);
-      assert.equal(sample(metrics, "mcudpt_config_reloads_total", 'result="ok"'), 1);
-      assert.equal(sample(metrics, "mcudpt_config_reloads_total", 'result="failed"'), 0);
-      assert.equal((await stopWith(sender, "SIGTERM")).code, 0);
-      assert.equal((await stopWith(receiver, "SIGTERM")).code, 0);
-      for (const process of [receiver, sender]) assert.doesNotMatch(process.stderr(), /internal error|unexpected/);
-      for (const socket of [gameTarget, dnsTarget, dnsMoved]) socket.close();
-    });
-
-    it("a key removed ends its session; broken reloads keep the configuration, log one line, count", TIMEOUT, async () => {
-      const dir = workDir();
-      const receiverKey = makeKey(dir, "receiver");
-      const senderA = makeKey(dir, "sender-a");
-      writeFileSync(join(dir, "keys"), `${senderA.line}\n`);
-      const firstCert = writeCertificate(dir);
-      const [udp, tcp] = [await freePort("udp"), await freePort("tcp")];
-      const echo = await startEcho();
-      const config = join(dir, "receiver.toml");
-      const settings = {
-        udp: `127.0.0.1:${udp}`,
-        tcp: `127.0.0.1:${tcp}`,
-        key: receiverKey.path,
-        "authorized-keys": "keys",
-        tls: true,
-        "tls-cert": "cert.pem",
-        "tls-key": "key.pem",
-        metrics: "127.0.0.1:0",
-      };
-      writeConfig(config, settings);
-      const receiver = startCli(runtime, ["receiver", "--config", config]);
-      await logged(receiver, /receiver listening/);
-      const sender = startCli(runtime, [
-        "sender",
-        "--udp",
-        `127.0.0.1:${echo.address().port}`,
-        "--tcp",
-        `127.0.0.1:${tcp}`,
-        "--key",
-        senderA.path,
-        "--tls",
-      ]);
-      await logged(receiver, /sender .* accepted/);
-      assert.equal(await udpRequest(udp, "one"), "one");
-
-      const failures = /reload \(SIGHUP\) failed, the running configuration is kept: /;
-      const broken: Array<[string, () => void, RegExp]> = [
-        ["a config file that is not TOML", () => writeFileSync(config, "udp = [\n"), /invalid TOML/],
-        [
-          "a bad key line",
-          () => {
-            writeConfig(config, settings);
-            writeFileSync(join(dir, "keys"), `${senderA.line}\nssh-ed25519 not-a-key\n`);
-          },
-          /keys line 2: not an "ssh-ed25519 AAAA… comment" public key line/,
-        ],
-        [
-          "an unreadable certificate",
-          () => {
-            writeFileSync(join(dir, "keys"), `${senderA.line}\n`);
-            writeFileSync(join(dir, "cert.pem"), "-----BEGIN CERTIFICATE-----\ngarbage\n");
-          },
-          /cert\.pem is not a PEM certificate/,
-        ],
-        ["a certificate file that is gone", () => writeConfig(config, { ...settings, "tls-cert": "missing.pem" }), /missing\.pem/],
-      ];
-      for (const [n, [what, breakIt, why]] of broken.entries()) {
-        breakIt();
+        const load = await Load.start(game, 20);
+        await sleep(1000);
+        // Mid-load: a renewed certificate (same files), a new authorized-keys file, a new idle timeout.
+        const renewedCert = writeCertificate(dir);
+        writeConfig(receiverConfig, { ...receiverSettings, "authorized-keys": "keys-ab", "idle-timeout": 45 });
         receiver.child.kill("SIGHUP");
-        await logged(receiver, failures, n + 1);
-        const lines = receiver.stderr().split("\n").filter((l) => failures.test(l));
-        assert.equal(lines.length, n + 1, `one line for ${what}`);
-        assert.match(lines[n], why, what);
-        // Kept: the same connection carries traffic, the same certificate is served.
-        assert.equal(await udpRequest(udp, `still ${n}`), `still ${n}`);
-        assert.equal(await servedFingerprint(tcp), firstCert);
-      }
-      const failed = await scrape(metricsUrl(receiver.stderr()) as string);
-      assert.equal(sample(failed, "mcudpt_config_reloads_total", 'result="failed"'), broken.length);
-      assert.equal(sample(failed, "mcudpt_config_last_reload_successful"), 0);
+        // And the sender's dns mapping to another target.
+        writeConfig(senderConfig, {
+          ...senderSettings,
+          udp: [`game=${target(gameTarget.address().port)}`, `dns=${target(dnsMoved.address().port)}`],
+        });
+        sender.child.kill("SIGHUP");
+        await logged(receiver, /reloaded the configuration \(SIGHUP\)/);
+        await logged(sender, /reloaded the configuration \(SIGHUP\)/);
+        await sleep(1000);
+        const totals = await load.stop();
+        console.log(
+          `reload e2e (${runtime}): game mapping ${totals.sent} datagrams sent by 20 clients, ${totals.echoed} echoed, ${totals.lost} lost`,
+        );
+        assert.ok(totals.sent >= 20 * 50, `a steady load (${totals.sent} datagrams)`);
+        assert.equal(totals.lost, 0, "no datagram of the untouched mapping lost across the reloads");
 
-      // Repaired, without sender-a's key: its session ends at once, with a reason.
-      writeCertificate(dir);
-      writeConfig(config, settings);
-      writeFileSync(join(dir, "keys"), "# nobody yet\n");
-      receiver.child.kill("SIGHUP");
-      await logged(receiver, /reloaded the configuration \(SIGHUP\): .*1 sender session ended/);
-      await logged(receiver, new RegExp(`ending the sender's session .*key ${escape(senderA.fingerprint)} is not in`));
-      await logged(sender, new RegExp(`key ${escape(senderA.fingerprint)} is no longer authorized here`));
-      const ok = await scrape(metricsUrl(receiver.stderr()) as string);
-      assert.equal(sample(ok, "mcudpt_config_reloads_total", 'result="ok"'), 1);
-      assert.equal(sample(ok, "mcudpt_config_last_reload_successful"), 1);
-      assert.equal(sample(ok, "mcudpt_peer_connected"), 0);
-      assert.equal((await stopWith(sender, "SIGTERM")).code, 0);
-      assert.equal((await stopWith(receiver, "SIGTERM")).code, 0);
-      echo.close();
-    });
+        const receiverLine =
+          receiver
+            .stderr()
+            .split("\n")
+            .find((l) => l.includes("reloaded the configuration")) ?? "";
+        assert.match(receiverLine, /--idle-timeout 60 → 45/);
+        assert.match(receiverLine, /--authorized-keys .*keys-a → .*keys-ab/);
+        assert.ok(receiverLine.includes(`TLS certificate ${renewedCert} (was ${firstCert})`), receiverLine);
+        // A new connection sees the renewed certificate; the sender's connection was never replaced.
+        assert.equal(await servedFingerprint(tcp), renewedCert);
+        assert.equal(receiver.count(/sender .* accepted/), 1);
+        // The sender's dns: a new flow goes to the new target; the flow opened before stays with the old.
+        const senderLine =
+          sender
+            .stderr()
+            .split("\n")
+            .find((l) => l.includes("reloaded the configuration")) ?? "";
+        assert.match(
+          senderLine,
+          new RegExp(`mapping "dns": new flows go to 127\\.0\\.0\\.1:${dnsMoved.address().port}`),
+        );
+        assert.equal(await udpRequest(dns, "dns-after"), "dns-after");
+        assert.equal(movedHits >= 1 && dnsHits >= 1, true, `old target ${dnsHits}, new target ${movedHits}`);
+        // The added key is admitted (then told another sender is connected: one at a time).
+        const other = startCli(runtime, [
+          "sender",
+          "--udp",
+          `game=${target(gameTarget.address().port)}`,
+          "--udp",
+          `dns=${target(dnsMoved.address().port)}`,
+          "--tcp",
+          `127.0.0.1:${tcp}`,
+          "--key",
+          senderB.path,
+          "--tls",
+        ]);
+        await logged(receiver, new RegExp(`key ${escape(senderB.fingerprint)}: listed in .*keys-ab`));
+        await logged(receiver, /refusing sender .* is connected \(one sender at a time\)/);
+        await stopWith(other, "SIGTERM");
+        const metrics = await scrape(metricsUrl(receiver.stderr()) as string);
+        assert.equal(sample(metrics, "mcudpt_config_reloads_total", 'result="ok"'), 1);
+        assert.equal(sample(metrics, "mcudpt_config_reloads_total", 'result="failed"'), 0);
+        assert.equal((await stopWith(sender, "SIGTERM")).code, 0);
+        assert.equal((await stopWith(receiver, "SIGTERM")).code, 0);
+        for (const process of [receiver, sender]) assert.doesNotMatch(process.stderr(), /internal error|unexpected/);
+        for (const socket of [gameTarget, dnsTarget, dnsMoved]) socket.close();
+      },
+    );
+
+    it(
+      "a key removed ends its session; broken reloads keep the configuration, log one line, count",
+      TIMEOUT,
+      async () => {
+        const dir = workDir();
+        const receiverKey = makeKey(dir, "receiver");
+        const senderA = makeKey(dir, "sender-a");
+        writeFileSync(join(dir, "keys"), `${senderA.line}\n`);
+        const firstCert = writeCertificate(dir);
+        const [udp, tcp] = [await freePort("udp"), await freePort("tcp")];
+        const echo = await startEcho();
+        const config = join(dir, "receiver.toml");
+        const settings = {
+          udp: `127.0.0.1:${udp}`,
+          tcp: `127.0.0.1:${tcp}`,
+          key: receiverKey.path,
+          "authorized-keys": "keys",
+          tls: true,
+          "tls-cert": "cert.pem",
+          "tls-key": "key.pem",
+          metrics: "127.0.0.1:0",
+        };
+        writeConfig(config, settings);
+        const receiver = startCli(runtime, ["receiver", "--config", config]);
+        await logged(receiver, /receiver listening/);
+        const sender = startCli(runtime, [
+          "sender",
+          "--udp",
+          `127.0.0.1:${echo.address().port}`,
+          "--tcp",
+          `127.0.0.1:${tcp}`,
+          "--key",
+          senderA.path,
+          "--tls",
+        ]);
+        await logged(receiver, /sender .* accepted/);
+        assert.equal(await udpRequest(udp, "one"), "one");
+
+        const failures = /reload \(SIGHUP\) failed, the running configuration is kept: /;
+        const broken: Array<[string, () => void, RegExp]> = [
+          ["a config file that is not TOML", () => writeFileSync(config, "udp = [\n"), /invalid TOML/],
+          [
+            "a bad key line",
+            () => {
+              writeConfig(config, settings);
+              writeFileSync(join(dir, "keys"), `${senderA.line}\nssh-ed25519 not-a-key\n`);
+            },
+            /keys line 2: not an "ssh-ed25519 AAAA… comment" public key line/,
+          ],
+          [
+            "an unreadable certificate",
+            () => {
+              writeFileSync(join(dir, "keys"), `${senderA.line}\n`);
+              writeFileSync(join(dir, "cert.pem"), "-----BEGIN CERTIFICATE-----\ngarbage\n");
+            },
+            /cert\.pem is not a PEM certificate/,
+          ],
+          [
+            "a certificate file that is gone",
+            () => writeConfig(config, { ...settings, "tls-cert": "missing.pem" }),
+            /missing\.pem/,
+          ],
+        ];
+        for (const [n, [what, breakIt, why]] of broken.entries()) {
+          breakIt();
+          receiver.child.kill("SIGHUP");
+          await logged(receiver, failures, n + 1);
+          const lines = receiver
+            .stderr()
+            .split("\n")
+            .filter((l) => failures.test(l));
+          assert.equal(lines.length, n + 1, `one line for ${what}`);
+          assert.match(lines[n], why, what);
+          // Kept: the same connection carries traffic, the same certificate is served.
+          assert.equal(await udpRequest(udp, `still ${n}`), `still ${n}`);
+          assert.equal(await servedFingerprint(tcp), firstCert);
+        }
+        const failed = await scrape(metricsUrl(receiver.stderr()) as string);
+        assert.equal(sample(failed, "mcudpt_config_reloads_total", 'result="failed"'), broken.length);
+        assert.equal(sample(failed, "mcudpt_config_last_reload_successful"), 0);
+
+        // Repaired, without sender-a's key: its session ends at once, with a reason.
+        writeCertificate(dir);
+        writeConfig(config, settings);
+        writeFileSync(join(dir, "keys"), "# nobody yet\n");
+        receiver.child.kill("SIGHUP");
+        await logged(receiver, /reloaded the configuration \(SIGHUP\): .*1 sender session ended/);
+        await logged(
+          receiver,
+          new RegExp(`ending the sender's session .*key ${escape(senderA.fingerprint)} is not in`),
+        );
+        await logged(sender, new RegExp(`key ${escape(senderA.fingerprint)} is no longer authorized here`));
+        const ok = await scrape(metricsUrl(receiver.stderr()) as string);
+        assert.equal(sample(ok, "mcudpt_config_reloads_total", 'result="ok"'), 1);
+        assert.equal(sample(ok, "mcudpt_config_last_reload_successful"), 1);
+        assert.equal(sample(ok, "mcudpt_peer_connected"), 0);
+        assert.equal((await stopWith(sender, "SIGTERM")).code, 0);
+        assert.equal((await stopWith(receiver, "SIGTERM")).code, 0);
+        echo.close();
+      },
+    );
   });
 }
 

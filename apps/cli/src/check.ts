@@ -395,7 +395,14 @@ export async function runCheck(rest: readonly string[]): Promise<number> {
 export async function problemsOf(role: Role, flags: string[]): Promise<string[]> {
   const problems = new Problems();
   const warnings: string[] = [];
-  const summary = await checkRole(role, role === "receiver" ? "sender" : "receiver", flags, problems, warningsLogger(warnings), warnings);
+  const summary = await checkRole(
+    role,
+    role === "receiver" ? "sender" : "receiver",
+    flags,
+    problems,
+    warningsLogger(warnings),
+    warnings,
+  );
   return problems.lines.length > 0 || summary !== undefined ? problems.lines : ["the configuration does not check"];
 }
 

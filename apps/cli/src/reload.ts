@@ -133,7 +133,8 @@ async function reload(spec: ReloadSpec): Promise<string[]> {
   const typed = [...typedCommandLine];
   const problems = await spec.validate(typed);
   if (problems.length > 0) {
-    const more = problems.length > 1 ? ` (and ${problems.length - 1} more problem${problems.length > 2 ? "s" : ""})` : "";
+    const more =
+      problems.length > 1 ? ` (and ${problems.length - 1} more problem${problems.length > 2 ? "s" : ""})` : "";
     throw new UserError(`${problems[0]}${more}`);
   }
   const warnings = spec.ops.logger;
@@ -172,7 +173,8 @@ async function reload(spec: ReloadSpec): Promise<string[]> {
   const done = await spec.handle.reload(update);
   spec.ops.setLogLevel(options.logLevel);
   const changes = changedValues(spec, args);
-  if (renewed && spec.tls) changes.push(`TLS certificate ${pemFingerprint(renewed.cert)} (was ${pemFingerprint(spec.tls.cert)})`);
+  if (renewed && spec.tls)
+    changes.push(`TLS certificate ${pemFingerprint(renewed.cert)} (was ${pemFingerprint(spec.tls.cert)})`);
   spec.args = args;
   if (renewed) spec.tls = { cert: renewed.cert, key: renewed.key };
   return [...changes, ...done];

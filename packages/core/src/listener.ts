@@ -67,7 +67,8 @@ export async function listen(options: ListenerOptions): Promise<Listener> {
     address: bound,
     port: server.port,
     async replaceCertificate(next) {
-      if (!server.replaceCertificate) throw new UserError("this listener serves no TLS: turning TLS on needs a restart");
+      if (!server.replaceCertificate)
+        throw new UserError("this listener serves no TLS: turning TLS on needs a restart");
       await server.replaceCertificate({ cert: next.cert, key: next.key });
     },
     close: () => server.close(),

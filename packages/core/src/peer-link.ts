@@ -148,7 +148,8 @@ export async function startPeerLink(options: PeerLinkOptions): Promise<PeerLink>
         const admission = update.admission;
         approvals.setAdmission(admission);
         const ended = withdrawRefused(driver, admission, logger, peerName);
-        if (ended > 0) done.push(`${ended} ${peerName} session${ended === 1 ? "" : "s"} ended (key no longer admitted)`);
+        if (ended > 0)
+          done.push(`${ended} ${peerName} session${ended === 1 ? "" : "s"} ended (key no longer admitted)`);
       }
       return done;
     },
@@ -177,7 +178,10 @@ function withdrawRefused(driver: MachineDriver, admission: PeerAdmission, logger
       if (verdict.verdict === "trusted") return undefined;
       const why = verdict.verdict === "refused" ? verdict.reason : `key ${print} is no longer a known ${peerName}`;
       const flows = driver.machine.flows.size;
-      logger.log("warn", `ending the ${peerName}'s session (${flows} flow${flows === 1 ? "" : "s"}) after the reload: ${why}`);
+      logger.log(
+        "warn",
+        `ending the ${peerName}'s session (${flows} flow${flows === 1 ? "" : "s"}) after the reload: ${why}`,
+      );
       return `key ${print} is no longer authorized here`;
     });
   });

@@ -206,7 +206,11 @@ export async function startReceiver(options: ReceiverOptions): Promise<ReceiverH
     async reload(update) {
       if (update.mappings) {
         const before = mappings.map(publicKey);
-        refuseMappingSetChange(before, diffMappings(before, update.mappings.map(publicKey)), "moving a public port (--udp)");
+        refuseMappingSetChange(
+          before,
+          diffMappings(before, update.mappings.map(publicKey)),
+          "moving a public port (--udp)",
+        );
       }
       const done = await role.reload(update);
       const clientLimits = update.clientLimits;

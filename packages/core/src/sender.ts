@@ -256,13 +256,16 @@ export async function startSender(options: SenderOptions): Promise<SenderHandle>
         let open = 0;
         for (const flow of machine.flows.values()) if (flow.mappingId === mappingId) open++;
         const stay =
-          open === 0 ? "" : ` (its ${open === 1 ? "1 open flow stays" : `${open} open flows stay`} with ${old.where} until ${open === 1 ? "it ends" : "they end"})`;
+          open === 0
+            ? ""
+            : ` (its ${open === 1 ? "1 open flow stays" : `${open} open flows stay`} with ${old.where} until ${open === 1 ? "it ends" : "they end"})`;
         done.push(`mapping ${mappingLabel(mappingId)}: new flows go to ${targets[mappingId].text}${stay}`);
       }
-      if (next && diff) configured = configured.map((mapping, i) => {
-        const moved = diff.changed.find((change) => change.before.index === i);
-        return moved ? next[moved.after.index] : mapping;
-      });
+      if (next && diff)
+        configured = configured.map((mapping, i) => {
+          const moved = diff.changed.find((change) => change.before.index === i);
+          return moved ? next[moved.after.index] : mapping;
+        });
       return done;
     },
     close: () => role.close(),

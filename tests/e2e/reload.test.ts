@@ -370,6 +370,56 @@ for (const runtime of runtimes) {
         echo.close();
       },
     );
+
+    it("refuses what needs a restart, naming it; the command line still wins; --verbose applies", TIMEOUT, async () => {
+      const dir = workDir();
+      const [udp, extra, tcp] = [await freePort("udp"), await freePort("udp"), await freePort("tcp")];
+      const echo = await startEcho();
+      const config = join(dir, "receiver.toml");
+      const settings = { udp: `127.0.0.1:${udp}`, tcp: `127.0.0.1:${tcp}`, secret: "e2e", "idle-timeout": 60 };
+      writeConfig(config, settings);
+      // --max-flows typed: the file's value never applies, at start or at a reload.
+      const receiver = startCli(runtime, ["receiver", "--config", config, "--max-flows", "100"]);
+      await logged(receiver, /receiver listening/);
+      const sender = startCli(runtime, [
+        "sender",
+        "--udp",
+        `127.0.0.1:${echo.address().port}`,
+        "--tcp",
+        `127.0.0.1:${tcp}`,
+        "--secret",
+        "e2e",
+      ]);
+      await logged(receiver, /sender .* accepted/);
+      const failures = /reload \(SIGHUP\) failed, the running configuration is kept: (.*)$/;
+      const refused: Array<[Record<string, string | number | boolean | string[]>, RegExp]> = [
+        [{ keepalive: 5 }, /^--keepalive changed: that needs a restart$/],
+        [{ "log-format": "json" }, /^--log-format changed: that needs a restart$/],
+        [{ secret: "other", keepalive: 5 }, /^--secret and --keepalive changed: those need a restart$/],
+        [
+          { udp: [`127.0.0.1:${udp}`, `127.0.0.1:${extra}`] },
+          new RegExp(`^adding or removing mappings needs a restart \\(added #2 \\(127\\.0\\.0\\.1:${extra}\\)\\)$`),
+        ],
+        [{ udp: `127.0.0.1:${extra}` }, /^moving a public port \(--udp\) needs a restart/],
+      ];
+      for (const [n, [change, why]] of refused.entries()) {
+        writeConfig(config, { ...settings, ...change });
+        receiver.child.kill("SIGHUP");
+        await logged(receiver, failures, n + 1);
+        const line = receiver.stderr().split("\n").filter((l) => failures.test(l))[n];
+        assert.match(failures.exec(line)?.[1] ?? "", why, line);
+      }
+      assert.equal(await udpRequest(udp, "kept"), "kept");
+      // Allowed: a new idle timeout and --verbose; the file's max-flows loses to the typed one.
+      writeConfig(config, { ...settings, "idle-timeout": 30, "max-flows": 5, verbose: true });
+      receiver.child.kill("SIGHUP");
+      await logged(receiver, /reloaded the configuration \(SIGHUP\): --idle-timeout 60 → 30; --verbose off → on$/);
+      await udpRequest(udp, "debug now");
+      await logged(receiver, /flow \d+ opened for client/);
+      assert.equal((await stopWith(sender, "SIGTERM")).code, 0);
+      assert.equal((await stopWith(receiver, "SIGTERM")).code, 0);
+      echo.close();
+    });
   });
 }
 

@@ -226,6 +226,28 @@ for (const listener of transports) {
         },
       );
 
+      it(
+        "a sender's --max-flows raised past what its flow-socket buffers allow is refused; lowered, applied",
+        BOUNDED,
+        async () => {
+          const tunnel = await startTunnel(listener, echo.port, { senderTransport: connector });
+          try {
+            // 4096 flows × 256 KiB (the default buffer) is the 1 GiB bound: 5000 would pass it.
+            await assert.rejects(
+              tunnel.sender.reload({ limits: limits({ maxFlows: 5000 }) }),
+              /--max-flows 5000: 5000 flow sockets of 256 KiB .* raising it that far needs a restart/,
+            );
+            assert.deepEqual(await tunnel.sender.reload({ limits: limits({ maxFlows: 1 }) }), []);
+            const clients = await Promise.all([0, 1].map(() => startClient(connector, tunnel.receiver.udpPort)));
+            for (const client of clients) assert.equal(text(await client.request("z")), "z");
+            assert.equal(tunnel.sender.machine.flows.size, 1); // the second flow evicted the first
+            for (const client of clients) client.close();
+          } finally {
+            await tunnel.close();
+          }
+        },
+      );
+
       it("adding or removing a mapping is refused with one line and changes nothing", BOUNDED, async () => {
         const tunnel = await startTunnel(listener, echo.port, { senderTransport: connector });
         try {

@@ -3,12 +3,12 @@
  * mapping (see FlowSockets). Its TCP side dials the receiver (ssh -R, the default; it keeps dialing,
  * with capped exponential backoff and jitter) or listens for it (ssh -L).
  */
-import { DEFAULTS, type SenderConfig, SenderMachine, type SenderOutput } from "@mcudpt/protocol";
+import { DEFAULTS, type Limits, type SenderConfig, SenderMachine, type SenderOutput } from "@mcudpt/protocol";
 import { formatHostPort, type HostPort } from "./address.js";
 import { systemClock } from "./clock.js";
 import { nodeCrypto } from "./crypto.js";
 import { type MachineDriver, now } from "./driver.js";
-import { messageOf } from "./errors.js";
+import { messageOf, UserError } from "./errors.js";
 import { type DropSite, FlowSockets, type Target } from "./flow-sockets.js";
 import { kernelDropCountersAvailable, readUdpSocketStatsAsync } from "./kernel-drops.js";
 import { KernelSampler, kernelDropsWarning, sizeText } from "./kernel-sampler.js";
@@ -70,6 +70,18 @@ export interface SenderHandle {
   /** Applies a reload (see SenderReload); UserError, nothing changed, for a mapping added or removed. */
   reload(update: SenderReload): Promise<string[]>;
   close(): Promise<void>;
+}
+
+/**
+ * A raised --max-flows whose flow sockets, each with the buffer chosen at start, could hold more than
+ * FLOW_BUFFERS_TOTAL in kernel buffers: refused (the buffer size is fixed for the process's life).
+ */
+function refuseOverBuffered(limits: Limits, bufferBytes: number | undefined): void {
+  const flows = limits.mappings.reduce((total, mapping) => total + (mapping.maxFlows ?? limits.maxFlows), 0);
+  if (bufferBytes === undefined || flows * bufferBytes <= FLOW_BUFFERS_TOTAL) return;
+  throw new UserError(
+    `--max-flows ${limits.maxFlows}: ${flows} flow sockets of ${sizeText(bufferBytes)} (--udp-buffer, set at start) would hold over ${sizeText(FLOW_BUFFERS_TOTAL)} of kernel buffers; raising it that far needs a restart`,
+  );
 }
 
 /** A sender target as configured ("" is this machine), and as a reload compares it. */
@@ -249,6 +261,7 @@ export async function startSender(options: SenderOptions): Promise<SenderHandle>
       const before = configured.map(keyOf);
       const diff = next ? diffMappings(before, next.map(keyOf)) : undefined;
       if (diff) refuseMappingSetChange(before, diff, undefined);
+      if (update.limits) refuseOverBuffered(update.limits, buffer.bytes);
       const done = await role.reload(update);
       for (const { before: old, after } of diff?.changed ?? []) {
         const mappingId = old.index;

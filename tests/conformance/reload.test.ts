@@ -181,6 +181,33 @@ for (const listener of transports) {
         },
       );
 
+      it("a key removed from known_senders (no allowlist) ends its session too", BOUNDED, async () => {
+        const dir = mkdtempSync(join(tmpdir(), "mcudpt-reload-"));
+        const knownSenders = join(dir, "known_senders");
+        const senderKey = testIdentity("sender");
+        writeFileSync(knownSenders, `${publicKeyLine(senderKey.publicKey, "approved once")}\n`);
+        const tunnel = await startTunnel(listener, echo.port, {
+          senderTransport: connector,
+          receiverConfig: { identity: testIdentity("receiver") },
+          senderConfig: { identity: senderKey },
+          trust: fileAdmission({ knownSenders }),
+        });
+        try {
+          writeFileSync(knownSenders, "");
+          const done = await tunnel.receiver.reload({ admission: fileAdmission({ knownSenders }) });
+          assert.deepEqual(done, ["1 sender session ended (key no longer admitted)"]);
+          assert.ok(
+            tunnel.receiverLog.lines.some((l) =>
+              l.includes(`key ${senderKey.fingerprint} is no longer a known sender`),
+            ),
+          );
+          assert.equal(tunnel.receiver.machine.session.peerConnected, false);
+        } finally {
+          await tunnel.close();
+          rmSync(dir, { recursive: true, force: true });
+        }
+      });
+
       it("new limits apply at once: a lowered --max-flows evicts, the flows under it carry on", BOUNDED, async () => {
         const tunnel = await startTunnel(listener, echo.port, { senderTransport: connector });
         const clients = await Promise.all([0, 1, 2].map(() => startClient(connector, tunnel.receiver.udpPort)));

@@ -23,7 +23,6 @@ import {
   has,
   killAll,
   RUNTIMES,
-  type Runtime,
   sleep,
   startCli,
   startEcho,
@@ -158,7 +157,7 @@ for (const runtime of runtimes) {
       TIMEOUT,
       async () => {
         const dir = workDir();
-        const receiverKey = makeKey(dir, "receiver");
+        makeKey(dir, "receiver"); // named by the config file ("key = receiver")
         const senderA = makeKey(dir, "sender-a");
         const senderB = makeKey(dir, "sender-b");
         writeFileSync(join(dir, "keys-a"), `${senderA.line}\n`);
@@ -256,7 +255,7 @@ for (const runtime of runtimes) {
           senderB.path,
           "--tls",
         ]);
-        await logged(receiver, new RegExp(`key ${escape(senderB.fingerprint)}: listed in .*keys-ab`));
+        await logged(receiver, new RegExp(`key ${regexQuote(senderB.fingerprint)}: listed in .*keys-ab`));
         await logged(receiver, /refusing sender .* is connected \(one sender at a time\)/);
         await stopWith(other, "SIGTERM");
         const metrics = await scrape(metricsUrl(receiver.stderr()) as string);
@@ -358,9 +357,9 @@ for (const runtime of runtimes) {
         await logged(receiver, /reloaded the configuration \(SIGHUP\): .*1 sender session ended/);
         await logged(
           receiver,
-          new RegExp(`ending the sender's session .*key ${escape(senderA.fingerprint)} is not in`),
+          new RegExp(`ending the sender's session .*key ${regexQuote(senderA.fingerprint)} is not in`),
         );
-        await logged(sender, new RegExp(`key ${escape(senderA.fingerprint)} is no longer authorized here`));
+        await logged(sender, new RegExp(`key ${regexQuote(senderA.fingerprint)} is no longer authorized here`));
         const ok = await scrape(metricsUrl(receiver.stderr()) as string);
         assert.equal(sample(ok, "mcudpt_config_reloads_total", 'result="ok"'), 1);
         assert.equal(sample(ok, "mcudpt_config_last_reload_successful"), 1);
@@ -423,6 +422,6 @@ for (const runtime of runtimes) {
   });
 }
 
-function escape(text: string): string {
+function regexQuote(text: string): string {
   return text.replace(/[.*+?^${}()|[\]\\/]/g, "\\$&");
 }

@@ -138,8 +138,7 @@ async function reload(spec: ReloadSpec): Promise<string[]> {
     throw new UserError(`${problems[0]}${more}`);
   }
   const warnings = spec.ops.logger;
-  const argv = withConfigFile(typed, { role, defs: spec.defs }, (line) => warnings.log("warn", line));
-  const args = parseArgs(argv, spec.defs[role]) as RawArgs;
+  const { argv, args } = readFlags(role, typed, spec.defs, (line) => warnings.log("warn", line));
   refuseRestartOnlyChanges(spec, args);
   const options = commonOptions(args);
   const before = commonOptions(spec.args);
@@ -178,6 +177,17 @@ async function reload(spec: ReloadSpec): Promise<string[]> {
   spec.args = args;
   if (renewed) spec.tls = { cert: renewed.cert, key: renewed.key };
   return [...changes, ...done];
+}
+
+/** `flags` as typed with --config's settings added, and parsed as the command parses them. */
+export function readFlags(
+  role: Role,
+  flags: readonly string[],
+  defs: Record<Role, ArgsDef>,
+  warn: (line: string) => void,
+): { argv: string[]; args: RawArgs } {
+  const argv = withConfigFile([...flags], { role, defs }, warn);
+  return { argv, args: parseArgs(argv, defs[role]) as RawArgs };
 }
 
 /** Throws, naming them, when flags only a restart can change have another value now. */

@@ -7,8 +7,10 @@
 import {
   type CarrierOptions,
   type HostPort,
+  messageOf,
   parseHostPort,
   parseProxyUrl,
+  sourceMatcher,
   UserError,
   type WebSocketCarrier,
 } from "@mcudpt/core";
@@ -33,6 +35,12 @@ export const carrierArgs = {
     description:
       "Dialing a ws:// or wss:// address: the Host header and TLS server name (SNI) to send instead of the address's host, e.g. a CDN's name while dialing one of its addresses",
     valueHint: "NAME[:PORT]",
+  },
+  "ws-trusted-proxy": {
+    type: "string",
+    description:
+      "Listening on ws:// or wss:// behind a reverse proxy: the proxies (addresses, CIDR blocks) whose X-Forwarded-For or Forwarded header names the peer; the per-address handshake limit and from= on authorized_keys lines then see the real peer (e.g. 127.0.0.1,::1)",
+    valueHint: "LIST",
   },
 } satisfies ArgsDef;
 
@@ -126,9 +134,20 @@ export function carrierFor(
   const headers = repeated(rawArgs, "ws-header");
   const wsHost = stringArg(args, "ws-host");
   const proxyText = stringArg(args, "proxy");
+  const trustedProxies = stringArg(args, "ws-trusted-proxy");
   if (!dialing) {
     const given = proxyText !== undefined ? "proxy" : headers.length > 0 ? "ws-header" : wsHost ? "ws-host" : undefined;
     if (given) throw new UserError(`--${given} is for the dialing side: this end ${side}`);
+  } else if (trustedProxies !== undefined) {
+    throw new UserError(`--ws-trusted-proxy is for the listening side: this end ${side}`);
+  }
+  if (trustedProxies !== undefined) {
+    if (!address.webSocket) throw new UserError("--ws-trusted-proxy needs a ws:// or wss:// address to listen on");
+    try {
+      sourceMatcher(trustedProxies);
+    } catch (error) {
+      throw new UserError(`--ws-trusted-proxy: ${messageOf(error)}`);
+    }
   }
   if (!address.webSocket) {
     if (headers.length > 0) throw new UserError("--ws-header needs a ws:// or wss:// address to dial");
@@ -149,6 +168,7 @@ export function carrierFor(
     secure: address.webSocket.secure,
     host: wsHost,
     headers: headers.map(parseHeader),
+    trustedProxies,
   };
   return { webSocket, proxy };
 }

@@ -44,6 +44,7 @@ import {
   commonArgs,
   commonOptions,
   laneOptions,
+  withRedundancy,
   limit,
   mappingsArg,
   type RawArgs,
@@ -170,6 +171,7 @@ function machineConfig(options: CommonOptions) {
     maxBufferBytes: options.maxBufferBytes,
     nudgeMs: options.nudgeMs,
     redundant: options.redundant,
+    redundantMaxBytes: options.redundantMaxBytes,
     maxDelayMs: options.maxDelayMs,
   };
 }
@@ -297,7 +299,10 @@ export const receiverCommand = defineCommand({
   args: receiverArgs,
   async run({ args, rawArgs }) {
     const options = commonOptions(args);
-    const mappings = mappingsArg(rawArgs, "receiver").map(({ name, address: udp }) => ({ name, udp }));
+    const mappings = withRedundancy(
+      args,
+      mappingsArg(rawArgs, "receiver").map(({ name, address: udp }) => ({ name, udp })),
+    );
     const tcp = tcpSide(args, "tcp", "connect");
     const dialing = tcp.swapped;
     const { newFlowsPerSecond, amplificationLimit } = receiverLimits(args);
@@ -355,7 +360,10 @@ export const senderCommand = defineCommand({
   args: senderArgs,
   async run({ args, rawArgs }) {
     const options = commonOptions(args);
-    const mappings = mappingsArg(rawArgs, "sender").map(({ name, address: target }) => ({ name, target }));
+    const mappings = withRedundancy(
+      args,
+      mappingsArg(rawArgs, "sender").map(({ name, address: target }) => ({ name, target })),
+    );
     const tcp = tcpSide(args, "tcp", "listen");
     const listening = tcp.swapped;
     const udpBufferBytes = udpBufferOption(args);

@@ -4,7 +4,7 @@
  */
 import { readFileSync } from "node:fs";
 import { type HostPort, isKeyFileExposed, messageOf, parseHostPort, UserError } from "@mcudpt/core";
-import { DEFAULTS, type LogLevel, MAX_MAPPING_NAME, MAX_MAPPINGS } from "@mcudpt/protocol";
+import { DEFAULTS, type LogLevel, MAX_DATAGRAM, MAX_MAPPING_NAME, MAX_MAPPINGS } from "@mcudpt/protocol";
 import type { ArgsDef } from "citty";
 import type { TransportChoice } from "./runtime.js";
 
@@ -68,6 +68,18 @@ export const commonArgs = {
     description:
       "Send every datagram on two lanes (needs --lanes 2 or more on the dialing side); the first copy to arrive wins, duplicates are dropped. Given on the dialing side, the peer answers the same way",
   },
+  "redundant-mappings": {
+    type: "string",
+    description:
+      "Send only these mappings' datagrams on two lanes, e.g. game,voip (names, or #1, #2… by position; needs --lanes 2 or more on the dialing side). The peer answers those flows the same way",
+    valueHint: "NAMES",
+  },
+  "redundant-max-bytes": {
+    type: "string",
+    description:
+      "With --redundant or --redundant-mappings: send twice only datagrams up to this size (game and voice packets, not bulk transfers), e.g. 512 (default: every size)",
+    valueHint: "BYTES",
+  },
   "max-delay": {
     type: "string",
     description:
@@ -98,6 +110,8 @@ export interface CommonOptions {
   maxBufferBytes: number;
   nudgeMs: number;
   redundant: boolean;
+  /** Send twice only datagrams up to this many bytes (undefined: every size). */
+  redundantMaxBytes: number | undefined;
   maxDelayMs: number;
   transport: TransportChoice;
   logLevel: LogLevel;
@@ -292,6 +306,9 @@ export function laneOptions(args: RawArgs, dialing: boolean): { lanes?: number; 
   if (args.redundant === true && lanes < 2) {
     throw new UserError("--redundant sends every datagram on two lanes: give --lanes 2 or more");
   }
+  if (args["redundant-mappings"] !== undefined && lanes < 2) {
+    throw new UserError("--redundant-mappings sends those datagrams on two lanes: give --lanes 2 or more");
+  }
   return { lanes };
 }
 
@@ -308,9 +325,49 @@ export function commonOptions(args: RawArgs): CommonOptions {
     maxBufferBytes: byteSize(args, "max-buffer", DEFAULTS.maxBufferBytes),
     nudgeMs: nudgeArg(args),
     redundant: args.redundant === true,
+    redundantMaxBytes: redundantMaxBytes(args),
     maxDelayMs: millis(args, "max-delay"),
     transport: (args.transport as TransportChoice | undefined) ?? "auto",
     logLevel: args.verbose ? "debug" : args.quiet ? "warn" : "info",
     warnings,
   };
+}
+
+function redundantMaxBytes(args: RawArgs): number | undefined {
+  const text = stringArg(args, "redundant-max-bytes");
+  if (text === undefined) return undefined;
+  if (args.redundant !== true && args["redundant-mappings"] === undefined) {
+    throw new UserError("--redundant-max-bytes limits --redundant or --redundant-mappings: give one of them");
+  }
+  if (!/^\d+$/.test(text.trim()) || Number(text) > MAX_DATAGRAM) {
+    throw new UserError(`--redundant-max-bytes: "${text}" is not a datagram size from 0 to ${MAX_DATAGRAM} bytes`);
+  }
+  return Number(text);
+}
+
+/**
+ * `--redundant-mappings game,voip`: marks those of `mappings` (by name, or #N by position) to be sent on
+ * two lanes. A name this side does not have is a one-line error listing the ones it has.
+ */
+export function withRedundancy<M extends { name?: string }>(
+  args: RawArgs,
+  mappings: M[],
+): Array<M & { redundant?: boolean }> {
+  const text = stringArg(args, "redundant-mappings");
+  if (text === undefined) return mappings;
+  if (args.redundant === true) {
+    throw new UserError("--redundant already sends every mapping twice: drop --redundant-mappings, or --redundant");
+  }
+  const labels = mappings.map((mapping, i) => mapping.name ?? `#${i + 1}`);
+  const chosen = new Set<number>();
+  for (const word of text.split(",").map((part) => part.trim())) {
+    const index = labels.findIndex((label, i) => label === word || word === `#${i + 1}`);
+    if (index < 0) {
+      throw new UserError(
+        `--redundant-mappings: this side has no mapping "${word}" (its mappings: ${labels.join(", ")})`,
+      );
+    }
+    chosen.add(index);
+  }
+  return mappings.map((mapping, i) => (chosen.has(i) ? { ...mapping, redundant: true } : mapping));
 }

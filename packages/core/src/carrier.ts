@@ -11,6 +11,7 @@ import type { Logger } from "./logger.js";
 import { RateLimitedLog } from "./logger.js";
 import { type ProxySpec, proxyFromEnvironment, proxyHandshake } from "./proxy.js";
 import { Resolver } from "./resolve.js";
+import { sourceMatcher } from "./source-match.js";
 import type { ClientTlsOptions, ListenOptions, TcpConnection, TcpHandlers, TcpServer, Transport } from "./transport.js";
 import { acceptWebSocket, connectWebSocket } from "./websocket.js";
 
@@ -23,6 +24,11 @@ export interface WebSocketCarrier {
   host?: string;
   /** Dialing: extra request headers. */
   headers?: ReadonlyArray<readonly [string, string]>;
+  /**
+   * Listening: addresses and CIDR blocks of reverse proxies whose Forwarded / X-Forwarded-For header
+   * names the client (`10.0.0.0/8,::1`, as from= on authorized_keys lines).
+   */
+  trustedProxies?: string;
 }
 
 export interface CarrierOptions {
@@ -148,6 +154,7 @@ export function listenCarrier(
     };
   }
   const log = logger && new RateLimitedLog(logger);
+  const trustedProxy = ws.trustedProxies === undefined ? undefined : sourceMatcher(ws.trustedProxies);
   return {
     describe: (host, port) => `${ws.secure ? "wss" : "ws"}://${formatHostPort(host, port)}${ws.path}`,
     listen: (listenOptions) =>
@@ -156,6 +163,7 @@ export function listenCarrier(
         onConnection: (raw) =>
           acceptWebSocket(raw, {
             path: ws.path,
+            trustedProxy,
             timeoutMs: handshakeTimeoutMs,
             onUpgrade: (connection) => listenOptions.onConnection(connection),
             onRefused: (request, connection) => {

@@ -128,3 +128,5 @@ export {
   type WebSocketClientOptions,
 } from "./websocket.js";
 export { type CertificateSpec, createCertificate } from "./x509.js";
+export { forwardedClient } from "./forwarded.js";
+export { sourceMatcher } from "./source-match.js";

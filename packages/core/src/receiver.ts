@@ -26,6 +26,8 @@ export interface ReceiverMapping {
   udp: HostPort;
   idleTimeoutMs?: number;
   maxFlows?: number;
+  /** Send this mapping's datagrams on two lanes (config.redundant does it for every mapping). */
+  redundant?: boolean;
 }
 
 export interface ReceiverOptions extends SideOptions {

@@ -21,6 +21,8 @@ export interface SenderMapping {
   target: HostPort;
   idleTimeoutMs?: number;
   maxFlows?: number;
+  /** Send this mapping's datagrams on two lanes (config.redundant does it for every mapping). */
+  redundant?: boolean;
 }
 
 export interface SenderOptions extends SideOptions {

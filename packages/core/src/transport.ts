@@ -96,6 +96,11 @@ export interface TcpHandlers {
 export interface TcpConnection {
   readonly remoteAddress: string;
   readonly remotePort: number;
+  /**
+   * Set when remoteAddress is the client a trusted reverse proxy named, not the TCP peer: the proxy's
+   * address:port (remotePort is then 0: the client's port is not known).
+   */
+  readonly via?: string;
   /** On a TLS connection made by connectTcp: the peer's leaf certificate (DER), for pinning. */
   readonly peerCertificate?: Uint8Array;
   /**

@@ -4,6 +4,7 @@ export { type DecoderOptions, describeStranger, FrameDecoder } from "./decoder.j
 export { type CommonConfig, DEFAULTS, type Limits, type PeerKeyCheck } from "./config.js";
 export type { FlowBase, Flows } from "./flows.js";
 export * from "./frames.js";
+export type { LaneInfo } from "./lanes.js";
 export type { Credentials, CryptoProvider, Identity, LinkState, Side } from "./link.js";
 export { checkMappings, type MappingConfig, pairMappings } from "./mappings.js";
 export {

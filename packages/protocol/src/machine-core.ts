@@ -25,6 +25,8 @@ export interface RolePolicy<F> {
   release(flow: F): void;
   /** The flow as a log line names it. */
   describe(flow: F): string;
+  /** The flow was closed for being idle. */
+  idled?(flow: F, now: number): void;
 }
 
 export class MachineCore<F extends FlowBase, O extends { kind: string }> {
@@ -61,6 +63,7 @@ export class MachineCore<F extends FlowBase, O extends { kind: string }> {
     const host = {
       release: (flow: F) => policy.release(flow),
       describe: (flow: F) => policy.describe(flow),
+      idled: (flow: F, now: number) => policy.idled?.(flow, now),
       tellPeer: (flowId: number, reason: number) => this.session.tellFlowClosed(flowId, reason),
     };
     this.flows = new Flows<F>(this.settings, this.counters, this.out, this.throttle, host, this.session.peerName);

@@ -32,6 +32,8 @@ export interface ClientFlow extends FlowCounters {
   rx?: DuplicateWindow;
   mirror?: boolean;
   announcedOn?: Link[];
+  /** Its first datagram looked like WireGuard's (wireguard-hint.ts): advice when it idles out. */
+  wireguard?: boolean;
 }
 
 /** Outputs of the connection side, the same for both roles. */

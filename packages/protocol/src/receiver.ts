@@ -12,6 +12,7 @@ import { FlowCloseReason, type Frame, FrameType, HEADER_SIZE, MAX_DATAGRAM, Prot
 import type { CryptoProvider, Link } from "./link.js";
 import type { ClientFlow, ReceiverOutput } from "./outputs.js";
 import { SourceRateLimiter } from "./rate-limit.js";
+import { looksLikeWireGuard } from "./wireguard-hint.js";
 import { zeroCounters } from "./stats.js";
 
 export interface ReceiverConfig extends CommonConfig {
@@ -57,6 +58,17 @@ export class ReceiverMachine extends MachineCore<ClientFlow, ReceiverOutput> {
       frame: (link, frame, now) => this.onFrame(link, frame, now),
       release: (flow) => this.flowsByKey.delete(flow.key),
       describe: (flow) => `client ${flow.address}:${flow.port}`,
+      idled: (flow, now) => {
+        if (!flow.wireguard) return;
+        const idle = Math.round(this.settings.idleTimeoutMs / 1000);
+        this.throttle.note(
+          "wireguard-idle",
+          now,
+          (n) =>
+            `${n} flow(s) that look like WireGuard went idle (--idle-timeout ${idle} s): the peer behind the tunnel cannot reach them until they send again; set PersistentKeepalive = 25 (below --idle-timeout) on the WireGuard peer in front, or raise --idle-timeout`,
+          "info",
+        );
+      },
     });
     const rate = config.newFlowsPerSecond ?? RECEIVER_DEFAULTS.newFlowsPerSecond;
     this.newFlowLimiter =
@@ -113,6 +125,7 @@ export class ReceiverMachine extends MachineCore<ClientFlow, ReceiverOutput> {
       if (!this.hasRoom(link, NEW_FLOW_OVERHEAD + DATA_OVERHEAD + payload.length, mappingId)) return;
       flow = this.openFlow(link, mappingId, key, address, port, payload.length, now);
       if (flow === undefined) return;
+      if (looksLikeWireGuard(payload)) flow.wireguard = true;
     } else {
       // A second datagram from the same address and port: whoever it is also sends from there, so
       // replies are no longer capped (a spoofer rarely keeps up a conversation it cannot see).

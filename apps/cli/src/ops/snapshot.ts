@@ -21,6 +21,16 @@ export function snapshotText(observed: Observed, at = now()): string {
       `drops ${nonZeroDrops(s).join(" ") || "0"}, rtt ${s.rttMs === undefined ? "-" : `${s.rttMs.toFixed(1)} ms`}, ` +
       `reconnects ${observed.reconnects()}, handshake failures ${s.handshakeFailures}`,
   ];
+  const lanes = observed.laneRows?.() ?? [];
+  if (lanes.length > 1) {
+    for (const [i, lane] of lanes.entries()) {
+      const rtt = lane.rttMs === undefined ? "-" : `${lane.rttMs.toFixed(1)} ms`;
+      lines.push(
+        `  lane ${i + 1}: ${logLine(lane.peer, 60)} ${lane.open ? (lane.stalled ? "stalled" : "open") : "closing"}, rtt ${rtt}, ` +
+          `out ${lane.datagramsSent} dg, in ${lane.datagramsReceived} dg, nudges ${lane.nudgesSent}`,
+      );
+    }
+  }
   const reloads = observed.reloads?.();
   if (reloads?.last) {
     const { at, result, message } = reloads.last;
@@ -58,6 +68,9 @@ export function snapshotJson(observed: Observed, name: string, at = now()): stri
     handshakeFailures: s.handshakeFailures,
     reloads: reloadFields(observed),
   });
+  for (const [i, lane] of (observed.laneRows?.() ?? []).entries()) {
+    out += jsonRecord(name, "lane", { lane: i + 1, ...lane, rttMs: lane.rttMs ?? null });
+  }
   let listed = 0;
   for (const flow of observed.flows()) {
     if (listed++ >= MAX_LISTED) break;

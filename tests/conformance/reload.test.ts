@@ -101,6 +101,34 @@ for (const listener of transports) {
         }
       });
 
+      it(
+        "-L over wss://: the listening sender serves the renewed certificate; the receiver's lane carries on",
+        BOUNDED,
+        async () => {
+          const tunnel = await startTunnel(listener, echo.port, {
+            senderTransport: connector,
+            direction: "L",
+            receiverTls: first,
+            senderTls: {},
+            carrier: {
+              listen: { webSocket: { path: "/t" } },
+              dial: { webSocket: { path: "/t", secure: true }, env: {} },
+            },
+          });
+          const client = await startClient(listener, tunnel.receiver.udpPort);
+          try {
+            assert.equal(text(await client.request("before")), "before");
+            assert.deepEqual(await tunnel.sender.reload({ tls: renewed }), ["new connections get the new certificate"]);
+            assert.equal(await servedFingerprint(listener, tunnel.sender.tcpPort), pemFingerprint(renewed.cert));
+            assert.equal(text(await client.request("after")), "after");
+            assert.equal(tunnel.receiver.machine.stats.accepted, 1);
+          } finally {
+            client.close();
+            await tunnel.close();
+          }
+        },
+      );
+
       it("a certificate the runtime refuses changes nothing: the old one is still served", BOUNDED, async () => {
         const tunnel = await startTunnel(listener, echo.port, {
           senderTransport: connector,

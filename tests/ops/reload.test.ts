@@ -43,6 +43,7 @@ function setup(typed: string[], role: { fail?: string; gate?: Promise<void> } = 
     ops,
     record,
     clientLimits: receiverLimits,
+    secured: (a) => a,
     validate: (f) => problemsOf("receiver", f),
     handle: {
       async reload(update) {

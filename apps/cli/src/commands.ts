@@ -241,8 +241,10 @@ function sideOptions(
 
 /** The part of a role's reload (SIGHUP) that is the same for both roles. */
 function reloadBase(role: "receiver" | "sender", args: RawArgs, ops: Operations, record: ReloadRecord) {
+  const swap = role === "receiver" ? "connect" : "listen";
   return {
     role,
+    secured: (a: RawArgs) => tlsArgsFor(a, tcpSide(a, "tcp", swap).carrier),
     defs: { receiver: receiverArgs, sender: senderArgs },
     args,
     ops,

@@ -78,6 +78,8 @@ export interface ReloadSpec {
   tls?: { cert: string; key: string };
   ops: Operations;
   record: ReloadRecord;
+  /** The flags with a wss:// address standing for --tls, as the commands read them (carrier-options.ts). */
+  secured(args: RawArgs): RawArgs;
   /** The receiver's client limits (--new-flow-rate, --amplification-limit), as commands.ts reads them. */
   clientLimits?: (args: RawArgs) => { newFlowsPerSecond: number; amplificationLimit: number };
   /** The problems `mcudpt check` finds in the role's flags (check.ts), one line each. */
@@ -151,7 +153,7 @@ async function reload(spec: ReloadSpec): Promise<string[]> {
   }
   const mappings = mappingsArg(argv, role);
   const admission = keyMode && listening ? listenTrustFor(args, peer) : undefined;
-  const tls = listening ? listenTls(args, warningsOnly(warnings), peer) : undefined;
+  const tls = listening ? listenTls(spec.secured(args), warningsOnly(warnings), peer) : undefined;
   const renewed = tls && spec.tls && (tls.cert !== spec.tls.cert || tls.key !== spec.tls.key) ? tls : undefined;
   const limits: Limits = {
     idleTimeoutMs: options.idleTimeoutMs,

@@ -43,6 +43,7 @@ function setup(typed: string[], role: { fail?: string; gate?: Promise<void> } = 
     ops,
     record,
     clientLimits: receiverLimits,
+    secret: "s",
     secured: (a) => a,
     validate: (f) => problemsOf("receiver", f),
     handle: {
@@ -107,6 +108,19 @@ describe("reload (CLI)", () => {
     assert.equal(lines.length, cases.length);
     assert.equal(updates.length, 0);
     assert.deepEqual([record.ok, record.failed, record.last?.result], [0, cases.length, "failed"]);
+  });
+
+  it("a --secret-file whose content changed needs a restart", async () => {
+    const secretFile = join(dir, "secret");
+    writeFileSync(secretFile, "s\n", { mode: 0o600 });
+    const { reload, lines, updates } = setup(["--secret-file", secretFile]);
+    writeFileSync(secretFile, "rotated\n");
+    await reload();
+    assert.match(
+      lines[0],
+      /failed, the running configuration is kept: the shared secret changed: that needs a restart$/,
+    );
+    assert.equal(updates.length, 0);
   });
 
   it("a role that refuses the update: one line, counted, and the log level stays", async () => {

@@ -342,6 +342,7 @@ export const receiverCommand = defineCommand({
       (handle) =>
         reloader({
           ...reloadBase("receiver", args, ops, record),
+          secret: options.secret,
           listening: !dialing,
           keyMode,
           keyFingerprint: identity?.fingerprint,
@@ -398,6 +399,7 @@ export const senderCommand = defineCommand({
       (handle) =>
         reloader({
           ...reloadBase("sender", args, ops, record),
+          secret: options.secret,
           listening,
           keyMode,
           keyFingerprint: identity?.fingerprint,

@@ -73,6 +73,8 @@ export interface ReloadSpec {
   defs: Record<Role, ArgsDef>;
   /** The flags the role was started with, --config's included, as citty parsed them. */
   args: RawArgs;
+  /** The running secret (read from --secret-file at start: the file may have changed since). */
+  secret: string | undefined;
   /** The running key's fingerprint (key mode) and certificate (listening with TLS). */
   keyFingerprint?: string;
   tls?: { cert: string; key: string };
@@ -143,8 +145,7 @@ async function reload(spec: ReloadSpec): Promise<string[]> {
   const { argv, args } = readFlags(role, typed, spec.defs, (line) => warnings.log("warn", line));
   refuseRestartOnlyChanges(spec, args);
   const options = commonOptions(args);
-  const before = commonOptions(spec.args);
-  if (options.secret !== before.secret) throw new UserError("the shared secret changed: that needs a restart");
+  if (options.secret !== spec.secret) throw new UserError("the shared secret changed: that needs a restart");
   if (keyMode) {
     const keyFile = stringArg(args, "key") ?? configPath(DEFAULT_KEY_NAME);
     const now = loadIdentity(keyFile).fingerprint;

@@ -78,7 +78,10 @@ export interface ReceiverHandle {
 }
 
 /** A receiver mapping as a reload compares it: its name and its configured public address. */
-const publicKey = ({ name, udp }: ReceiverMapping): MappingKey => ({ name, where: formatHostPort(udp.host, udp.port) });
+const publicPortKey = ({ name, udp }: ReceiverMapping): MappingKey => ({
+  name,
+  where: formatHostPort(udp.host, udp.port),
+});
 
 /**
  * Kernel buffers of the public UDP sockets: every client shares one, and the default (~208 KiB, about
@@ -207,10 +210,10 @@ export async function startReceiver(options: ReceiverOptions): Promise<ReceiverH
     sampleKernelDrops: () => sampler.sample(),
     async reload(update) {
       if (update.mappings) {
-        const before = mappings.map(publicKey);
+        const before = mappings.map(publicPortKey);
         refuseMappingSetChange(
           before,
-          diffMappings(before, update.mappings.map(publicKey)),
+          diffMappings(before, update.mappings.map(publicPortKey)),
           "moving a public port (--udp)",
         );
       }

@@ -436,7 +436,7 @@ async function listenTcp(options: ListenOptions): Promise<TcpServer> {
       socket.end();
     },
   };
-  const socket = {
+  const handlers = {
     ...tcpHandlers,
     ...tlsHandlers,
     open(socket: BunTcpSocket) {
@@ -454,7 +454,7 @@ async function listenTcp(options: ListenOptions): Promise<TcpServer> {
         port,
         data: undefined,
         tls: certificate && { cert: certificate.cert, key: certificate.key },
-        socket,
+        socket: handlers,
       });
     } catch (error) {
       throw asError(error);

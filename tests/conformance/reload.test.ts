@@ -197,8 +197,8 @@ for (const listener of transports) {
               10_000,
             );
             assert.equal(tunnel.receiver.machine.session.peerConnected, false);
+            // Added again, without a reload: the file is read at every handshake.
             writeFileSync(authorizedKeys, `${publicKeyLine(senderKey.publicKey, "sender, again")}\n`);
-            await tunnel.receiver.reload({ admission: fileAdmission({ authorizedKeys, knownSenders }) });
             await eventually(() => tunnel.receiver.machine.session.peerConnected, "the key admitted again", 10_000);
             assert.equal(text(await client.request("back")), "back");
           } finally {

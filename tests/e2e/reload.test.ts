@@ -23,6 +23,7 @@ import {
   has,
   killAll,
   RUNTIMES,
+  type Runtime,
   sleep,
   startCli,
   startEcho,
@@ -95,6 +96,12 @@ function writeConfig(path: string, settings: Record<string, string | number | bo
       .join(""),
     { mode: 0o600 },
   );
+}
+
+/** `mcudpt sender` toward the receiver at 127.0.0.1:`tcp`, forwarding to `target`, with `flags`. */
+function startSender(runtime: Runtime, target: Socket, tcp: number, flags: string[]): CliProcess {
+  const to = `127.0.0.1:${target.address().port}`;
+  return startCli(runtime, ["sender", "--udp", to, "--tcp", `127.0.0.1:${tcp}`, ...flags]);
 }
 
 /** Waits for the `n`th line matching `pattern` in a process's stderr. */
@@ -293,16 +300,7 @@ for (const runtime of runtimes) {
         writeConfig(config, settings);
         const receiver = startCli(runtime, ["receiver", "--config", config]);
         await logged(receiver, /receiver listening/);
-        const sender = startCli(runtime, [
-          "sender",
-          "--udp",
-          `127.0.0.1:${echo.address().port}`,
-          "--tcp",
-          `127.0.0.1:${tcp}`,
-          "--key",
-          senderA.path,
-          "--tls",
-        ]);
+        const sender = startSender(runtime, echo, tcp, ["--key", senderA.path, "--tls"]);
         await logged(receiver, /sender .* accepted/);
         assert.equal(await udpRequest(udp, "one"), "one");
 
@@ -380,15 +378,7 @@ for (const runtime of runtimes) {
       // --max-flows typed: the file's value never applies, at start or at a reload.
       const receiver = startCli(runtime, ["receiver", "--config", config, "--max-flows", "100"]);
       await logged(receiver, /receiver listening/);
-      const sender = startCli(runtime, [
-        "sender",
-        "--udp",
-        `127.0.0.1:${echo.address().port}`,
-        "--tcp",
-        `127.0.0.1:${tcp}`,
-        "--secret",
-        "e2e",
-      ]);
+      const sender = startSender(runtime, echo, tcp, ["--secret", "e2e"]);
       await logged(receiver, /sender .* accepted/);
       const failures = /reload \(SIGHUP\) failed, the running configuration is kept: (.*)$/;
       const refused: Array<[Record<string, string | number | boolean | string[]>, RegExp]> = [
@@ -405,7 +395,10 @@ for (const runtime of runtimes) {
         writeConfig(config, { ...settings, ...change });
         receiver.child.kill("SIGHUP");
         await logged(receiver, failures, n + 1);
-        const line = receiver.stderr().split("\n").filter((l) => failures.test(l))[n];
+        const line = receiver
+          .stderr()
+          .split("\n")
+          .filter((l) => failures.test(l))[n];
         assert.match(failures.exec(line)?.[1] ?? "", why, line);
       }
       assert.equal(await udpRequest(udp, "kept"), "kept");

@@ -103,6 +103,7 @@ export function renderCliDoc(): string {
     "| signal | effect |",
     "|---|---|",
     "| `SIGINT`, `SIGTERM` | say goodbye to the peer, close the sockets, exit 0 (a second one exits at once) |",
+    "| `SIGHUP` | reload: read `--config` and the files it names again and apply what changed without dropping a flow; a reload that fails changes nothing and logs one line (see [operations.md](operations.md#reload)) |",
     "| `SIGUSR1` | print a snapshot of the totals and of every open flow to stderr (JSON lines with `--log-format json`) |",
     "",
     "The npm package's `mcudpt` launcher passes `SIGINT`, `SIGTERM`, `SIGHUP`, `SIGUSR1` and `SIGUSR2` sent",

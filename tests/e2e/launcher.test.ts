@@ -1,7 +1,7 @@
 /**
  * The npm package's launcher (apps/cli/bin/mcudpt.js) as processes. Re-running the CLI on Bun (what
- * `bunx mcudpt` does), it stays until the CLI exits, passes on SIGUSR1, SIGUSR2, SIGINT, SIGHUP and
- * SIGTERM sent to its own pid, and exits as the CLI did; when the package runner that started it
+ * `bunx mcudpt` does), it stays until the CLI exits, passes on SIGUSR1, SIGUSR2, SIGINT, SIGHUP (a
+ * reload) and SIGTERM sent to its own pid, and exits as the CLI did; when the package runner that started it
  * exits (npm exec's `sh -c`, bunx), the CLI says goodbye and exits rather than running on orphaned.
  * Needs `bun run build` first; loopback only.
  */
@@ -132,7 +132,7 @@ describe("the launcher, re-running the CLI on Bun", { skip: !has("bun") && "no b
   });
 
   it(
-    "passes SIGINT on (not from a terminal), and exits by the CLI's signal for SIGHUP and SIGUSR2",
+    "passes SIGINT on (not from a terminal) and SIGHUP (the CLI reloads), and exits by the CLI's signal for SIGUSR2",
     TIMEOUT,
     async () => {
       const int = await launchOnBun(await receiverPorts());
@@ -140,13 +140,21 @@ describe("the launcher, re-running the CLI on Bun", { skip: !has("bun") && "no b
       assert.deepEqual(await exited(int.launcher), { code: 0, signal: null }, int.launcher.stderr());
       assert.match(int.launcher.stderr(), /SIGINT: shutting down/);
       assert.equal(alive(int.cli), false);
-      // The CLI does not catch these: it dies of them, and the launcher reports the same death.
-      for (const signal of ["SIGHUP", "SIGUSR2"] as const) {
-        const run = await launchOnBun(await receiverPorts());
-        run.launcher.child.kill(signal);
-        assert.deepEqual(await exited(run.launcher), { code: null, signal }, run.launcher.stderr());
-        assert.equal(alive(run.cli), false, `no orphan after ${signal}`);
-      }
+      // SIGHUP reaches the CLI, which reloads its configuration and runs on.
+      const hup = await launchOnBun(await receiverPorts());
+      hup.launcher.child.kill("SIGHUP");
+      await eventually(
+        () => /reloaded the configuration \(SIGHUP\)/.test(hup.launcher.stderr()),
+        () => hup.launcher.stderr(),
+      );
+      assert.equal(alive(hup.cli), true);
+      hup.launcher.child.kill("SIGTERM");
+      assert.deepEqual(await exited(hup.launcher), { code: 0, signal: null }, hup.launcher.stderr());
+      // The CLI does not catch this one: it dies of it, and the launcher reports the same death.
+      const run = await launchOnBun(await receiverPorts());
+      run.launcher.child.kill("SIGUSR2");
+      assert.deepEqual(await exited(run.launcher), { code: null, signal: "SIGUSR2" }, run.launcher.stderr());
+      assert.equal(alive(run.cli), false, "no orphan after SIGUSR2");
     },
   );
 });

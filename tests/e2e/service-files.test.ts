@@ -100,6 +100,8 @@ describe("systemd units", () => {
       assert.equal(security.status, 0, `${name}: ${security.stdout.split("\n").slice(-3).join("\n")}`);
       const text = unitText(name);
       assert.match(text, /^Restart=always$/m);
+      // systemctl reload: SIGHUP to the main process, which reloads (tests/e2e/reload.test.ts).
+      assert.match(text, /^ExecReload=\/bin\/kill -HUP \$MAINPID$/m);
       assert.match(text, /^DynamicUser=yes$/m);
       assert.match(text, /^NoNewPrivileges=yes$/m);
     }

@@ -520,6 +520,24 @@ export async function runCheck(rest: readonly string[]): Promise<number> {
   return 0;
 }
 
+/**
+ * The problems `check ROLE FLAGS…` would report, one line each (none: a start would accept them),
+ * without writing anything: what a reload (SIGHUP) validates the re-read configuration with.
+ */
+export async function problemsOf(role: Role, flags: string[]): Promise<string[]> {
+  const problems = new Problems();
+  const warnings: string[] = [];
+  const summary = await checkRole(
+    role,
+    role === "receiver" ? "sender" : "receiver",
+    flags,
+    problems,
+    warningsLogger(warnings),
+    warnings,
+  );
+  return problems.lines.length > 0 || summary !== undefined ? problems.lines : ["the configuration does not check"];
+}
+
 async function checkRole(
   role: Role,
   peer: PeerRole,

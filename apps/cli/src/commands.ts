@@ -49,6 +49,7 @@ import {
   mappingsArg,
   type RawArgs,
 } from "./options.js";
+import { type ReloadRecord, type ReloadSpec, reloader } from "./reload.js";
 import { pickTransport, runtimeDescription } from "./runtime.js";
 import { dialTls, listenTls, tlsArgs } from "./tls-options.js";
 
@@ -177,9 +178,12 @@ function machineConfig(options: CommonOptions) {
 
 /**
  * Runs until SIGINT/SIGTERM, then closes gracefully (goodbye to the peer) and exits 0. A second
- * signal exits at once. Errors thrown by callbacks are logged, never fatal: the tunnel stays up.
+ * signal exits at once. SIGHUP reloads (`hangup`), never stops. Errors thrown by callbacks are
+ * logged, never fatal: the tunnel stays up.
  */
-async function runUntilSignal(logger: Logger, close: () => Promise<void>): Promise<never> {
+async function runUntilSignal(logger: Logger, close: () => Promise<void>, hangup: () => void): Promise<never> {
+  // Installed before anything starts: SIGHUP's default action would end the process.
+  if (process.platform !== "win32") process.on("SIGHUP", hangup);
   process.on("uncaughtException", (error) =>
     logger.log("error", `unexpected error (please report): ${error?.stack ?? error}`),
   );
@@ -235,6 +239,26 @@ function sideOptions(
   };
 }
 
+/** The part of a role's reload (SIGHUP) that is the same for both roles. */
+function reloadBase(role: "receiver" | "sender", args: RawArgs, ops: Operations, record: ReloadRecord) {
+  const swap = role === "receiver" ? "connect" : "listen";
+  return {
+    role,
+    secured: (a: RawArgs) => tlsArgsFor(a, tcpSide(a, "tcp", swap).carrier),
+    defs: { receiver: receiverArgs, sender: senderArgs },
+    args,
+    ops,
+    record,
+    // Loaded when used: check.ts itself reads this module's flag definitions.
+    validate: (flags: string[]) => import("./check.js").then((check) => check.problemsOf(role, flags)),
+  } satisfies Partial<ReloadSpec>;
+}
+
+/** The certificate a listening side serves, for a reload to compare. */
+function servedCertificate(tls: ReturnType<typeof sideOptions>["tls"]) {
+  return tls && "cert" in tls ? { cert: tls.cert, key: tls.key } : undefined;
+}
+
 /**
  * Starts a role and runs it until a signal. Signal handlers go in before anything is bound, so a
  * SIGTERM during start-up still closes cleanly. A refused key or certificate is not a network error:
@@ -244,11 +268,21 @@ async function runRole<H extends { fatal: Promise<string>; close(): Promise<void
   ops: Operations,
   start: () => Promise<H>,
   observe: (handle: H) => Observed,
+  reload: (handle: H) => () => Promise<void>,
 ): Promise<void> {
   let handle: H | undefined;
-  const running = runUntilSignal(ops.logger, () => ops.stop().then(() => handle?.close()));
+  let onHangup: (() => Promise<void>) | undefined;
+  let hungUp = false;
+  const running = runUntilSignal(
+    ops.logger,
+    () => ops.stop().then(() => handle?.close()),
+    // A SIGHUP during start-up reloads once the role runs.
+    () => (onHangup ? void onHangup() : (hungUp = true)),
+  );
   const started = await start();
   handle = started;
+  onHangup = reload(started);
+  if (hungUp) void onHangup();
   void started.fatal.then(() =>
     ops
       .stop()
@@ -276,6 +310,7 @@ export const receiverCommand = defineCommand({
     const { newFlowsPerSecond, amplificationLimit } = receiverLimits(args);
     const udpBufferBytes = udpBufferOption(args);
     const ops = operations("mcudpt receiver", options.logLevel, opsOptions(args));
+    const record: ReloadRecord = { ok: 0, failed: 0 };
     const logger = ops.logger;
     const keyMode = !options.secret;
     if (!keyMode) rejectKeyFlagsWithSecret(args, "sender");
@@ -303,7 +338,18 @@ export const receiverCommand = defineCommand({
           ...side,
           udpBufferBytes,
         }),
-      (handle) => observeReceiver(handle, transport.name),
+      (handle) => ({ ...observeReceiver(handle, transport.name), reloads: () => record }),
+      (handle) =>
+        reloader({
+          ...reloadBase("receiver", args, ops, record),
+          secret: options.secret,
+          listening: !dialing,
+          keyMode,
+          keyFingerprint: identity?.fingerprint,
+          tls: servedCertificate(side.tls),
+          clientLimits: receiverLimits,
+          handle,
+        }),
     );
   },
 });
@@ -329,6 +375,7 @@ export const senderCommand = defineCommand({
     const listening = tcp.swapped;
     const udpBufferBytes = udpBufferOption(args);
     const ops = operations("mcudpt sender", options.logLevel, opsOptions(args));
+    const record: ReloadRecord = { ok: 0, failed: 0 };
     const logger = ops.logger;
     const keyMode = !options.secret;
     if (!keyMode) rejectKeyFlagsWithSecret(args, "receiver");
@@ -352,7 +399,17 @@ export const senderCommand = defineCommand({
           proxyProtocol: args["proxy-protocol"] === true,
           udpBufferBytes,
         }),
-      (handle) => observeSender(handle, transport.name),
+      (handle) => ({ ...observeSender(handle, transport.name), reloads: () => record }),
+      (handle) =>
+        reloader({
+          ...reloadBase("sender", args, ops, record),
+          secret: options.secret,
+          listening,
+          keyMode,
+          keyFingerprint: identity?.fingerprint,
+          tls: servedCertificate(side.tls),
+          handle,
+        }),
     );
   },
 });

@@ -15,6 +15,7 @@ import { keygenCommand } from "./identity.js";
 import { normalizeArgv } from "./legacy.js";
 import { jsonRecord } from "./ops/logging.js";
 import { REPEATABLE } from "./options.js";
+import { rememberCommandLine } from "./reload.js";
 
 const VERSION: string = pkg.version;
 
@@ -166,6 +167,8 @@ export async function main(argv: string[]): Promise<number> {
       target.role,
     );
     // --config FILE: the file's settings become flags after the typed ones (which win); see config-file.ts.
+    // A reload (SIGHUP) reads the file again from the flags as typed.
+    if (name === "receiver" || name === "sender") rememberCommandLine(rest);
     if (name === "receiver" || name === "sender")
       rest = withConfigFile(rest, { role: name, defs: { receiver: receiverArgs, sender: senderArgs } }, (line) =>
         process.stderr.write(

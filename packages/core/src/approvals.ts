@@ -51,7 +51,16 @@ export class Approvals {
   /** Keys the operator said no to, and until when. */
   private readonly refusedUntil = new Map<string, number>();
 
-  constructor(private readonly options: ApprovalsOptions) {}
+  private admission: PeerAdmission | undefined;
+
+  constructor(private readonly options: ApprovalsOptions) {
+    this.admission = options.admission;
+  }
+
+  /** The trust files as a reload re-read them: the next decision uses these. */
+  setAdmission(admission: PeerAdmission | undefined): void {
+    this.admission = admission;
+  }
 
   /** The machine's `authorize-peer` output. */
   authorize(conn: number, peer: string, publicKey: Uint8Array, source?: string): void {
@@ -59,7 +68,7 @@ export class Approvals {
     const print = fingerprint(publicKey);
     let verdict: AdmissionVerdict;
     try {
-      verdict = this.options.admission?.check(publicKey, source) ?? { verdict: "unknown" };
+      verdict = this.admission?.check(publicKey, source) ?? { verdict: "unknown" };
     } catch (error) {
       logger.log("error", `cannot check ${peerName} key ${print}: ${messageOf(error)}`);
       verdict = { verdict: "refused", reason: "the list of trusted keys could not be read" };
@@ -151,7 +160,7 @@ export class Approvals {
     try {
       // The comment goes into a trust file: one printable line whatever the address text holds.
       const comment = printable(`approved ${new Date().toISOString().slice(0, 10)} from ${question.peer}`);
-      this.options.admission?.remember(question.publicKey, comment);
+      this.admission?.remember(question.publicKey, comment);
       logger.log("info", `${peerName} key ${print} remembered: it will be accepted without asking`);
     } catch (error) {
       logger.log("warn", `could not remember ${peerName} key ${print}: ${messageOf(error)}`);

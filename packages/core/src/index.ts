@@ -68,9 +68,11 @@ export { LOG_LINE_MAX, logLine, printableLine } from "./log-line.js";
 export { type Logger, RateLimitedLog, silentLogger, stderrLogger } from "./logger.js";
 export type { AskOperator, DialTrust, ListenTrust, OperatorQuestion } from "./peer-link.js";
 export type { SideOptions } from "./role.js";
+export { diffMappings, type MappingDiff, type MappingKey, refuseMappingSetChange, type RoleReload } from "./reload.js";
 export {
   type ReceiverHandle,
   type ReceiverMapping,
+  type ReceiverReload,
   type ReceiverOptions,
   CLIENT_SOCKET_BUFFER,
   startReceiver,
@@ -93,6 +95,7 @@ export {
   type SenderHandle,
   type SenderMapping,
   type SenderOptions,
+  type SenderReload,
   startSender,
 } from "./sender.js";
 export {

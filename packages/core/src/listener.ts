@@ -27,6 +27,8 @@ export interface ListenerOptions {
 export interface Listener {
   readonly address: string;
   readonly port: number;
+  /** Serves `tls` to connections accepted from now on (a renewed certificate); see TcpServer. */
+  replaceCertificate(tls: ListenerTlsOptions): Promise<void>;
   close(): void;
 }
 
@@ -63,5 +65,14 @@ export async function listen(options: ListenerOptions): Promise<Listener> {
   if (options.carrier?.webSocket) {
     logger.log("info", `WebSocket carrier: upgrading ${carrier.describe(bound, server.port)} (any other request: 404)`);
   }
-  return { address: bound, port: server.port, close: () => server.close() };
+  return {
+    address: bound,
+    port: server.port,
+    async replaceCertificate(next) {
+      if (!server.replaceCertificate)
+        throw new UserError("this listener serves no TLS: turning TLS on needs a restart");
+      await server.replaceCertificate({ cert: next.cert, key: next.key });
+    },
+    close: () => server.close(),
+  };
 }

@@ -9,7 +9,8 @@ import { Approvals, type AskOperator } from "./approvals.js";
 import { systemClock } from "./clock.js";
 import { dial, type PeerKeyChecker } from "./dialer.js";
 import { type MachineDriver, now } from "./driver.js";
-import { UserError } from "./errors.js";
+import { messageOf, UserError } from "./errors.js";
+import { fingerprint } from "./keys.js";
 import { listen } from "./listener.js";
 import type { Logger } from "./logger.js";
 import type { CarrierOptions } from "./carrier.js";
@@ -47,6 +48,13 @@ export interface PeerLink {
   readonly reconnects: number;
   /** The machine's connection outputs: authorize-peer, authorization-withdrawn, accepted, close-connection. */
   onOutput(output: ConnectionOutput): void;
+  /**
+   * A reload's new trust and certificate (listening side; the dialing side re-reads its pins at each
+   * check and takes neither). The certificate first: if it cannot be served, nothing changed. Then
+   * the admission: the next decision uses it, and a session whose key it no longer admits ends now.
+   * Returns what was done, for the reload's log line.
+   */
+  reload(update: { admission?: PeerAdmission; tls?: ListenerTlsOptions }): Promise<string[]>;
   close(): void;
 }
 
@@ -94,6 +102,10 @@ export async function startPeerLink(options: PeerLinkOptions): Promise<PeerLink>
         if (output.kind === "accepted") dialer.accepted(output.conn);
         else if (output.kind === "close-connection") dialer.closed(output.conn, output.code);
       },
+      reload: async (update) => {
+        if (update.tls) throw new UserError("a certificate to serve was given to the side that dials");
+        return [];
+      },
       close: () => dialer.stop(),
     };
   }
@@ -126,8 +138,54 @@ export async function startPeerLink(options: PeerLinkOptions): Promise<PeerLink>
         approvals.authorize(output.conn, output.peer, output.publicKey, output.source);
       else if (output.kind === "authorization-withdrawn") approvals.withdraw(output.conn, output.why);
     },
+    async reload(update) {
+      const done: string[] = [];
+      if (update.tls) {
+        await listener.replaceCertificate(update.tls);
+        done.push("new connections get the new certificate");
+      }
+      if (update.admission) {
+        const admission = update.admission;
+        approvals.setAdmission(admission);
+        const ended = withdrawRefused(driver, admission, logger, peerName);
+        if (ended > 0)
+          done.push(`${ended} ${peerName} session${ended === 1 ? "" : "s"} ended (key no longer admitted)`);
+      }
+      return done;
+    },
     close: () => listener.close(),
   };
+}
+
+/**
+ * Ends each session whose key `admission` no longer trusts (removed from the authorized keys or the
+ * known keys), with CLOSE(11) and a reason that names no file; the log line gives the details. A
+ * trust file that cannot be read now keeps the session: the reload checked it a moment ago, and a
+ * passing hiccup must not throw a peer out.
+ */
+function withdrawRefused(driver: MachineDriver, admission: PeerAdmission, logger: Logger, peerName: string): number {
+  let ended = 0;
+  driver.guard(() => {
+    ended = driver.machine.withdrawPeers((publicKey, source) => {
+      const print = fingerprint(publicKey);
+      let verdict: ReturnType<PeerAdmission["check"]>;
+      try {
+        verdict = admission.check(publicKey, source);
+      } catch (error) {
+        logger.log("warn", `cannot re-check ${peerName} key ${print}: ${messageOf(error)}; its session stays`);
+        return undefined;
+      }
+      if (verdict.verdict === "trusted") return undefined;
+      const why = verdict.verdict === "refused" ? verdict.reason : `key ${print} is no longer a known ${peerName}`;
+      const flows = driver.machine.flows.size;
+      logger.log(
+        "warn",
+        `ending the ${peerName}'s session (${flows} flow${flows === 1 ? "" : "s"}) after the reload: ${why}`,
+      );
+      return `key ${print} is no longer authorized here`;
+    });
+  });
+  return ended;
 }
 
 /** TLS options given for either side, checked against the side this end actually takes. */

@@ -18,6 +18,7 @@ import { type MachineDriver, now } from "./driver.js";
 import { messageOf, UserError } from "./errors.js";
 import { kernelDropCountersAvailable, readUdpSocketStatsAsync } from "./kernel-drops.js";
 import { bufferShortfall, KernelSampler, kernelDropsWarning, sizeText } from "./kernel-sampler.js";
+import { diffMappings, type MappingKey, refuseMappingSetChange, type RoleReload } from "./reload.js";
 import { authDescription, mappingsOf, roleTools, type SideOptions, startRole, waitFor } from "./role.js";
 import type { UdpSocket } from "./transport.js";
 import { UdpBatcher } from "./udp-batch.js";
@@ -52,6 +53,13 @@ export interface ReceiverOptions extends SideOptions {
   udpBufferBytes?: number;
 }
 
+/** What a running receiver takes from a reload (see RoleReload). */
+export interface ReceiverReload extends RoleReload {
+  /** The --udp mappings as re-read: only the same set at the same addresses (others need a restart). */
+  mappings?: ReceiverMapping[];
+  clientLimits?: { newFlowsPerSecond: number; amplificationLimit: number };
+}
+
 export interface ReceiverHandle {
   readonly machine: ReceiverMachine;
   /** The first mapping's UDP port. */
@@ -67,9 +75,21 @@ export interface ReceiverHandle {
    * "kernel-queue" (they are also read every few seconds on a timer, on Linux).
    */
   sampleKernelDrops(): Promise<void>;
+  /**
+   * Applies a reload: refused (UserError, nothing changed) when it adds, removes or moves a public
+   * port; else the certificate, the trust files, the limits. Flows and the connection go on. Returns
+   * what was done.
+   */
+  reload(update: ReceiverReload): Promise<string[]>;
   /** Says goodbye to the sender, closes every port. */
   close(): Promise<void>;
 }
+
+/** A receiver mapping as a reload compares it: its name and its configured public address. */
+const publicPortKey = ({ name, udp }: ReceiverMapping): MappingKey => ({
+  name,
+  where: formatHostPort(udp.host, udp.port),
+});
 
 /**
  * Kernel buffers of the public UDP sockets: every client shares one, and the default (~208 KiB, about
@@ -223,6 +243,20 @@ export async function startReceiver(options: ReceiverOptions): Promise<ReceiverH
     tcpPort: role.link.tcpPort,
     fatal: role.link.fatal,
     sampleKernelDrops: () => sampler.sample(),
+    async reload(update) {
+      if (update.mappings) {
+        const before = mappings.map(publicPortKey);
+        refuseMappingSetChange(
+          before,
+          diffMappings(before, update.mappings.map(publicPortKey)),
+          "moving a public port (--udp)",
+        );
+      }
+      const done = await role.reload(update);
+      const clientLimits = update.clientLimits;
+      if (clientLimits) role.driver.guard(() => machine.updateClientLimits(clientLimits));
+      return done;
+    },
     close: () => role.close(),
   };
 }

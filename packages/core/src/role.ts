@@ -10,7 +10,8 @@ import { UserError } from "./errors.js";
 import { fingerprint } from "./keys.js";
 import { RateLimitedLog } from "./logger.js";
 import { Resolver } from "./resolve.js";
-import { MachineDriver, type RoleOutput } from "./driver.js";
+import { MachineDriver, now, type RoleOutput } from "./driver.js";
+import type { RoleReload } from "./reload.js";
 import type { Logger } from "./logger.js";
 import { type DialTrust, type ListenTrust, type PeerLink, startPeerLink } from "./peer-link.js";
 import type { CarrierOptions } from "./carrier.js";
@@ -57,6 +58,12 @@ export interface RunningRole<M extends Machine> {
   readonly machine: M;
   readonly driver: MachineDriver<M>;
   readonly link: PeerLink;
+  /**
+   * Applies what a reload changed that both roles take (see RoleReload): the certificate first (the
+   * step that can fail, leaving all as it was), then the trust files, then the limits. Returns what
+   * was done, for the reload's log line.
+   */
+  reload(update: RoleReload): Promise<string[]>;
   /** Says goodbye to the peer, closes every socket. */
   close(): Promise<void>;
 }
@@ -114,6 +121,12 @@ export async function startRole<M extends Machine>(spec: RoleSpec<M>): Promise<R
     machine,
     driver,
     link: peerLink,
+    async reload(update) {
+      const done = await peerLink.reload({ admission: update.admission, tls: update.tls });
+      const limits = update.limits;
+      if (limits) driver.guard(() => machine.updateLimits(limits, now()));
+      return done;
+    },
     close() {
       closed ??= (async () => {
         peerLink.close();

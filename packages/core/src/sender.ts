@@ -3,15 +3,16 @@
  * mapping (see FlowSockets). Its TCP side dials the receiver (ssh -R, the default; it keeps dialing,
  * with capped exponential backoff and jitter) or listens for it (ssh -L).
  */
-import { DEFAULTS, type SenderConfig, SenderMachine, type SenderOutput } from "@mcudpt/protocol";
+import { DEFAULTS, type Limits, type SenderConfig, SenderMachine, type SenderOutput } from "@mcudpt/protocol";
 import { formatHostPort, formatHostPorts, type HostPort } from "./address.js";
 import { systemClock } from "./clock.js";
 import { nodeCrypto } from "./crypto.js";
 import { type MachineDriver, now } from "./driver.js";
-import { messageOf } from "./errors.js";
+import { messageOf, UserError } from "./errors.js";
 import { type DropSite, FlowSockets, type Target } from "./flow-sockets.js";
 import { kernelDropCountersAvailable, readUdpSocketStatsAsync } from "./kernel-drops.js";
 import { KernelSampler, kernelDropsWarning, sizeText } from "./kernel-sampler.js";
+import { diffMappings, type MappingKey, refuseMappingSetChange, type RoleReload } from "./reload.js";
 import { authDescription, mappingsOf, roleTools, type SideOptions, startRole } from "./role.js";
 
 /** One target and, optionally, the name that pairs it with the receiver's public port. */
@@ -43,6 +44,16 @@ export interface SenderOptions extends SideOptions {
   udpBufferBytes?: number;
 }
 
+/** What a running sender takes from a reload (see RoleReload). */
+export interface SenderReload extends RoleReload {
+  /**
+   * The --udp mappings as re-read: the same set (others need a restart), each perhaps with another
+   * target. New flows of a mapping go to its new target; its open flows keep their socket to the old
+   * one until they end (idle, evicted, closed), so a conversation in progress is not cut in two.
+   */
+  mappings?: SenderMapping[];
+}
+
 export interface SenderHandle {
   readonly machine: SenderMachine;
   /** Open flow sockets (for tests and status). */
@@ -60,7 +71,27 @@ export interface SenderHandle {
    * "kernel-queue" (they are also read every few seconds on a timer, on Linux).
    */
   sampleKernelDrops(): Promise<void>;
+  /** Applies a reload (see SenderReload); UserError, nothing changed, for a mapping added or removed. */
+  reload(update: SenderReload): Promise<string[]>;
   close(): Promise<void>;
+}
+
+/**
+ * A raised --max-flows whose flow sockets, each with the buffer chosen at start, could hold more than
+ * FLOW_BUFFERS_TOTAL in kernel buffers: refused (the buffer size is fixed for the process's life).
+ */
+function refuseOverBuffered(limits: Limits, bufferBytes: number | undefined): void {
+  const flows = limits.mappings.reduce((total, mapping) => total + (mapping.maxFlows ?? limits.maxFlows), 0);
+  if (bufferBytes === undefined || flows * bufferBytes <= FLOW_BUFFERS_TOTAL) return;
+  throw new UserError(
+    `--max-flows ${limits.maxFlows}: ${flows} flow sockets of ${sizeText(bufferBytes)} (--udp-buffer, set at start) would hold over ${sizeText(FLOW_BUFFERS_TOTAL)} of kernel buffers; raising it that far needs a restart`,
+  );
+}
+
+/** A sender target as configured ("" is this machine), and as a reload compares it. */
+function targetOf({ target }: SenderMapping): Target {
+  const host = target.host === "" ? "127.0.0.1" : target.host;
+  return { host, port: target.port, text: formatHostPort(host, target.port) };
 }
 
 /** At least this many closed flow sockets may linger (and at least --max-flows); on EMFILE they go first. */
@@ -96,9 +127,13 @@ export async function startSender(options: SenderOptions): Promise<SenderHandle>
     options.target && { target: options.target },
     "the sender needs a target UDP address (--udp)",
   );
-  const targets: Target[] = mappings.map(({ target }) => {
-    const host = target.host === "" ? "127.0.0.1" : target.host;
-    return { host, port: target.port, text: formatHostPort(host, target.port) };
+  // Replaced in place by a reload: FlowSockets reads a mapping's target when it opens a flow's socket.
+  const targets: Target[] = mappings.map(targetOf);
+  let configured = mappings;
+  const keyOf = (mapping: SenderMapping, index: number): MappingKey & { index: number } => ({
+    name: mapping.name,
+    where: targetOf(mapping).text,
+    index,
   });
   let machine!: SenderMachine;
   let driver!: MachineDriver<SenderMachine>;
@@ -229,6 +264,31 @@ export async function startSender(options: SenderOptions): Promise<SenderHandle>
     },
     udpBufferBytes: buffer.bytes,
     sampleKernelDrops: () => sampler.sample(),
+    async reload(update) {
+      const next = update.mappings;
+      const before = configured.map(keyOf);
+      const diff = next ? diffMappings(before, next.map(keyOf)) : undefined;
+      if (diff) refuseMappingSetChange(before, diff, undefined);
+      if (update.limits) refuseOverBuffered(update.limits, buffer.bytes);
+      const done = await role.reload(update);
+      for (const { before: old, after } of diff?.changed ?? []) {
+        const mappingId = old.index;
+        targets[mappingId] = targetOf((next as SenderMapping[])[after.index]);
+        let open = 0;
+        for (const flow of machine.flows.values()) if (flow.mappingId === mappingId) open++;
+        const stay =
+          open === 0
+            ? ""
+            : ` (its ${open === 1 ? "1 open flow stays" : `${open} open flows stay`} with ${old.where} until ${open === 1 ? "it ends" : "they end"})`;
+        done.push(`mapping ${mappingLabel(mappingId)}: new flows go to ${targets[mappingId].text}${stay}`);
+      }
+      if (next && diff)
+        configured = configured.map((mapping, i) => {
+          const moved = diff.changed.find((change) => change.before.index === i);
+          return moved ? next[moved.after.index] : mapping;
+        });
+      return done;
+    },
     close: () => role.close(),
   };
 }

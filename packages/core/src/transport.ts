@@ -126,6 +126,12 @@ export interface TcpServer {
   readonly port: number;
   /** Stops accepting; existing connections are not touched. */
   close(): void;
+  /**
+   * Serves another certificate and key (a renewed certificate) to connections accepted from now on;
+   * established ones keep theirs. Only on a server listening with `tls`. Rejects (a certificate and
+   * key the runtime will not take, the port lost meanwhile) with the old ones still served.
+   */
+  replaceCertificate?(tls: { cert: string; key: string }): Promise<void>;
 }
 
 export interface ListenOptions {

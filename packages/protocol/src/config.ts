@@ -138,6 +138,44 @@ export function settingsOf(config: CommonConfig): Settings {
   };
 }
 
+/**
+ * What a running machine takes without a restart (a configuration reload): the flow limits, each
+ * mapping's own too, and the send queue's bounds. Everything else (credentials, mappings, keepalive,
+ * lanes) is part of what the peer was told or agreed to, and needs a new machine.
+ */
+export interface Limits {
+  idleTimeoutMs: number;
+  maxFlows: number;
+  maxBufferBytes: number;
+  maxDelayMs: number;
+  /** Per mapping, in this side's order: the same count as the machine's mappings. */
+  mappings: ReadonlyArray<{ idleTimeoutMs?: number; maxFlows?: number }>;
+}
+
+/**
+ * Applies `limits` to `settings` in place: the session, its connections and the flows all read the
+ * one Settings object, so each sees the new value at its next decision. Checked first, as
+ * settingsOf checks (RangeError, nothing changed).
+ */
+export function applyLimits(settings: Settings, limits: Limits): void {
+  if (limits.mappings.length !== settings.mappings.length)
+    throw new RangeError(`limits for ${limits.mappings.length} mappings, the machine has ${settings.mappings.length}`);
+  const mappings = settings.mappings.map((mapping, i) => ({
+    ...mapping,
+    idleTimeoutMs: limits.mappings[i].idleTimeoutMs,
+    maxFlows: limits.mappings[i].maxFlows,
+  }));
+  checkMappings(mappings, MAX_MAPPINGS);
+  const checked = {
+    idleTimeoutMs: positive("idleTimeoutMs", limits.idleTimeoutMs),
+    maxFlows: positive("maxFlows", limits.maxFlows),
+    maxBufferBytes: positive("maxBufferBytes", limits.maxBufferBytes),
+    maxDelayMs: nonNegative("maxDelayMs", limits.maxDelayMs),
+    mappings,
+  };
+  Object.assign(settings as { -readonly [K in keyof Settings]: Settings[K] }, checked);
+}
+
 function whole(name: string, value: number): number {
   if (!Number.isInteger(value) || value < 1 || value > 64)
     throw new RangeError(`${name} must be 1 to 64, got ${value}`);

@@ -136,6 +136,19 @@ export class Flows<F extends FlowBase> {
   }
 
   /**
+   * After the flow limits were lowered (a reload): evicts each mapping's least recently active flows
+   * until it is within its limit again, so the limit holds at once rather than at the next new flow.
+   */
+  enforceLimits(now: number, evictedReason: number): void {
+    this.table.tables.forEach((table, mappingId) => {
+      const limit = this.settings.mappings[mappingId]?.maxFlows ?? this.settings.maxFlows;
+      const why = `flow limit (${limit}) of mapping ${this.mappingLabel(mappingId)} lowered`;
+      for (let flow = table.oldest(); flow !== undefined && table.size > limit; flow = table.oldest())
+        this.evict(flow, now, evictedReason, why);
+    });
+  }
+
+  /**
    * Closes the least recently active flow of any mapping other than `except` (the host ran out of
    * sockets, say). `why` says what forced it, for the log. Returns whether one was closed.
    */

@@ -1,7 +1,7 @@
 export { formatIPv4, formatIPv6, ipFamily, parseIPv4, parseIPv6 } from "./address.js";
 export { bytesEqual, concatBytes, fromHex, toHex, utf8 } from "./bytes.js";
 export { type DecoderOptions, describeStranger, FrameDecoder } from "./decoder.js";
-export { type CommonConfig, DEFAULTS, type PeerKeyCheck } from "./config.js";
+export { type CommonConfig, DEFAULTS, type Limits, type PeerKeyCheck } from "./config.js";
 export type { FlowBase, Flows } from "./flows.js";
 export * from "./frames.js";
 export type { LaneInfo } from "./lanes.js";

@@ -8,7 +8,7 @@
  * drains poll() for outputs, takes coalesced bytes with session.takeTransmit(), and calls tick(now) no
  * later than nextTimeout(). Nothing reads a clock, opens a socket or sets a timer.
  */
-import { type CommonConfig, type Settings, settingsOf } from "./config.js";
+import { applyLimits, type CommonConfig, type Limits, type Settings, settingsOf } from "./config.js";
 import { type FlowBase, Flows } from "./flows.js";
 import { FlowCloseReason, type Frame, FrameType, type Role } from "./frames.js";
 import type { CryptoProvider, Link } from "./link.js";
@@ -143,6 +143,25 @@ export class MachineCore<F extends FlowBase, O extends { kind: string }> {
     const a = this.session.nextTimeout();
     const b = this.flows.nextTimeout();
     return a === undefined ? b : b === undefined || a < b ? a : b;
+  }
+
+  /**
+   * New limits while running (a configuration reload), checked first (RangeError, nothing changed).
+   * Flows over a lowered --max-flows are evicted now; a shorter idle timeout closes the flows it
+   * makes idle at the next tick (the host re-arms its timer from nextTimeout() after this input).
+   */
+  updateLimits(limits: Limits, now: number): void {
+    applyLimits(this.settings, limits);
+    this.flows.enforceLimits(now, FlowCloseReason.Evicted);
+  }
+
+  /**
+   * Ends the session of a peer whose key this side no longer admits: `refusal` returns the reason
+   * told to the peer (CLOSE 11), or undefined to keep it; see Session.withdraw. Returns how many
+   * sessions ended.
+   */
+  withdrawPeers(refusal: (publicKey: Uint8Array, source: string) => string | undefined): number {
+    return this.session.withdraw(refusal);
   }
 
   /** Says goodbye on every connection; flows are dropped (and their sockets released). */

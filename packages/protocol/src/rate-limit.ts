@@ -21,8 +21,13 @@ export class SourceRateLimiter {
   private readonly buckets = new Map<string, Bucket>();
   private readonly maxSources: number;
 
-  constructor(private readonly config: RateLimitConfig) {
+  constructor(private config: RateLimitConfig) {
     this.maxSources = config.maxSources ?? 16_384;
+  }
+
+  /** New rates (a reload): each source keeps its bucket, refilled at the new rate, capped at the new burst. */
+  setRate(perSecond: number, burst: number): void {
+    this.config = { ...this.config, perSecond, burst };
   }
 
   /** Spends one token of `source`'s bucket; false when it is empty. */

@@ -47,8 +47,8 @@ const NEW_FLOW_OVERHEAD = HEADER_SIZE + 25 + HEADER_SIZE + 5;
 export class ReceiverMachine extends MachineCore<ClientFlow, ReceiverOutput> {
   private readonly flowsByKey = new Map<string, ClientFlow>();
   private nextFlowId = 1;
-  private readonly newFlowLimiter: SourceRateLimiter | undefined;
-  private readonly amplificationLimit: number;
+  private newFlowLimiter: SourceRateLimiter | undefined;
+  private amplificationLimit: number;
 
   constructor(config: ReceiverConfig, crypto: CryptoProvider) {
     // Filled in below: the role's methods need `this`, which exists only once super() returned.
@@ -74,6 +74,20 @@ export class ReceiverMachine extends MachineCore<ClientFlow, ReceiverOutput> {
     this.newFlowLimiter =
       rate > 0 ? new SourceRateLimiter({ perSecond: rate, burst: Math.max(1, rate * 2) }) : undefined;
     this.amplificationLimit = Math.max(0, config.amplificationLimit ?? RECEIVER_DEFAULTS.amplificationLimit);
+  }
+
+  /**
+   * New client limits while running (a reload). The rate applies at once, each source keeping its
+   * bucket; the amplification cap applies to flows opened from now on (an open unconfirmed flow
+   * keeps the budget it was given).
+   */
+  updateClientLimits(limits: { newFlowsPerSecond: number; amplificationLimit: number }): void {
+    const rate = limits.newFlowsPerSecond;
+    if (!(rate >= 0) || !(limits.amplificationLimit >= 0)) throw new RangeError("client limits must be 0 or more");
+    if (rate === 0) this.newFlowLimiter = undefined;
+    else if (this.newFlowLimiter) this.newFlowLimiter.setRate(rate, Math.max(1, rate * 2));
+    else this.newFlowLimiter = new SourceRateLimiter({ perSecond: rate, burst: Math.max(1, rate * 2) });
+    this.amplificationLimit = limits.amplificationLimit;
   }
 
   /**

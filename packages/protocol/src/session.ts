@@ -54,6 +54,8 @@ interface PeerSession {
    * proof is bound to (§16.1).
    */
   binding: Uint8Array;
+  /** The IP address the peer connected from, when this side accepted it (it admitted the key). */
+  source?: string;
 }
 
 export class Session implements LinkIo {
@@ -317,6 +319,7 @@ export class Session implements LinkIo {
         links: [link],
         lostAt: undefined,
         binding: new Uint8Array(0),
+        source: link.source,
       };
     }
     const token = this.peer.token;
@@ -484,6 +487,28 @@ export class Session implements LinkIo {
         `keeping ${flows(count)} for ${this.settings.resumeGraceMs / 1000} s in case the connection resumes`,
       );
     }
+  }
+
+  /**
+   * The acceptor's host no longer admits some keys (they left its authorized keys at a reload). A
+   * session whose key `refusal` gives a reason for (told to the peer) ends at once: CLOSE(11) on each of its
+   * connections, its flows dropped, nothing left to resume — a key that was admitted once must not
+   * stay in by resuming. A session in its grace period (no connection) is forgotten the same way.
+   * Key mode, acceptor side only (the dialer admits nobody). Returns how many sessions ended; the
+   * host, which knows why the key is no longer admitted, logs it.
+   */
+  withdraw(refusal: (publicKey: Uint8Array, source: string) => string | undefined): number {
+    const session = this.peer;
+    if (!session || this.settings.secretMode || session.source === undefined) return 0;
+    const reason = refusal(session.peerKey, session.source);
+    if (reason === undefined) return 0;
+    for (const link of session.links) {
+      if (link.state !== "closed") this.connections.close(link, CloseCode.KeyRejected, reason);
+    }
+    this.owner.dropAllFlows();
+    this.peer = undefined;
+    this.picker.lanesChanged();
+    return 1;
   }
 
   /** Says goodbye on every connection and forgets the session (its flows are dropped). */

@@ -462,35 +462,57 @@ async function listenTcp(options: ListenOptions): Promise<TcpServer> {
       socket.end();
     },
   };
-  let listener: import("bun").TCPSocketListener<BunTcpConnection | undefined>;
-  try {
-    // Bun.listen throws synchronously (EADDRINUSE, a bad certificate...); turn that into a rejection.
-    listener = Bun.listen<BunTcpConnection | undefined>({
-      hostname: options.host,
-      port: options.port,
-      data: undefined,
-      tls: tls && { cert: tls.cert, key: tls.key },
-      socket: {
-        ...tcpHandlers,
-        ...tlsHandlers,
-        open(socket) {
-          socket.setNoDelay(true);
-          sizeBuffers(socket);
-          if (!tls) return accept(socket);
-          // The core sees a TLS connection only once its handshake completed (handshake() above).
-          socket.timeout(Math.ceil((tls.handshakeTimeoutMs ?? DEFAULT_TLS_HANDSHAKE_TIMEOUT_MS) / 1000));
-        },
-      },
-    });
-  } catch (error) {
-    throw asError(error);
-  }
+  const handlers = {
+    ...tcpHandlers,
+    ...tlsHandlers,
+    open(socket: BunTcpSocket) {
+      socket.setNoDelay(true);
+      sizeBuffers(socket);
+      if (!tls) return accept(socket);
+      // The core sees a TLS connection only once its handshake completed (handshake() above).
+      socket.timeout(Math.ceil((tls.handshakeTimeoutMs ?? DEFAULT_TLS_HANDSHAKE_TIMEOUT_MS) / 1000));
+    },
+  };
+  // Bun.listen throws synchronously (EADDRINUSE, a bad certificate...); turn that into a rejection.
+  const listenWith = (port: number, certificate: { cert: string; key: string } | undefined) => {
+    try {
+      return Bun.listen<BunTcpConnection | undefined>({
+        hostname: options.host,
+        port,
+        data: undefined,
+        tls: certificate && { cert: certificate.cert, key: certificate.key },
+        socket: handlers,
+      });
+    } catch (error) {
+      throw asError(error);
+    }
+  };
+  let certificate = tls && { cert: tls.cert, key: tls.key };
+  let listener = listenWith(options.port, certificate);
   return {
     address: listener.hostname,
     port: listener.port,
     close() {
       listener.stop(false); // false: keep established connections
     },
+    ...(tls && {
+      async replaceCertificate(next: { cert: string; key: string }) {
+        // Bun keeps a listener's TLS context for its life (reload() swaps handlers only): listen
+        // anew on the same port. A trial listener on an ephemeral port first, so a certificate
+        // BoringSSL refuses changes nothing; then the swap, synchronous, so the port is without a
+        // listener for no event-loop turn (established connections are not the listener's).
+        listenWith(0, next).stop(true);
+        const port = listener.port;
+        listener.stop(false);
+        try {
+          listener = listenWith(port, next);
+        } catch (error) {
+          listener = listenWith(port, certificate); // the old certificate, on the port just freed
+          throw error;
+        }
+        certificate = { cert: next.cert, key: next.key };
+      },
+    }),
   };
 }
 

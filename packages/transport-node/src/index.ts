@@ -280,6 +280,12 @@ async function listenTcp(options: ListenOptions): Promise<TcpServer> {
     close() {
       server.close(); // stops accepting; established sockets are untouched
     },
+    ...(secure && {
+      async replaceCertificate(next: { cert: string; key: string }) {
+        // Throws on a certificate or key OpenSSL refuses, before anything changed.
+        (server as tls.Server).setSecureContext({ cert: next.cert, key: next.key });
+      },
+    }),
   };
 }
 

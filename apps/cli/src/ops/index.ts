@@ -8,7 +8,7 @@ import type { LogLevel } from "@mcudpt/protocol";
 import pkg from "../../package.json" with { type: "json" };
 import { PromptLine } from "../approval.js";
 import { runtimeDescription } from "../runtime.js";
-import { type LogStream, makeLogger } from "./logging.js";
+import { LEVEL_ORDER, type LogStream, makeLogger } from "./logging.js";
 import type { MetricsServer } from "./metrics.js";
 import type { Observed } from "./observe.js";
 import type { OpsOptions } from "./options.js";
@@ -27,6 +27,8 @@ export interface Operations {
   /** Wraps the operator approval: no status line is drawn while a question waits for an answer. */
   holdingStatus<A extends unknown[], R>(ask: (...args: A) => Promise<R>): (...args: A) => Promise<R>;
   stop(): Promise<void>;
+  /** From now on, lines below `level` are dropped (a reload changed --verbose or --quiet). */
+  setLogLevel(level: LogLevel): void;
 }
 
 export function operations(
@@ -55,7 +57,15 @@ export function operations(
       return true;
     },
   };
-  const logger = makeLogger(name, level, options.logFormat, terminal);
+  // Every line is formatted by one logger that takes all levels; the level is checked here, so a
+  // reload can change it.
+  const lines = makeLogger(name, "debug", options.logFormat, terminal);
+  let minimum = LEVEL_ORDER[level];
+  const logger: Logger = {
+    log(lineLevel, message) {
+      if (LEVEL_ORDER[lineLevel] >= minimum) lines.log(lineLevel, message);
+    },
+  };
   return {
     logger,
     prompt,
@@ -94,6 +104,9 @@ export function operations(
           if (--open === 0 && status) status.paused = false;
         }
       };
+    },
+    setLogLevel(next) {
+      minimum = LEVEL_ORDER[next];
     },
     async stop() {
       status?.stop();

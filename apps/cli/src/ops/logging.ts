@@ -10,7 +10,8 @@ import type { LogLevel } from "@mcudpt/protocol";
 
 export type LogFormat = "text" | "json";
 
-const ORDER: Record<LogLevel, number> = { debug: 0, info: 1, warn: 2, error: 3 };
+/** Log levels, least severe first. */
+export const LEVEL_ORDER: Record<LogLevel, number> = { debug: 0, info: 1, warn: 2, error: 3 };
 
 /** Where log lines go: process.stderr, unless a test gives its own. */
 export interface LogStream {
@@ -24,10 +25,10 @@ export function makeLogger(
   stream: LogStream = process.stderr,
 ): Logger {
   if (format === "text") return stderrLogger({ name, level, stream });
-  const min = ORDER[level];
+  const min = LEVEL_ORDER[level];
   return {
     log(lineLevel, message) {
-      if (ORDER[lineLevel] < min) return;
+      if (LEVEL_ORDER[lineLevel] < min) return;
       stream.write(jsonRecord(name, String(message), { level: lineLevel }));
     },
   };

@@ -186,6 +186,19 @@ export function metricsRegistry(observed: Observed, info: Record<string, string>
   total("mcudpt_accepted_connections_total", "Connections that completed the handshake", () => stats.accepted);
   total("mcudpt_reconnects_total", "Connections to the peer after the first one", () => observed.reconnects());
   total("mcudpt_handshake_failures_total", "Handshakes refused, failed or timed out", () => stats.handshakeFailures);
+  const reloads = () => observed.reloads?.() ?? { ok: 0, failed: 0 };
+  byLabel("mcudpt_config_reloads_total", "Configuration reloads (SIGHUP), by result", "result", () => ({
+    ok: reloads().ok,
+    failed: reloads().failed,
+  }));
+  gauge("mcudpt_config_last_reload_successful", "1 when the last reload was applied, 0 when it failed", () => {
+    const last = reloads().last;
+    return last === undefined ? undefined : last.result === "ok" ? 1 : 0;
+  });
+  gauge("mcudpt_config_last_reload_timestamp_seconds", "When the last reload ran (Unix time)", () => {
+    const last = reloads().last;
+    return last === undefined ? undefined : last.at.getTime() / 1000;
+  });
   gauge("mcudpt_rtt_seconds", "Round trip of the last keepalive ping over the TCP connection", () =>
     stats.rttMs === undefined ? undefined : stats.rttMs / 1000,
   );

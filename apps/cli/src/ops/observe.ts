@@ -5,6 +5,7 @@
  */
 import { formatHostPort, type ReceiverHandle, type SenderHandle } from "@mcudpt/core";
 import type { FlowCounters, LaneInfo, LaneTotals, MappingStats, Stats } from "@mcudpt/protocol";
+import type { ReloadRecord } from "../reload.js";
 
 export type Role = "receiver" | "sender";
 
@@ -35,6 +36,8 @@ export interface Observed {
   flows(): Iterable<FlowRow>;
   /** Per mapping (by this side's index): its label, open flows and totals. */
   mappings(): MappingRow[];
+  /** Configuration reloads (SIGHUP) so far, and the last one. */
+  reloads?(): ReloadRecord;
 }
 
 export interface MappingRow extends MappingStats {

@@ -31,6 +31,13 @@ export function snapshotText(observed: Observed, at = now()): string {
       );
     }
   }
+  const reloads = observed.reloads?.();
+  if (reloads?.last) {
+    const { at, result, message } = reloads.last;
+    lines.push(
+      `  reload: last ${at.toISOString()} ${result} (${message}); ${reloads.ok} ok, ${reloads.failed} failed so far`,
+    );
+  }
   const flows = [...observed.flows()].sort((a, b) => b.bytesIn + b.bytesOut - (a.bytesIn + a.bytesOut));
   if (flows.length > 0)
     lines.push(
@@ -59,6 +66,7 @@ export function snapshotJson(observed: Observed, name: string, at = now()): stri
     rttMs: s.rttMs ?? null,
     reconnects: observed.reconnects(),
     handshakeFailures: s.handshakeFailures,
+    reloads: reloadFields(observed),
   });
   for (const [i, lane] of (observed.laneRows?.() ?? []).entries()) {
     out += jsonRecord(name, "lane", { lane: i + 1, ...lane, rttMs: lane.rttMs ?? null });
@@ -70,6 +78,14 @@ export function snapshotJson(observed: Observed, name: string, at = now()): stri
     out += jsonRecord(name, "flow", { ...rest, idleMs: Math.round(at - flow.lastActive) });
   }
   return out;
+}
+
+/** The reloads so far and the last one, for the JSON snapshot (null before the first). */
+function reloadFields(observed: Observed) {
+  const reloads = observed.reloads?.();
+  if (!reloads?.last) return null;
+  const { at, result, message } = reloads.last;
+  return { ok: reloads.ok, failed: reloads.failed, last: { at: at.toISOString(), result, message } };
 }
 
 function idle(flow: FlowRow, at: number): string {

@@ -198,7 +198,7 @@ for (const transport of availableTransports()) {
         async () => {
           const senderKey = testIdentity("sender");
           const operator = yesOperator();
-          const { receiver, log: receiverLog } = await receiverOn(transport, {
+          const { receiver } = await receiverOn(transport, {
             config: mode === "secret" ? { secret: SECRET } : { identity: testIdentity("receiver") },
             admission: mode === "key" ? memoryTrust(senderKey) : undefined,
             askOperator: mode === "key" ? operator.ask : undefined,

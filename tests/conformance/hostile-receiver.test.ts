@@ -22,7 +22,7 @@ import {
   rawConnect,
   rawListen,
 } from "../helpers/raw-peer.js";
-import { HOSTILE_SECRET as SECRET, RETRY, TIMEOUT, victim } from "../helpers/security.js";
+import { RETRY, HOSTILE_SECRET as SECRET, TIMEOUT, victim } from "../helpers/security.js";
 import { availableTransports } from "../helpers/transports.js";
 import { eventually, LOOPBACK, memoryLogger, sleep, text } from "../helpers/tunnel.js";
 
@@ -165,11 +165,14 @@ for (const transport of availableTransports()) {
                 { type: FrameType.FlowClose, flowId: 1, reason: 0 },
                 { type: FrameType.Data, flowId: 1, payload: utf8(`after close, for ${naming(victims[0])}`) },
                 ...unknown.flatMap((flowId) =>
-                  victims.map((v) => ({
-                    type: FrameType.Data as const,
-                    flowId,
-                    payload: utf8(JSON.stringify({ type: "data", addr: naming(v), data: "cmVmbGVjdA==" })),
-                  })),
+                  victims.map(
+                    (v) =>
+                      ({
+                        type: FrameType.Data,
+                        flowId,
+                        payload: utf8(JSON.stringify({ type: "data", addr: naming(v), data: "cmVmbGVjdA==" })),
+                      }) as const,
+                  ),
                 ),
               ),
             );

@@ -23,6 +23,7 @@ import {
 import {
   closeOf,
   echoed,
+  hostileSenderTries,
   receiverOn,
   HOSTILE_SECRET as SECRET,
   senderTo,
@@ -101,74 +102,7 @@ for (const transport of availableTransports()) {
           await eventually(() => receiver.machine.session.peerConnected, "the hostile sender is accepted");
           assert.equal(questions.length, 1, "a known key is not asked about");
 
-          // DATA and FLOW_CLOSE for ids never opened, before any client exists.
-          let seen = hostile.frames.length;
-          const forged = [1, 2, 1000, 0x7fff_ffff, 0xffff_ffff];
-          hostile.write(
-            frames(
-              ...forged.flatMap((id) => toVictims(id, "forged")),
-              ...forged.map((flowId) => ({ type: FrameType.FlowClose, flowId, reason: 0 }) as const),
-            ),
-          );
-          await eventually(
-            () =>
-              forged.every((id) =>
-                hostile.frames.slice(seen).some((f) => f.type === FrameType.FlowClose && f.flowId === id),
-              ),
-            "FLOW_CLOSE(unknown flow) for every forged id",
-          );
-
-          // Client A opens a flow; the hostile sender answers it (control: answers do reach their client).
-          clientA.send("A asks");
-          const openA = await hostile.waitFrame(isFrame(FrameType.FlowOpen), "FLOW_OPEN for A", seen);
-          assert.equal(openA.client.port, clientA.socket.port);
-          hostile.write(frames({ type: FrameType.Data, flowId: openA.flowId, payload: utf8("to A") }));
-          await eventually(() => clientA.replies.length === 1, "A's answer");
-          // It closes A's flow, then still sends to it, and to the id a next flow would get (guessing ahead).
-          seen = hostile.frames.length;
-          hostile.write(
-            frames(
-              { type: FrameType.FlowClose, flowId: openA.flowId, reason: 0 },
-              { type: FrameType.Data, flowId: openA.flowId, payload: utf8("to A after its flow closed") },
-              ...toVictims(openA.flowId + 1, "guessed next id"),
-            ),
-          );
-          await eventually(
-            () => hostile.frames.slice(seen).filter((f) => f.type === FrameType.FlowClose).length >= 2,
-            "FLOW_CLOSE(unknown flow) for the closed and the guessed id",
-          );
-          // Client B opens the next flow: only B gets what is sent to it.
-          seen = hostile.frames.length;
-          clientB.send("B asks");
-          const openB = await hostile.waitFrame(isFrame(FrameType.FlowOpen), "FLOW_OPEN for B", seen);
-          assert.equal(openB.client.port, clientB.socket.port);
-          hostile.write(frames({ type: FrameType.Data, flowId: openB.flowId, payload: utf8("to B") }));
-          await eventually(() => clientB.replies.length === 1, "B's answer");
-          // A again: a new flow, a new id.
-          seen = hostile.frames.length;
-          clientA.send("A asks again");
-          const reopenA = await hostile.waitFrame(isFrame(FrameType.FlowOpen), "a new FLOW_OPEN for A", seen);
-          assert.notEqual(reopenA.flowId, openA.flowId);
-          hostile.write(frames({ type: FrameType.Data, flowId: reopenA.flowId, payload: utf8("to A again") }));
-          await eventually(() => clientA.replies.length === 2, "A's second answer");
-
-          // A FLOW_OPEN from the sender naming a victim is a protocol error; nothing after it is acted on.
-          hostile.write(
-            frames(
-              {
-                type: FrameType.FlowOpen,
-                flowId: 999,
-                mappingId: 0,
-                client: { family: 4, address: LOOPBACK, port: victims[0].port },
-              },
-              ...toVictims(999, "after FLOW_OPEN"),
-              { type: FrameType.Data, flowId: openB.flowId, payload: utf8("to B after the error") },
-            ),
-          );
-          await hostile.whenClosedWithin(5000, "closed after FLOW_OPEN from the sender");
-          assert.equal(closeOf(hostile)?.code, CloseCode.ProtocolError);
-
-          await sleep(200); // loopback delivery of anything wrongly sent
+          await hostileSenderTries(hostile, clientA, clientB, victims);
           for (const v of victims) assert.deepEqual(v.got, [], `victim ${v.port} received datagrams`);
           assert.deepEqual(clientA.replies.map(text), ["to A", "to A again"]);
           assert.deepEqual(clientB.replies.map(text), ["to B"]);

@@ -29,6 +29,8 @@ export interface CliProcess {
   child: ChildProcess;
   pid: number;
   stderr: () => string;
+  /** What it wrote to stdout (the operator's questions), when started with `stdout: true`. */
+  stdout: () => string;
   /** Lines of stderr matching `pattern`. */
   count(pattern: RegExp): number;
   exited: Promise<Exit>;
@@ -44,13 +46,28 @@ export function killAll(): void {
   children.clear();
 }
 
-export function startCli(runtime: Runtime, args: string[], env: NodeJS.ProcessEnv = {}): CliProcess {
+/**
+ * `io.stdin`: "ignore" (/dev/null, the default), "pipe" (answers written by the test; `child.stdin`),
+ * or "closed" (a pipe closed at once: end of file before any question). `io.stdout`: capture stdout.
+ */
+export function startCli(
+  runtime: Runtime,
+  args: string[],
+  env: NodeJS.ProcessEnv = {},
+  io: { stdin?: "ignore" | "pipe" | "closed"; stdout?: boolean } = {},
+): CliProcess {
   const child = spawn(runtime, [CLI, ...args], {
-    stdio: ["ignore", "ignore", "pipe"],
+    stdio: [io.stdin === undefined || io.stdin === "ignore" ? "ignore" : "pipe", io.stdout ? "pipe" : "ignore", "pipe"],
     // A fresh config dir per process unless given: keys and trust files never touch the real ~/.config.
     env: { ...process.env, MCUDPT_SECRET: "", MCUDPT_CONFIG_DIR: mkdtempSync(join(tmpdir(), "mcudpt-e2e-")), ...env },
   });
   children.add(child);
+  child.stdin?.on("error", () => {}); // EPIPE once the child is gone
+  if (io.stdin === "closed") child.stdin?.end();
+  let stdout = "";
+  child.stdout?.on("data", (d) => {
+    stdout += d;
+  });
   let stderr = "";
   child.stderr?.on("data", (d) => {
     stderr += d;
@@ -60,6 +77,7 @@ export function startCli(runtime: Runtime, args: string[], env: NodeJS.ProcessEn
     child,
     pid: child.pid as number,
     stderr: () => stderr,
+    stdout: () => stdout,
     count: (pattern) => stderr.split("\n").filter((line) => pattern.test(line)).length,
     exited: new Promise<Exit>((resolve) =>
       child.on("exit", (code, signal) => {

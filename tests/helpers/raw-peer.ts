@@ -163,10 +163,14 @@ export type RawCredentials = string | Identity;
  * The preface followed by a sender's HELLO (a fresh nonce), as bytes and as the encoded frame: in secret
  * mode, or in key mode announcing `identity`'s public key.
  */
-export function senderHello(agent = "hostile-test", identity?: Identity): { bytes: Uint8Array; hello: Uint8Array } {
+export function senderHello(
+  agent = "hostile-test",
+  identity?: Identity,
+  role: Role = Role.Sender,
+): { bytes: Uint8Array; hello: Uint8Array } {
   const hello = encodeFrame({
     type: FrameType.Hello,
-    role: Role.Sender,
+    role,
     auth: identity ? AuthMode.Key : AuthMode.Secret,
     capabilities: Capability.Resume,
     nonce: new Uint8Array(randomBytes(32)),
@@ -218,15 +222,21 @@ export function senderAuth(
 /**
  * Completes a handshake as a sender over `peer` (§5, §6) — shared secret, or key mode with `credentials`
  * as the sender's identity — checks the receiver's own proof, and returns the ACCEPT. Throws if the
- * receiver refuses or proves a different secret or key.
+ * receiver refuses or proves a different secret or key. With `role` Receiver it dials a listening
+ * sender as a receiver instead (ssh -L; the wire is the same, §5.1).
  */
-export async function handshakeAsSender(peer: RawPeer, credentials: RawCredentials): Promise<AcceptFrame> {
+export async function handshakeAsSender(
+  peer: RawPeer,
+  credentials: RawCredentials,
+  role: Role = Role.Sender,
+): Promise<AcceptFrame> {
   const { bytes, hello: helloD } = senderHello(
     "hostile-test",
     typeof credentials === "string" ? undefined : credentials,
+    role,
   );
   peer.write(bytes);
-  const receiverHello = await peer.waitFrame(isFrame(FrameType.Hello), "the receiver's HELLO");
+  const receiverHello = await peer.waitFrame(isFrame(FrameType.Hello), "the acceptor's HELLO");
   peer.write(senderAuth(receiverHello, helloD, credentials));
   const accept = await peer.waitFrame(isFrame(FrameType.Accept), "ACCEPT from the receiver");
   const acceptorProof = transcript("acceptor", encodeFrame(receiverHello), helloD, accept.token, accept.resumed);
@@ -243,16 +253,17 @@ export async function handshakeAsSender(peer: RawPeer, credentials: RawCredentia
  * a receiver HELLO (in key mode announcing `announce`, by default the signing key's own), waits for the
  * sender's HELLO and AUTH, then answers ACCEPT with a proof made with `credentials` — the right ones or
  * not, that is the test's choice — followed by `after` in the same write. Does not check the sender.
+ * With `role` Sender it plays a listening sender that a receiver dialed instead (ssh -L, §5.1).
  */
 export async function handshakeAsReceiver(
   peer: RawPeer,
   credentials: RawCredentials,
-  options: { announce?: Uint8Array; after?: Uint8Array } = {},
+  options: { announce?: Uint8Array; after?: Uint8Array; role?: Role } = {},
 ): Promise<void> {
   const keyMode = typeof credentials !== "string";
   const helloA = encodeFrame({
     type: FrameType.Hello,
-    role: Role.Receiver,
+    role: options.role ?? Role.Receiver,
     auth: keyMode ? AuthMode.Key : AuthMode.Secret,
     capabilities: Capability.Resume,
     nonce: new Uint8Array(randomBytes(32)),
@@ -261,8 +272,8 @@ export async function handshakeAsReceiver(
     agent: "impostor-test",
   });
   peer.write(concatBytes(PREFACE, helloA));
-  const senderHelloFrame = await peer.waitFrame(isFrame(FrameType.Hello), "the sender's HELLO");
-  await peer.waitFrame(isFrame(FrameType.Auth), "the sender's AUTH");
+  const senderHelloFrame = await peer.waitFrame(isFrame(FrameType.Hello), "the dialer's HELLO");
+  await peer.waitFrame(isFrame(FrameType.Auth), "the dialer's AUTH");
   const token = new Uint8Array(randomBytes(16));
   const proof = prove(credentials, transcript("acceptor", helloA, encodeFrame(senderHelloFrame), token, false));
   const writer = new FrameWriter(256);

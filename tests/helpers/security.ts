@@ -18,9 +18,9 @@ import {
   type Transport,
   type UdpSocket,
 } from "@mcudpt/core";
-import { type Frame, FrameType, type ReceiverConfig, type SenderConfig } from "@mcudpt/protocol";
-import { isFrame, type RawPeer } from "./raw-peer.js";
-import { LOOPBACK, type MemoryLogger, memoryLogger, sleep, type TestClient, text } from "./tunnel.js";
+import { CloseCode, type Frame, FrameType, type ReceiverConfig, type SenderConfig, utf8 } from "@mcudpt/protocol";
+import { frames, isFrame, type RawPeer } from "./raw-peer.js";
+import { eventually, LOOPBACK, type MemoryLogger, memoryLogger, sleep, type TestClient, text } from "./tunnel.js";
 
 export const TIMEOUT = { timeout: 60_000 };
 export const RETRY = { initialMs: 50, maxMs: 500 };
@@ -151,4 +151,88 @@ export async function echoed(client: TestClient, message: string, timeoutMs = 10
     }
   }
   throw new Error(`no echo of ${JSON.stringify(message)} within ${timeoutMs} ms`);
+}
+
+/**
+ * What an accepted hostile sender (`hostile`, a raw peer past its handshake) tries, whichever side
+ * dialed, and what must come of it (PROTOCOL.md §8.3, §13): DATA and FLOW_CLOSE for ids never opened,
+ * for a closed flow and for the id a next flow would get (payloads naming the victims) are answered
+ * FLOW_CLOSE; A, then B, then A again each open a flow and get exactly their own answer; a FLOW_OPEN
+ * naming a victim ends the connection (CLOSE(1)), nothing after it acted on. The caller then checks
+ * that the victims got nothing and that A got ["to A", "to A again"] and B ["to B"].
+ */
+export async function hostileSenderTries(
+  hostile: RawPeer,
+  clientA: TestClient,
+  clientB: TestClient,
+  victims: UdpSocket[],
+): Promise<void> {
+  const toVictims = (flowId: number, what: string) =>
+    victims.map((v) => ({ type: FrameType.Data, flowId, payload: utf8(`${what} -> ${LOOPBACK}:${v.port}`) }) as const);
+  const flowClosesSince = (from: number) => hostile.frames.slice(from).filter(isFrame(FrameType.FlowClose));
+
+  // DATA and FLOW_CLOSE for ids never opened, before any client exists.
+  let seen = hostile.frames.length;
+  const forged = [1, 2, 1000, 0x7fff_ffff, 0xffff_ffff];
+  hostile.write(
+    frames(
+      ...forged.flatMap((id) => toVictims(id, "forged")),
+      ...forged.map((flowId) => ({ type: FrameType.FlowClose, flowId, reason: 0 }) as const),
+    ),
+  );
+  await eventually(
+    () => forged.every((id) => flowClosesSince(seen).some((f) => f.flowId === id)),
+    "FLOW_CLOSE(unknown flow) for every forged id",
+  );
+
+  // Client A opens a flow; the hostile sender answers it (control: answers do reach their client).
+  clientA.send("A asks");
+  const openA = await hostile.waitFrame(isFrame(FrameType.FlowOpen), "FLOW_OPEN for A", seen);
+  assert.equal(openA.client.port, clientA.socket.port);
+  hostile.write(frames({ type: FrameType.Data, flowId: openA.flowId, payload: utf8("to A") }));
+  await eventually(() => clientA.replies.length === 1, "A's answer");
+  // It closes A's flow, then still sends to it, and to the id a next flow would get (guessing ahead).
+  seen = hostile.frames.length;
+  hostile.write(
+    frames(
+      { type: FrameType.FlowClose, flowId: openA.flowId, reason: 0 },
+      { type: FrameType.Data, flowId: openA.flowId, payload: utf8("to A after its flow closed") },
+      ...toVictims(openA.flowId + 1, "guessed next id"),
+    ),
+  );
+  await eventually(
+    () => flowClosesSince(seen).length >= 2,
+    "FLOW_CLOSE(unknown flow) for the closed and the guessed id",
+  );
+  // Client B opens the next flow: only B gets what is sent to it.
+  seen = hostile.frames.length;
+  clientB.send("B asks");
+  const openB = await hostile.waitFrame(isFrame(FrameType.FlowOpen), "FLOW_OPEN for B", seen);
+  assert.equal(openB.client.port, clientB.socket.port);
+  hostile.write(frames({ type: FrameType.Data, flowId: openB.flowId, payload: utf8("to B") }));
+  await eventually(() => clientB.replies.length === 1, "B's answer");
+  // A again: a new flow, a new id.
+  seen = hostile.frames.length;
+  clientA.send("A asks again");
+  const reopenA = await hostile.waitFrame(isFrame(FrameType.FlowOpen), "a new FLOW_OPEN for A", seen);
+  assert.notEqual(reopenA.flowId, openA.flowId);
+  hostile.write(frames({ type: FrameType.Data, flowId: reopenA.flowId, payload: utf8("to A again") }));
+  await eventually(() => clientA.replies.length === 2, "A's second answer");
+
+  // A FLOW_OPEN from the sender naming a victim is a protocol error; nothing after it is acted on.
+  hostile.write(
+    frames(
+      {
+        type: FrameType.FlowOpen,
+        flowId: 999,
+        mappingId: 0,
+        client: { family: 4, address: LOOPBACK, port: victims[0].port },
+      },
+      ...toVictims(999, "after FLOW_OPEN"),
+      { type: FrameType.Data, flowId: openB.flowId, payload: utf8("to B after the error") },
+    ),
+  );
+  await hostile.whenClosedWithin(5000, "closed after FLOW_OPEN from the sender");
+  assert.equal(closeOf(hostile)?.code, CloseCode.ProtocolError);
+  await sleep(200); // loopback delivery of anything wrongly sent
 }

@@ -87,10 +87,8 @@ export function dialTls(args: RawArgs, logger: Logger, peer: "sender" | "receive
   return {
     onNewCertificate: (fingerprint, remote) => {
       const verdict = pins(remote, fingerprint);
-      if (verdict.verdict === "changed") {
-        logger.log("error", verdict.reason);
-        return false;
-      }
+      // The reason (which line of which file, what to do) is the one line the sender exits with.
+      if (verdict.verdict === "changed") return verdict.reason;
       if (verdict.verdict === "added") {
         logger.log(
           "info",

@@ -23,10 +23,12 @@ export interface DialerTlsOptions {
   /** Without `ca`: the peer's certificate must have this fingerprint ("SHA256:<base64>"). */
   fingerprint?: string;
   /**
-   * Without `ca` or `fingerprint`: asked about a certificate seen for the first time (trust on first
-   * use); false refuses it. Absent: accepted. Once accepted it stays pinned for this process.
+   * Without `ca` or `fingerprint`: asked about the certificate at every connection (trust on first use
+   * in a file such as known_receivers, which is then the pin, re-read each time); false refuses it, and
+   * a string refuses it with that reason. Absent: the first certificate is accepted and stays pinned
+   * for this process.
    */
-  onNewCertificate?: (fingerprint: string, peer: string) => boolean | Promise<boolean>;
+  onNewCertificate?: (fingerprint: string, peer: string) => boolean | string | Promise<boolean | string>;
 }
 
 /** listenTcp's `tls` for the listening side: failed handshakes are logged, rate-limited (port scanners). */
@@ -83,9 +85,16 @@ export class DialerTlsPolicy {
         "if its certificate was replaced on purpose, pin the new fingerprint"
       );
     }
-    const accepted = this.options.onNewCertificate ? await this.options.onNewCertificate(fingerprint, peer) : true;
-    if (!accepted) return `${name}'s TLS certificate ${fingerprint} at ${peer} was not accepted — refusing`;
-    this.pinned = fingerprint;
+    const hook = this.options.onNewCertificate;
+    if (hook === undefined) {
+      this.pinned = fingerprint;
+      return undefined;
+    }
+    // No pin kept here: the hook's file is the pin, so an edit to it (a certificate replaced on
+    // purpose, its line deleted or changed) takes effect at the next connection without a restart.
+    const verdict = await hook(fingerprint, peer);
+    if (typeof verdict === "string") return verdict;
+    if (!verdict) return `${name}'s TLS certificate ${fingerprint} at ${peer} was not accepted — refusing`;
     return undefined;
   }
 }

@@ -729,18 +729,21 @@ function handshake(name: string, description: string, mode: "secret" | "key", s:
   // different order by each side (they pair by name).
   const acceptorMappings = mode === "key" ? ["dns", "ntp"] : [""];
   const dialerMappings = mode === "key" ? ["ntp", "dns"] : [""];
+  // Key mode: Resume and Senders (§18: a receiver that accepts several senders, a sender that can
+  // serve a subset); a shared secret does not tell senders apart, so Resume alone.
+  const caps = mode === "key" ? 0x11 : 1;
   const helloFields = (role: number, nonce: string, publicKey: string, mappings: string[], agent: string) => ({
     type: "HELLO",
     role,
     auth: authMode,
-    capabilities: 1,
+    capabilities: caps,
     nonce,
     publicKey,
     mappings,
     agent,
   });
-  const aHello = hello(1, authMode, 1, s.acceptorNonce, acceptorKey, acceptorMappings, "vector-receiver");
-  const dHello = hello(2, authMode, 1, s.dialerNonce, dialerKey, dialerMappings, "vector-sender");
+  const aHello = hello(1, authMode, caps, s.acceptorNonce, acceptorKey, acceptorMappings, "vector-receiver");
+  const dHello = hello(2, authMode, caps, s.dialerNonce, dialerKey, dialerMappings, "vector-sender");
   const dialerTranscript = DIALER_LABEL + aHello + dHello + s.offeredToken;
   const acceptorTranscript = ACCEPTOR_LABEL + aHello + dHello + s.sessionToken + h8(s.resumed ? 1 : 0);
   const dialerProof = mode === "key" ? ed25519(DIALER_SEED, dialerTranscript) : hmac(SECRET, dialerTranscript);

@@ -1,8 +1,8 @@
 /** The handshake checks both sides make on the peer's HELLO, and the wording of handshake errors. */
 import type { Settings } from "./config.js";
-import { AuthMode, FRAME_TYPE_NAMES, type Frame, FrameType, ProtocolError, Role } from "./frames.js";
+import { AuthMode, Capability, FRAME_TYPE_NAMES, type Frame, FrameType, ProtocolError, Role } from "./frames.js";
 import { type HelloFrame, Link } from "./link.js";
-import { pairMappings } from "./mappings.js";
+import { pairMappings, pairPartially } from "./mappings.js";
 
 /** Checks the peer's HELLO against ours and keeps it on `link`; throws ProtocolError with an operator-readable reason. */
 export function checkPeerHello(link: Link, frame: Frame, settings: Settings, role: Role): HelloFrame {
@@ -24,7 +24,10 @@ export function checkPeerHello(link: Link, frame: Frame, settings: Settings, rol
     throw new ProtocolError("bad-field", "HELLO in key mode carries no public key");
   }
   const ours = settings.mappingNames;
-  link.mappingPairs = role === Role.Receiver ? pairMappings(ours, frame.mappings) : pairMappings(frame.mappings, ours);
+  const [receiver, sender] = role === Role.Receiver ? [ours, frame.mappings] : [frame.mappings, ours];
+  // With Senders on both sides (§18) the sender may serve a subset of the receiver's mappings.
+  const partial = (link.localHello.capabilities & frame.capabilities & Capability.Senders) !== 0;
+  link.mappingPairs = partial ? pairPartially(receiver, sender) : pairMappings(receiver, sender);
   link.peerHello = {
     ...frame,
     nonce: frame.nonce.slice(),

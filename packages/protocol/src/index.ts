@@ -5,7 +5,8 @@ export { type CommonConfig, DEFAULTS, type PeerKeyCheck } from "./config.js";
 export type { FlowBase, Flows } from "./flows.js";
 export * from "./frames.js";
 export type { Credentials, CryptoProvider, Identity, LinkState, Side } from "./link.js";
-export { checkMappings, type MappingConfig, pairMappings } from "./mappings.js";
+export { checkMappings, type MappingConfig, pairMappings, pairPartially } from "./mappings.js";
+export type { PeerSession } from "./peer-session.js";
 export {
   MAX_UDP_PAYLOAD,
   PROXY_V2_IPV4_LENGTH,

@@ -3,7 +3,8 @@
  * an id chosen here; the sender only ever answers with flow ids, so the only addresses this side writes
  * to are clients that opened flows (no reflection). Whether it accepts the TCP connection (ssh -R, the
  * default) or dials it (ssh -L) is the session's business; either way it verifies the peer before
- * acting on anything the peer sends, and keeps one sender at a time.
+ * acting on anything the peer sends. Several senders may serve its mappings, one active sender per
+ * mapping (§18): a client's datagrams go to that sender only, and only it may name the mapping's flows.
  */
 import { ipFamily } from "./address.js";
 import type { CommonConfig } from "./config.js";
@@ -11,6 +12,7 @@ import { MachineCore, type RolePolicy } from "./machine-core.js";
 import { FlowCloseReason, type Frame, FrameType, HEADER_SIZE, MAX_DATAGRAM, ProtocolError, Role } from "./frames.js";
 import type { CryptoProvider, Link } from "./link.js";
 import type { ClientFlow, ReceiverOutput } from "./outputs.js";
+import type { PeerSession } from "./peer-session.js";
 import { SourceRateLimiter } from "./rate-limit.js";
 import { zeroCounters } from "./stats.js";
 
@@ -57,6 +59,7 @@ export class ReceiverMachine extends MachineCore<ClientFlow, ReceiverOutput> {
       frame: (link, frame, now) => this.onFrame(link, frame, now),
       release: (flow) => this.flowsByKey.delete(flow.key),
       describe: (flow) => `client ${flow.address}:${flow.port}`,
+      mappingMoved: (mappingId, to, now) => this.moveFlows(mappingId, to, now),
     });
     const rate = config.newFlowsPerSecond ?? RECEIVER_DEFAULTS.newFlowsPerSecond;
     this.newFlowLimiter =
@@ -71,8 +74,9 @@ export class ReceiverMachine extends MachineCore<ClientFlow, ReceiverOutput> {
     counters.received(mappingId, payload.length);
     // A link already closed (CLOSE sent or received, keepalive timeout) but not yet reported
     // disconnected takes nothing more: frames after a CLOSE are never read.
-    const first = this.session.openLink;
-    if (first === undefined) {
+    // Only the session serving this mapping hears of its clients (§18): never another sender.
+    const peer = this.session.sessionFor(mappingId);
+    if (peer?.openLink === undefined) {
       counters.dropped("no-sender", mappingId);
       this.throttle.note("no-sender", now, (n) => `dropped ${n} datagram(s) from clients: no sender connected`);
       return;
@@ -93,7 +97,7 @@ export class ReceiverMachine extends MachineCore<ClientFlow, ReceiverOutput> {
         );
         return;
       }
-      const link = this.session.picker.newFlowLane() as Link;
+      const link = peer.picker.newFlowLane() as Link;
       // FLOW_OPEN (and an eviction's FLOW_CLOSE) count against the buffer bound too, so a flood of new
       // source addresses cannot grow the buffer of a blocked connection.
       if (!this.hasRoom(link, NEW_FLOW_OVERHEAD + DATA_OVERHEAD + payload.length, mappingId)) return;
@@ -106,10 +110,10 @@ export class ReceiverMachine extends MachineCore<ClientFlow, ReceiverOutput> {
       flow.replyDatagrams = Number.POSITIVE_INFINITY;
       this.flows.touch(flow, now);
     }
-    const session = this.session;
-    const primary = session.picker.sendLanes(flow, mappingId, payload.length) as Link;
-    const second = session.picker.second;
-    const moved = session.picker.moved;
+    const picker = peer.picker;
+    const primary = picker.sendLanes(flow, mappingId, payload.length) as Link;
+    const second = picker.second;
+    const moved = picker.moved;
     // Its lane closed or stalled: announce the flow on the new lane before its data (the FLOW_OPEN
     // on the old one may never have arrived); the sender keeps a flow it already has (§16.3). A
     // second copy's lane must know the flow too.
@@ -120,7 +124,25 @@ export class ReceiverMachine extends MachineCore<ClientFlow, ReceiverOutput> {
     if (second === undefined) primary.writer.data(flow.id, payload);
     else this.sendCopies(flow, primary, second, payload, mappingId, now);
     primary.counters.datagramsSent++;
-    session.connections.queued(primary, now);
+    this.session.connections.queued(primary, now);
+  }
+
+  /**
+   * Mapping `mappingId` is served by `to` now (its sender took over, §18): each flow is announced on
+   * one of its lanes, so that sender opens its own sockets toward its target. The client keeps its
+   * flow (id, reply budget); redundancy state starts afresh, as the new sender numbers its own copies.
+   */
+  private moveFlows(mappingId: number, to: PeerSession, now: number): void {
+    for (const flow of this.flows.ofMapping(mappingId)) {
+      flow.rx = undefined;
+      flow.mirror = undefined;
+      flow.announcedOn = undefined;
+      const link = to.picker.laneFor(flow);
+      if (link === undefined) return;
+      if (!this.hasRoom(link, NEW_FLOW_OVERHEAD, mappingId)) continue;
+      link.writer.flowOpen(flow.id, flow.mappingId, flow);
+      this.session.connections.queued(link, now);
+    }
   }
 
   /** Redundancy (§17): the datagram, numbered, on its lane and on `second` (announced there first). */
@@ -194,6 +216,8 @@ export class ReceiverMachine extends MachineCore<ClientFlow, ReceiverOutput> {
   private onFrame(link: Link, frame: Frame, now: number): void {
     if (frame.type === FrameType.FlowOpen)
       throw new ProtocolError("unexpected-frame", "the sender may not open flows (FLOW_OPEN is receiver-only)");
+    if (frame.type === FrameType.MappingState)
+      throw new ProtocolError("unexpected-frame", "the sender may not send MAPPING_STATE (it is receiver-only)");
     if (frame.type !== FrameType.Data && frame.type !== FrameType.Sdata) return;
     // Only ever to a client that opened the flow: a forged id reaches no one (no reflection).
     const flow = this.dataFlow(link, frame.flowId, now);

@@ -123,7 +123,14 @@ for (const dir of DIRECTIONS) {
       const { net, receiver, sender, acceptor, dialer } = setup({ secret: null, direction: dir });
       const asks = net.of(acceptor, "authorize-peer");
       expect(asks).toEqual([
-        { kind: "authorize-peer", conn: 1, peer: "peer-of-1", source: "peer-of-1", publicKey: dialerKey(dir).publicKey },
+        {
+          kind: "authorize-peer",
+          conn: 1,
+          peer: "peer-of-1",
+          source: "peer-of-1",
+          publicKey: dialerKey(dir).publicKey,
+          mappings: [""],
+        },
       ]);
       expect(net.of(dialer, "authorize-peer")).toEqual([]); // the dialer pins, it does not ask
       expect(acceptor.session.awaitingApproval(1)).toBe(true);

@@ -298,6 +298,7 @@ export class Acceptor {
     if (link.peerCloseCode === CloseCode.Normal) {
       // A deliberate goodbye (the peer shut down): nobody will resume this session.
       this.end(session, (count) => `the ${peerName} said goodbye: closing ${count}`);
+      this.reassign(now);
       return;
     }
     session.lostAt = now;

@@ -16,7 +16,6 @@ import {
   MAC_SIZE,
   MAX_HANDSHAKE_BODY,
   MAX_MAPPING_NAME,
-  MAX_MAPPING_REASON,
   MAX_MAPPING_STATES,
   MAX_MAPPINGS,
   type MappingStateEntry,
@@ -324,7 +323,8 @@ function mappingStates(body: Uint8Array): MappingStateEntry[] {
       bad("bad-field", `MAPPING_STATE mapping name of ${nameLength} bytes, at most ${MAX_MAPPING_NAME}`);
     at += 4;
     if (body.length < at + nameLength + 1) short();
-    const name = fromUtf8(body.subarray(at, at + nameLength)) ?? bad("bad-utf8", "MAPPING_STATE name is not valid UTF-8");
+    const name =
+      fromUtf8(body.subarray(at, at + nameLength)) ?? bad("bad-utf8", "MAPPING_STATE name is not valid UTF-8");
     at += nameLength;
     const reasonLength = body[at++];
     if (body.length < at + reasonLength) short();

@@ -51,7 +51,9 @@ export class MachineCore<F extends FlowBase, O extends { kind: string }> {
     const flows = (): Flows<F> => this.flows;
     const owner: SessionOwner = {
       frame: (link, frame, now) =>
-        frame.type === FrameType.FlowClose ? this.flowClosedByPeer(link, frame.flowId, frame.reason) : policy.frame(link, frame, now),
+        frame.type === FrameType.FlowClose
+          ? this.flowClosedByPeer(link, frame.flowId, frame.reason)
+          : policy.frame(link, frame, now),
       dropFlows: (mappingId) => (mappingId === undefined ? flows().dropAll() : flows().dropMapping(mappingId)),
       flowCount: (mappingId) => (mappingId === undefined ? flows().size : flows().countOf(mappingId)),
       stale: (flowId) => flows().droppedOutside("stale", { flowId }),

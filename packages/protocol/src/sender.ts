@@ -143,7 +143,8 @@ export class SenderMachine extends MachineCore<TargetFlow, SenderOutput> {
       const reason = entry.reason ? `: ${peerText(entry.reason)}` : "";
       this.out.log(line.level, `mapping ${shown}: ${line.text}${reason}`);
       this.servingState[ours] = MAPPING_STATUS_NAMES[entry.status];
-      if (entry.status === MappingStatus.Removed) for (const other of links) other.mappingPairs[entry.mappingId] = undefined;
+      if (entry.status === MappingStatus.Removed)
+        for (const other of links) other.mappingPairs[entry.mappingId] = undefined;
       if (!line.keepsFlows) this.flows.dropMapping(ours);
     }
   }

@@ -270,7 +270,10 @@ export class FrameWriter {
    */
   mappingState(entries: readonly MappingStateEntry[]): void {
     if (entries.length === 0 || entries.length > MAX_MAPPING_STATES) {
-      throw new ProtocolError("bad-field", `MAPPING_STATE takes 1 to ${MAX_MAPPING_STATES} entries, not ${entries.length}`);
+      throw new ProtocolError(
+        "bad-field",
+        `MAPPING_STATE takes 1 to ${MAX_MAPPING_STATES} entries, not ${entries.length}`,
+      );
     }
     const encoded = entries.map((entry) => {
       const name = utf8(entry.name);

@@ -1,0 +1,292 @@
+/**
+ * Several senders on one receiver (PROTOCOL.md §18): a session per sender key, each serving the
+ * mappings its HELLO names and its key may serve; one active sender per mapping, the others standby
+ * until it has no open connection; MAPPING_STATE tells each sender where it stands. Hostile senders:
+ * one naming (DATA, SDATA, FLOW_CLOSE) flows of a mapping another sender serves gets nothing through.
+ */
+import { describe, expect, test } from "bun:test";
+import {
+  CloseCode,
+  FlowCloseReason,
+  type Frame,
+  FrameWriter,
+  FrameType,
+  type MappingStateEntry,
+  MappingStatus,
+  ReceiverMachine,
+  SenderMachine,
+  utf8,
+} from "../src/index.ts";
+import { closeCodes, framesOfType, Net, RECEIVER_KEY, testCrypto, testIdentity, type Wire } from "./harness.ts";
+
+const named = (...names: string[]) => names.map((name) => ({ name }));
+const text = (b: Uint8Array) => new TextDecoder().decode(b);
+
+function receiverOf(net: Net, names: string[]) {
+  return net.add(
+    new ReceiverMachine({ identity: RECEIVER_KEY, amplificationLimit: 0, mappings: named(...names) }, testCrypto(1)),
+  );
+}
+
+/** A sender with its own key (seed) serving `names`, connected as conn `conn` and admitted with `allowed`. */
+function senderOf(
+  net: Net,
+  receiver: ReceiverMachine,
+  seed: number,
+  names: string[],
+  conn: number,
+  allowed?: string[],
+) {
+  const sender = net.add(
+    new SenderMachine({ identity: testIdentity(seed), mappings: named(...names) }, testCrypto(seed)),
+  );
+  const wire = net.connect(receiver, conn, sender, 1);
+  if (receiver.session.awaitingApproval(conn)) {
+    receiver.session.approve(conn, true, net.now, undefined, allowed);
+    net.pump();
+  }
+  return { sender, wire };
+}
+
+const statesTo = (wire: Wire, receiver: ReceiverMachine): MappingStateEntry[] =>
+  framesOfType(wire.sentBy(receiver), FrameType.MappingState).flatMap((f) => f.entries);
+const brief = (entries: MappingStateEntry[]) =>
+  entries.map((e) => `${e.name}:${e.status}${e.reason ? `:${e.reason}` : ""}`);
+
+describe("several senders, one receiver", () => {
+  test("three senders with different keys serve three mappings at once, 50 clients each, nothing crosses", () => {
+    const net = new Net();
+    const receiver = receiverOf(net, ["dns", "ntp", "wg"]);
+    const senders = ["dns", "ntp", "wg"].map((name, i) => senderOf(net, receiver, 0x60 + i, [name], 10 + i));
+    for (const [i, { sender, wire }] of senders.entries()) {
+      expect(sender.session.peerConnected).toBe(true);
+      expect(brief(statesTo(wire, receiver))).toEqual([`${["dns", "ntp", "wg"][i]}:${MappingStatus.Serving}`]);
+      expect(sender.servingState).toEqual(["serving"]);
+    }
+    for (let client = 0; client < 50; client++) {
+      for (let m = 0; m < 3; m++) {
+        receiver.clientDatagram("192.0.2.7", 10_000 + client, utf8(`${m}|${client}`), net.now, m);
+      }
+    }
+    net.pump();
+    for (const [m, { sender }] of senders.entries()) {
+      const got = net.of(sender, "send-to-target").map((o) => text(o.payload));
+      expect(got.length).toBe(50);
+      expect(got.every((payload) => payload.startsWith(`${m}|`))).toBe(true);
+      expect(net.of(sender, "open-flow-socket").every((o) => o.mappingId === 0)).toBe(true);
+      for (const flow of sender.flows.values()) sender.targetDatagram(flow.id, utf8(`reply ${m}`), net.now);
+    }
+    net.pump();
+    const replies = net.of(receiver, "send-to-client");
+    expect(replies.length).toBe(150);
+    for (const { flow, payload } of replies) expect(text(payload)).toBe(`reply ${flow.mappingId}`);
+    expect(receiver.stats.drops["unknown-flow"]).toBe(0);
+    // Each sender's traffic, as status lines and metrics show it.
+    expect(receiver.session.peers().map((s) => s.traffic)).toEqual(
+      [0, 1, 2].map(() => ({ datagramsSent: 50, datagramsReceived: 50 })),
+    );
+  });
+
+  test("a mapping the key may not serve is refused with a reason the sender logs; its clients reach nobody", () => {
+    const net = new Net();
+    const receiver = receiverOf(net, ["dns", "ntp"]);
+    const { sender, wire } = senderOf(net, receiver, 0x61, ["dns", "ntp"], 10, ["dns"]);
+    expect(brief(statesTo(wire, receiver))).toEqual([
+      `dns:${MappingStatus.Serving}`,
+      `ntp:${MappingStatus.Refused}:this key may not serve mapping ntp`,
+    ]);
+    expect(sender.servingState).toEqual(["serving", "refused"]);
+    expect(net.logs(sender)).toContain(
+      'warn: mapping ntp: refused by the receiver: "this key may not serve mapping ntp"',
+    );
+    receiver.clientDatagram("192.0.2.1", 1, utf8("x"), net.now, 1);
+    net.pump();
+    expect(net.of(sender, "open-flow-socket")).toEqual([]);
+    expect(receiver.mappingStats[1].drops["no-sender"]).toBe(1);
+  });
+
+  test("a key that may serve none of the mappings it asks for is refused at once (CLOSE 11)", () => {
+    const net = new Net();
+    const receiver = receiverOf(net, ["dns", "ntp"]);
+    const { sender, wire } = senderOf(net, receiver, 0x62, ["ntp"], 10, ["dns"]);
+    expect(closeCodes(wire.sentBy(receiver))).toEqual([CloseCode.KeyRejected]);
+    expect(framesOfType(wire.sentBy(receiver), FrameType.Close)[0].message).toContain("may not serve mapping(s) ntp");
+    expect(sender.session.peerConnected).toBe(false);
+  });
+
+  test("the authorize-peer request names the mappings the sender asks for (what an operator approves)", () => {
+    const net = new Net();
+    const receiver = receiverOf(net, ["dns", "ntp", "wg"]);
+    const sender = net.add(
+      new SenderMachine({ identity: testIdentity(0x63), mappings: named("wg", "dns") }, testCrypto(3)),
+    );
+    net.connect(receiver, 10, sender, 1);
+    expect(net.of(receiver, "authorize-peer").map((o) => o.mappings)).toEqual([["dns", "wg"]]);
+  });
+
+  test("the same key twice while its session is live: the second is busy, not a second session", () => {
+    const net = new Net();
+    const receiver = receiverOf(net, ["dns"]);
+    senderOf(net, receiver, 0x64, ["dns"], 10);
+    const { wire } = senderOf(net, receiver, 0x64, ["dns"], 11);
+    expect(closeCodes(wire.sentBy(receiver))).toEqual([CloseCode.Busy]);
+    expect(framesOfType(wire.sentBy(receiver), FrameType.Close)[0].message).toContain("only one session per key");
+    expect(receiver.session.peers().length).toBe(1);
+  });
+});
+
+describe("standby", () => {
+  function standbyPair() {
+    const net = new Net();
+    const receiver = receiverOf(net, ["dns"]);
+    const a = senderOf(net, receiver, 0x70, ["dns"], 10);
+    const b = senderOf(net, receiver, 0x71, ["dns"], 11);
+    return { net, receiver, a, b };
+  }
+
+  test("the second sender for a mapping waits as standby: told so, connected, keepalive running, no flows", () => {
+    const { net, receiver, a, b } = standbyPair();
+    expect(brief(statesTo(b.wire, receiver))).toEqual([`dns:${MappingStatus.Standby}`]);
+    expect(b.sender.servingState).toEqual(["standby"]);
+    expect(b.sender.session.peerConnected).toBe(true);
+    for (let i = 0; i < 5; i++) receiver.clientDatagram("192.0.2.1", 100 + i, utf8("q"), net.now, 0);
+    net.pump();
+    expect(net.of(a.sender, "send-to-target").length).toBe(5);
+    expect(net.of(b.sender, "open-flow-socket")).toEqual([]);
+    net.advance(60_000); // pings and pongs: b stays
+    expect(b.sender.session.peerConnected).toBe(true);
+    expect(framesOfType(b.wire.sentBy(b.sender), FrameType.Pong).length).toBeGreaterThan(0);
+  });
+
+  test("the active sender goes silent: after the keepalive timeout the standby takes over, flows and all", () => {
+    const { net, receiver, a, b } = standbyPair();
+    for (let i = 0; i < 5; i++) receiver.clientDatagram("192.0.2.1", 100 + i, utf8(`q${i}`), net.now, 0);
+    net.pump();
+    const ids = [...receiver.flows.values()].map((f) => f.id);
+    a.wire.drop.add(a.sender); // its host vanished: nothing more from it
+    net.advance(45_000); // three keepalive intervals
+    expect(statesTo(b.wire, receiver).at(-1)).toMatchObject({ name: "dns", status: MappingStatus.Serving });
+    // Announced on b's connection before any datagram: b opens its own sockets (new source ports).
+    const opened = framesOfType(b.wire.sentBy(receiver), FrameType.FlowOpen).map((f) => f.flowId);
+    expect(opened.sort()).toEqual(ids.sort());
+    expect(net.of(b.sender, "open-flow-socket").length).toBe(5);
+    expect(
+      net
+        .logs(receiver)
+        .some((l) => l.includes("mapping dns: sender peer-of-11 takes over from peer-of-10 (5 flows moved)")),
+    ).toBe(true);
+    receiver.clientDatagram("192.0.2.1", 100, utf8("after"), net.now, 0);
+    net.pump();
+    expect(net.of(b.sender, "send-to-target").map((o) => text(o.payload))).toEqual(["after"]);
+    const flow = [...b.sender.flows.values()][0];
+    b.sender.targetDatagram(flow.id, utf8("answer"), net.now);
+    net.pump();
+    expect(net.of(receiver, "send-to-client").map((o) => text(o.payload))).toEqual(["answer"]);
+  });
+
+  test("a lost connection hands over at once (no 30 s grace wait); the old sender resumes as standby, no flapping", () => {
+    const { net, receiver, a, b } = standbyPair();
+    receiver.clientDatagram("192.0.2.1", 100, utf8("q"), net.now, 0);
+    net.pump();
+    net.cut(a.wire);
+    expect(b.sender.servingState).toEqual(["serving"]);
+    expect(net.of(b.sender, "open-flow-socket").length).toBe(1);
+    // a comes back within the grace period and resumes its session: it is standby now.
+    expect(a.sender.flows.size).toBe(1);
+    const again = net.connect(receiver, 12, a.sender, 2);
+    expect(framesOfType(again.sentBy(receiver), FrameType.Accept)[0]).toMatchObject({ resumed: true });
+    expect(brief(statesTo(again, receiver))).toEqual([`dns:${MappingStatus.Standby}`]);
+    expect(a.sender.flows.size).toBe(0); // b has them: a closed its sockets
+    expect(net.of(a.sender, "close-flow-socket").length).toBe(1);
+    receiver.clientDatagram("192.0.2.1", 100, utf8("still b"), net.now, 0);
+    net.pump();
+    expect(net.of(b.sender, "send-to-target").map((o) => text(o.payload))).toContain("still b");
+    expect(net.of(a.sender, "send-to-target").map((o) => text(o.payload))).not.toContain("still b");
+  });
+
+  test("a goodbye from the active sender ends its session; the standby serves, new clients reach it", () => {
+    const { net, receiver, a, b } = standbyPair();
+    a.sender.shutdown();
+    net.pump();
+    expect(b.sender.servingState).toEqual(["serving"]);
+    expect(receiver.session.peers().length).toBe(1);
+    receiver.clientDatagram("192.0.2.9", 9, utf8("new"), net.now, 0);
+    net.pump();
+    expect(net.of(b.sender, "send-to-target").map((o) => text(o.payload))).toEqual(["new"]);
+  });
+});
+
+describe("hostile senders", () => {
+  function twoMappings() {
+    const net = new Net();
+    const receiver = receiverOf(net, ["dns", "ntp"]);
+    const a = senderOf(net, receiver, 0x80, ["dns"], 10);
+    const b = senderOf(net, receiver, 0x81, ["ntp"], 11);
+    receiver.clientDatagram("192.0.2.1", 53, utf8("dns query"), net.now, 0);
+    net.pump();
+    const dnsFlow = [...receiver.flows.values()][0];
+    return { net, receiver, a, b, dnsFlow };
+  }
+  const inject = (net: Net, receiver: ReceiverMachine, conn: number, ...frames: Frame[]) => {
+    // Written by hand on b's connection: b is hostile, its machine would never send these.
+    const bytes = frames.map((f) => {
+      const w = new FrameWriter();
+      w.frame(f);
+      return w.take() as Uint8Array;
+    });
+    for (const chunk of bytes) receiver.session.receive(conn, chunk, net.now);
+    net.pump();
+  };
+
+  test("DATA and SDATA naming another sender's flow are never delivered: counted, answered as unknown", () => {
+    const { net, receiver, b, dnsFlow } = twoMappings();
+    inject(
+      net,
+      receiver,
+      11,
+      { type: FrameType.Data, flowId: dnsFlow.id, payload: utf8("forged") },
+      { type: FrameType.Sdata, flowId: dnsFlow.id, seq: 0, payload: utf8("forged too") },
+    );
+    expect(net.of(receiver, "send-to-client")).toEqual([]);
+    expect(receiver.stats.drops["unknown-flow"]).toBe(2);
+    const answers = framesOfType(b.wire.sentBy(receiver), FrameType.FlowClose);
+    expect(answers.map((f) => [f.flowId, f.reason])).toEqual([
+      [dnsFlow.id, FlowCloseReason.UnknownFlow],
+      [dnsFlow.id, FlowCloseReason.UnknownFlow],
+    ]);
+    expect(receiver.flows.get(dnsFlow.id)).toBe(dnsFlow);
+  });
+
+  test("FLOW_CLOSE naming another sender's flow is ignored: the flow stays, its sender is not told", () => {
+    const { net, receiver, a, dnsFlow } = twoMappings();
+    inject(net, receiver, 11, { type: FrameType.FlowClose, flowId: dnsFlow.id, reason: 0 });
+    expect(receiver.flows.get(dnsFlow.id)).toBe(dnsFlow);
+    expect(framesOfType(a.wire.sentBy(receiver), FrameType.FlowClose)).toEqual([]);
+    receiver.clientDatagram("192.0.2.1", 53, utf8("second"), net.now, 0);
+    net.pump();
+    expect(net.of(a.sender, "send-to-target").map((o) => text(o.payload))).toEqual(["dns query", "second"]);
+  });
+
+  test("a sender's FLOW_OPEN or MAPPING_STATE is a protocol error (CLOSE 1); the other sender is unaffected", () => {
+    const { net, receiver, a, b } = twoMappings();
+    inject(net, receiver, 11, {
+      type: FrameType.MappingState,
+      entries: [{ mappingId: 0, name: "dns", status: MappingStatus.Serving, reason: "" }],
+    });
+    expect(closeCodes(b.wire.sentBy(receiver))).toEqual([CloseCode.ProtocolError]);
+    expect(a.sender.session.peerConnected).toBe(true);
+    receiver.clientDatagram("192.0.2.1", 53, utf8("still"), net.now, 0);
+    net.pump();
+    expect(net.of(a.sender, "send-to-target").map((o) => text(o.payload))).toContain("still");
+  });
+
+  test("a sender asking for another sender's mapping only gets standby for it, never its datagrams", () => {
+    const { net, receiver, a } = twoMappings();
+    const c = senderOf(net, receiver, 0x82, ["dns"], 12);
+    expect(c.sender.servingState).toEqual(["standby"]);
+    receiver.clientDatagram("192.0.2.1", 53, utf8("private"), net.now, 0);
+    net.pump();
+    expect(net.of(c.sender, "send-to-target")).toEqual([]);
+    expect(net.of(a.sender, "send-to-target").map((o) => text(o.payload))).toContain("private");
+  });
+});

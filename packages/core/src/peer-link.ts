@@ -65,6 +65,8 @@ export interface PeerLinkOptions extends ListenTrust, DialTrust {
   /** WebSocket, a proxy: how connections reach the peer (default plain TCP). */
   carrier?: CarrierOptions;
   keyCheck: PeerKeyChecker;
+  /** This side's mapping names (what an operator's approval may restrict a key to). */
+  mappingNames?: readonly string[];
 }
 
 export async function startPeerLink(options: PeerLinkOptions): Promise<PeerLink> {
@@ -103,7 +105,10 @@ export async function startPeerLink(options: PeerLinkOptions): Promise<PeerLink>
     logger,
     clock: systemClock,
     peerName,
-    decide: (conn, accepted, reason) => driver.guard(() => session.approve(conn, accepted, now(), reason)),
+    decide: (conn, accepted, reason, mappings) =>
+      driver.guard(() => session.approve(conn, accepted, now(), reason, mappings)),
+    busy: () => session.anyPeerLive(now()),
+    mappingNames: options.mappingNames,
   });
   const listener = await listen({
     transport,
@@ -123,7 +128,7 @@ export async function startPeerLink(options: PeerLinkOptions): Promise<PeerLink>
     reconnects: 0,
     onOutput: (output) => {
       if (output.kind === "authorize-peer")
-        approvals.authorize(output.conn, output.peer, output.publicKey, output.source);
+        approvals.authorize(output.conn, output.peer, output.publicKey, output.source, output.mappings);
       else if (output.kind === "authorization-withdrawn") approvals.withdraw(output.conn, output.why);
     },
     close: () => listener.close(),

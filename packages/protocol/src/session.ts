@@ -115,6 +115,12 @@ export class Session implements LinkIo {
     return this.sessions;
   }
 
+  /** The mappings `peer` serves (by this side's index); every mapping for the dialer's session. */
+  servedBy(peer: PeerSession): number[] {
+    if (peer === this.dialed) return this.settings.mappingNames.map((_, index) => index);
+    return this.acceptor.owners.servedBy(peer);
+  }
+
   // ---- the host's connection inputs (the connection table does the work) ----
 
   /** Bytes arrived on connection `conn`. */

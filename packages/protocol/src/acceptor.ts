@@ -278,7 +278,7 @@ export class Acceptor {
       const count = owner.flowCount(mappingId);
       out.log(
         "info",
-        `mapping ${name}: ${peerName} ${(to.openLink as Link).peer} takes over from ${from.links[0]?.peer ?? "a lost connection"} (${flows(count)} moved)`,
+        `mapping ${name}: ${peerName} ${(to.openLink as Link).peer} takes over from ${from.peer} (${flows(count)} moved)`,
       );
     }
     for (const session of this.sessions) {

@@ -30,6 +30,8 @@ export class PeerSession {
   refused: ReadonlyMap<number, string> = new Map();
   /** Acceptor: what MAPPING_STATE last told the peer per mapping, so that only changes are sent. */
   readonly told = new Map<number, number>();
+  /** The address of the session's latest connection (log lines name the peer by it). */
+  peer = "";
   /** Traffic of the session's connections that are gone (lane counters are per connection). */
   readonly pastTraffic = { datagramsSent: 0, datagramsReceived: 0 };
 
@@ -53,6 +55,7 @@ export class PeerSession {
   add(link: Link): void {
     this.links.push(link);
     link.session = this;
+    this.peer = link.peer;
     this.lostAt = undefined;
     this.picker.lanesChanged();
   }

@@ -44,7 +44,7 @@ export function trustArgs(peer: PeerRole) {
   return {
     "authorized-keys": {
       type: "string",
-      description: `Listening side: admit only ${peer}s whose public keys are in this file (one ssh-ed25519 line each); nobody is asked`,
+      description: `Listening side: admit only ${peer}s whose public keys are in this file (one ssh-ed25519 line each, optionally after from="ADDRESSES" and mappings="NAMES"); nobody is asked`,
       valueHint: "FILE",
     },
     [`known-${peer}s`]: {

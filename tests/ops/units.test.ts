@@ -108,6 +108,38 @@ describe("status line", () => {
     );
   });
 
+  it("shows who serves what with several senders (short fingerprints, standby), and a sender's mapping states", () => {
+    const row = (sender: string, serving: string[], standby: string[], connected = true) => ({
+      sender,
+      peer: "192.0.2.1:40000",
+      connected,
+      serving,
+      standby,
+      toSender: 0,
+      fromSender: 0,
+    });
+    const start = { at: 0, udpIn: 0, udpInBytes: 0, udpOut: 0, udpOutBytes: 0 };
+    const render = (o: Observed) => new StatusLine(o, { isTTY: true, columns: 300, write() {} }).render(start, start);
+    const two: Observed = {
+      ...fakeObserved(),
+      senders: () => [row("SHA256:abcdefghXYZ", ["dns", "ntp"], []), row("SHA256:12345678xyz", [], ["dns"], false)],
+    };
+    assert.match(render(two), / \| senders abcdefgh dns,ntp; 12345678 \(lost\) - standby dns \| /);
+    const one: Observed = { ...fakeObserved(), senders: () => [row("SHA256:abcdefghXYZ", ["dns"], [])] };
+    assert.doesNotMatch(render(one), /senders/);
+    const sender: Observed = {
+      ...fakeObserved(),
+      role: "sender",
+      serving: () => [
+        { label: "dns", state: "serving" },
+        { label: "ntp", state: "standby" },
+      ],
+    };
+    assert.match(render(sender), / \| mappings dns serving, ntp standby \| /);
+    const all: Observed = { ...fakeObserved(), role: "sender", serving: () => [{ label: "dns", state: "serving" }] };
+    assert.doesNotMatch(render(all), /mappings/);
+  });
+
   it("says so when this side waits for the peer to admit its key, and shows no stale RTT", () => {
     const waiting: Observed = {
       ...fakeObserved({ rttMs: undefined }),

@@ -200,7 +200,9 @@ export class Acceptor {
     const { settings, stats, connections, out, peerName } = this.parts;
     const others = this.sessions.filter((other) => other !== session && other.live(now, settings.keepaliveMs));
     const sameKey = others.find((other) => !settings.secretMode && bytesEqual(other.peerKey, link.peerKey));
-    const blocking = sameKey ?? others.find((other) => !partial || !other.partial);
+    // One without Senders waits for every live peer; one with it only for its own key (it may
+    // arrive while one without Senders serves: it waits as standby).
+    const blocking = sameKey ?? (partial ? undefined : others[0]);
     if (blocking === undefined) return false;
     stats.handshakeFailures++;
     const current = (blocking.openLink as Link).peer;
@@ -226,12 +228,14 @@ export class Acceptor {
     }
     let session = this.resumable(link);
     if (this.refuseIfBusy(link, session, partial, now)) return;
-    // Sessions this one replaces: §7's peer (whichever key) for a peer without Senders, else an
-    // earlier session of the same key (a restarted peer), both found stale above.
+    // Sessions this one replaces, all found stale above: §7's peer (whichever key) for a peer
+    // without Senders; else an earlier session of the same key (a restarted peer), or a stale one
+    // without Senders (as §7 would have it replaced).
     for (const other of [...this.sessions]) {
       if (other === session) continue;
-      const replaced = !partial || !other.partial || (!settings.secretMode && bytesEqual(other.peerKey, link.peerKey));
-      if (replaced) this.replace(other, link);
+      const sameKey = !settings.secretMode && bytesEqual(other.peerKey, link.peerKey);
+      const stale = !other.live(now, settings.keepaliveMs);
+      if (!partial || sameKey || (!other.partial && stale)) this.replace(other, link);
     }
     const resumed = session !== undefined;
     for (const earlier of session?.links ?? []) {

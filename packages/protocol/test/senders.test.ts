@@ -6,6 +6,7 @@
  */
 import { describe, expect, test } from "bun:test";
 import {
+  Capability,
   CloseCode,
   FlowCloseReason,
   type Frame,
@@ -17,7 +18,17 @@ import {
   SenderMachine,
   utf8,
 } from "../src/index.ts";
-import { closeCodes, framesOfType, Net, RECEIVER_KEY, testCrypto, testIdentity, type Wire } from "./harness.ts";
+import {
+  closeCodes,
+  framesOfType,
+  Net,
+  RawPeer,
+  RECEIVER_KEY,
+  rawDialerHandshake,
+  testCrypto,
+  testIdentity,
+  type Wire,
+} from "./harness.ts";
 
 const named = (...names: string[]) => names.map((name) => ({ name }));
 const text = (b: Uint8Array) => new TextDecoder().decode(b);
@@ -288,5 +299,61 @@ describe("hostile senders", () => {
     net.pump();
     expect(net.of(c.sender, "send-to-target")).toEqual([]);
     expect(net.of(a.sender, "send-to-target").map((o) => text(o.payload))).toContain("private");
+  });
+});
+
+describe("peers without the Senders capability keep §7 (one sender at a time)", () => {
+  const receiver = () =>
+    new ReceiverMachine(
+      { identity: RECEIVER_KEY, amplificationLimit: 0, mappings: named("dns", "ntp") },
+      testCrypto(1),
+    );
+  /** A raw sender: `senders` sets the Senders bit (with Resume), else Resume only (an earlier version). */
+  const rawSender = (machine: ReceiverMachine, conn: number, seed: number, senders: boolean, allowed?: string[]) => {
+    const raw = new RawPeer(machine, conn).connect();
+    rawDialerHandshake(raw, {
+      identity: testIdentity(seed),
+      capabilities: senders ? Capability.Resume | Capability.Senders : Capability.Resume,
+      mappings: ["dns", "ntp"],
+    });
+    machine.session.approve(conn, true, 0, undefined, allowed);
+    raw.read();
+    return raw;
+  };
+  const states = (raw: RawPeer) => brief(framesOfType(raw.received, FrameType.MappingState).flatMap((f) => f.entries));
+
+  test("one without it while a sender with it is connected: busy, as before", () => {
+    const machine = receiver();
+    const a = rawSender(machine, 1, 0x90, true);
+    expect(states(a)).toEqual([`dns:${MappingStatus.Serving}`, `ntp:${MappingStatus.Serving}`]);
+    const old = rawSender(machine, 2, 0x91, false);
+    expect(old.closeCode()).toBe(CloseCode.Busy);
+    expect(old.closeMessage()).toContain("another sender is connected; only one at a time");
+  });
+
+  test("one without it is served alone; a sender with it that arrives meanwhile waits as standby", () => {
+    const machine = receiver();
+    const old = rawSender(machine, 1, 0x92, false);
+    expect(framesOfType(old.received, FrameType.Accept).length).toBe(1);
+    expect(framesOfType(old.received, FrameType.MappingState)).toEqual([]); // it would not understand
+    const b = rawSender(machine, 2, 0x93, true);
+    expect(states(b)).toEqual([`dns:${MappingStatus.Standby}`, `ntp:${MappingStatus.Standby}`]);
+    machine.clientDatagram("192.0.2.1", 53, utf8("q"), 0, 0);
+    expect(framesOfType(old.read(), FrameType.FlowOpen).length).toBe(1);
+    expect(framesOfType(b.read(), FrameType.FlowOpen)).toEqual([]);
+  });
+
+  test("one without it must serve every mapping: a key allowed only some is refused (CLOSE 11)", () => {
+    const old = rawSender(receiver(), 1, 0x94, false, ["dns"]);
+    expect(old.closeCode()).toBe(CloseCode.KeyRejected);
+    expect(old.closeMessage()).toContain("may not serve mapping(s) ntp");
+  });
+
+  test("a sender with it that names a mapping twice, or none the receiver has, is a mapping mismatch", () => {
+    for (const mappings of [["dns", "dns"], ["syslog"]]) {
+      const raw = new RawPeer(receiver(), 1).connect();
+      rawDialerHandshake(raw, { capabilities: Capability.Resume | Capability.Senders, mappings });
+      expect(raw.closeCode()).toBe(CloseCode.MappingMismatch);
+    }
   });
 });

@@ -21,8 +21,10 @@ import {
   type Transport,
   type UdpSocket,
 } from "@mcudpt/core";
+import { Capability, FlowCloseReason, type Frame, FrameType, MappingStatus, utf8 } from "@mcudpt/protocol";
 import { testIdentity } from "../helpers/keys.js";
 import { type FaultProxy, startProxy } from "../helpers/proxy.js";
+import { frames, handshakeAsSender, isFrame, rawConnect } from "../helpers/raw-peer.js";
 import { linesWith, RETRY, TIMEOUT, tempDir } from "../helpers/security.js";
 import { availableTransports } from "../helpers/transports.js";
 import { eventually, LOOPBACK, type MemoryLogger, memoryLogger, sleep, startClient, text } from "../helpers/tunnel.js";
@@ -249,6 +251,70 @@ for (const transport of availableTransports()) {
           10_000,
         );
         assert.equal(text(await client.request("still", 10_000)), "still|b");
+      },
+    );
+
+    it(
+      "a hostile sender naming another sender's flows (DATA, SDATA, FLOW_CLOSE) gets nothing through",
+      TIMEOUT,
+      async () => {
+        const honest = testIdentity("honest");
+        const hostile = testIdentity("hostile");
+        const { receiver } = await receiverWith([
+          keyLine(honest, 'mappings="dns" '),
+          keyLine(hostile, 'mappings="ntp" '),
+        ]);
+        const dns = await namedTarget(transport, "dns");
+        cleanups.push(() => dns.close());
+        const { log } = await senderWith(honest, [["dns", dns]], receiver.tcpPort);
+        await eventually(() => linesWith(log, "mapping dns: serving").length > 0, "the honest sender serves dns");
+        const clients = await Promise.all(
+          Array.from({ length: 10 }, () => startClient(transport, receiver.udpPorts[0])),
+        );
+        for (const client of clients) cleanups.push(() => client.close());
+        for (const [i, client] of clients.entries()) assert.equal(text(await client.request(`q${i}`)), `q${i}|dns`);
+        const ids = [...receiver.machine.flows.values()].map((flow) => flow.id);
+        assert.equal(ids.length, 10);
+
+        // The hostile sender asks for both mappings: refused dns, serving ntp. Then it names dns's flows.
+        const raw = await rawConnect(receiver.tcpPort);
+        cleanups.push(() => raw.destroy());
+        await handshakeAsSender(raw, hostile, {
+          capabilities: Capability.Resume | Capability.Senders,
+          mappings: ["dns", "ntp"],
+        });
+        const state = await raw.waitFrame(isFrame(FrameType.MappingState), "MAPPING_STATE");
+        assert.deepEqual(
+          state.entries.map((e) => [e.name, e.status]),
+          [
+            ["dns", MappingStatus.Refused],
+            ["ntp", MappingStatus.Serving],
+          ],
+        );
+        const forged: Frame[] = [];
+        for (const flowId of [...ids, Math.max(...ids) + 1]) {
+          forged.push({ type: FrameType.Data, flowId, payload: utf8("forged|dns") });
+          forged.push({ type: FrameType.Sdata, flowId, seq: 0, payload: utf8("forged too|dns") });
+          forged.push({ type: FrameType.FlowClose, flowId, reason: 0 });
+        }
+        raw.write(frames(...forged));
+        await eventually(
+          () => receiver.machine.stats.drops["unknown-flow"] >= 2 * (ids.length + 1),
+          "the forged DATA and SDATA counted as unknown flows",
+        );
+        // The flows are intact (the FLOW_CLOSEs were ignored) and still answered by the honest sender.
+        const sorted = (list: number[]) => [...list].sort((a, b) => a - b);
+        assert.deepEqual(sorted([...receiver.machine.flows.values()].map((flow) => flow.id)), sorted(ids));
+        for (const [i, client] of clients.entries())
+          assert.equal(text(await client.request(`again${i}`)), `again${i}|dns`);
+        for (const client of clients) for (const reply of client.replies) assert.doesNotMatch(text(reply), /forged/);
+        // Nothing of dns ever reached the hostile sender; its forged ids were answered as unknown.
+        assert.equal(raw.frames.filter(isFrame(FrameType.FlowOpen)).length, 0);
+        assert.equal(raw.frames.filter(isFrame(FrameType.Data)).length, 0);
+        const answers = raw.frames.filter(isFrame(FrameType.FlowClose));
+        assert.ok(answers.length >= ids.length, `${answers.length} FLOW_CLOSE answers`);
+        assert.ok(answers.every((f) => f.reason === FlowCloseReason.UnknownFlow));
+        assert.equal(raw.closed, false);
       },
     );
   });

@@ -163,18 +163,28 @@ export type RawCredentials = string | Identity;
  * The preface followed by a sender's HELLO (a fresh nonce), as bytes and as the encoded frame: in secret
  * mode, or in key mode announcing `identity`'s public key.
  */
-export function senderHello(agent = "hostile-test", identity?: Identity): { bytes: Uint8Array; hello: Uint8Array } {
-  const hello = encodeFrame({
+export function senderHello(
+  agent = "hostile-test",
+  identity?: Identity,
+  hello: HelloOptions = {},
+): { bytes: Uint8Array; hello: Uint8Array } {
+  const encoded = encodeFrame({
     type: FrameType.Hello,
     role: Role.Sender,
     auth: identity ? AuthMode.Key : AuthMode.Secret,
-    capabilities: Capability.Resume,
+    capabilities: hello.capabilities ?? Capability.Resume,
     nonce: new Uint8Array(randomBytes(32)),
     publicKey: identity ? identity.publicKey : new Uint8Array(0),
-    mappings: [""],
+    mappings: hello.mappings ?? [""],
     agent,
   });
-  return { bytes: concatBytes(PREFACE, hello), hello };
+  return { bytes: concatBytes(PREFACE, encoded), hello: encoded };
+}
+
+/** What a raw sender's HELLO announces besides its key: capabilities (Resume) and mappings (one unnamed). */
+export interface HelloOptions {
+  capabilities?: number;
+  mappings?: string[];
 }
 
 const hmac = (secret: string, data: Uint8Array) => new Uint8Array(createHmac("sha256", secret).update(data).digest());
@@ -220,10 +230,15 @@ export function senderAuth(
  * as the sender's identity — checks the receiver's own proof, and returns the ACCEPT. Throws if the
  * receiver refuses or proves a different secret or key.
  */
-export async function handshakeAsSender(peer: RawPeer, credentials: RawCredentials): Promise<AcceptFrame> {
+export async function handshakeAsSender(
+  peer: RawPeer,
+  credentials: RawCredentials,
+  hello: HelloOptions = {},
+): Promise<AcceptFrame> {
   const { bytes, hello: helloD } = senderHello(
     "hostile-test",
     typeof credentials === "string" ? undefined : credentials,
+    hello,
   );
   peer.write(bytes);
   const receiverHello = await peer.waitFrame(isFrame(FrameType.Hello), "the receiver's HELLO");

@@ -53,6 +53,8 @@ export class Acceptor {
   /** Admitted sessions, in admission order (the order standby sessions take over in). */
   private sessions: PeerSession[] = [];
   readonly owners: MappingOwners;
+  /** Mappings this side no longer has (removed while running), with the reason peers are told. */
+  private readonly removed = new Map<number, string>();
 
   constructor(private readonly parts: AcceptorParts) {
     this.owners = new MappingOwners(parts.settings.mappings.length, parts.settings.mappingNames);
@@ -102,7 +104,7 @@ export class Acceptor {
     const resumed = this.resumable(link);
     if (settings.secretMode || resumed) {
       // A resumed session's key was admitted before, with what it may serve.
-      this.admit(link, now, resumed === undefined ? undefined : { wants: resumed.wants, refused: resumed.refused });
+      this.admit(link, now, resumed === undefined ? undefined : this.stillPermitted(resumed));
       return;
     }
     // "Busy" is only ever told to a peer whose key is admitted (admit() checks): a stranger learns
@@ -144,12 +146,38 @@ export class Acceptor {
     const names = this.parts.settings.mappingNames;
     const wants = new Set<number>();
     const refused = new Map<number, string>();
+    const removed = new Map<number, string>();
     for (const mappingId of this.asked(link)) {
       const name = names[mappingId];
-      if (allowed === undefined || (name !== "" && allowed.includes(name))) wants.add(mappingId);
+      const gone = this.removed.get(mappingId);
+      if (gone !== undefined) removed.set(mappingId, gone);
+      else if (allowed === undefined || (name !== "" && allowed.includes(name))) wants.add(mappingId);
       else refused.set(mappingId, `this key may not serve mapping ${label(name, mappingId)}`);
     }
-    return { wants, refused };
+    return { wants, refused, removed };
+  }
+
+  /** A resumed session's permission as it was admitted with (its mappings removed since are removed). */
+  private stillPermitted(session: PeerSession): Permission {
+    return { wants: session.wants, refused: session.refused, removed: session.removed };
+  }
+
+  /**
+   * This side no longer has mapping `mappingId` (its flows were closed by the caller): nobody serves
+   * it, the peers that asked for it are told (MAPPING_STATE removed, `reason`), and a peer asking for
+   * it later is told the same. A peer without Senders that pairs with it is refused (it must serve
+   * every mapping).
+   */
+  removeMapping(mappingId: number, reason: string, now: number): void {
+    this.removed.set(mappingId, reason);
+    this.owners.vacate(mappingId);
+    for (const session of this.sessions) {
+      if (!session.wants.has(mappingId) && !session.refused.has(mappingId)) continue;
+      session.wants = new Set([...session.wants].filter((id) => id !== mappingId));
+      session.refused = new Map([...session.refused].filter(([id]) => id !== mappingId));
+      session.removed = new Map([...session.removed, [mappingId, reason]]);
+    }
+    this.reassign(now);
   }
 
   /**
@@ -219,9 +247,10 @@ export class Acceptor {
     const { settings, crypto, connections, out, peerName } = this.parts;
     const partial = (link.sharedCapabilities & Capability.Senders) !== 0;
     const what = permission ?? this.permitted(link, undefined);
-    if (what.wants.size === 0 || (!partial && what.refused.size > 0)) {
+    if (what.wants.size === 0 || (!partial && what.refused.size + what.removed.size > 0)) {
       this.parts.stats.handshakeFailures++;
-      const refused = [...what.refused.keys()].map((id) => label(settings.mappingNames[id], id)).join(", ");
+      const ids = [...what.refused.keys(), ...what.removed.keys()].sort((a, b) => a - b);
+      const refused = ids.map((id) => label(settings.mappingNames[id], id)).join(", ");
       out.log("warn", `refusing ${peerName} ${link.peer}: its key may not serve ${refused}`);
       connections.close(link, CloseCode.KeyRejected, `this key may not serve mapping(s) ${refused}`);
       return;
@@ -249,6 +278,7 @@ export class Acceptor {
     }
     session.wants = what.wants;
     session.refused = what.refused;
+    session.removed = what.removed;
     session.told.clear(); // a new connection: the peer is told everything again
     session.add(link);
     const proof = link.prove(crypto, session.token, resumed);
@@ -361,6 +391,7 @@ export class Acceptor {
 interface Permission {
   wants: ReadonlySet<number>;
   refused: ReadonlyMap<number, string>;
+  removed: ReadonlyMap<number, string>;
 }
 
 /** A mapping as a log line or a reason names it: its name quoted, or its position. */

@@ -55,6 +55,11 @@ export class MappingOwners {
     return handovers;
   }
 
+  /** Mapping `mappingId` is served by nobody from now on (it was removed). */
+  vacate(mappingId: number): void {
+    this.active[mappingId] = undefined;
+  }
+
   /** `session` ended: the mappings it served are unserved until assign() finds a successor. */
   release(session: PeerSession): number[] {
     const released = this.servedBy(session);
@@ -64,7 +69,7 @@ export class MappingOwners {
 
   /**
    * What `session` should be told (MAPPING_STATE) and was not yet: each mapping it asked for, as
-   * serving, standby or refused. Records it as told.
+   * serving, standby, refused or removed. Records it as told.
    */
   news(session: PeerSession): MappingStateEntry[] {
     const entries: MappingStateEntry[] = [];
@@ -74,6 +79,7 @@ export class MappingOwners {
       entries.push({ mappingId, name: this.names[mappingId] ?? "", status, reason });
     };
     for (const [mappingId, reason] of session.refused) tell(mappingId, MappingStatus.Refused, reason);
+    for (const [mappingId, reason] of session.removed) tell(mappingId, MappingStatus.Removed, reason);
     for (const mappingId of session.wants) {
       const status = this.active[mappingId] === session ? MappingStatus.Serving : MappingStatus.Standby;
       tell(mappingId, status, "");

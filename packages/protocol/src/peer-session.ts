@@ -28,6 +28,8 @@ export class PeerSession {
   wants: ReadonlySet<number> = new Set();
   /** Acceptor: mappings the peer asked for and may not serve, with the reason it is told. */
   refused: ReadonlyMap<number, string> = new Map();
+  /** Acceptor: mappings the peer asked for that this side no longer has, with the reason it is told. */
+  removed: ReadonlyMap<number, string> = new Map();
   /** Acceptor: what MAPPING_STATE last told the peer per mapping, so that only changes are sent. */
   readonly told = new Map<number, number>();
   /** The address of the session's latest connection (log lines name the peer by it). */

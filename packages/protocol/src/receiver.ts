@@ -50,6 +50,8 @@ export class ReceiverMachine extends MachineCore<ClientFlow, ReceiverOutput> {
   private nextFlowId = 1;
   private readonly newFlowLimiter: SourceRateLimiter | undefined;
   private readonly amplificationLimit: number;
+  /** Mappings removed while running (removeMapping): their ids stay taken, their datagrams go nowhere. */
+  private readonly removed = new Set<number>();
 
   constructor(config: ReceiverConfig, crypto: CryptoProvider) {
     // Filled in below: the role's methods need `this`, which exists only once super() returned.
@@ -67,11 +69,35 @@ export class ReceiverMachine extends MachineCore<ClientFlow, ReceiverOutput> {
     this.amplificationLimit = Math.max(0, config.amplificationLimit ?? RECEIVER_DEFAULTS.amplificationLimit);
   }
 
+  /**
+   * Mapping `mappingId` is gone from this receiver while it runs (a configuration reload): its flows
+   * close (FLOW_CLOSE to the sender serving it), the senders that asked for it are told
+   * (MAPPING_STATE removed, with `reason`, §18), and its datagrams are dropped from now on (counted
+   * `no-sender`; the host closes its public port). Mapping ids of the others do not change.
+   */
+  removeMapping(mappingId: number, now: number, reason = "removed from the receiver's configuration"): void {
+    if (!(mappingId >= 0 && mappingId < this.settings.mappings.length)) throw new RangeError(`no mapping ${mappingId}`);
+    if (this.removed.has(mappingId)) return;
+    this.removed.add(mappingId);
+    const flows = this.flows.ofMapping(mappingId);
+    const name = this.settings.mappingNames[mappingId] || `#${mappingId + 1}`;
+    this.out.log(
+      "info",
+      `mapping ${name} removed: closing its ${flows.length === 1 ? "flow" : `${flows.length} flows`}`,
+    );
+    for (const flow of flows) this.flows.close(flow, FlowCloseReason.Closed, true);
+    this.session.removeMapping(mappingId, reason, now);
+  }
+
   /** A datagram from a UDP client, on the public port of mapping `mappingId`. */
   clientDatagram(address: string, port: number, payload: Uint8Array, now: number, mappingId = 0): void {
     const counters = this.counters;
     if (mappingId >= this.settings.mappings.length || mappingId < 0) throw new RangeError(`no mapping ${mappingId}`);
     counters.received(mappingId, payload.length);
+    if (this.removed.has(mappingId)) {
+      counters.dropped("no-sender", mappingId); // in flight while the host closed the port
+      return;
+    }
     // A link already closed (CLOSE sent or received, keepalive timeout) but not yet reported
     // disconnected takes nothing more: frames after a CLOSE are never read.
     // Only the session serving this mapping hears of its clients (§18): never another sender.

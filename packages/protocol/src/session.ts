@@ -115,6 +115,14 @@ export class Session implements LinkIo {
     return this.sessions;
   }
 
+  /**
+   * Mapping `mappingId` is gone from this side (§18: MAPPING_STATE removed to the peers that asked for
+   * it); the caller closed its flows first.
+   */
+  removeMapping(mappingId: number, reason: string, now: number): void {
+    this.acceptor.removeMapping(mappingId, reason, now);
+  }
+
   /** The mappings `peer` serves (by this side's index); every mapping for the dialer's session. */
   servedBy(peer: PeerSession): number[] {
     if (peer === this.dialed) return this.settings.mappingNames.map((_, index) => index);

@@ -357,3 +357,51 @@ describe("peers without the Senders capability keep §7 (one sender at a time)",
     }
   });
 });
+
+describe("a mapping removed while the receiver runs", () => {
+  test("its flows close, every sender that asked is told, its clients reach nobody; the others go on", () => {
+    const net = new Net();
+    const receiver = receiverOf(net, ["dns", "ntp"]);
+    const a = senderOf(net, receiver, 0xa0, ["dns"], 10);
+    const b = senderOf(net, receiver, 0xa1, ["ntp"], 11);
+    const c = senderOf(net, receiver, 0xa2, ["dns", "ntp"], 12);
+    for (let i = 0; i < 3; i++) receiver.clientDatagram("192.0.2.1", 100 + i, utf8("t"), net.now, 1);
+    receiver.clientDatagram("192.0.2.1", 53, utf8("d"), net.now, 0);
+    net.pump();
+    expect(b.sender.flows.size).toBe(3);
+    receiver.removeMapping(1, net.now, "ntp moved elsewhere");
+    net.pump();
+    expect(framesOfType(b.wire.sentBy(receiver), FrameType.FlowClose).length).toBe(3);
+    expect(b.sender.flows.size).toBe(0);
+    expect(statesTo(b.wire, receiver).at(-1)).toEqual({
+      mappingId: 1,
+      name: "ntp",
+      status: MappingStatus.Removed,
+      reason: "ntp moved elsewhere",
+    });
+    expect(b.sender.servingState).toEqual(["removed"]);
+    expect(c.sender.servingState).toEqual(["standby", "removed"]);
+    expect(net.logs(b.sender)).toContain('warn: mapping ntp: removed by the receiver: "ntp moved elsewhere"');
+    receiver.clientDatagram("192.0.2.1", 100, utf8("t"), net.now, 1);
+    net.pump();
+    expect(framesOfType(b.wire.sentBy(receiver), FrameType.FlowOpen).length).toBe(3); // none since
+    expect(receiver.mappingStats[1].drops["no-sender"]).toBe(1);
+    receiver.clientDatagram("192.0.2.1", 53, utf8("d2"), net.now, 0);
+    net.pump();
+    expect(net.of(a.sender, "send-to-target").map((o) => text(o.payload))).toEqual(["d", "d2"]);
+  });
+
+  test("a sender asking for it later is told it is removed; one asking for nothing else is refused", () => {
+    const net = new Net();
+    const receiver = receiverOf(net, ["dns", "ntp"]);
+    receiver.removeMapping(1, net.now);
+    const both = senderOf(net, receiver, 0xa3, ["dns", "ntp"], 10);
+    expect(brief(statesTo(both.wire, receiver))).toEqual([
+      `dns:${MappingStatus.Serving}`,
+      `ntp:${MappingStatus.Removed}:removed from the receiver's configuration`,
+    ]);
+    const only = senderOf(net, receiver, 0xa4, ["ntp"], 11);
+    expect(closeCodes(only.wire.sentBy(receiver))).toEqual([CloseCode.KeyRejected]);
+    expect(() => receiver.removeMapping(2, net.now)).toThrow(RangeError);
+  });
+});

@@ -21,6 +21,14 @@ export function snapshotText(observed: Observed, at = now()): string {
       `drops ${nonZeroDrops(s).join(" ") || "0"}, rtt ${s.rttMs === undefined ? "-" : `${s.rttMs.toFixed(1)} ms`}, ` +
       `reconnects ${observed.reconnects()}, handshake failures ${s.handshakeFailures}`,
   ];
+  // Several senders (§18): who serves what, and each one's traffic.
+  for (const row of observed.senders?.() ?? []) {
+    const standby = row.standby.length > 0 ? `, standby ${row.standby.join(",")}` : "";
+    lines.push(
+      `  sender ${row.sender} ${row.peer ?? "-"} ${row.connected ? "connected" : "lost (resume grace)"}, ` +
+        `serving ${row.serving.join(",") || "-"}${standby}, to it ${row.toSender} dg, from it ${row.fromSender} dg`,
+    );
+  }
   const flows = [...observed.flows()].sort((a, b) => b.bytesIn + b.bytesOut - (a.bytesIn + a.bytesOut));
   if (flows.length > 0)
     lines.push(
@@ -50,6 +58,7 @@ export function snapshotJson(observed: Observed, name: string, at = now()): stri
     reconnects: observed.reconnects(),
     handshakeFailures: s.handshakeFailures,
   });
+  for (const row of observed.senders?.() ?? []) out += jsonRecord(name, "sender", { ...row });
   let listed = 0;
   for (const flow of observed.flows()) {
     if (listed++ >= MAX_LISTED) break;

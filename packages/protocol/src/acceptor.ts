@@ -129,7 +129,7 @@ export class Acceptor {
       else connections.close(link, CloseCode.Refused, "");
       return;
     }
-    this.admit(link, now, this.permitted(link, allowed));
+    this.admit(link, now, this.permitted(link, allowed), allowed);
   }
 
   /** This side's mappings the peer on `link` pairs with: those it asks to serve. */
@@ -160,6 +160,41 @@ export class Acceptor {
   /** A resumed session's permission as it was admitted with (its mappings removed since are removed). */
   private stillPermitted(session: PeerSession): Permission {
     return { wants: session.wants, refused: session.refused, removed: session.removed };
+  }
+
+  /**
+   * Mapping `mappingId` is new on this side (added while running, or a removed one back): each
+   * session with Senders whose HELLO named it is paired with it, and serves it, waits as standby, or
+   * is refused it as its key allows; a peer without Senders never serves it (it pairs at its
+   * handshake only). New connections' HELLOs list it.
+   */
+  addMapping(mappingId: number, now: number): void {
+    const name = this.parts.settings.mappingNames[mappingId];
+    if (mappingId === this.owners.size) this.owners.addMapping();
+    this.removed.delete(mappingId);
+    for (const session of this.sessions) {
+      const removed = new Map(session.removed);
+      removed.delete(mappingId);
+      session.removed = removed;
+      if (!session.partial || name === "") continue;
+      let asked = false;
+      for (const link of session.links) {
+        const index = link.peerHello?.mappings.indexOf(name) ?? -1;
+        if (index < 0) continue;
+        link.mappingPairs[mappingId] = index;
+        asked = true;
+      }
+      if (!asked) continue;
+      if (session.allowed === undefined || session.allowed.includes(name)) {
+        session.wants = new Set([...session.wants, mappingId]);
+      } else {
+        session.refused = new Map([
+          ...session.refused,
+          [mappingId, `this key may not serve mapping ${label(name, mappingId)}`],
+        ]);
+      }
+    }
+    this.reassign(now);
   }
 
   /**
@@ -243,7 +278,7 @@ export class Acceptor {
   }
 
   /** Authenticated and admitted: resume the session, replace a stale one, or start afresh. */
-  private admit(link: Link, now: number, permission: Permission | undefined): void {
+  private admit(link: Link, now: number, permission: Permission | undefined, allowed?: readonly string[]): void {
     const { settings, crypto, connections, out, peerName } = this.parts;
     const partial = (link.sharedCapabilities & Capability.Senders) !== 0;
     const what = permission ?? this.permitted(link, undefined);
@@ -279,6 +314,7 @@ export class Acceptor {
     session.wants = what.wants;
     session.refused = what.refused;
     session.removed = what.removed;
+    if (!resumed) session.allowed = allowed;
     session.told.clear(); // a new connection: the peer is told everything again
     session.add(link);
     const proof = link.prove(crypto, session.token, resumed);

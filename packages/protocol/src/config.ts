@@ -116,7 +116,8 @@ export function settingsOf(config: CommonConfig): Settings {
     maxBufferBytes: positive("maxBufferBytes", config.maxBufferBytes ?? DEFAULTS.maxBufferBytes),
     resumeGraceMs: Math.max(0, config.resumeGraceMs ?? DEFAULTS.resumeGraceMs),
     agent: config.agent ?? DEFAULTS.agent,
-    mappings,
+    // Copies: a receiver may add mappings while it runs (addMappingTo), never to the caller's list.
+    mappings: [...mappings],
     mappingNames: mappings.map((mapping) => mapping.name ?? ""),
     maxPending: config.maxPendingConnections ?? DEFAULTS.maxPendingConnections,
     maxPendingPerSource: config.maxPendingPerSource ?? DEFAULTS.maxPendingPerSource,
@@ -128,6 +129,18 @@ export function settingsOf(config: CommonConfig): Settings {
     redundantMaxBytes: nonNegative("redundantMaxBytes", config.redundantMaxBytes ?? DEFAULTS.redundantMaxBytes),
     maxDelayMs: nonNegative("maxDelayMs", config.maxDelayMs ?? DEFAULTS.maxDelayMs),
   };
+}
+
+/**
+ * Appends a mapping added while running (its id is the next position). The one place the lists grow:
+ * everything else reads them (new connections' HELLOs list the mapping from then on).
+ */
+export function addMappingTo(settings: Settings, mapping: MappingConfig): number {
+  const all = [...settings.mappings, mapping];
+  checkMappings(all, MAX_MAPPINGS);
+  (settings.mappings as MappingConfig[]).push(mapping);
+  (settings.mappingNames as string[]).push(mapping.name ?? "");
+  return all.length - 1;
 }
 
 function whole(name: string, value: number): number {

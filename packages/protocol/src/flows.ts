@@ -44,6 +44,11 @@ export class Flows<F extends FlowBase> {
     return this.table.size;
   }
 
+  /** Room for the flows of a mapping added while running (the next id). */
+  addMapping(): void {
+    this.table.addMapping();
+  }
+
   /** Open flows of mapping `mappingId`. */
   countOf(mappingId: number): number {
     return this.table.tables[mappingId]?.size ?? 0;

@@ -25,6 +25,11 @@ export class MappingOwners {
     this.active = Array.from({ length: count }, () => undefined);
   }
 
+  /** How many mappings there are (removed ones included: ids are positions). */
+  get size(): number {
+    return this.active.length;
+  }
+
   /** The session serving mapping `mappingId`, if any. */
   owner(mappingId: number): PeerSession | undefined {
     return this.active[mappingId];
@@ -53,6 +58,11 @@ export class MappingOwners {
       handovers.push({ mappingId, from: current, to: next });
     });
     return handovers;
+  }
+
+  /** A mapping added while running (the next id): served by nobody until assign() finds a session. */
+  addMapping(): void {
+    this.active.push(undefined);
   }
 
   /** Mapping `mappingId` is served by nobody from now on (it was removed). */

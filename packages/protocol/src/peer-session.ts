@@ -30,6 +30,8 @@ export class PeerSession {
   refused: ReadonlyMap<number, string> = new Map();
   /** Acceptor: mappings the peer asked for that this side no longer has, with the reason it is told. */
   removed: ReadonlyMap<number, string> = new Map();
+  /** Acceptor: the mapping names the peer's key may serve (undefined: all), for mappings added later. */
+  allowed: readonly string[] | undefined;
   /** Acceptor: what MAPPING_STATE last told the peer per mapping, so that only changes are sent. */
   readonly told = new Map<number, number>();
   /** The address of the session's latest connection (log lines name the peer by it). */

@@ -7,7 +7,8 @@
  * mapping (§18): a client's datagrams go to that sender only, and only it may name the mapping's flows.
  */
 import { ipFamily } from "./address.js";
-import type { CommonConfig } from "./config.js";
+import { addMappingTo, type CommonConfig } from "./config.js";
+import type { MappingConfig } from "./mappings.js";
 import { MachineCore, type RolePolicy } from "./machine-core.js";
 import { FlowCloseReason, type Frame, FrameType, HEADER_SIZE, MAX_DATAGRAM, ProtocolError, Role } from "./frames.js";
 import type { CryptoProvider, Link } from "./link.js";
@@ -87,6 +88,33 @@ export class ReceiverMachine extends MachineCore<ClientFlow, ReceiverOutput> {
     );
     for (const flow of flows) this.flows.close(flow, FlowCloseReason.Closed, true);
     this.session.removeMapping(mappingId, reason, now);
+  }
+
+  /**
+   * A mapping added while the receiver runs (a configuration reload). Its id is the next position, or
+   * the id it had when a mapping of that name was removed (ids follow names: senders told it was
+   * removed pair with it again). It must be named: senders that named it in their HELLO serve it (or
+   * wait as standby, or are refused it) as their keys allow, and are told (MAPPING_STATE, §18);
+   * connections made from now on list it in HELLO. Returns its id. RangeError: no name, a name in
+   * use, or more than 32 mappings.
+   */
+  addMapping(mapping: MappingConfig, now: number): number {
+    const name = mapping.name ?? "";
+    if (name === "") throw new RangeError("a mapping added while running needs a name (senders pair with it by name)");
+    const previous = this.settings.mappingNames.indexOf(name);
+    if (previous >= 0 && !this.removed.has(previous)) throw new RangeError(`mapping name "${name}" is used already`);
+    let mappingId = previous;
+    if (previous >= 0) {
+      (this.settings.mappings as MappingConfig[])[previous] = mapping;
+      this.removed.delete(previous);
+    } else {
+      mappingId = addMappingTo(this.settings, mapping);
+      this.counters.addMapping(name);
+      this.flows.addMapping();
+    }
+    this.out.log("info", `mapping ${name} added`);
+    this.session.addMapping(mappingId, now);
+    return mappingId;
   }
 
   /** A datagram from a UDP client, on the public port of mapping `mappingId`. */

@@ -123,6 +123,11 @@ export class Session implements LinkIo {
     this.acceptor.removeMapping(mappingId, reason, now);
   }
 
+  /** Mapping `mappingId` is new on this side (added, or back): the sessions that can serve it are told (§18). */
+  addMapping(mappingId: number, now: number): void {
+    this.acceptor.addMapping(mappingId, now);
+  }
+
   /** The mappings `peer` serves (by this side's index); every mapping for the dialer's session. */
   servedBy(peer: PeerSession): number[] {
     if (peer === this.dialed) return this.settings.mappingNames.map((_, index) => index);

@@ -405,3 +405,57 @@ describe("a mapping removed while the receiver runs", () => {
     expect(() => receiver.removeMapping(2, net.now)).toThrow(RangeError);
   });
 });
+
+describe("a mapping added while the receiver runs", () => {
+  test("senders whose HELLO named it serve it (or are refused it) as their keys allow, paired by name", () => {
+    const net = new Net();
+    const receiver = receiverOf(net, ["dns"]);
+    const a = senderOf(net, receiver, 0xb0, ["ntp", "dns"], 10);
+    const c = senderOf(net, receiver, 0xb1, ["dns", "ntp"], 11, ["dns"]);
+    expect(net.logs(a.sender)).toContain("warn: the receiver has no mapping ntp: not served through it");
+    const id = receiver.addMapping({ name: "ntp" }, net.now);
+    net.pump();
+    expect(id).toBe(1);
+    expect(statesTo(a.wire, receiver).at(-1)).toEqual({
+      mappingId: 1,
+      name: "ntp",
+      status: MappingStatus.Serving,
+      reason: "",
+    });
+    expect(a.sender.servingState).toEqual(["serving", "serving"]); // its own order: ntp, dns
+    expect(c.sender.servingState).toEqual(["standby", "refused"]);
+    receiver.clientDatagram("192.0.2.1", 123, utf8("time?"), net.now, id);
+    net.pump();
+    expect(net.of(a.sender, "open-flow-socket").map((o) => o.mappingId)).toEqual([0]); // a's index of ntp
+    expect(net.of(a.sender, "send-to-target").map((o) => text(o.payload))).toEqual(["time?"]);
+    expect(receiver.mappingStats.map((m) => m.name)).toEqual(["dns", "ntp"]);
+    // Connections from now on list it in HELLO: a new sender pairs with it at once.
+    const late = senderOf(net, receiver, 0xb2, ["ntp"], 12);
+    expect(late.sender.servingState).toEqual(["standby"]);
+  });
+
+  test("a removed mapping added back keeps its id; its sender serves it again", () => {
+    const net = new Net();
+    const receiver = receiverOf(net, ["dns", "ntp"]);
+    const a = senderOf(net, receiver, 0xb3, ["ntp"], 10);
+    receiver.removeMapping(1, net.now);
+    net.pump();
+    expect(a.sender.servingState).toEqual(["removed"]);
+    expect(receiver.addMapping({ name: "ntp", maxFlows: 2 }, net.now)).toBe(1);
+    net.pump();
+    expect(a.sender.servingState).toEqual(["serving"]);
+    receiver.clientDatagram("192.0.2.1", 123, utf8("back"), net.now, 1);
+    net.pump();
+    expect(net.of(a.sender, "send-to-target").map((o) => text(o.payload))).toEqual(["back"]);
+  });
+
+  test("one without a name, a name in use, or a 33rd mapping is a host bug (RangeError)", () => {
+    const net = new Net();
+    const receiver = receiverOf(net, ["dns"]);
+    expect(() => receiver.addMapping({}, net.now)).toThrow(/needs a name/);
+    expect(() => receiver.addMapping({ name: "dns" }, net.now)).toThrow(/used already/);
+    for (let i = 1; i < 32; i++) receiver.addMapping({ name: `m${i}` }, net.now);
+    expect(() => receiver.addMapping({ name: "m32" }, net.now)).toThrow(RangeError);
+    expect(receiver.mappingStats.length).toBe(32);
+  });
+});

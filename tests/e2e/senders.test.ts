@@ -4,16 +4,20 @@
  * serving and the second standby; the active sender process is SIGKILLed (or SIGSTOPped: a hung
  * host) while a client sends a steady stream, and the standby takes over. The interruption (longest gap between replies) and the
  * datagrams lost are measured and printed. The receiver's metrics show who serves, by key fingerprint.
- * Each runtime runs both cases (node:test + node:assert; loopback only).
+ * Each runtime runs both cases. And the operator prompt: a yes for a sender asking for some mappings
+ * is remembered for those in known_senders; an unknown key while a sender is connected is refused
+ * without a question (node:test + node:assert; loopback only).
  */
 import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
 import { createSocket } from "node:dgram";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { generateKeyPair, writeKeyPair } from "@mcudpt/core";
 import {
+  CLI,
   type CliProcess,
   eventually,
   freePort,
@@ -194,3 +198,86 @@ describe("several senders, the CLI as processes", () => {
 function escape(text: string): string {
   return text.replace(/[.*+?^${}()|[\]\\/]/g, "\\$&");
 }
+
+describe("the operator prompt with several mappings, the CLI as processes", () => {
+  for (const runtime of available as Runtime[]) {
+    it(`${runtime}: a yes for a sender asking for some mappings is remembered for those; an unknown key meanwhile is refused unasked`, {
+      timeout: 60_000,
+    }, async () => {
+      const dir = mkdtempSync(join(tmpdir(), "mcudpt-e2e-senders-"));
+      dirs.push(dir);
+      const first = makeKey(dir, "first");
+      const second = makeKey(dir, "second");
+      const echo = await startEcho();
+      const [dns, ntp, tcp] = [await freePort("udp"), await freePort("udp"), await freePort("tcp")];
+      // stdin kept open: the operator answers there; the question goes to stdout.
+      const receiver = spawn(
+        runtime,
+        [
+          CLI,
+          "receiver",
+          "--udp",
+          `dns=127.0.0.1:${dns}`,
+          "--udp",
+          `ntp=127.0.0.1:${ntp}`,
+          "--tcp",
+          `127.0.0.1:${tcp}`,
+        ],
+        {
+          stdio: ["pipe", "pipe", "pipe"],
+          env: { ...process.env, MCUDPT_SECRET: "", MCUDPT_CONFIG_DIR: dir },
+        },
+      );
+      let stdout = "";
+      let stderr = "";
+      receiver.stdout?.on("data", (d) => (stdout += d));
+      receiver.stderr?.on("data", (d) => (stderr += d));
+      receiver.stdin?.on("error", () => {});
+      const sender = (key: { path: string }, mapping: string): CliProcess =>
+        startCli(runtime, [
+          "sender",
+          ...["--udp", `${mapping}=127.0.0.1:${echo.address().port}`, "--tcp", `127.0.0.1:${tcp}`, "--key", key.path],
+        ]);
+      try {
+        await eventually(
+          () => stderr.includes("receiver listening"),
+          () => stderr,
+        );
+        const asking = sender(first, "dns");
+        await eventually(
+          () => stdout.includes("Accept? [yes/no]"),
+          () => `the prompt\n${stderr}`,
+        );
+        assert.match(
+          stdout,
+          new RegExp(`key ${escape(first.fingerprint)}, for mappings dns\\. Accept\\? \\[yes/no\\]`),
+        );
+        receiver.stdin?.write("yes\n");
+        await eventually(
+          () => asking.stderr().includes("mapping dns: serving"),
+          () => asking.stderr(),
+        );
+        await eventually(
+          () => stderr.includes("remembered for mappings dns"),
+          () => stderr,
+        );
+        const line = readFileSync(join(dir, "known_senders"), "utf8").trim();
+        assert.match(line, new RegExp(`^mappings="dns" ${escape(first.line.split(" ").slice(0, 2).join(" "))} `));
+
+        const stranger = sender(second, "ntp");
+        await eventually(
+          () => stderr.includes("only one verification is required"),
+          () => stderr,
+        );
+        assert.equal(stdout.split("Accept? [yes/no]").length - 1, 1, `one question in all: ${stdout}`);
+        assert.ok(!stranger.stderr().includes("accepted by receiver"), stranger.stderr());
+        await stopWith(stranger, "SIGTERM").catch(() => undefined);
+        await stopWith(asking, "SIGTERM");
+      } finally {
+        echo.close();
+        receiver.kill("SIGTERM");
+        await new Promise((resolve) => receiver.once("exit", resolve));
+      }
+    });
+  }
+});

@@ -2,8 +2,8 @@
  * Several senders on one receiver, the built CLI as processes (PROTOCOL.md §18, README "Several sites
  * on one public host"): two senders with their own keys authorized for the same mapping, the first
  * serving and the second standby; the active sender process is SIGKILLed (or SIGSTOPped: a hung
- * host) while a client sends a steady stream, and the standby takes over. The interruption (longest gap between replies) and the
- * datagrams lost are measured and printed. The receiver's metrics show who serves, by key fingerprint.
+ * host) while a client sends a steady stream, and the standby takes over. The interruption (longest
+ * gap between replies) and the datagrams lost are measured and printed. The receiver's metrics show who serves, by key fingerprint.
  * Each runtime runs both cases. And the operator prompt: a yes for a sender asking for some mappings
  * is remembered for those in known_senders; an unknown key while a sender is connected is refused
  * without a question (node:test + node:assert; loopback only).

@@ -125,7 +125,7 @@ export class SenderMachine extends MachineCore<TargetFlow, SenderOutput> {
     }
     const names = this.settings.mappingNames;
     for (const entry of entries) {
-      const links = this.session.sessionFor(0)?.links ?? [link];
+      const links = link.session?.links ?? [link];
       let ours = link.mappingPairs[entry.mappingId];
       if (ours === undefined && entry.name !== "" && entry.status !== MappingStatus.Removed) {
         const index = names.indexOf(entry.name);

@@ -8,6 +8,9 @@ import { describe, expect, test } from "bun:test";
 import {
   Capability,
   CloseCode,
+  concatBytes,
+  encodeFrame,
+  PREFACE,
   FlowCloseReason,
   type Frame,
   FrameWriter,
@@ -457,5 +460,85 @@ describe("a mapping added while the receiver runs", () => {
     for (let i = 1; i < 32; i++) receiver.addMapping({ name: `m${i}` }, net.now);
     expect(() => receiver.addMapping({ name: "m32" }, net.now)).toThrow(RangeError);
     expect(receiver.mappingStats.length).toBe(32);
+  });
+});
+
+describe("lanes, per sender", () => {
+  test("each sender's session holds its own lanes; another admitted sender cannot JOIN it", () => {
+    const net = new Net();
+    const receiver = net.add(
+      new ReceiverMachine(
+        { identity: RECEIVER_KEY, amplificationLimit: 0, maxLanes: 2, mappings: named("dns", "ntp") },
+        testCrypto(1),
+      ),
+    );
+    const laned = (seed: number, name: string, first: number) => {
+      const sender = net.add(
+        new SenderMachine({ identity: testIdentity(seed), lanes: 2, mappings: named(name) }, testCrypto(seed)),
+      );
+      const wire = net.connect(receiver, first, sender, 1);
+      receiver.session.approve(first, true, net.now);
+      net.pump();
+      const lane = net.connect(receiver, first + 1, sender, 2); // JOIN, no approval needed
+      return { sender, wire, lane };
+    };
+    const a = laned(0xc0, "dns", 10);
+    const b = laned(0xc1, "ntp", 20);
+    expect(receiver.session.peers().map((peer) => peer.openLanes)).toEqual([2, 2]);
+    for (let i = 0; i < 20; i++) receiver.clientDatagram("192.0.2.1", 1000 + i, utf8(`d${i}`), net.now, 0);
+    net.pump();
+    const onB = [
+      ...framesOfType(b.wire.sentBy(receiver), FrameType.Data),
+      ...framesOfType(b.lane.sentBy(receiver), FrameType.Data),
+    ];
+    expect(onB).toEqual([]);
+    const onA = [
+      ...framesOfType(a.wire.sentBy(receiver), FrameType.Data),
+      ...framesOfType(a.lane.sentBy(receiver), FrameType.Data),
+    ];
+    expect(onA.length).toBe(20);
+    expect(framesOfType(a.lane.sentBy(receiver), FrameType.Data).length).toBeGreaterThan(0); // both lanes used
+
+    // b's key (admitted, for ntp) signs a JOIN naming a's session, with a's token and binding.
+    const accept = framesOfType(a.wire.sentBy(receiver), FrameType.Accept)[0];
+    const raw = new RawPeer(receiver, 30).accepted();
+    const intruderKey = testIdentity(0xc1);
+    const hello: Frame = {
+      type: FrameType.Hello,
+      role: 2,
+      auth: 1,
+      capabilities: Capability.Resume | Capability.Lanes | Capability.Sequenced | Capability.Senders,
+      nonce: new Uint8Array(32).fill(0x44),
+      publicKey: intruderKey.publicKey,
+      mappings: ["dns"],
+      agent: "intruder",
+    };
+    raw.send(PREFACE, hello);
+    const transcript = concatBytes(
+      utf8("mcudpt/1 lane join"),
+      encodeFrame(raw.peerHello()),
+      encodeFrame(hello),
+      accept.token,
+      accept.proof,
+    );
+    raw.send({ type: FrameType.Join, proof: intruderKey.sign(transcript), token: accept.token });
+    expect(raw.closeCode()).toBe(CloseCode.AuthFailed);
+    expect(receiver.session.peers().map((peer) => peer.openLanes)).toEqual([2, 2]);
+    // The control: the same JOIN signed by a's own key is found and verified, and only refused for
+    // being a third lane (maxLanes 2).
+    const control = new RawPeer(receiver, 31).accepted();
+    const ownKey = testIdentity(0xc0);
+    const own: Frame = { ...hello, publicKey: ownKey.publicKey };
+    control.send(PREFACE, own);
+    const signed = concatBytes(
+      utf8("mcudpt/1 lane join"),
+      encodeFrame(control.peerHello()),
+      encodeFrame(own),
+      accept.token,
+      accept.proof,
+    );
+    control.send({ type: FrameType.Join, proof: ownKey.sign(signed), token: accept.token });
+    expect(control.closeCode()).toBe(CloseCode.Busy);
+    expect(control.closeMessage()).toContain("the session has 2 lanes");
   });
 });

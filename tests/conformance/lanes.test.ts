@@ -65,10 +65,12 @@ async function startLaneTunnel(
   lanes: number,
   maxLanes?: number,
   redundant = false,
+  keepaliveMs?: number,
 ): Promise<LaneTunnel> {
   const echo = await startEcho(transport);
-  const dialer = { secret: SECRET, lanes, redundant };
-  const acceptor = { secret: SECRET, ...(maxLanes ? { maxLanes } : {}) };
+  const keepalive = keepaliveMs ? { keepaliveMs } : {};
+  const dialer = { secret: SECRET, lanes, redundant, ...keepalive };
+  const acceptor = { secret: SECRET, ...(maxLanes ? { maxLanes } : {}), ...keepalive };
   let receiver: ReceiverHandle;
   let sender: SenderHandle;
   let proxy: FaultProxy;
@@ -173,6 +175,20 @@ for (const transport of availableTransports()) {
           }
         },
       );
+
+      it("each lane measures its own round trip with its keepalive pings", TIMEOUT, async () => {
+        const t = await startLaneTunnel(transport, direction, 2, undefined, false, 400);
+        try {
+          for (const side of [t.receiver, t.sender]) {
+            await eventually(() => {
+              const lanes = side.machine.session.lanes().filter((lane) => lane.open);
+              return lanes.length === 2 && lanes.every((lane) => lane.rttMs !== undefined && lane.rttMs >= 0);
+            }, "an RTT on both lanes");
+          }
+        } finally {
+          await t.close();
+        }
+      });
 
       it("--redundant: a lane reset mid-stream loses no datagram, and none arrives twice", TIMEOUT, async () => {
         const t = await startLaneTunnel(transport, direction, 2, undefined, true);
@@ -451,4 +467,66 @@ if (transports.length === 2) {
       },
     );
   }
+}
+
+for (const transport of availableTransports()) {
+  describe(`per-mapping redundancy over ${transport.name}`, () => {
+    it(
+      "only the mapping marked redundant is sent twice, and only datagrams up to redundantMaxBytes",
+      TIMEOUT,
+      async () => {
+        const game = await startEcho(transport);
+        const dns = await startEcho(transport);
+        const perMapping = { secret: SECRET, redundantMaxBytes: 512 };
+        const receiver = await startReceiver({
+          transport,
+          mappings: [
+            { name: "game", udp: { host: LOOPBACK, port: 0 }, redundant: true },
+            { name: "dns", udp: { host: LOOPBACK, port: 0 } },
+          ],
+          tcp: { host: LOOPBACK, port: 0 },
+          config: perMapping,
+          logger: memoryLogger(),
+        });
+        const sender = await startSender({
+          transport,
+          mappings: [
+            { name: "game", target: { host: LOOPBACK, port: game.port }, redundant: true },
+            { name: "dns", target: { host: LOOPBACK, port: dns.port } },
+          ],
+          tcp: { host: LOOPBACK, port: receiver.tcpPort },
+          config: { ...perMapping, lanes: 2 },
+          logger: memoryLogger(),
+          reconnect: RECONNECT,
+        });
+        const gameClient = await startClient(transport, receiver.udpPorts[0]);
+        const dnsClient = await startClient(transport, receiver.udpPorts[1]);
+        try {
+          await eventually(() => openLanes(receiver) === 2 && openLanes(sender) === 2, "two lanes");
+          for (let i = 0; i < 20; i++) {
+            assert.equal(text(await gameClient.request(`game-${i}`, 10_000)), `game-${i}`);
+            assert.equal(text(await dnsClient.request(`dns-${i}`, 10_000)), `dns-${i}`);
+          }
+          // Each side sent each small game datagram twice (20 requests, 20 replies), no dns datagram.
+          assert.equal(receiver.machine.laneTotals.redundantCopies, 20);
+          assert.equal(sender.machine.laneTotals.redundantCopies, 20);
+          await eventually(
+            () => receiver.machine.laneTotals.duplicatesSuppressed + receiver.machine.laneTotals.lateCopies === 20,
+            "the receiver dropped the 20 second copies of the replies",
+          );
+          const large = "x".repeat(600);
+          for (let i = 0; i < 5; i++) assert.equal(text(await gameClient.request(large, 10_000)), large);
+          assert.equal(receiver.machine.laneTotals.redundantCopies, 20, "a 600-byte datagram is sent once");
+          assert.equal(sender.machine.laneTotals.redundantCopies, 20);
+        } finally {
+          gameClient.close();
+          dnsClient.close();
+          await sender.close();
+          await receiver.close();
+          game.close();
+          dns.close();
+        }
+      },
+    );
+  });
 }

@@ -26,6 +26,7 @@ import {
   WEBSOCKET_SEND_CHUNK,
 } from "@mcudpt/core";
 import { startConnectProxy, startSocks5Proxy } from "../helpers/fake-proxies.js";
+import { memoryTrust, testIdentity } from "../helpers/keys.js";
 import { concurrentClientsScenario, datagramSizesScenario, startTunnel } from "../helpers/scenarios.js";
 import { pattern, side } from "../helpers/tcp-side.js";
 import { availableTransports } from "../helpers/transports.js";
@@ -574,5 +575,87 @@ for (const transport of transports) {
         }
       },
     );
+  });
+}
+
+for (const transport of transports) {
+  describe(`behind a trusted reverse proxy: ${transport.name}`, () => {
+    /** A carrier listener with `trusted` proxies, dialed with `forwardedFor` as X-Forwarded-For. */
+    async function attributedTo(trusted: string | undefined, forwardedFor: string) {
+      let accepted: TcpConnection | undefined;
+      const server = side("keep");
+      const tcp = await listenCarrier(transport, { webSocket: { path: "/tunnel", trustedProxies: trusted } }).listen({
+        host: LOOPBACK,
+        port: 0,
+        onConnection(connection) {
+          accepted = connection;
+          return server.handlers;
+        },
+      });
+      const dialing: CarrierOptions = {
+        webSocket: { path: "/tunnel", headers: [["X-Forwarded-For", forwardedFor]] },
+        env: {},
+      };
+      const client = await dialCarrier(transport, { host: LOOPBACK, port: tcp.port }, dialing).connect({
+        timeoutMs: 5000,
+        handlers: side("keep").handlers,
+      });
+      try {
+        await eventually(() => accepted !== undefined, "the upgrade");
+        const connection = accepted as TcpConnection;
+        return { address: connection.remoteAddress, port: connection.remotePort, via: connection.via };
+      } finally {
+        client.destroy();
+        tcp.close();
+      }
+    }
+
+    it(
+      "a connection from a trusted proxy is the client its X-Forwarded-For names; otherwise the header is ignored",
+      BOUNDED,
+      async () => {
+        const forwarded = await attributedTo("127.0.0.0/8,::1", "10.9.9.9, 198.51.100.7");
+        assert.equal(forwarded.address, "198.51.100.7", "the rightmost untrusted hop, not what the client wrote");
+        assert.equal(forwarded.port, 0);
+        assert.match(forwarded.via ?? "", /^127\.0\.0\.1:\d+$/);
+        const untrusted = await attributedTo("192.0.2.0/24", "198.51.100.7");
+        assert.equal(untrusted.address, "127.0.0.1");
+        assert.equal(untrusted.via, undefined);
+        const off = await attributedTo(undefined, "198.51.100.7");
+        assert.equal(off.address, "127.0.0.1");
+      },
+    );
+
+    it("the admission check and the log line see the forwarded client", BOUNDED, async () => {
+      const echo = await startEcho(transport);
+      const receiverKey = testIdentity("forwarded-receiver");
+      const senderKey = testIdentity("forwarded-sender");
+      const sources: Array<string | undefined> = [];
+      const trust = memoryTrust(senderKey);
+      const tunnel = await startTunnel(transport, echo.port, {
+        receiverConfig: { identity: receiverKey },
+        senderConfig: { identity: senderKey },
+        trust: {
+          ...trust,
+          check(publicKey, source) {
+            sources.push(source);
+            return trust.check(publicKey, source);
+          },
+        },
+        carrier: {
+          listen: { webSocket: { path: "/t", trustedProxies: "127.0.0.1" } },
+          dial: { webSocket: { path: "/t", headers: [["X-Forwarded-For", "198.51.100.7"]] }, env: {} },
+        },
+      });
+      try {
+        await eventually(() => tunnel.receiver.machine.session.peerConnected, "the sender admitted");
+        assert.deepEqual(sources, ["198.51.100.7"]);
+        const log = tunnel.receiverLog;
+        assert.ok(log.saw(/198\.51\.100\.7 \(via 127\.0\.0\.1:\d+\)/), log.lines.join("\n"));
+      } finally {
+        await tunnel.close();
+        echo.close();
+      }
+    });
   });
 }

@@ -179,6 +179,31 @@ describe("the built CLI", () => {
           [["receiver", "--proxy-protocol"], /--proxy-protocol is a sender setting: the receiver does not take it/],
           [["sender", "--new-flow-rate=5"], /--new-flow-rate is a receiver setting: the sender does not take it/],
           [["receiver", "--secret-file", blankSecret], /holds no secret \(only blank lines\)/],
+          [
+            ["sender", "--secret", "s", "--lanes", "2", "--udp", "dns=:53", "--redundant-mappings", "game"],
+            /--redundant-mappings: this side has no mapping "game" \(its mappings: dns\)/,
+          ],
+          [
+            ["sender", "--secret", "s", "--udp", "game=:27015", "--redundant-mappings", "game"],
+            /--redundant-mappings sends those datagrams on two lanes: give --lanes 2 or more/,
+          ],
+          [["sender", "--secret", "s", "--redundant-max-bytes", "512"], /limits --redundant or --redundant-mappings/],
+          [
+            ["receiver", "--secret", "s", "--ws-trusted-proxy", "127.0.0.1"],
+            /--ws-trusted-proxy needs a ws:\/\/ or wss:\/\/ address/,
+          ],
+          [
+            ["receiver", "--secret", "s", "--tcp", "ws://127.0.0.1:9/t", "--ws-trusted-proxy", "nginx.lan"],
+            /--ws-trusted-proxy: "nginx\.lan" is not an IP address or CIDR block/,
+          ],
+          [
+            ["sender", "--secret", "s", "--tcp", "ws://127.0.0.1:9/t", "--ws-trusted-proxy", "127.0.0.1"],
+            /--ws-trusted-proxy is for the listening side/,
+          ],
+          [
+            ["sender", "--secret", "s", "--lanes", "2", "--redundant", "--redundant-max-bytes", "70000"],
+            /--redundant-max-bytes: "70000" is not a datagram size/,
+          ],
         ];
         for (const [args, pattern] of cases) {
           const result = runCli(runtime, args);

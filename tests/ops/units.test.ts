@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, it } from "node:test";
-import { type Stats, zeroDrops, zeroLaneTotals } from "@mcudpt/protocol";
+import { type LaneInfo, type Stats, zeroDrops, zeroLaneTotals } from "@mcudpt/protocol";
 import type { Observed } from "../../apps/cli/src/ops/observe.ts";
 import { opsOptions, parseMetricsAddress } from "../../apps/cli/src/ops/options.ts";
 import { snapshotJson, snapshotText } from "../../apps/cli/src/ops/snapshot.ts";
@@ -16,6 +16,30 @@ import { CLI_DOC, COMMANDS, renderCliDoc } from "../../scripts/cli-docs.ts";
 import { publishedManifest } from "../../scripts/pack.ts";
 
 const ROOT = join(import.meta.dirname, "..", "..");
+
+/** Two lanes of one session: the first open with an RTT, the second stalled. */
+const TWO_LANES: LaneInfo[] = [
+  {
+    conn: 1,
+    peer: "127.0.0.1:4000",
+    open: true,
+    stalled: false,
+    rttMs: 0.5,
+    datagramsSent: 10,
+    datagramsReceived: 9,
+    nudgesSent: 3,
+  },
+  {
+    conn: 2,
+    peer: "127.0.0.1:4001",
+    open: true,
+    stalled: true,
+    rttMs: 12.6,
+    datagramsSent: 5,
+    datagramsReceived: 4,
+    nudgesSent: 0,
+  },
+];
 
 function fakeObserved(stats: Partial<Stats> = {}): Observed {
   const full: Stats = {
@@ -140,6 +164,13 @@ describe("status line", () => {
     assert.doesNotMatch(render(all), /mappings/);
   });
 
+  it("shows each open lane's RTT when more than one has measured it", () => {
+    const laned: Observed = { ...fakeObserved(), lanes: () => ({ open: 2, wanted: 2 }), laneRows: () => TWO_LANES };
+    const line = new StatusLine(laned, { isTTY: true, columns: 200, write() {} });
+    const start = { at: 0, udpIn: 0, udpInBytes: 0, udpOut: 0, udpOutBytes: 0 };
+    assert.match(line.render(start, { ...start, at: 1000 }), / \| lanes 2\/2 rtt 0\.5\/13 ms \| /);
+  });
+
   it("says so when this side waits for the peer to admit its key, and shows no stale RTT", () => {
     const waiting: Observed = {
       ...fakeObserved({ rttMs: undefined }),
@@ -214,6 +245,13 @@ describe("SIGUSR1 snapshot", () => {
       ],
     );
   });
+
+  it("lists each lane, with its peer, state, RTT and counts, when the session has several", () => {
+    const text = snapshotText({ ...fakeObserved(), laneRows: () => TWO_LANES }, 1500);
+    assert.match(text, /\n {2}lane 1: 127\.0\.0\.1:4000 open, rtt 0\.5 ms, out 10 dg, in 9 dg, nudges 3\n/);
+    assert.match(text, /\n {2}lane 2: 127\.0\.0\.1:4001 stalled, rtt 12\.6 ms, out 5 dg, in 4 dg, nudges 0\n/);
+    assert.doesNotMatch(snapshotText({ ...fakeObserved(), laneRows: () => TWO_LANES.slice(0, 1) }, 1500), /lane 1/);
+  });
 });
 
 describe("published manifests", () => {
@@ -282,5 +320,16 @@ describe("metrics registry", () => {
     assert.match(text, /^mcudpt_mapping_flows\{mapping="dns"\} 1$/m);
     assert.match(text, /^mcudpt_mapping_datagrams_total\{mapping="dns",direction="in"\} 3$/m);
     assert.match(text, /^mcudpt_mapping_bytes_total\{mapping="dns",direction="out"\} 200$/m);
+  });
+
+  it("exports each lane's RTT, stall, datagrams and nudges, labelled by its position in the session", async () => {
+    const { metricsRegistry } = await import("../../apps/cli/src/ops/metrics.ts");
+    const text = await metricsRegistry({ ...fakeObserved(), laneRows: () => TWO_LANES }, { version: "test" }).metrics();
+    assert.match(text, /^mcudpt_lane_rtt_seconds\{lane="1"\} 0\.0005$/m);
+    assert.match(text, /^mcudpt_lane_rtt_seconds\{lane="2"\} 0\.0126$/m);
+    assert.match(text, /^mcudpt_lane_stalled\{lane="2"\} 1$/m);
+    assert.match(text, /^mcudpt_lane_datagrams_total\{lane="1",direction="out"\} 10$/m);
+    assert.match(text, /^mcudpt_lane_datagrams_total\{lane="2",direction="in"\} 4$/m);
+    assert.match(text, /^mcudpt_lane_nudges_total\{lane="1"\} 3$/m);
   });
 });

@@ -2,18 +2,21 @@
  * The carrier part of the command line: a ws:// or wss:// address in --tcp, --connect or --listen
  * (the WebSocket carrier), --ws-header and --ws-host for the dialing side's upgrade request, and
  * --proxy (HTTP CONNECT or SOCKS5) for the dialing side. wss:// is TLS under the WebSocket: it takes
- * the --tls options (and needs no --tls of its own).
+ * the --tls options (and needs no --tls of its own). --tcp-buffer sizes the kernel buffers of the
+ * tunnel's TCP connections, on either side.
  */
 import {
   type CarrierOptions,
   type HostPort,
+  messageOf,
   parseHostPort,
   parseProxyUrl,
+  sourceMatcher,
   UserError,
   type WebSocketCarrier,
 } from "@mcudpt/core";
 import type { ArgsDef } from "citty";
-import { ORIGINAL_DEFAULT_ADDRESS, type RawArgs, repeated, stringArg } from "./options.js";
+import { byteSize, ORIGINAL_DEFAULT_ADDRESS, type RawArgs, repeated, stringArg } from "./options.js";
 
 export const carrierArgs = {
   proxy: {
@@ -28,11 +31,23 @@ export const carrierArgs = {
       "Dialing a ws:// or wss:// address: an extra header for the upgrade request; repeatable (--ws-header 'Authorization: Bearer …')",
     valueHint: "'NAME: VALUE'",
   },
+  "tcp-buffer": {
+    type: "string",
+    description:
+      "Kernel send and receive buffer (SO_SNDBUF/SO_RCVBUF) of each tunnel TCP connection, dialed or accepted, e.g. 4m; turns the kernel's autotuning off for them (default: autotuned; the kernel caps it at net.core.wmem_max/rmem_max; the node transport cannot set it)",
+    valueHint: "BYTES",
+  },
   "ws-host": {
     type: "string",
     description:
       "Dialing a ws:// or wss:// address: the Host header and TLS server name (SNI) to send instead of the address's host, e.g. a CDN's name while dialing one of its addresses",
     valueHint: "NAME[:PORT]",
+  },
+  "ws-trusted-proxy": {
+    type: "string",
+    description:
+      "Listening on ws:// or wss:// behind a reverse proxy: the proxies (addresses, CIDR blocks) whose X-Forwarded-For or Forwarded header names the peer; the per-address handshake limit and from= on authorized_keys lines then see the real peer (e.g. 127.0.0.1,::1)",
+    valueHint: "LIST",
   },
 } satisfies ArgsDef;
 
@@ -126,9 +141,20 @@ export function carrierFor(
   const headers = repeated(rawArgs, "ws-header");
   const wsHost = stringArg(args, "ws-host");
   const proxyText = stringArg(args, "proxy");
+  const trustedProxies = stringArg(args, "ws-trusted-proxy");
   if (!dialing) {
     const given = proxyText !== undefined ? "proxy" : headers.length > 0 ? "ws-header" : wsHost ? "ws-host" : undefined;
     if (given) throw new UserError(`--${given} is for the dialing side: this end ${side}`);
+  } else if (trustedProxies !== undefined) {
+    throw new UserError(`--ws-trusted-proxy is for the listening side: this end ${side}`);
+  }
+  if (trustedProxies !== undefined) {
+    if (!address.webSocket) throw new UserError("--ws-trusted-proxy needs a ws:// or wss:// address to listen on");
+    try {
+      sourceMatcher(trustedProxies);
+    } catch (error) {
+      throw new UserError(`--ws-trusted-proxy: ${messageOf(error)}`);
+    }
   }
   if (!address.webSocket) {
     if (headers.length > 0) throw new UserError("--ws-header needs a ws:// or wss:// address to dial");
@@ -143,14 +169,21 @@ export function carrierFor(
       : proxyText.toLowerCase() === "none"
         ? ("none" as const)
         : parseProxyUrl(proxyText, "--proxy");
-  if (!address.webSocket && proxy === undefined) return undefined;
+  const tcpBufferBytes = tcpBufferOption(args);
+  if (!address.webSocket && proxy === undefined && tcpBufferBytes === undefined) return undefined;
   const webSocket: WebSocketCarrier | undefined = address.webSocket && {
     path: address.webSocket.path,
     secure: address.webSocket.secure,
     host: wsHost,
     headers: headers.map(parseHeader),
+    trustedProxies,
   };
-  return { webSocket, proxy };
+  return { webSocket, proxy, tcpBufferBytes };
+}
+
+/** The --tcp-buffer value in bytes (64k to 1g), or undefined for the kernel's autotuned sizes. */
+export function tcpBufferOption(args: RawArgs): number | undefined {
+  return stringArg(args, "tcp-buffer") === undefined ? undefined : byteSize(args, "tcp-buffer", 0);
 }
 
 /** wss:// means TLS; --tls with ws:// is a contradiction worth a line. */

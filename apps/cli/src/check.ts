@@ -27,12 +27,15 @@ import {
   messageOf,
   pemFingerprint,
   Resolver,
+  type TcpConnection,
   type Transport,
+  tcpBufferGranted,
+  tcpBufferUnsupported,
   UserError,
 } from "@mcudpt/core";
-import { MAX_MAPPINGS } from "@mcudpt/protocol";
+import { checkPairedPorts, MAX_MAPPINGS, pairMappings } from "@mcudpt/protocol";
 import { type ArgsDef, defineCommand, parseArgs } from "citty";
-import { carrierFor, tlsArgsFor } from "./carrier-options.js";
+import { carrierFor, tcpBufferOption, tlsArgsFor } from "./carrier-options.js";
 import { receiverArgs, receiverLimits, senderArgs, tcpSide, warnAboutSettings } from "./commands.js";
 import {
   commandLineFlags,
@@ -52,7 +55,16 @@ import {
 } from "./identity.js";
 import { opsOptions } from "./ops/index.js";
 import { jsonRecord } from "./ops/logging.js";
-import { type CommonOptions, commonOptions, mappingsArg, type RawArgs, repeated, stringArg } from "./options.js";
+import {
+  type CommonOptions,
+  commonOptions,
+  type MappingArg,
+  mappingLabel,
+  mappingsArg,
+  type RawArgs,
+  repeated,
+  stringArg,
+} from "./options.js";
 import { pickTransport } from "./runtime.js";
 import { dialTls, listenTls } from "./tls-options.js";
 
@@ -66,6 +78,12 @@ export const checkFlags = {
     type: "boolean",
     description:
       "Also bind the UDP and TCP ports this side would listen on (and --metrics's), all at once, then release them",
+  },
+  "peer-config": {
+    type: "string",
+    description:
+      "Also pair this side's --udp mappings with those in the other side's --config FILE, as the handshake would (names or order, port range sizes)",
+    valueHint: "FILE",
   },
 } satisfies ArgsDef;
 
@@ -252,6 +270,38 @@ function checkMappings(argv: string[], role: Role, problems: Problems) {
   return undefined;
 }
 
+/**
+ * --peer-config: the other side's --udp mappings, read from its config file as its start would read
+ * them, paired with ours by the handshake's own rules (pairMappings, then the range sizes), so a
+ * mismatch is found before both sides refuse each other. One line for what does not pair.
+ */
+function checkPairing(ours: MappingArg[], role: Role, file: string, problems: Problems): string | undefined {
+  const peerRole: Role = role === "receiver" ? "sender" : "receiver";
+  // The handshake's own words (a ProtocolError's message, without its code); a read error without --config's name.
+  const fail = (error: unknown) => {
+    const text = (error instanceof Error ? error.message : messageOf(error)).replace(/^--config: /, "");
+    problems.add(new UserError(`--peer-config ${file}: ${text}`));
+  };
+  let theirs: MappingArg[];
+  try {
+    const settings = readConfigFile(file, () => {});
+    const udp = settings.udp === undefined ? {} : { udp: settings.udp };
+    theirs = mappingsArg(settingsToArgv(udp, file, { role: peerRole, defs: ROLE_ARGS }).get("udp") ?? [], peerRole);
+  } catch (error) {
+    fail(error);
+    return undefined;
+  }
+  const side = (list: MappingArg[]) => ({ names: list.map((m) => m.name ?? ""), ports: list.map((m) => m.ports) });
+  const [receiver, sender] = role === "receiver" ? [side(ours), side(theirs)] : [side(theirs), side(ours)];
+  try {
+    checkPairedPorts(pairMappings(receiver.names, sender.names), receiver, sender);
+  } catch (error) {
+    fail(error);
+    return undefined;
+  }
+  return `mappings pair with ${file}`;
+}
+
 /** The key a start would use, without creating it (said when a start would). */
 function checkIdentity(problems: Problems, args: RawArgs, logger: Logger): string | undefined {
   const explicit = args.key !== undefined;
@@ -311,6 +361,8 @@ interface Port {
   what: string;
   protocol: "UDP" | "TCP";
   address: HostPort;
+  /** A UDP port range: this many ports from address.port (default 1), reported in one line. */
+  ports?: number;
 }
 
 /** Binds every port with the transport a start would use, all held at once, then releases them. */
@@ -318,7 +370,7 @@ async function bindPorts(transport: Transport, ports: Port[], problems: Problems
   const resolver = new Resolver();
   const release: Array<() => void> = [];
   try {
-    for (const { what, protocol, address } of ports) {
+    for (const { what, protocol, address, ports: count = 1 } of ports) {
       let host: string;
       try {
         host = await bindHost(resolver, address.host);
@@ -326,28 +378,42 @@ async function bindPorts(transport: Transport, ports: Port[], problems: Problems
         problems.add(new UserError(`${what}: cannot resolve "${address.host}": ${messageOf(error)}`));
         continue;
       }
-      try {
-        if (protocol === "UDP") {
-          const socket = await withIPv4Fallback(host, (tryHost) =>
-            transport.bindUdp({ host: tryHost, port: address.port, onDatagram() {}, onError() {} }),
-          );
-          release.push(() => socket.close());
-        } else {
-          const server = await withIPv4Fallback(host, (tryHost) =>
-            transport.listenTcp({
-              host: tryHost,
-              port: address.port,
-              onConnection: (connection) => {
-                connection.destroy();
-                return { onData() {}, onDrain() {}, onClose() {} };
-              },
-            }),
-          );
-          release.push(() => server.close());
+      if (protocol === "UDP") {
+        // Every port of a range, held at once; one line for the range however many fail.
+        const failed: Array<{ port: number; error: unknown }> = [];
+        for (let port = address.port; port < address.port + count; port++) {
+          try {
+            const socket = await withIPv4Fallback(host, (tryHost) =>
+              transport.bindUdp({ host: tryHost, port, onDatagram() {}, onError() {} }),
+            );
+            release.push(() => socket.close());
+          } catch (error) {
+            failed.push({ port, error });
+          }
         }
+        if (failed.length > 0) {
+          const [first] = failed;
+          const more = failed.length > 1 ? ` (and ${failed.length - 1} more of its ${count} ports)` : "";
+          const where = formatHostPort(host, first.port);
+          problems.add(new UserError(`${what}: cannot listen on UDP ${where}${more}: ${messageOf(first.error)}`));
+        }
+        continue;
+      }
+      try {
+        const server = await withIPv4Fallback(host, (tryHost) =>
+          transport.listenTcp({
+            host: tryHost,
+            port: address.port,
+            onConnection: (connection) => {
+              connection.destroy();
+              return { onData() {}, onDrain() {}, onClose() {} };
+            },
+          }),
+        );
+        release.push(() => server.close());
       } catch (error) {
         const where = formatHostPort(host, address.port);
-        problems.add(new UserError(`${what}: cannot listen on ${protocol} ${where}: ${messageOf(error)}`));
+        problems.add(new UserError(`${what}: cannot listen on TCP ${where}: ${messageOf(error)}`));
       }
     }
   } finally {
@@ -361,8 +427,74 @@ async function bindPorts(transport: Transport, ports: Port[], problems: Problems
   }
 }
 
-function label(mapping: { name?: string; address: HostPort }): string {
-  return `${mapping.name ? `${mapping.name}=` : ""}${formatHostPort(mapping.address.host, mapping.address.port)}`;
+/**
+ * --tcp-buffer as a start would apply it, and what the kernel grants for it: read back with
+ * getsockopt on a loopback connection made for the purpose (127.0.0.1, an ephemeral port, both
+ * ends sized as the tunnel's would be), then closed. On a transport that cannot set it, the
+ * warning a start would log.
+ */
+async function checkTcpBuffer(
+  transport: Transport,
+  args: RawArgs,
+  problems: Problems,
+  logger: Logger,
+): Promise<string | undefined> {
+  const bytes = collect(problems, args, tcpBufferOption).value;
+  if (bytes === undefined) return undefined;
+  if (!transport.setsTcpBuffers) {
+    logger.log("warn", tcpBufferUnsupported(transport, bytes));
+    return `TCP buffers not sized (${transport.name} transport)`;
+  }
+  let granted: TcpConnection["bufferBytes"];
+  try {
+    granted = await probeTcpBuffers(transport, bytes);
+  } catch (error) {
+    problems.add(new UserError(`--tcp-buffer: could not try it on a loopback connection: ${messageOf(error)}`));
+    return undefined;
+  }
+  const { level, message, summary } = tcpBufferGranted(bytes, granted);
+  if (level === "warn") logger.log("warn", message);
+  return summary;
+}
+
+/** The accepted end's buffer sizes on a loopback connection whose both ends asked for `bytes`. */
+async function probeTcpBuffers(transport: Transport, bytes: number): Promise<TcpConnection["bufferBytes"]> {
+  const quiet = { onData() {}, onDrain() {}, onClose() {} };
+  let accepted: (connection: TcpConnection) => void = () => {};
+  const arrived = new Promise<TcpConnection>((resolve) => {
+    accepted = resolve;
+  });
+  const server = await transport.listenTcp({
+    host: "127.0.0.1",
+    port: 0,
+    bufferBytes: bytes,
+    onConnection: (connection) => {
+      accepted(connection);
+      return quiet;
+    },
+  });
+  let dialed: TcpConnection | undefined;
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  try {
+    dialed = await transport.connectTcp({
+      host: "127.0.0.1",
+      port: server.port,
+      timeoutMs: 5000,
+      bufferBytes: bytes,
+      handlers: quiet,
+    });
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error("the loopback connection was not accepted within 5 s")), 5000);
+    });
+    const connection = await Promise.race([arrived, timeout]);
+    const sizes = connection.bufferBytes;
+    connection.destroy();
+    return sizes;
+  } finally {
+    clearTimeout(timer);
+    dialed?.destroy();
+    server.close();
+  }
 }
 
 /** Checks `mcudpt check …`'s arguments (after "check"); writes the summary or the problems; the exit code. */
@@ -410,6 +542,8 @@ async function checkRole(
   const common = collect(problems, args, commonOptions);
   const options: CommonOptions | undefined = common.value;
   const mappings = checkMappings(argv, role, problems);
+  const peerConfig = stringArg(args, "peer-config");
+  const paired = mappings && peerConfig !== undefined ? checkPairing(mappings, role, peerConfig, problems) : undefined;
   const tcp = collect(problems, args, (a) => tcpSide(a, "tcp", role === "receiver" ? "connect" : "listen"));
   if (role === "receiver") collect(problems, args, receiverLimits);
   const ops = collect(problems, args, opsOptions);
@@ -450,12 +584,19 @@ async function checkRole(
   if (options) warnAboutSettings(logger, options);
   const transport = options ? collect(problems, args, () => pickTransport(options.transport)).value : undefined;
 
+  const tcpBuffer = transport ? await checkTcpBuffer(transport, args, problems, logger) : undefined;
+
   const bind = args.bind === true;
   if (bind && transport) {
     const ports: Port[] = [];
     if (role === "receiver" && mappings) {
       for (const mapping of mappings)
-        ports.push({ what: `--udp ${label(mapping)}`, protocol: "UDP", address: mapping.address });
+        ports.push({
+          what: `--udp ${mappingLabel(mapping)}`,
+          protocol: "UDP",
+          address: mapping.address,
+          ports: mapping.ports,
+        });
     }
     if (listening && tcp.clean && tcp.value) {
       const flag = role === "receiver" ? "--tcp" : "--listen";
@@ -478,10 +619,12 @@ async function checkRole(
   const where = formatHostPort(host || (listening ? "" : "127.0.0.1"), port);
   const parts = [
     `${role} settings OK`,
-    `${role === "receiver" ? "UDP" : "targets"} ${mappings.map(label).join(", ")}`,
+    `${role === "receiver" ? "UDP" : "targets"} ${mappings.map(mappingLabel).join(", ")}`,
+    ...(paired ? [paired] : []),
     listening ? `TCP listen ${where}` : `dials the ${peer} at ${where}`,
     keyMode ? [key ?? "key", ...trust].join(", ") : "shared secret",
     ...(tls ? [tls] : []),
+    ...(tcpBuffer ? [tcpBuffer] : []),
     ...(ops.value?.metrics ? [`metrics ${formatHostPort(ops.value.metrics.host, ops.value.metrics.port)}`] : []),
     bind ? "ports bindable" : "ports not tried (--bind tries them)",
   ];

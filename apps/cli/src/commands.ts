@@ -44,6 +44,7 @@ import {
   commonArgs,
   commonOptions,
   laneOptions,
+  withRedundancy,
   limit,
   mappingsArg,
   type RawArgs,
@@ -55,8 +56,8 @@ export const receiverArgs = {
   udp: {
     type: "string",
     description:
-      "Public UDP address clients send to (default :1937, all interfaces); repeat for several mappings, optionally named: --udp dns=:53 --udp ntp=:123",
-    valueHint: "[NAME=][HOST]:PORT",
+      "Public UDP address clients send to (default :1937, all interfaces); repeat for several mappings, optionally named: --udp dns=:53 --udp ntp=:123; a port range (FIRST-LAST, at most 4096 ports in all) maps each port to the sender's target port at the same offset: --udp game=:27015-27030",
+    valueHint: "[NAME=][HOST]:PORT[-LAST]",
   },
   tcp: {
     type: "string",
@@ -94,8 +95,8 @@ export const senderArgs = {
   udp: {
     type: "string",
     description:
-      "Target UDP service the flows are forwarded to (default :1937, this machine); repeat for several mappings, in the receiver's order or by the same names",
-    valueHint: "[NAME=]HOST:PORT",
+      "Target UDP service the flows are forwarded to (default :1937, this machine); repeat for several mappings, in the receiver's order or by the same names; a port range (HOST:FIRST-LAST) as long as the receiver's sends each of its ports to the port at the same offset: --udp game=10.0.0.5:27015-27030",
+    valueHint: "[NAME=]HOST:PORT[-LAST]",
   },
   tcp: {
     type: "string",
@@ -169,6 +170,7 @@ function machineConfig(options: CommonOptions) {
     maxBufferBytes: options.maxBufferBytes,
     nudgeMs: options.nudgeMs,
     redundant: options.redundant,
+    redundantMaxBytes: options.redundantMaxBytes,
     maxDelayMs: options.maxDelayMs,
   };
 }
@@ -266,7 +268,10 @@ export const receiverCommand = defineCommand({
   args: receiverArgs,
   async run({ args, rawArgs }) {
     const options = commonOptions(args);
-    const mappings = mappingsArg(rawArgs, "receiver").map(({ name, address: udp }) => ({ name, udp }));
+    const mappings = withRedundancy(
+      args,
+      mappingsArg(rawArgs, "receiver").map(({ name, address: udp, ports }) => ({ name, udp, ports })),
+    );
     const tcp = tcpSide(args, "tcp", "connect");
     const dialing = tcp.swapped;
     const { newFlowsPerSecond, amplificationLimit } = receiverLimits(args);
@@ -314,7 +319,14 @@ export const senderCommand = defineCommand({
   args: senderArgs,
   async run({ args, rawArgs }) {
     const options = commonOptions(args);
-    const mappings = mappingsArg(rawArgs, "sender").map(({ name, address: target }) => ({ name, target }));
+    const mappings = withRedundancy(
+      args,
+      mappingsArg(rawArgs, "sender").map(({ name, address: target, ports }) => ({
+      name,
+      target,
+      ports,
+    })),
+    );
     const tcp = tcpSide(args, "tcp", "listen");
     const listening = tcp.swapped;
     const udpBufferBytes = udpBufferOption(args);

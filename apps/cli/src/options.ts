@@ -3,8 +3,16 @@
  * Every bad value becomes a UserError naming the flag and the value: one line, no stack.
  */
 import { readFileSync } from "node:fs";
-import { type HostPort, isKeyFileExposed, messageOf, parseHostPort, UserError } from "@mcudpt/core";
-import { DEFAULTS, type LogLevel, MAX_MAPPING_NAME, MAX_MAPPINGS } from "@mcudpt/protocol";
+import {
+  formatHostPorts,
+  type HostPort,
+  isKeyFileExposed,
+  messageOf,
+  parseHostPort,
+  parseHostPortRange,
+  UserError,
+} from "@mcudpt/core";
+import { DEFAULTS, type LogLevel, MAX_DATAGRAM, MAX_MAPPING_NAME, MAX_MAPPING_PORTS, MAX_MAPPINGS } from "@mcudpt/protocol";
 import type { ArgsDef } from "citty";
 import type { TransportChoice } from "./runtime.js";
 
@@ -68,6 +76,18 @@ export const commonArgs = {
     description:
       "Send every datagram on two lanes (needs --lanes 2 or more on the dialing side); the first copy to arrive wins, duplicates are dropped. Given on the dialing side, the peer answers the same way",
   },
+  "redundant-mappings": {
+    type: "string",
+    description:
+      "Send only these mappings' datagrams on two lanes, e.g. game,voip (names, or #1, #2… by position; needs --lanes 2 or more on the dialing side). The peer answers those flows the same way",
+    valueHint: "NAMES",
+  },
+  "redundant-max-bytes": {
+    type: "string",
+    description:
+      "With --redundant or --redundant-mappings: send twice only datagrams up to this size (game and voice packets, not bulk transfers), e.g. 512 (default: every size)",
+    valueHint: "BYTES",
+  },
   "max-delay": {
     type: "string",
     description:
@@ -98,6 +118,8 @@ export interface CommonOptions {
   maxBufferBytes: number;
   nudgeMs: number;
   redundant: boolean;
+  /** Send twice only datagrams up to this many bytes (undefined: every size). */
+  redundantMaxBytes: number | undefined;
   maxDelayMs: number;
   transport: TransportChoice;
   logLevel: LogLevel;
@@ -191,19 +213,25 @@ export function repeated(rawArgs: readonly string[], name: string): string[] {
 /** The CLI's names are a safe subset of what the protocol carries (MAX_MAPPING_NAME bytes of UTF-8). */
 const MAPPING_NAME = new RegExp(`^[A-Za-z][A-Za-z0-9_.-]{0,${MAX_MAPPING_NAME - 1}}$`);
 
+/** One --udp mapping: its name, its address, and how many ports from it (a port range; 1 for one port). */
+export interface MappingArg {
+  name?: string;
+  address: HostPort;
+  ports: number;
+}
+
 /**
- * The --udp mappings: `[NAME=][HOST]:PORT`, one per --udp (default :1937, the original's). Names pair
- * the receiver's public ports with the sender's targets; without names they pair by order.
+ * The --udp mappings: `[NAME=][HOST]:PORT` or `[NAME=][HOST]:FIRST-LAST` (a port range), one per
+ * --udp (default :1937, the original's). Names pair the receiver's public ports with the sender's
+ * targets; without names they pair by order. All of them cover at most MAX_MAPPING_PORTS ports.
  */
-export function mappingsArg(
-  rawArgs: readonly string[],
-  role: "receiver" | "sender",
-): Array<{ name?: string; address: HostPort }> {
+export function mappingsArg(rawArgs: readonly string[], role: "receiver" | "sender"): MappingArg[] {
   const texts = repeated(rawArgs, "udp");
   if (texts.length === 0) texts.push(ORIGINAL_DEFAULT_ADDRESS);
   if (texts.length > MAX_MAPPINGS) throw new UserError(`at most ${MAX_MAPPINGS} --udp mappings, not ${texts.length}`);
   const names = new Set<string>();
-  const addresses = new Set<string>();
+  const taken: MappingArg[] = [];
+  let total = 0;
   return texts.map((text) => {
     const eq = text.indexOf("=");
     const name = eq > 0 ? text.slice(0, eq) : undefined;
@@ -217,15 +245,36 @@ export function mappingsArg(
       names.add(name);
     }
     if (eq === 0) throw new UserError(`--udp ${text}: the mapping name before "=" is empty`);
-    const hostPort = parseHostPort(eq > 0 ? text.slice(eq + 1) : text, `--udp`);
-    const where = `${hostPort.host}|${hostPort.port}`;
-    if (role === "receiver" && addresses.has(where)) {
-      throw new UserError(`--udp: ${text} given twice (each public port is one mapping)`);
+    const { ports, ...hostPort } = parseHostPortRange(eq > 0 ? text.slice(eq + 1) : text, `--udp`);
+    const mapping = { name, address: hostPort, ports };
+    const other = role === "receiver" ? taken.find((before) => overlap(before, mapping)) : undefined;
+    if (other) {
+      const again = other.ports === 1 && ports === 1;
+      throw new UserError(
+        again
+          ? `--udp: ${text} given twice (each public port is one mapping)`
+          : `--udp ${text} overlaps --udp ${mappingLabel(other)} (each public port belongs to one mapping)`,
+      );
     }
-    addresses.add(where);
+    taken.push(mapping);
+    total += ports;
+    if (total > MAX_MAPPING_PORTS)
+      throw new UserError(`--udp ${text}: the mappings cover ${total} ports in all; at most ${MAX_MAPPING_PORTS}`);
     if (role === "sender" && hostPort.port === 0) throw new UserError(`--udp ${text}: the target needs a port`);
-    return { name, address: hostPort };
+    return mapping;
   });
+}
+
+/** "game=:27015-27030", as a --udp value. */
+export function mappingLabel(mapping: MappingArg): string {
+  const { host, port } = mapping.address;
+  return `${mapping.name ? `${mapping.name}=` : ""}${formatHostPorts(host, port, mapping.ports)}`;
+}
+
+/** Two public ports or ranges on the same host text that share a port. */
+function overlap(a: MappingArg, b: MappingArg): boolean {
+  if (a.address.host !== b.address.host) return false;
+  return a.address.port < b.address.port + b.ports && b.address.port < a.address.port + a.ports;
 }
 
 function readSecret(args: RawArgs): string | undefined {
@@ -292,6 +341,9 @@ export function laneOptions(args: RawArgs, dialing: boolean): { lanes?: number; 
   if (args.redundant === true && lanes < 2) {
     throw new UserError("--redundant sends every datagram on two lanes: give --lanes 2 or more");
   }
+  if (args["redundant-mappings"] !== undefined && lanes < 2) {
+    throw new UserError("--redundant-mappings sends those datagrams on two lanes: give --lanes 2 or more");
+  }
   return { lanes };
 }
 
@@ -308,9 +360,49 @@ export function commonOptions(args: RawArgs): CommonOptions {
     maxBufferBytes: byteSize(args, "max-buffer", DEFAULTS.maxBufferBytes),
     nudgeMs: nudgeArg(args),
     redundant: args.redundant === true,
+    redundantMaxBytes: redundantMaxBytes(args),
     maxDelayMs: millis(args, "max-delay"),
     transport: (args.transport as TransportChoice | undefined) ?? "auto",
     logLevel: args.verbose ? "debug" : args.quiet ? "warn" : "info",
     warnings,
   };
+}
+
+function redundantMaxBytes(args: RawArgs): number | undefined {
+  const text = stringArg(args, "redundant-max-bytes");
+  if (text === undefined) return undefined;
+  if (args.redundant !== true && args["redundant-mappings"] === undefined) {
+    throw new UserError("--redundant-max-bytes limits --redundant or --redundant-mappings: give one of them");
+  }
+  if (!/^\d+$/.test(text.trim()) || Number(text) > MAX_DATAGRAM) {
+    throw new UserError(`--redundant-max-bytes: "${text}" is not a datagram size from 0 to ${MAX_DATAGRAM} bytes`);
+  }
+  return Number(text);
+}
+
+/**
+ * `--redundant-mappings game,voip`: marks those of `mappings` (by name, or #N by position) to be sent on
+ * two lanes. A name this side does not have is a one-line error listing the ones it has.
+ */
+export function withRedundancy<M extends { name?: string }>(
+  args: RawArgs,
+  mappings: M[],
+): Array<M & { redundant?: boolean }> {
+  const text = stringArg(args, "redundant-mappings");
+  if (text === undefined) return mappings;
+  if (args.redundant === true) {
+    throw new UserError("--redundant already sends every mapping twice: drop --redundant-mappings, or --redundant");
+  }
+  const labels = mappings.map((mapping, i) => mapping.name ?? `#${i + 1}`);
+  const chosen = new Set<number>();
+  for (const word of text.split(",").map((part) => part.trim())) {
+    const index = labels.findIndex((label, i) => label === word || word === `#${i + 1}`);
+    if (index < 0) {
+      throw new UserError(
+        `--redundant-mappings: this side has no mapping "${word}" (its mappings: ${labels.join(", ")})`,
+      );
+    }
+    chosen.add(index);
+  }
+  return mappings.map((mapping, i) => (chosen.has(i) ? { ...mapping, redundant: true } : mapping));
 }

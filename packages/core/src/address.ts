@@ -1,5 +1,5 @@
 /** `[HOST]:PORT` as the original mcudpt and ssh users write it: ":53", "host:53", "[::1]:53". */
-import { ipFamily } from "@mcudpt/protocol";
+import { ipFamily, MAX_MAPPING_PORTS } from "@mcudpt/protocol";
 import { UserError } from "./errors.js";
 
 export interface HostPort {
@@ -44,4 +44,41 @@ export function parseHostPort(text: string, flag: string, options: { allowPortZe
 /** The text form of an address for log lines. */
 export function formatHostPort(host: string, port: number): string {
   return host.includes(":") ? `[${host}]:${port}` : `${host}:${port}`;
+}
+
+/** `[HOST]:PORT` or `[HOST]:FIRST-LAST`, a port range: consecutive ports from `port`. */
+export interface HostPortRange extends HostPort {
+  /** How many ports from `port` (1: a single port). */
+  ports: number;
+}
+
+/**
+ * `[HOST]:PORT`, or `[HOST]:FIRST-LAST` for a port range (`:27015-27030`, 16 ports; at most
+ * MAX_MAPPING_PORTS, real ports only: a range of ephemeral ports could not be consecutive).
+ */
+export function parseHostPortRange(
+  text: string,
+  flag: string,
+  options: { allowPortZero?: boolean } = {},
+): HostPortRange {
+  const range = /^(.*:)(\d{1,5})-(\d{1,5})$/.exec(text.trim());
+  if (!range) return { ...parseHostPort(text, flag, options), ports: 1 };
+  // Port 0 asks the kernel for any free port: n of them would not be consecutive.
+  if (Number(range[2]) === 0)
+    throw new UserError(`${flag}: the range "${text}" starts at port 0; a range needs real ports`);
+  const first = parseHostPort(range[1] + range[2], flag);
+  const last = Number(range[3]);
+  if (last > 65535) throw new UserError(`${flag}: port ${last} in "${text}" is out of range (1-65535)`);
+  if (last <= first.port)
+    throw new UserError(`${flag}: the range "${text}" must end above its first port (FIRST-LAST, e.g. 27015-27030)`);
+  const ports = last - first.port + 1;
+  if (ports > MAX_MAPPING_PORTS)
+    throw new UserError(`${flag}: the range "${text}" has ${ports} ports; at most ${MAX_MAPPING_PORTS}`);
+  return { ...first, ports };
+}
+
+/** The text form of an address or a port range for log lines: "host:53", ":27015-27030". */
+export function formatHostPorts(host: string, port: number, ports = 1): string {
+  const first = formatHostPort(host, port);
+  return ports > 1 ? `${first}-${port + ports - 1}` : first;
 }

@@ -11,6 +11,8 @@ import type { Logger } from "./logger.js";
 import { RateLimitedLog } from "./logger.js";
 import { type ProxySpec, proxyFromEnvironment, proxyHandshake } from "./proxy.js";
 import { Resolver } from "./resolve.js";
+import { sourceMatcher } from "./source-match.js";
+import { TcpBufferReport } from "./tcp-buffer.js";
 import type { ClientTlsOptions, ListenOptions, TcpConnection, TcpHandlers, TcpServer, Transport } from "./transport.js";
 import { acceptWebSocket, connectWebSocket } from "./websocket.js";
 
@@ -23,6 +25,11 @@ export interface WebSocketCarrier {
   host?: string;
   /** Dialing: extra request headers. */
   headers?: ReadonlyArray<readonly [string, string]>;
+  /**
+   * Listening: addresses and CIDR blocks of reverse proxies whose Forwarded / X-Forwarded-For header
+   * names the client (`10.0.0.0/8,::1`, as from= on authorized_keys lines).
+   */
+  trustedProxies?: string;
 }
 
 export interface CarrierOptions {
@@ -35,6 +42,8 @@ export interface CarrierOptions {
   proxy?: ProxySpec | "none";
   /** The environment read for the proxy (default process.env). */
   env?: NodeJS.ProcessEnv;
+  /** SO_RCVBUF/SO_SNDBUF asked for every TCP connection (--tcp-buffer); default: the kernel's (autotuned). */
+  tcpBufferBytes?: number;
 }
 
 export interface DialCarrier {
@@ -71,7 +80,13 @@ function defaultPort(secure: boolean): number {
 }
 
 /** The carrier that dials `remote` (whose empty host means this machine). */
-export function dialCarrier(transport: Transport, remote: HostPort, options: CarrierOptions = {}): DialCarrier {
+export function dialCarrier(
+  transport: Transport,
+  remote: HostPort,
+  options: CarrierOptions = {},
+  logger?: Logger,
+): DialCarrier {
+  const buffers = new TcpBufferReport(options.tcpBufferBytes, transport, logger);
   const host = remote.host === "" ? "127.0.0.1" : remote.host;
   const target = { host, port: remote.port };
   const ws = options.webSocket;
@@ -95,7 +110,17 @@ export function dialCarrier(transport: Transport, remote: HostPort, options: Car
     }
     const tunnel = proxy && proxyHandshake(proxy, target);
     try {
-      return await transport.connectTcp({ host: address, port: first.port, timeoutMs, tls, tunnel, handlers });
+      const connection = await transport.connectTcp({
+        host: address,
+        port: first.port,
+        timeoutMs,
+        tls,
+        tunnel,
+        handlers,
+        bufferBytes: buffers.bytes,
+      });
+      buffers.connected(connection);
+      return connection;
     } catch (error) {
       // A failure before the tunnel stood is the proxy's: say so (its own refusals already do).
       if (proxy && tunnel && !tunnel.done && !messageOf(error).startsWith(`proxy ${proxy.text}`)) {
@@ -141,21 +166,35 @@ export function listenCarrier(
   handshakeTimeoutMs = 10_000,
 ): ListenCarrier {
   const ws = options.webSocket;
+  const buffers = new TcpBufferReport(options.tcpBufferBytes, transport, logger);
+  const bufferBytes = buffers.bytes;
   if (!ws) {
     return {
-      listen: (listenOptions) => transport.listenTcp(listenOptions),
+      listen: (listenOptions) =>
+        transport.listenTcp({
+          ...listenOptions,
+          bufferBytes,
+          onConnection: (connection) => {
+            buffers.connected(connection);
+            return listenOptions.onConnection(connection);
+          },
+        }),
       describe: (host, port) => `TCP ${formatHostPort(host, port)}`,
     };
   }
   const log = logger && new RateLimitedLog(logger);
+  const trustedProxy = ws.trustedProxies === undefined ? undefined : sourceMatcher(ws.trustedProxies);
   return {
     describe: (host, port) => `${ws.secure ? "wss" : "ws"}://${formatHostPort(host, port)}${ws.path}`,
     listen: (listenOptions) =>
       transport.listenTcp({
         ...listenOptions,
-        onConnection: (raw) =>
-          acceptWebSocket(raw, {
+        bufferBytes,
+        onConnection: (raw) => {
+          buffers.connected(raw);
+          return acceptWebSocket(raw, {
             path: ws.path,
+            trustedProxy,
             timeoutMs: handshakeTimeoutMs,
             onUpgrade: (connection) => listenOptions.onConnection(connection),
             onRefused: (request, connection) => {
@@ -174,7 +213,8 @@ export function listenCarrier(
                 );
               }
             },
-          }),
+          });
+        },
       }),
   };
 }

@@ -96,7 +96,7 @@ export function dial(options: DialerOptions): Dialer {
   const clock = options.clock ?? systemClock;
   const session = driver.machine.session;
   const host = options.remote.host === "" ? "127.0.0.1" : options.remote.host;
-  const carrier = dialCarrier(transport, options.remote, options.carrier);
+  const carrier = dialCarrier(transport, options.remote, options.carrier, logger);
   const remoteText = carrier.remote;
   const tls = options.tls && new DialerTlsPolicy(options.tls, host, peerName);
   /**

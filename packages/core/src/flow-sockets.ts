@@ -6,6 +6,7 @@
  * active flow gives its socket up for the new one. Datagrams of one drain go out together per flow.
  */
 import { FlowCloseReason, proxyV2Header, type WireAddress, withProxyHeader } from "@mcudpt/protocol";
+import { formatHostPort } from "./address.js";
 import type { Clock } from "./clock.js";
 import { bufferShortfall, type KernelSampler } from "./kernel-sampler.js";
 import type { ResolvedAddress } from "./resolve.js";
@@ -77,6 +78,8 @@ export interface DropSite {
 interface FlowSocket {
   readonly id: number;
   readonly mappingId: number;
+  /** Port offset in the mapping's target range (0 for a single target port). */
+  readonly portOffset: number;
   socket: UdpSocket | undefined;
   /** Datagrams that arrived before the socket was open (copies). */
   pending: Uint8Array[];
@@ -113,10 +116,11 @@ export class FlowSockets {
   }
 
   /** The machine's open-flow-socket. */
-  open(flowId: number, mappingId: number, client: WireAddress): void {
+  open(flowId: number, mappingId: number, client: WireAddress, portOffset = 0): void {
     const entry: FlowSocket = {
       id: flowId,
       mappingId,
+      portOffset,
       socket: undefined,
       pending: [],
       out: new UdpBatcher<FlowSocket>(true),
@@ -193,7 +197,7 @@ export class FlowSockets {
 
   private async connect(entry: FlowSocket, client: WireAddress): Promise<void> {
     const { events } = this.options;
-    const target = this.options.targets[entry.mappingId];
+    const target = targetAt(this.options.targets[entry.mappingId], entry.portOffset);
     let resolved: ResolvedAddress;
     try {
       resolved = await this.options.resolve(target.host);
@@ -308,4 +312,11 @@ export class FlowSockets {
   private closeLingering(lingering: { socket: UdpSocket } | undefined): void {
     if (lingering) this.closeSocket(lingering.socket);
   }
+}
+
+/** Port `offset` of a mapping's target range: the target itself at offset 0. */
+function targetAt(target: Target, offset: number): Target {
+  if (offset === 0) return target;
+  const port = target.port + offset;
+  return { host: target.host, port, text: formatHostPort(target.host, port) };
 }

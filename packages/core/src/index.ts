@@ -1,4 +1,11 @@
-export { formatHostPort, type HostPort, parseHostPort } from "./address.js";
+export {
+  formatHostPort,
+  formatHostPorts,
+  type HostPort,
+  type HostPortRange,
+  parseHostPort,
+  parseHostPortRange,
+} from "./address.js";
 export { Approvals, type ApprovalsOptions, REFUSAL_MEMORY_MS } from "./approvals.js";
 export { Backoff, type BackoffOptions } from "./backoff.js";
 export {
@@ -10,6 +17,7 @@ export {
   type WebSocketCarrier,
 } from "./carrier.js";
 export { type Clock, systemClock } from "./clock.js";
+export { TcpBufferReport, tcpBufferGranted, tcpBufferUnsupported } from "./tcp-buffer.js";
 export { configDir, configPath } from "./config-dir.js";
 export { nodeCrypto } from "./crypto.js";
 export { type Dialer, PeerKeyChecker } from "./dialer.js";
@@ -125,3 +133,5 @@ export {
   type WebSocketClientOptions,
 } from "./websocket.js";
 export { type CertificateSpec, createCertificate } from "./x509.js";
+export { forwardedClient } from "./forwarded.js";
+export { sourceMatcher } from "./source-match.js";

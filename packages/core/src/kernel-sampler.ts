@@ -186,7 +186,7 @@ export class KernelSampler<W> {
 }
 
 /** Linux reports twice the size set (half is the kernel's bookkeeping); elsewhere the size set. */
-const REPORTED_FACTOR = process.platform === "linux" ? 2 : 1;
+export const REPORTED_FACTOR = process.platform === "linux" ? 2 : 1;
 
 /**
  * The warning to log when `socket`'s receive buffer is smaller than `requested` bytes (the kernel

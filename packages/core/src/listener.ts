@@ -49,7 +49,9 @@ export async function listen(options: ListenerOptions): Promise<Listener> {
         tls,
         onConnection: (connection) =>
           driver.attach(connection, (conn) => {
-            const peer = formatHostPort(connection.remoteAddress, connection.remotePort);
+            const peer = connection.via
+              ? `${connection.remoteAddress} (via ${connection.via})`
+              : formatHostPort(connection.remoteAddress, connection.remotePort);
             logger.log("debug", `connection from ${peer}`);
             session.accept(conn, peer, now(), connection.remoteAddress);
           }),

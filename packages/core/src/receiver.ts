@@ -3,8 +3,14 @@
  * side toward the sender — listening for it (ssh -R, the original's way) or dialing it (ssh -L).
  * Wires a ReceiverMachine to a transport.
  */
-import { type ClientFlow, type ReceiverConfig, ReceiverMachine, type ReceiverOutput } from "@mcudpt/protocol";
-import { formatHostPort, type HostPort } from "./address.js";
+import {
+  type ClientFlow,
+  MappingIds,
+  type ReceiverConfig,
+  ReceiverMachine,
+  type ReceiverOutput,
+} from "@mcudpt/protocol";
+import { formatHostPort, formatHostPorts, type HostPort } from "./address.js";
 import { bindAddress, withIPv4Fallback } from "./bind.js";
 import { systemClock } from "./clock.js";
 import { nodeCrypto } from "./crypto.js";
@@ -19,12 +25,16 @@ import { UdpBatcher } from "./udp-batch.js";
 export type { OperatorQuestion } from "./peer-link.js";
 export { bindAddress, waitFor };
 
-/** One public UDP port and, optionally, the name that pairs it with the sender's target. */
+/** One public UDP port (or a range) and, optionally, the name that pairs it with the sender's target. */
 export interface ReceiverMapping {
   name?: string;
   udp: HostPort;
+  /** A port range: this many consecutive public ports from `udp.port` (default 1), each to the target port at the same offset. */
+  ports?: number;
   idleTimeoutMs?: number;
   maxFlows?: number;
+  /** Send this mapping's datagrams on two lanes (config.redundant does it for every mapping). */
+  redundant?: boolean;
 }
 
 export interface ReceiverOptions extends SideOptions {
@@ -46,7 +56,7 @@ export interface ReceiverHandle {
   readonly machine: ReceiverMachine;
   /** The first mapping's UDP port. */
   readonly udpPort: number;
-  /** Every mapping's UDP port, by mapping id. */
+  /** Every public UDP port, by mapping id on the wire (a range's ports one after the other). */
   readonly udpPorts: number[];
   /** The listening TCP port (0 when dialing). */
   readonly tcpPort: number;
@@ -76,11 +86,18 @@ export async function startReceiver(options: ReceiverOptions): Promise<ReceiverH
     options.udp && { udp: options.udp },
     "the receiver needs a UDP address (--udp)",
   );
+  const ids = new MappingIds(mappings.map((mapping) => mapping.ports ?? 1));
+  /** The public sockets, by mapping id on the wire: one per port (a range's ports one after the other). */
   const sockets: UdpSocket[] = [];
   const bound: string[] = [];
   let machine!: ReceiverMachine;
-  /** Replies to clients produced by one drain go out together, per public port (one sendmmsg on Bun). */
-  const replies = mappings.map(() => new UdpBatcher<ClientFlow>(false));
+  /**
+   * Replies to clients produced by one drain go out together, per public port (one sendmmsg on Bun).
+   * A port's batcher is made at its first reply, and only the ports a drain used are flushed: a range
+   * of thousands of ports costs nothing per drain for the quiet ones.
+   */
+  const replies: Array<UdpBatcher<ClientFlow> | undefined> = [];
+  const replying: number[] = [];
   const bufferBytes = options.udpBufferBytes ?? CLIENT_SOCKET_BUFFER;
   const mappingText = (mappingId: number) => {
     const name = mappings[mappingId]?.name;
@@ -110,42 +127,58 @@ export async function startReceiver(options: ReceiverOptions): Promise<ReceiverH
     sampleDriver = driver;
     for (const [mappingId, mapping] of mappings.entries()) {
       const host = await bindAddress(resolver, mapping.udp.host, "--udp");
+      const count = mapping.ports ?? 1;
       let boundHost = host;
-      try {
-        const socket = await withIPv4Fallback(host, (tryHost) => {
-          boundHost = tryHost;
-          return transport.bindUdp({
-            host: tryHost,
-            port: mapping.udp.port,
-            bufferBytes,
-            onDatagram: (data, address, port) =>
-              driver.guard(() => machine.clientDatagram(address, port, data, now(), mappingId)),
-            onError: (error) => {
-              // A send that failed after send() returned true (node:dgram reports EMSGSIZE later).
-              driver.guard(() => machine.flows.droppedOutside("socket-error", { mappingId }));
-              rateLimited.log("udp-error", "warn", `UDP socket error: ${messageOf(error)}`);
-            },
+      let firstPort = mapping.udp.port;
+      for (let portOffset = 0; portOffset < count; portOffset++) {
+        const port = mapping.udp.port + portOffset;
+        try {
+          const socket = await withIPv4Fallback(host, (tryHost) => {
+            boundHost = tryHost;
+            return transport.bindUdp({
+              host: tryHost,
+              port,
+              bufferBytes,
+              onDatagram: (data, address, clientPort) =>
+                driver.guard(() => machine.clientDatagram(address, clientPort, data, now(), mappingId, portOffset)),
+              onError: (error) => {
+                // A send that failed after send() returned true (node:dgram reports EMSGSIZE later).
+                driver.guard(() => machine.flows.droppedOutside("socket-error", { mappingId }));
+                rateLimited.log("udp-error", "warn", `UDP socket error: ${messageOf(error)}`);
+              },
+            });
           });
-        });
-        sockets.push(socket);
-        sampler.watch(socket, mappingId);
-        const shortfall = bufferShortfall(socket, bufferBytes, `UDP ${formatHostPort(boundHost, socket.port)}`);
-        if (shortfall) logger.log("warn", shortfall);
-        bound.push(`${mapping.name ? `${mapping.name}=` : ""}${formatHostPort(boundHost, socket.port)}`);
-      } catch (error) {
-        throw new UserError(`cannot listen on UDP ${formatHostPort(host, mapping.udp.port)}: ${messageOf(error)}`);
+          sockets.push(socket);
+          sampler.watch(socket, mappingId);
+          if (portOffset > 0) continue;
+          firstPort = socket.port;
+          // Every port of a range asks for the same buffer: one warning for the mapping.
+          const shortfall = bufferShortfall(
+            socket,
+            bufferBytes,
+            `UDP ${formatHostPorts(boundHost, socket.port, count)}`,
+          );
+          if (shortfall) logger.log("warn", shortfall);
+        } catch (error) {
+          const range = count > 1 ? ` (in the range ${formatHostPorts(host, mapping.udp.port, count)})` : "";
+          throw new UserError(`cannot listen on UDP ${formatHostPort(host, port)}${range}: ${messageOf(error)}`);
+        }
       }
+      bound.push(`${mapping.name ? `${mapping.name}=` : ""}${formatHostPorts(boundHost, firstPort, count)}`);
     }
   };
 
   const sendReplies = (): void => {
-    for (let mappingId = 0; mappingId < replies.length; mappingId++) {
-      const batch = replies[mappingId];
-      if (batch.size === 0) continue;
-      const dropped = batch.flush(sockets[mappingId], (flow, size) => machine.flows.sendFailed(flow, size));
-      if (dropped === 0) continue;
-      const what = dropped === 1 ? "a datagram" : `${dropped} datagrams`;
-      rateLimited.log("udp-send", "warn", `could not send ${what} to clients (too large, or socket buffer full)`);
+    try {
+      for (const at of replying) {
+        const batch = replies[at] as UdpBatcher<ClientFlow>;
+        const dropped = batch.flush(sockets[at], (flow, size) => machine.flows.sendFailed(flow, size));
+        if (dropped === 0) continue;
+        const what = dropped === 1 ? "a datagram" : `${dropped} datagrams`;
+        rateLimited.log("udp-send", "warn", `could not send ${what} to clients (too large, or socket buffer full)`);
+      }
+    } finally {
+      replying.length = 0;
     }
   };
 
@@ -160,7 +193,11 @@ export async function startReceiver(options: ReceiverOptions): Promise<ReceiverH
     onOutput: (output: Extract<ReceiverOutput, { kind: "send-to-client" }>) => {
       // The payload is a view into the TCP chunk being decoded: sent before this drain returns.
       const flow = output.flow;
-      replies[flow.mappingId]?.add(output.payload, flow.port, flow.address, flow);
+      const at = ids.idOf(flow.mappingId, flow.portOffset);
+      let batch = replies[at];
+      if (batch === undefined) batch = replies[at] = new UdpBatcher<ClientFlow>(false);
+      if (batch.size === 0) replying.push(at);
+      batch.add(output.payload, flow.port, flow.address, flow);
     },
     onDrained: sendReplies,
     openLocal: bindPublic,

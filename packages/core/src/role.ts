@@ -40,7 +40,7 @@ export interface RoleSpec<M extends Machine> {
   flag: string;
   handshakeTimeoutMs?: number;
   /** The role's mappings (names and per-mapping limits) as the machine takes them. */
-  mappings: ReadonlyArray<{ name?: string; idleTimeoutMs?: number; maxFlows?: number }>;
+  mappings: ReadonlyArray<MappingConfig>;
   /** Makes the machine from the part of its config the role runner adds (key check, mappings). */
   machine(base: { checkPeerKey: PeerKeyCheck; mappings: MappingConfig[] }): M;
   /** The role's own outputs (datagrams, flow sockets). */
@@ -66,7 +66,13 @@ const CONNECTION_OUTPUTS = new Set(["close-connection", "authorize-peer", "autho
 export async function startRole<M extends Machine>(spec: RoleSpec<M>): Promise<RunningRole<M>> {
   const { side } = spec;
   const keyCheck = new PeerKeyChecker(spec.dialing ? side.pins : undefined, side.logger, spec.peerName);
-  const mappings = spec.mappings.map(({ name, idleTimeoutMs, maxFlows }) => ({ name, idleTimeoutMs, maxFlows }));
+  const mappings = spec.mappings.map(({ name, idleTimeoutMs, maxFlows, ports, redundant }) => ({
+    name,
+    idleTimeoutMs,
+    maxFlows,
+    ports,
+    redundant,
+  }));
   const machine = spec.machine({ checkPeerKey: keyCheck.check, mappings });
   let link: PeerLink | undefined;
   const driver = new MachineDriver<M>(

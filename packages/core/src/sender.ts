@@ -4,7 +4,7 @@
  * with capped exponential backoff and jitter) or listens for it (ssh -L).
  */
 import { DEFAULTS, type SenderConfig, SenderMachine, type SenderOutput } from "@mcudpt/protocol";
-import { formatHostPort, type HostPort } from "./address.js";
+import { formatHostPort, formatHostPorts, type HostPort } from "./address.js";
 import { systemClock } from "./clock.js";
 import { nodeCrypto } from "./crypto.js";
 import { type MachineDriver, now } from "./driver.js";
@@ -18,8 +18,12 @@ import { authDescription, mappingsOf, roleTools, type SideOptions, startRole } f
 export interface SenderMapping {
   name?: string;
   target: HostPort;
+  /** A port range: this many consecutive target ports from `target.port` (default 1); the receiver's range must be as long. */
+  ports?: number;
   idleTimeoutMs?: number;
   maxFlows?: number;
+  /** Send this mapping's datagrams on two lanes (config.redundant does it for every mapping). */
+  redundant?: boolean;
 }
 
 export interface SenderOptions extends SideOptions {
@@ -170,7 +174,10 @@ export async function startSender(options: SenderOptions): Promise<SenderHandle>
   });
 
   const targetList = mappings
-    .map((mapping, i) => `${mapping.name ? `${mapping.name}=` : ""}${targets[i].text}`)
+    .map(
+      (mapping, i) =>
+        `${mapping.name ? `${mapping.name}=` : ""}${formatHostPorts(targets[i].host, targets[i].port, mapping.ports)}`,
+    )
     .join(", ");
   const auth = `auth: ${authDescription(options, options.tcpMode !== "listen", "receiver")}${options.tls ? ", TLS" : ""}`;
   if (!listening) {
@@ -190,7 +197,8 @@ export async function startSender(options: SenderOptions): Promise<SenderHandle>
     machine: (base) => (machine = new SenderMachine({ ...base, ...options.config }, nodeCrypto)),
     onOutput: (output: Exclude<SenderOutput, { kind: "transmit" | "log" } | { conn: number }>) => {
       if (output.kind === "send-to-target") sockets.send(output.flowId, output.payload);
-      else if (output.kind === "open-flow-socket") sockets.open(output.flowId, output.mappingId, output.client);
+      else if (output.kind === "open-flow-socket")
+        sockets.open(output.flowId, output.mappingId, output.client, output.portOffset);
       else sockets.close(output.flowId);
     },
     onDrained: () => sockets.flush(),

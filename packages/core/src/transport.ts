@@ -96,8 +96,20 @@ export interface TcpHandlers {
 export interface TcpConnection {
   readonly remoteAddress: string;
   readonly remotePort: number;
+  /**
+   * Set when remoteAddress is the client a trusted reverse proxy named, not the TCP peer: the proxy's
+   * address:port (remotePort is then 0: the client's port is not known).
+   */
+  readonly via?: string;
   /** On a TLS connection made by connectTcp: the peer's leaf certificate (DER), for pinning. */
   readonly peerCertificate?: Uint8Array;
+  /**
+   * Optional: the kernel's receive and send buffer sizes of this connection's socket, as getsockopt
+   * (SO_RCVBUF/SO_SNDBUF) reports them when read (Linux doubles a size set, see UdpSocket.bufferBytes;
+   * an untouched TCP socket reads what autotuning has made of net.ipv4.tcp_rmem/tcp_wmem so far);
+   * undefined where the runtime cannot tell.
+   */
+  readonly bufferBytes?: { receive: number; send: number };
   /**
    * Takes all of `data` (queuing what the kernel did not accept) and returns false when the caller
    * should stop writing until onDrain. The caller must not modify `data` afterwards.
@@ -126,6 +138,11 @@ export interface ListenOptions {
   onConnection(connection: TcpConnection): TcpHandlers;
   /** Serve TLS instead of plain TCP. */
   tls?: ServerTlsOptions;
+  /**
+   * SO_RCVBUF/SO_SNDBUF requested for each accepted connection, where the runtime can set them
+   * (Transport.setsTcpBuffers); best effort, the kernel caps them at net.core.rmem_max/wmem_max.
+   */
+  bufferBytes?: number;
 }
 
 export interface ServerTlsOptions {
@@ -185,10 +202,17 @@ export interface ConnectOptions {
   tls?: ClientTlsOptions;
   /** Reach the peer through a proxy at host:port: this exchange runs first (the timeout covers it), TLS after it. */
   tunnel?: TunnelHandshake;
+  /** SO_RCVBUF/SO_SNDBUF requested for the connection, as ListenOptions.bufferBytes. */
+  bufferBytes?: number;
 }
 
 export interface Transport {
   readonly name: "bun" | "node";
+  /**
+   * Whether ListenOptions/ConnectOptions.bufferBytes take effect here. Node's net.Socket has no
+   * SO_SNDBUF/SO_RCVBUF setter (nodejs/node#49418), so the Node adapter cannot size TCP buffers.
+   */
+  readonly setsTcpBuffers: boolean;
   /** Binds a UDP socket. Rejects (e.g. EADDRINUSE) when it cannot. */
   bindUdp(options: UdpSocketOptions): Promise<UdpSocket>;
   /** Listens for TCP connections. Rejects (e.g. EADDRINUSE) when it cannot. */

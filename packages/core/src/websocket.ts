@@ -15,6 +15,8 @@
  * write per event-loop turn is one message.
  */
 import websocket from "websocket-driver";
+import { formatHostPort } from "./address.js";
+import { forwardedClient } from "./forwarded.js";
 import { peerText } from "./proxy.js";
 import type { TcpConnection, TcpHandlers } from "./transport.js";
 
@@ -82,11 +84,20 @@ class WebSocketConnection implements TcpConnection {
     });
   }
 
+  /** The client a trusted reverse proxy named (its Forwarded / X-Forwarded-For header), if any. */
+  forwardedFor: string | undefined;
+
   get remoteAddress(): string {
-    return this.inner?.remoteAddress ?? "";
+    return this.forwardedFor ?? this.inner?.remoteAddress ?? "";
   }
   get remotePort(): number {
-    return this.inner?.remotePort ?? 0;
+    return this.forwardedFor !== undefined ? 0 : (this.inner?.remotePort ?? 0);
+  }
+  get via(): string | undefined {
+    const inner = this.inner;
+    return this.forwardedFor === undefined || !inner
+      ? undefined
+      : formatHostPort(inner.remoteAddress, inner.remotePort);
   }
   get peerCertificate(): Uint8Array | undefined {
     return this.inner?.peerCertificate;
@@ -230,6 +241,11 @@ export interface AcceptWebSocketOptions {
   /** The upgrade completed: the handlers for the WebSocket connection. */
   onUpgrade(connection: TcpConnection): TcpHandlers;
   onRefused?(request: RefusedRequest, connection: TcpConnection): void;
+  /**
+   * Reverse proxies whose Forwarded / X-Forwarded-For header names the client (--ws-trusted-proxy):
+   * a connection from one is attributed to that client (see forwarded.ts).
+   */
+  trustedProxy?: (address: string) => boolean;
 }
 
 /**
@@ -257,6 +273,10 @@ export function acceptWebSocket(raw: TcpConnection, options: AcceptWebSocketOpti
       headers["sec-websocket-version"] === "13" &&
       /^[A-Za-z0-9+/]{22}==$/.test(headers["sec-websocket-key"] ?? "");
     if (path === options.path && upgrade) {
+      if (options.trustedProxy) {
+        const client = forwardedClient(raw.remoteAddress, headers, options.trustedProxy);
+        if (client !== raw.remoteAddress) connection.forwardedFor = client;
+      }
       driver.start();
       return;
     }

@@ -86,6 +86,7 @@ interface Bind {
 
 class FakeTransport implements Transport {
   readonly name = "bun" as const;
+  readonly setsTcpBuffers = false;
   readonly binds: Bind[] = [];
   readonly sockets: FakeSocket[] = [];
   withSendMany = true;
@@ -190,6 +191,21 @@ describe("FlowSockets: opening", () => {
     expect(options.port).toBe(0);
     expect(options.connect).toEqual({ host: "203.0.113.5", port: 9000 });
     expect(ctx.sockets.size).toBe(1);
+  });
+
+  test("a flow on port offset 7 of a range connects to the target port 7 after the mapping's", async () => {
+    const ctx = setup();
+    ctx.sockets.open(1, 1, CLIENT, 7);
+    ctx.sockets.open(2, 0, CLIENT, 0);
+    await settle();
+    expect(ctx.transport.binds.map((bind) => bind.options.connect)).toEqual([
+      { host: "203.0.113.5", port: 9007 },
+      { host: "127.0.0.1", port: 5353 },
+    ]);
+    // Errors name the port the flow's socket is connected to.
+    ctx.transport.binds[0].open().options.onError(new Error("ECONNREFUSED"));
+    await settle();
+    expect(ctx.recorded.socketErrors.map((e) => e.target.text)).toEqual(["target.example:9007"]);
   });
 
   test("an IPv6 target gets an IPv6 socket", async () => {

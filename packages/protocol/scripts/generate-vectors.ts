@@ -34,8 +34,19 @@ const PREFACE = "4d435544505400" + "01"; // "MCUDPT" 00 01
 
 // ---- hand layouts, one per frame type ---------------------------------------------------------
 const lengthPrefixed = (hex: string) => h8(hex.length / 2) + hex;
-/** The mapping list: count, then each name length-prefixed. */
-const mappingList = (names: string[]) => h8(names.length) + names.map((n) => lengthPrefixed(utf8Hex(n))).join("");
+/**
+ * The mapping list: count, then each name length-prefixed; a port range (ports > 1) sets the length
+ * byte's high bit and follows its name with the u16 port count.
+ */
+const mappingList = (names: string[], ports?: number[]) =>
+  h8(names.length) +
+  names
+    .map((n, i) => {
+      const name = utf8Hex(n);
+      const count = ports?.[i] ?? 1;
+      return count > 1 ? h8(0x80 | (name.length / 2)) + name + h16(count) : lengthPrefixed(name);
+    })
+    .join("");
 const hello = (
   role: number,
   auth: number,
@@ -44,6 +55,7 @@ const hello = (
   publicKey: string,
   mappings: string[],
   agent: string,
+  ports?: number[],
 ) =>
   frameHex(
     0x01,
@@ -52,7 +64,7 @@ const hello = (
       h32(caps) +
       nonce +
       lengthPrefixed(publicKey) +
-      mappingList(mappings) +
+      mappingList(mappings, ports) +
       lengthPrefixed(utf8Hex(agent)),
   );
 const proofToken = (proof: string, token: string) => lengthPrefixed(proof) + lengthPrefixed(token);
@@ -204,7 +216,56 @@ add(
     agent: agent64,
   },
   hello(1, 1, 1, NONCE_A, KEY, names32, agent64),
-  "key mode, 32 mappings with 32-byte names and a 64-byte agent: the largest HELLO (body 1193)",
+  "key mode, 32 mappings with 32-byte names and a 64-byte agent: the largest HELLO without port ranges (body 1193)",
+);
+add(
+  "hello-port-range",
+  {
+    type: "HELLO",
+    role: 1,
+    auth: 2,
+    capabilities: 1,
+    nonce: NONCE_A,
+    publicKey: "",
+    mappings: ["game", "dns"],
+    mappingPorts: [16, 1],
+    agent: "",
+  },
+  hello(1, 2, 1, NONCE_A, "", ["game", "dns"], "", [16, 1]),
+  "a 16-port range named game (length byte 0x84, then the u16 count 16: mapping ids 0 to 15) and a single port dns (id 16) (§8.6)",
+);
+add(
+  "hello-unnamed-range-4096",
+  {
+    type: "HELLO",
+    role: 2,
+    auth: 2,
+    capabilities: 0,
+    nonce: NONCE_D,
+    publicKey: "",
+    mappings: [""],
+    mappingPorts: [4096],
+    agent: "",
+  },
+  hello(2, 2, 0, NONCE_D, "", [""], "", [4096]),
+  "one unnamed range of 4096 ports, the most one side may have (length byte 0x80: an empty name, then 1000)",
+);
+const ranges32 = names32.map(() => 128);
+add(
+  "hello-max-ranges",
+  {
+    type: "HELLO",
+    role: 1,
+    auth: 1,
+    capabilities: 1,
+    nonce: NONCE_A,
+    publicKey: KEY,
+    mappings: names32,
+    mappingPorts: ranges32,
+    agent: agent64,
+  },
+  hello(1, 1, 1, NONCE_A, KEY, names32, agent64, ranges32),
+  "key mode, 32 ranges of 128 ports (4096 in all) with 32-byte names and a 64-byte agent: the largest HELLO (body 1257)",
 );
 
 add(
@@ -434,7 +495,7 @@ bad(
   "frame-too-large",
 );
 bad("too-large-length-max", "length 0xffffffff", false, "12ffffffff", "frame-too-large");
-bad("too-large-hello", "HELLO body of 1194 (max 1193)", false, "01000004aa", "frame-too-large");
+bad("too-large-hello", "HELLO body of 1258 (max 1257)", false, "01000004ea", "frame-too-large");
 bad("too-large-auth", "AUTH body of 83 (max 82)", false, "0200000053", "frame-too-large");
 bad("too-large-accept", "ACCEPT body of 84 (max 83)", false, "0300000054", "frame-too-large");
 bad("too-large-close", "CLOSE body of 1027 (max 1026)", false, "0400000403", "frame-too-large");
@@ -633,6 +694,48 @@ bad(
   false,
   frameHex(0x01, HELLO_HEAD + "01" + "21" + ascii("n".repeat(33)) + "00"),
   "bad-field",
+);
+bad(
+  "hello-range-1-port",
+  "a port range of 1 port (a range has 2 to 4096; one port is a plain entry)",
+  false,
+  frameHex(0x01, HELLO_HEAD + "01" + "84" + ascii("game") + "0001" + "00"),
+  "bad-field",
+);
+bad(
+  "hello-range-0-ports",
+  "a port range of 0 ports",
+  false,
+  frameHex(0x01, HELLO_HEAD + "01" + "80" + "0000" + "00"),
+  "bad-field",
+);
+bad(
+  "hello-range-4097-ports",
+  "a port range of 4097 ports (at most 4096)",
+  false,
+  frameHex(0x01, HELLO_HEAD + "01" + "84" + ascii("game") + "1001" + "00"),
+  "bad-field",
+);
+bad(
+  "hello-ranges-over-4096-ports",
+  "two ranges of 4000 and 97 ports: 4097 ports in all (at most 4096)",
+  false,
+  frameHex(0x01, HELLO_HEAD + "02" + "81" + ascii("a") + "0fa0" + "81" + ascii("b") + "0061" + "00"),
+  "bad-field",
+);
+bad(
+  "hello-range-name-33-bytes",
+  "a range entry whose name is 33 bytes (length byte 0xa1)",
+  false,
+  frameHex(0x01, HELLO_HEAD + "01" + "a1" + ascii("n".repeat(33)) + "0010" + "00"),
+  "bad-field",
+);
+bad(
+  "hello-range-count-truncated",
+  "a range entry whose port count is cut after one byte (the body ends there)",
+  false,
+  frameHex(0x01, HELLO_HEAD + "01" + "84" + ascii("game") + "00"),
+  "bad-length",
 );
 bad(
   "auth-proof-16",

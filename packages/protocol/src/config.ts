@@ -2,7 +2,7 @@
 import { utf8 } from "./bytes.js";
 import { MAX_MAPPINGS } from "./frames.js";
 import type { Credentials, Identity } from "./link.js";
-import { checkMappings, type MappingConfig } from "./mappings.js";
+import { checkMappings, type MappingConfig, MappingIds } from "./mappings.js";
 
 /**
  * The dialer's check of the acceptor's key (key mode). Called twice: at the acceptor's HELLO
@@ -86,6 +86,10 @@ export interface Settings {
   readonly agent: string;
   readonly mappings: readonly MappingConfig[];
   readonly mappingNames: readonly string[];
+  /** Ports of each mapping, as HELLO lists them: undefined when every mapping is one port. */
+  readonly mappingPorts: readonly number[] | undefined;
+  /** This side's mapping ids as a receiver numbers them (one per port). */
+  readonly mappingIds: MappingIds;
   readonly maxPending: number;
   readonly maxPendingPerSource: number;
   readonly checkPeerKey: PeerKeyCheck | undefined;
@@ -119,6 +123,10 @@ export function settingsOf(config: CommonConfig): Settings {
     // Copies: a receiver may add mappings while it runs (addMappingTo), never to the caller's list.
     mappings: [...mappings],
     mappingNames: mappings.map((mapping) => mapping.name ?? ""),
+    mappingPorts: mappings.some((mapping) => (mapping.ports ?? 1) > 1)
+      ? mappings.map((mapping) => mapping.ports ?? 1)
+      : undefined,
+    mappingIds: new MappingIds(mappings.map((mapping) => mapping.ports ?? 1)),
     maxPending: config.maxPendingConnections ?? DEFAULTS.maxPendingConnections,
     maxPendingPerSource: config.maxPendingPerSource ?? DEFAULTS.maxPendingPerSource,
     checkPeerKey: config.checkPeerKey,
@@ -140,6 +148,11 @@ export function addMappingTo(settings: Settings, mapping: MappingConfig): number
   checkMappings(all, MAX_MAPPINGS);
   (settings.mappings as MappingConfig[]).push(mapping);
   (settings.mappingNames as string[]).push(mapping.name ?? "");
+  // The wire ids: one per port, the new mapping's after all the others (so no existing id moves).
+  const ports = all.map((entry) => entry.ports ?? 1);
+  const grown = settings as { mappingPorts: readonly number[] | undefined; mappingIds: MappingIds };
+  if (settings.mappingPorts !== undefined) grown.mappingPorts = ports;
+  grown.mappingIds = new MappingIds(ports);
   return all.length - 1;
 }
 

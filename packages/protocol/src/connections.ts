@@ -88,6 +88,7 @@ export class LinkTable {
       s.credentials,
       capabilities,
       s.mappingNames,
+      s.mappingPorts,
       s.agent,
       crypto,
       now,
@@ -338,7 +339,7 @@ export class LinkTable {
     const refusedUs = code === CloseCode.KeyRejected || code === CloseCode.Refused;
     const who = link.pending && refusedUs ? `the ${this.io.peerName} at ${link.peer}` : link.peer;
     const line = refusedUs ? `${who} refused this side: ${why}${said}` : `${who} closed the connection: ${why}${said}`;
-    this.out.log(code === CloseCode.Normal ? "info" : "warn", line);
+    this.out.log(code === CloseCode.Normal ? "info" : "warn", line + olderPeerHint(link, code, message));
     if (link.state === "approval") {
       const peerSaid = refusedUs ? `refused this side (${why})` : `closed the connection (${why})`;
       this.withdraw(link, `the ${this.io.peerName} at ${link.peer} ${peerSaid}`);
@@ -379,4 +380,14 @@ function timestampBytes(now: number): Uint8Array {
 
 function readTimestamp(bytes: Uint8Array): number {
   return new DataView(bytes.buffer, bytes.byteOffset, 8).getFloat64(0);
+}
+
+/**
+ * A peer from before port ranges reads a range entry's length byte (0x80 | l) as a name of over 32
+ * bytes and refuses the HELLO: say what that most likely means instead of leaving a riddle.
+ */
+function olderPeerHint(link: Link, code: number, message: string): string {
+  if (code !== CloseCode.ProtocolError || !link.pending || link.localHello.mappingPorts === undefined) return "";
+  if (!/mapping name of \d+ bytes/.test(message)) return "";
+  return "; this side announces port ranges, which an mcudpt without them refuses so: upgrade the peer, or give both sides single ports";
 }

@@ -17,6 +17,7 @@ import {
   MAX_HANDSHAKE_BODY,
   MAX_MAPPING_NAME,
   MAX_MAPPING_STATES,
+  MAX_MAPPING_PORTS,
   MAX_MAPPINGS,
   type MappingStateEntry,
   maxBodyLength,
@@ -24,6 +25,7 @@ import {
   PREFACE,
   ProtocolError,
   PUBLIC_KEY_SIZE,
+  RANGE_FLAG,
   SIGNATURE_SIZE,
   TOKEN_SIZE,
   WIRE_VERSION,
@@ -230,17 +232,36 @@ function parseBody(type: number, body: Uint8Array): Frame {
         bad("bad-field", `HELLO announces ${mappingCount} mappings, expected 1 to ${MAX_MAPPINGS}`);
       }
       const mappings: string[] = [];
+      const ports: number[] = [];
+      let range = false;
       for (let i = 0; i < mappingCount; i++) {
         if (body.length < at + 1) bad("bad-length", `HELLO body of ${body.length} bytes is too short`);
-        const nameLength = body[at++];
+        const lengthByte = body[at++];
+        // The high bit marks a port range: a u16 port count follows the name (§8.6).
+        const isRange = (lengthByte & RANGE_FLAG) !== 0;
+        const nameLength = lengthByte & ~RANGE_FLAG;
         if (nameLength > MAX_MAPPING_NAME)
           bad("bad-field", `HELLO mapping name of ${nameLength} bytes, at most ${MAX_MAPPING_NAME}`);
-        if (body.length < at + nameLength) bad("bad-length", `HELLO body of ${body.length} bytes is too short`);
+        if (body.length < at + nameLength + (isRange ? 2 : 0))
+          bad("bad-length", `HELLO body of ${body.length} bytes is too short`);
         mappings.push(
           fromUtf8(body.subarray(at, at + nameLength)) ?? bad("bad-utf8", "HELLO mapping name is not valid UTF-8"),
         );
         at += nameLength;
+        if (!isRange) {
+          ports.push(1);
+          continue;
+        }
+        const count = readU16(body, at);
+        at += 2;
+        if (count < 2 || count > MAX_MAPPING_PORTS)
+          bad("bad-field", `HELLO port range of ${count} ports, expected 2 to ${MAX_MAPPING_PORTS}`);
+        ports.push(count);
+        range = true;
       }
+      const portTotal = ports.reduce((sum, count) => sum + count, 0);
+      if (portTotal > MAX_MAPPING_PORTS)
+        bad("bad-field", `HELLO mappings cover ${portTotal} ports, at most ${MAX_MAPPING_PORTS}`);
       const agentAt = at + 1;
       if (body.length < agentAt) bad("bad-length", `HELLO body of ${body.length} bytes is too short`);
       const agentLength = body[agentAt - 1];
@@ -254,6 +275,7 @@ function parseBody(type: number, body: Uint8Array): Frame {
         nonce: body.subarray(6, 6 + NONCE_SIZE),
         publicKey: body.subarray(keyAt + 1, keyAt + 1 + keyLength),
         mappings,
+        ...(range ? { mappingPorts: ports } : {}),
         agent,
       };
     }

@@ -23,6 +23,8 @@ export interface FlowsHost<F> {
   tellPeer(flow: F, reason: number): void;
   /** The flow as a log line names it. */
   describe(flow: F): string;
+  /** The flow was closed for being idle (after release). */
+  idled?(flow: F, now: number): void;
 }
 
 export class Flows<F extends FlowBase> {
@@ -125,8 +127,10 @@ export class Flows<F extends FlowBase> {
   expire(now: number, idleReason: number): void {
     this.table.tables.forEach((table, mappingId) => {
       const idle = this.idleTimeoutOf(mappingId);
-      for (let flow = table.oldest(); flow !== undefined && now - flow.lastActive >= idle; flow = table.oldest())
+      for (let flow = table.oldest(); flow !== undefined && now - flow.lastActive >= idle; flow = table.oldest()) {
         this.close(flow, idleReason, true);
+        this.host.idled?.(flow, now);
+      }
     });
   }
 

@@ -147,6 +147,13 @@ export const MAX_AGENT_LENGTH = 64;
 /** Mappings one connection carries, and the longest mapping name (UTF-8 bytes). */
 export const MAX_MAPPINGS = 32;
 export const MAX_MAPPING_NAME = 32;
+/**
+ * Ports one side's mappings cover in all (a port range of n ports is n mapping ids on the wire,
+ * §8.6): one UDP socket each on the receiver, so a few thousand at most.
+ */
+export const MAX_MAPPING_PORTS = 4096;
+/** A mapping entry's length byte with this bit set is a port range: a u16 port count follows the name. */
+export const RANGE_FLAG = 0x80;
 export const MAX_CLOSE_MESSAGE = 1024;
 /** Entries in one MAPPING_STATE frame, and the longest reason of one entry (UTF-8 bytes). */
 export const MAX_MAPPING_STATES = 32;
@@ -174,6 +181,11 @@ export type Frame =
        * id in FLOW_OPEN; the sender pairs its targets with them by name, or by position when unnamed.
        */
       mappings: string[];
+      /**
+       * Ports each mapping covers, in the same order (a range `:27015-27030` is 16); absent when every
+       * mapping is a single port, which is also how such a HELLO is written (no range entries).
+       */
+      mappingPorts?: number[];
       agent: string;
     }
   /** `proof`: HMAC (secret mode) or Ed25519 signature (key mode) over the handshake transcript. */
@@ -200,7 +212,16 @@ export function maxBodyLength(type: number): number | undefined {
   switch (type) {
     case FrameType.Hello:
       return (
-        1 + 1 + 4 + NONCE_SIZE + 1 + PUBLIC_KEY_SIZE + 1 + MAX_MAPPINGS * (1 + MAX_MAPPING_NAME) + 1 + MAX_AGENT_LENGTH
+        1 +
+        1 +
+        4 +
+        NONCE_SIZE +
+        1 +
+        PUBLIC_KEY_SIZE +
+        1 +
+        MAX_MAPPINGS * (1 + MAX_MAPPING_NAME + 2) +
+        1 +
+        MAX_AGENT_LENGTH
       );
     case FrameType.Auth:
     case FrameType.Join:

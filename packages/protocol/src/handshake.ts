@@ -2,7 +2,7 @@
 import type { Settings } from "./config.js";
 import { AuthMode, Capability, FRAME_TYPE_NAMES, type Frame, FrameType, ProtocolError, Role } from "./frames.js";
 import { type HelloFrame, Link } from "./link.js";
-import { pairMappings, pairPartially } from "./mappings.js";
+import { checkPairedPorts, MappingIds, pairMappings, pairPartially } from "./mappings.js";
 
 /** Checks the peer's HELLO against ours and keeps it on `link`; throws ProtocolError with an operator-readable reason. */
 export function checkPeerHello(link: Link, frame: Frame, settings: Settings, role: Role): HelloFrame {
@@ -23,16 +23,20 @@ export function checkPeerHello(link: Link, frame: Frame, settings: Settings, rol
   if (frame.auth === AuthMode.Key && frame.publicKey.length === 0) {
     throw new ProtocolError("bad-field", "HELLO in key mode carries no public key");
   }
-  const ours = settings.mappingNames;
-  const [receiver, sender] = role === Role.Receiver ? [ours, frame.mappings] : [frame.mappings, ours];
+  const ours = { names: settings.mappingNames, ports: settings.mappingPorts };
+  const theirs = { names: frame.mappings, ports: frame.mappingPorts };
+  const [receiver, sender] = role === Role.Receiver ? [ours, theirs] : [theirs, ours];
   // With Senders on both sides (§18) the sender may serve a subset of the receiver's mappings.
   const partial = (link.localHello.capabilities & frame.capabilities & Capability.Senders) !== 0;
-  link.mappingPairs = partial ? pairPartially(receiver, sender) : pairMappings(receiver, sender);
+  link.mappingPairs = partial ? pairPartially(receiver.names, sender.names) : pairMappings(receiver.names, sender.names);
+  checkPairedPorts(link.mappingPairs, receiver, sender);
+  link.receiverIds = new MappingIds(receiver.ports ?? receiver.names.map(() => 1));
   link.peerHello = {
     ...frame,
     nonce: frame.nonce.slice(),
     publicKey: frame.publicKey.slice(),
     mappings: [...frame.mappings],
+    ...(frame.mappingPorts ? { mappingPorts: [...frame.mappingPorts] } : {}),
   };
   return link.peerHello;
 }

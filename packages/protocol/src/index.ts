@@ -4,8 +4,9 @@ export { type DecoderOptions, describeStranger, FrameDecoder } from "./decoder.j
 export { type CommonConfig, DEFAULTS, type PeerKeyCheck } from "./config.js";
 export type { FlowBase, Flows } from "./flows.js";
 export * from "./frames.js";
+export type { LaneInfo } from "./lanes.js";
 export type { Credentials, CryptoProvider, Identity, LinkState, Side } from "./link.js";
-export { checkMappings, type MappingConfig, pairMappings, pairPartially } from "./mappings.js";
+export { checkMappings, checkPairedPorts, type MappingConfig, MappingIds, pairMappings, pairPartially } from "./mappings.js";
 export type { PeerSession } from "./peer-session.js";
 export {
   MAX_UDP_PAYLOAD,

@@ -6,6 +6,7 @@ import { bytesEqual, concatBytes, utf8 } from "./bytes.js";
 import { FrameDecoder } from "./decoder.js";
 import { AuthMode, type Frame, FrameType, NONCE_SIZE, PUBLIC_KEY_SIZE, type Role, SIGNATURE_SIZE } from "./frames.js";
 import type { PeerSession } from "./peer-session.js";
+import { MappingIds } from "./mappings.js";
 import { encodeFrame, FrameWriter } from "./writer.js";
 
 /** Randomness, HMAC and signature checks come from the host runtime: the protocol imports no crypto. */
@@ -92,6 +93,8 @@ export class Link {
    * both HELLOs; undefined where the sender serves none of it, §18); set once the peer's HELLO is checked.
    */
   mappingPairs: Array<number | undefined> = [];
+  /** The receiver's mapping ids (one per port of its ranges), from the receiver's HELLO; set with mappingPairs. */
+  receiverIds: MappingIds = new MappingIds([]);
   /** The peer session this connection belongs to, once admitted (or joined). */
   session: PeerSession | undefined;
   /**
@@ -110,6 +113,7 @@ export class Link {
     private readonly credentials: Credentials,
     capabilities: number,
     mappings: readonly string[],
+    mappingPorts: readonly number[] | undefined,
     agent: string,
     crypto: CryptoProvider,
     now: number,
@@ -125,6 +129,7 @@ export class Link {
       nonce: crypto.randomBytes(NONCE_SIZE),
       publicKey: keyMode ? credentials.identity.publicKey : new Uint8Array(0),
       mappings: [...mappings],
+      ...(mappingPorts ? { mappingPorts: [...mappingPorts] } : {}),
       agent,
     };
     this.writer.preface();

@@ -28,6 +28,8 @@ export interface RolePolicy<F> {
   describe(flow: F): string;
   /** Receiver: mapping `mappingId` moved to session `to` (§18); its flows are announced there. */
   mappingMoved?(mappingId: number, to: PeerSession, now: number): void;
+  /** The flow was closed for being idle. */
+  idled?(flow: F, now: number): void;
 }
 
 export class MachineCore<F extends FlowBase, O extends { kind: string }> {
@@ -63,6 +65,7 @@ export class MachineCore<F extends FlowBase, O extends { kind: string }> {
     const host = {
       release: (flow: F) => policy.release(flow),
       describe: (flow: F) => policy.describe(flow),
+      idled: (flow: F, now: number) => policy.idled?.(flow, now),
       tellPeer: (flow: F, reason: number) => this.session.tellFlowClosed(flow.id, flow.mappingId, reason),
     };
     this.flows = new Flows<F>(this.settings, this.counters, this.out, this.throttle, host, this.session.peerName);

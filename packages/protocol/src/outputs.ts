@@ -13,6 +13,8 @@ export type LogLevel = "debug" | "info" | "warn" | "error";
 export interface ClientFlow extends FlowCounters {
   readonly id: number;
   readonly mappingId: number;
+  /** Which port of the mapping's range the client sent to (0 for a single-port mapping): replies leave from it. */
+  readonly portOffset: number;
   readonly address: string;
   readonly port: number;
   readonly family: 4 | 6;
@@ -32,6 +34,8 @@ export interface ClientFlow extends FlowCounters {
   rx?: DuplicateWindow;
   mirror?: boolean;
   announcedOn?: Link[];
+  /** Its first datagram looked like WireGuard's (wireguard-hint.ts): advice when it idles out. */
+  wireguard?: boolean;
 }
 
 /** Outputs of the connection side, the same for both roles. */
@@ -70,8 +74,11 @@ export type ReceiverOutput =
 
 export type SenderOutput =
   | ConnectionOutput
-  /** Open a UDP socket toward the target of mapping `mappingId` for this flow. */
-  | { kind: "open-flow-socket"; flowId: number; mappingId: number; client: WireAddress }
+  /**
+   * Open a UDP socket toward the target of mapping `mappingId` for this flow: for a port range, the
+   * target port `portOffset` after the mapping's first (0 for a single-port mapping).
+   */
+  | { kind: "open-flow-socket"; flowId: number; mappingId: number; portOffset: number; client: WireAddress }
   /** Close the flow's UDP socket. */
   | { kind: "close-flow-socket"; flowId: number }
   /** Send `payload` to the target through the flow's socket. */

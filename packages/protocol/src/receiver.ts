@@ -15,6 +15,7 @@ import type { CryptoProvider, Link } from "./link.js";
 import type { ClientFlow, ReceiverOutput } from "./outputs.js";
 import type { PeerSession } from "./peer-session.js";
 import { SourceRateLimiter } from "./rate-limit.js";
+import { looksLikeWireGuard } from "./wireguard-hint.js";
 import { zeroCounters } from "./stats.js";
 
 export interface ReceiverConfig extends CommonConfig {
@@ -63,6 +64,17 @@ export class ReceiverMachine extends MachineCore<ClientFlow, ReceiverOutput> {
       release: (flow) => this.flowsByKey.delete(flow.key),
       describe: (flow) => `client ${flow.address}:${flow.port}`,
       mappingMoved: (mappingId, to, now) => this.moveFlows(mappingId, to, now),
+      idled: (flow, now) => {
+        if (!flow.wireguard) return;
+        const idle = Math.round(this.settings.idleTimeoutMs / 1000);
+        this.throttle.note(
+          "wireguard-idle",
+          now,
+          (n) =>
+            `${n} flow(s) that look like WireGuard went idle (--idle-timeout ${idle} s): the peer behind the tunnel cannot reach them until they send again; set PersistentKeepalive = 25 (below --idle-timeout) on the WireGuard peer in front, or raise --idle-timeout`,
+          "info",
+        );
+      },
     });
     const rate = config.newFlowsPerSecond ?? RECEIVER_DEFAULTS.newFlowsPerSecond;
     this.newFlowLimiter =
@@ -95,16 +107,19 @@ export class ReceiverMachine extends MachineCore<ClientFlow, ReceiverOutput> {
    * the id it had when a mapping of that name was removed (ids follow names: senders told it was
    * removed pair with it again). It must be named: senders that named it in their HELLO serve it (or
    * wait as standby, or are refused it) as their keys allow, and are told (MAPPING_STATE, §18);
-   * connections made from now on list it in HELLO. Returns its id. RangeError: no name, a name in
-   * use, or more than 32 mappings.
+   * connections made from now on list it in HELLO. Returns its id. RangeError: no name, a port range,
+   * a name in use (or one a removed mapping had, with another port count), or more than 32 mappings.
    */
   addMapping(mapping: MappingConfig, now: number): number {
     const name = mapping.name ?? "";
     if (name === "") throw new RangeError("a mapping added while running needs a name (senders pair with it by name)");
+    // Its wire ids follow every other mapping's, which connected senders can work out only for one port.
+    if ((mapping.ports ?? 1) !== 1) throw new RangeError("a port range cannot be added while running");
     const previous = this.settings.mappingNames.indexOf(name);
     if (previous >= 0 && !this.removed.has(previous)) throw new RangeError(`mapping name "${name}" is used already`);
     let mappingId = previous;
     if (previous >= 0) {
+      if ((this.settings.mappings[previous].ports ?? 1) !== 1) throw new RangeError(`mapping "${name}" had a port range`);
       (this.settings.mappings as MappingConfig[])[previous] = mapping;
       this.removed.delete(previous);
     } else {
@@ -117,10 +132,15 @@ export class ReceiverMachine extends MachineCore<ClientFlow, ReceiverOutput> {
     return mappingId;
   }
 
-  /** A datagram from a UDP client, on the public port of mapping `mappingId`. */
-  clientDatagram(address: string, port: number, payload: Uint8Array, now: number, mappingId = 0): void {
+  /**
+   * A datagram from a UDP client, on the public port of mapping `mappingId` (port `portOffset` of
+   * its range: the flow's target port is at the same offset on the sender).
+   */
+  clientDatagram(address: string, port: number, payload: Uint8Array, now: number, mappingId = 0, portOffset = 0): void {
     const counters = this.counters;
     if (mappingId >= this.settings.mappings.length || mappingId < 0) throw new RangeError(`no mapping ${mappingId}`);
+    const ports = this.settings.mappings[mappingId].ports ?? 1;
+    if (!(portOffset >= 0 && portOffset < ports)) throw new RangeError(`no port ${portOffset} in mapping ${mappingId}`);
     counters.received(mappingId, payload.length);
     if (this.removed.has(mappingId)) {
       counters.dropped("no-sender", mappingId); // in flight while the host closed the port
@@ -139,7 +159,9 @@ export class ReceiverMachine extends MachineCore<ClientFlow, ReceiverOutput> {
       counters.dropped("too-large", mappingId);
       return;
     }
-    const key = mappingId === 0 ? address + "|" + port : mappingId + "|" + address + "|" + port;
+    // One flow per client address and public port: the wire's mapping id names both.
+    const wireId = this.settings.mappingIds.idOf(mappingId, portOffset);
+    const key = wireId === 0 ? address + "|" + port : wireId + "|" + address + "|" + port;
     let flow = this.flowsByKey.get(key);
     if (flow === undefined) {
       if (this.newFlowLimiter !== undefined && !this.newFlowLimiter.allow(address, now)) {
@@ -155,8 +177,9 @@ export class ReceiverMachine extends MachineCore<ClientFlow, ReceiverOutput> {
       // FLOW_OPEN (and an eviction's FLOW_CLOSE) count against the buffer bound too, so a flood of new
       // source addresses cannot grow the buffer of a blocked connection.
       if (!this.hasRoom(link, NEW_FLOW_OVERHEAD + DATA_OVERHEAD + payload.length, mappingId)) return;
-      flow = this.openFlow(link, mappingId, key, address, port, payload.length, now);
+      flow = this.openFlow(link, mappingId, portOffset, key, address, port, payload.length, now);
       if (flow === undefined) return;
+      if (looksLikeWireGuard(payload)) flow.wireguard = true;
     } else {
       // A second datagram from the same address and port: whoever it is also sends from there, so
       // replies are no longer capped (a spoofer rarely keeps up a conversation it cannot see).
@@ -173,7 +196,7 @@ export class ReceiverMachine extends MachineCore<ClientFlow, ReceiverOutput> {
     // second copy's lane must know the flow too.
     const extra = (second ? 4 : 0) + (moved ? NEW_FLOW_OVERHEAD : 0);
     if (!this.hasRoom(primary, DATA_OVERHEAD + extra + payload.length, mappingId, flow)) return;
-    if (moved) primary.writer.flowOpen(flow.id, flow.mappingId, flow);
+    if (moved) primary.writer.flowOpen(flow.id, this.wireId(flow), flow);
     counters.forwarded(flow, payload.length);
     if (second === undefined) primary.writer.data(flow.id, payload);
     else this.sendCopies(flow, primary, second, payload, mappingId, now);
@@ -194,7 +217,7 @@ export class ReceiverMachine extends MachineCore<ClientFlow, ReceiverOutput> {
       const link = to.picker.laneFor(flow);
       if (link === undefined) return;
       if (!this.hasRoom(link, NEW_FLOW_OVERHEAD, mappingId)) continue;
-      link.writer.flowOpen(flow.id, flow.mappingId, flow);
+      link.writer.flowOpen(flow.id, this.wireId(flow), flow);
       this.session.connections.queued(link, now);
     }
   }
@@ -215,7 +238,7 @@ export class ReceiverMachine extends MachineCore<ClientFlow, ReceiverOutput> {
       return;
     }
     if (unknown) {
-      second.writer.flowOpen(flow.id, flow.mappingId, flow);
+      second.writer.flowOpen(flow.id, this.wireId(flow), flow);
       flow.announcedOn = [...(flow.announcedOn ?? []).filter((link) => link.state === "open"), second];
     }
     second.writer.sdata(flow.id, seq, payload);
@@ -226,6 +249,7 @@ export class ReceiverMachine extends MachineCore<ClientFlow, ReceiverOutput> {
   private openFlow(
     link: Link,
     mappingId: number,
+    portOffset: number,
     key: string,
     address: string,
     port: number,
@@ -242,6 +266,7 @@ export class ReceiverMachine extends MachineCore<ClientFlow, ReceiverOutput> {
     const flow: ClientFlow = {
       id: this.allocateFlowId(),
       mappingId,
+      portOffset,
       address,
       port,
       family,
@@ -254,8 +279,13 @@ export class ReceiverMachine extends MachineCore<ClientFlow, ReceiverOutput> {
     flow.lane = link;
     this.flows.add(flow);
     this.flowsByKey.set(key, flow);
-    link.writer.flowOpen(flow.id, flow.mappingId, flow);
+    link.writer.flowOpen(flow.id, this.wireId(flow), flow);
     return flow;
+  }
+
+  /** FLOW_OPEN's mapping id: the mapping's first id plus the flow's port offset (§8.6). */
+  private wireId(flow: ClientFlow): number {
+    return this.settings.mappingIds.idOf(flow.mappingId, flow.portOffset);
   }
 
   private allocateFlowId(): number {

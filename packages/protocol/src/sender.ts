@@ -19,6 +19,7 @@ import {
   Role,
   type WireAddress,
 } from "./frames.js";
+import { MappingIds } from "./mappings.js";
 import { peerText, peerWord } from "./text.js";
 import type { CryptoProvider, Link } from "./link.js";
 import { MachineCore, type RolePolicy } from "./machine-core.js";
@@ -31,6 +32,8 @@ export interface TargetFlow extends FlowCounters {
   readonly id: number;
   /** This side's mapping index (paired with the receiver's mapping id at the handshake). */
   readonly mappingId: number;
+  /** The port of the mapping's range it was opened on (0 for a single-port mapping): the target port's offset. */
+  readonly portOffset: number;
   readonly client: WireAddress;
   lastActive: number;
   /** The connection (lane) its datagrams go out on (§16.3). */
@@ -123,16 +126,11 @@ export class SenderMachine extends MachineCore<TargetFlow, SenderOutput> {
     if ((link.sharedCapabilities & Capability.Senders) === 0) {
       throw new ProtocolError("unexpected-frame", "MAPPING_STATE from a receiver that did not announce Senders");
     }
-    const names = this.settings.mappingNames;
     for (const entry of entries) {
       const links = link.session?.links ?? [link];
       let ours = link.mappingPairs[entry.mappingId];
       if (ours === undefined && entry.name !== "" && entry.status !== MappingStatus.Removed) {
-        const index = names.indexOf(entry.name);
-        if (index >= 0 && !link.mappingPairs.includes(index)) {
-          ours = index;
-          for (const other of links) other.mappingPairs[entry.mappingId] = index;
-        }
+        ours = this.pairLater(links, entry.mappingId, entry.name);
       }
       const shown = entry.name ? peerWord(entry.name) : `#${entry.mappingId + 1}`;
       if (ours === undefined) {
@@ -149,6 +147,27 @@ export class SenderMachine extends MachineCore<TargetFlow, SenderOutput> {
     }
   }
 
+  /**
+   * Pairs receiver mapping `position`, named `name`, with this side's mapping of that name (a mapping
+   * the receiver added or brought back while running, §18) on every link of the session; returns its
+   * index, or undefined when this side has none free by that name. One the receiver appended is one
+   * port (§18), numbered after all of its others; this side's must be one port too.
+   */
+  private pairLater(links: readonly Link[], position: number, name: string): number | undefined {
+    const index = this.settings.mappingNames.indexOf(name);
+    if (index < 0 || links[0].mappingPairs.includes(index)) return undefined;
+    const known = links[0].receiverIds.ports.length;
+    if (position > known || (position === known && (this.settings.mappings[index].ports ?? 1) !== 1)) {
+      this.out.log("warn", `receiver mapping ${peerWord(name)} cannot be paired here: its ports are not this side's`);
+      return undefined;
+    }
+    for (const link of links) {
+      link.mappingPairs[position] = index;
+      if (position === known) link.receiverIds = new MappingIds([...link.receiverIds.ports, 1]);
+    }
+    return index;
+  }
+
   private onFrame(link: Link, frame: Frame, now: number): void {
     if (frame.type === FrameType.Data || frame.type === FrameType.Sdata) {
       const flow = this.dataFlow(link, frame.flowId, now);
@@ -160,8 +179,13 @@ export class SenderMachine extends MachineCore<TargetFlow, SenderOutput> {
     }
     if (frame.type === FrameType.MappingState) return this.mappingStates(link, frame.entries);
     if (frame.type !== FrameType.FlowOpen) return;
-    const mappingId = link.mappingPairs[frame.mappingId];
-    if (mappingId === undefined) {
+    // A range of n ports is n consecutive mapping ids: the id names the receiver's mapping and the port.
+    const at = link.receiverIds.locate(frame.mappingId);
+    const mappingId = at && link.mappingPairs[at.mapping];
+    // The sizes were compared at the HELLO; checked again so that no pairing rule can ever make
+    // this side write past its own configured range.
+    const ports = mappingId === undefined ? 0 : (this.settings.mappings[mappingId]?.ports ?? 1);
+    if (at === undefined || mappingId === undefined || mappingId < 0 || at.offset >= ports) {
       this.out.log(
         "warn",
         `receiver opened a flow for mapping ${frame.mappingId}, which this sender has no target for`,
@@ -171,13 +195,20 @@ export class SenderMachine extends MachineCore<TargetFlow, SenderOutput> {
     }
     const existing = this.flows.get(frame.flowId);
     // The receiver re-announces a flow on the lane it moved to (§16.3): the same flow, kept as it is.
-    if (existing && existing.mappingId === mappingId && sameAddress(existing.client, frame.client)) return;
+    const portOffset = at.offset;
+    if (
+      existing &&
+      existing.mappingId === mappingId &&
+      existing.portOffset === portOffset &&
+      sameAddress(existing.client, frame.client)
+    )
+      return;
     if (existing) this.flows.close(existing, FlowCloseReason.Closed, false);
     this.flows.makeRoom(mappingId, now, FlowCloseReason.Evicted);
     const client = { ...frame.client };
     // Replies go back on the lane the flow was opened on, while it lasts.
-    this.flows.add({ id: frame.flowId, mappingId, client, lastActive: now, lane: link, ...zeroCounters() });
-    this.out.push({ kind: "open-flow-socket", flowId: frame.flowId, mappingId, client });
+    this.flows.add({ id: frame.flowId, mappingId, portOffset, client, lastActive: now, lane: link, ...zeroCounters() });
+    this.out.push({ kind: "open-flow-socket", flowId: frame.flowId, mappingId, portOffset, client });
   }
 }
 

@@ -25,10 +25,12 @@ import {
   PREFACE,
   ProtocolError,
   PUBLIC_KEY_SIZE,
+  RANGE_FLAG,
   SIGNATURE_SIZE,
   TOKEN_SIZE,
   type WireAddress,
 } from "./frames.js";
+import { mappingPortsChecked } from "./mappings.js";
 
 /**
  * A connection's first buffer is small (a handshake, or a stranger, needs little); each time one fills
@@ -163,6 +165,7 @@ export class FrameWriter {
     publicKey: Uint8Array,
     mappings: readonly string[],
     agent: string,
+    mappingPorts?: readonly number[],
   ): void {
     if (nonce.length !== NONCE_SIZE) throw new ProtocolError("bad-nonce", `nonce must be ${NONCE_SIZE} bytes`);
     checkLength("public key", publicKey, [0, PUBLIC_KEY_SIZE]);
@@ -176,7 +179,9 @@ export class FrameWriter {
       }
       return bytes;
     });
-    const mappingBytes = names.reduce((sum, name) => sum + 1 + name.length, 1);
+    const ports = mappingPortsChecked(mappings.length, mappingPorts);
+    // A single-port mapping is a plain entry; a range adds its u16 port count (§8.6).
+    const mappingBytes = names.reduce((sum, name, i) => sum + 1 + name.length + (ports[i] > 1 ? 2 : 0), 1);
     const agentBytes = utf8Truncated(agent, MAX_AGENT_LENGTH);
     const keyAt = 6 + NONCE_SIZE;
     const at = this.header(FrameType.Hello, keyAt + 1 + publicKey.length + mappingBytes + 1 + agentBytes.length);
@@ -188,11 +193,15 @@ export class FrameWriter {
     this.buf.set(publicKey, at + keyAt + 1);
     let agentAt = at + keyAt + 1 + publicKey.length;
     this.buf[agentAt++] = names.length;
-    for (const name of names) {
-      this.buf[agentAt++] = name.length;
+    names.forEach((name, i) => {
+      this.buf[agentAt++] = ports[i] > 1 ? RANGE_FLAG | name.length : name.length;
       this.buf.set(name, agentAt);
       agentAt += name.length;
-    }
+      if (ports[i] > 1) {
+        this.view.setUint16(agentAt, ports[i]);
+        agentAt += 2;
+      }
+    });
     this.buf[agentAt] = agentBytes.length;
     this.buf.set(agentBytes, agentAt + 1);
   }
@@ -325,6 +334,7 @@ export class FrameWriter {
           frame.publicKey,
           frame.mappings,
           frame.agent,
+          frame.mappingPorts,
         );
       case FrameType.Auth:
         return this.auth(frame.proof, frame.token);

@@ -425,6 +425,7 @@ export function rawDialerHandshake(raw: RawPeer, options: RawDialerOptions = {})
     nonce: options.nonce ?? new Uint8Array(32).fill(0xd5),
     publicKey: identity ? identity.publicKey : new Uint8Array(0),
     mappings: options.mappings ?? [""],
+    ...(options.mappingPorts ? { mappingPorts: options.mappingPorts } : {}),
     agent: "raw",
   };
   raw.send(PREFACE, hello);
@@ -465,6 +466,8 @@ export interface RawAcceptorOptions {
   capabilities?: number;
   nonce?: Uint8Array;
   mappings?: string[];
+  /** Ports per mapping (port ranges, §8.6); absent: one each. */
+  mappingPorts?: number[];
 }
 
 /**
@@ -481,6 +484,7 @@ export function rawAcceptorHandshake(raw: RawPeer, options: RawAcceptorOptions =
     nonce: options.nonce ?? new Uint8Array(32).fill(0xa5),
     publicKey: identity ? identity.publicKey : new Uint8Array(0),
     mappings: options.mappings ?? [""],
+    ...(options.mappingPorts ? { mappingPorts: options.mappingPorts } : {}),
     agent: "raw",
   };
   raw.send(PREFACE, hello);

@@ -490,7 +490,13 @@ describe("several mappings: hosts and hostile peers", () => {
     });
     raw.send(flowOpen(1, 2), { type: FrameType.Data, flowId: 1, payload: utf8("x") }, flowOpen(2, 1));
     expect(raw.outputs.filter((o) => o.kind === "open-flow-socket")).toEqual([
-      { kind: "open-flow-socket", flowId: 2, mappingId: 1, client: { family: 4, address: "192.0.2.1", port: 53 } },
+      {
+        kind: "open-flow-socket",
+        flowId: 2,
+        mappingId: 1,
+        portOffset: 0,
+        client: { family: 4, address: "192.0.2.1", port: 53 },
+      },
     ]);
     // Refused, and the DATA that followed the FLOW_OPEN is answered as an unknown flow.
     expect(framesOfType(raw.received, FrameType.FlowClose)).toEqual([

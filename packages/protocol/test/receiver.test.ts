@@ -17,6 +17,7 @@ import {
   ReceiverMachine,
   utf8,
 } from "../src/index.ts";
+import { looksLikeWireGuard } from "../src/wireguard-hint.ts";
 import { framesOfType, pair, RawPeer, RECEIVER_KEY, rawDialerHandshake, testCrypto, testIdentity } from "./harness.ts";
 
 describe("hostile sender", () => {
@@ -226,5 +227,41 @@ describe("anti-amplification (budget in wire bytes and datagrams)", () => {
     sender.targetDatagram(second, new Uint8Array(0), net.now);
     net.pump();
     expect(delivered()).toEqual([100, 452]);
+  });
+});
+
+describe("advice for WireGuard flows that idle out", () => {
+  const wireguard = (type: number, size: number) => {
+    const payload = new Uint8Array(size);
+    payload[0] = type;
+    return payload;
+  };
+
+  test("recognises WireGuard's four message kinds by type and size, nothing else", () => {
+    expect(looksLikeWireGuard(wireguard(1, 148))).toBe(true);
+    expect(looksLikeWireGuard(wireguard(2, 92))).toBe(true);
+    expect(looksLikeWireGuard(wireguard(3, 64))).toBe(true);
+    expect(looksLikeWireGuard(wireguard(4, 32))).toBe(true);
+    expect(looksLikeWireGuard(wireguard(4, 1440))).toBe(true);
+    expect(looksLikeWireGuard(wireguard(4, 1441))).toBe(false);
+    expect(looksLikeWireGuard(wireguard(1, 149))).toBe(false);
+    expect(looksLikeWireGuard(wireguard(5, 148))).toBe(false);
+    const reserved = wireguard(1, 148);
+    reserved[2] = 1;
+    expect(looksLikeWireGuard(reserved)).toBe(false);
+    expect(looksLikeWireGuard(new Uint8Array(12))).toBe(false); // a DNS header
+  });
+
+  test("a flow whose first datagram looked like WireGuard idling out says what to set; a DNS flow does not", () => {
+    const p = pair({ receiver: { idleTimeoutMs: 60_000 } });
+    p.receiver.clientDatagram("192.0.2.1", 51820, wireguard(1, 148), p.net.now);
+    p.receiver.clientDatagram("192.0.2.2", 53, new Uint8Array(30), p.net.now);
+    p.net.pump();
+    p.net.advance(60_000);
+    expect(p.receiver.flows.size).toBe(0);
+    const advice = p.net.logs(p.receiver).filter((line) => line.includes("WireGuard"));
+    expect(advice.length).toBe(1);
+    expect(advice[0]).toContain("1 flow(s) that look like WireGuard went idle (--idle-timeout 60 s)");
+    expect(advice[0]).toContain("PersistentKeepalive = 25");
   });
 });

@@ -542,3 +542,56 @@ describe("lanes, per sender", () => {
     expect(control.closeMessage()).toContain("the session has 2 lanes");
   });
 });
+
+describe("several senders and port ranges", () => {
+  test("a sender serving only a range mapping gets its ports' offsets; a standby taking over keeps them", () => {
+    const net = new Net();
+    const receiver = net.add(
+      new ReceiverMachine(
+        { identity: RECEIVER_KEY, amplificationLimit: 0, mappings: [{ name: "dns" }, { name: "game", ports: 4 }] },
+        testCrypto(1),
+      ),
+    );
+    const withGame = (seed: number, conn: number) => {
+      const sender = net.add(
+        new SenderMachine({ identity: testIdentity(seed), mappings: [{ name: "game", ports: 4 }] }, testCrypto(seed)),
+      );
+      const wire = net.connect(receiver, conn, sender, 1);
+      receiver.session.approve(conn, true, net.now);
+      net.pump();
+      return { sender, wire };
+    };
+    const b = withGame(0xd0, 10);
+    const c = withGame(0xd1, 11);
+    expect([b.sender.servingState, c.sender.servingState]).toEqual([["serving"], ["standby"]]);
+    receiver.clientDatagram("192.0.2.1", 5000, utf8("p2"), net.now, 1, 2);
+    net.pump();
+    // Wire id 3: dns is id 0, game's ports are ids 1 to 4.
+    expect(framesOfType(b.wire.sentBy(receiver), FrameType.FlowOpen).map((f) => f.mappingId)).toEqual([3]);
+    expect(net.of(b.sender, "open-flow-socket").map((o) => [o.mappingId, o.portOffset])).toEqual([[0, 2]]);
+    net.cut(b.wire);
+    expect(framesOfType(c.wire.sentBy(receiver), FrameType.FlowOpen).map((f) => f.mappingId)).toEqual([3]);
+    expect(net.of(c.sender, "open-flow-socket").map((o) => [o.mappingId, o.portOffset])).toEqual([[0, 2]]);
+  });
+
+  test("a range the sender has with another size is still a mismatch when it pairs", () => {
+    const net = new Net();
+    const receiver = net.add(
+      new ReceiverMachine(
+        { identity: RECEIVER_KEY, mappings: [{ name: "dns" }, { name: "game", ports: 4 }] },
+        testCrypto(1),
+      ),
+    );
+    const sender = net.add(
+      new SenderMachine({ identity: testIdentity(0xd2), mappings: [{ name: "game", ports: 8 }] }, testCrypto(2)),
+    );
+    const wire = net.connect(receiver, 10, sender, 1);
+    expect(closeCodes(wire.sentBy(receiver))).toEqual([CloseCode.MappingMismatch]);
+  });
+
+  test("a port range cannot be added while running", () => {
+    const net = new Net();
+    const receiver = receiverOf(net, ["dns"]);
+    expect(() => receiver.addMapping({ name: "game", ports: 4 }, net.now)).toThrow(/port range/);
+  });
+});

@@ -150,6 +150,7 @@ export function frameFromFields(f: Record<string, unknown>): Frame {
         nonce: b("nonce"),
         publicKey: b("publicKey"),
         mappings: [...(f.mappings as string[])],
+        ...(f.mappingPorts ? { mappingPorts: [...(f.mappingPorts as number[])] } : {}),
         agent: f.agent as string,
       };
     case "AUTH":

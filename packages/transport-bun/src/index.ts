@@ -25,6 +25,9 @@
  * - Bun.udpSocket has no buffer-size option, but exposes its descriptor as `fd` (undeclared in
  *   bun-types); libc's setsockopt(SO_RCVBUF/SO_SNDBUF) through bun:ffi on it works (`ss -uam`:
  *   rb212992 before, rb4194304 after asking for 2 MiB). Bun's node:dgram sets them natively.
+ *   Bun's TCP sockets (Bun.listen, Bun.connect) expose `fd` too, from `open` on: the same calls
+ *   size a connection's buffers there (after the handshake: the window scale was already chosen
+ *   from net.ipv4.tcp_rmem's maximum, which still leaves room for megabytes).
  * - TCP `socket.write` is unbuffered: it returns how many bytes the kernel took and drops the rest.
  * - TCP `socket.end()` shuts down and closes the socket at once, firing `close` synchronously inside
  *   the call; bytes already accepted by the kernel are still delivered.
@@ -192,7 +195,7 @@ async function bindUdp(options: UdpSocketOptions): Promise<UdpSocket> {
   // Resized before any datagram can arrive: the data handler runs on a later turn of the loop.
   const buffers = options.bufferBytes ? await loadSocketBuffers() : undefined;
   /** Bun.udpSocket exposes its descriptor (bun-types does not declare it). */
-  const fd = (socket as unknown as { fd: number }).fd;
+  const fd = fdOf(socket);
   if (options.bufferBytes) buffers?.set(fd, options.bufferBytes);
   const connected = options.connect !== undefined;
   const peerLimit = connected ? udpPayloadLimit(options.connect?.host ?? "") : 0;
@@ -293,6 +296,22 @@ async function bindUdp(options: UdpSocketOptions): Promise<UdpSocket> {
   };
 }
 
+/** A Bun socket's descriptor (undeclared in bun-types). */
+function fdOf(socket: unknown): number {
+  return (socket as { fd: number }).fd;
+}
+
+/**
+ * --tcp-buffer for one kind of TCP socket (listenTcp's accepted ones, or connectTcp's): libc loaded
+ * first when a size is asked for, then applied in `open`, where the descriptor exists.
+ */
+async function tcpBuffers(bytes: number | undefined): Promise<(socket: BunTcpSocket) => void> {
+  const buffers = bytes ? await loadSocketBuffers() : undefined;
+  return (socket) => {
+    if (bytes && buffers) buffers.set(fdOf(socket), bytes);
+  };
+}
+
 /** Wraps one Bun TCP socket, adding the write queue that Bun's unbuffered write() lacks. */
 class BunTcpConnection implements TcpConnection {
   handlers: TcpHandlers | undefined;
@@ -312,6 +331,12 @@ class BunTcpConnection implements TcpConnection {
   ) {
     this.remoteAddress = socket.remoteAddress;
     this.remotePort = socket.remotePort;
+  }
+
+  /** What getsockopt says (libc is loaded once any socket asked for a size); undefined without it. */
+  get bufferBytes(): BufferSizes | undefined {
+    if (this.closed || !loadedSocketBuffers) return undefined;
+    return loadedSocketBuffers.get(fdOf(this.socket));
   }
 
   write(data: Uint8Array): boolean {
@@ -409,6 +434,7 @@ const tcpHandlers = {
 
 async function listenTcp(options: ListenOptions): Promise<TcpServer> {
   const tls = options.tls;
+  const sizeBuffers = await tcpBuffers(options.bufferBytes);
   const accept = (socket: BunTcpSocket) => {
     const connection = new BunTcpConnection(socket);
     socket.data = connection;
@@ -449,6 +475,7 @@ async function listenTcp(options: ListenOptions): Promise<TcpServer> {
         ...tlsHandlers,
         open(socket) {
           socket.setNoDelay(true);
+          sizeBuffers(socket);
           if (!tls) return accept(socket);
           // The core sees a TLS connection only once its handshake completed (handshake() above).
           socket.timeout(Math.ceil((tls.handshakeTimeoutMs ?? DEFAULT_TLS_HANDSHAKE_TIMEOUT_MS) / 1000));
@@ -508,8 +535,9 @@ function attachConnection(socket: BunTcpSocket, handlers: TcpHandlers, peerCerti
   return connection;
 }
 
-function connectTcp(options: ConnectOptions): Promise<TcpConnection> {
-  if (options.tunnel) return connectThroughTunnel(options, options.tunnel);
+async function connectTcp(options: ConnectOptions): Promise<TcpConnection> {
+  const sizeBuffers = await tcpBuffers(options.bufferBytes);
+  if (options.tunnel) return connectThroughTunnel(options, options.tunnel, sizeBuffers);
   return new Promise((resolve, reject) => {
     const tls = options.tls;
     // Bun.connect cannot be cancelled: a late success is closed where it shows up, a late failure ignored.
@@ -552,6 +580,7 @@ function connectTcp(options: ConnectOptions): Promise<TcpConnection> {
             return;
           }
           socket.setNoDelay(true);
+          sizeBuffers(socket);
           // With TLS, the connection exists once the handshake completed (handshake() above).
           if (!tls) attach(socket);
         },
@@ -584,7 +613,11 @@ function verificationOnly(tls: NonNullable<ConnectOptions["tls"]>, socket: BunTc
  * upgradeTLS on the same socket. After upgradeTLS Bun still calls the raw socket's handlers (with
  * the TLS records, and its close): past the tunnel phase they leave everything to the TLS socket's.
  */
-function connectThroughTunnel(options: ConnectOptions, tunnel: TunnelHandshake): Promise<TcpConnection> {
+function connectThroughTunnel(
+  options: ConnectOptions,
+  tunnel: TunnelHandshake,
+  sizeBuffers: (socket: BunTcpSocket) => void,
+): Promise<TcpConnection> {
   return new Promise((resolve, reject) => {
     const tls = options.tls;
     let phase: "tunnel" | "tls" | "open" = "tunnel";
@@ -636,6 +669,7 @@ function connectThroughTunnel(options: ConnectOptions, tunnel: TunnelHandshake):
             return;
           }
           socket.setNoDelay(true);
+          sizeBuffers(socket);
           // A few hundred bytes into an empty socket buffer: the kernel takes them whole.
           if (socket.write(tunnel.request) < tunnel.request.length) {
             settle(new Error("could not send the proxy request"));
@@ -692,4 +726,4 @@ function connectThroughTunnel(options: ConnectOptions, tunnel: TunnelHandshake):
   });
 }
 
-export const bunTransport: Transport = { name: "bun", bindUdp, listenTcp, connectTcp };
+export const bunTransport: Transport = { name: "bun", setsTcpBuffers: true, bindUdp, listenTcp, connectTcp };

@@ -380,4 +380,5 @@ function connectTcp(options: ConnectOptions): Promise<TcpConnection> {
   });
 }
 
-export const nodeTransport: Transport = { name: "node", bindUdp, listenTcp, connectTcp };
+/** No TCP buffer sizes: net.Socket has no SO_SNDBUF/SO_RCVBUF setter nor getter (nodejs/node#49418). */
+export const nodeTransport: Transport = { name: "node", setsTcpBuffers: false, bindUdp, listenTcp, connectTcp };

@@ -11,7 +11,7 @@
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { formatHostPort, logLine, messageOf, UserError } from "@mcudpt/core";
-import type { DropReason, LaneTotals } from "@mcudpt/protocol";
+import type { DropReason, LaneInfo, LaneTotals } from "@mcudpt/protocol";
 import { Counter, Gauge, Registry } from "prom-client";
 import type { MappingRow, Observed, SenderRow } from "./observe.js";
 
@@ -120,6 +120,7 @@ export function metricsRegistry(observed: Observed, info: Record<string, string>
   total("mcudpt_duplicates_suppressed_total", "Redundant copies received and dropped", lane("duplicatesSuppressed"));
   total("mcudpt_redundant_copies_total", "Second copies sent on another lane (--redundant)", lane("redundantCopies"));
   total("mcudpt_flows_moved_total", "Flows moved to another lane", lane("flowsMoved"));
+  laneMetrics(registers, () => observed.laneRows?.() ?? []);
   byLabel(
     "mcudpt_drops_total",
     "Datagrams dropped, by reason",
@@ -277,4 +278,60 @@ export async function startMetricsServer(registry: Registry, host: string, port:
         server.close(() => resolve());
       }),
   };
+}
+
+/**
+ * Per lane, labelled by its position in the session (1 = the first to open): a lane's counts start at
+ * 0 when it opens, so a lane that is replaced looks like a counter reset, which rate() handles.
+ * Position, not the peer's address and port: those change on every reconnection.
+ */
+function laneMetrics(registers: Registry[], rows: () => LaneInfo[]): void {
+  const each = (collect: (row: LaneInfo, lane: string) => void) => {
+    for (const [i, row] of rows().entries()) collect(row, String(i + 1));
+  };
+  new Gauge({
+    name: "mcudpt_lane_rtt_seconds",
+    help: "Round trip of the last keepalive ping on each lane (only lanes that have measured one)",
+    labelNames: ["lane"],
+    registers,
+    collect() {
+      this.reset();
+      each((row, lane) => {
+        if (row.rttMs !== undefined) this.set({ lane }, row.rttMs / 1000);
+      });
+    },
+  });
+  new Gauge({
+    name: "mcudpt_lane_stalled",
+    help: "1 while a lane's transport is backed up (new datagrams go to other lanes), 0 otherwise",
+    labelNames: ["lane"],
+    registers,
+    collect() {
+      this.reset();
+      each((row, lane) => this.set({ lane }, row.stalled ? 1 : 0));
+    },
+  });
+  new Counter({
+    name: "mcudpt_lane_datagrams_total",
+    help: "Datagrams carried on each lane since it opened: out = sent to the peer, in = received from it",
+    labelNames: ["lane", "direction"],
+    registers,
+    collect() {
+      this.reset();
+      each((row, lane) => {
+        this.inc({ lane, direction: "out" }, row.datagramsSent);
+        this.inc({ lane, direction: "in" }, row.datagramsReceived);
+      });
+    },
+  });
+  new Counter({
+    name: "mcudpt_lane_nudges_total",
+    help: "Tail-loss nudges (PAD frames) sent on each lane since it opened",
+    labelNames: ["lane"],
+    registers,
+    collect() {
+      this.reset();
+      each((row, lane) => this.inc({ lane }, row.nudgesSent));
+    },
+  });
 }

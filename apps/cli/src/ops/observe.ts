@@ -4,7 +4,7 @@
  * here is on the datagram path.
  */
 import { fingerprint, formatHostPort, type ReceiverHandle, type SenderHandle } from "@mcudpt/core";
-import type { FlowCounters, LaneTotals, MappingStats, Stats } from "@mcudpt/protocol";
+import type { FlowCounters, LaneInfo, LaneTotals, MappingStats, Stats } from "@mcudpt/protocol";
 
 export type Role = "receiver" | "sender";
 
@@ -23,6 +23,8 @@ export interface Observed {
   peerConnected(): boolean;
   /** Lanes (TCP connections of the session): open, and how many this side keeps or takes. */
   lanes?(): { open: number; wanted: number };
+  /** Each lane of the session, in the order they opened: RTT, datagrams, nudges (a lane's own counts). */
+  laneRows?(): LaneInfo[];
   /** Nudges, redundancy and lane totals (see LaneTotals). */
   laneTotals?(): LaneTotals;
   /** Where the connection side stands (open, waiting for the peer's decision, connecting, down). */
@@ -79,6 +81,7 @@ export function observeReceiver(handle: ReceiverHandle, transport: string): Obse
     peerConnected: () => machine.session.peerConnected,
     phase: () => machine.session.phase,
     lanes: () => lanesOf(machine.session),
+    laneRows: () => machine.session.lanes(),
     laneTotals: () => machine.laneTotals,
     flowCount: () => machine.flows.size,
     reconnects: () => Math.max(0, machine.stats.accepted - 1),
@@ -105,6 +108,7 @@ export function observeSender(handle: SenderHandle, transport: string): Observed
     peerConnected: () => machine.session.peerConnected,
     phase: () => machine.session.phase,
     lanes: () => lanesOf(machine.session),
+    laneRows: () => machine.session.lanes(),
     laneTotals: () => machine.laneTotals,
     flowCount: () => machine.flows.size,
     reconnects: () => handle.reconnects,

@@ -29,6 +29,16 @@ export function snapshotText(observed: Observed, at = now()): string {
         `serving ${row.serving.join(",") || "-"}${standby}, to it ${row.toSender} dg, from it ${row.fromSender} dg`,
     );
   }
+  const lanes = observed.laneRows?.() ?? [];
+  if (lanes.length > 1) {
+    for (const [i, lane] of lanes.entries()) {
+      const rtt = lane.rttMs === undefined ? "-" : `${lane.rttMs.toFixed(1)} ms`;
+      lines.push(
+        `  lane ${i + 1}: ${logLine(lane.peer, 60)} ${lane.open ? (lane.stalled ? "stalled" : "open") : "closing"}, rtt ${rtt}, ` +
+          `out ${lane.datagramsSent} dg, in ${lane.datagramsReceived} dg, nudges ${lane.nudgesSent}`,
+      );
+    }
+  }
   const flows = [...observed.flows()].sort((a, b) => b.bytesIn + b.bytesOut - (a.bytesIn + a.bytesOut));
   if (flows.length > 0)
     lines.push(
@@ -59,6 +69,9 @@ export function snapshotJson(observed: Observed, name: string, at = now()): stri
     handshakeFailures: s.handshakeFailures,
   });
   for (const row of observed.senders?.() ?? []) out += jsonRecord(name, "sender", { ...row });
+  for (const [i, lane] of (observed.laneRows?.() ?? []).entries()) {
+    out += jsonRecord(name, "lane", { lane: i + 1, ...lane, rttMs: lane.rttMs ?? null });
+  }
   let listed = 0;
   for (const flow of observed.flows()) {
     if (listed++ >= MAX_LISTED) break;

@@ -91,14 +91,16 @@ export class StatusLine {
     if (lanes && lanes.wanted > 1) {
       const totals = o.laneTotals?.();
       const dup = totals && totals.duplicatesSuppressed > 0 ? ` dup ${compact(totals.duplicatesSuppressed)}` : "";
-      parts.push(`lanes ${lanes.open}/${lanes.wanted}${dup}`);
+      const rtts = (o.laneRows?.() ?? []).filter((lane) => lane.open && lane.rttMs !== undefined);
+      const each = rtts.length > 1 ? ` rtt ${rtts.map((lane) => milliseconds(lane.rttMs as number)).join("/")} ms` : "";
+      parts.push(`lanes ${lanes.open}/${lanes.wanted}${each}${dup}`);
     }
     const who = servingText(o);
     if (who) parts.push(who);
     const drops = nonZeroDrops(o.stats);
     parts.push(drops.length > 0 ? `drops ${drops.join(" ")}` : "drops 0");
     const rtt = o.stats.rttMs;
-    parts.push(`rtt ${rtt === undefined ? "-" : `${rtt < 10 ? rtt.toFixed(1) : Math.round(rtt)} ms`}`);
+    parts.push(`rtt ${rtt === undefined ? "-" : `${milliseconds(rtt)} ms`}`);
     const line = printableLine(parts.join(" | "));
     // A line longer than the terminal would wrap, and \r would then only rewrite its last row.
     const width = (this.stream.columns || 80) - 1; // 0 on a pty without a window size
@@ -142,4 +144,9 @@ function peerState(o: Observed, peer: string): string {
   if (phase === "waiting") return `connected, waiting for the ${peer} to admit this key (its operator?)`;
   if (phase === "connecting") return "connecting";
   return o.role === "receiver" ? "down" : "connecting";
+}
+
+/** A round trip for a one-line display: one decimal below 10 ms, whole milliseconds above. */
+function milliseconds(ms: number): string {
+  return ms < 10 ? ms.toFixed(1) : String(Math.round(ms));
 }

@@ -93,7 +93,7 @@ for (const transport of availableTransports()) {
               await handshakeAsReceiver(hostile, SECRET);
             } else {
               hostile = await rawConnect(sender.tcpPort);
-              await handshakeAsSender(hostile, SECRET, Role.Receiver);
+              await handshakeAsSender(hostile, SECRET, { role: Role.Receiver });
             }
             const peer = hostile;
             await eventually(() => sender.machine.session.peerConnected, "the hostile receiver is accepted");

@@ -29,7 +29,8 @@ export interface FaultProxy {
 export async function startProxy(
   targetPort: number,
   mode: ProxyMode = "passthrough",
-  options: { delayMs?: number } = {},
+  /** `localAddress`: the source address of the upstream connections (from= tests); `host`: the target's. */
+  options: { delayMs?: number; localAddress?: string; host?: string } = {},
 ): Promise<FaultProxy> {
   const sockets = new Set<Socket>();
   const pairs: Array<[Socket, Socket]> = [];
@@ -114,7 +115,11 @@ export async function startProxy(
   const server: Server = createServer((client) => {
     proxy.accepted++;
     client.setNoDelay(true);
-    const upstream = connect({ host: "127.0.0.1", port: targetPort });
+    const upstream = connect({
+      host: options.host ?? "127.0.0.1",
+      port: targetPort,
+      localAddress: options.localAddress,
+    });
     upstream.setNoDelay(true);
     sockets.add(client);
     sockets.add(upstream);

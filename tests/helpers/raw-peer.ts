@@ -166,19 +166,27 @@ export type RawCredentials = string | Identity;
 export function senderHello(
   agent = "hostile-test",
   identity?: Identity,
-  role: Role = Role.Sender,
+  hello: HelloOptions = {},
 ): { bytes: Uint8Array; hello: Uint8Array } {
-  const hello = encodeFrame({
+  const encoded = encodeFrame({
     type: FrameType.Hello,
-    role,
+    role: hello.role ?? Role.Sender,
     auth: identity ? AuthMode.Key : AuthMode.Secret,
-    capabilities: Capability.Resume,
+    capabilities: hello.capabilities ?? Capability.Resume,
     nonce: new Uint8Array(randomBytes(32)),
     publicKey: identity ? identity.publicKey : new Uint8Array(0),
-    mappings: [""],
+    mappings: hello.mappings ?? [""],
     agent,
   });
-  return { bytes: concatBytes(PREFACE, hello), hello };
+  return { bytes: concatBytes(PREFACE, encoded), hello: encoded };
+}
+
+/** What a raw sender's HELLO announces besides its key: capabilities (Resume) and mappings (one unnamed). */
+export interface HelloOptions {
+  /** Receiver: dial a listening sender as a receiver (ssh -L; the wire is the same, §5.1). */
+  role?: Role;
+  capabilities?: number;
+  mappings?: string[];
 }
 
 const hmac = (secret: string, data: Uint8Array) => new Uint8Array(createHmac("sha256", secret).update(data).digest());
@@ -222,18 +230,18 @@ export function senderAuth(
 /**
  * Completes a handshake as a sender over `peer` (§5, §6) — shared secret, or key mode with `credentials`
  * as the sender's identity — checks the receiver's own proof, and returns the ACCEPT. Throws if the
- * receiver refuses or proves a different secret or key. With `role` Receiver it dials a listening
+ * receiver refuses or proves a different secret or key. With `hello.role` Receiver it dials a listening
  * sender as a receiver instead (ssh -L; the wire is the same, §5.1).
  */
 export async function handshakeAsSender(
   peer: RawPeer,
   credentials: RawCredentials,
-  role: Role = Role.Sender,
+  hello: HelloOptions = {},
 ): Promise<AcceptFrame> {
   const { bytes, hello: helloD } = senderHello(
     "hostile-test",
     typeof credentials === "string" ? undefined : credentials,
-    role,
+    hello,
   );
   peer.write(bytes);
   const receiverHello = await peer.waitFrame(isFrame(FrameType.Hello), "the acceptor's HELLO");

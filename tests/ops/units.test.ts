@@ -10,7 +10,7 @@ import { describe, it } from "node:test";
 import { type LaneInfo, type Stats, zeroDrops, zeroLaneTotals } from "@mcudpt/protocol";
 import type { Observed } from "../../apps/cli/src/ops/observe.ts";
 import { opsOptions, parseMetricsAddress } from "../../apps/cli/src/ops/options.ts";
-import { snapshotText } from "../../apps/cli/src/ops/snapshot.ts";
+import { snapshotJson, snapshotText } from "../../apps/cli/src/ops/snapshot.ts";
 import { StatusLine } from "../../apps/cli/src/ops/status.ts";
 import { CLI_DOC, COMMANDS, renderCliDoc } from "../../scripts/cli-docs.ts";
 import { publishedManifest } from "../../scripts/pack.ts";
@@ -132,6 +132,38 @@ describe("status line", () => {
     );
   });
 
+  it("shows who serves what with several senders (short fingerprints, standby), and a sender's mapping states", () => {
+    const row = (sender: string, serving: string[], standby: string[], connected = true) => ({
+      sender,
+      peer: "192.0.2.1:40000",
+      connected,
+      serving,
+      standby,
+      toSender: 0,
+      fromSender: 0,
+    });
+    const start = { at: 0, udpIn: 0, udpInBytes: 0, udpOut: 0, udpOutBytes: 0 };
+    const render = (o: Observed) => new StatusLine(o, { isTTY: true, columns: 300, write() {} }).render(start, start);
+    const two: Observed = {
+      ...fakeObserved(),
+      senders: () => [row("SHA256:abcdefghXYZ", ["dns", "ntp"], []), row("SHA256:12345678xyz", [], ["dns"], false)],
+    };
+    assert.match(render(two), / \| senders abcdefgh dns,ntp; 12345678 \(lost\) - standby dns \| /);
+    const one: Observed = { ...fakeObserved(), senders: () => [row("SHA256:abcdefghXYZ", ["dns"], [])] };
+    assert.doesNotMatch(render(one), /senders/);
+    const sender: Observed = {
+      ...fakeObserved(),
+      role: "sender",
+      serving: () => [
+        { label: "dns", state: "serving" },
+        { label: "ntp", state: "standby" },
+      ],
+    };
+    assert.match(render(sender), / \| mappings dns serving, ntp standby \| /);
+    const all: Observed = { ...fakeObserved(), role: "sender", serving: () => [{ label: "dns", state: "serving" }] };
+    assert.doesNotMatch(render(all), /mappings/);
+  });
+
   it("shows each open lane's RTT when more than one has measured it", () => {
     const laned: Observed = { ...fakeObserved(), lanes: () => ({ open: 2, wanted: 2 }), laneRows: () => TWO_LANES };
     const line = new StatusLine(laned, { isTTY: true, columns: 200, write() {} });
@@ -172,6 +204,46 @@ describe("SIGUSR1 snapshot", () => {
     const text = snapshotText(fakeObserved({ udpIn: 3 }), 1500);
     assert.match(text, /^snapshot: sender connected, 1 flows, udp in 3 dg/);
     assert.match(text, /\n\s+7\s+192\.0\.2\.1:5353\s+3\s+300\s+2\s+200\s+1\.5 s\n$/);
+  });
+
+  it("lists each sender, what it serves and its traffic, when several may serve (text and JSON)", () => {
+    const observed: Observed = {
+      ...fakeObserved(),
+      senders: () => [
+        {
+          sender: "SHA256:aaaa",
+          peer: "192.0.2.1:4000",
+          connected: true,
+          serving: ["dns"],
+          standby: [],
+          toSender: 5,
+          fromSender: 4,
+        },
+        {
+          sender: "SHA256:bbbb",
+          peer: undefined,
+          connected: false,
+          serving: [],
+          standby: ["dns"],
+          toSender: 0,
+          fromSender: 0,
+        },
+      ],
+    };
+    const text = snapshotText(observed, 1500);
+    assert.match(text, /\n {2}sender SHA256:aaaa 192\.0\.2\.1:4000 connected, serving dns, to it 5 dg, from it 4 dg\n/);
+    assert.match(text, /\n {2}sender SHA256:bbbb - lost \(resume grace\), serving -, standby dns, to it 0 dg/);
+    const records = snapshotJson(observed, "mcudpt receiver", 1500)
+      .trim()
+      .split("\n")
+      .map((line) => JSON.parse(line));
+    assert.deepEqual(
+      records.filter((r) => r.msg === "sender").map((r) => [r.sender, r.serving, r.standby]),
+      [
+        ["SHA256:aaaa", ["dns"], []],
+        ["SHA256:bbbb", [], ["dns"]],
+      ],
+    );
   });
 
   it("lists each lane, with its peer, state, RTT and counts, when the session has several", () => {

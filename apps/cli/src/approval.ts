@@ -146,6 +146,8 @@ export function stdinApprover(
     const peer = logLine(question.peer, PEER_SHOWN_MAX);
     const fingerprint = logLine(question.fingerprint, PEER_SHOWN_MAX);
     const who = `${peerName[0].toUpperCase()}${peerName.slice(1)}`;
+    // Asking to serve some mappings only: a yes admits (and remembers) the key for those.
+    const scope = question.mappings ? `, for mappings ${logLine(question.mappings.join(", "), PEER_SHOWN_MAX)}` : "";
     if ((io.input === undefined && stdinCannotAnswer()) || (ended && lines.length === 0)) {
       return `nobody can approve a new key at this ${peerName === "sender" ? "receiver" : "sender"} (stdin is closed); ${UNATTENDED}`;
     }
@@ -154,7 +156,7 @@ export function stdinApprover(
     for (let attempt = 0; attempt < 3; attempt++) {
       prompt.ask(
         attempt === 0
-          ? `${who} connection from ${peer}, key ${fingerprint}. Accept? [yes/no] `
+          ? `${who} connection from ${peer}, key ${fingerprint}${scope}. Accept? [yes/no] `
           : `Please type 'yes' or 'no': `,
       );
       const line = await read(input, cancelled);

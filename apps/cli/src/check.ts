@@ -580,7 +580,9 @@ async function checkRole(
   }
   const trust: string[] = [];
   if (keyMode && listening) {
-    const { clean } = collect(problems, args, (a) => listenTrustFor(a, peer));
+    // mappings="…" on a key line must name this side's mappings (when they could be read).
+    const names = mappings?.map(({ name }) => name ?? "");
+    const { clean } = collect(problems, args, (a) => listenTrustFor(a, peer, names));
     if (clean)
       trust.push(
         args["authorized-keys"] !== undefined

@@ -215,6 +215,7 @@ function sideOptions(
   peer: PeerRole,
   listening: boolean,
   keyMode: boolean,
+  mappingNames: readonly string[],
 ) {
   const logger = ops.logger;
   const carrier = carrierFor(
@@ -227,7 +228,7 @@ function sideOptions(
   const args = tlsArgsFor(givenArgs, address);
   return {
     carrier,
-    admission: keyMode && listening ? listenTrustFor(args, peer) : undefined,
+    admission: keyMode && listening ? listenTrustFor(args, peer, mappingNames) : undefined,
     pins: keyMode && !listening ? dialPinsFor(args, peer) : undefined,
     // Flag errors before files are created: a bad command line leaves nothing behind.
     tls: listening ? listenTls(args, logger, peer) : dialTls(args, logger, peer),
@@ -314,7 +315,8 @@ export const receiverCommand = defineCommand({
     const logger = ops.logger;
     const keyMode = !options.secret;
     if (!keyMode) rejectKeyFlagsWithSecret(args, "sender");
-    const side = sideOptions(args, rawArgs, tcp.carrier, ops, "sender", !dialing, keyMode);
+    const names = mappings.map(({ name }) => name ?? "");
+    const side = sideOptions(args, rawArgs, tcp.carrier, ops, "sender", !dialing, keyMode, names);
     const identity = keyMode ? identityFor(args, logger) : undefined;
     warnAboutSettings(logger, options);
     const transport = pickTransport(options.transport);
@@ -379,7 +381,8 @@ export const senderCommand = defineCommand({
     const logger = ops.logger;
     const keyMode = !options.secret;
     if (!keyMode) rejectKeyFlagsWithSecret(args, "receiver");
-    const side = sideOptions(args, rawArgs, tcp.carrier, ops, "receiver", listening, keyMode);
+    const names = mappings.map(({ name }) => name ?? "");
+    const side = sideOptions(args, rawArgs, tcp.carrier, ops, "receiver", listening, keyMode, names);
     const identity = keyMode ? identityFor(args, logger) : undefined;
     if (identity) logger.log("info", `sender key ${identity.fingerprint} (public key in ${identity.path}.pub)`);
     warnAboutSettings(logger, options);

@@ -44,7 +44,7 @@ export function trustArgs(peer: PeerRole) {
   return {
     "authorized-keys": {
       type: "string",
-      description: `Listening side: admit only ${peer}s whose public keys are in this file (one ssh-ed25519 line each); nobody is asked`,
+      description: `Listening side: admit only ${peer}s whose public keys are in this file (one ssh-ed25519 line each, optionally after from="ADDRESSES" and mappings="NAMES"); nobody is asked`,
       valueHint: "FILE",
     },
     [`known-${peer}s`]: {
@@ -82,7 +82,7 @@ export function identityFor(args: RawArgs, logger: Logger): LoadedIdentity {
 }
 
 /** The listening side: which peer keys are admitted. */
-export function listenTrustFor(args: RawArgs, peer: PeerRole): PeerAdmission {
+export function listenTrustFor(args: RawArgs, peer: PeerRole, mappingNames?: readonly string[]): PeerAdmission {
   if (args[`${peer}-key`] !== undefined) {
     throw new UserError(`--${peer}-key is for the side that dials; this end listens (use --authorized-keys)`);
   }
@@ -90,6 +90,7 @@ export function listenTrustFor(args: RawArgs, peer: PeerRole): PeerAdmission {
     authorizedKeys: stringArg(args, "authorized-keys"),
     knownSenders: stringArg(args, `known-${peer}s`) ?? configPath(`known_${peer}s`),
     peerName: peer,
+    mappingNames,
   });
 }
 

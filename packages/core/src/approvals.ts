@@ -16,6 +16,11 @@ export interface OperatorQuestion {
   peer: string;
   /** Its key's fingerprint, "SHA256:…". */
   fingerprint: string;
+  /**
+   * The mappings (by name) it asks to serve, when that is some of this side's and not all: a yes
+   * admits it for those (and is remembered so). Absent: all of them.
+   */
+  mappings?: string[];
 }
 
 /**
@@ -34,14 +39,26 @@ export interface ApprovalsOptions {
   clock: Clock;
   /** What the peer is ("sender" or "receiver"), for log lines. */
   peerName: string;
-  /** The decision for connection `conn`: admit, or refuse telling the peer `reason` (none: the operator's no). */
-  decide(conn: number, accepted: boolean, reason?: string): void;
+  /**
+   * The decision for connection `conn`: admit (for `mappings` by name; all when absent), or refuse
+   * telling the peer `reason` (none: the operator's no).
+   */
+  decide(conn: number, accepted: boolean, reason?: string, mappings?: readonly string[]): void;
+  /**
+   * Whether an admitted peer is connected: an unknown key is then refused without asking (the
+   * original's "only one verification is required"); known keys may still join, as standby.
+   */
+  busy?: () => boolean;
+  /** This side's mapping names, to tell a question about some of them from one about all. */
+  mappingNames?: readonly string[];
 }
 
 interface Question {
   conn: number;
   peer: string;
   publicKey: Uint8Array;
+  /** The mappings asked for, when some and not all (see OperatorQuestion). */
+  mappings?: string[];
   cancel?: AbortController;
 }
 
@@ -62,8 +79,8 @@ export class Approvals {
     this.admission = admission;
   }
 
-  /** The machine's `authorize-peer` output. */
-  authorize(conn: number, peer: string, publicKey: Uint8Array, source?: string): void {
+  /** The machine's `authorize-peer` output; `mappings`, the names of the mappings the peer asks for. */
+  authorize(conn: number, peer: string, publicKey: Uint8Array, source?: string, mappings: string[] = []): void {
     const { logger, peerName, clock } = this.options;
     const print = fingerprint(publicKey);
     let verdict: AdmissionVerdict;
@@ -75,7 +92,7 @@ export class Approvals {
     }
     if (verdict.verdict === "trusted") {
       logger.log("info", `${peerName} ${peer} key ${print}: ${verdict.why}`);
-      return this.later(conn, true);
+      return this.later(conn, true, undefined, verdict.mappings);
     }
     if (verdict.verdict === "refused") {
       logger.log("warn", `refusing ${peerName} ${peer}: ${verdict.reason}`);
@@ -85,6 +102,13 @@ export class Approvals {
       logger.log("info", `refusing ${peerName} ${peer}: key ${print} was refused by the operator a short while ago`);
       return this.later(conn, false, `key ${print} was refused by the operator a short while ago`);
     }
+    if (this.options.busy?.()) {
+      logger.log(
+        "warn",
+        `refusing ${peerName} ${peer}: unknown key ${print}, and a ${peerName} is connected (only one verification is required; list the key in --authorized-keys to let it join)`,
+      );
+      return this.later(conn, false, `unknown key ${print}: not authorized here while a ${peerName} is connected`);
+    }
     if (!this.options.askOperator) {
       logger.log(
         "warn",
@@ -92,7 +116,7 @@ export class Approvals {
       );
       return this.later(conn, false, `unknown key ${print}: not authorized here`);
     }
-    this.queue.push({ conn, peer, publicKey });
+    this.queue.push({ conn, peer, publicKey, mappings: this.subset(mappings) });
     this.askNext();
   }
 
@@ -111,8 +135,15 @@ export class Approvals {
   }
 
   /** Answered after the current output is drained: the machine is not re-entered from its own poll. */
-  private later(conn: number, accepted: boolean, reason?: string): void {
-    queueMicrotask(() => this.options.decide(conn, accepted, reason));
+  private later(conn: number, accepted: boolean, reason?: string, mappings?: readonly string[]): void {
+    queueMicrotask(() => this.options.decide(conn, accepted, reason, mappings));
+  }
+
+  /** `asked` when it names some of this side's mappings and not all; undefined otherwise (all). */
+  private subset(asked: string[]): string[] | undefined {
+    const names = this.options.mappingNames ?? [];
+    if (asked.length === 0 || asked.length >= names.length || asked.some((name) => name === "")) return undefined;
+    return asked;
   }
 
   private askNext(): void {
@@ -125,7 +156,7 @@ export class Approvals {
     next.cancel = cancel;
     this.asking = next;
     const ask = this.options.askOperator as AskOperator;
-    ask({ peer: next.peer, fingerprint: print }, cancel.signal)
+    ask({ peer: next.peer, fingerprint: print, ...(next.mappings ? { mappings: next.mappings } : {}) }, cancel.signal)
       .catch((error) => {
         if (!cancel.signal.aborted) logger.log("warn", `operator approval failed: ${messageOf(error)}`);
         return false;
@@ -139,7 +170,7 @@ export class Approvals {
           );
         } else if (answer === true) {
           this.remember(next, print);
-          this.options.decide(next.conn, true);
+          this.options.decide(next.conn, true, undefined, next.mappings);
         } else if (typeof answer === "string") {
           logger.log("warn", `refusing ${peerName} ${next.peer} key ${print}: ${answer}`);
           this.options.decide(next.conn, false, answer);
@@ -160,8 +191,9 @@ export class Approvals {
     try {
       // The comment goes into a trust file: one printable line whatever the address text holds.
       const comment = printable(`approved ${new Date().toISOString().slice(0, 10)} from ${question.peer}`);
-      this.admission?.remember(question.publicKey, comment);
-      logger.log("info", `${peerName} key ${print} remembered: it will be accepted without asking`);
+      this.admission?.remember(question.publicKey, comment, question.mappings);
+      const scope = question.mappings ? ` for mappings ${question.mappings.join(", ")}` : "";
+      logger.log("info", `${peerName} key ${print} remembered${scope}: it will be accepted without asking`);
     } catch (error) {
       logger.log("warn", `could not remember ${peerName} key ${print}: ${messageOf(error)}`);
     }

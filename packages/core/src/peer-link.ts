@@ -73,6 +73,8 @@ export interface PeerLinkOptions extends ListenTrust, DialTrust {
   /** WebSocket, a proxy: how connections reach the peer (default plain TCP). */
   carrier?: CarrierOptions;
   keyCheck: PeerKeyChecker;
+  /** This side's mapping names (what an operator's approval may restrict a key to). */
+  mappingNames?: readonly string[];
 }
 
 export async function startPeerLink(options: PeerLinkOptions): Promise<PeerLink> {
@@ -115,7 +117,10 @@ export async function startPeerLink(options: PeerLinkOptions): Promise<PeerLink>
     logger,
     clock: systemClock,
     peerName,
-    decide: (conn, accepted, reason) => driver.guard(() => session.approve(conn, accepted, now(), reason)),
+    decide: (conn, accepted, reason, mappings) =>
+      driver.guard(() => session.approve(conn, accepted, now(), reason, mappings)),
+    busy: () => session.anyPeerLive(now()),
+    mappingNames: options.mappingNames,
   });
   const listener = await listen({
     transport,
@@ -135,7 +140,7 @@ export async function startPeerLink(options: PeerLinkOptions): Promise<PeerLink>
     reconnects: 0,
     onOutput: (output) => {
       if (output.kind === "authorize-peer")
-        approvals.authorize(output.conn, output.peer, output.publicKey, output.source);
+        approvals.authorize(output.conn, output.peer, output.publicKey, output.source, output.mappings);
       else if (output.kind === "authorization-withdrawn") approvals.withdraw(output.conn, output.why);
     },
     async reload(update) {
@@ -177,13 +182,10 @@ function withdrawRefused(driver: MachineDriver, admission: PeerAdmission, logger
       }
       if (verdict.verdict === "trusted") return undefined;
       const why = verdict.verdict === "refused" ? verdict.reason : `key ${print} is no longer a known ${peerName}`;
-      const flows = driver.machine.flows.size;
-      logger.log(
-        "warn",
-        `ending the ${peerName}'s session (${flows} flow${flows === 1 ? "" : "s"}) after the reload: ${why}`,
+      logger.log("warn", `ending the session of ${peerName} key ${print} after the reload: ${why}`);
       );
       return `key ${print} is no longer authorized here`;
-    });
+    }, now());
   });
   return ended;
 }

@@ -105,6 +105,7 @@ export async function startRole<M extends Machine>(spec: RoleSpec<M>): Promise<R
       keyCheck,
       admission: side.admission,
       askOperator: side.askOperator,
+      mappingNames: mappings.map(({ name }) => name ?? ""),
       pins: side.pins,
       reconnect: side.reconnect,
       connectTimeoutMs: side.connectTimeoutMs,

@@ -16,7 +16,8 @@ import { sourceMatcher } from "./source-match.js";
 import { parseFingerprint } from "./tls.js";
 
 export type AdmissionVerdict =
-  | { verdict: "trusted"; why: string }
+  /** `mappings`: the only mappings (by name) the key may serve (`mappings="…"`); all when absent. */
+  | { verdict: "trusted"; why: string; mappings?: string[] }
   | { verdict: "refused"; reason: string }
   /** Not known: only an operator can decide. */
   | { verdict: "unknown" };
@@ -24,8 +25,11 @@ export type AdmissionVerdict =
 export interface PeerAdmission {
   /** `source`: the IP address the peer connected from (for `from="…"` options). */
   check(publicKey: Uint8Array, source?: string): AdmissionVerdict;
-  /** The operator said yes: remember the key so the peer reconnects without asking. */
-  remember(publicKey: Uint8Array, comment: string): void;
+  /**
+   * The operator said yes: remember the key so the peer reconnects without asking, restricted to
+   * `mappings` (by name) when given.
+   */
+  remember(publicKey: Uint8Array, comment: string, mappings?: readonly string[]): void;
 }
 
 export interface AdmissionFiles {
@@ -34,36 +38,58 @@ export interface AdmissionFiles {
   knownSenders: string;
   /** What the peers are ("sender" by default), for the reasons logged. */
   peerName?: string;
+  /** This side's mapping names: a `mappings=` option naming another is an error (a typo). */
+  mappingNames?: readonly string[];
 }
 
 export function fileAdmission(files: AdmissionFiles): PeerAdmission {
   // Fail at start-up, not at the first peer.
-  if (files.authorizedKeys !== undefined) readKeyFile(files.authorizedKeys, true);
-  else readKeyFile(files.knownSenders, false);
+  const names = files.mappingNames;
+  if (files.authorizedKeys !== undefined) readKeyFile(files.authorizedKeys, true, names);
+  else readKeyFile(files.knownSenders, false, names);
   return {
     check(publicKey, source) {
       const print = fingerprint(publicKey);
       if (files.authorizedKeys !== undefined) {
-        const entry = readKeyFile(files.authorizedKeys, true).get(print);
+        const entry = readKeyFile(files.authorizedKeys, true, names).get(print);
         if (entry === undefined)
           return { verdict: "refused", reason: `key ${print} is not in ${files.authorizedKeys}` };
-        if (entry.from && (source === undefined || !entry.from(source))) {
-          const where = `${files.authorizedKeys} line ${entry.line}`;
-          return {
-            verdict: "refused",
-            reason: `key ${print} may not connect from ${source ?? "an unknown address"} (from= in ${where})`,
-          };
-        }
-        return { verdict: "trusted", why: `listed in ${files.authorizedKeys}` };
+        return judge(entry, print, source, files.authorizedKeys, `listed in ${files.authorizedKeys}`);
       }
-      if (readKeyFile(files.knownSenders, false).has(print))
-        return { verdict: "trusted", why: `known ${files.peerName ?? "sender"} (${files.knownSenders})` };
+      const known = readKeyFile(files.knownSenders, false, names).get(print);
+      if (known)
+        return judge(
+          known,
+          print,
+          source,
+          files.knownSenders,
+          `known ${files.peerName ?? "sender"} (${files.knownSenders})`,
+        );
       return { verdict: "unknown" };
     },
-    remember(publicKey, comment) {
-      appendLine(files.knownSenders, publicKeyLine(publicKey, comment));
+    remember(publicKey, comment, mappings) {
+      const options = mappings && mappings.length > 0 ? `mappings="${mappings.join(",")}" ` : "";
+      appendLine(files.knownSenders, options + publicKeyLine(publicKey, comment));
     },
   };
+}
+
+/** A listed key's verdict: refused outside its `from=`, else trusted for its `mappings=`. */
+function judge(
+  entry: KeyEntry,
+  print: string,
+  source: string | undefined,
+  path: string,
+  why: string,
+): AdmissionVerdict {
+  if (entry.from && (source === undefined || !entry.from(source))) {
+    return {
+      verdict: "refused",
+      reason: `key ${print} may not connect from ${source ?? "an unknown address"} (from= in ${path} line ${entry.line})`,
+    };
+  }
+  if (entry.mappings === undefined) return { verdict: "trusted", why };
+  return { verdict: "trusted", why: `${why}, for mappings ${entry.mappings.join(", ")}`, mappings: entry.mappings };
 }
 
 interface KeyEntry {
@@ -71,14 +97,17 @@ interface KeyEntry {
   line: number;
   /** The `from="…"` option: which source addresses may use the key. */
   from?: (address: string) => boolean;
+  /** The `mappings="…"` option: which of this side's mappings (by name) the key may serve. */
+  mappings?: string[];
 }
 
 /**
  * The keys of an authorized_keys-style file, by fingerprint, with their options. ssh's syntax: an
- * optional comma-separated option list before the key (`from="198.51.100.0/24,!198.51.100.9"`).
+ * optional comma-separated option list before the key (`from="198.51.100.0/24,!198.51.100.9"`,
+ * `mappings="dns,ntp"`).
  * Unparseable lines and unknown options are errors, never silently skipped or ignored.
  */
-function readKeyFile(path: string, mustExist: boolean): Map<string, KeyEntry> {
+function readKeyFile(path: string, mustExist: boolean, mappingNames?: readonly string[]): Map<string, KeyEntry> {
   const keys = new Map<string, KeyEntry>();
   if (!mustExist && !existsSync(path)) return keys;
   let text: string;
@@ -99,10 +128,15 @@ function readKeyFile(path: string, mustExist: boolean): Map<string, KeyEntry> {
     if (!parsed) throw new UserError(`${at}: not an "ssh-ed25519 AAAA… comment" public key line`);
     const entry: KeyEntry = { line: index + 1 };
     for (const { name, value } of split.options) {
-      if (name !== "from" || value === undefined) {
+      if ((name !== "from" && name !== "mappings") || value === undefined || name in entry) {
+        const what = name in entry ? "is given twice" : "is not supported";
         throw new UserError(
-          `${at}: option ${name}${value === undefined ? "" : "=…"} is not supported (only from="ADDRESSES")`,
+          `${at}: option ${name}${value === undefined ? "" : "=…"} ${what} (only from="ADDRESSES" and mappings="NAMES")`,
         );
+      }
+      if (name === "mappings") {
+        entry.mappings = mappingList(value, at, mappingNames);
+        continue;
       }
       try {
         entry.from = sourceMatcher(value);
@@ -113,6 +147,22 @@ function readKeyFile(path: string, mustExist: boolean): Map<string, KeyEntry> {
     keys.set(fingerprint(parsed.publicKey), entry);
   });
   return keys;
+}
+
+/** `mappings="dns,ntp"`: names of this side's mappings, each listed once; checked against `known`. */
+function mappingList(value: string, at: string, known: readonly string[] | undefined): string[] {
+  const names = value.split(",").map((name) => name.trim());
+  if (names.some((name) => name === "")) throw new UserError(`${at}: mappings=: an empty mapping name in "${value}"`);
+  if (new Set(names).size !== names.length)
+    throw new UserError(`${at}: mappings=: a name is listed twice in "${value}"`);
+  const unknown = known === undefined ? [] : names.filter((name) => !known.includes(name));
+  if (unknown.length > 0) {
+    const have = known?.filter((name) => name !== "") ?? [];
+    throw new UserError(
+      `${at}: mappings=: no mapping named ${unknown.map((n) => `"${n}"`).join(", ")} here (${have.length > 0 ? `named: ${have.join(", ")}` : "no mapping has a name"})`,
+    );
+  }
+  return names;
 }
 
 const OPTION = /^([A-Za-z][A-Za-z0-9-]*)(?:="((?:[^"\\]|\\.)*)")?/;

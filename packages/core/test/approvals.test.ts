@@ -360,3 +360,80 @@ describe("Approvals: withdrawn questions", () => {
     expect(decisions).toEqual([{ conn: 1, accepted: true }]);
   });
 });
+
+describe("Approvals: several senders (§18)", () => {
+  function withSenders(options: { admission: PeerAdmission; askOperator?: AskOperator; busy: boolean }) {
+    const decisions: Array<{ conn: number; accepted: boolean; reason?: string; mappings?: readonly string[] }> = [];
+    const logger = recordingLogger();
+    const approvals = new Approvals({
+      admission: options.admission,
+      askOperator: options.askOperator,
+      logger,
+      clock: new FakeClock(),
+      peerName: "sender",
+      busy: () => options.busy,
+      mappingNames: ["dns", "ntp", "wg"],
+      decide: (conn, accepted, reason, mappings) => decisions.push({ conn, accepted, reason, mappings }),
+    });
+    return { approvals, decisions, logger };
+  }
+
+  test("a trusted key's mappings= go to the machine with the admission", async () => {
+    const admission = fakeAdmission(() => ({ verdict: "trusted", why: "listed", mappings: ["dns"] }));
+    const { approvals, decisions } = withSenders({ admission, busy: true });
+    approvals.authorize(1, "127.0.0.1:5000", KEY_A, "127.0.0.1", ["dns", "ntp"]);
+    await flush();
+    expect(decisions).toEqual([{ conn: 1, accepted: true, reason: undefined, mappings: ["dns"] }]);
+  });
+
+  test("while a sender is connected an unknown key is refused without asking anyone", async () => {
+    const operator = scriptedOperator();
+    const { approvals, decisions, logger } = withSenders({
+      admission: fakeAdmission(),
+      askOperator: operator.ask,
+      busy: true,
+    });
+    approvals.authorize(2, "127.0.0.1:5001", KEY_B, "127.0.0.1", ["dns"]);
+    await flush();
+    expect(operator.questions).toEqual([]);
+    expect(decisions).toEqual([
+      {
+        conn: 2,
+        accepted: false,
+        reason: `unknown key ${fingerprint(KEY_B)}: not authorized here while a sender is connected`,
+        mappings: undefined,
+      },
+    ]);
+    expect(logger.lines().some((l) => l.includes("only one verification is required"))).toBe(true);
+  });
+
+  test("the operator is asked about the mappings asked for; a yes admits and remembers the key for them", async () => {
+    const operator = scriptedOperator();
+    const admission = fakeAdmission();
+    const remembered: Array<readonly string[] | undefined> = [];
+    admission.remember = (_key, _comment, mappings) => void remembered.push(mappings);
+    const { approvals, decisions } = withSenders({ admission, askOperator: operator.ask, busy: false });
+    approvals.authorize(3, "127.0.0.1:5002", KEY_C, "127.0.0.1", ["dns", "wg"]);
+    await flush();
+    expect(operator.questions.map((q) => q.question.mappings)).toEqual([["dns", "wg"]]);
+    operator.questions[0].answer.resolve(true);
+    await flush();
+    expect(decisions).toEqual([{ conn: 3, accepted: true, reason: undefined, mappings: ["dns", "wg"] }]);
+    expect(remembered).toEqual([["dns", "wg"]]);
+  });
+
+  test("asking for every mapping: the question and the remembered line carry no restriction", async () => {
+    const operator = scriptedOperator();
+    const { approvals, decisions } = withSenders({
+      admission: fakeAdmission(),
+      askOperator: operator.ask,
+      busy: false,
+    });
+    approvals.authorize(4, "127.0.0.1:5003", KEY_A, "127.0.0.1", ["dns", "ntp", "wg"]);
+    await flush();
+    expect(operator.questions[0].question).not.toHaveProperty("mappings");
+    operator.questions[0].answer.resolve(true);
+    await flush();
+    expect(decisions[0]).toMatchObject({ accepted: true, mappings: undefined });
+  });
+});

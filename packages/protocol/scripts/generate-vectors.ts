@@ -832,18 +832,21 @@ function handshake(name: string, description: string, mode: "secret" | "key", s:
   // different order by each side (they pair by name).
   const acceptorMappings = mode === "key" ? ["dns", "ntp"] : [""];
   const dialerMappings = mode === "key" ? ["ntp", "dns"] : [""];
+  // Key mode: Resume and Senders (§18: a receiver that accepts several senders, a sender that can
+  // serve a subset); a shared secret does not tell senders apart, so Resume alone.
+  const caps = mode === "key" ? 0x11 : 1;
   const helloFields = (role: number, nonce: string, publicKey: string, mappings: string[], agent: string) => ({
     type: "HELLO",
     role,
     auth: authMode,
-    capabilities: 1,
+    capabilities: caps,
     nonce,
     publicKey,
     mappings,
     agent,
   });
-  const aHello = hello(1, authMode, 1, s.acceptorNonce, acceptorKey, acceptorMappings, "vector-receiver");
-  const dHello = hello(2, authMode, 1, s.dialerNonce, dialerKey, dialerMappings, "vector-sender");
+  const aHello = hello(1, authMode, caps, s.acceptorNonce, acceptorKey, acceptorMappings, "vector-receiver");
+  const dHello = hello(2, authMode, caps, s.dialerNonce, dialerKey, dialerMappings, "vector-sender");
   const dialerTranscript = DIALER_LABEL + aHello + dHello + s.offeredToken;
   const acceptorTranscript = ACCEPTOR_LABEL + aHello + dHello + s.sessionToken + h8(s.resumed ? 1 : 0);
   const dialerProof = mode === "key" ? ed25519(DIALER_SEED, dialerTranscript) : hmac(SECRET, dialerTranscript);
@@ -1066,6 +1069,76 @@ bad(
 );
 bad("sdata-flow-zero", "SDATA for flow id 0", false, sdata(0, 1, "00"), "bad-flow-id");
 
+// ---- several senders: MAPPING_STATE (§18) ------------------------------------------------------
+type StateEntry = { mappingId: number; name: string; status: number; reason: string };
+const stateEntry = (e: StateEntry) =>
+  h16(e.mappingId) + h8(e.status) + lengthPrefixed(utf8Hex(e.name)) + lengthPrefixed(utf8Hex(e.reason));
+const mappingState = (entries: StateEntry[]) => frameHex(0x15, h8(entries.length) + entries.map(stateEntry).join(""));
+const afterAccept: StateEntry[] = [
+  { mappingId: 0, name: "dns", status: 0, reason: "" },
+  { mappingId: 1, name: "ntp", status: 1, reason: "" },
+  { mappingId: 2, name: "wg", status: 2, reason: "key SHA256:x may not serve it" },
+];
+add(
+  "mapping-state-after-accept",
+  { type: "MAPPING_STATE", entries: afterAccept },
+  mappingState(afterAccept),
+  "MAPPING_STATE (0x15) after ACCEPT: this sender serves dns, is standby for ntp, is refused wg (its key's mappings= does not list it)",
+);
+const takeover: StateEntry[] = [{ mappingId: 1, name: "ntp", status: 0, reason: "" }];
+add(
+  "mapping-state-takeover",
+  { type: "MAPPING_STATE", entries: takeover },
+  mappingState(takeover),
+  "the sender that served ntp is gone: this standby serves it now (the receiver's flows of ntp follow with FLOW_OPEN)",
+);
+const removed: StateEntry[] = [{ mappingId: 300, name: "", status: 3, reason: "removed by the operator" }];
+add(
+  "mapping-state-removed",
+  { type: "MAPPING_STATE", entries: removed },
+  mappingState(removed),
+  "an unnamed mapping with a two-byte id removed from the running receiver: its flows are closed on both sides",
+);
+bad("mapping-state-empty", "MAPPING_STATE with no body", false, frameHex(0x15, ""), "bad-length");
+bad("mapping-state-no-entries", "MAPPING_STATE announcing 0 entries", false, frameHex(0x15, "00"), "bad-field");
+bad("mapping-state-too-many", "MAPPING_STATE announcing 33 entries", false, frameHex(0x15, "21"), "bad-field");
+bad(
+  "mapping-state-bad-status",
+  "MAPPING_STATE entry with state 4 (only 0 to 3 are defined)",
+  false,
+  frameHex(0x15, "01" + "0000" + "04" + "00" + "00"),
+  "bad-field",
+);
+bad(
+  "mapping-state-long-name",
+  "MAPPING_STATE entry whose name claims 33 bytes",
+  false,
+  frameHex(0x15, "01" + "0000" + "00" + "21" + "61".repeat(33) + "00"),
+  "bad-field",
+);
+bad(
+  "mapping-state-truncated",
+  "MAPPING_STATE whose reason runs past the body",
+  false,
+  frameHex(0x15, "01" + "0000" + "02" + "00" + "05" + "6e6f"),
+  "bad-length",
+);
+bad(
+  "mapping-state-trailing",
+  "MAPPING_STATE with a byte after its last entry",
+  false,
+  frameHex(0x15, "01" + "0000" + "00" + "00" + "00" + "ff"),
+  "bad-length",
+);
+bad(
+  "mapping-state-bad-utf8",
+  "MAPPING_STATE reason that is not UTF-8",
+  false,
+  frameHex(0x15, "01" + "0000" + "02" + "00" + "01" + "ff"),
+  "bad-utf8",
+);
+bad("too-large-mapping-state", "MAPPING_STATE body of 9346 (max 9345)", false, "1500002482", "frame-too-large");
+
 // ---- cross-check with the codec, then write ---------------------------------------------------
 const file: VectorFile = {
   format: 1,
@@ -1083,6 +1156,7 @@ const file: VectorFile = {
     FLOW_CLOSE: 17,
     DATA: 18,
     SDATA: 20,
+    MAPPING_STATE: 21,
     EXTENSION: 128,
   },
   frames,

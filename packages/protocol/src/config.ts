@@ -120,7 +120,8 @@ export function settingsOf(config: CommonConfig): Settings {
     maxBufferBytes: positive("maxBufferBytes", config.maxBufferBytes ?? DEFAULTS.maxBufferBytes),
     resumeGraceMs: Math.max(0, config.resumeGraceMs ?? DEFAULTS.resumeGraceMs),
     agent: config.agent ?? DEFAULTS.agent,
-    mappings,
+    // Copies: a receiver may add mappings while it runs (addMappingTo), never to the caller's list.
+    mappings: [...mappings],
     mappingNames: mappings.map((mapping) => mapping.name ?? ""),
     mappingPorts: mappings.some((mapping) => (mapping.ports ?? 1) > 1)
       ? mappings.map((mapping) => mapping.ports ?? 1)
@@ -174,6 +175,23 @@ export function applyLimits(settings: Settings, limits: Limits): void {
     mappings,
   };
   Object.assign(settings as { -readonly [K in keyof Settings]: Settings[K] }, checked);
+}
+
+/**
+ * Appends a mapping added while running (its id is the next position). The one place the lists grow:
+ * everything else reads them (new connections' HELLOs list the mapping from then on).
+ */
+export function addMappingTo(settings: Settings, mapping: MappingConfig): number {
+  const all = [...settings.mappings, mapping];
+  checkMappings(all, MAX_MAPPINGS);
+  (settings.mappings as MappingConfig[]).push(mapping);
+  (settings.mappingNames as string[]).push(mapping.name ?? "");
+  // The wire ids: one per port, the new mapping's after all the others (so no existing id moves).
+  const ports = all.map((entry) => entry.ports ?? 1);
+  const grown = settings as { mappingPorts: readonly number[] | undefined; mappingIds: MappingIds };
+  if (settings.mappingPorts !== undefined) grown.mappingPorts = ports;
+  grown.mappingIds = new MappingIds(ports);
+  return all.length - 1;
 }
 
 function whole(name: string, value: number): number {

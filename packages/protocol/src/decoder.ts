@@ -16,8 +16,10 @@ import {
   MAC_SIZE,
   MAX_HANDSHAKE_BODY,
   MAX_MAPPING_NAME,
+  MAX_MAPPING_STATES,
   MAX_MAPPING_PORTS,
   MAX_MAPPINGS,
+  type MappingStateEntry,
   maxBodyLength,
   NONCE_SIZE,
   PREFACE,
@@ -315,10 +317,46 @@ function parseBody(type: number, body: Uint8Array): Frame {
     case FrameType.FlowClose:
       expectLength("FLOW_CLOSE", body, 5);
       return { type, flowId: flowIdOf("FLOW_CLOSE", body), reason: body[4] };
+    case FrameType.MappingState:
+      return { type, entries: mappingStates(body) };
     default:
       if (type >= FIRST_EXTENSION_TYPE) return { type: "extension", extensionType: type, body };
       return bad("unknown-frame-type", `unknown frame type 0x${type.toString(16)}`);
   }
+}
+
+/** MAPPING_STATE's body: a count (1 to 32), then per entry id, state, name and reason (§18). */
+function mappingStates(body: Uint8Array): MappingStateEntry[] {
+  const short = () => bad("bad-length", `MAPPING_STATE body of ${body.length} bytes is too short`);
+  if (body.length < 1) short();
+  const count = body[0];
+  if (count === 0 || count > MAX_MAPPING_STATES) {
+    bad("bad-field", `MAPPING_STATE has ${count} entries, expected 1 to ${MAX_MAPPING_STATES}`);
+  }
+  const entries: MappingStateEntry[] = [];
+  let at = 1;
+  for (let i = 0; i < count; i++) {
+    if (body.length < at + 4) short();
+    const mappingId = readU16(body, at);
+    const status = body[at + 2];
+    if (status > 3) bad("bad-field", `MAPPING_STATE state ${status}, expected 0 to 3`);
+    const nameLength = body[at + 3];
+    if (nameLength > MAX_MAPPING_NAME)
+      bad("bad-field", `MAPPING_STATE mapping name of ${nameLength} bytes, at most ${MAX_MAPPING_NAME}`);
+    at += 4;
+    if (body.length < at + nameLength + 1) short();
+    const name =
+      fromUtf8(body.subarray(at, at + nameLength)) ?? bad("bad-utf8", "MAPPING_STATE name is not valid UTF-8");
+    at += nameLength;
+    const reasonLength = body[at++];
+    if (body.length < at + reasonLength) short();
+    const reason =
+      fromUtf8(body.subarray(at, at + reasonLength)) ?? bad("bad-utf8", "MAPPING_STATE reason is not valid UTF-8");
+    at += reasonLength;
+    entries.push({ mappingId, name, status: status as MappingStateEntry["status"], reason });
+  }
+  expectLength("MAPPING_STATE", body, at);
+  return entries;
 }
 
 /** TLS record content types 20-23, as describeStranger names them. */

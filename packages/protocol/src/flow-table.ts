@@ -79,6 +79,11 @@ export class MappedFlows<F extends FlowBase & { readonly mappingId: number }> {
     return this.byId.size;
   }
 
+  /** A table for a mapping added while running (the next id). */
+  addMapping(): void {
+    this.tables.push(new FlowTable<F>());
+  }
+
   get(id: number): F | undefined {
     return this.byId.get(id);
   }

@@ -20,7 +20,7 @@ export interface FlowsHost<F> {
   /** Frees what the role keeps for the flow (an index by address, a socket). */
   release(flow: F): void;
   /** Tells the peer the flow is closed (FLOW_CLOSE), if a connection is open. */
-  tellPeer(flowId: number, reason: number): void;
+  tellPeer(flow: F, reason: number): void;
   /** The flow as a log line names it. */
   describe(flow: F): string;
   /** The flow was closed for being idle (after release). */
@@ -44,6 +44,11 @@ export class Flows<F extends FlowBase> {
 
   get size(): number {
     return this.table.size;
+  }
+
+  /** Room for the flows of a mapping added while running (the next id). */
+  addMapping(): void {
+    this.table.addMapping();
   }
 
   /** Open flows of mapping `mappingId`. */
@@ -81,7 +86,7 @@ export class Flows<F extends FlowBase> {
     this.host.release(flow);
     if (!tellPeer) return;
     this.out.log("debug", `flow ${flow.id} (${this.host.describe(flow)}) closed: ${reasonName(reason)}`);
-    this.host.tellPeer(flow.id, reason);
+    this.host.tellPeer(flow, reason);
   }
 
   /** Every flow goes, without telling the peer (a new session, or the old one ended). */
@@ -89,6 +94,22 @@ export class Flows<F extends FlowBase> {
     for (const flow of this.table.values()) this.host.release(flow);
     this.counters.stats.flowsClosed += this.table.size;
     this.table.clear();
+  }
+
+  /** Every flow of mapping `mappingId` goes, without telling the peer (its session ended, §18). */
+  dropMapping(mappingId: number): void {
+    const table = this.table.tables[mappingId];
+    if (table === undefined) return;
+    for (const flow of [...table.values()]) {
+      this.table.delete(flow);
+      this.counters.stats.flowsClosed++;
+      this.host.release(flow);
+    }
+  }
+
+  /** The open flows of mapping `mappingId`, least recently active first. */
+  ofMapping(mappingId: number): F[] {
+    return [...(this.table.tables[mappingId]?.values() ?? [])];
   }
 
   /** The peer closed flow `flowId` (FLOW_CLOSE); a flow this side does not have is ignored, not answered. */

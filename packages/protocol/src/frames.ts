@@ -27,6 +27,8 @@ export const FrameType = {
   Data: 0x12,
   /** DATA with a per-flow sequence number, for redundancy: the receiving side drops duplicates (§17). */
   Sdata: 0x14,
+  /** Receiver → sender, with the Senders capability: which mappings this sender serves (§18). */
+  MappingState: 0x15,
 } as const;
 export type FrameType = (typeof FrameType)[keyof typeof FrameType];
 
@@ -62,7 +64,42 @@ export const Capability = {
   Sequenced: 1 << 2,
   /** A request: send every datagram on two lanes, as this side does (§17). */
   Redundant: 1 << 3,
+  /**
+   * Several senders per receiver (§18): the sender may serve a subset of the receiver's named
+   * mappings, and the receiver reports each mapping's state to it in MAPPING_STATE.
+   */
+  Senders: 1 << 4,
 } as const;
+
+/** What a receiver says about one of its mappings to one sender (MAPPING_STATE, §18). */
+export const MappingStatus = {
+  /** This sender serves the mapping: the receiver's flows of it go to this sender. */
+  Serving: 0,
+  /** Another sender serves it; this one takes over when that one is gone. */
+  Standby: 1,
+  /** This sender may not serve it (the reason says why). */
+  Refused: 2,
+  /** The receiver no longer has the mapping; its flows are closed. */
+  Removed: 3,
+} as const;
+export type MappingStatus = (typeof MappingStatus)[keyof typeof MappingStatus];
+
+export const MAPPING_STATUS_NAMES: Record<number, string> = {
+  0: "serving",
+  1: "standby",
+  2: "refused",
+  3: "removed",
+};
+
+/** One mapping's entry in MAPPING_STATE: the receiver's mapping id, its name, the state and why. */
+export interface MappingStateEntry {
+  mappingId: number;
+  /** The receiver's name for it ("" when unnamed): a mapping added later pairs by it. */
+  name: string;
+  status: MappingStatus;
+  /** Why (refused, removed); "" when there is nothing to say. At most MAX_MAPPING_REASON bytes. */
+  reason: string;
+}
 
 /** Why a connection ends (CLOSE frame). */
 export const CloseCode = {
@@ -118,6 +155,9 @@ export const MAX_MAPPING_PORTS = 4096;
 /** A mapping entry's length byte with this bit set is a port range: a u16 port count follows the name. */
 export const RANGE_FLAG = 0x80;
 export const MAX_CLOSE_MESSAGE = 1024;
+/** Entries in one MAPPING_STATE frame, and the longest reason of one entry (UTF-8 bytes). */
+export const MAX_MAPPING_STATES = 32;
+export const MAX_MAPPING_REASON = 255;
 
 /** Client address in FLOW_OPEN: IPv4 (4 bytes) or IPv6 (16 bytes), plus port. */
 export interface WireAddress {
@@ -160,6 +200,7 @@ export type Frame =
   | { type: typeof FrameType.FlowClose; flowId: number; reason: number }
   | { type: typeof FrameType.Data; flowId: number; payload: Uint8Array }
   | { type: typeof FrameType.Sdata; flowId: number; seq: number; payload: Uint8Array }
+  | { type: typeof FrameType.MappingState; entries: MappingStateEntry[] }
   /** An extension frame (type 0x80..0xFF) this version does not interpret. */
   | { type: "extension"; extensionType: number; body: Uint8Array };
 
@@ -200,6 +241,8 @@ export function maxBodyLength(type: number): number | undefined {
       return 4 + MAX_DATAGRAM;
     case FrameType.Sdata:
       return 8 + MAX_DATAGRAM;
+    case FrameType.MappingState:
+      return 1 + MAX_MAPPING_STATES * (2 + 1 + 1 + MAX_MAPPING_NAME + 1 + MAX_MAPPING_REASON);
     default:
       return type >= FIRST_EXTENSION_TYPE ? MAX_DATAGRAM : undefined;
   }
@@ -217,6 +260,7 @@ export const FRAME_TYPE_NAMES: Record<number, string> = {
   [FrameType.FlowClose]: "FLOW_CLOSE",
   [FrameType.Data]: "DATA",
   [FrameType.Sdata]: "SDATA",
+  [FrameType.MappingState]: "MAPPING_STATE",
 };
 
 export const CLOSE_CODE_NAMES: Record<number, string> = {

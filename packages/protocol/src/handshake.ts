@@ -1,8 +1,8 @@
 /** The handshake checks both sides make on the peer's HELLO, and the wording of handshake errors. */
 import type { Settings } from "./config.js";
-import { AuthMode, FRAME_TYPE_NAMES, type Frame, FrameType, ProtocolError, Role } from "./frames.js";
+import { AuthMode, Capability, FRAME_TYPE_NAMES, type Frame, FrameType, ProtocolError, Role } from "./frames.js";
 import { type HelloFrame, Link } from "./link.js";
-import { checkPairedPorts, MappingIds, pairMappings } from "./mappings.js";
+import { checkPairedPorts, MappingIds, pairMappings, pairPartially } from "./mappings.js";
 
 /** Checks the peer's HELLO against ours and keeps it on `link`; throws ProtocolError with an operator-readable reason. */
 export function checkPeerHello(link: Link, frame: Frame, settings: Settings, role: Role): HelloFrame {
@@ -26,7 +26,9 @@ export function checkPeerHello(link: Link, frame: Frame, settings: Settings, rol
   const ours = { names: settings.mappingNames, ports: settings.mappingPorts };
   const theirs = { names: frame.mappings, ports: frame.mappingPorts };
   const [receiver, sender] = role === Role.Receiver ? [ours, theirs] : [theirs, ours];
-  link.mappingPairs = pairMappings(receiver.names, sender.names);
+  // With Senders on both sides (§18) the sender may serve a subset of the receiver's mappings.
+  const partial = (link.localHello.capabilities & frame.capabilities & Capability.Senders) !== 0;
+  link.mappingPairs = partial ? pairPartially(receiver.names, sender.names) : pairMappings(receiver.names, sender.names);
   checkPairedPorts(link.mappingPairs, receiver, sender);
   link.receiverIds = new MappingIds(receiver.ports ?? receiver.names.map(() => 1));
   link.peerHello = {

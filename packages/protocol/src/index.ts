@@ -6,7 +6,8 @@ export type { FlowBase, Flows } from "./flows.js";
 export * from "./frames.js";
 export type { LaneInfo } from "./lanes.js";
 export type { Credentials, CryptoProvider, Identity, LinkState, Side } from "./link.js";
-export { checkMappings, checkPairedPorts, type MappingConfig, MappingIds, pairMappings } from "./mappings.js";
+export { checkMappings, checkPairedPorts, type MappingConfig, MappingIds, pairMappings, pairPartially } from "./mappings.js";
+export type { PeerSession } from "./peer-session.js";
 export {
   MAX_UDP_PAYLOAD,
   PROXY_V2_IPV4_LENGTH,

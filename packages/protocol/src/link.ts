@@ -5,6 +5,7 @@
 import { bytesEqual, concatBytes, utf8 } from "./bytes.js";
 import { FrameDecoder } from "./decoder.js";
 import { AuthMode, type Frame, FrameType, NONCE_SIZE, PUBLIC_KEY_SIZE, type Role, SIGNATURE_SIZE } from "./frames.js";
+import type { PeerSession } from "./peer-session.js";
 import { MappingIds } from "./mappings.js";
 import { encodeFrame, FrameWriter } from "./writer.js";
 
@@ -89,11 +90,13 @@ export class Link {
   source = "";
   /**
    * For each of the receiver's mapping ids, the sender's mapping index it pairs with (worked out from
-   * both HELLOs); set once the peer's HELLO is checked.
+   * both HELLOs; undefined where the sender serves none of it, §18); set once the peer's HELLO is checked.
    */
-  mappingPairs: number[] = [];
+  mappingPairs: Array<number | undefined> = [];
   /** The receiver's mapping ids (one per port of its ranges), from the receiver's HELLO; set with mappingPairs. */
   receiverIds: MappingIds = new MappingIds([]);
+  /** The peer session this connection belongs to, once admitted (or joined). */
+  session: PeerSession | undefined;
   /**
    * While the transport is backed up: when DATA was queued, and how many untaken bytes there were
    * then (oldest first), so that what waited past --max-delay can be dropped (§10).

@@ -15,7 +15,8 @@ import type { CryptoProvider, Link } from "./link.js";
 import { LogThrottle, OutputQueue } from "./outputs.js";
 import { DuplicateWindow } from "./dedupe.js";
 import type { Laned } from "./lanes.js";
-import { Session } from "./session.js";
+import type { PeerSession } from "./peer-session.js";
+import { Session, type SessionOwner } from "./session.js";
 import { Counters, type LaneTotals, type MappingStats, type Stats } from "./stats.js";
 
 export interface RolePolicy<F> {
@@ -25,6 +26,8 @@ export interface RolePolicy<F> {
   release(flow: F): void;
   /** The flow as a log line names it. */
   describe(flow: F): string;
+  /** Receiver: mapping `mappingId` moved to session `to` (§18); its flows are announced there. */
+  mappingMoved?(mappingId: number, to: PeerSession, now: number): void;
   /** The flow was closed for being idle. */
   idled?(flow: F, now: number): void;
 }
@@ -48,35 +51,35 @@ export class MachineCore<F extends FlowBase, O extends { kind: string }> {
     this.settings = settingsOf(config);
     this.counters = new Counters(this.settings.mappingNames);
     const flows = (): Flows<F> => this.flows;
-    const owner = {
-      frame: (link: Link, frame: Frame, now: number) =>
+    const owner: SessionOwner = {
+      frame: (link, frame, now) =>
         frame.type === FrameType.FlowClose
-          ? flows().closedByPeer(frame.flowId, frame.reason)
+          ? this.flowClosedByPeer(link, frame.flowId, frame.reason)
           : policy.frame(link, frame, now),
-      dropAllFlows: () => flows().dropAll(),
-      stale: (flowId: number) => flows().droppedOutside("stale", { flowId }),
-      get flowCount() {
-        return flows().size;
-      },
+      dropFlows: (mappingId) => (mappingId === undefined ? flows().dropAll() : flows().dropMapping(mappingId)),
+      flowCount: (mappingId) => (mappingId === undefined ? flows().size : flows().countOf(mappingId)),
+      stale: (flowId) => flows().droppedOutside("stale", { flowId }),
+      mappingMoved: (mappingId, to, now) => policy.mappingMoved?.(mappingId, to, now),
     };
     this.session = new Session(role, this.settings, crypto, this.counters.stats, this.out, owner, this.counters.lanes);
     const host = {
       release: (flow: F) => policy.release(flow),
       describe: (flow: F) => policy.describe(flow),
       idled: (flow: F, now: number) => policy.idled?.(flow, now),
-      tellPeer: (flowId: number, reason: number) => this.session.tellFlowClosed(flowId, reason),
+      tellPeer: (flow: F, reason: number) => this.session.tellFlowClosed(flow.id, flow.mappingId, reason),
     };
     this.flows = new Flows<F>(this.settings, this.counters, this.out, this.throttle, host, this.session.peerName);
   }
 
   /**
    * The open flow a DATA frame names; or undefined for a flow this side does not have (closed here
-   * while the frame was in flight, or never opened), which is counted and answered with
-   * FLOW_CLOSE(unknown flow) so the peer frees it too.
+   * while the frame was in flight, or never opened) or that belongs to another peer's session, which
+   * is counted and answered with FLOW_CLOSE(unknown flow) so the peer frees it too.
    */
   protected dataFlow(link: Link, flowId: number, now: number): F | undefined {
     const flow = this.flows.get(flowId);
-    if (flow === undefined) {
+    // A flow of a mapping another session serves is unknown to this one (§18): never delivered.
+    if (flow === undefined || !this.session.serves(link, flow.mappingId)) {
       this.counters.dropped("unknown-flow", undefined);
       if (this.session.connections.canAnswer(link)) link.writer.flowClose(flowId, FlowCloseReason.UnknownFlow);
       return undefined;
@@ -84,6 +87,13 @@ export class MachineCore<F extends FlowBase, O extends { kind: string }> {
     this.flows.touch(flow, now);
     link.counters.datagramsReceived++;
     return flow;
+  }
+
+  /** FLOW_CLOSE: a flow of a mapping another session serves is not this peer's to close (§18). */
+  private flowClosedByPeer(link: Link, flowId: number, reason: number): void {
+    const flow = this.flows.get(flowId);
+    if (flow === undefined || !this.session.serves(link, flow.mappingId)) return;
+    this.flows.closedByPeer(flowId, reason);
   }
 
   /**
@@ -160,8 +170,8 @@ export class MachineCore<F extends FlowBase, O extends { kind: string }> {
    * told to the peer (CLOSE 11), or undefined to keep it; see Session.withdraw. Returns how many
    * sessions ended.
    */
-  withdrawPeers(refusal: (publicKey: Uint8Array, source: string) => string | undefined): number {
-    return this.session.withdraw(refusal);
+  withdrawPeers(refusal: (publicKey: Uint8Array, source: string) => string | undefined, now: number): number {
+    return this.session.withdraw(refusal, now);
   }
 
   /** Says goodbye on every connection; flows are dropped (and their sockets released). */

@@ -83,12 +83,13 @@ export function mappingPortsChecked(count: number, ports: readonly number[] | un
  * 1); throws `mapping-mismatch` naming the first pair that differs.
  */
 export function checkPairedPorts(
-  pairs: readonly number[],
+  pairs: ReadonlyArray<number | undefined>,
   receiver: { names: readonly string[]; ports?: readonly number[] },
   sender: { names: readonly string[]; ports?: readonly number[] },
 ): void {
   pairs.forEach((senderIndex, receiverIndex) => {
-    if (senderIndex < 0) return;
+    // A mapping the sender does not serve (partial pairing, §18) has no size to compare.
+    if (senderIndex === undefined || senderIndex < 0) return;
     const ours = receiver.ports?.[receiverIndex] ?? 1;
     const theirs = sender.ports?.[senderIndex] ?? 1;
     if (ours === theirs) return;
@@ -127,6 +128,34 @@ export function pairMappings(receiver: readonly string[], sender: readonly strin
     `mappings differ: the receiver has ${describe(receiver)}, the sender ${describe(sender)}; ` +
       "give both sides the same --udp mappings (same names, or the same number in the same order)",
   );
+}
+
+/**
+ * Partial pairing (§18, both HELLOs set Senders): a sender serves a subset of the receiver's mappings.
+ * When every mapping on both sides is named, each receiver mapping pairs with the sender's of the same
+ * name, or with none (undefined); at least one must pair, and no name may repeat. A side with an
+ * unnamed mapping pairs as before (pairMappings): there is no name to pick a subset by.
+ */
+export function pairPartially(receiver: readonly string[], sender: readonly string[]): Array<number | undefined> {
+  const allNamed = [...receiver, ...sender].every((name) => name !== "");
+  if (!allNamed) return pairMappings(receiver, sender);
+  const pairs = receiver.map((name) => {
+    const index = sender.indexOf(name);
+    return index < 0 ? undefined : index;
+  });
+  const paired = pairs.filter((index) => index !== undefined);
+  if (paired.length > 0 && new Set(sender).size === sender.length && new Set(receiver).size === receiver.length)
+    return pairs;
+  throw new ProtocolError(
+    "mapping-mismatch",
+    `mappings differ: none in common: the receiver has ${describe(receiver)}, the sender ${describe(sender)}; ` +
+      "a sender serves some of the receiver's mappings, named the same on both sides",
+  );
+}
+
+/** The sender's mapping names the receiver does not have (partial pairing): served by nobody. */
+export function unpairedNames(sender: readonly string[], pairs: ReadonlyArray<number | undefined>): string[] {
+  return sender.filter((_, index) => !pairs.includes(index));
 }
 
 function describe(names: readonly string[]): string {

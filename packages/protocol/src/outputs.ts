@@ -50,9 +50,17 @@ export type ConnectionOutput =
   /**
    * The peer that dialed in on `conn` (from IP address `source`) proved it holds `publicKey` (key
    * mode). Decide whether to admit it (authorized keys, known keys, the operator) and call approve(),
-   * now or later.
+   * now or later, with the mappings the key may serve.
    */
-  | { kind: "authorize-peer"; conn: number; peer: string; source: string; publicKey: Uint8Array }
+  | {
+      kind: "authorize-peer";
+      conn: number;
+      peer: string;
+      source: string;
+      publicKey: Uint8Array;
+      /** The names of this side's mappings the peer asks to serve ("" for an unnamed one). */
+      mappings: string[];
+    }
   /** The connection that waited for a decision went away (or the peer refused us): stop asking. */
   | { kind: "authorization-withdrawn"; conn: number; why: string }
   /** The peer on `conn` passed the handshake. */

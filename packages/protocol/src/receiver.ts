@@ -3,14 +3,17 @@
  * an id chosen here; the sender only ever answers with flow ids, so the only addresses this side writes
  * to are clients that opened flows (no reflection). Whether it accepts the TCP connection (ssh -R, the
  * default) or dials it (ssh -L) is the session's business; either way it verifies the peer before
- * acting on anything the peer sends, and keeps one sender at a time.
+ * acting on anything the peer sends. Several senders may serve its mappings, one active sender per
+ * mapping (§18): a client's datagrams go to that sender only, and only it may name the mapping's flows.
  */
 import { ipFamily } from "./address.js";
-import type { CommonConfig } from "./config.js";
+import { addMappingTo, type CommonConfig } from "./config.js";
+import type { MappingConfig } from "./mappings.js";
 import { MachineCore, type RolePolicy } from "./machine-core.js";
 import { FlowCloseReason, type Frame, FrameType, HEADER_SIZE, MAX_DATAGRAM, ProtocolError, Role } from "./frames.js";
 import type { CryptoProvider, Link } from "./link.js";
 import type { ClientFlow, ReceiverOutput } from "./outputs.js";
+import type { PeerSession } from "./peer-session.js";
 import { SourceRateLimiter } from "./rate-limit.js";
 import { looksLikeWireGuard } from "./wireguard-hint.js";
 import { zeroCounters } from "./stats.js";
@@ -49,6 +52,8 @@ export class ReceiverMachine extends MachineCore<ClientFlow, ReceiverOutput> {
   private nextFlowId = 1;
   private newFlowLimiter: SourceRateLimiter | undefined;
   private amplificationLimit: number;
+  /** Mappings removed while running (removeMapping): their ids stay taken, their datagrams go nowhere. */
+  private readonly removed = new Set<number>();
 
   constructor(config: ReceiverConfig, crypto: CryptoProvider) {
     // Filled in below: the role's methods need `this`, which exists only once super() returned.
@@ -58,6 +63,7 @@ export class ReceiverMachine extends MachineCore<ClientFlow, ReceiverOutput> {
       frame: (link, frame, now) => this.onFrame(link, frame, now),
       release: (flow) => this.flowsByKey.delete(flow.key),
       describe: (flow) => `client ${flow.address}:${flow.port}`,
+      mappingMoved: (mappingId, to, now) => this.moveFlows(mappingId, to, now),
       idled: (flow, now) => {
         if (!flow.wireguard) return;
         const idle = Math.round(this.settings.idleTimeoutMs / 1000);
@@ -91,6 +97,56 @@ export class ReceiverMachine extends MachineCore<ClientFlow, ReceiverOutput> {
   }
 
   /**
+   * Mapping `mappingId` is gone from this receiver while it runs (a configuration reload): its flows
+   * close (FLOW_CLOSE to the sender serving it), the senders that asked for it are told
+   * (MAPPING_STATE removed, with `reason`, §18), and its datagrams are dropped from now on (counted
+   * `no-sender`; the host closes its public port). Mapping ids of the others do not change.
+   */
+  removeMapping(mappingId: number, now: number, reason = "removed from the receiver's configuration"): void {
+    if (!(mappingId >= 0 && mappingId < this.settings.mappings.length)) throw new RangeError(`no mapping ${mappingId}`);
+    if (this.removed.has(mappingId)) return;
+    this.removed.add(mappingId);
+    const flows = this.flows.ofMapping(mappingId);
+    const name = this.settings.mappingNames[mappingId] || `#${mappingId + 1}`;
+    this.out.log(
+      "info",
+      `mapping ${name} removed: closing its ${flows.length === 1 ? "flow" : `${flows.length} flows`}`,
+    );
+    for (const flow of flows) this.flows.close(flow, FlowCloseReason.Closed, true);
+    this.session.removeMapping(mappingId, reason, now);
+  }
+
+  /**
+   * A mapping added while the receiver runs (a configuration reload). Its id is the next position, or
+   * the id it had when a mapping of that name was removed (ids follow names: senders told it was
+   * removed pair with it again). It must be named: senders that named it in their HELLO serve it (or
+   * wait as standby, or are refused it) as their keys allow, and are told (MAPPING_STATE, §18);
+   * connections made from now on list it in HELLO. Returns its id. RangeError: no name, a port range,
+   * a name in use (or one a removed mapping had, with another port count), or more than 32 mappings.
+   */
+  addMapping(mapping: MappingConfig, now: number): number {
+    const name = mapping.name ?? "";
+    if (name === "") throw new RangeError("a mapping added while running needs a name (senders pair with it by name)");
+    // Its wire ids follow every other mapping's, which connected senders can work out only for one port.
+    if ((mapping.ports ?? 1) !== 1) throw new RangeError("a port range cannot be added while running");
+    const previous = this.settings.mappingNames.indexOf(name);
+    if (previous >= 0 && !this.removed.has(previous)) throw new RangeError(`mapping name "${name}" is used already`);
+    let mappingId = previous;
+    if (previous >= 0) {
+      if ((this.settings.mappings[previous].ports ?? 1) !== 1) throw new RangeError(`mapping "${name}" had a port range`);
+      (this.settings.mappings as MappingConfig[])[previous] = mapping;
+      this.removed.delete(previous);
+    } else {
+      mappingId = addMappingTo(this.settings, mapping);
+      this.counters.addMapping(name);
+      this.flows.addMapping();
+    }
+    this.out.log("info", `mapping ${name} added`);
+    this.session.addMapping(mappingId, now);
+    return mappingId;
+  }
+
+  /**
    * A datagram from a UDP client, on the public port of mapping `mappingId` (port `portOffset` of
    * its range: the flow's target port is at the same offset on the sender).
    */
@@ -100,10 +156,15 @@ export class ReceiverMachine extends MachineCore<ClientFlow, ReceiverOutput> {
     const ports = this.settings.mappings[mappingId].ports ?? 1;
     if (!(portOffset >= 0 && portOffset < ports)) throw new RangeError(`no port ${portOffset} in mapping ${mappingId}`);
     counters.received(mappingId, payload.length);
+    if (this.removed.has(mappingId)) {
+      counters.dropped("no-sender", mappingId); // in flight while the host closed the port
+      return;
+    }
     // A link already closed (CLOSE sent or received, keepalive timeout) but not yet reported
     // disconnected takes nothing more: frames after a CLOSE are never read.
-    const first = this.session.openLink;
-    if (first === undefined) {
+    // Only the session serving this mapping hears of its clients (§18): never another sender.
+    const peer = this.session.sessionFor(mappingId);
+    if (peer?.openLink === undefined) {
       counters.dropped("no-sender", mappingId);
       this.throttle.note("no-sender", now, (n) => `dropped ${n} datagram(s) from clients: no sender connected`);
       return;
@@ -126,7 +187,7 @@ export class ReceiverMachine extends MachineCore<ClientFlow, ReceiverOutput> {
         );
         return;
       }
-      const link = this.session.picker.newFlowLane() as Link;
+      const link = peer.picker.newFlowLane() as Link;
       // FLOW_OPEN (and an eviction's FLOW_CLOSE) count against the buffer bound too, so a flood of new
       // source addresses cannot grow the buffer of a blocked connection.
       if (!this.hasRoom(link, NEW_FLOW_OVERHEAD + DATA_OVERHEAD + payload.length, mappingId)) return;
@@ -140,10 +201,10 @@ export class ReceiverMachine extends MachineCore<ClientFlow, ReceiverOutput> {
       flow.replyDatagrams = Number.POSITIVE_INFINITY;
       this.flows.touch(flow, now);
     }
-    const session = this.session;
-    const primary = session.picker.sendLanes(flow, mappingId, payload.length) as Link;
-    const second = session.picker.second;
-    const moved = session.picker.moved;
+    const picker = peer.picker;
+    const primary = picker.sendLanes(flow, mappingId, payload.length) as Link;
+    const second = picker.second;
+    const moved = picker.moved;
     // Its lane closed or stalled: announce the flow on the new lane before its data (the FLOW_OPEN
     // on the old one may never have arrived); the sender keeps a flow it already has (§16.3). A
     // second copy's lane must know the flow too.
@@ -154,7 +215,25 @@ export class ReceiverMachine extends MachineCore<ClientFlow, ReceiverOutput> {
     if (second === undefined) primary.writer.data(flow.id, payload);
     else this.sendCopies(flow, primary, second, payload, mappingId, now);
     primary.counters.datagramsSent++;
-    session.connections.queued(primary, now);
+    this.session.connections.queued(primary, now);
+  }
+
+  /**
+   * Mapping `mappingId` is served by `to` now (its sender took over, §18): each flow is announced on
+   * one of its lanes, so that sender opens its own sockets toward its target. The client keeps its
+   * flow (id, reply budget); redundancy state starts afresh, as the new sender numbers its own copies.
+   */
+  private moveFlows(mappingId: number, to: PeerSession, now: number): void {
+    for (const flow of this.flows.ofMapping(mappingId)) {
+      flow.rx = undefined;
+      flow.mirror = undefined;
+      flow.announcedOn = undefined;
+      const link = to.picker.laneFor(flow);
+      if (link === undefined) return;
+      if (!this.hasRoom(link, NEW_FLOW_OVERHEAD, mappingId)) continue;
+      link.writer.flowOpen(flow.id, this.wireId(flow), flow);
+      this.session.connections.queued(link, now);
+    }
   }
 
   /** Redundancy (§17): the datagram, numbered, on its lane and on `second` (announced there first). */
@@ -235,6 +314,8 @@ export class ReceiverMachine extends MachineCore<ClientFlow, ReceiverOutput> {
   private onFrame(link: Link, frame: Frame, now: number): void {
     if (frame.type === FrameType.FlowOpen)
       throw new ProtocolError("unexpected-frame", "the sender may not open flows (FLOW_OPEN is receiver-only)");
+    if (frame.type === FrameType.MappingState)
+      throw new ProtocolError("unexpected-frame", "the sender may not send MAPPING_STATE (it is receiver-only)");
     if (frame.type !== FrameType.Data && frame.type !== FrameType.Sdata) return;
     // Only ever to a client that opened the flow: a forged id reaches no one (no reflection).
     const flow = this.dataFlow(link, frame.flowId, now);

@@ -6,7 +6,21 @@
  */
 import type { CommonConfig } from "./config.js";
 import type { DuplicateWindow } from "./dedupe.js";
-import { FlowCloseReason, type Frame, FrameType, HEADER_SIZE, Role, type WireAddress } from "./frames.js";
+import {
+  Capability,
+  FlowCloseReason,
+  type Frame,
+  FrameType,
+  HEADER_SIZE,
+  MAPPING_STATUS_NAMES,
+  type MappingStateEntry,
+  MappingStatus,
+  ProtocolError,
+  Role,
+  type WireAddress,
+} from "./frames.js";
+import { MappingIds } from "./mappings.js";
+import { peerText, peerWord } from "./text.js";
 import type { CryptoProvider, Link } from "./link.js";
 import { MachineCore, type RolePolicy } from "./machine-core.js";
 import type { SenderOutput } from "./outputs.js";
@@ -32,6 +46,12 @@ export interface TargetFlow extends FlowCounters {
 const DATA_OVERHEAD = HEADER_SIZE + 4;
 
 export class SenderMachine extends MachineCore<TargetFlow, SenderOutput> {
+  /**
+   * What the receiver last said of each of this side's mappings (MAPPING_STATE, §18): "serving",
+   * "standby", "refused", "removed"; undefined until it says (a receiver without Senders never does).
+   */
+  readonly servingState: Array<string | undefined> = [];
+
   constructor(config: SenderConfig, crypto: CryptoProvider) {
     // Filled in below: the role's methods need `this`, which exists only once super() returned.
     const policy = {} as RolePolicy<TargetFlow>;
@@ -52,12 +72,13 @@ export class SenderMachine extends MachineCore<TargetFlow, SenderOutput> {
     }
     this.counters.received(flow.mappingId, payload.length);
     this.flows.touch(flow, now);
-    const link = this.session.picker.sendLanes(flow, flow.mappingId, payload.length);
-    if (link === undefined) {
+    const picker = this.session.sessionFor(flow.mappingId)?.picker;
+    const link = picker?.sendLanes(flow, flow.mappingId, payload.length);
+    if (picker === undefined || link === undefined) {
       this.counters.dropped("not-connected", flow.mappingId, flow);
       return;
     }
-    const second = this.session.picker.second;
+    const second = picker.second;
     if (!this.hasRoom(link, DATA_OVERHEAD + (second ? 4 : 0) + payload.length, flow.mappingId, flow)) return;
     this.counters.forwarded(flow, payload.length);
     if (second === undefined) {
@@ -96,6 +117,57 @@ export class SenderMachine extends MachineCore<TargetFlow, SenderOutput> {
     return this.flows.evictLeastRecent(now, FlowCloseReason.Evicted, why, except);
   }
 
+  /**
+   * MAPPING_STATE (§18): the receiver says, per mapping, whether this sender serves it. A mapping this
+   * side has a target for is paired by name (one the receiver added later, too); flows of one it no
+   * longer serves are dropped here (their sockets closed): the receiver gave them to another sender.
+   */
+  private mappingStates(link: Link, entries: readonly MappingStateEntry[]): void {
+    if ((link.sharedCapabilities & Capability.Senders) === 0) {
+      throw new ProtocolError("unexpected-frame", "MAPPING_STATE from a receiver that did not announce Senders");
+    }
+    for (const entry of entries) {
+      const links = link.session?.links ?? [link];
+      let ours = link.mappingPairs[entry.mappingId];
+      if (ours === undefined && entry.name !== "" && entry.status !== MappingStatus.Removed) {
+        ours = this.pairLater(links, entry.mappingId, entry.name);
+      }
+      const shown = entry.name ? peerWord(entry.name) : `#${entry.mappingId + 1}`;
+      if (ours === undefined) {
+        this.out.log("debug", `receiver mapping ${shown}: ${MAPPING_STATUS_NAMES[entry.status]} (no target here)`);
+        continue;
+      }
+      const line = STATUS_LINES[entry.status];
+      const reason = entry.reason ? `: ${peerText(entry.reason)}` : "";
+      this.out.log(line.level, `mapping ${shown}: ${line.text}${reason}`);
+      this.servingState[ours] = MAPPING_STATUS_NAMES[entry.status];
+      if (entry.status === MappingStatus.Removed)
+        for (const other of links) other.mappingPairs[entry.mappingId] = undefined;
+      if (!line.keepsFlows) this.flows.dropMapping(ours);
+    }
+  }
+
+  /**
+   * Pairs receiver mapping `position`, named `name`, with this side's mapping of that name (a mapping
+   * the receiver added or brought back while running, §18) on every link of the session; returns its
+   * index, or undefined when this side has none free by that name. One the receiver appended is one
+   * port (§18), numbered after all of its others; this side's must be one port too.
+   */
+  private pairLater(links: readonly Link[], position: number, name: string): number | undefined {
+    const index = this.settings.mappingNames.indexOf(name);
+    if (index < 0 || links[0].mappingPairs.includes(index)) return undefined;
+    const known = links[0].receiverIds.ports.length;
+    if (position > known || (position === known && (this.settings.mappings[index].ports ?? 1) !== 1)) {
+      this.out.log("warn", `receiver mapping ${peerWord(name)} cannot be paired here: its ports are not this side's`);
+      return undefined;
+    }
+    for (const link of links) {
+      link.mappingPairs[position] = index;
+      if (position === known) link.receiverIds = new MappingIds([...link.receiverIds.ports, 1]);
+    }
+    return index;
+  }
+
   private onFrame(link: Link, frame: Frame, now: number): void {
     if (frame.type === FrameType.Data || frame.type === FrameType.Sdata) {
       const flow = this.dataFlow(link, frame.flowId, now);
@@ -105,6 +177,7 @@ export class SenderMachine extends MachineCore<TargetFlow, SenderOutput> {
       this.out.push({ kind: "send-to-target", flowId: flow.id, payload: frame.payload });
       return;
     }
+    if (frame.type === FrameType.MappingState) return this.mappingStates(link, frame.entries);
     if (frame.type !== FrameType.FlowOpen) return;
     // A range of n ports is n consecutive mapping ids: the id names the receiver's mapping and the port.
     const at = link.receiverIds.locate(frame.mappingId);
@@ -138,6 +211,14 @@ export class SenderMachine extends MachineCore<TargetFlow, SenderOutput> {
     this.out.push({ kind: "open-flow-socket", flowId: frame.flowId, mappingId, portOffset, client });
   }
 }
+
+/** What this sender does about a receiver's mapping state: log it, and whether its flows stay. */
+const STATUS_LINES: Record<MappingStatus, { level: "info" | "warn"; text: string; keepsFlows: boolean }> = {
+  [MappingStatus.Serving]: { level: "info", text: "serving", keepsFlows: true },
+  [MappingStatus.Standby]: { level: "info", text: "standby (another sender serves it)", keepsFlows: false },
+  [MappingStatus.Refused]: { level: "warn", text: "refused by the receiver", keepsFlows: false },
+  [MappingStatus.Removed]: { level: "warn", text: "removed by the receiver", keepsFlows: false },
+};
 
 function sameAddress(a: WireAddress, b: WireAddress): boolean {
   return a.family === b.family && a.port === b.port && a.address === b.address;

@@ -2,69 +2,58 @@
  * The connection side of a machine, by TCP side rather than by role: either role may accept TCP or dial
  * it (ssh -R as the original: the receiver accepts; ssh -L as udp-over-tcp: the sender accepts).
  *
- * The acceptor verifies whoever dials in, admits one peer at a time and issues the session token; the
- * dialer proves itself, checks the acceptor's key (at its HELLO, as ssh checks the host key first) and
- * proof, and offers the token again on reconnect. A session belongs to one authenticated peer and
- * outlives its connections for the resume grace period, so flows (and the target-side UDP sockets)
- * survive a reconnect. It holds a list of connections so that one peer may later hold several.
+ * The acceptor (acceptor.ts) verifies whoever dials in, admits peers — several senders on one
+ * receiver, each serving its mappings (§18) — and issues session tokens; the dialer (here) proves
+ * itself, checks the acceptor's key (at its HELLO, as ssh checks the host key first) and proof, and
+ * offers the token again on reconnect. A session (peer-session.ts) belongs to one authenticated peer
+ * and outlives its connections for the resume grace period, so flows (and the target-side UDP
+ * sockets) survive a reconnect.
  *
  * Sans-I/O: the host feeds bytes and the time, drains outputs, takes coalesced bytes with
  * takeTransmit(). Nothing here reads a clock, opens a socket or sets a timer.
  */
+import { Acceptor, type SessionOwner } from "./acceptor.js";
 import { bytesEqual } from "./bytes.js";
 import type { Settings } from "./config.js";
 import { type LinkIo, LinkTable } from "./connections.js";
-import { acceptorHelloStep, checkPeerHello, flows, unexpected } from "./handshake.js";
-import { Capability, CloseCode, type Frame, FrameType, ProtocolError, Role, TOKEN_SIZE } from "./frames.js";
-import { type LaneInfo, LanePicker } from "./lanes.js";
+import { checkPeerHello, flows, unexpected } from "./handshake.js";
+import { unpairedNames } from "./mappings.js";
+import { Capability, CloseCode, type Frame, FrameType, ProtocolError, Role } from "./frames.js";
+import type { LaneInfo } from "./lanes.js";
 import type { CryptoProvider, Link } from "./link.js";
 import type { OutputSink } from "./outputs.js";
+import { PeerSession } from "./peer-session.js";
 import type { LaneTotals, Stats } from "./stats.js";
 
+export type { SessionOwner } from "./acceptor.js";
+
 /** What this side announces: Resume always; Lanes when it would use them (dialing several, or accepting several). */
-function capabilitiesOf(settings: Settings, side: "acceptor" | "dialer"): number {
+function capabilitiesOf(settings: Settings, role: Role, side: "acceptor" | "dialer"): number {
   const lanes = side === "dialer" ? settings.lanes > 1 : settings.maxLanes > 1;
   // Sequenced (SDATA) and Redundant only matter with lanes: a side without them announces Resume alone.
-  if (!lanes) return Capability.Resume;
-  return Capability.Resume | Capability.Lanes | Capability.Sequenced | (settings.redundant ? Capability.Redundant : 0);
-}
-
-/** What the session needs from the machine that owns it: its flows. */
-export interface SessionOwner {
-  /** A frame on an open connection that the session does not handle itself (DATA, FLOW_*). */
-  frame(link: Link, frame: Frame, now: number): void;
-  /** The peer's flows are gone: a new session started (not a resume), or the old one ended for good. */
-  dropAllFlows(): void;
-  readonly flowCount: number;
-  /** A queued datagram of flow `flowId` was dropped for waiting too long (--max-delay). */
-  stale(flowId: number): void;
-}
-
-interface PeerSession {
-  /** Issued by the acceptor; offered back by the dialer to resume. */
-  token: Uint8Array;
-  /** The peer's key (key mode): only the same key may resume. */
-  peerKey: Uint8Array;
-  /** The peer's connections, open or still closing. */
-  links: Link[];
-  /** When the last connection was lost; flows are kept until lostAt + resumeGraceMs. */
-  lostAt: number | undefined;
-  /**
-   * The acceptor's proof in the ACCEPT that started the session (not a resumed one): what a JOIN
-   * proof is bound to (§16.1).
-   */
-  binding: Uint8Array;
-  /** The IP address the peer connected from, when this side accepted it (it admitted the key). */
-  source?: string;
+  // Senders (§18): a receiver that accepts senders, and a sender that dials one, in key mode (a
+  // shared secret does not tell senders apart).
+  const receiverAccepts = side === "acceptor" && role === Role.Receiver;
+  const senderDials = side === "dialer" && role === Role.Sender;
+  const senders = !settings.secretMode && (receiverAccepts || senderDials) ? Capability.Senders : 0;
+  if (!lanes) return Capability.Resume | senders;
+  return (
+    Capability.Resume |
+    Capability.Lanes |
+    Capability.Sequenced |
+    (settings.redundant ? Capability.Redundant : 0) |
+    senders
+  );
 }
 
 export class Session implements LinkIo {
   readonly connections: LinkTable;
-  private peer: PeerSession | undefined;
+  /** The accepting side's sessions (empty on a dialer). */
+  readonly acceptor: Acceptor;
+  /** The dialer's session, once accepted. */
+  private dialed: PeerSession | undefined;
   /** The dialer's connection attempts still in their handshake. */
   private readonly dialing = new Set<Link>();
-  /** Which lane each datagram goes out on (§16.3, §17). */
-  readonly picker: LanePicker;
   /** What the other side is ("sender" or "receiver"), for log lines and reasons. */
   readonly peerName: string;
 
@@ -79,12 +68,70 @@ export class Session implements LinkIo {
   ) {
     this.peerName = role === Role.Receiver ? "sender" : "receiver";
     this.connections = new LinkTable(settings, stats, out, this, totals);
-    this.picker = new LanePicker(() => this.peer?.links ?? [], settings, totals);
+    this.acceptor = new Acceptor({
+      role,
+      settings,
+      crypto,
+      stats,
+      out,
+      owner,
+      totals,
+      connections: this.connections,
+      peerName: this.peerName,
+      opened: (link, now, resumed, lane) => this.opened(link, now, resumed, lane),
+    });
+  }
+
+  /** Every session: the acceptor's, or the dialer's one. */
+  private get sessions(): readonly PeerSession[] {
+    return this.dialed ? [this.dialed] : this.acceptor.all;
   }
 
   /** True while an admitted peer is connected. */
   get peerConnected(): boolean {
     return this.openLink !== undefined;
+  }
+
+  /** Whether some admitted peer is connected and was heard from lately. */
+  anyPeerLive(now: number): boolean {
+    return this.dialed ? this.dialed.live(now, this.settings.keepaliveMs) : this.acceptor.anyLive(now);
+  }
+
+  /** The session that carries mapping `mappingId`'s flows: the dialer's, or the one serving it. */
+  sessionFor(mappingId: number): PeerSession | undefined {
+    return this.dialed ?? this.acceptor.sessionFor(mappingId);
+  }
+
+  /**
+   * Whether a frame on `link` may name a flow of mapping `mappingId`: always on a dialer (one
+   * session); on the acceptor only for the session serving the mapping (§18).
+   */
+  serves(link: Link, mappingId: number): boolean {
+    return link.side === "dialer" || this.acceptor.serves(link, mappingId);
+  }
+
+  /** Every admitted session, for status lines and metrics. */
+  peers(): readonly PeerSession[] {
+    return this.sessions;
+  }
+
+  /**
+   * Mapping `mappingId` is gone from this side (§18: MAPPING_STATE removed to the peers that asked for
+   * it); the caller closed its flows first.
+   */
+  removeMapping(mappingId: number, reason: string, now: number): void {
+    this.acceptor.removeMapping(mappingId, reason, now);
+  }
+
+  /** Mapping `mappingId` is new on this side (added, or back): the sessions that can serve it are told (§18). */
+  addMapping(mappingId: number, now: number): void {
+    this.acceptor.addMapping(mappingId, now);
+  }
+
+  /** The mappings `peer` serves (by this side's index); every mapping for the dialer's session. */
+  servedBy(peer: PeerSession): number[] {
+    if (peer === this.dialed) return this.settings.mappingNames.map((_, index) => index);
+    return this.acceptor.owners.servedBy(peer);
   }
 
   // ---- the host's connection inputs (the connection table does the work) ----
@@ -114,9 +161,9 @@ export class Session implements LinkIo {
     return this.connections.size;
   }
 
-  /** Tells the peer that flow `flowId` closed, if a connection is open. */
-  tellFlowClosed(flowId: number, reason: number): void {
-    const link = this.openLink;
+  /** Tells the peer serving mapping `mappingId` that its flow `flowId` closed, if it is connected. */
+  tellFlowClosed(flowId: number, mappingId: number, reason: number): void {
+    const link = this.sessionFor(mappingId)?.openLink;
     if (!link) return;
     link.writer.flowClose(flowId, reason);
     this.connections.notify(link);
@@ -135,9 +182,12 @@ export class Session implements LinkIo {
     return this.connections.pendingCount("").pending > 0 ? "connecting" : "down";
   }
 
-  /** The session's first open connection (control frames that belong to no flow go there). */
+  /** The first open connection of any session. */
   get openLink(): Link | undefined {
-    for (const link of this.peer?.links ?? []) if (link.state === "open") return link;
+    for (const session of this.sessions) {
+      const link = session.openLink;
+      if (link) return link;
+    }
     return undefined;
   }
 
@@ -155,12 +205,12 @@ export class Session implements LinkIo {
     return this.settings.lanes;
   }
 
-  /** Every connection of the session, for status lines and metrics. */
+  /** Every connection of every session, for status lines and metrics. */
   lanes(): LaneInfo[] {
-    return this.picker.info();
+    return this.sessions.flatMap((session) => session.picker.info());
   }
 
-  // ---- the accepting side ----
+  // ---- the accepting side (acceptor.ts does the work) ----
 
   /**
    * A TCP connection was accepted from `peer` (address:port, for log lines); `source` is its IP address,
@@ -173,7 +223,7 @@ export class Session implements LinkIo {
       peer,
       "acceptor",
       this.role,
-      capabilitiesOf(this.settings, "acceptor"),
+      capabilitiesOf(this.settings, this.role, "acceptor"),
       now,
       this.crypto,
     );
@@ -198,135 +248,15 @@ export class Session implements LinkIo {
 
   /**
    * The decision on an `authorize-peer` request. A refusal with a `reason` (a key not allowed) tells
-   * the peer that reason (the host logs its details); without one it is the operator's no.
+   * the peer that reason (the host logs its details); without one it is the operator's no. An
+   * admission may restrict the mappings the key may serve (`mappings`, by name; all when undefined):
+   * the others it asks for are refused (§18).
    */
-  approve(conn: number, accepted: boolean, now: number, reason?: string): void {
+  approve(conn: number, accepted: boolean, now: number, reason?: string, mappings?: readonly string[]): void {
     const link = this.connections.get(conn);
     if (!link || link.state !== "approval") return;
-    if (accepted) {
-      this.admit(link, now);
-      this.connections.notify(link);
-      return;
-    }
-    this.stats.handshakeFailures++;
-    if (reason) this.connections.close(link, CloseCode.KeyRejected, reason);
-    else this.connections.close(link, CloseCode.Refused, "");
-  }
-
-  private acceptorHandshake(link: Link, frame: Frame, now: number): void {
-    if (acceptorHelloStep(link, frame, this.settings, this.role)) return;
-    if (frame.type === FrameType.Join && (link.sharedCapabilities & Capability.Lanes) !== 0) {
-      return this.acceptJoin(link, frame.proof, frame.token, now);
-    }
-    if (frame.type !== FrameType.Auth) throw unexpected(frame, "AUTH");
-    link.offeredToken = frame.token.slice();
-    if (!link.verifyPeer(this.crypto, frame.proof, frame.token)) {
-      this.stats.handshakeFailures++;
-      const why = this.settings.secretMode
-        ? "wrong shared secret"
-        : `the ${this.peerName}'s signature does not match the key it announced`;
-      this.connections.fail(link, CloseCode.AuthFailed, why);
-      return;
-    }
-    if (this.settings.secretMode || this.canResume(link)) {
-      this.admit(link, now); // a resumed session's key was admitted before
-      return;
-    }
-    // "Busy" is only ever told to a peer whose key is admitted (admit() checks): a stranger learns
-    // nothing about who is connected, and an unknown key is judged on its own.
-    link.enter("ask-host");
-    link.handshakeDeadline = undefined; // the host may ask a human: no deadline
-    const { id: conn, peer, source, peerKey: publicKey } = link;
-    this.out.push({ kind: "authorize-peer", conn, peer, source, publicKey });
-  }
-
-  /**
-   * JOIN (§16.1): another lane for the open session. It must name the session (token), prove the
-   * credentials over this connection's fresh HELLOs and the session's binding (in key mode, with the
-   * key the session was admitted with), and fit under maxLanes. Every refusal says the same to the
-   * peer as to a stranger: nothing about which sessions exist.
-   */
-  private acceptJoin(link: Link, proof: Uint8Array, token: Uint8Array, now: number): void {
-    const session = this.peer;
-    const named = session !== undefined && token.length === TOKEN_SIZE && bytesEqual(session.token, token);
-    if (!session || !named || !link.verifyJoin(this.crypto, proof, token, session.binding, session.peerKey)) {
-      this.stats.handshakeFailures++;
-      this.totals.joinsRefused++;
-      this.connections.fail(
-        link,
-        CloseCode.AuthFailed,
-        "cannot join: unknown session, or a proof that does not verify",
-      );
-      return;
-    }
-    const open = session.links.filter((other) => other.state === "open").length;
-    if (open >= this.settings.maxLanes) {
-      this.stats.handshakeFailures++;
-      this.totals.joinsRefused++;
-      this.connections.fail(link, CloseCode.Busy, `the session has ${open} lanes, the most this side takes`);
-      return;
-    }
-    link.offeredToken = token.slice();
-    session.links.push(link);
-    session.lostAt = undefined;
-    this.totals.lanesJoined++;
-    link.writer.accept(link.prove(this.crypto, session.token, true), session.token, true);
-    this.opened(link, now, true, true);
-  }
-
-  private canResume(link: Link): boolean {
-    const session = this.peer;
-    if (!session || link.offeredToken.length !== TOKEN_SIZE) return false;
-    if ((link.sharedCapabilities & Capability.Resume) === 0) return false;
-    return bytesEqual(session.token, link.offeredToken) && bytesEqual(session.peerKey, link.peerKey);
-  }
-
-  /**
-   * One peer at a time. A connected peer silent for longer than its keepalive interval is presumed
-   * half-open (its host vanished), so a newly authenticated peer may replace it instead of being
-   * locked out until the keepalive timeout.
-   */
-  private refuseIfBusy(link: Link, now: number): boolean {
-    const current = this.openLink;
-    if (!current || current === link) return false;
-    if (now - current.lastReceived > this.settings.keepaliveMs * 1.5) return false;
-    this.stats.handshakeFailures++;
-    const name = this.peerName;
-    this.out.log("warn", `refusing ${name} ${link.peer}: ${current.peer} is connected (one ${name} at a time)`);
-    this.connections.close(link, CloseCode.Busy, `another ${name} is connected; only one at a time`);
-    return true;
-  }
-
-  /** Authenticated: resume the session, replace a stale connection of the same peer, or start afresh. */
-  private admit(link: Link, now: number): void {
-    const resumed = this.canResume(link);
-    if (!resumed && this.refuseIfBusy(link, now)) return;
-    for (const earlier of this.peer?.links ?? []) {
-      if (earlier === link || earlier.state === "closed") continue;
-      this.out.log("info", `${this.peerName} ${link.peer} takes over from the earlier connection ${earlier.peer}`);
-      this.connections.close(earlier, CloseCode.Replaced, "replaced by a newer connection");
-    }
-    if (resumed && this.peer) {
-      this.peer.links = [link];
-      this.peer.lostAt = undefined;
-    } else {
-      const count = this.owner.flowCount;
-      if (count > 0) this.out.log("info", `dropping ${flows(count)} of the previous ${this.peerName}`);
-      this.owner.dropAllFlows();
-      this.peer = {
-        token: this.crypto.randomBytes(TOKEN_SIZE),
-        peerKey: link.peerKey,
-        links: [link],
-        lostAt: undefined,
-        binding: new Uint8Array(0),
-        source: link.source,
-      };
-    }
-    const token = this.peer.token;
-    const proof = link.prove(this.crypto, token, resumed);
-    if (!resumed) this.peer.binding = proof;
-    link.writer.accept(proof, token, resumed);
-    this.opened(link, now, resumed);
+    this.acceptor.approve(link, accepted, now, reason, mappings);
+    this.connections.notify(link);
   }
 
   // ---- the dialing side ----
@@ -343,7 +273,7 @@ export class Session implements LinkIo {
         `dial: ${lanes === 1 ? "the previous connection was" : `${lanes} connections were`} not reported disconnected`,
       );
     }
-    const capabilities = capabilitiesOf(this.settings, "dialer");
+    const capabilities = capabilitiesOf(this.settings, this.role, "dialer");
     this.dialing.add(this.connections.open(conn, peer, "dialer", this.role, capabilities, now, this.crypto));
   }
 
@@ -365,29 +295,31 @@ export class Session implements LinkIo {
     this.dialing.delete(link);
     if (link.joining) return this.joined(link, frame.token, frame.resumed, now);
     if (!frame.resumed) {
-      const count = this.owner.flowCount;
+      const count = this.owner.flowCount();
       if (count > 0)
         this.out.log("info", `the ${this.peerName} started a new session: closing ${flows(count)} of the old one`);
-      this.owner.dropAllFlows();
+      this.owner.dropFlows();
     }
-    const previous = this.peer;
-    // A resumed session keeps its binding; a new one is bound to this ACCEPT's proof.
-    const binding = frame.resumed && previous ? previous.binding : frame.proof.slice();
+    const previous = this.dialed;
     // The acceptor replaced every other lane of ours (§7); they are closing.
     for (const other of previous?.links ?? [])
       if (other !== link) this.connections.close(other, CloseCode.Replaced, "");
-    this.peer = { token: frame.token.slice(), peerKey: link.peerKey, links: [link], lostAt: undefined, binding };
+    const partial = (link.sharedCapabilities & Capability.Senders) !== 0;
+    const session = new PeerSession(frame.token.slice(), link.peerKey, partial, this.settings, this.totals);
+    // A resumed session keeps its binding; a new one is bound to this ACCEPT's proof.
+    session.binding = frame.resumed && previous ? previous.binding : frame.proof.slice();
+    this.dialed = session;
+    session.add(link);
     this.opened(link, now, frame.resumed);
   }
 
   /** Dialer: the acceptor took this connection as another lane of the session. */
   private joined(link: Link, token: Uint8Array, resumed: boolean, now: number): void {
-    const session = this.peer;
+    const session = this.dialed;
     if (!resumed || !session || !bytesEqual(session.token, token)) {
       throw new ProtocolError("bad-join", "ACCEPT of a JOIN names another session, or a new one");
     }
-    session.links.push(link);
-    session.lostAt = undefined;
+    session.add(link);
     this.totals.lanesJoined++;
     this.opened(link, now, true, true);
   }
@@ -397,7 +329,12 @@ export class Session implements LinkIo {
     checkPeerHello(link, frame, this.settings, this.role);
     link.enter("peer-hello");
     if (this.refuseKey(link, false)) return;
-    const session = this.peer;
+    const unserved = this.role === Role.Sender ? unpairedNames(this.settings.mappingNames, link.mappingPairs) : [];
+    if (unserved.length > 0 && !link.joining && this.dialed === undefined) {
+      const names = unserved.map((name) => (name ? name : "#?")).join(", ");
+      this.out.log("warn", `the receiver has no mapping ${names}: not served through it`);
+    }
+    const session = this.dialed;
     const lanes = (link.sharedCapabilities & Capability.Lanes) !== 0;
     const live = session !== undefined && session.links.some((other) => other.state === "open");
     if (live && !lanes) {
@@ -432,12 +369,12 @@ export class Session implements LinkIo {
 
   private opened(link: Link, now: number, resumed: boolean, lane = false): void {
     link.markOpen(now, this.settings.keepaliveMs);
-    this.picker.lanesChanged();
+    link.session?.picker.lanesChanged();
     this.stats.accepted++;
     const name = this.peerName;
     const what = link.side === "acceptor" ? `${name} ${link.peer} accepted` : `accepted by ${name} ${link.peer}`;
-    const lanes = this.peer?.links.filter((other) => other.state === "open").length ?? 1;
-    const how = lane ? ` (lane ${lanes} of the session)` : resumed ? ` (resumed ${flows(this.owner.flowCount)})` : "";
+    const lanes = link.session?.openLanes ?? 1;
+    const how = lane ? ` (lane ${lanes} of the session)` : resumed ? ` (resumed ${flows(this.owner.flowCount())})` : "";
     this.out.log("info", `${what}${how}`);
     this.out.push({ kind: "accepted", conn: link.id, peer: link.peer, resumed });
     this.connections.notify(link);
@@ -445,7 +382,7 @@ export class Session implements LinkIo {
 
   /** LinkIo: a frame of a connection still in its handshake. */
   handshakeFrame(link: Link, frame: Frame, now: number): void {
-    if (link.side === "acceptor") this.acceptorHandshake(link, frame, now);
+    if (link.side === "acceptor") this.acceptor.handshake(link, frame, now);
     else this.dialerHandshake(link, frame, now);
   }
 
@@ -462,25 +399,25 @@ export class Session implements LinkIo {
   /** LinkIo: the connection is gone (reported by the host). */
   gone(link: Link, now: number): void {
     this.dialing.delete(link);
-    const session = this.peer;
-    // Only a connection of the session starts the grace period, including one already "closed"
+    const session = link.session;
+    // Only a connection of a session starts its grace period, including one already "closed"
     // (CLOSE received, keepalive timeout) before the host reported it. A failed attempt to reconnect
     // (never the session's) does not restart it.
     if (!session || !session.links.includes(link)) return;
-    session.links = session.links.filter((other) => other !== link);
-    this.picker.lanesChanged();
+    session.remove(link);
     if (session.links.length > 0) return;
-    this.stats.rttMs = undefined; // no connection, no round-trip time: a stale figure would mislead
+    if (this.openLink === undefined) this.stats.rttMs = undefined; // no connection: a stale figure would mislead
+    if (link.side === "acceptor") return this.acceptor.lost(session, link, now);
     if (link.peerCloseCode === CloseCode.Normal) {
       // A deliberate goodbye (the peer shut down): nobody will resume this session.
-      const count = this.owner.flowCount;
+      const count = this.owner.flowCount();
       if (count > 0) this.out.log("info", `the ${this.peerName} said goodbye: closing ${flows(count)}`);
-      this.owner.dropAllFlows();
-      this.peer = undefined;
+      this.owner.dropFlows();
+      this.dialed = undefined;
       return;
     }
     session.lostAt = now;
-    const count = this.owner.flowCount;
+    const count = this.owner.flowCount();
     if (count > 0 && this.settings.resumeGraceMs > 0) {
       this.out.log(
         "info",
@@ -489,50 +426,37 @@ export class Session implements LinkIo {
     }
   }
 
-  /**
-   * The acceptor's host no longer admits some keys (they left its authorized keys at a reload). A
-   * session whose key `refusal` gives a reason for (told to the peer) ends at once: CLOSE(11) on each of its
-   * connections, its flows dropped, nothing left to resume — a key that was admitted once must not
-   * stay in by resuming. A session in its grace period (no connection) is forgotten the same way.
-   * Key mode, acceptor side only (the dialer admits nobody). Returns how many sessions ended; the
-   * host, which knows why the key is no longer admitted, logs it.
-   */
-  withdraw(refusal: (publicKey: Uint8Array, source: string) => string | undefined): number {
-    const session = this.peer;
-    if (!session || this.settings.secretMode || session.source === undefined) return 0;
-    const reason = refusal(session.peerKey, session.source);
-    if (reason === undefined) return 0;
-    for (const link of session.links) {
-      if (link.state !== "closed") this.connections.close(link, CloseCode.KeyRejected, reason);
-    }
-    this.owner.dropAllFlows();
-    this.peer = undefined;
-    this.picker.lanesChanged();
-    return 1;
+  /** Ends the sessions of keys this side no longer admits (a reload); see Acceptor.withdraw. */
+  withdraw(refusal: (publicKey: Uint8Array, source: string) => string | undefined, now: number): number {
+    return this.acceptor.withdraw(refusal, now);
   }
 
-  /** Says goodbye on every connection and forgets the session (its flows are dropped). */
+  /** Says goodbye on every connection and forgets the sessions (their flows are dropped). */
   closeAll(reason: string): void {
     this.connections.closeAll(reason);
-    this.owner.dropAllFlows();
-    this.peer = undefined;
+    this.owner.dropFlows();
+    this.acceptor.endAll();
+    this.dialed = undefined;
   }
 
-  /** Runs the connections' timers and ends a session whose peer did not come back in time. */
+  /** Runs the connections' timers, ends sessions whose peer did not come back in time. */
   tick(now: number): void {
     this.connections.tick(now);
-    const session = this.peer;
+    this.acceptor.tick(now);
+    const session = this.dialed;
     if (session && session.links.length === 0 && session.lostAt !== undefined && now >= this.resumeExpiry(session)) {
-      const count = this.owner.flowCount;
+      const count = this.owner.flowCount();
       if (count > 0) this.out.log("info", `no resume in time: dropping ${flows(count)}`);
-      this.owner.dropAllFlows();
-      this.peer = undefined;
+      this.owner.dropFlows();
+      this.dialed = undefined;
     }
   }
 
   nextTimeout(): number | undefined {
-    const next = this.connections.nextTimeout();
-    const session = this.peer;
+    let next = this.connections.nextTimeout();
+    const accepted = this.acceptor.nextTimeout();
+    if (accepted !== undefined && (next === undefined || accepted < next)) next = accepted;
+    const session = this.dialed;
     if (!session || session.links.length > 0 || session.lostAt === undefined) return next;
     const expiry = this.resumeExpiry(session);
     return next === undefined || expiry < next ? expiry : next;

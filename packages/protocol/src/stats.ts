@@ -133,6 +133,10 @@ export const zeroLaneTotals = (): LaneTotals => ({
   joinsRefused: 0,
 });
 
+function zeroMapping(name: string): MappingStats {
+  return { name, flowsOpened: 0, udpIn: 0, udpInBytes: 0, udpOut: 0, udpOutBytes: 0, drops: zeroDrops() };
+}
+
 export class Counters {
   readonly lanes: LaneTotals = zeroLaneTotals();
   readonly stats: Stats = {
@@ -152,15 +156,12 @@ export class Counters {
   readonly mappings: readonly MappingStats[];
 
   constructor(mappingNames: readonly string[]) {
-    this.mappings = mappingNames.map((name) => ({
-      name,
-      flowsOpened: 0,
-      udpIn: 0,
-      udpInBytes: 0,
-      udpOut: 0,
-      udpOutBytes: 0,
-      drops: zeroDrops(),
-    }));
+    this.mappings = mappingNames.map(zeroMapping);
+  }
+
+  /** Counters for a mapping added while running (its id is the next position). */
+  addMapping(name: string): void {
+    (this.mappings as MappingStats[]).push(zeroMapping(name));
   }
 
   /** A datagram taken in from UDP for mapping `mappingId` (before it is forwarded or dropped). */

@@ -16,7 +16,10 @@ import {
   MAX_CLOSE_MESSAGE,
   MAX_DATAGRAM,
   MAX_MAPPING_NAME,
+  MAX_MAPPING_REASON,
+  MAX_MAPPING_STATES,
   MAX_MAPPINGS,
+  type MappingStateEntry,
   NONCE_SIZE,
   PAD_TYPE,
   PREFACE,
@@ -270,6 +273,39 @@ export class FrameWriter {
     this.buf[at + 4] = reason;
   }
 
+  /**
+   * MAPPING_STATE (§18): 1 to 32 entries. A reason longer than 255 bytes is cut at a character
+   * boundary (it is for a log line); a name over 32 bytes or an unknown state is a bug of the caller.
+   */
+  mappingState(entries: readonly MappingStateEntry[]): void {
+    if (entries.length === 0 || entries.length > MAX_MAPPING_STATES) {
+      throw new ProtocolError(
+        "bad-field",
+        `MAPPING_STATE takes 1 to ${MAX_MAPPING_STATES} entries, not ${entries.length}`,
+      );
+    }
+    const encoded = entries.map((entry) => {
+      const name = utf8(entry.name);
+      if (name.length > MAX_MAPPING_NAME || !(entry.status >= 0 && entry.status <= 3) || entry.mappingId > 0xffff) {
+        throw new ProtocolError("bad-field", `MAPPING_STATE entry for mapping ${entry.mappingId} is not encodable`);
+      }
+      return { entry, name, reason: utf8Truncated(entry.reason, MAX_MAPPING_REASON) };
+    });
+    const size = encoded.reduce((sum, { name, reason }) => sum + 4 + name.length + 1 + reason.length, 1);
+    let at = this.header(FrameType.MappingState, size);
+    this.buf[at++] = entries.length;
+    for (const { entry, name, reason } of encoded) {
+      this.view.setUint16(at, entry.mappingId);
+      this.buf[at + 2] = entry.status;
+      this.buf[at + 3] = name.length;
+      this.buf.set(name, at + 4);
+      at += 4 + name.length;
+      this.buf[at++] = reason.length;
+      this.buf.set(reason, at);
+      at += reason.length;
+    }
+  }
+
   /** PAD (extension 0x80) with an empty body: 5 bytes, ignored by the peer (the tail-loss nudge). */
   pad(): void {
     this.header(PAD_TYPE, 0);
@@ -320,6 +356,8 @@ export class FrameWriter {
         return this.data(frame.flowId, frame.payload);
       case FrameType.Sdata:
         return this.sdata(frame.flowId, frame.seq, frame.payload);
+      case FrameType.MappingState:
+        return this.mappingState(frame.entries);
     }
   }
 }

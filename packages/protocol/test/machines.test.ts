@@ -129,6 +129,7 @@ for (const dir of DIRECTIONS) {
           peer: "peer-of-1",
           source: "peer-of-1",
           publicKey: dialerKey(dir).publicKey,
+          mappings: [""],
         },
       ]);
       expect(net.of(dialer, "authorize-peer")).toEqual([]); // the dialer pins, it does not ask

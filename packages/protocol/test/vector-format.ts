@@ -133,6 +133,7 @@ const TYPE_CODES: Record<string, number> = {
   FLOW_CLOSE: 0x11,
   DATA: 0x12,
   SDATA: 0x14,
+  MAPPING_STATE: 0x15,
 };
 
 /** The codec Frame the JSON fields describe. */
@@ -179,6 +180,13 @@ export function frameFromFields(f: Record<string, unknown>): Frame {
       return { type: 0x12, flowId: n("flowId"), payload: b("payload") };
     case "SDATA":
       return { type: 0x14, flowId: n("flowId"), seq: n("seq"), payload: b("payload") };
+    case "MAPPING_STATE":
+      return {
+        type: 0x15,
+        entries: (f.entries as Array<{ mappingId: number; name: string; status: 0 | 1 | 2 | 3; reason: string }>).map(
+          (entry) => ({ ...entry }),
+        ),
+      };
     case "EXTENSION":
       return { type: "extension", extensionType: n("extensionType"), body: b("body") };
     default:

@@ -11,6 +11,8 @@ import {
   encodeFrame,
   type Frame,
   FrameDecoder,
+  FrameType,
+  MappingStatus,
   PREFACE,
   ProtocolError,
   ReceiverMachine,
@@ -289,7 +291,23 @@ describe("handshake vectors", () => {
           }
         }
       }
-      expect(toDialer).toBe(v.acceptorToDialer);
+      // The handshake bytes exactly; in key mode both set Senders, so the receiver follows its ACCEPT
+      // with MAPPING_STATE (§18): this sender serves both mappings.
+      expect(toDialer.slice(0, v.acceptorToDialer.length)).toBe(v.acceptorToDialer);
+      const after = toDialer.slice(v.acceptorToDialer.length);
+      if (!keyMode) expect(after).toBe("");
+      else {
+        const decoder = new FrameDecoder();
+        decoder.push(hexToBytes(after));
+        expect(normalize(decoder.read() as Frame)).toEqual({
+          type: FrameType.MappingState,
+          entries: [
+            { mappingId: 0, name: "dns", status: MappingStatus.Serving, reason: "" },
+            { mappingId: 1, name: "ntp", status: MappingStatus.Serving, reason: "" },
+          ],
+        });
+        expect(decoder.read()).toBeUndefined();
+      }
       expect(toAcceptor).toBe(v.dialerToAcceptor);
       expect(sender.session.peerConnected).toBe(true);
       expect(accepted).toEqual([v.resumed]);

@@ -13,7 +13,7 @@ import type { AddressInfo } from "node:net";
 import { formatHostPort, logLine, messageOf, UserError } from "@mcudpt/core";
 import type { DropReason, LaneInfo, LaneTotals } from "@mcudpt/protocol";
 import { Counter, Gauge, Registry } from "prom-client";
-import type { MappingRow, Observed } from "./observe.js";
+import type { MappingRow, Observed, SenderRow } from "./observe.js";
 
 export interface MetricsServer {
   readonly url: string;
@@ -183,6 +183,7 @@ export function metricsRegistry(observed: Observed, info: Record<string, string>
       });
     },
   });
+  senderMetrics(registers, () => observed.senders?.() ?? []);
   total("mcudpt_accepted_connections_total", "Connections that completed the handshake", () => stats.accepted);
   total("mcudpt_reconnects_total", "Connections to the peer after the first one", () => observed.reconnects());
   total("mcudpt_handshake_failures_total", "Handshakes refused, failed or timed out", () => stats.handshakeFailures);
@@ -203,6 +204,49 @@ export function metricsRegistry(observed: Observed, info: Record<string, string>
     stats.rttMs === undefined ? undefined : stats.rttMs / 1000,
   );
   return registry;
+}
+
+/**
+ * Per sender (a receiver with several senders, §18), labelled by key fingerprint: connected, which
+ * mappings it serves (1) or waits for as standby (0), and its datagrams each way.
+ */
+function senderMetrics(registers: Registry[], rows: () => SenderRow[]): void {
+  new Gauge({
+    name: "mcudpt_sender_connected",
+    help: "1 while the sender with this key has an open connection, 0 while its session waits for a resume",
+    labelNames: ["sender"],
+    registers,
+    collect() {
+      this.reset();
+      for (const row of rows()) this.set(labels({ sender: row.sender }), row.connected ? 1 : 0);
+    },
+  });
+  new Gauge({
+    name: "mcudpt_sender_serving",
+    help: "1 where the sender serves the mapping, 0 where it waits as standby",
+    labelNames: ["sender", "mapping"],
+    registers,
+    collect() {
+      this.reset();
+      for (const row of rows()) {
+        for (const mapping of row.serving) this.set(labels({ sender: row.sender, mapping }), 1);
+        for (const mapping of row.standby) this.set(labels({ sender: row.sender, mapping }), 0);
+      }
+    },
+  });
+  new Counter({
+    name: "mcudpt_sender_datagrams_total",
+    help: "Datagrams per sender: to_sender = clients' datagrams it was given, from_sender = its replies",
+    labelNames: ["sender", "direction"],
+    registers,
+    collect() {
+      this.reset();
+      for (const row of rows()) {
+        this.inc(labels({ sender: row.sender, direction: "to_sender" }), row.toSender);
+        this.inc(labels({ sender: row.sender, direction: "from_sender" }), row.fromSender);
+      }
+    },
+  });
 }
 
 /** Serves GET /metrics (and / for convenience) on host:port; port 0 picks a free port (see `url`). */

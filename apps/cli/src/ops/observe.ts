@@ -3,7 +3,7 @@
  * metrics endpoint and the SIGUSR1 snapshot show. Reads counters the machines keep anyway; nothing
  * here is on the datagram path.
  */
-import { formatHostPort, type ReceiverHandle, type SenderHandle } from "@mcudpt/core";
+import { fingerprint, formatHostPort, type ReceiverHandle, type SenderHandle } from "@mcudpt/core";
 import type { FlowCounters, LaneInfo, LaneTotals, MappingStats, Stats } from "@mcudpt/protocol";
 import type { ReloadRecord } from "../reload.js";
 
@@ -38,6 +38,24 @@ export interface Observed {
   mappings(): MappingRow[];
   /** Configuration reloads (SIGHUP) so far, and the last one. */
   reloads?(): ReloadRecord;
+  /** Receiver: each admitted sender, what it serves and its traffic (several senders, §18). */
+  senders?(): SenderRow[];
+  /** Sender: what the receiver said of each mapping ("serving", "standby", …), by label. */
+  serving?(): Array<{ label: string; state: string | undefined }>;
+}
+
+export interface SenderRow {
+  /** The sender's key fingerprint ("SHA256:…"), or "secret" in shared-secret mode. */
+  sender: string;
+  /** Its connection's address, while it has one. */
+  peer: string | undefined;
+  connected: boolean;
+  /** Labels of the mappings it serves, and of those it waits for as standby. */
+  serving: string[];
+  standby: string[];
+  /** Datagrams sent to it (clients' datagrams) and received from it (replies). */
+  toSender: number;
+  fromSender: number;
 }
 
 export interface MappingRow extends MappingStats {
@@ -71,6 +89,7 @@ export function observeReceiver(handle: ReceiverHandle, transport: string): Obse
     flowCount: () => machine.flows.size,
     reconnects: () => Math.max(0, machine.stats.accepted - 1),
     mappings: () => mappingRows(machine),
+    senders: () => senderRows(machine),
     *flows() {
       for (const flow of machine.flows.values())
         yield {
@@ -97,6 +116,7 @@ export function observeSender(handle: SenderHandle, transport: string): Observed
     flowCount: () => machine.flows.size,
     reconnects: () => handle.reconnects,
     mappings: () => mappingRows(machine),
+    serving: () => mappingRows(machine).map(({ label }, i) => ({ label, state: machine.servingState[i] })),
     *flows() {
       for (const flow of machine.flows.values()) {
         yield {
@@ -108,6 +128,24 @@ export function observeSender(handle: SenderHandle, transport: string): Observed
       }
     },
   };
+}
+
+function senderRows(machine: ReceiverHandle["machine"]): SenderRow[] {
+  const labels = machine.mappingStats.map((stats, i) => stats.name || `#${i + 1}`);
+  const session = machine.session;
+  return session.peers().map((peer) => {
+    const served = session.servedBy(peer);
+    const traffic = peer.traffic;
+    return {
+      sender: peer.peerKey.length > 0 ? fingerprint(peer.peerKey) : "secret",
+      peer: peer.links[0]?.peer,
+      connected: peer.openLink !== undefined,
+      serving: served.map((i) => labels[i]),
+      standby: [...peer.wants].filter((i) => !served.includes(i)).map((i) => labels[i]),
+      toSender: traffic.datagramsSent,
+      fromSender: traffic.datagramsReceived,
+    };
+  });
 }
 
 function counters(flow: FlowCounters): FlowCounters {

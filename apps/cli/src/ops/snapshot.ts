@@ -21,6 +21,14 @@ export function snapshotText(observed: Observed, at = now()): string {
       `drops ${nonZeroDrops(s).join(" ") || "0"}, rtt ${s.rttMs === undefined ? "-" : `${s.rttMs.toFixed(1)} ms`}, ` +
       `reconnects ${observed.reconnects()}, handshake failures ${s.handshakeFailures}`,
   ];
+  // Several senders (§18): who serves what, and each one's traffic.
+  for (const row of observed.senders?.() ?? []) {
+    const standby = row.standby.length > 0 ? `, standby ${row.standby.join(",")}` : "";
+    lines.push(
+      `  sender ${row.sender} ${row.peer ?? "-"} ${row.connected ? "connected" : "lost (resume grace)"}, ` +
+        `serving ${row.serving.join(",") || "-"}${standby}, to it ${row.toSender} dg, from it ${row.fromSender} dg`,
+    );
+  }
   const lanes = observed.laneRows?.() ?? [];
   if (lanes.length > 1) {
     for (const [i, lane] of lanes.entries()) {
@@ -68,6 +76,7 @@ export function snapshotJson(observed: Observed, name: string, at = now()): stri
     handshakeFailures: s.handshakeFailures,
     reloads: reloadFields(observed),
   });
+  for (const row of observed.senders?.() ?? []) out += jsonRecord(name, "sender", { ...row });
   for (const [i, lane] of (observed.laneRows?.() ?? []).entries()) {
     out += jsonRecord(name, "lane", { lane: i + 1, ...lane, rttMs: lane.rttMs ?? null });
   }

@@ -95,6 +95,8 @@ export class StatusLine {
       const each = rtts.length > 1 ? ` rtt ${rtts.map((lane) => milliseconds(lane.rttMs as number)).join("/")} ms` : "";
       parts.push(`lanes ${lanes.open}/${lanes.wanted}${each}${dup}`);
     }
+    const who = servingText(o);
+    if (who) parts.push(who);
     const drops = nonZeroDrops(o.stats);
     parts.push(drops.length > 0 ? `drops ${drops.join(" ")}` : "drops 0");
     const rtt = o.stats.rttMs;
@@ -113,6 +115,26 @@ export class StatusLine {
     const s = this.observed.stats;
     return { at, udpIn: s.udpIn, udpInBytes: s.udpInBytes, udpOut: s.udpOut, udpOutBytes: s.udpOutBytes };
   }
+}
+
+/**
+ * Who serves what, when there is a choice (§18): on a receiver with several senders (or a standby),
+ * each sender's short fingerprint and its mappings; on a sender the receiver did not give every
+ * mapping to, each mapping's state.
+ */
+function servingText(o: Observed): string | undefined {
+  const senders = o.senders?.() ?? [];
+  if (senders.length > 1 || senders.some((row) => row.standby.length > 0)) {
+    const rows = senders.map((row) => {
+      const short = row.sender.replace(/^SHA256:/, "").slice(0, 8);
+      const standby = row.standby.length > 0 ? ` standby ${row.standby.join(",")}` : "";
+      return `${short}${row.connected ? "" : " (lost)"} ${row.serving.join(",") || "-"}${standby}`;
+    });
+    return `senders ${rows.join("; ")}`;
+  }
+  const states = o.serving?.() ?? [];
+  if (states.every((row) => row.state === undefined || row.state === "serving")) return undefined;
+  return `mappings ${states.map((row) => `${row.label} ${row.state ?? "?"}`).join(", ")}`;
 }
 
 /** "up", "down", "connecting", or — a dialer that proved itself — waiting for the peer to admit its key. */

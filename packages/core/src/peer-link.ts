@@ -182,8 +182,7 @@ function withdrawRefused(driver: MachineDriver, admission: PeerAdmission, logger
       }
       if (verdict.verdict === "trusted") return undefined;
       const why = verdict.verdict === "refused" ? verdict.reason : `key ${print} is no longer a known ${peerName}`;
-      logger.log("warn", `ending the session of ${peerName} key ${print} after the reload: ${why}`);
-      );
+      logger.log("warn", `ending the ${peerName}'s session (key ${print}) after the reload: ${why}`);
       return `key ${print} is no longer authorized here`;
     }, now());
   });

@@ -2,8 +2,11 @@
  * A running tunnel reloaded (the core's handle.reload, what SIGHUP drives): a renewed TLS
  * certificate served to new connections while the established one carries on, a key removed from
  * the authorized keys ending that peer's session, a sender mapping sent to a new target (new flows
- * only), new limits, and reloads that must change nothing (a mapping added or removed). Every
- * pairing of transports under bun test, Node's under real node. node:test/node:assert only.
+ * only), new limits, a key-mode receiver's mappings added (port bound, served), removed (flows
+ * closed, senders told, port closed), moved and brought back while an untouched mapping's flow goes
+ * on, and reloads that must change nothing (a port in use, a sender's or a secret-mode receiver's
+ * mapping set changed). Every pairing of transports under bun test, Node's under real node.
+ * node:test/node:assert only.
  */
 import assert from "node:assert/strict";
 import { generateKeyPairSync } from "node:crypto";
@@ -24,7 +27,7 @@ import { DEFAULTS } from "@mcudpt/protocol";
 import { startTunnel } from "../helpers/scenarios.js";
 import { testIdentity } from "../helpers/keys.js";
 import { availableTransports } from "../helpers/transports.js";
-import { eventually, LOOPBACK, sleep, startClient, startEcho, text } from "../helpers/tunnel.js";
+import { eventually, freeUdpPort, LOOPBACK, sleep, startClient, startEcho, text } from "../helpers/tunnel.js";
 
 const BOUNDED = { timeout: 60_000 };
 
@@ -303,6 +306,130 @@ for (const listener of transports) {
         },
       );
 
+      it(
+        "key mode: a reload adds a mapping, removes one, moves one and brings one back; the untouched flow goes on",
+        BOUNDED,
+        async () => {
+          const dir = mkdtempSync(join(tmpdir(), "mcudpt-reload-"));
+          const authorizedKeys = join(dir, "authorized_keys");
+          const senderKey = testIdentity("sender");
+          writeFileSync(authorizedKeys, `${publicKeyLine(senderKey.publicKey, "sender")}\n`);
+          const [goneEcho, freshEcho] = await Promise.all([startEcho(connector), startEcho(connector)]);
+          const any = { host: LOOPBACK, port: 0 };
+          const keep = { name: "keep", udp: any };
+          const gone = { name: "gone", udp: any };
+          const fresh = { name: "fresh", udp: any };
+          const targetAt = (port: number) => ({ host: LOOPBACK, port });
+          const tunnel = await startTunnel(listener, echo.port, {
+            senderTransport: connector,
+            receiverConfig: { identity: testIdentity("receiver") },
+            senderConfig: { identity: senderKey },
+            trust: fileAdmission({ authorizedKeys, knownSenders: join(dir, "known_senders") }),
+            mappings: {
+              receiver: [keep, gone],
+              // The sender has the target of the mapping the receiver adds: served by nobody until then.
+              sender: [
+                { name: "keep", target: targetAt(echo.port) },
+                { name: "gone", target: targetAt(goneEcho.port) },
+                { name: "fresh", target: targetAt(freshEcho.port) },
+              ],
+            },
+          });
+          const { receiver, sender } = tunnel;
+          const [keepPort, gonePort] = receiver.udpPorts;
+          const kept = await startClient(connector, keepPort);
+          const leaving = await startClient(connector, gonePort);
+          const clients = [kept, leaving];
+          try {
+            assert.equal(text(await kept.request("k")), "k");
+            assert.equal(text(await leaving.request("g")), "g");
+            const keptFlow = [...receiver.machine.flows.values()].find((flow) => flow.mappingId === 0)?.id;
+            // Datagrams in flight on the untouched mapping while the reload runs: every one comes back.
+            for (let i = 0; i < 50; i++) kept.send(`during ${i}`);
+            const done = await receiver.reload({ mappings: [keep, fresh] });
+            const freshPort = receiver.udpPorts[2];
+            assert.deepEqual(done, [
+              "mapping gone removed (was 127.0.0.1:0)",
+              "mapping fresh=127.0.0.1:0 added",
+              `listening on UDP fresh=127.0.0.1:${freshPort}`,
+            ]);
+            assert.deepEqual(receiver.udpPorts, [keepPort, 0, freshPort]);
+            assert.ok(freshPort > 0);
+            // The removed mapping: its flow closed on both sides, the sender told, its port closed.
+            assert.equal(receiver.machine.flows.countOf(1), 0);
+            await eventually(() => sender.machine.servingState[1] === "removed", "the sender told it was removed");
+            assert.equal([...sender.machine.flows.values()].filter((flow) => flow.mappingId === 1).length, 0);
+            await assert.rejects(leaving.request("anyone?", 1000), /no reply/);
+            assert.equal(goneEcho.received, 1);
+            // The added one: served by the sender that had its target.
+            await eventually(() => sender.machine.servingState[2] === "serving", "the sender serves the new mapping");
+            const newcomer = await startClient(connector, freshPort);
+            clients.push(newcomer);
+            assert.equal(text(await newcomer.request("new")), "new");
+            assert.equal(freshEcho.received, 1);
+            // The untouched one: the same flow, nothing lost, the same connection.
+            assert.equal(text(await kept.request("after")), "after");
+            const during = () => kept.replies.filter((reply) => text(reply).startsWith("during ")).length;
+            await eventually(() => during() >= 50, "the 50 sent during the reload echoed");
+            assert.equal(during(), 50);
+            assert.equal([...receiver.machine.flows.values()].find((flow) => flow.mappingId === 0)?.id, keptFlow);
+            assert.equal(sender.reconnects, 0);
+
+            // Moved (a removal then an addition, same name: same id) and brought back (its old id).
+            const movedTo = await freeUdpPort(listener);
+            const back = await receiver.reload({ mappings: [keep, gone, { name: "fresh", udp: targetAt(movedTo) }] });
+            assert.deepEqual(back, [
+              `mapping fresh moved: 127.0.0.1:0 → 127.0.0.1:${movedTo}`,
+              "mapping gone=127.0.0.1:0 added",
+              `listening on UDP gone=127.0.0.1:${receiver.udpPorts[1]}, fresh=127.0.0.1:${movedTo}`,
+            ]);
+            assert.equal(receiver.udpPorts[0], keepPort);
+            assert.equal(receiver.udpPorts[2], movedTo);
+            await assert.rejects(newcomer.request("old port?", 1000), /no reply/);
+            await eventually(
+              () => sender.machine.servingState[1] === "serving" && sender.machine.servingState[2] === "serving",
+              "the sender serves both again",
+            );
+            const [returning, moved] = await Promise.all([
+              startClient(connector, receiver.udpPorts[1]),
+              startClient(connector, movedTo),
+            ]);
+            clients.push(returning, moved);
+            assert.equal(text(await returning.request("again")), "again");
+            assert.equal(text(await moved.request("moved")), "moved");
+            assert.equal(goneEcho.received, 2);
+            assert.equal(freshEcho.received, 2);
+            assert.equal(receiver.machine.mappingStats.length, 3);
+            assert.equal([...receiver.machine.flows.values()].find((flow) => flow.mappingId === 0)?.id, keptFlow);
+
+            // Refused, nothing changed: a port in use, a range, an unnamed mapping.
+            const holder = await startEcho(listener);
+            const busy = { name: "busy", udp: targetAt(holder.port) };
+            await assert.rejects(
+              receiver.reload({ mappings: [keep, busy], limits: { ...limits({ maxFlows: 1 }), mappings: [{}, {}] } }),
+              (error: unknown) =>
+                error instanceof UserError && error.message.startsWith(`cannot listen on UDP 127.0.0.1:${holder.port}:`),
+            );
+            holder.close();
+            await assert.rejects(
+              receiver.reload({ mappings: [keep, gone, fresh, { name: "game", udp: any, ports: 4 }] }),
+              /a port range cannot be added while running \(game=127\.0\.0\.1:0-3\): restart$/,
+            );
+            await assert.rejects(receiver.reload({ mappings: [keep, { udp: any }] }), /needs every mapping named/);
+            assert.equal(receiver.udpPorts.length, 3);
+            assert.equal(receiver.udpPorts[2], movedTo);
+            assert.equal(text(await moved.request("still")), "still");
+            assert.equal(receiver.machine.flows.size, 3); // the limit of 1 that came with it was not applied
+          } finally {
+            for (const client of clients) client.close();
+            await tunnel.close();
+            goneEcho.close();
+            freshEcho.close();
+            rmSync(dir, { recursive: true, force: true });
+          }
+        },
+      );
+
       it("adding or removing a mapping is refused with one line and changes nothing", BOUNDED, async () => {
         const tunnel = await startTunnel(listener, echo.port, { senderTransport: connector });
         try {
@@ -311,14 +438,20 @@ for (const listener of transports) {
             tunnel.sender.reload({ mappings: [{ target }, { target }], limits: limits({ maxFlows: 1 }) }),
             (error: unknown) =>
               error instanceof UserError &&
-              /^adding or removing mappings needs a restart \(added #2/.test(error.message),
+              /^adding or removing mappings needs a restart: the sender's mappings went to the receiver in its HELLO \(added #2/.test(
+                error.message,
+              ),
           );
           const udp = { host: LOOPBACK, port: 0 };
           await assert.rejects(
             tunnel.receiver.reload({ mappings: [{ udp: { host: LOOPBACK, port: 1 } }] }),
             /moving a public port \(--udp\) needs a restart/,
           );
-          await assert.rejects(tunnel.receiver.reload({ mappings: [{ udp }, { name: "x", udp }] }), /needs a restart/);
+          // Secret mode: its sender serves every mapping (PROTOCOL.md §18), so the set is fixed.
+          await assert.rejects(
+            tunnel.receiver.reload({ mappings: [{ udp }, { name: "x", udp }] }),
+            /adding or removing mappings needs a restart: only a receiver that listens in key mode can change them/,
+          );
           const clients = await Promise.all([0, 1].map(() => startClient(connector, tunnel.receiver.udpPort)));
           for (const client of clients) assert.equal(text(await client.request("y")), "y");
           assert.equal(tunnel.sender.machine.flows.size, 2); // the limit of 1 was not applied

@@ -6,9 +6,11 @@ import assert from "node:assert/strict";
 import {
   type CarrierOptions,
   type ReceiverHandle,
+  type ReceiverMapping,
   type ReceiverOptions,
   type ListenerTlsOptions,
   type SenderHandle,
+  type SenderMapping,
   type DialerTlsOptions,
   startReceiver,
   startSender,
@@ -50,6 +52,8 @@ export async function startTunnel(
     direction?: "R" | "L";
     /** Carriers (WebSocket, a proxy) of the listening and the dialing side; default plain TCP. */
     carrier?: { listen?: CarrierOptions; dial?: CarrierOptions };
+    /** Several mappings instead of one public port to `targetPort`. */
+    mappings?: { receiver: ReceiverMapping[]; sender: SenderMapping[] };
   } = {},
 ): Promise<Tunnel> {
   const receiverLog = memoryLogger();
@@ -57,12 +61,14 @@ export async function startTunnel(
   const receiverSide = {
     transport,
     udp: { host: LOOPBACK, port: 0 },
+    mappings: options.mappings?.receiver,
     config: options.receiverConfig ?? { secret: SECRET },
     logger: receiverLog,
   };
   const senderSide = {
     transport: options.senderTransport ?? transport,
     target: { host: LOOPBACK, port: targetPort },
+    mappings: options.mappings?.sender,
     config: options.senderConfig ?? { secret: SECRET },
     logger: senderLog,
   };

@@ -2,12 +2,14 @@
  * SIGHUP: read the command line's --config file and every file the settings name again, and apply
  * what a running receiver or sender can take without a restart — limits, the log level, the trust
  * files (a key no longer admitted ends its session), the TLS certificate (for new connections), a
- * sender's new targets. Flags typed on the command line still win over the file, as at start.
+ * sender's new targets, a listening key-mode receiver's named mappings added, removed or moved.
+ * Flags typed on the command line still win over the file, as at start.
  *
  * All or nothing: the new configuration is first checked as `mcudpt check` checks it (check.ts),
  * then compared with the running one — a setting only a restart can change (the transport, an
- * address, the key, a mapping added or removed…) refuses the reload — and only then applied, the
- * one step that can fail at run time (serving the new certificate) first. A refused or failed reload
+ * address, the key, a sender's mapping added or removed…) refuses the reload — and only then
+ * applied, the steps that can fail at run time (binding a new mapping's port, serving the new
+ * certificate) first. A refused or failed reload
  * changes nothing, logs one line saying why, and the process runs on. Each is counted
  * (mcudpt_config_reloads_total{result}) and the last one shows in the SIGUSR1 snapshot.
  */
@@ -153,7 +155,9 @@ async function reload(spec: ReloadSpec): Promise<string[]> {
       throw new UserError(`the key in ${keyFile} changed (${now}): a new key needs a restart`);
   }
   const mappings = mappingsArg(argv, role);
-  const admission = keyMode && listening ? listenTrustFor(args, peer) : undefined;
+  // A key's mappings="…" may name a mapping this reload adds (and no longer one it removes).
+  const names = mappings.map(({ name }) => name ?? "");
+  const admission = keyMode && listening ? listenTrustFor(args, peer, names) : undefined;
   const tls = listening ? listenTls(spec.secured(args), warningsOnly(warnings), peer) : undefined;
   const renewed = tls && spec.tls && (tls.cert !== spec.tls.cert || tls.key !== spec.tls.key) ? tls : undefined;
   const limits: Limits = {
@@ -169,7 +173,7 @@ async function reload(spec: ReloadSpec): Promise<string[]> {
       ? {
           ...common,
           clientLimits: spec.clientLimits?.(args),
-          mappings: mappings.map(({ name, address }) => ({ name, udp: address })),
+          mappings: mappings.map(({ name, address, ports }) => ({ name, udp: address, ports })),
         }
       : { ...common, mappings: mappings.map(({ name, address }) => ({ name, target: address })) };
   const done = await spec.handle.reload(update);

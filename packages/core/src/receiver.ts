@@ -5,6 +5,7 @@
  */
 import {
   type ClientFlow,
+  type Limits,
   MappingIds,
   type ReceiverConfig,
   ReceiverMachine,
@@ -18,7 +19,8 @@ import { type MachineDriver, now } from "./driver.js";
 import { messageOf, UserError } from "./errors.js";
 import { kernelDropCountersAvailable, readUdpSocketStatsAsync } from "./kernel-drops.js";
 import { bufferShortfall, KernelSampler, kernelDropsWarning, sizeText } from "./kernel-sampler.js";
-import { diffMappings, type MappingKey, refuseMappingSetChange, type RoleReload } from "./reload.js";
+import { type MappingSlot, planMappingChange } from "./receiver-mappings.js";
+import type { RoleReload } from "./reload.js";
 import { authDescription, mappingsOf, roleTools, type SideOptions, startRole, waitFor } from "./role.js";
 import type { UdpSocket } from "./transport.js";
 import { UdpBatcher } from "./udp-batch.js";
@@ -55,7 +57,11 @@ export interface ReceiverOptions extends SideOptions {
 
 /** What a running receiver takes from a reload (see RoleReload). */
 export interface ReceiverReload extends RoleReload {
-  /** The --udp mappings as re-read: only the same set at the same addresses (others need a restart). */
+  /**
+   * The --udp mappings as re-read. In key mode with the receiver listening, named one-port mappings
+   * may be added, removed or moved (receiver-mappings.ts); otherwise only the same set at the same
+   * addresses. `limits.mappings` is in this list's order.
+   */
   mappings?: ReceiverMapping[];
   clientLimits?: { newFlowsPerSecond: number; amplificationLimit: number };
 }
@@ -64,7 +70,10 @@ export interface ReceiverHandle {
   readonly machine: ReceiverMachine;
   /** The first mapping's UDP port. */
   readonly udpPort: number;
-  /** Every public UDP port, by mapping id on the wire (a range's ports one after the other). */
+  /**
+   * Every public UDP port, by mapping id on the wire (a range's ports one after the other); 0 for
+   * the ports of a mapping a reload removed.
+   */
   readonly udpPorts: number[];
   /** The listening TCP port (0 when dialing). */
   readonly tcpPort: number;
@@ -76,20 +85,15 @@ export interface ReceiverHandle {
    */
   sampleKernelDrops(): Promise<void>;
   /**
-   * Applies a reload: refused (UserError, nothing changed) when it adds, removes or moves a public
-   * port; else the certificate, the trust files, the limits. Flows and the connection go on. Returns
-   * what was done.
+   * Applies a reload: the certificate, the trust files, the mappings added (their ports bound first)
+   * and removed (their ports closed), the limits. A refused or failed one (UserError: a change only a
+   * restart can make, a port in use, a certificate that does not load) changes nothing. Flows of
+   * the mappings it does not touch and the connection go on. Returns what was done.
    */
   reload(update: ReceiverReload): Promise<string[]>;
   /** Says goodbye to the sender, closes every port. */
   close(): Promise<void>;
 }
-
-/** A receiver mapping as a reload compares it: its name and its configured public address. */
-const publicPortKey = ({ name, udp }: ReceiverMapping): MappingKey => ({
-  name,
-  where: formatHostPort(udp.host, udp.port),
-});
 
 /**
  * Kernel buffers of the public UDP sockets: every client shares one, and the default (~208 KiB, about
@@ -106,10 +110,11 @@ export async function startReceiver(options: ReceiverOptions): Promise<ReceiverH
     options.udp && { udp: options.udp },
     "the receiver needs a UDP address (--udp)",
   );
-  const ids = new MappingIds(mappings.map((mapping) => mapping.ports ?? 1));
+  /** The mappings at their machine positions: a reload adds some, and marks removed ones (ids stay taken). */
+  let slots: MappingSlot[] = mappings.map((mapping) => ({ mapping, removed: false }));
+  let ids = new MappingIds(mappings.map((mapping) => mapping.ports ?? 1));
   /** The public sockets, by mapping id on the wire: one per port (a range's ports one after the other). */
-  const sockets: UdpSocket[] = [];
-  const bound: string[] = [];
+  const sockets: Array<UdpSocket | undefined> = [];
   let machine!: ReceiverMachine;
   /**
    * Replies to clients produced by one drain go out together, per public port (one sendmmsg on Bun).
@@ -120,16 +125,16 @@ export async function startReceiver(options: ReceiverOptions): Promise<ReceiverH
   const replying: number[] = [];
   const bufferBytes = options.udpBufferBytes ?? CLIENT_SOCKET_BUFFER;
   const mappingText = (mappingId: number) => {
-    const name = mappings[mappingId]?.name;
+    const name = slots[mappingId]?.mapping.name;
     return `the public port of mapping ${name ? `"${name}"` : `#${mappingId + 1}`}`;
   };
   /** The kernel's drops at the public ports, by mapping (every client of a port shares its queue). */
-  let sampleDriver: MachineDriver<ReceiverMachine> | undefined;
+  let driver: MachineDriver<ReceiverMachine> | undefined;
   const sampler = new KernelSampler<number>({
     clock: systemClock,
     read: readUdpSocketStatsAsync,
     report: (mappingId, count) =>
-      sampleDriver?.guard(() => machine.flows.droppedOutside("kernel-queue", { mappingId }, count)),
+      driver?.guard(() => machine.flows.droppedOutside("kernel-queue", { mappingId }, count)),
     found: (drops) =>
       rateLimited.log(
         "kernel-queue",
@@ -143,48 +148,77 @@ export async function startReceiver(options: ReceiverOptions): Promise<ReceiverH
       ),
   });
 
-  const bindPublic = async (driver: MachineDriver<ReceiverMachine>): Promise<void> => {
-    sampleDriver = driver;
-    for (const [mappingId, mapping] of mappings.entries()) {
-      const host = await bindAddress(resolver, mapping.udp.host, "--udp");
-      const count = mapping.ports ?? 1;
-      let boundHost = host;
-      let firstPort = mapping.udp.port;
-      for (let portOffset = 0; portOffset < count; portOffset++) {
-        const port = mapping.udp.port + portOffset;
-        try {
-          const socket = await withIPv4Fallback(host, (tryHost) => {
-            boundHost = tryHost;
-            return transport.bindUdp({
-              host: tryHost,
-              port,
-              bufferBytes,
-              onDatagram: (data, address, clientPort) =>
-                driver.guard(() => machine.clientDatagram(address, clientPort, data, now(), mappingId, portOffset)),
-              onError: (error) => {
-                // A send that failed after send() returned true (node:dgram reports EMSGSIZE later).
-                driver.guard(() => machine.flows.droppedOutside("socket-error", { mappingId }));
-                rateLimited.log("udp-error", "warn", `UDP socket error: ${messageOf(error)}`);
-              },
-            });
-          });
-          sockets.push(socket);
-          sampler.watch(socket, mappingId);
-          if (portOffset > 0) continue;
-          firstPort = socket.port;
-          // Every port of a range asks for the same buffer: one warning for the mapping.
-          const shortfall = bufferShortfall(
-            socket,
+  /**
+   * Binds the public port(s) of mapping `mappingId`, its datagrams going to the machine as that
+   * mapping's: at start and when a reload adds it. Nothing stays bound if one port fails (UserError).
+   * Returns the sockets (by port offset) and the address bound, for the log line.
+   */
+  const bindMapping = async (mappingId: number, mapping: ReceiverMapping) => {
+    const guard = driver as MachineDriver<ReceiverMachine>;
+    const host = await bindAddress(resolver, mapping.udp.host, "--udp");
+    const count = mapping.ports ?? 1;
+    const bound: UdpSocket[] = [];
+    let boundHost = host;
+    for (let portOffset = 0; portOffset < count; portOffset++) {
+      const port = mapping.udp.port + portOffset;
+      try {
+        const socket = await withIPv4Fallback(host, (tryHost) => {
+          boundHost = tryHost;
+          return transport.bindUdp({
+            host: tryHost,
+            port,
             bufferBytes,
-            `UDP ${formatHostPorts(boundHost, socket.port, count)}`,
-          );
-          if (shortfall) logger.log("warn", shortfall);
-        } catch (error) {
-          const range = count > 1 ? ` (in the range ${formatHostPorts(host, mapping.udp.port, count)})` : "";
-          throw new UserError(`cannot listen on UDP ${formatHostPort(host, port)}${range}: ${messageOf(error)}`);
-        }
+            onDatagram: (data, address, clientPort) =>
+              guard.guard(() => machine.clientDatagram(address, clientPort, data, now(), mappingId, portOffset)),
+            onError: (error) => {
+              // A send that failed after send() returned true (node:dgram reports EMSGSIZE later).
+              guard.guard(() => machine.flows.droppedOutside("socket-error", { mappingId }));
+              rateLimited.log("udp-error", "warn", `UDP socket error: ${messageOf(error)}`);
+            },
+          });
+        });
+        bound.push(socket);
+      } catch (error) {
+        for (const socket of bound) socket.close();
+        const range = count > 1 ? ` (in the range ${formatHostPorts(host, mapping.udp.port, count)})` : "";
+        throw new UserError(`cannot listen on UDP ${formatHostPort(host, port)}${range}: ${messageOf(error)}`);
       }
-      bound.push(`${mapping.name ? `${mapping.name}=` : ""}${formatHostPorts(boundHost, firstPort, count)}`);
+    }
+    // Every port of a range asks for the same buffer: one warning for the mapping.
+    const shortfall = bufferShortfall(bound[0], bufferBytes, `UDP ${formatHostPorts(boundHost, bound[0].port, count)}`);
+    if (shortfall) logger.log("warn", shortfall);
+    const text = `${mapping.name ? `${mapping.name}=` : ""}${formatHostPorts(boundHost, bound[0].port, count)}`;
+    return { sockets: bound, text };
+  };
+
+  /** Puts the sockets of mapping `mappingId` at their wire ids, and counts their kernel drops. */
+  const install = (mappingId: number, bound: readonly UdpSocket[]) => {
+    bound.forEach((socket, offset) => {
+      sockets[ids.idOf(mappingId, offset)] = socket;
+      sampler.watch(socket, mappingId);
+    });
+  };
+
+  /** Closes the public port(s) of a mapping a reload removed (after the machine closed its flows). */
+  const uninstall = (mappingId: number) => {
+    for (let offset = 0; offset < (slots[mappingId].mapping.ports ?? 1); offset++) {
+      const at = ids.idOf(mappingId, offset);
+      const socket = sockets[at];
+      if (socket === undefined) continue;
+      sampler.unwatch(socket);
+      socket.close();
+      sockets[at] = undefined;
+      replies[at] = undefined;
+    }
+  };
+
+  const bound: string[] = [];
+  const bindPublic = async (roleDriver: MachineDriver<ReceiverMachine>): Promise<void> => {
+    driver = roleDriver;
+    for (const [mappingId, mapping] of mappings.entries()) {
+      const done = await bindMapping(mappingId, mapping);
+      install(mappingId, done.sockets);
+      bound.push(done.text);
     }
   };
 
@@ -223,7 +257,7 @@ export async function startReceiver(options: ReceiverOptions): Promise<ReceiverH
     openLocal: bindPublic,
     closeLocal: () => {
       sampler.close();
-      for (const socket of sockets) socket.close();
+      for (const socket of sockets) socket?.close();
     },
   });
   if (kernelDropCountersAvailable()) sampler.start();
@@ -236,27 +270,82 @@ export async function startReceiver(options: ReceiverOptions): Promise<ReceiverH
     "info",
     `receiver listening: UDP ${bound.join(", ")}, ${tcpText} (transport: ${transport.name}, auth: ${authDescription(options, options.tcpMode === "dial", "sender")}${tls})`,
   );
+  // Senders that serve only some mappings (§18) are what lets the mapping list change while running.
+  const mappingsFixed =
+    options.config.secret || dialing
+      ? `only a receiver that listens in key mode can change them while running (its senders may serve some of its mappings, PROTOCOL.md §18)`
+      : undefined;
   return {
     machine,
-    udpPort: sockets[0].port,
-    udpPorts: sockets.map((socket) => socket.port),
+    get udpPort() {
+      return sockets[0]?.port ?? 0;
+    },
+    get udpPorts() {
+      return Array.from({ length: ids.total }, (_, at) => sockets[at]?.port ?? 0);
+    },
     tcpPort: role.link.tcpPort,
     fatal: role.link.fatal,
     sampleKernelDrops: () => sampler.sample(),
     async reload(update) {
-      if (update.mappings) {
-        const before = mappings.map(publicPortKey);
-        refuseMappingSetChange(
-          before,
-          diffMappings(before, update.mappings.map(publicPortKey)),
-          "moving a public port (--udp)",
-        );
+      const plan = update.mappings ? planMappingChange(slots, update.mappings, mappingsFixed) : undefined;
+      // Bound before anything changes: a port in use fails the reload with all as it was.
+      const fresh: Array<{ mappingId: number; sockets: UdpSocket[]; text: string }> = [];
+      try {
+        for (const { mappingId, mapping } of plan?.add ?? [])
+          fresh.push({ mappingId, ...(await bindMapping(mappingId, mapping)) });
+      } catch (error) {
+        for (const socket of fresh.flatMap((done) => done.sockets)) socket.close();
+        throw error;
       }
-      const done = await role.reload(update);
+      let applied = false;
+      const applyMappings = (): string[] => {
+        applied = true;
+        if (!plan || (plan.remove.length === 0 && plan.add.length === 0)) return [];
+        const given: number[] = [];
+        role.driver.guard(() => {
+          for (const mappingId of plan.remove) machine.removeMapping(mappingId, now());
+          for (const { mapping } of plan.add) {
+            const { name, idleTimeoutMs, maxFlows, redundant } = mapping;
+            given.push(machine.addMapping({ name, idleTimeoutMs, maxFlows, redundant }, now()));
+          }
+        });
+        // The plan numbers added mappings as the machine does (ids follow names): a bug if not.
+        if (plan.add.some(({ mappingId }, i) => given[i] !== mappingId))
+          throw new Error(`the machine numbered the added mappings ${given.join(", ")}, the plan otherwise`);
+        for (const mappingId of plan.remove) uninstall(mappingId);
+        slots = plan.slots;
+        ids = new MappingIds(slots.map(({ mapping }) => mapping.ports ?? 1));
+        for (const done of fresh) install(done.mappingId, done.sockets);
+        const bindings = fresh.map((done) => done.text);
+        return [...plan.lines, ...(bindings.length > 0 ? [`listening on UDP ${bindings.join(", ")}`] : [])];
+      };
+      const limits = update.limits && update.mappings && plan && limitsByPosition(update.limits, update.mappings, plan.slots);
+      let done: string[];
+      try {
+        done = await role.reload({ ...update, limits: limits ?? update.limits }, applyMappings);
+      } catch (error) {
+        if (!applied) for (const socket of fresh.flatMap((added) => added.sockets)) socket.close();
+        throw error;
+      }
       const clientLimits = update.clientLimits;
       if (clientLimits) role.driver.guard(() => machine.updateClientLimits(clientLimits));
       return done;
     },
     close: () => role.close(),
+  };
+}
+
+/**
+ * A reload's limits are per mapping in the order of its --udp list; the machine takes them by
+ * position, removed mappings included (they keep the limits they had).
+ */
+function limitsByPosition(limits: Limits, listed: readonly ReceiverMapping[], slots: readonly MappingSlot[]): Limits {
+  return {
+    ...limits,
+    mappings: slots.map(({ mapping, removed }, position) => {
+      const index = mapping.name ? listed.findIndex((next) => next.name === mapping.name) : position;
+      if (removed || index < 0) return { idleTimeoutMs: mapping.idleTimeoutMs, maxFlows: mapping.maxFlows };
+      return limits.mappings[index] ?? {};
+    }),
   };
 }

@@ -59,27 +59,27 @@ export function diffMappings<M extends MappingKey>(before: readonly M[], after: 
 }
 
 /** The mapping as a line names it: "dns=:53", "#2 (:53)". */
-function label(mapping: MappingKey, index: number): string {
+export function mappingLabel(mapping: MappingKey, index: number): string {
   return mapping.name ? `${mapping.name}=${mapping.where}` : `#${index + 1} (${mapping.where})`;
 }
 
 /**
  * Refuses a reload that adds or removes mappings (and, with `fixedAddresses`, one that moves a
- * mapping to another address): the peers paired the mapping lists at the handshake, and changing
- * them needs a protocol step both sides take (see PROTOCOL.md §8.6). UserError, one line.
+ * mapping to another address), saying `why` they are fixed. UserError, one line.
  */
 export function refuseMappingSetChange<M extends MappingKey>(
   before: readonly M[],
   diff: MappingDiff<M>,
   fixedAddresses: string | undefined,
+  why: string,
 ): void {
   const parts: string[] = [];
   const at = (mapping: M) => before.indexOf(mapping);
-  if (diff.added.length > 0) parts.push(`added ${diff.added.map((m) => label(m, before.length)).join(", ")}`);
-  if (diff.removed.length > 0) parts.push(`removed ${diff.removed.map((m) => label(m, at(m))).join(", ")}`);
-  if (parts.length > 0) throw new UserError(`adding or removing mappings needs a restart (${parts.join("; ")})`);
+  if (diff.added.length > 0) parts.push(`added ${diff.added.map((m) => mappingLabel(m, before.length)).join(", ")}`);
+  if (diff.removed.length > 0) parts.push(`removed ${diff.removed.map((m) => mappingLabel(m, at(m))).join(", ")}`);
+  if (parts.length > 0) throw new UserError(`adding or removing mappings needs a restart: ${why} (${parts.join("; ")})`);
   if (fixedAddresses !== undefined && diff.changed.length > 0) {
-    const moved = diff.changed.map(({ before: old, after: next }) => `${label(old, at(old))} → ${next.where}`);
+    const moved = diff.changed.map(({ before: old, after: next }) => `${mappingLabel(old, at(old))} → ${next.where}`);
     throw new UserError(`${fixedAddresses} needs a restart (${moved.join(", ")})`);
   }
 }

@@ -61,9 +61,10 @@ export interface RunningRole<M extends Machine> {
   /**
    * Applies what a reload changed that both roles take (see RoleReload): the certificate first (the
    * step that can fail, leaving all as it was), then the trust files, then the limits. Returns what
-   * was done, for the reload's log line.
+   * was done, for the reload's log line. `beforeLimits` runs after the certificate and the trust
+   * files were taken (the receiver's mapping changes: the limits must then cover its new mappings).
    */
-  reload(update: RoleReload): Promise<string[]>;
+  reload(update: RoleReload, beforeLimits?: () => string[]): Promise<string[]>;
   /** Says goodbye to the peer, closes every socket. */
   close(): Promise<void>;
 }
@@ -122,8 +123,9 @@ export async function startRole<M extends Machine>(spec: RoleSpec<M>): Promise<R
     machine,
     driver,
     link: peerLink,
-    async reload(update) {
+    async reload(update, beforeLimits) {
       const done = await peerLink.reload({ admission: update.admission, tls: update.tls });
+      if (beforeLimits) done.push(...beforeLimits());
       const limits = update.limits;
       if (limits) driver.guard(() => machine.updateLimits(limits, now()));
       return done;

@@ -268,7 +268,8 @@ export async function startSender(options: SenderOptions): Promise<SenderHandle>
       const next = update.mappings;
       const before = configured.map(keyOf);
       const diff = next ? diffMappings(before, next.map(keyOf)) : undefined;
-      if (diff) refuseMappingSetChange(before, diff, undefined);
+      // The receiver paired this list at the handshake (HELLO); only a new connection could change it.
+      if (diff) refuseMappingSetChange(before, diff, undefined, "the sender's mappings went to the receiver in its HELLO");
       if (update.limits) refuseOverBuffered(update.limits, buffer.bytes);
       const done = await role.reload(update);
       for (const { before: old, after } of diff?.changed ?? []) {

@@ -116,6 +116,11 @@ export class ReceiverMachine extends MachineCore<ClientFlow, ReceiverOutput> {
     this.session.removeMapping(mappingId, reason, now);
   }
 
+  /** Whether mapping `mappingId` was removed while running (and not added again). */
+  isRemoved(mappingId: number): boolean {
+    return this.removed.has(mappingId);
+  }
+
   /**
    * A mapping added while the receiver runs (a configuration reload). Its id is the next position, or
    * the id it had when a mapping of that name was removed (ids follow names: senders told it was

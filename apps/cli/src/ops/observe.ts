@@ -88,7 +88,8 @@ export function observeReceiver(handle: ReceiverHandle, transport: string): Obse
     laneTotals: () => machine.laneTotals,
     flowCount: () => machine.flows.size,
     reconnects: () => Math.max(0, machine.stats.accepted - 1),
-    mappings: () => mappingRows(machine),
+    // A mapping a reload removed is gone from the metrics and the status (its id stays taken, §18).
+    mappings: () => mappingRows(machine).filter((_, mappingId) => !machine.isRemoved(mappingId)),
     senders: () => senderRows(machine),
     *flows() {
       for (const flow of machine.flows.values())

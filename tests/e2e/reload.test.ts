@@ -1,9 +1,10 @@
 /**
  * End to end: SIGHUP reloads of the built CLI, under Node and under Bun (each picks its own
- * transport). A receiver and a sender run from --config files with two mappings, `game` carrying a
- * steady load of 20 clients and `dns`; mid-load the receiver's certificate is renewed, its
- * --authorized-keys file replaced by one with a second sender's key, its --idle-timeout changed,
- * and the sender's `dns` target moved: not one datagram of `game` may be lost. Then a key removed
+ * transport). A receiver and a sender run from --config files with three mappings, `game` carrying
+ * a steady load of 20 clients, `dns` and `old`; mid-load the receiver's certificate is renewed, its
+ * --authorized-keys file replaced by one with a second sender's key, its --idle-timeout changed, a
+ * mapping `ntp` added (the sender had its target) and `old` removed, and the sender's `dns` target
+ * moved: not one datagram of `game` may be lost. Then a key removed
  * ends its session, and broken reloads (bad config, bad key line, unreadable certificate) change
  * nothing, say why in one line and are counted. Needs `bun run build` first. Loopback only.
  */
@@ -160,7 +161,7 @@ class Load {
 for (const runtime of runtimes) {
   describe(`reload (SIGHUP), ${runtime}`, () => {
     it(
-      "under a 20-client load: renewed certificate, added key, new limit, moved target; 0 lost on game",
+      "under a 20-client load: renewed certificate, added key, new limit, mapping added and removed, moved target; 0 lost on game",
       TIMEOUT,
       async () => {
         const dir = workDir();
@@ -170,15 +171,24 @@ for (const runtime of runtimes) {
         writeFileSync(join(dir, "keys-a"), `${senderA.line}\n`);
         writeFileSync(join(dir, "keys-ab"), `${senderA.line}\n${senderB.line}\n`);
         const firstCert = writeCertificate(dir);
-        const [game, dns, tcp] = [await freePort("udp"), await freePort("udp"), await freePort("tcp")];
+        const [game, dns, old, ntp] = [
+          await freePort("udp"),
+          await freePort("udp"),
+          await freePort("udp"),
+          await freePort("udp"),
+        ];
+        const tcp = await freePort("tcp");
         const [gameTarget, dnsTarget, dnsMoved] = [await startEcho(), await startEcho(), await startEcho()];
+        const [oldTarget, ntpTarget] = [await startEcho(), await startEcho()];
         let movedHits = 0;
         let dnsHits = 0;
+        let ntpHits = 0;
         dnsMoved.on("message", () => movedHits++);
         dnsTarget.on("message", () => dnsHits++);
+        ntpTarget.on("message", () => ntpHits++);
         const receiverConfig = join(dir, "receiver.toml");
         const receiverSettings = {
-          udp: [`game=127.0.0.1:${game}`, `dns=127.0.0.1:${dns}`],
+          udp: [`game=127.0.0.1:${game}`, `dns=127.0.0.1:${dns}`, `old=127.0.0.1:${old}`],
           tcp: `127.0.0.1:${tcp}`,
           key: "receiver",
           "authorized-keys": "keys-a",
@@ -191,8 +201,10 @@ for (const runtime of runtimes) {
         writeConfig(receiverConfig, receiverSettings);
         const senderConfig = join(dir, "sender.toml");
         const target = (port: number) => `127.0.0.1:${port}`;
+        // The sender has ntp's target from the start: served by nobody until the receiver adds ntp.
+        const others = [`old=${target(oldTarget.address().port)}`, `ntp=${target(ntpTarget.address().port)}`];
         const senderSettings = {
-          udp: [`game=${target(gameTarget.address().port)}`, `dns=${target(dnsTarget.address().port)}`],
+          udp: [`game=${target(gameTarget.address().port)}`, `dns=${target(dnsTarget.address().port)}`, ...others],
           tcp: `127.0.0.1:${tcp}`,
           key: "sender-a",
           tls: true,
@@ -203,17 +215,26 @@ for (const runtime of runtimes) {
         const sender = startCli(runtime, ["sender", "--config", senderConfig]);
         await logged(receiver, /sender .* accepted/);
         assert.equal(await udpRequest(dns, "dns-before"), "dns-before");
+        assert.equal(await udpRequest(old, "old-before"), "old-before");
+        await assert.rejects(udpRequest(ntp, "not yet", 500), /no UDP reply/);
 
         const load = await Load.start(game, 20);
         await sleep(1000);
-        // Mid-load: a renewed certificate (same files), a new authorized-keys file, a new idle timeout.
+        // Mid-load: a renewed certificate (same files), a new authorized-keys file, a new idle timeout,
+        // ntp added and old removed.
         const renewedCert = writeCertificate(dir);
-        writeConfig(receiverConfig, { ...receiverSettings, "authorized-keys": "keys-ab", "idle-timeout": 45 });
+        const reloaded = {
+          ...receiverSettings,
+          udp: [`game=127.0.0.1:${game}`, `dns=127.0.0.1:${dns}`, `ntp=127.0.0.1:${ntp}`],
+          "authorized-keys": "keys-ab",
+          "idle-timeout": 45,
+        };
+        writeConfig(receiverConfig, reloaded);
         receiver.child.kill("SIGHUP");
         // And the sender's dns mapping to another target.
         writeConfig(senderConfig, {
           ...senderSettings,
-          udp: [`game=${target(gameTarget.address().port)}`, `dns=${target(dnsMoved.address().port)}`],
+          udp: [`game=${target(gameTarget.address().port)}`, `dns=${target(dnsMoved.address().port)}`, ...others],
         });
         sender.child.kill("SIGHUP");
         await logged(receiver, /reloaded the configuration \(SIGHUP\)/);
@@ -234,6 +255,23 @@ for (const runtime of runtimes) {
         assert.match(receiverLine, /--idle-timeout 60 → 45/);
         assert.match(receiverLine, /--authorized-keys .*keys-a → .*keys-ab/);
         assert.ok(receiverLine.includes(`TLS certificate ${renewedCert} (was ${firstCert})`), receiverLine);
+        assert.ok(
+          receiverLine.includes(
+            `mapping old removed (was 127.0.0.1:${old}); mapping ntp=127.0.0.1:${ntp} added; listening on UDP ntp=127.0.0.1:${ntp}`,
+          ),
+          receiverLine,
+        );
+        // The removed mapping: its flow closed, the sender told, its port closed (nothing answers).
+        await logged(receiver, /mapping old removed: closing its flow/);
+        await logged(sender, /mapping old: removed by the receiver: "removed from the receiver.s configuration"/);
+        await assert.rejects(udpRequest(old, "old-after", 1500), /no UDP reply/);
+        // The added one: a client gets through to its target.
+        assert.equal(await udpRequest(ntp, "ntp-after"), "ntp-after");
+        assert.ok(ntpHits >= 1, `ntp target reached ${ntpHits} time(s)`);
+        const rows = await scrape(metricsUrl(receiver.stderr()) as string);
+        assert.ok((sample(rows, "mcudpt_mapping_datagrams_total", 'mapping="ntp",direction="in"') ?? 0) >= 1);
+        // A removed mapping is gone from the metrics (and the status), as if never configured.
+        assert.equal(sample(rows, "mcudpt_mapping_flows", 'mapping="old"'), undefined);
         // A new connection sees the renewed certificate; the sender's connection was never replaced.
         assert.equal(await servedFingerprint(tcp), renewedCert);
         assert.equal(receiver.count(/sender .* accepted/), 1);
@@ -269,10 +307,22 @@ for (const runtime of runtimes) {
         const metrics = await scrape(metricsUrl(receiver.stderr()) as string);
         assert.equal(sample(metrics, "mcudpt_config_reloads_total", 'result="ok"'), 1);
         assert.equal(sample(metrics, "mcudpt_config_reloads_total", 'result="failed"'), 0);
+        // A mapping on a port in use: the reload fails in one line and changes nothing (dns is kept).
+        const busy = `busy=127.0.0.1:${oldTarget.address().port}`;
+        writeConfig(receiverConfig, { ...reloaded, udp: [`game=127.0.0.1:${game}`, `ntp=127.0.0.1:${ntp}`, busy] });
+        receiver.child.kill("SIGHUP");
+        await logged(
+          receiver,
+          new RegExp(
+            `reload \\(SIGHUP\\) failed, the running configuration is kept: cannot listen on UDP 127\\.0\\.0\\.1:${oldTarget.address().port}: `,
+          ),
+        );
+        assert.equal(await udpRequest(dns, "dns-kept"), "dns-kept");
+        assert.equal(await udpRequest(ntp, "ntp-kept"), "ntp-kept");
         assert.equal((await stopWith(sender, "SIGTERM")).code, 0);
         assert.equal((await stopWith(receiver, "SIGTERM")).code, 0);
         for (const process of [receiver, sender]) assert.doesNotMatch(process.stderr(), /internal error|unexpected/);
-        for (const socket of [gameTarget, dnsTarget, dnsMoved]) socket.close();
+        for (const socket of [gameTarget, dnsTarget, dnsMoved, oldTarget, ntpTarget]) socket.close();
       },
     );
 
@@ -388,7 +438,10 @@ for (const runtime of runtimes) {
         [{ secret: "other", keepalive: 5 }, /^--secret and --keepalive changed: those need a restart$/],
         [
           { udp: [`127.0.0.1:${udp}`, `127.0.0.1:${extra}`] },
-          new RegExp(`^adding or removing mappings needs a restart \\(added #2 \\(127\\.0\\.0\\.1:${extra}\\)\\)$`),
+          // A shared secret: its sender must serve every mapping (PROTOCOL.md §18).
+          new RegExp(
+            `^adding or removing mappings needs a restart: only a receiver that listens in key mode can change them .*\\(added #2 \\(127\\.0\\.0\\.1:${extra}\\)\\)$`,
+          ),
         ],
         [{ udp: `127.0.0.1:${extra}` }, /^moving a public port \(--udp\) needs a restart/],
       ];

@@ -408,7 +408,8 @@ for (const listener of transports) {
             await assert.rejects(
               receiver.reload({ mappings: [keep, busy], limits: { ...limits({ maxFlows: 1 }), mappings: [{}, {}] } }),
               (error: unknown) =>
-                error instanceof UserError && error.message.startsWith(`cannot listen on UDP 127.0.0.1:${holder.port}:`),
+                error instanceof UserError &&
+                error.message.startsWith(`cannot listen on UDP 127.0.0.1:${holder.port}:`),
             );
             holder.close();
             await assert.rejects(

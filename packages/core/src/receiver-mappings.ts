@@ -83,7 +83,8 @@ export function planMappingChange(
     plan.add.push({ mappingId, mapping });
   }
   for (const old of diff.removed) plan.lines.push(`mapping ${old.name} removed (was ${old.where})`);
-  for (const { before, after } of diff.changed) plan.lines.push(`mapping ${before.name} moved: ${before.where} → ${after.where}`);
+  for (const { before, after } of diff.changed)
+    plan.lines.push(`mapping ${before.name} moved: ${before.where} → ${after.where}`);
   for (const mapping of diff.added) plan.lines.push(`mapping ${mappingLabel(mapping, 0)} added`);
   return plan;
 }

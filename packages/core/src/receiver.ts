@@ -319,7 +319,8 @@ export async function startReceiver(options: ReceiverOptions): Promise<ReceiverH
         const bindings = fresh.map((done) => done.text);
         return [...plan.lines, ...(bindings.length > 0 ? [`listening on UDP ${bindings.join(", ")}`] : [])];
       };
-      const limits = update.limits && update.mappings && plan && limitsByPosition(update.limits, update.mappings, plan.slots);
+      const limits =
+        update.limits && update.mappings && plan && limitsByPosition(update.limits, update.mappings, plan.slots);
       let done: string[];
       try {
         done = await role.reload({ ...update, limits: limits ?? update.limits }, applyMappings);

@@ -1,8 +1,8 @@
 /**
  * What a running role takes from a configuration reload (SIGHUP) without a restart, and the mapping
  * diff that says whether it can. The host parses and checks the whole new configuration first; the
- * role then applies it: the one step that can still fail at run time (serving a new certificate)
- * goes first, so a failure leaves everything as it was.
+ * role then applies it: the steps that can still fail at run time (binding a receiver's new public
+ * ports, serving a new certificate) go first, so a failure leaves everything as it was.
  */
 import type { Limits } from "@mcudpt/protocol";
 import { UserError } from "./errors.js";

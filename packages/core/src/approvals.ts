@@ -49,8 +49,8 @@ export interface ApprovalsOptions {
    * original's "only one verification is required"); known keys may still join, as standby.
    */
   busy?: () => boolean;
-  /** This side's mapping names, to tell a question about some of them from one about all. */
-  mappingNames?: readonly string[];
+  /** This side's mapping names as they are now (a reload may change them), to tell a question about some from one about all. */
+  mappingNames?: () => readonly string[];
 }
 
 interface Question {
@@ -141,7 +141,7 @@ export class Approvals {
 
   /** `asked` when it names some of this side's mappings and not all; undefined otherwise (all). */
   private subset(asked: string[]): string[] | undefined {
-    const names = this.options.mappingNames ?? [];
+    const names = this.options.mappingNames?.() ?? [];
     if (asked.length === 0 || asked.length >= names.length || asked.some((name) => name === "")) return undefined;
     return asked;
   }

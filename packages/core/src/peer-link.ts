@@ -73,8 +73,8 @@ export interface PeerLinkOptions extends ListenTrust, DialTrust {
   /** WebSocket, a proxy: how connections reach the peer (default plain TCP). */
   carrier?: CarrierOptions;
   keyCheck: PeerKeyChecker;
-  /** This side's mapping names (what an operator's approval may restrict a key to). */
-  mappingNames?: readonly string[];
+  /** This side's mapping names as they are now (what an operator's approval may restrict a key to). */
+  mappingNames?: () => readonly string[];
 }
 
 export async function startPeerLink(options: PeerLinkOptions): Promise<PeerLink> {

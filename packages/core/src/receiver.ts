@@ -243,6 +243,7 @@ export async function startReceiver(options: ReceiverOptions): Promise<ReceiverH
     flag: "--tcp",
     handshakeTimeoutMs: options.config.handshakeTimeoutMs,
     mappings,
+    mappingNames: () => slots.filter(({ removed }) => !removed).map(({ mapping }) => mapping.name ?? ""),
     machine: (base) => (machine = new ReceiverMachine({ ...base, ...options.config }, nodeCrypto)),
     onOutput: (output: Extract<ReceiverOutput, { kind: "send-to-client" }>) => {
       // The payload is a view into the TCP chunk being decoded: sent before this drain returns.

@@ -77,7 +77,8 @@ export function refuseMappingSetChange<M extends MappingKey>(
   const at = (mapping: M) => before.indexOf(mapping);
   if (diff.added.length > 0) parts.push(`added ${diff.added.map((m) => mappingLabel(m, before.length)).join(", ")}`);
   if (diff.removed.length > 0) parts.push(`removed ${diff.removed.map((m) => mappingLabel(m, at(m))).join(", ")}`);
-  if (parts.length > 0) throw new UserError(`adding or removing mappings needs a restart: ${why} (${parts.join("; ")})`);
+  if (parts.length > 0)
+    throw new UserError(`adding or removing mappings needs a restart: ${why} (${parts.join("; ")})`);
   if (fixedAddresses !== undefined && diff.changed.length > 0) {
     const moved = diff.changed.map(({ before: old, after: next }) => `${mappingLabel(old, at(old))} → ${next.where}`);
     throw new UserError(`${fixedAddresses} needs a restart (${moved.join(", ")})`);

@@ -42,6 +42,8 @@ export interface RoleSpec<M extends Machine> {
   handshakeTimeoutMs?: number;
   /** The role's mappings (names and per-mapping limits) as the machine takes them. */
   mappings: ReadonlyArray<MappingConfig>;
+  /** The mapping names as they are now, when a reload may change them (default: those of `mappings`). */
+  mappingNames?: () => readonly string[];
   /** Makes the machine from the part of its config the role runner adds (key check, mappings). */
   machine(base: { checkPeerKey: PeerKeyCheck; mappings: MappingConfig[] }): M;
   /** The role's own outputs (datagrams, flow sockets). */
@@ -81,6 +83,7 @@ export async function startRole<M extends Machine>(spec: RoleSpec<M>): Promise<R
     ports,
     redundant,
   }));
+  const names = mappings.map(({ name }) => name ?? "");
   const machine = spec.machine({ checkPeerKey: keyCheck.check, mappings });
   let link: PeerLink | undefined;
   const driver = new MachineDriver<M>(
@@ -106,7 +109,7 @@ export async function startRole<M extends Machine>(spec: RoleSpec<M>): Promise<R
       keyCheck,
       admission: side.admission,
       askOperator: side.askOperator,
-      mappingNames: mappings.map(({ name }) => name ?? ""),
+      mappingNames: spec.mappingNames ?? (() => names),
       pins: side.pins,
       reconnect: side.reconnect,
       connectTimeoutMs: side.connectTimeoutMs,

@@ -47,8 +47,8 @@ export interface SenderOptions extends SideOptions {
 /** What a running sender takes from a reload (see RoleReload). */
 export interface SenderReload extends RoleReload {
   /**
-   * The --udp mappings as re-read: the same set (others need a restart), each perhaps with another
-   * target. New flows of a mapping go to its new target; its open flows keep their socket to the old
+   * The --udp mappings as re-read: the same set (the receiver paired it at the handshake, from this
+   * side's HELLO: another set needs a restart), each perhaps with another target. New flows of a mapping go to its new target; its open flows keep their socket to the old
    * one until they end (idle, evicted, closed), so a conversation in progress is not cut in two.
    */
   mappings?: SenderMapping[];
@@ -269,7 +269,8 @@ export async function startSender(options: SenderOptions): Promise<SenderHandle>
       const before = configured.map(keyOf);
       const diff = next ? diffMappings(before, next.map(keyOf)) : undefined;
       // The receiver paired this list at the handshake (HELLO); only a new connection could change it.
-      if (diff) refuseMappingSetChange(before, diff, undefined, "the sender's mappings went to the receiver in its HELLO");
+      if (diff)
+        refuseMappingSetChange(before, diff, undefined, "the sender's mappings went to the receiver in its HELLO");
       if (update.limits) refuseOverBuffered(update.limits, buffer.bytes);
       const done = await role.reload(update);
       for (const { before: old, after } of diff?.changed ?? []) {

@@ -372,7 +372,7 @@ describe("Approvals: several senders (§18)", () => {
       clock: new FakeClock(),
       peerName: "sender",
       busy: () => options.busy,
-      mappingNames: ["dns", "ntp", "wg"],
+      mappingNames: () => ["dns", "ntp", "wg"],
       decide: (conn, accepted, reason, mappings) => decisions.push({ conn, accepted, reason, mappings }),
     });
     return { approvals, decisions, logger };

@@ -67,7 +67,7 @@ describe("reload (CLI)", () => {
     const update = updates[0] as ReceiverReload;
     assert.equal(update.limits?.idleTimeoutMs, 30_000);
     assert.deepEqual(update.clientLimits, { newFlowsPerSecond: 5, amplificationLimit: 10 });
-    assert.deepEqual(update.mappings, [{ name: undefined, udp: { host: "127.0.0.1", port: 40001 } }]);
+    assert.deepEqual(update.mappings, [{ name: undefined, udp: { host: "127.0.0.1", port: 40001 }, ports: 1 }]);
     assert.equal(update.tls, undefined);
     assert.equal(lines.length, 1);
     assert.match(

@@ -5,7 +5,7 @@
  */
 import type { Settings } from "./config.js";
 import { MappedFlows } from "./flow-table.js";
-import { FLOW_CLOSE_REASON_NAMES } from "./frames.js";
+import { FLOW_CLOSE_REASON_NAMES, FlowCloseReason } from "./frames.js";
 import type { LogThrottle, OutputSink } from "./outputs.js";
 import type { Counters, DropReason, FlowCounters } from "./stats.js";
 
@@ -113,7 +113,7 @@ export class Flows<F extends FlowBase> {
   }
 
   /** The peer closed flow `flowId` (FLOW_CLOSE); a flow this side does not have is ignored, not answered. */
-  closedByPeer(flowId: number, reason: number): void {
+  closedByPeer(flowId: number, reason: number, now: number): void {
     const flow = this.table.get(flowId);
     if (!flow) return;
     this.out.log(
@@ -121,6 +121,8 @@ export class Flows<F extends FlowBase> {
       `flow ${flow.id} (${this.host.describe(flow)}) closed by the ${this.peerName}: ${reasonName(reason)}`,
     );
     this.close(flow, reason, false);
+    // The peer's idle timer usually runs out first (it saw the last datagram later): idle all the same.
+    if (reason === FlowCloseReason.Idle) this.host.idled?.(flow, now);
   }
 
   /** Closes, with FLOW_CLOSE(idle), every flow idle past its mapping's timeout (oldest first in each). */

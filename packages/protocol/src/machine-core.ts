@@ -54,7 +54,7 @@ export class MachineCore<F extends FlowBase, O extends { kind: string }> {
     const owner: SessionOwner = {
       frame: (link, frame, now) =>
         frame.type === FrameType.FlowClose
-          ? this.flowClosedByPeer(link, frame.flowId, frame.reason)
+          ? this.flowClosedByPeer(link, frame.flowId, frame.reason, now)
           : policy.frame(link, frame, now),
       dropFlows: (mappingId) => (mappingId === undefined ? flows().dropAll() : flows().dropMapping(mappingId)),
       flowCount: (mappingId) => (mappingId === undefined ? flows().size : flows().countOf(mappingId)),
@@ -90,10 +90,10 @@ export class MachineCore<F extends FlowBase, O extends { kind: string }> {
   }
 
   /** FLOW_CLOSE: a flow of a mapping another session serves is not this peer's to close (§18). */
-  private flowClosedByPeer(link: Link, flowId: number, reason: number): void {
+  private flowClosedByPeer(link: Link, flowId: number, reason: number, now: number): void {
     const flow = this.flows.get(flowId);
     if (flow === undefined || !this.session.serves(link, flow.mappingId)) return;
-    this.flows.closedByPeer(flowId, reason);
+    this.flows.closedByPeer(flowId, reason, now);
   }
 
   /**

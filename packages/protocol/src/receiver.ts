@@ -67,11 +67,13 @@ export class ReceiverMachine extends MachineCore<ClientFlow, ReceiverOutput> {
       idled: (flow, now) => {
         if (!flow.wireguard) return;
         const idle = Math.round(this.settings.idleTimeoutMs / 1000);
+        // WireGuard's own default interval, or less when --idle-timeout is short.
+        const keepalive = Math.max(1, Math.min(25, Math.floor(idle / 2)));
         this.throttle.note(
           "wireguard-idle",
           now,
           (n) =>
-            `${n} flow(s) that look like WireGuard went idle (--idle-timeout ${idle} s): the peer behind the tunnel cannot reach them until they send again; set PersistentKeepalive = 25 (below --idle-timeout) on the WireGuard peer in front, or raise --idle-timeout`,
+            `${n} flow(s) that look like WireGuard went idle (--idle-timeout ${idle} s): the peer behind the tunnel cannot reach them until they send again; set PersistentKeepalive = ${keepalive} (below --idle-timeout) on the WireGuard peer in front, or raise --idle-timeout`,
           "info",
         );
       },

@@ -265,3 +265,19 @@ describe("advice for WireGuard flows that idle out", () => {
     expect(advice[0]).toContain("PersistentKeepalive = 25");
   });
 });
+
+describe("advice for WireGuard flows the sender idles out", () => {
+  test("a FLOW_CLOSE(idle) from the sender counts too, and the interval suggested fits a short --idle-timeout", () => {
+    const p = pair({ receiver: { idleTimeoutMs: 10_000 }, sender: { idleTimeoutMs: 3_000 } });
+    const handshake = new Uint8Array(148);
+    handshake[0] = 1;
+    p.receiver.clientDatagram("192.0.2.1", 51820, handshake, p.net.now);
+    p.net.pump();
+    p.net.advance(3_000); // the sender's timer runs out first and tells the receiver
+    expect(p.receiver.flows.size).toBe(0);
+    const advice = p.net.logs(p.receiver).filter((line) => line.includes("WireGuard"));
+    expect(advice.length).toBe(1);
+    expect(advice[0]).toContain("(--idle-timeout 10 s)");
+    expect(advice[0]).toContain("PersistentKeepalive = 5");
+  });
+});

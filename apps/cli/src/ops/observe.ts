@@ -87,7 +87,12 @@ export function observeReceiver(handle: ReceiverHandle, transport: string): Obse
     laneRows: () => machine.session.lanes(),
     laneTotals: () => machine.laneTotals,
     flowCount: () => machine.flows.size,
-    reconnects: () => Math.max(0, machine.stats.accepted - 1),
+    // Connections after each sender's first, lanes not counted (a lane that joins is no reconnection).
+    reconnects: () =>
+      Math.max(
+        0,
+        machine.stats.accepted - machine.laneTotals.lanesJoined - Math.max(1, machine.session.acceptor.all.length),
+      ),
     // A mapping a reload removed is gone from the metrics and the status (its id stays taken, §18).
     mappings: () => mappingRows(machine).filter((_, mappingId) => !machine.isRemoved(mappingId)),
     senders: () => senderRows(machine),

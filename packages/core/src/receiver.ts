@@ -85,10 +85,10 @@ export interface ReceiverHandle {
   close(): Promise<void>;
 }
 
-/** A receiver mapping as a reload compares it: its name and its configured public address. */
-const publicPortKey = ({ name, udp }: ReceiverMapping): MappingKey => ({
+/** A receiver mapping as a reload compares it: its name and its configured public address (a range with its last port). */
+const publicPortKey = ({ name, udp, ports }: ReceiverMapping): MappingKey => ({
   name,
-  where: formatHostPort(udp.host, udp.port),
+  where: formatHostPorts(udp.host, udp.port, ports),
 });
 
 /**

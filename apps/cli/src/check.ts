@@ -58,12 +58,14 @@ import { jsonRecord } from "./ops/logging.js";
 import {
   type CommonOptions,
   commonOptions,
+  laneOptions,
   type MappingArg,
   mappingLabel,
   mappingsArg,
   type RawArgs,
   repeated,
   stringArg,
+  withRedundancy,
 } from "./options.js";
 import { pickTransport } from "./runtime.js";
 import { dialTls, listenTls } from "./tls-options.js";
@@ -570,6 +572,10 @@ async function checkRole(
   if (!keyMode) collect(problems, args, (a) => rejectKeyFlagsWithSecret(a, peer));
   const swapped = tcp.value?.swapped ?? (role === "receiver" ? args.connect !== undefined : args.listen !== undefined);
   const listening = role === "receiver" ? !swapped : swapped;
+  // Lanes and redundancy as the commands read them: --lanes on the listening side, --redundant
+  // without --lanes 2, a --redundant-mappings name this side does not have.
+  collect(problems, args, (a) => laneOptions(a, !listening));
+  if (mappings) collect(problems, args, (a) => withRedundancy(a, mappings));
   // A ws:// or wss:// address: the carrier's flags, and wss:// standing for --tls.
   const carrierAddress = tcp.value?.carrier;
   if (carrierAddress) {

@@ -83,7 +83,9 @@ export function metricsRegistry(observed: Observed, info: Record<string, string>
       registers,
       collect() {
         const v = value();
-        if (v === undefined) this.reset();
+        // No value yet (no RTT measured, no reload so far): no sample at all. reset() would export 0,
+        // which reads as a 0 ms round trip, or as a failed reload to an alert on == 0.
+        if (v === undefined) this.remove();
         else this.set(v);
       },
     });

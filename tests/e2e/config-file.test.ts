@@ -137,6 +137,27 @@ describe("--config: files become flags", () => {
     assert.deepEqual(parseArgs(["--udp=dns=:53"], receiverArgs).udp, parseArgs(["--udp", "dns=:53"], receiverArgs).udp);
   });
 
+  it("a comma-separated flag takes a list too: ws-trusted-proxy = [a, b] is --ws-trusted-proxy a,b", () => {
+    const toml = parseConfigText(
+      'tcp = "ws://127.0.0.1:8080/m"\nws-trusted-proxy = ["127.0.0.1", "::1"]\nredundant-mappings = ["game", "voip"]',
+      "x.toml",
+    );
+    const tokens = settingsToArgv(toml, "x.toml", { role: "receiver", defs: DEFS });
+    assert.deepEqual(tokens.get("ws-trusted-proxy"), ["--ws-trusted-proxy=127.0.0.1,::1"]);
+    assert.deepEqual(tokens.get("redundant-mappings"), ["--redundant-mappings=game,voip"]);
+    const json = settingsToArgv(parseConfigText('{"ws-trusted-proxy": "10.0.0.0/8"}', "x.json"), "x.json", {
+      role: "sender",
+      defs: DEFS,
+    });
+    assert.deepEqual(json.get("ws-trusted-proxy"), ["--ws-trusted-proxy=10.0.0.0/8"]);
+    for (const bad of ["ws-trusted-proxy = []", "ws-trusted-proxy = [1, 2]"]) {
+      throwsLine(
+        () => settingsToArgv(parseConfigText(bad, "bad.toml"), "bad.toml", { role: "receiver", defs: DEFS }),
+        /^config file bad\.toml: "ws-trusted-proxy" must list one or more strings \(or be one "a,b" string\)$/,
+      );
+    }
+  });
+
   it("another extension: JSON first, then TOML", () => {
     const json = file("settings.conf", '{"idle-timeout": 5}');
     const toml = file("settings.cfg", "idle-timeout = 6");

@@ -6,7 +6,7 @@
  */
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { chmodSync, copyFileSync, mkdtempSync, writeFileSync } from "node:fs";
+import { chmodSync, copyFileSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -302,6 +302,24 @@ describe("--config: the built CLI", () => {
     assert.equal(status, 2);
     assert.equal(stderr.trim().split("\n").length, 1);
     assert.match(stderr, /^mcudpt: config file .*cli-bad\.toml: "colour" is not a setting/);
+  });
+
+  it("every commented-out example in contrib/config/*.toml is a setting of that role, with a value it takes", () => {
+    for (const role of ["receiver", "sender"] as const) {
+      const path = join(ROOT, "contrib", "config", `${role}.toml`);
+      const examples = readFileSync(path, "utf8")
+        .split("\n")
+        .filter((line) => /^# [a-z][a-z-]* = \S/.test(line))
+        .map((line) => line.slice(2).replace(/\s+\(.*$/, ""));
+      assert.ok(examples.length >= 8, `${role}.toml has commented examples`);
+      for (const example of examples) {
+        // Each on its own, as an operator uncomments it: a key the role takes, a value of the right type.
+        assert.doesNotThrow(
+          () => settingsToArgv(parseConfigText(example, path), path, { role, defs: DEFS }),
+          `${role}.toml: ${example}`,
+        );
+      }
+    }
   });
 
   it("runs a receiver and a sender from contrib/config/*.toml (addresses overridden) and passes a datagram", async () => {

@@ -288,10 +288,10 @@ for (const runtime of RUNTIMES) {
       refused(
         check(runtime, [...args, "--bind"]),
         new RegExp(
-          `^mcudpt: --udp dns=127\\.0\\.0\\.1:${udp.address().port}: cannot listen on UDP 127\\.0\\.0\\.1:\\d+: .*EADDRINUSE`,
+          `^mcudpt: --udp dns=127\\.0\\.0\\.1:${udp.address().port}: cannot listen on UDP 127\\.0\\.0\\.1:\\d+: address already in use \\(EADDRINUSE\\)$`,
         ),
         new RegExp(
-          `^mcudpt: --tcp 127\\.0\\.0\\.1:${portOf(tcp)}: cannot listen on TCP 127\\.0\\.0\\.1:\\d+: .*EADDRINUSE`,
+          `^mcudpt: --tcp 127\\.0\\.0\\.1:${portOf(tcp)}: cannot listen on TCP 127\\.0\\.0\\.1:\\d+: address already in use \\(EADDRINUSE\\)$`,
         ),
       );
       const unbound = check(runtime, args);

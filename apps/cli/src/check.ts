@@ -18,6 +18,7 @@ import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import {
+  bindFailure,
   configDir,
   configPath,
   formatHostPort,
@@ -397,7 +398,9 @@ async function bindPorts(transport: Transport, ports: Port[], problems: Problems
           const [first] = failed;
           const more = failed.length > 1 ? ` (and ${failed.length - 1} more of its ${count} ports)` : "";
           const where = formatHostPort(host, first.port);
-          problems.add(new UserError(`${what}: cannot listen on UDP ${where}${more}: ${messageOf(first.error)}`));
+          problems.add(
+            new UserError(`${what}: cannot listen on UDP ${where}${more}: ${bindFailure(first.error, first.port)}`),
+          );
         }
         continue;
       }
@@ -415,7 +418,7 @@ async function bindPorts(transport: Transport, ports: Port[], problems: Problems
         release.push(() => server.close());
       } catch (error) {
         const where = formatHostPort(host, address.port);
-        problems.add(new UserError(`${what}: cannot listen on TCP ${where}: ${messageOf(error)}`));
+        problems.add(new UserError(`${what}: cannot listen on TCP ${where}: ${bindFailure(error, address.port)}`));
       }
     }
   } finally {

@@ -15,7 +15,7 @@ import { bindAddress, withIPv4Fallback } from "./bind.js";
 import { systemClock } from "./clock.js";
 import { nodeCrypto } from "./crypto.js";
 import { type MachineDriver, now } from "./driver.js";
-import { messageOf, UserError } from "./errors.js";
+import { bindFailure, messageOf, UserError } from "./errors.js";
 import { kernelDropCountersAvailable, readUdpSocketStatsAsync } from "./kernel-drops.js";
 import { bufferShortfall, KernelSampler, kernelDropsWarning, sizeText } from "./kernel-sampler.js";
 import { diffMappings, type MappingKey, refuseMappingSetChange, type RoleReload } from "./reload.js";
@@ -181,7 +181,9 @@ export async function startReceiver(options: ReceiverOptions): Promise<ReceiverH
           if (shortfall) logger.log("warn", shortfall);
         } catch (error) {
           const range = count > 1 ? ` (in the range ${formatHostPorts(host, mapping.udp.port, count)})` : "";
-          throw new UserError(`cannot listen on UDP ${formatHostPort(host, port)}${range}: ${messageOf(error)}`);
+          throw new UserError(
+            `cannot listen on UDP ${formatHostPort(host, port)}${range}: ${bindFailure(error, port)}`,
+          );
         }
       }
       bound.push(`${mapping.name ? `${mapping.name}=` : ""}${formatHostPorts(boundHost, firstPort, count)}`);

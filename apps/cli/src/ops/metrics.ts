@@ -10,7 +10,7 @@
  */
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
-import { formatHostPort, logLine, messageOf, UserError } from "@mcudpt/core";
+import { bindFailure, formatHostPort, logLine, messageOf, UserError } from "@mcudpt/core";
 import type { DropReason, LaneInfo, LaneTotals } from "@mcudpt/protocol";
 import { Counter, Gauge, Registry } from "prom-client";
 import type { MappingRow, Observed } from "./observe.js";
@@ -236,7 +236,7 @@ export async function startMetricsServer(registry: Registry, host: string, port:
       });
     });
   } catch (error) {
-    throw new UserError(`--metrics: cannot listen on ${formatHostPort(host, port)}: ${messageOf(error)}`);
+    throw new UserError(`--metrics: cannot listen on ${formatHostPort(host, port)}: ${bindFailure(error, port)}`);
   }
   // A scraper that misbehaves must not take the tunnel down: errors on the server are ignored.
   server.on("error", () => {});

@@ -167,6 +167,33 @@ for (const runtime of RUNTIMES) {
       refused(check(runtime, ["sender", "--tcp", "[::1:5353"]), /^mcudpt: --tcp: "\[::1:5353" is not \[IPv6\]:PORT$/);
     });
 
+    it("lanes and redundancy as a start reads them: the side, --lanes 2, the mapping names", () => {
+      const sender = ["sender", "--secret", "x", "--udp", "game=127.0.0.1:27015-27030", "--udp", "dns=127.0.0.1:53"];
+      refused(
+        check(runtime, [...sender, "--lanes", "2", "--redundant-mappings", "game,voip"]),
+        /^mcudpt: --redundant-mappings: this side has no mapping "voip" \(its mappings: game, dns\)$/,
+      );
+      refused(
+        check(runtime, [...sender, "--redundant"]),
+        /^mcudpt: --redundant sends every datagram on two lanes: give --lanes 2 or more$/,
+      );
+      refused(
+        check(runtime, ["receiver", "--secret", "x", "--lanes", "2"]),
+        /^mcudpt: --lanes is for the dialing side; this side listens/,
+      );
+      const good = check(runtime, [
+        ...sender,
+        "--lanes",
+        "2",
+        "--redundant-mappings",
+        "game",
+        "--redundant-max-bytes",
+        "512",
+      ]);
+      assert.equal(good.status, 0, good.lines.join("\n"));
+      assert.match(good.stdout, /^sender settings OK; /);
+    });
+
     it("the WebSocket carrier: wss:// stands for --tls; the carrier flags are checked like a start checks them", () => {
       const good = check(runtime, [
         "sender",
@@ -261,10 +288,10 @@ for (const runtime of RUNTIMES) {
       refused(
         check(runtime, [...args, "--bind"]),
         new RegExp(
-          `^mcudpt: --udp dns=127\\.0\\.0\\.1:${udp.address().port}: cannot listen on UDP 127\\.0\\.0\\.1:\\d+: .*EADDRINUSE`,
+          `^mcudpt: --udp dns=127\\.0\\.0\\.1:${udp.address().port}: cannot listen on UDP 127\\.0\\.0\\.1:\\d+: address already in use \\(EADDRINUSE\\)$`,
         ),
         new RegExp(
-          `^mcudpt: --tcp 127\\.0\\.0\\.1:${portOf(tcp)}: cannot listen on TCP 127\\.0\\.0\\.1:\\d+: .*EADDRINUSE`,
+          `^mcudpt: --tcp 127\\.0\\.0\\.1:${portOf(tcp)}: cannot listen on TCP 127\\.0\\.0\\.1:\\d+: address already in use \\(EADDRINUSE\\)$`,
         ),
       );
       const unbound = check(runtime, args);

@@ -6,7 +6,7 @@
  */
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { chmodSync, copyFileSync, mkdtempSync, writeFileSync } from "node:fs";
+import { chmodSync, copyFileSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -135,6 +135,27 @@ describe("--config: files become flags", () => {
     assert.deepEqual(tokens.get("udp"), ["--udp=dns=:53", "--udp=ntp=:123"]);
     // citty reads `--udp=dns=:53` as the value "dns=:53", exactly as `--udp dns=:53`.
     assert.deepEqual(parseArgs(["--udp=dns=:53"], receiverArgs).udp, parseArgs(["--udp", "dns=:53"], receiverArgs).udp);
+  });
+
+  it("a comma-separated flag takes a list too: ws-trusted-proxy = [a, b] is --ws-trusted-proxy a,b", () => {
+    const toml = parseConfigText(
+      'tcp = "ws://127.0.0.1:8080/m"\nws-trusted-proxy = ["127.0.0.1", "::1"]\nredundant-mappings = ["game", "voip"]',
+      "x.toml",
+    );
+    const tokens = settingsToArgv(toml, "x.toml", { role: "receiver", defs: DEFS });
+    assert.deepEqual(tokens.get("ws-trusted-proxy"), ["--ws-trusted-proxy=127.0.0.1,::1"]);
+    assert.deepEqual(tokens.get("redundant-mappings"), ["--redundant-mappings=game,voip"]);
+    const json = settingsToArgv(parseConfigText('{"ws-trusted-proxy": "10.0.0.0/8"}', "x.json"), "x.json", {
+      role: "sender",
+      defs: DEFS,
+    });
+    assert.deepEqual(json.get("ws-trusted-proxy"), ["--ws-trusted-proxy=10.0.0.0/8"]);
+    for (const bad of ["ws-trusted-proxy = []", "ws-trusted-proxy = [1, 2]"]) {
+      throwsLine(
+        () => settingsToArgv(parseConfigText(bad, "bad.toml"), "bad.toml", { role: "receiver", defs: DEFS }),
+        /^config file bad\.toml: "ws-trusted-proxy" must list one or more strings \(or be one "a,b" string\)$/,
+      );
+    }
   });
 
   it("another extension: JSON first, then TOML", () => {
@@ -281,6 +302,24 @@ describe("--config: the built CLI", () => {
     assert.equal(status, 2);
     assert.equal(stderr.trim().split("\n").length, 1);
     assert.match(stderr, /^mcudpt: config file .*cli-bad\.toml: "colour" is not a setting/);
+  });
+
+  it("every commented-out example in contrib/config/*.toml is a setting of that role, with a value it takes", () => {
+    for (const role of ["receiver", "sender"] as const) {
+      const path = join(ROOT, "contrib", "config", `${role}.toml`);
+      const examples = readFileSync(path, "utf8")
+        .split("\n")
+        .filter((line) => /^# [a-z][a-z-]* = \S/.test(line))
+        .map((line) => line.slice(2).replace(/\s+\(.*$/, ""));
+      assert.ok(examples.length >= 8, `${role}.toml has commented examples`);
+      for (const example of examples) {
+        // Each on its own, as an operator uncomments it: a key the role takes, a value of the right type.
+        assert.doesNotThrow(
+          () => settingsToArgv(parseConfigText(example, path), path, { role, defs: DEFS }),
+          `${role}.toml: ${example}`,
+        );
+      }
+    }
   });
 
   it("runs a receiver and a sender from contrib/config/*.toml (addresses overridden) and passes a datagram", async () => {

@@ -444,6 +444,13 @@ for (const runtime of runtimes) {
           ),
         ],
         [{ udp: `127.0.0.1:${extra}` }, /^moving a public port \(--udp\) needs a restart/],
+        // One port made a range from the same first port: another mapping, not "nothing changed".
+        [
+          { udp: `127.0.0.1:${udp}-${udp + 1}` },
+          new RegExp(
+            `^moving a public port \\(--udp\\) needs a restart \\(#1 \\(127\\.0\\.0\\.1:${udp}\\) → 127\\.0\\.0\\.1:${udp}-${udp + 1}\\)$`,
+          ),
+        ],
       ];
       for (const [n, [change, why]] of refused.entries()) {
         writeConfig(config, { ...settings, ...change });

@@ -67,6 +67,7 @@ describe("reload (CLI)", () => {
     const update = updates[0] as ReceiverReload;
     assert.equal(update.limits?.idleTimeoutMs, 30_000);
     assert.deepEqual(update.clientLimits, { newFlowsPerSecond: 5, amplificationLimit: 10 });
+    // With its size: the role compares port ranges whole (a range resized is not "nothing changed").
     assert.deepEqual(update.mappings, [{ name: undefined, udp: { host: "127.0.0.1", port: 40001 }, ports: 1 }]);
     assert.equal(update.tls, undefined);
     assert.equal(lines.length, 1);
@@ -78,6 +79,10 @@ describe("reload (CLI)", () => {
     // Again, unchanged: nothing to say but that.
     await reload();
     assert.match(lines[1], /reloaded the configuration \(SIGHUP\): nothing changed$/);
+    // A range: the role is told its size (refusing it is the role's part: tests/conformance/ranges.test.ts).
+    writeFileSync(config, BASE.replace("127.0.0.1:40001", "127.0.0.1:40001-40004"));
+    await reload();
+    assert.deepEqual((updates[2] as ReceiverReload).mappings?.[0]?.ports, 4);
   });
 
   it("a flag typed on the command line wins over the file's, as at start", async () => {

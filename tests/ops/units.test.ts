@@ -322,6 +322,30 @@ describe("metrics registry", () => {
     assert.match(text, /^mcudpt_mapping_bytes_total\{mapping="dns",direction="out"\} 200$/m);
   });
 
+  it("leaves out a gauge with no value yet (no RTT measured, no reload so far) instead of exporting 0", async () => {
+    const { metricsRegistry } = await import("../../apps/cli/src/ops/metrics.ts");
+    const fresh = await metricsRegistry(fakeObserved(), { version: "test" }).metrics();
+    for (const name of [
+      "mcudpt_rtt_seconds",
+      "mcudpt_config_last_reload_successful",
+      "mcudpt_config_last_reload_timestamp_seconds",
+    ]) {
+      assert.match(fresh, new RegExp(`^# TYPE ${name} gauge$`, "m"));
+      assert.doesNotMatch(fresh, new RegExp(`^${name} `, "m"), `${name} has no sample yet`);
+    }
+    const at = new Date(1_700_000_000_000);
+    const later = await metricsRegistry(
+      {
+        ...fakeObserved({ rttMs: 1.5 }),
+        reloads: () => ({ ok: 0, failed: 1, last: { at, result: "failed" as const, message: "x" } }),
+      },
+      { version: "test" },
+    ).metrics();
+    assert.match(later, /^mcudpt_rtt_seconds 0\.0015$/m);
+    assert.match(later, /^mcudpt_config_last_reload_successful 0$/m);
+    assert.match(later, /^mcudpt_config_last_reload_timestamp_seconds 1700000000$/m);
+  });
+
   it("exports each lane's RTT, stall, datagrams and nudges, labelled by its position in the session", async () => {
     const { metricsRegistry } = await import("../../apps/cli/src/ops/metrics.ts");
     const text = await metricsRegistry({ ...fakeObserved(), laneRows: () => TWO_LANES }, { version: "test" }).metrics();

@@ -18,6 +18,7 @@ import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import {
+  bindFailure,
   configDir,
   configPath,
   formatHostPort,
@@ -58,12 +59,14 @@ import { jsonRecord } from "./ops/logging.js";
 import {
   type CommonOptions,
   commonOptions,
+  laneOptions,
   type MappingArg,
   mappingLabel,
   mappingsArg,
   type RawArgs,
   repeated,
   stringArg,
+  withRedundancy,
 } from "./options.js";
 import { pickTransport } from "./runtime.js";
 import { dialTls, listenTls } from "./tls-options.js";
@@ -395,7 +398,9 @@ async function bindPorts(transport: Transport, ports: Port[], problems: Problems
           const [first] = failed;
           const more = failed.length > 1 ? ` (and ${failed.length - 1} more of its ${count} ports)` : "";
           const where = formatHostPort(host, first.port);
-          problems.add(new UserError(`${what}: cannot listen on UDP ${where}${more}: ${messageOf(first.error)}`));
+          problems.add(
+            new UserError(`${what}: cannot listen on UDP ${where}${more}: ${bindFailure(first.error, first.port)}`),
+          );
         }
         continue;
       }
@@ -413,7 +418,7 @@ async function bindPorts(transport: Transport, ports: Port[], problems: Problems
         release.push(() => server.close());
       } catch (error) {
         const where = formatHostPort(host, address.port);
-        problems.add(new UserError(`${what}: cannot listen on TCP ${where}: ${messageOf(error)}`));
+        problems.add(new UserError(`${what}: cannot listen on TCP ${where}: ${bindFailure(error, address.port)}`));
       }
     }
   } finally {
@@ -570,6 +575,10 @@ async function checkRole(
   if (!keyMode) collect(problems, args, (a) => rejectKeyFlagsWithSecret(a, peer));
   const swapped = tcp.value?.swapped ?? (role === "receiver" ? args.connect !== undefined : args.listen !== undefined);
   const listening = role === "receiver" ? !swapped : swapped;
+  // Lanes and redundancy as the commands read them: --lanes on the listening side, --redundant
+  // without --lanes 2, a --redundant-mappings name this side does not have.
+  collect(problems, args, (a) => laneOptions(a, !listening));
+  if (mappings) collect(problems, args, (a) => withRedundancy(a, mappings));
   // A ws:// or wss:// address: the carrier's flags, and wss:// standing for --tls.
   const carrierAddress = tcp.value?.carrier;
   if (carrierAddress) {

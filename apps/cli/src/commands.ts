@@ -368,10 +368,10 @@ export const senderCommand = defineCommand({
     const mappings = withRedundancy(
       args,
       mappingsArg(rawArgs, "sender").map(({ name, address: target, ports }) => ({
-      name,
-      target,
-      ports,
-    })),
+        name,
+        target,
+        ports,
+      })),
     );
     const tcp = tcpSide(args, "tcp", "listen");
     const listening = tcp.swapped;

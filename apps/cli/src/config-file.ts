@@ -30,6 +30,12 @@ export const configArgs = {
 /** Flags that may be given more than once (several mappings): in a config file they take a list. */
 export const REPEATABLE_FLAGS: ReadonlySet<string> = REPEATABLE;
 
+/**
+ * Flags whose one value is a comma-separated list (--ws-trusted-proxy 127.0.0.1,::1, --redundant-mappings
+ * game,voip): in a config file a list of strings says the same, and is what a TOML or JSON user writes.
+ */
+export const COMMA_LIST_FLAGS: ReadonlySet<string> = new Set(["ws-trusted-proxy", "redundant-mappings"]);
+
 /** Settings that exclude each other: one given on the command line overrides the file's others too. */
 export const EXCLUSIVE: ReadonlyArray<readonly string[]> = [
   ["secret", "secret-file"],
@@ -125,6 +131,12 @@ export function settingsToArgv(settings: Settings, file: string, roles: Roles): 
     const where = `config file ${file}: "${key}"`;
     const def = Object.hasOwn(defs, key) ? (defs[key] as ArgDef) : undefined;
     if (!def || key === "config" || def.type === "positional") throw new UserError(unknownKey(where, key, roles));
+    if (Array.isArray(value) && COMMA_LIST_FLAGS.has(key)) {
+      if (value.length === 0 || !value.every((item) => typeof item === "string"))
+        throw new UserError(`${where} must list one or more strings (or be one "a,b" string)`);
+      out.set(key, flagTokens(where, key, def, value.join(","), base));
+      continue;
+    }
     const values = Array.isArray(value) ? value : [value];
     if (Array.isArray(value) && !REPEATABLE_FLAGS.has(key)) {
       throw new UserError(`${where} takes one value, not a list (--${key} may be given once)`);

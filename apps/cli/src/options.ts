@@ -12,7 +12,14 @@ import {
   parseHostPortRange,
   UserError,
 } from "@mcudpt/core";
-import { DEFAULTS, type LogLevel, MAX_DATAGRAM, MAX_MAPPING_NAME, MAX_MAPPING_PORTS, MAX_MAPPINGS } from "@mcudpt/protocol";
+import {
+  DEFAULTS,
+  type LogLevel,
+  MAX_DATAGRAM,
+  MAX_MAPPING_NAME,
+  MAX_MAPPING_PORTS,
+  MAX_MAPPINGS,
+} from "@mcudpt/protocol";
 import type { ArgsDef } from "citty";
 import type { TransportChoice } from "./runtime.js";
 

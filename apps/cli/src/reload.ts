@@ -175,7 +175,7 @@ async function reload(spec: ReloadSpec): Promise<string[]> {
           clientLimits: spec.clientLimits?.(args),
           mappings: mappings.map(({ name, address, ports }) => ({ name, udp: address, ports })),
         }
-      : { ...common, mappings: mappings.map(({ name, address }) => ({ name, target: address })) };
+      : { ...common, mappings: mappings.map(({ name, address, ports }) => ({ name, target: address, ports })) };
   const done = await spec.handle.reload(update);
   spec.ops.setLogLevel(options.logLevel);
   const changes = changedValues(spec, args);

@@ -17,3 +17,25 @@ export function messageOf(error: unknown): string {
   }
   return String(error);
 }
+
+/**
+ * Why a port could not be bound or listened on, in the same words whichever runtime failed: Bun
+ * says "Failed to listen at 127.0.0.1 (EADDRINUSE)" or "bind EADDRINUSE 127.0.0.1", Node "listen
+ * EADDRINUSE: address already in use 127.0.0.1:53". Unknown codes keep the runtime's message.
+ */
+export function bindFailure(error: unknown, port?: number): string {
+  const code = (error as { code?: unknown } | null)?.code;
+  switch (code) {
+    case "EADDRINUSE":
+      return "address already in use (EADDRINUSE)";
+    case "EADDRNOTAVAIL":
+      return "that address is not on this host (EADDRNOTAVAIL)";
+    case "EACCES":
+    case "EPERM":
+      return port !== undefined && port > 0 && port < 1024
+        ? `permission denied (${code}): ports below 1024 need root or CAP_NET_BIND_SERVICE`
+        : `permission denied (${code})`;
+    default:
+      return messageOf(error);
+  }
+}

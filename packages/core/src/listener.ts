@@ -1,7 +1,7 @@
 /** The listening TCP side of either role: accept connections and hand them to the machine. */
 import { formatHostPort, type HostPort } from "./address.js";
 import { type MachineDriver, now } from "./driver.js";
-import { messageOf, UserError } from "./errors.js";
+import { bindFailure, UserError } from "./errors.js";
 import type { Logger } from "./logger.js";
 import { RateLimitedLog } from "./logger.js";
 import { bindAddress, withIPv4Fallback } from "./bind.js";
@@ -60,7 +60,9 @@ export async function listen(options: ListenerOptions): Promise<Listener> {
       });
     });
   } catch (error) {
-    throw new UserError(`cannot listen on TCP ${formatHostPort(host, options.listen.port)}: ${messageOf(error)}`);
+    throw new UserError(
+      `cannot listen on TCP ${formatHostPort(host, options.listen.port)}: ${bindFailure(error, options.listen.port)}`,
+    );
   }
   if (options.carrier?.webSocket) {
     logger.log("info", `WebSocket carrier: upgrading ${carrier.describe(bound, server.port)} (any other request: 404)`);

@@ -16,7 +16,7 @@ import { bindAddress, withIPv4Fallback } from "./bind.js";
 import { systemClock } from "./clock.js";
 import { nodeCrypto } from "./crypto.js";
 import { type MachineDriver, now } from "./driver.js";
-import { messageOf, UserError } from "./errors.js";
+import { bindFailure, messageOf, UserError } from "./errors.js";
 import { kernelDropCountersAvailable, readUdpSocketStatsAsync } from "./kernel-drops.js";
 import { bufferShortfall, KernelSampler, kernelDropsWarning, sizeText } from "./kernel-sampler.js";
 import { type MappingSlot, planMappingChange } from "./receiver-mappings.js";
@@ -181,7 +181,7 @@ export async function startReceiver(options: ReceiverOptions): Promise<ReceiverH
       } catch (error) {
         for (const socket of bound) socket.close();
         const range = count > 1 ? ` (in the range ${formatHostPorts(host, mapping.udp.port, count)})` : "";
-        throw new UserError(`cannot listen on UDP ${formatHostPort(host, port)}${range}: ${messageOf(error)}`);
+        throw new UserError(`cannot listen on UDP ${formatHostPort(host, port)}${range}: ${bindFailure(error, port)}`);
       }
     }
     // Every port of a range asks for the same buffer: one warning for the mapping.

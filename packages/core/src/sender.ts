@@ -130,10 +130,12 @@ export async function startSender(options: SenderOptions): Promise<SenderHandle>
   // Replaced in place by a reload: FlowSockets reads a mapping's target when it opens a flow's socket.
   const targets: Target[] = mappings.map(targetOf);
   let configured = mappings;
-  const keyOf = (mapping: SenderMapping, index: number): MappingKey & { index: number } => ({
+  // A range's size is part of what a reload compares: the receiver paired it at the handshake.
+  const keyOf = (mapping: SenderMapping, index: number): MappingKey & { index: number; ports: number } => ({
     name: mapping.name,
-    where: targetOf(mapping).text,
+    where: formatHostPorts(targetOf(mapping).host, mapping.target.port, mapping.ports),
     index,
+    ports: mapping.ports ?? 1,
   });
   let machine!: SenderMachine;
   let driver!: MachineDriver<SenderMachine>;
@@ -271,6 +273,15 @@ export async function startSender(options: SenderOptions): Promise<SenderHandle>
       // The receiver paired this list at the handshake (HELLO); only a new connection could change it.
       if (diff)
         refuseMappingSetChange(before, diff, undefined, "the sender's mappings went to the receiver in its HELLO");
+      const resized = diff?.changed.filter((change) => change.before.ports !== change.after.ports) ?? [];
+      if (resized.length > 0) {
+        const sizes = resized.map(
+          ({ before: old, after }) => `mapping ${mappingLabel(old.index)} ${old.ports} → ${after.ports} ports`,
+        );
+        throw new UserError(
+          `resizing a port range needs a restart, on both sides (${sizes.join(", ")}): the receiver's range has as many ports as this one had`,
+        );
+      }
       if (update.limits) refuseOverBuffered(update.limits, buffer.bytes);
       const done = await role.reload(update);
       for (const { before: old, after } of diff?.changed ?? []) {
@@ -282,7 +293,7 @@ export async function startSender(options: SenderOptions): Promise<SenderHandle>
           open === 0
             ? ""
             : ` (its ${open === 1 ? "1 open flow stays" : `${open} open flows stay`} with ${old.where} until ${open === 1 ? "it ends" : "they end"})`;
-        done.push(`mapping ${mappingLabel(mappingId)}: new flows go to ${targets[mappingId].text}${stay}`);
+        done.push(`mapping ${mappingLabel(mappingId)}: new flows go to ${after.where}${stay}`);
       }
       if (next && diff)
         configured = configured.map((mapping, i) => {

@@ -10,7 +10,7 @@
  */
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
-import { formatHostPort, logLine, messageOf, UserError } from "@mcudpt/core";
+import { bindFailure, formatHostPort, logLine, messageOf, UserError } from "@mcudpt/core";
 import type { DropReason, LaneInfo, LaneTotals } from "@mcudpt/protocol";
 import { Counter, Gauge, Registry } from "prom-client";
 import type { MappingRow, Observed, SenderRow } from "./observe.js";
@@ -83,7 +83,9 @@ export function metricsRegistry(observed: Observed, info: Record<string, string>
       registers,
       collect() {
         const v = value();
-        if (v === undefined) this.reset();
+        // No value yet (no RTT measured, no reload so far): no sample at all. reset() would export 0,
+        // which reads as a 0 ms round trip, or as a failed reload to an alert on == 0.
+        if (v === undefined) this.remove();
         else this.set(v);
       },
     });
@@ -278,7 +280,7 @@ export async function startMetricsServer(registry: Registry, host: string, port:
       });
     });
   } catch (error) {
-    throw new UserError(`--metrics: cannot listen on ${formatHostPort(host, port)}: ${messageOf(error)}`);
+    throw new UserError(`--metrics: cannot listen on ${formatHostPort(host, port)}: ${bindFailure(error, port)}`);
   }
   // A scraper that misbehaves must not take the tunnel down: errors on the server are ignored.
   server.on("error", () => {});

@@ -223,11 +223,11 @@ for (const runtime of RUNTIMES) {
       const missing = join(dir, "no-such-file");
       refused(
         check(runtime, ["receiver", "--config", file("unreadable.toml", toml({ "authorized-keys": missing }))]),
-        /^mcudpt: cannot read \S+no-such-file: ENOENT/,
+        /^mcudpt: --authorized-keys: cannot read \S+no-such-file: no such file \(ENOENT\) \(set in config file \S+unreadable\.toml\)$/,
       );
       refused(
         check(runtime, ["sender", "--secret-file", missing]),
-        /^mcudpt: --secret-file: cannot read \S+no-such-file: ENOENT/,
+        /^mcudpt: --secret-file: cannot read \S+no-such-file: no such file \(ENOENT\)$/,
       );
       refused(check(runtime, ["receiver", "--config", missing]), /^mcudpt: --config: cannot read \S+no-such-file/);
     });
@@ -327,7 +327,7 @@ for (const runtime of RUNTIMES) {
         /^mcudpt: --keepalive: "0" is not a positive number of seconds/,
         /^mcudpt: --udp: mapping name "dns" given twice/,
         /^mcudpt: --udp: "nonsense" has no port/,
-        /^mcudpt: cannot read \S+missing_authorized_keys: ENOENT/,
+        /^mcudpt: --authorized-keys: cannot read \S+missing_authorized_keys: no such file \(ENOENT\)/,
         /^mcudpt: \S+several_bad_key is not a private key mcudpt can read/,
       );
     });

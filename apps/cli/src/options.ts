@@ -4,10 +4,10 @@
  */
 import { readFileSync } from "node:fs";
 import {
+  fileFailure,
   formatHostPorts,
   type HostPort,
   isKeyFileExposed,
-  messageOf,
   parseHostPort,
   parseHostPortRange,
   UserError,
@@ -293,7 +293,7 @@ function readSecret(args: RawArgs): string | undefined {
   try {
     text = readFileSync(file, "utf8");
   } catch (error) {
-    throw new UserError(`--secret-file: cannot read ${file}: ${messageOf(error)}`);
+    throw new UserError(`--secret-file: cannot read ${file}: ${fileFailure(error)}`);
   }
   // The first line that is not blank (a leading empty line is a slip, not an empty secret).
   const secret = text.split(/\r?\n/).find((line) => line.trim() !== "");

@@ -19,6 +19,22 @@ export function messageOf(error: unknown): string {
 }
 
 /**
+ * Why a file could not be read, in a few words ("no such file (ENOENT)") rather than the runtime's
+ * message, which repeats the path the caller already names.
+ */
+export function fileFailure(error: unknown): string {
+  const code = (error as NodeJS.ErrnoException | undefined)?.code;
+  const words: Record<string, string> = {
+    ENOENT: "no such file",
+    EACCES: "permission denied",
+    EPERM: "permission denied",
+    EISDIR: "it is a directory",
+    ENOTDIR: "a part of the path is not a directory",
+  };
+  return code && words[code] ? `${words[code]} (${code})` : messageOf(error);
+}
+
+/**
  * Why a port could not be bound or listened on, in the same words whichever runtime failed: Bun
  * says "Failed to listen at 127.0.0.1 (EADDRINUSE)" or "bind EADDRINUSE 127.0.0.1", Node "listen
  * EADDRINUSE: address already in use 127.0.0.1:53". Unknown codes keep the runtime's message.

@@ -22,7 +22,7 @@ export { configDir, configPath } from "./config-dir.js";
 export { nodeCrypto } from "./crypto.js";
 export { type Dialer, PeerKeyChecker } from "./dialer.js";
 export { MachineDriver, now } from "./driver.js";
-export { bindFailure, messageOf, UserError } from "./errors.js";
+export { bindFailure, fileFailure, messageOf, UserError } from "./errors.js";
 export {
   kernelDropCountersAvailable,
   readUdpSocketStats,

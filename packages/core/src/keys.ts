@@ -16,7 +16,7 @@ import {
 import { chmodSync, existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { dirname } from "node:path";
 import type { Identity } from "@mcudpt/protocol";
-import { messageOf, UserError } from "./errors.js";
+import { fileFailure, messageOf, UserError } from "./errors.js";
 
 const KEY_TYPE = "ssh-ed25519";
 /** DER prefix of an Ed25519 SubjectPublicKeyInfo; the raw 32-byte key follows. */
@@ -75,7 +75,7 @@ export function loadIdentity(path: string): LoadedIdentity {
   try {
     pem = readFileSync(path, "utf8");
   } catch (error) {
-    throw new UserError(`cannot read key ${path}: ${messageOf(error)}`);
+    throw new UserError(`cannot read key ${path}: ${fileFailure(error)}`);
   }
   return identityFromPem(pem, path);
 }

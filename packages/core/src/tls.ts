@@ -5,7 +5,7 @@
 import { createHash, createPrivateKey, generateKeyPairSync, X509Certificate } from "node:crypto";
 import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { dirname } from "node:path";
-import { messageOf, UserError } from "./errors.js";
+import { fileFailure, messageOf, UserError } from "./errors.js";
 import type { Logger } from "./logger.js";
 import { createCertificate } from "./x509.js";
 
@@ -57,7 +57,7 @@ function readText(path: string, what: string): string {
   try {
     return readFileSync(path, "utf8");
   } catch (error) {
-    throw new UserError(`TLS: cannot read the ${what} ${path}: ${messageOf(error)}`);
+    throw new UserError(`TLS: cannot read the ${what} ${path}: ${fileFailure(error)}`);
   }
 }
 

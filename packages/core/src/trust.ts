@@ -10,7 +10,7 @@
  */
 import { appendFileSync, existsSync, mkdirSync, readFileSync } from "node:fs";
 import { dirname } from "node:path";
-import { messageOf, UserError } from "./errors.js";
+import { fileFailure, messageOf, UserError } from "./errors.js";
 import { fingerprint, parsePublicKeyLine, publicKeyLine } from "./keys.js";
 import { sourceMatcher } from "./source-match.js";
 import { parseFingerprint } from "./tls.js";
@@ -45,8 +45,17 @@ export interface AdmissionFiles {
 export function fileAdmission(files: AdmissionFiles): PeerAdmission {
   // Fail at start-up, not at the first peer.
   const names = files.mappingNames;
-  if (files.authorizedKeys !== undefined) readKeyFile(files.authorizedKeys, true, names);
-  else readKeyFile(files.knownSenders, false, names);
+  if (files.authorizedKeys !== undefined) {
+    const path = files.authorizedKeys;
+    try {
+      readKeyFile(path, true, names);
+    } catch (error) {
+      // Name the flag: the path alone may not say which setting (or config file key) it came from.
+      throw error instanceof UserError && !existsSync(path)
+        ? new UserError(`--authorized-keys: ${error.message}`)
+        : error;
+    }
+  } else readKeyFile(files.knownSenders, false, names);
   return {
     check(publicKey, source) {
       const print = fingerprint(publicKey);
@@ -114,7 +123,7 @@ function readKeyFile(path: string, mustExist: boolean, mappingNames?: readonly s
   try {
     text = readFileSync(path, "utf8");
   } catch (error) {
-    throw new UserError(`cannot read ${path}: ${messageOf(error)}`);
+    throw new UserError(`cannot read ${path}: ${fileFailure(error)}`);
   }
   text.split(/\r?\n/).forEach((raw, index) => {
     const line = raw.trim();
@@ -281,7 +290,7 @@ function readLines(path: string): string[] {
   try {
     return readFileSync(path, "utf8").split(/\r?\n/);
   } catch (error) {
-    throw new UserError(`cannot read ${path}: ${messageOf(error)}`);
+    throw new UserError(`cannot read ${path}: ${fileFailure(error)}`);
   }
 }
 

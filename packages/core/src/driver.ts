@@ -29,6 +29,8 @@ export class MachineDriver<M extends Machine = Machine> {
   private readonly closing = new Set<number>();
   private nextConnId = 1;
   private flushScheduled = false;
+  /** A re-arm of the timer is scheduled for the end of this turn (see drain()). */
+  private armScheduled = false;
   private timer: ReturnType<typeof setTimeout> | undefined;
   private timerAt = Number.POSITIVE_INFINITY;
   private stopped = false;
@@ -108,9 +110,20 @@ export class MachineDriver<M extends Machine = Machine> {
       }
     }
     this.onDrained();
-    // nextTimeout() walks the connections and the oldest flow: once per turn is enough, so when a
-    // flush is pending it re-arms the timer (its own drain() runs with no flush scheduled).
-    if (!this.flushScheduled) this.armTimer();
+    // nextTimeout() walks the sessions, connections and the oldest flows: once per turn is enough.
+    // A pending flush re-arms the timer (its own drain() runs with no flush scheduled); without one
+    // (nothing to write, or the connection backed up while a flood comes in) a turn's first input
+    // schedules the re-arm, and the others of the turn skip it.
+    if (!this.flushScheduled) this.armSoon();
+  }
+
+  private armSoon(): void {
+    if (this.armScheduled) return;
+    this.armScheduled = true;
+    setImmediate(() => {
+      this.armScheduled = false;
+      if (!this.flushScheduled) this.armTimer();
+    });
   }
 
   private scheduleFlush(): void {

@@ -223,6 +223,7 @@ export async function startReceiver(options: ReceiverOptions): Promise<ReceiverH
   };
 
   const sendReplies = (): void => {
+    if (replying.length === 0) return; // the common drain: nothing to send
     try {
       for (const at of replying) {
         const batch = replies[at] as UdpBatcher<ClientFlow>;

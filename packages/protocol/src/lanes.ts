@@ -124,7 +124,10 @@ export class LanePicker {
   laneFor(flow: Laned): Link | undefined {
     this.moved = false;
     const current = flow.lane;
-    if (current !== undefined && current.state === "open" && !current.blocked) return current;
+    if (current !== undefined && current.state === "open") {
+      // Backed up, and the only connection: nowhere else to go (no allocation, once per datagram).
+      if (!current.blocked || this.links().length === 1) return current;
+    }
     const lanes = this.openLanes();
     if (lanes.length === 0) return undefined;
     if (current !== undefined && current.state === "open" && lanes.every((lane) => lane.blocked)) return current;

@@ -39,6 +39,8 @@ import {
   stdoutOf,
   stop,
   waitFor,
+  dnsperfSummary,
+  num,
 } from "./perf-lib/proc.js";
 
 const HERE = dirname(fileURLToPath(import.meta.url));
@@ -336,11 +338,6 @@ async function startTunnel(
   return { receiver, sender };
 }
 
-const num = (re: RegExp, text: string): number | undefined => {
-  const m = re.exec(text);
-  return m ? Number(m[1]) : undefined;
-};
-
 async function pingPong(dir: string, port: number): Promise<Metrics> {
   const r = await run(
     dir,
@@ -411,15 +408,8 @@ async function dnsperf(dir: string, port: number): Promise<Metrics> {
     ],
     SECONDS + 30,
   );
-  const text = r.out + r.err;
-  const qps = num(/Queries per second:\s+([\d.]+)/, text);
-  if (qps === undefined) throw new Error(`dnsperf output not understood: ${text.slice(-400)}`);
-  return {
-    qps,
-    latencyMs: (num(/Average Latency \(s\):\s+([\d.]+)/, text) ?? Number.NaN) * 1000,
-    lossPct: num(/Queries lost:\s+\d+ \(([\d.]+)%\)/, text),
-    roundTrips: num(/Queries completed:\s+(\d+)/, text),
-  };
+  const { qps, latencyMs, lossPct, completed } = dnsperfSummary(r.out + r.err);
+  return { qps, latencyMs, lossPct, roundTrips: completed };
 }
 
 async function flows(dir: string, port: number): Promise<Metrics> {

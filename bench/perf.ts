@@ -56,6 +56,8 @@ import {
   stdoutOf,
   stop,
   waitFor,
+  dnsperfSummary,
+  num,
 } from "./perf-lib/proc.js";
 import { barChart, type Group, type Series } from "./perf-lib/svg.js";
 
@@ -445,11 +447,6 @@ async function stopTunnel(tunnel: Tunnel, graceMs = 3000): Promise<void> {
 // ---------------------------------------------------------------------------------------------
 // Workloads
 
-const num = (re: RegExp, text: string): number | undefined => {
-  const m = re.exec(text);
-  return m ? Number(m[1]) : undefined;
-};
-
 function dnsperf(clients: number): Workload {
   // dnsperf -c 10 has a target: three shorter trials, median reported.
   const trials = clients === 10 ? TARGET_TRIALS : 1;
@@ -481,15 +478,8 @@ function dnsperf(clients: number): Workload {
         ],
         D + 20,
       );
-      const text = r.out + r.err;
-      const qps = num(/Queries per second:\s+([\d.]+)/, text);
-      if (qps === undefined) throw new Error(`dnsperf output not understood: ${text.slice(-300)}`);
-      return {
-        qps,
-        latencyMs: (num(/Average Latency \(s\):\s+([\d.]+)/, text) ?? Number.NaN) * 1000,
-        lossPct: num(/Queries lost:\s+\d+ \(([\d.]+)%\)/, text),
-        sent: num(/Queries sent:\s+(\d+)/, text),
-      };
+      const { qps, latencyMs, lossPct, sent } = dnsperfSummary(r.out + r.err);
+      return { qps, latencyMs, lossPct, sent };
     },
   };
 }

@@ -299,3 +299,28 @@ export function cleanupOnExit(
   process.on("exit", () => cleanup());
   return watchdog;
 }
+
+/** The first group of `re` in `text` as a number, or undefined when it does not match. */
+export const num = (re: RegExp, text: string): number | undefined => {
+  const m = re.exec(text);
+  return m ? Number(m[1]) : undefined;
+};
+
+/** What every bench reads of a dnsperf run's summary; throws when the output is not one. */
+export function dnsperfSummary(text: string): {
+  qps: number;
+  latencyMs: number;
+  lossPct: number | undefined;
+  sent: number | undefined;
+  completed: number | undefined;
+} {
+  const qps = num(/Queries per second:\s+([\d.]+)/, text);
+  if (qps === undefined) throw new Error(`dnsperf output not understood: ${text.slice(-400)}`);
+  return {
+    qps,
+    latencyMs: (num(/Average Latency \(s\):\s+([\d.]+)/, text) ?? Number.NaN) * 1000,
+    lossPct: num(/Queries lost:\s+\d+ \(([\d.]+)%\)/, text),
+    sent: num(/Queries sent:\s+(\d+)/, text),
+    completed: num(/Queries completed:\s+(\d+)/, text),
+  };
+}

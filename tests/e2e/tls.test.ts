@@ -134,11 +134,18 @@ describe("mcudpt --tls (built CLI)", () => {
 
   // Issue 18 item 1: trust on first use needs a writable known_receivers; when it cannot be written
   // the sender must exit 1 with one line (it used to log an "unexpected rejection" and sit idle forever).
-  const asNobody = spawnSync("setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", "true"]).status === 0;
+  const nobody = ["--reuid=65534", "--regid=65534", "--clear-groups"];
+  const asNobody = spawnSync("setpriv", [...nobody, "true"]).status === 0;
+  // A checkout below a directory only root may enter (mktemp -d makes one 0700) cannot be run as uid 65534.
+  const cliReadable = asNobody && spawnSync("setpriv", [...nobody, "test", "-r", CLI], { cwd: "/" }).status === 0;
   for (const runtime of runtimes) {
     it(`${runtime}: a sender --tls whose config dir cannot be written exits 1 with one line`, {
       ...TIMEOUT,
-      skip: asNobody ? false : "needs root and setpriv (runs the sender as uid 65534)",
+      skip: !asNobody
+        ? "needs root and setpriv (runs the sender as uid 65534)"
+        : cliReadable
+          ? false
+          : `uid 65534 cannot read ${CLI} (the checkout is below a directory only root may enter)`,
     }, async () => {
       const [udpPort, tcpPort] = [await freePort("udp"), await freePort("tcp")];
       const { receiver } = await startTlsReceiver(runtime, udpPort, tcpPort);
@@ -164,6 +171,7 @@ describe("mcudpt --tls (built CLI)", () => {
         {
           encoding: "utf8",
           timeout: 20_000,
+          cwd: "/", // the test's own directory may be one uid 65534 cannot enter
           env: { ...process.env, HOME: "/", MCUDPT_CONFIG_DIR: join(unwritable, "mcudpt") },
         },
       );

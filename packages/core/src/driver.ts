@@ -141,7 +141,10 @@ export class MachineDriver<M extends Machine = Machine> {
       const connection = this.connections.get(conn);
       const bytes = this.machine.session.takeTransmit(conn);
       if (!connection) continue;
-      if (bytes !== undefined && !connection.write(bytes)) this.machine.session.setBlocked(conn, true);
+      if (bytes !== undefined) {
+        if (!connection.write(bytes)) this.machine.session.setBlocked(conn, true);
+        else if (connection.copiesWrites) this.machine.session.transmitCopied(conn);
+      }
       if (this.closing.has(conn)) {
         this.closing.delete(conn);
         connection.end();

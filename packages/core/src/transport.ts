@@ -81,6 +81,12 @@ export interface UdpSocket {
    * Callers without it loop over send().
    */
   sendMany?(batch: UdpBatch, failed?: number[]): number;
+  /**
+   * Optional: how many datagrams sendMany has handed to the kernel in segmented runs so far (UDP
+   * generic segmentation offload: equal-sized datagrams to one destination in one call; Bun on
+   * Linux). Absent where the transport never segments.
+   */
+  readonly segmented?: number;
   close(): void;
 }
 
@@ -112,9 +118,16 @@ export interface TcpConnection {
   readonly bufferBytes?: { receive: number; send: number };
   /**
    * Takes all of `data` (queuing what the kernel did not accept) and returns false when the caller
-   * should stop writing until onDrain. The caller must not modify `data` afterwards.
+   * should stop writing until onDrain. The caller must not modify `data` afterwards, unless
+   * `copiesWrites` says a write that returned true kept no reference to it.
    */
   write(data: Uint8Array): boolean;
+  /**
+   * A write() that returns true has copied all of `data` out (into the kernel, or a TLS engine) and
+   * keeps no reference: the caller may write over that memory (its frame buffer is reused instead of
+   * a fresh one allocated per megabyte). Absent or false: a write may hold `data` until it is sent.
+   */
+  readonly copiesWrites?: boolean;
   /** Closes after everything queued has been sent. */
   end(): void;
   /** Closes now; queued bytes are dropped. */

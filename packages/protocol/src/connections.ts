@@ -107,6 +107,11 @@ export class LinkTable {
     return link.writer.take();
   }
 
+  /** See Session.transmitCopied. */
+  transmitCopied(conn: number): void {
+    this.links.get(conn)?.writer.reuseTaken();
+  }
+
   /** The transport's write buffer for `conn` is full (true) or drained (false). */
   setBlocked(conn: number, blocked: boolean): void {
     const link = this.links.get(conn);

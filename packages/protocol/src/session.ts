@@ -156,6 +156,11 @@ export class Session implements LinkIo {
     return this.connections.takeTransmit(conn);
   }
 
+  /** The bytes takeTransmit(conn) returned were copied out and are not referenced: reuse their memory. */
+  transmitCopied(conn: number): void {
+    this.connections.transmitCopied(conn);
+  }
+
   /** Connections currently known, for status displays. */
   get connectionCount(): number {
     return this.connections.size;

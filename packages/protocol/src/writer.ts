@@ -69,6 +69,16 @@ export class FrameWriter {
     return out;
   }
 
+  /**
+   * The caller is done with everything take() returned (the host copied it out): the next frames are
+   * written over it, from the start of the same buffer. Without this, a busy connection fills a
+   * fresh buffer every megabyte (allocation, page faults, garbage). Does nothing while untaken bytes
+   * remain: they sit where they are.
+   */
+  reuseTaken(): void {
+    if (this.end === this.start) this.start = this.end = 0;
+  }
+
   /** Forgets what was written and not taken (a dead connection's backlog). */
   discard(): void {
     this.start = this.end;

@@ -38,6 +38,7 @@
  *   socket stays open and works. With `rejectUnauthorized: false`, `socket.authorized` still tells whether
  *   the chain and name verified against `ca`. `socket.timeout(s)` fires on a 4 s tick.
  */
+
 import { readFileSync } from "node:fs";
 import {
   type ConnectOptions,
@@ -57,6 +58,7 @@ import {
   type UdpSocketOptions,
   udpPayloadLimit,
 } from "@mcudpt/core";
+import { loadGso, MIN_RUN } from "./gso.js";
 
 type BunTcpSocket = import("bun").Socket<BunTcpConnection | undefined>;
 
@@ -199,6 +201,9 @@ async function bindUdp(options: UdpSocketOptions): Promise<UdpSocket> {
   if (options.bufferBytes) buffers?.set(fd, options.bufferBytes);
   const connected = options.connect !== undefined;
   const peerLimit = connected ? udpPayloadLimit(options.connect?.host ?? "") : 0;
+  const gso = (await loadGso())?.forSocket(fd, connected, socket.address.family, (address) =>
+    connected ? peerLimit : udpPayloadLimit(address ?? ""),
+  );
   /** Batch entries per datagram: data, or data, port, address. */
   const stride = connected ? 1 : 3;
   let closed = false;
@@ -233,11 +238,44 @@ async function bindUdp(options: UdpSocketOptions): Promise<UdpSocket> {
   };
 
   /** Sends datagrams from..end of `batch` one by one (after sendMany refused the batch). */
-  const sendEach = (batch: UdpBatch, from: number, failed: number[] | undefined): number => {
+  const sendEach = (batch: UdpBatch, from: number, end: number, failed: number[] | undefined): number => {
     let sent = 0;
-    for (let i = from; i < batch.length; i += stride) {
+    for (let i = from; i < end; i += stride) {
       if (send(batch[i] as Uint8Array, batch[i + 1] as number, batch[i + 2] as string)) sent++;
       else failed?.push(i / stride);
+    }
+    return sent;
+  };
+
+  /** Sends batch entries from..end through sendmmsg, each refused datagram on its own account. */
+  const sendRange = (batch: UdpBatch, start: number, end: number, failed: number[] | undefined): number => {
+    let sent = 0;
+    let from = start; // index into `batch` of the first datagram not yet tried
+    while (from < end) {
+      let n: number;
+      try {
+        // Slicing only for a part or after a failure: a whole batch goes to Bun as the caller made it.
+        n = socket.sendMany((from === 0 && end === batch.length ? batch : batch.slice(from, end)) as never);
+      } catch (error) {
+        // An invalid argument somewhere, nothing sent: one by one, each failure on its own.
+        if (!isSyscallError(error)) return sent + sendEach(batch, from, end, failed);
+        n = 0; // the kernel refused the first datagram
+      }
+      sent += n;
+      from += n * stride;
+      if (from >= end) break;
+      // Datagram `from` was refused, for a reason sendmmsg does not tell: too large, wrong family,
+      // buffer full, or a pending socket error that is not its fault at all (see udp-errors.ts).
+      // It decides alone: once more through send(), which retries pending errors and counts the
+      // rest as its own failure. Then the batch goes on after it.
+      const data = batch[from] as Uint8Array;
+      const address = batch[from + 2] as string;
+      if (tooLarge(data, address)) {
+        owedLocalErrors++; // refused already, and queued for `error`
+        failed?.push(from / stride);
+      } else if (send(data, batch[from + 1] as number, address)) sent++;
+      else failed?.push(from / stride);
+      from += stride;
     }
     return sent;
   };
@@ -253,39 +291,31 @@ async function bindUdp(options: UdpSocketOptions): Promise<UdpSocket> {
       return reader ? reader.get(fd) : defaultBufferSizes();
     },
     send,
+    get segmented() {
+      return gso?.sent ?? 0;
+    },
     sendMany(batch, failed) {
       if (closed) {
         if (failed) for (let i = 0; i < batch.length / stride; i++) failed.push(i);
         return 0;
       }
+      if (!gso) return sendRange(batch, 0, batch.length, failed);
+      // Runs of equal-sized datagrams to one destination go as one segmented send each; what lies
+      // between them, and a run the kernel would not segment, through sendmmsg. Order is kept.
       let sent = 0;
-      let from = 0; // index into `batch` of the first datagram not yet tried
-      while (from < batch.length) {
-        let n: number;
-        try {
-          // Slicing only after a failure: the common case hands Bun the caller's array as is.
-          n = socket.sendMany((from === 0 ? batch : batch.slice(from)) as never);
-        } catch (error) {
-          // An invalid argument somewhere, nothing sent: one by one, each failure on its own.
-          if (!isSyscallError(error)) return sent + sendEach(batch, from, failed);
-          n = 0; // the kernel refused the first datagram
+      let plainFrom = 0;
+      for (let i = 0; i < batch.length; ) {
+        const count = gso.runAt(batch, i, stride);
+        if (count < MIN_RUN) {
+          i += stride;
+          continue;
         }
-        sent += n;
-        from += n * stride;
-        if (from >= batch.length) break;
-        // Datagram `from` was refused, for a reason sendmmsg does not tell: too large, wrong family,
-        // buffer full, or a pending socket error that is not its fault at all (see udp-errors.ts).
-        // It decides alone: once more through send(), which retries pending errors and counts the
-        // rest as its own failure. Then the batch goes on after it.
-        const data = batch[from] as Uint8Array;
-        const address = batch[from + 2] as string;
-        if (tooLarge(data, address)) {
-          owedLocalErrors++; // refused already, and queued for `error`
-          failed?.push(from / stride);
-        } else if (send(data, batch[from + 1] as number, address)) sent++;
-        else failed?.push(from / stride);
-        from += stride;
+        if (plainFrom < i) sent += sendRange(batch, plainFrom, i, failed);
+        const end = i + count * stride;
+        sent += gso.send({ batch, from: i, count, stride }) ? count : sendRange(batch, i, end, failed);
+        i = plainFrom = end;
       }
+      if (plainFrom < batch.length) sent += sendRange(batch, plainFrom, batch.length, failed);
       return sent;
     },
     close() {
@@ -322,6 +352,8 @@ class BunTcpConnection implements TcpConnection {
   private head = 0;
   /** write() returned false: owe the caller an onDrain. */
   private needDrain = false;
+  /** Bun's write() copies into the kernel (or the TLS engine) or returns short: a true write kept nothing. */
+  readonly copiesWrites = true;
   private ending = false;
   private closed = false;
 

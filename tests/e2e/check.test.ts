@@ -10,15 +10,15 @@
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { createSocket, type Socket } from "node:dgram";
-import { chmodSync, mkdtempSync, readdirSync, writeFileSync } from "node:fs";
+import { chmodSync, readdirSync, writeFileSync } from "node:fs";
 import { createServer, type Server } from "node:net";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { generateKeyPair, loadOrCreateCertificate, silentLogger } from "@mcudpt/core";
 import { CLI, freePort, RUNTIMES, type Runtime } from "../helpers/cli-process.ts";
+import { scratchDir } from "../helpers/scratch.ts";
 
-const dir = mkdtempSync(join(tmpdir(), "mcudpt-check-"));
+const dir = scratchDir("mcudpt-check-");
 let files = 0;
 
 /** A file in the temp dir (mode 600: nothing here should draw the "others can read it" warning). */
@@ -34,7 +34,7 @@ const senderKey = generateKeyPair("sender@check");
 const RECEIVER_KEY = file("receiver_key", receiverKey.privateKeyPem);
 const SENDER_KEY = file("sender_key", senderKey.privateKeyPem);
 const AUTHORIZED = file("authorized_senders", `# the senders\n${senderKey.publicKeyLine}\n`);
-const certDir = mkdtempSync(join(tmpdir(), "mcudpt-check-tls-"));
+const certDir = scratchDir("mcudpt-check-tls-");
 const CERT = join(certDir, "cert.pem");
 const CERT_KEY = join(certDir, "key.pem");
 loadOrCreateCertificate(CERT, CERT_KEY, silentLogger);
@@ -49,7 +49,7 @@ interface Result {
 }
 
 function check(runtime: Runtime, args: string[]): Result {
-  const configDir = mkdtempSync(join(tmpdir(), "mcudpt-check-home-"));
+  const configDir = scratchDir("mcudpt-check-home-");
   const result = spawnSync(runtime, [CLI, "check", ...args], {
     encoding: "utf8",
     timeout: 30_000,

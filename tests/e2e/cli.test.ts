@@ -6,12 +6,13 @@
 import assert from "node:assert/strict";
 import { type ChildProcess, execFileSync, spawn, spawnSync } from "node:child_process";
 import { createSocket } from "node:dgram";
-import { chmodSync, existsSync, mkdtempSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, writeFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { after, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
+import { scratchDir } from "../helpers/scratch.ts";
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
 const CLI = join(ROOT, "apps", "cli", "dist", "mcudpt.js");
@@ -47,7 +48,7 @@ interface Running {
 function startCli(runtime: Runtime, args: string[], stdin?: string): Running {
   const child = spawn(runtime, [CLI, ...args], {
     stdio: ["pipe", "pipe", "pipe"],
-    env: { ...process.env, MCUDPT_SECRET: "", MCUDPT_CONFIG_DIR: mkdtempSync(join(tmpdir(), "mcudpt-e2e-")) },
+    env: { ...process.env, MCUDPT_SECRET: "", MCUDPT_CONFIG_DIR: scratchDir("mcudpt-e2e-") },
   });
   children.add(child);
   let stderr = "";
@@ -149,7 +150,7 @@ describe("the built CLI", () => {
     });
 
     it(`${runtime}: bad command lines end with one clear line and a non-zero exit`, async () => {
-      const blankSecret = join(mkdtempSync(join(tmpdir(), "mcudpt-e2e-")), "secret");
+      const blankSecret = join(scratchDir("mcudpt-e2e-"), "secret");
       writeFileSync(blankSecret, "\n  \n", { mode: 0o600 });
       const busy = createSocket("udp4");
       await new Promise<void>((r) => busy.bind(0, "127.0.0.1", r));
@@ -231,7 +232,7 @@ describe("the built CLI", () => {
     });
 
     it(`${runtime}: a --secret-file others can read is used (first non-blank line) with a warning`, async () => {
-      const dir = mkdtempSync(join(tmpdir(), "mcudpt-e2e-"));
+      const dir = scratchDir("mcudpt-e2e-");
       const file = join(dir, "secret");
       writeFileSync(file, "\nshared-by-file\n", { mode: 0o644 });
       chmodSync(file, 0o644);

@@ -6,9 +6,8 @@
  */
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { chmodSync, copyFileSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
+import { chmodSync, copyFileSync, readFileSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { pathToFileURL } from "node:url";
@@ -31,13 +30,14 @@ import {
   stopWith,
   udpRequest,
 } from "../helpers/cli-process.ts";
+import { scratchDir } from "../helpers/scratch.ts";
 
 // citty is the CLI's dependency, not the test tree's: load the very copy the CLI resolves.
 const cittyPath = createRequire(join(ROOT, "apps", "cli", "package.json")).resolve("citty");
 const { parseArgs } = (await import(pathToFileURL(cittyPath).href)) as typeof import("citty");
 
 const DEFS = { receiver: receiverArgs, sender: senderArgs };
-const dir = mkdtempSync(join(tmpdir(), "mcudpt-config-"));
+const dir = scratchDir("mcudpt-config-");
 
 function file(name: string, text: string, mode = 0o600): string {
   const path = join(dir, name);
@@ -292,7 +292,7 @@ describe("--config: the built CLI", () => {
     const result = spawnSync("node", [CLI, ...args], {
       encoding: "utf8",
       timeout: 15_000,
-      env: { ...process.env, MCUDPT_CONFIG_DIR: mkdtempSync(join(tmpdir(), "mcudpt-e2e-")) },
+      env: { ...process.env, MCUDPT_CONFIG_DIR: scratchDir("mcudpt-e2e-") },
     });
     return { status: result.status, stderr: result.stderr };
   }
@@ -323,7 +323,7 @@ describe("--config: the built CLI", () => {
   });
 
   it("runs a receiver and a sender from contrib/config/*.toml (addresses overridden) and passes a datagram", async () => {
-    const work = mkdtempSync(join(tmpdir(), "mcudpt-config-e2e-"));
+    const work = scratchDir("mcudpt-config-e2e-");
     for (const role of ["receiver", "sender"]) {
       copyFileSync(join(ROOT, "contrib", "config", `${role}.toml`), join(work, `${role}.toml`));
     }

@@ -18,8 +18,7 @@
  * Over both rounds each client is one flow on exactly one receiver (their -v logs).
  */
 import assert from "node:assert/strict";
-import { mkdtempSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { CLI, eventually, has } from "../helpers/cli-process.ts";
@@ -68,6 +67,7 @@ socket.bind(port, host, () => process.stdout.write("ready\\n"));
  */
 const CLIENTS_SCRIPT = `
 import { createSocket } from "node:dgram";
+import { scratchDir } from "../helpers/scratch.ts";
 const [host, vip, port, ports, per] = process.argv.slice(2);
 const client = async (i, localPort) => {
   const socket = createSocket("udp4");
@@ -118,7 +118,7 @@ describe("several receivers behind a kernel load balancer (nftables jhash DNAT)"
 
   it(NAME, { skip: unavailable || false, timeout: 120_000 }, async () => {
     const ns = spaces as Namespaces;
-    const scripts = mkdtempSync(join(tmpdir(), "mcudpt-lb-"));
+    const scripts = scratchDir("mcudpt-lb-");
     writeFileSync(join(scripts, "echo.mjs"), ECHO_SCRIPT);
     writeFileSync(join(scripts, "clients.mjs"), CLIENTS_SCRIPT);
 
@@ -156,7 +156,7 @@ describe("several receivers behind a kernel load balancer (nftables jhash DNAT)"
       () => `echo target ready\n${echo.stderr()}`,
     );
 
-    const env = (name: string) => ({ MCUDPT_SECRET: SECRET, MCUDPT_CONFIG_DIR: mkdtempSync(join(tmpdir(), name)) });
+    const env = (name: string) => ({ MCUDPT_SECRET: SECRET, MCUDPT_CONFIG_DIR: scratchDir(name) });
     const receivers: Record<keyof typeof RECEIVERS, NsProcess> = {} as never;
     for (const [name, space, runtime] of [
       ["A", ra, "node"],

@@ -5,11 +5,11 @@
  */
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { createSocket, type Socket as UdpSocket } from "node:dgram";
-import { mkdtempSync, readdirSync, readFileSync } from "node:fs";
+import { readdirSync, readFileSync } from "node:fs";
 import { createServer } from "node:net";
-import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { scratchDir } from "./scratch.ts";
 
 export const ROOT = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
 export const CLI = join(ROOT, "apps", "cli", "dist", "mcudpt.js");
@@ -59,7 +59,7 @@ export function startCli(
   const child = spawn(runtime, [CLI, ...args], {
     stdio: [io.stdin === undefined || io.stdin === "ignore" ? "ignore" : "pipe", io.stdout ? "pipe" : "ignore", "pipe"],
     // A fresh config dir per process unless given: keys and trust files never touch the real ~/.config.
-    env: { ...process.env, MCUDPT_SECRET: "", MCUDPT_CONFIG_DIR: mkdtempSync(join(tmpdir(), "mcudpt-e2e-")), ...env },
+    env: { ...process.env, MCUDPT_SECRET: "", MCUDPT_CONFIG_DIR: scratchDir("mcudpt-e2e-"), ...env },
   });
   children.add(child);
   child.stdin?.on("error", () => {}); // EPIPE once the child is gone

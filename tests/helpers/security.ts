@@ -5,9 +5,6 @@
  * node:assert only (no node:test), so it runs under bun test and, bundled, under node --test.
  */
 import assert from "node:assert/strict";
-import { mkdtempSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import {
   type PeerPins,
   type ReceiverHandle,
@@ -20,6 +17,7 @@ import {
 } from "@mcudpt/core";
 import { CloseCode, type Frame, FrameType, type ReceiverConfig, type SenderConfig, utf8 } from "@mcudpt/protocol";
 import { frames, isFrame, type RawPeer } from "./raw-peer.js";
+import { scratchDir } from "./scratch.js";
 import { eventually, LOOPBACK, type MemoryLogger, memoryLogger, sleep, type TestClient, text } from "./tunnel.js";
 
 export const TIMEOUT = { timeout: 60_000 };
@@ -29,7 +27,7 @@ export const HOSTILE_SECRET = "hostile-secret";
 
 /** A fresh directory for trust files (known_senders, known_receivers, authorized_keys). */
 export function tempDir(): string {
-  return mkdtempSync(join(tmpdir(), "mcudpt-security-"));
+  return scratchDir("mcudpt-security-");
 }
 
 /** Lines of `log` containing every one of `parts` (fingerprints hold + and /: no regexes). */

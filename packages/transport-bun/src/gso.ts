@@ -58,6 +58,8 @@ export interface GsoSocket {
 
 interface Libc {
   sendmsg(fd: number, msg: number, flags: number): number | bigint;
+  /** getsockopt(fd, SOL_UDP, UDP_SEGMENT) succeeds: the kernel knows the option (Linux ≥ 4.18). */
+  knowsUdpSegment(fd: number): boolean;
   errno(): number;
   inetPton(family: number, text: number, into: number): number;
 }
@@ -73,12 +75,19 @@ function loadLibc(): Promise<Libc | undefined> {
         sendmsg: { args: [FFIType.i32, FFIType.ptr, FFIType.i32], returns: FFIType.i64_fast },
         __errno_location: { args: [], returns: FFIType.ptr },
         inet_pton: { args: [FFIType.i32, FFIType.ptr, FFIType.ptr], returns: FFIType.i32 },
+        getsockopt: { args: [FFIType.i32, FFIType.i32, FFIType.i32, FFIType.ptr, FFIType.ptr], returns: FFIType.i32 },
       } as const;
+      const value = new Int32Array(1);
+      const length = new Uint32Array(1);
       for (const name of ["libc.so.6", "libc.so", "libc.musl-x86_64.so.1", "libc.musl-aarch64.so.1"]) {
         try {
           const { symbols: s } = dlopen(name, symbols);
           return {
             sendmsg: (fd, msg, flags) => s.sendmsg(fd, msg as never, flags),
+            knowsUdpSegment: (fd) => {
+              length[0] = 4;
+              return s.getsockopt(fd, SOL_UDP, UDP_SEGMENT, value, length) === 0;
+            },
             errno: () => read.i32(s.__errno_location() as never, 0),
             inetPton: (family, text, into) => s.inet_pton(family, text as never, into as never),
           };
@@ -93,15 +102,16 @@ function loadLibc(): Promise<Libc | undefined> {
 /** Makes GsoSockets: one shared scratch area (sends are synchronous, JS is single-threaded). */
 export interface Gso {
   /**
-   * GSO for the socket with descriptor `fd`. `family` is the socket's (an unconnected one writes
-   * each run's destination in it); `payloadLimit` the largest datagram a destination takes.
+   * GSO for the socket with descriptor `fd`, or undefined when the kernel has none. `family` is the
+   * socket's (an unconnected one writes each run's destination in it); `payloadLimit` the largest
+   * datagram a destination takes.
    */
   forSocket(
     fd: number,
     connected: boolean,
     family: string,
     payloadLimit: (address: string | undefined) => number,
-  ): GsoSocket;
+  ): GsoSocket | undefined;
 }
 
 let gso: Promise<Gso | undefined> | undefined;
@@ -148,8 +158,16 @@ export function loadGso(): Promise<Gso | undefined> {
       return named.length;
     };
 
+    /**
+     * Asked of the first socket. A kernel older than 4.18 ignores a control message of a level it
+     * does not know, and would send a run as one datagram of all their bytes: never without this.
+     */
+    let kernelSegments: boolean | undefined;
+
     return {
       forSocket(fd, connected, family, payloadLimit) {
+        kernelSegments ??= c.knowsUdpSegment(fd);
+        if (!kernelSegments) return undefined;
         /** Runs of datagrams this long or longer are not tried (the kernel refused one). */
         let refusedFrom = Number.POSITIVE_INFINITY;
         let sent = 0;

@@ -23,6 +23,7 @@ import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { CLI, eventually, has } from "../helpers/cli-process.ts";
 import { Namespaces, type NsProcess, netnsUnavailable, nftUnavailable } from "../helpers/netns.ts";
+import { scratchDir } from "../helpers/scratch.ts";
 
 const VIP = "10.201.0.1";
 const CLIENT = "10.201.0.2";
@@ -67,7 +68,6 @@ socket.bind(port, host, () => process.stdout.write("ready\\n"));
  */
 const CLIENTS_SCRIPT = `
 import { createSocket } from "node:dgram";
-import { scratchDir } from "../helpers/scratch.ts";
 const [host, vip, port, ports, per] = process.argv.slice(2);
 const client = async (i, localPort) => {
   const socket = createSocket("udp4");

@@ -151,6 +151,62 @@ for (const runtime of RUNTIMES) {
       );
     });
 
+    it("names the carrier, the proxy, the lanes and the redundancy in its summary", () => {
+      const sender = check(runtime, [
+        "sender",
+        "--udp",
+        "game=127.0.0.1:27015",
+        "--udp",
+        "voip=127.0.0.1:5060",
+        "--tcp",
+        "ws://127.0.0.1:8080/tunnel",
+        "--secret",
+        "s",
+        "--lanes",
+        "2",
+        "--redundant-mappings",
+        "voip",
+        "--proxy",
+        "http://user:hunter2@127.0.0.1:3128",
+      ]);
+      assert.equal(sender.status, 0, sender.lines.join("\n"));
+      assert.match(
+        sender.stdout,
+        /; shared secret; WebSocket ws path \/tunnel; through the proxy http:\/\/user:\*\*\*@127\.0\.0\.1:3128; 2 lanes; voip on two lanes; ports not tried/,
+      );
+      assert.doesNotMatch(sender.stdout, /hunter2/, "the proxy's password is not printed");
+      const receiver = check(runtime, [
+        "receiver",
+        "--udp",
+        "127.0.0.1:5300",
+        "--tcp",
+        "ws://127.0.0.1:8080/t",
+        "--secret",
+        "s",
+        "--ws-trusted-proxy",
+        "127.0.0.1,10.0.0.0/8",
+        "--max-lanes",
+        "4",
+      ]);
+      assert.equal(receiver.status, 0, receiver.lines.join("\n"));
+      assert.match(
+        receiver.stdout,
+        /; WebSocket ws path \/t; client addresses from X-Forwarded-For\/Forwarded of 127\.0\.0\.1,10\.0\.0\.0\/8; up to 4 lanes per session; /,
+      );
+      const everything = check(runtime, [
+        "sender",
+        "--udp",
+        "127.0.0.1:53",
+        "--secret",
+        "s",
+        "--lanes",
+        "3",
+        "--redundant",
+      ]);
+      assert.equal(everything.status, 0, everything.lines.join("\n"));
+      assert.match(everything.stdout, /; shared secret; 3 lanes; every datagram on two lanes; /);
+    });
+
     it("creates nothing where a start would create the key and the TLS certificate: it says so", () => {
       const result = check(runtime, ["receiver", "--udp", "127.0.0.1:5300", "--tls"]);
       assert.equal(result.status, 0, result.lines.join("\n"));

@@ -502,6 +502,36 @@ async function probeTcpBuffers(transport: Transport, bytes: number): Promise<Tcp
   }
 }
 
+/** The summary's words for the carrier a ws:// address or --proxy chose (none for plain TCP). */
+function carrierParts(carrier: ReturnType<typeof carrierFor>): string[] {
+  const parts: string[] = [];
+  const ws = carrier?.webSocket;
+  if (ws) {
+    parts.push(`WebSocket ${ws.secure ? "wss" : "ws"} path ${ws.path}`);
+    if (ws.trustedProxies) parts.push(`client addresses from X-Forwarded-For/Forwarded of ${ws.trustedProxies}`);
+  }
+  const proxy = carrier?.proxy;
+  if (proxy === "none") parts.push("no proxy (--proxy none)");
+  else if (proxy) parts.push(`through the proxy ${proxy.text}`);
+  return parts;
+}
+
+/** The summary's words for lanes and redundancy, when they are not the defaults. */
+function laneParts(
+  lanes: { lanes?: number; maxLanes?: number } | undefined,
+  maxLanesGiven: boolean,
+  redundant: boolean,
+  marked: Array<{ name?: string; redundant?: boolean }> | undefined,
+): string[] {
+  const parts: string[] = [];
+  if (lanes?.lanes !== undefined && lanes.lanes > 1) parts.push(`${lanes.lanes} lanes`);
+  if (maxLanesGiven && lanes?.maxLanes !== undefined) parts.push(`up to ${lanes.maxLanes} lanes per session`);
+  if (redundant) parts.push("every datagram on two lanes");
+  const twice = (marked ?? []).flatMap((mapping, i) => (mapping.redundant ? [mapping.name ?? `#${i + 1}`] : []));
+  if (twice.length > 0) parts.push(`${twice.join(", ")} on two lanes`);
+  return parts;
+}
+
 /** Checks `mcudpt check …`'s arguments (after "check"); writes the summary or the problems; the exit code. */
 export async function runCheck(rest: readonly string[]): Promise<number> {
   const { role, flags } = checkTarget(rest);
@@ -577,13 +607,14 @@ async function checkRole(
   const listening = role === "receiver" ? !swapped : swapped;
   // Lanes and redundancy as the commands read them: --lanes on the listening side, --redundant
   // without --lanes 2, a --redundant-mappings name this side does not have.
-  collect(problems, args, (a) => laneOptions(a, !listening));
-  if (mappings) collect(problems, args, (a) => withRedundancy(a, mappings));
+  const lanes = collect(problems, args, (a) => laneOptions(a, !listening)).value;
+  const marked = mappings ? collect(problems, args, (a) => withRedundancy(a, mappings)).value : undefined;
   // A ws:// or wss:// address: the carrier's flags, and wss:// standing for --tls.
   const carrierAddress = tcp.value?.carrier;
+  let carrier: ReturnType<typeof carrierFor>;
   if (carrierAddress) {
     const side = listening ? `listens for the ${peer}` : `dials the ${peer}`;
-    collect(problems, args, (a) => carrierFor(a, argv, carrierAddress, !listening, side));
+    carrier = collect(problems, args, (a) => carrierFor(a, argv, carrierAddress, !listening, side)).value;
     const secured = collect(problems, args, (a) => tlsArgsFor(a, carrierAddress)).value;
     if (secured) args = secured;
   }
@@ -651,6 +682,8 @@ async function checkRole(
     listening ? `TCP listen ${where}` : `dials the ${peer} at ${where}`,
     keyMode ? [key ?? "key", ...trust].join(", ") : "shared secret",
     ...(tls ? [tls] : []),
+    ...carrierParts(carrier),
+    ...laneParts(lanes, args["max-lanes"] !== undefined, args.redundant === true, marked),
     ...(tcpBuffer ? [tcpBuffer] : []),
     ...(ops.value?.metrics ? [`metrics ${formatHostPort(ops.value.metrics.host, ops.value.metrics.port)}`] : []),
     bind ? "ports bindable" : "ports not tried (--bind tries them)",

@@ -101,10 +101,16 @@ describe("operations of the built CLI", () => {
         const flows = lines.map((line) => JSON.parse(line)).filter((r) => r.msg === "flow");
         assert.equal(flows.length, 2);
         assert.ok(
-          flows.every((flow) => flow.datagramsIn >= 1 && flow.bytesOut >= 3 && /^127\.0\.0\.1:\d+$/.test(flow.client)),
+          flows.every(
+            (flow) =>
+              flow.datagramsIn >= 1 &&
+              flow.bytesOut >= 3 &&
+              /^127\.0\.0\.1:\d+$/.test(flow.client) &&
+              flow.mapping === "#1",
+          ),
         );
-        // The sender's table lists both flows with their clients' addresses.
-        assert.equal(sender.count(/^\s+\d+\s+127\.0\.0\.1:\d+\s+\d+/), 2);
+        // The sender's table lists both flows with their mapping and their clients' addresses.
+        assert.equal(sender.count(/^\s+\d+\s+#1\s+127\.0\.0\.1:\d+\s+\d+/), 2);
         // stderr is a pipe: plain lines, never a status line.
         assert.doesNotMatch(sender.stderr(), /\r|\x1b\[K|\d+ flows \|/);
         assert.deepEqual(await stopWith(sender, "SIGTERM"), { code: 0, signal: null });

@@ -61,6 +61,7 @@ function fakeObserved(stats: Partial<Stats> = {}): Observed {
     {
       id: 7,
       client: "192.0.2.1:5353",
+      mapping: "game+3",
       datagramsIn: 3,
       bytesIn: 300,
       datagramsOut: 2,
@@ -200,10 +201,11 @@ describe("--metrics address", () => {
 });
 
 describe("SIGUSR1 snapshot", () => {
-  it("lists totals and every flow with its client and counters", () => {
+  it("lists totals and every flow with its mapping, client and counters", () => {
     const text = snapshotText(fakeObserved({ udpIn: 3 }), 1500);
     assert.match(text, /^snapshot: sender connected, 1 flows, udp in 3 dg/);
-    assert.match(text, /\n\s+7\s+192\.0\.2\.1:5353\s+3\s+300\s+2\s+200\s+1\.5 s\n$/);
+    assert.match(text, /\n\s+flow\s+mapping\s+client\s+in dg/);
+    assert.match(text, /\n\s+7\s+game\+3\s+192\.0\.2\.1:5353\s+3\s+300\s+2\s+200\s+1\.5 s\n$/);
   });
 
   it("lists each sender, what it serves and its traffic, when several may serve (text and JSON)", () => {

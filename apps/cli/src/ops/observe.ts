@@ -13,6 +13,8 @@ export interface FlowRow extends FlowCounters {
   id: number;
   /** The UDP client this flow belongs to. */
   client: string;
+  /** Its mapping's label ("dns", "#2"), with the port's place for a range ("game+3"). */
+  mapping: string;
   lastActive: number;
 }
 
@@ -102,6 +104,7 @@ export function observeReceiver(handle: ReceiverHandle, transport: string): Obse
           ...counters(flow),
           id: flow.id,
           client: formatHostPort(flow.address, flow.port),
+          mapping: flowMapping(machine.mappingStats, flow),
           lastActive: flow.lastActive,
         };
     },
@@ -129,6 +132,7 @@ export function observeSender(handle: SenderHandle, transport: string): Observed
           ...counters(flow),
           id: flow.id,
           client: formatHostPort(flow.client.address, flow.client.port),
+          mapping: flowMapping(machine.mappingStats, flow),
           lastActive: flow.lastActive,
         };
       }
@@ -152,6 +156,12 @@ function senderRows(machine: ReceiverHandle["machine"]): SenderRow[] {
       fromSender: traffic.datagramsReceived,
     };
   });
+}
+
+/** A flow's mapping label, and for a port range the port's offset in it. */
+function flowMapping(stats: readonly MappingStats[], flow: { mappingId: number; portOffset: number }): string {
+  const label = stats[flow.mappingId]?.name || `#${flow.mappingId + 1}`;
+  return flow.portOffset > 0 ? `${label}+${flow.portOffset}` : label;
 }
 
 function counters(flow: FlowCounters): FlowCounters {

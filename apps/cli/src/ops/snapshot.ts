@@ -49,11 +49,11 @@ export function snapshotText(observed: Observed, at = now()): string {
   const flows = [...observed.flows()].sort((a, b) => b.bytesIn + b.bytesOut - (a.bytesIn + a.bytesOut));
   if (flows.length > 0)
     lines.push(
-      `  ${"flow".padStart(10)}  ${"client".padEnd(40)} ${"in dg".padStart(10)} ${"in B".padStart(12)} ${"out dg".padStart(10)} ${"out B".padStart(12)}  idle`,
+      `  ${"flow".padStart(10)}  ${"mapping".padEnd(12)} ${"client".padEnd(40)} ${"in dg".padStart(10)} ${"in B".padStart(12)} ${"out dg".padStart(10)} ${"out B".padStart(12)}  idle`,
     );
   for (const flow of flows.slice(0, MAX_LISTED)) {
     lines.push(
-      `  ${String(flow.id).padStart(10)}  ${logLine(flow.client, 60).padEnd(40)} ${String(flow.datagramsIn).padStart(10)} ${String(flow.bytesIn).padStart(12)} ` +
+      `  ${String(flow.id).padStart(10)}  ${logLine(flow.mapping, 40).padEnd(12)} ${logLine(flow.client, 60).padEnd(40)} ${String(flow.datagramsIn).padStart(10)} ${String(flow.bytesIn).padStart(12)} ` +
         `${String(flow.datagramsOut).padStart(10)} ${String(flow.bytesOut).padStart(12)}  ${idle(flow, at)}`,
     );
   }

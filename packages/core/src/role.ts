@@ -161,7 +161,10 @@ export function authDescription(
 ): string {
   if (options.config.secret) return "shared secret";
   const key = options.config.identity ? `key ${fingerprint(options.config.identity.publicKey)}` : "key";
-  if (dialing) return `${key}; the ${peerName}'s key ${options.pins ? "is pinned" : "is not checked"}`;
+  if (dialing) {
+    const checked = options.pins ? (options.pins.description ?? "checked") : "not checked";
+    return `${key}; the ${peerName}'s key ${checked}`;
+  }
   const admitted = options.askOperator ? "known keys or the operator's approval" : "known keys only";
   return `${key}; ${peerName}s: ${admitted}`;
 }

@@ -212,6 +212,8 @@ export type PinVerdict =
  */
 export interface PeerPins {
   check(peer: string, publicKey: Uint8Array, record?: boolean): PinVerdict;
+  /** How the peer's key is checked, for the start-up line ("pinned to SHA256:…"). */
+  readonly description?: string;
 }
 
 /**
@@ -261,6 +263,7 @@ function pinOnFirstUse(
 export function fixedPeerPin(expected: string, flag = "--receiver-key"): PeerPins {
   const pin = parseFingerprint(expected, flag);
   return {
+    description: `pinned to ${pin}`,
     check(peer, publicKey) {
       const print = fingerprint(publicKey);
       if (print === pin) return { verdict: "trusted" };
@@ -274,6 +277,7 @@ export function fixedPeerPin(expected: string, flag = "--receiver-key"): PeerPin
 
 export function filePeerPins(path: string): PeerPins {
   return {
+    description: `checked against ${path}, a new one remembered on first contact`,
     check(peer, publicKey, record = true) {
       const readPin = (fields: string[], lineNumber: number): string => {
         const parsed = parsePublicKeyLine(fields.slice(1).join(" "));

@@ -2,7 +2,7 @@ import { afterAll, describe, expect, test } from "bun:test";
 import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { fileAdmission, generateKeyPair } from "../src/index.ts";
+import { fileAdmission, filePeerPins, fixedPeerPin, generateKeyPair } from "../src/index.ts";
 
 const dir = mkdtempSync(join(tmpdir(), "mcudpt-trust-"));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
@@ -87,5 +87,15 @@ describe("authorized keys with ssh-style options", () => {
     admission.remember(rawKey(b), "approved today");
     expect(admission.check(rawKey(a))).toMatchObject({ verdict: "trusted", mappings: ["dns", "wg"] });
     expect(admission.check(rawKey(b))).not.toHaveProperty("mappings");
+  });
+});
+
+describe("how the dialing side says it checks the peer's key (its start-up line)", () => {
+  const a = generateKeyPair("a");
+
+  test("a fixed pin names the fingerprint; a known-keys file names itself and trust on first use", () => {
+    expect(fixedPeerPin(a.fingerprint).description).toBe(`pinned to ${a.fingerprint}`);
+    const file = join(dir, "known_receivers");
+    expect(filePeerPins(file).description).toBe(`checked against ${file}, a new one remembered on first contact`);
   });
 });

@@ -320,6 +320,7 @@ function hostileObserved(hostile: string, mappings: MappingRow[] = []): Observed
     {
       id: 1,
       client: `192.0.2.1:53${hostile}`,
+      mapping: `game${hostile}`,
       datagramsIn: 1,
       bytesIn: 2,
       datagramsOut: 3,
@@ -365,7 +366,7 @@ describe("SIGUSR1 snapshot sink (snapshot.ts)", () => {
       assert.equal(lines.pop(), "");
       assert.equal(lines.length, 3, "totals, the table header, one flow");
       for (const line of lines) assertClean(line, name, 200 + LOG_LINE_MAX);
-      assert.match(lines[2], /^ +1 {2}192\.0\.2\.1:53/);
+      assert.match(lines[2], /^ +1 {2}game.* 192\.0\.2\.1:53/);
       const records = snapshotJson(observed, "mcudpt receiver", 1000).split("\n");
       assert.equal(records.pop(), "");
       assert.equal(records.length, 2, "the totals and one flow");
@@ -373,6 +374,7 @@ describe("SIGUSR1 snapshot sink (snapshot.ts)", () => {
       const flow = JSON.parse(records[1]);
       assert.equal(flow.msg, "flow");
       assertClean(flow.client, `${name} (client field)`, LOG_LINE_MAX);
+      assertClean(flow.mapping, `${name} (mapping field)`, LOG_LINE_MAX);
     });
   }
 });

@@ -17,6 +17,8 @@
  * without UDP_SEGMENT, IPsec): that socket stops trying runs of that size or larger.
  */
 
+import { openLibc } from "./libc.js";
+
 /** Fewer datagrams than this go through sendmmsg: the gain is per datagram, the setup per run. */
 export const MIN_RUN = 3;
 const MAX_SEGMENTS = 64;
@@ -70,28 +72,26 @@ function loadLibc(): Promise<Libc | undefined> {
   libc ??= (async () => {
     if (process.platform !== "linux" || process.env.MCUDPT_NO_GSO === "1") return undefined;
     try {
-      const { dlopen, FFIType, read } = await import("bun:ffi");
-      const symbols = {
+      const { FFIType, read } = await import("bun:ffi");
+      const lib = await openLibc({
         sendmsg: { args: [FFIType.i32, FFIType.ptr, FFIType.i32], returns: FFIType.i64_fast },
         __errno_location: { args: [], returns: FFIType.ptr },
         inet_pton: { args: [FFIType.i32, FFIType.ptr, FFIType.ptr], returns: FFIType.i32 },
         getsockopt: { args: [FFIType.i32, FFIType.i32, FFIType.i32, FFIType.ptr, FFIType.ptr], returns: FFIType.i32 },
-      } as const;
-      const value = new Int32Array(1);
-      const length = new Uint32Array(1);
-      for (const name of ["libc.so.6", "libc.so", "libc.musl-x86_64.so.1", "libc.musl-aarch64.so.1"]) {
-        try {
-          const { symbols: s } = dlopen(name, symbols);
-          return {
-            sendmsg: (fd, msg, flags) => s.sendmsg(fd, msg as never, flags),
-            knowsUdpSegment: (fd) => {
-              length[0] = 4;
-              return s.getsockopt(fd, SOL_UDP, UDP_SEGMENT, value, length) === 0;
-            },
-            errno: () => read.i32(s.__errno_location() as never, 0),
-            inetPton: (family, text, into) => s.inet_pton(family, text as never, into as never),
-          };
-        } catch {}
+      } as const);
+      if (lib) {
+        const s = lib.symbols;
+        const value = new Int32Array(1);
+        const length = new Uint32Array(1);
+        return {
+          sendmsg: (fd, msg, flags) => s.sendmsg(fd, msg as never, flags),
+          knowsUdpSegment: (fd) => {
+            length[0] = 4;
+            return s.getsockopt(fd, SOL_UDP, UDP_SEGMENT, value, length) === 0;
+          },
+          errno: () => read.i32(s.__errno_location() as never, 0),
+          inetPton: (family, text, into) => s.inet_pton(family, text as never, into as never),
+        };
       }
     } catch {}
     return undefined; // no bun:ffi in this build, or no libc found: sendmmsg only

@@ -59,6 +59,7 @@ import {
   udpPayloadLimit,
 } from "@mcudpt/core";
 import { loadGso, MIN_RUN } from "./gso.js";
+import { openLibc } from "./libc.js";
 
 type BunTcpSocket = import("bun").Socket<BunTcpConnection | undefined>;
 
@@ -81,16 +82,11 @@ interface SocketBuffers {
   get(fd: number): BufferSizes | undefined;
 }
 
-/** SOL_SOCKET, SO_SNDBUF, SO_RCVBUF and where libc lives, per platform. */
-const SOCKOPT: Partial<Record<NodeJS.Platform, { level: number; snd: number; rcv: number; libc: string[] }>> = {
-  linux: {
-    level: 1,
-    snd: 7,
-    rcv: 8,
-    libc: ["libc.so.6", "libc.so", "libc.musl-x86_64.so.1", "libc.musl-aarch64.so.1"],
-  },
-  darwin: { level: 0xffff, snd: 0x1001, rcv: 0x1002, libc: ["libc.dylib", "/usr/lib/libSystem.B.dylib"] },
-  freebsd: { level: 0xffff, snd: 0x1001, rcv: 0x1002, libc: ["libc.so.7"] },
+/** SOL_SOCKET, SO_SNDBUF, SO_RCVBUF per platform. */
+const SOCKOPT: Partial<Record<NodeJS.Platform, { level: number; snd: number; rcv: number }>> = {
+  linux: { level: 1, snd: 7, rcv: 8 },
+  darwin: { level: 0xffff, snd: 0x1001, rcv: 0x1002 },
+  freebsd: { level: 0xffff, snd: 0x1001, rcv: 0x1002 },
 };
 
 let socketBuffers: Promise<SocketBuffers | undefined> | undefined;
@@ -103,18 +99,11 @@ function loadSocketBuffers(): Promise<SocketBuffers | undefined> {
     const opt = SOCKOPT[process.platform];
     if (!opt) return undefined;
     try {
-      const { dlopen, FFIType } = await import("bun:ffi");
-      const symbols = {
+      const { FFIType } = await import("bun:ffi");
+      const lib = await openLibc({
         setsockopt: { args: [FFIType.i32, FFIType.i32, FFIType.i32, FFIType.ptr, FFIType.u32], returns: FFIType.i32 },
         getsockopt: { args: [FFIType.i32, FFIType.i32, FFIType.i32, FFIType.ptr, FFIType.ptr], returns: FFIType.i32 },
-      } as const;
-      let lib: ReturnType<typeof dlopen<typeof symbols>> | undefined;
-      for (const name of opt.libc) {
-        try {
-          lib = dlopen(name, symbols);
-          break;
-        } catch {}
-      }
+      } as const);
       if (!lib) return undefined;
       const { setsockopt, getsockopt } = lib.symbols;
       const value = new Int32Array(1);

@@ -212,7 +212,7 @@ export type PinVerdict =
  */
 export interface PeerPins {
   check(peer: string, publicKey: Uint8Array, record?: boolean): PinVerdict;
-  /** How the peer's key is checked, for the start-up line ("pinned to SHA256:…"). */
+  /** How the peer's key is checked, for the start-up line ("pinned by --receiver-key"). */
   readonly description?: string;
 }
 
@@ -263,7 +263,7 @@ function pinOnFirstUse(
 export function fixedPeerPin(expected: string, flag = "--receiver-key"): PeerPins {
   const pin = parseFingerprint(expected, flag);
   return {
-    description: `pinned to ${pin}`,
+    description: `pinned by ${flag}`,
     check(peer, publicKey) {
       const print = fingerprint(publicKey);
       if (print === pin) return { verdict: "trusted" };

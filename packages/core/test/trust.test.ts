@@ -93,8 +93,9 @@ describe("authorized keys with ssh-style options", () => {
 describe("how the dialing side says it checks the peer's key (its start-up line)", () => {
   const a = generateKeyPair("a");
 
-  test("a fixed pin names the fingerprint; a known-keys file names itself and trust on first use", () => {
-    expect(fixedPeerPin(a.fingerprint).description).toBe(`pinned to ${a.fingerprint}`);
+  test("a fixed pin names its flag; a known-keys file names itself and trust on first use", () => {
+    expect(fixedPeerPin(a.fingerprint).description).toBe("pinned by --receiver-key");
+    expect(fixedPeerPin(a.fingerprint, "--sender-key").description).toBe("pinned by --sender-key");
     const file = join(dir, "known_receivers");
     expect(filePeerPins(file).description).toBe(`checked against ${file}, a new one remembered on first contact`);
   });

@@ -6,6 +6,7 @@
  */
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
+import { type AddressInfo, createServer } from "node:net";
 import { after, describe, it } from "node:test";
 import {
   CLI,
@@ -138,6 +139,38 @@ describe("operations of the built CLI", () => {
     assert.match(shown, /\r\x1b\[Ksender down \| 0 flows \| in 0 dg\/s 0B\/s \| out 0 dg\/s 0B\/s \| drops 0 \| rtt -/);
     assert.match(shown, /receiver listening/);
     assert.doesNotMatch(quiet, /0 flows \|/);
+  });
+
+  it("a --metrics port that is taken stops the start before anything listens: one line, exit 2", TIMEOUT, async () => {
+    const taken = createServer();
+    await new Promise<void>((resolve) => taken.listen(0, "127.0.0.1", resolve));
+    const port = (taken.address() as AddressInfo).port;
+    try {
+      for (const runtime of ["node", "bun"]) {
+        const result = spawnSync(
+          runtime,
+          [
+            CLI,
+            "receiver",
+            "--udp",
+            `127.0.0.1:${await freePort("udp")}`,
+            "--tcp",
+            `127.0.0.1:${await freePort("tcp")}`,
+            "--secret",
+            "s",
+            "--metrics",
+            `127.0.0.1:${port}`,
+          ],
+          { encoding: "utf8", timeout: 15_000 },
+        );
+        assert.equal(result.status, 2, `${runtime}: exit 2, as for a UDP or TCP port in use: ${result.stderr}`);
+        const lines = result.stderr.trim().split("\n");
+        assert.equal(lines.length, 1, `${runtime}: nothing before the refusal (no "listening"): ${result.stderr}`);
+        assert.match(lines[0], new RegExp(`--metrics: cannot listen on 127\\.0\\.0\\.1:${port}: `));
+      }
+    } finally {
+      taken.close();
+    }
   });
 
   it("rejects bad operations flags with one line and exit code 2", TIMEOUT, async () => {

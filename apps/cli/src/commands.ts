@@ -280,6 +280,7 @@ async function runRole<H extends { fatal: Promise<string>; close(): Promise<void
     // A SIGHUP during start-up reloads once the role runs.
     () => (onHangup ? void onHangup() : (hungUp = true)),
   );
+  await ops.listenMetrics();
   const started = await start();
   handle = started;
   onHangup = reload(started);

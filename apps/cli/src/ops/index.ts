@@ -9,6 +9,7 @@ import pkg from "../../package.json" with { type: "json" };
 import { PromptLine } from "../approval.js";
 import { runtimeDescription } from "../runtime.js";
 import { LEVEL_ORDER, type LogStream, makeLogger } from "./logging.js";
+import type { Registry } from "prom-client";
 import type { MetricsServer } from "./metrics.js";
 import type { Observed } from "./observe.js";
 import type { OpsOptions } from "./options.js";
@@ -23,6 +24,8 @@ export interface Operations {
   readonly logger: Logger;
   /** The operator's question line on stdout, which log lines and snapshots go around (see PromptLine). */
   readonly prompt: PromptLine;
+  /** Binds the --metrics port (if any) before the role starts, so a taken port fails first. */
+  listenMetrics(): Promise<void>;
   start(observed: Observed): Promise<void>;
   /** Wraps the operator approval: no status line is drawn while a question waits for an answer. */
   holdingStatus<A extends unknown[], R>(ask: (...args: A) => Promise<R>): (...args: A) => Promise<R>;
@@ -46,6 +49,7 @@ export function operations(
   const stderr = io.stderr ?? process.stderr;
   let status: StatusLine | undefined;
   let metrics: MetricsServer | undefined;
+  let registry: Registry | undefined;
   let removeSignal: (() => void) | undefined;
   // Every line actually written (not those below the log level) goes above the status line and
   // around an open operator question, never onto it.
@@ -66,24 +70,27 @@ export function operations(
       if (LEVEL_ORDER[lineLevel] >= minimum) lines.log(lineLevel, message);
     },
   };
+  const listenMetrics = async (): Promise<void> => {
+    if (!options.metrics || metrics) return;
+    // Loaded on demand: a separate chunk of the bundle (see the file's comment).
+    const { startMetricsServer } = await import("./metrics.js");
+    metrics = await startMetricsServer(() => registry, options.metrics.host, options.metrics.port);
+  };
   return {
     logger,
     prompt,
+    listenMetrics,
     async start(observed) {
       if (options.metrics) {
-        // Loaded on demand: a separate chunk of the bundle (see the file's comment).
-        const { metricsRegistry, startMetricsServer } = await import("./metrics.js");
-        metrics = await startMetricsServer(
-          metricsRegistry(observed, {
-            role: observed.role,
-            version: pkg.version,
-            transport: observed.transport,
-            runtime: runtimeDescription(),
-          }),
-          options.metrics.host,
-          options.metrics.port,
-        );
-        logger.log("info", `metrics at ${metrics.url}`);
+        await listenMetrics();
+        const { metricsRegistry } = await import("./metrics.js");
+        registry = metricsRegistry(observed, {
+          role: observed.role,
+          version: pkg.version,
+          transport: observed.transport,
+          runtime: runtimeDescription(),
+        });
+        logger.log("info", `metrics at ${metrics?.url}`);
       }
       removeSignal = onSnapshotSignal(observed, name, options.logFormat, (text) => terminal.write(text));
       if (StatusLine.wanted(process.stderr, options.quiet, options.logFormat)) {

@@ -251,8 +251,16 @@ function senderMetrics(registers: Registry[], rows: () => SenderRow[]): void {
   });
 }
 
-/** Serves GET /metrics (and / for convenience) on host:port; port 0 picks a free port (see `url`). */
-export async function startMetricsServer(registry: Registry, host: string, port: number): Promise<MetricsServer> {
+/**
+ * Serves GET /metrics (and / for convenience) on host:port; port 0 picks a free port (see `url`).
+ * `registry` is undefined until the role runs (the port is bound first, so a taken one is refused
+ * before anything else starts): a scrape meanwhile gets 503.
+ */
+export async function startMetricsServer(
+  registry: () => Registry | undefined,
+  host: string,
+  port: number,
+): Promise<MetricsServer> {
   const server: Server = createServer((request, response) => {
     const path = (request.url ?? "/").split("?")[0];
     if (request.method !== "GET" && request.method !== "HEAD") {
@@ -263,10 +271,15 @@ export async function startMetricsServer(registry: Registry, host: string, port:
       response.writeHead(404, { "content-type": "text/plain" }).end("not found: try /metrics\n");
       return;
     }
-    registry.metrics().then(
+    const current = registry();
+    if (!current) {
+      response.writeHead(503, { "content-type": "text/plain", "retry-after": "1" }).end("starting\n");
+      return;
+    }
+    current.metrics().then(
       (text) =>
         response
-          .writeHead(200, { "content-type": registry.contentType })
+          .writeHead(200, { "content-type": current.contentType })
           .end(request.method === "HEAD" ? undefined : text),
       (error) => response.writeHead(500, { "content-type": "text/plain" }).end(`${messageOf(error)}\n`),
     );

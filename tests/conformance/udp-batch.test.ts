@@ -62,6 +62,11 @@ function segmentsOnLinux(transport: Transport): boolean {
   return transport.name === "bun" && process.platform === "linux" && recent && process.env.MCUDPT_NO_GSO !== "1";
 }
 
+/** A socket connected to V4:`port` that ignores what it receives. */
+function connectedTo(transport: Transport, port: number): Promise<UdpSocket> {
+  return transport.bindUdp({ host: V4, port: 0, connect: { host: V4, port }, onDatagram: () => {}, onError: () => {} });
+}
+
 type Batch = Array<Uint8Array | number | string>;
 /** The three ways a batch leaves: sendMany, a loop over send(), UdpBatcher. Each returns how many were sent. */
 const sendPaths: Array<{
@@ -154,13 +159,7 @@ for (const transport of availableTransports()) {
 
     it("sendMany on a connected socket takes data only", BOUNDED, async (t) => {
       const target = await sink(transport);
-      const client = await transport.bindUdp({
-        host: V4,
-        port: 0,
-        connect: { host: V4, port: target.socket.port },
-        onDatagram: () => {},
-        onError: () => {},
-      });
+      const client = await connectedTo(transport, target.socket.port);
       try {
         if (!client.sendMany) return t.skip(`the ${transport.name} transport has no sendMany`);
         assert.equal(client.sendMany([bytes(1), new Uint8Array(70_000), bytes(2), bytes(3, 1400)]), 3);
@@ -256,13 +255,7 @@ for (const transport of availableTransports()) {
 
     it("sendMany on a connected socket keeps sizes and order across segmented runs", BOUNDED, async (t) => {
       const target = await sink(transport);
-      const client = await transport.bindUdp({
-        host: V4,
-        port: 0,
-        connect: { host: V4, port: target.socket.port },
-        onDatagram: () => {},
-        onError: () => {},
-      });
+      const client = await connectedTo(transport, target.socket.port);
       try {
         if (!client.sendMany) return t.skip(`the ${transport.name} transport has no sendMany`);
         const sizes = [...Array(70).fill(1000), 999, 1000, 1000, ...Array(5).fill(64), 65];

@@ -22,6 +22,8 @@ import { openLibc } from "./libc.js";
 /** Fewer datagrams than this go through sendmmsg: the gain is per datagram, the setup per run. */
 export const MIN_RUN = 3;
 const MAX_SEGMENTS = 64;
+/** What one UDP datagram over IPv4 carries (IPv6 takes 20 bytes more): a run's bytes fit either. */
+const MAX_RUN_BYTES = 65_507;
 const SOL_UDP = 17;
 const UDP_SEGMENT = 103;
 const AF_INET = 2;
@@ -103,15 +105,9 @@ function loadLibc(): Promise<Libc | undefined> {
 export interface Gso {
   /**
    * GSO for the socket with descriptor `fd`, or undefined when the kernel has none. `family` is the
-   * socket's (an unconnected one writes each run's destination in it); `payloadLimit` the largest
-   * datagram a destination takes.
+   * socket's (an unconnected one writes each run's destination in it).
    */
-  forSocket(
-    fd: number,
-    connected: boolean,
-    family: string,
-    payloadLimit: (address: string | undefined) => number,
-  ): GsoSocket | undefined;
+  forSocket(fd: number, connected: boolean, family: string): GsoSocket | undefined;
 }
 
 let gso: Promise<Gso | undefined> | undefined;
@@ -165,7 +161,7 @@ export function loadGso(): Promise<Gso | undefined> {
     let kernelSegments: boolean | undefined;
 
     return {
-      forSocket(fd, connected, family, payloadLimit) {
+      forSocket(fd, connected, family) {
         kernelSegments ??= c.knowsUdpSegment(fd);
         if (!kernelSegments) return undefined;
         /** Runs of datagrams this long or longer are not tried (the kernel refused one). */
@@ -180,12 +176,11 @@ export function loadGso(): Promise<Gso | undefined> {
             if (size === 0 || size >= refusedFrom) return 1;
             const port = batch[from + 1];
             const address = batch[from + 2];
-            const limit = payloadLimit(connected ? undefined : (address as string));
             let total = size;
             let count = 1;
             for (let i = from + stride; i < batch.length && count < MAX_SEGMENTS; i += stride) {
               const next = (batch[i] as Uint8Array).byteLength;
-              if (next > size || next === 0 || total + next > limit) break;
+              if (next > size || next === 0 || total + next > MAX_RUN_BYTES) break;
               if (!connected && (batch[i + 1] !== port || batch[i + 2] !== address)) break;
               total += next;
               count++;

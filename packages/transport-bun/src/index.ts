@@ -38,7 +38,6 @@
  *   socket stays open and works. With `rejectUnauthorized: false`, `socket.authorized` still tells whether
  *   the chain and name verified against `ca`. `socket.timeout(s)` fires on a 4 s tick.
  */
-
 import { readFileSync } from "node:fs";
 import {
   type ConnectOptions,
@@ -190,9 +189,7 @@ async function bindUdp(options: UdpSocketOptions): Promise<UdpSocket> {
   if (options.bufferBytes) buffers?.set(fd, options.bufferBytes);
   const connected = options.connect !== undefined;
   const peerLimit = connected ? udpPayloadLimit(options.connect?.host ?? "") : 0;
-  const gso = (await loadGso())?.forSocket(fd, connected, socket.address.family, (address) =>
-    connected ? peerLimit : udpPayloadLimit(address ?? ""),
-  );
+  const gso = (await loadGso())?.forSocket(fd, connected, socket.address.family);
   /** Batch entries per datagram: data, or data, port, address. */
   const stride = connected ? 1 : 3;
   let closed = false;
